@@ -1,0 +1,235 @@
+//! Map ABI shared by the kernel programs and the userspace daemon.
+//!
+//! Both sides compile these exact types, so a layout change cannot drift
+//! silently: every type is `#[repr(C)]`, has explicit padding, carries its
+//! byte order in field names (`_be` = network order), and has a size assert.
+//! Map names carry [`ABI_VERSION`] so a daemon never misreads maps pinned by a
+//! build with another layout: it fails to find them instead.
+#![cfg_attr(not(test), no_std)]
+
+/// Bumped whenever a key or value below changes layout. Part of every map
+/// name and of the pin directory.
+pub const ABI_VERSION: u32 = 1;
+
+/// Map names, as declared in `redirector-ebpf` (the `#[map(name = ..)]`
+/// attribute needs a literal, so userspace checks these at load time).
+/// Kernel object names are limited to 15 bytes.
+pub mod map_names {
+    /// [`super::ServiceKey`] → [`super::ServiceValue`]: the VIPs to redirect.
+    pub const SERVICES: &str = "RD_SVC_V1";
+    /// `u32` index 0 → [`super::ProxyConfig`]: where to redirect, loop guard.
+    pub const PROXY_CONFIG: &str = "RD_CFG_V1";
+    /// socket cookie (`u64`) → [`super::OrigDst`], written by connect4.
+    pub const ORIG_BY_COOKIE: &str = "RD_OCOOKIE_V1";
+    /// [`super::SockKey`] → [`super::OrigDst`], re-keyed by sock_ops once the
+    /// client's source port is known; read by the proxy on accept.
+    pub const ORIG_BY_SOCK: &str = "RD_OSOCK_V1";
+    /// `u32` service id → [`super::ServiceInfo`]: for `redirector endpoints`.
+    pub const SERVICE_INFO: &str = "RD_SINFO_V1";
+    /// [`super::EndpointKey`] → [`super::EndpointHealth`]: endpoint state.
+    pub const ENDPOINTS: &str = "RD_EP_V1";
+}
+
+/// Program names (the Rust function names in `redirector-ebpf`).
+pub mod program_names {
+    pub const CONNECT4: &str = "connect4";
+    pub const SOCKOPS: &str = "rd_sockops";
+}
+
+pub const MAX_SERVICES: u32 = 4096;
+pub const MAX_ENDPOINTS: u32 = 16384;
+/// In-flight redirected connects (between `connect()` and the proxy's
+/// `accept()`); LRU, so a dead proxy cannot fill it.
+pub const MAX_INFLIGHT: u32 = 65536;
+
+/// A VIP and port an app may dial.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub vip_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceValue {
+    pub service_id: u32,
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8);
+
+/// [`ProxyConfig::flags`]: redirect is on. Cleared, connects proceed to
+/// the VIP untouched.
+pub const PROXY_ENABLED: u32 = 1;
+
+/// Where connect4 sends redirected connects, and how it recognises the
+/// proxy's own sockets (`SO_MARK == mark`) so it never redirects them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub proxy_ip_be: u32,
+    pub proxy_port_be: u16,
+    pub _pad: u16,
+    pub mark: u32,
+    pub flags: u32,
+    /// The daemon that owns the maps, for `redirector endpoints`.
+    pub daemon_pid: u32,
+    pub _pad2: u32,
+}
+const _: () = assert!(core::mem::size_of::<ProxyConfig>() == 24);
+
+/// The destination the app asked for before connect4 rewrote it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrigDst {
+    pub vip_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<OrigDst>() == 8);
+
+/// The client socket's local address, which the proxy sees as its peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockKey {
+    pub ip_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockKey>() == 8);
+
+pub const PROTO_TCP: u8 = 1;
+pub const PROTO_HTTP: u8 = 2;
+pub const PROTO_HTTPS: u8 = 3;
+pub const PROTO_TLS: u8 = 4;
+
+/// [`ServiceInfo::flags`]: the VIP was allocated, not given in `addresses`.
+pub const SVC_VIP_AUTO: u8 = 1;
+/// [`ServiceInfo::flags`]: the proxy originates TLS to the endpoints.
+pub const SVC_TLS_ORIGINATION: u8 = 2;
+
+pub const HOST_LEN: usize = 256;
+
+/// Display data of a service, so `redirector endpoints` needs only the maps.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ServiceInfo {
+    pub vip_be: u32,
+    pub port_be: u16,
+    pub protocol: u8,
+    pub flags: u8,
+    pub endpoint_count: u32,
+    pub _pad: u32,
+    /// NUL-padded UTF-8.
+    pub host: [u8; HOST_LEN],
+}
+const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16 + HOST_LEN);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub service_id: u32,
+    pub index: u32,
+}
+const _: () = assert!(core::mem::size_of::<EndpointKey>() == 8);
+
+/// [`EndpointHealth::status`] values.
+pub const EP_HEALTHY: u8 = 0;
+pub const EP_EJECTED: u8 = 1;
+/// A DNS endpoint whose name has not resolved (yet): no address to use.
+pub const EP_UNRESOLVED: u8 = 2;
+
+pub const LOCALITY_LEN: usize = 128;
+pub const LAST_ERROR_LEN: usize = 96;
+
+/// One endpoint (one resolved address of a ServiceEntry endpoint) and its
+/// outlier-detection state, published by the proxy.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct EndpointHealth {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub priority: u8,
+    pub status: u8,
+    /// Total ejections since the daemon started.
+    pub ejections: u32,
+    /// Current ejection-time multiplier (Envoy's backoff).
+    pub multiplier: u32,
+    pub consecutive_5xx: u32,
+    pub _pad: u32,
+    /// 0 when not ejected. Un-ejection happens on the first interval tick
+    /// at or after this time.
+    pub ejected_until_unix_ms: u64,
+    pub last_error_unix_ms: u64,
+    /// `region/zone/subzone`, NUL-padded.
+    pub locality: [u8; LOCALITY_LEN],
+    /// The endpoint's address as configured (hostname or IP), NUL-padded.
+    pub hostname: [u8; HOST_LEN],
+    pub last_error: [u8; LAST_ERROR_LEN],
+}
+const _: () =
+    assert!(core::mem::size_of::<EndpointHealth>() == 40 + LOCALITY_LEN + HOST_LEN + LAST_ERROR_LEN);
+
+/// Copies `s` into a NUL-padded field, truncating on a char boundary.
+pub fn write_str(dst: &mut [u8], s: &str) {
+    let mut n = s.len().min(dst.len());
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    dst[..n].copy_from_slice(&s.as_bytes()[..n]);
+    dst[n..].fill(0);
+}
+
+/// Reads a NUL-padded field written by [`write_str`].
+pub fn read_str(src: &[u8]) -> &str {
+    let end = src.iter().position(|&b| b == 0).unwrap_or(src.len());
+    core::str::from_utf8(&src[..end]).unwrap_or("<invalid utf-8>")
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for ProxyConfig {}
+    unsafe impl aya::Pod for OrigDst {}
+    unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for ServiceInfo {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for EndpointHealth {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn str_fields_round_trip_and_truncate_on_char_boundary() {
+        let mut buf = [0xffu8; 8];
+        write_str(&mut buf, "us-east1");
+        assert_eq!(read_str(&buf), "us-east1");
+        write_str(&mut buf, "ab");
+        assert_eq!(read_str(&buf), "ab");
+        assert!(buf[2..].iter().all(|&b| b == 0));
+        // "é" is two bytes; a cut through it must back off.
+        write_str(&mut buf, "abcdefgé");
+        assert_eq!(read_str(&buf), "abcdefg");
+    }
+
+    #[test]
+    fn map_names_fit_the_kernel_limit() {
+        for name in [
+            map_names::SERVICES,
+            map_names::PROXY_CONFIG,
+            map_names::ORIG_BY_COOKIE,
+            map_names::ORIG_BY_SOCK,
+            map_names::SERVICE_INFO,
+            map_names::ENDPOINTS,
+        ] {
+            assert!(name.len() <= 15, "{name} exceeds BPF_OBJ_NAME_LEN");
+            assert!(name.ends_with("_V1"), "{name} must carry ABI_VERSION");
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Locality priorities, as Istio computes them for Envoy (`applyLocalityFailover`).
+//!
+//! Envoy sends traffic to the lowest priority that has healthy endpoints, so
+//! the whole of "prefer my region, fail over to that one" is encoded in one
+//! small number per endpoint. Istio derives it from how much of
+//! `region/zone/subzone` an endpoint shares with the node: all three 0, region
+//! and zone 1, region 2, nothing 3. A `failover` rule whose `from` is the
+//! node's region demotes every other region except its `to` to 4. Priorities
+//! are then compacted to 0..N without gaps. String matches are exact, and an
+//! empty part matches an empty part, as in Istio.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// `region/zone/subzone`; missing parts are empty strings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub subzone: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LocalityError {
+    #[error("locality {0:?} has more than three `/`-separated parts (region/zone/subzone)")]
+    TooManyParts(String),
+    #[error("locality {0:?} has an empty region before a zone or subzone")]
+    EmptyRegion(String),
+}
+
+impl Locality {
+    /// Parses `region[/zone[/subzone]]`. An empty string is the empty locality.
+    pub fn parse(s: &str) -> Result<Self, LocalityError> {
+        let mut parts = s.split('/');
+        let region = parts.next().unwrap_or_default().to_owned();
+        let zone = parts.next().unwrap_or_default().to_owned();
+        let subzone = parts.next().unwrap_or_default().to_owned();
+        if parts.next().is_some() {
+            return Err(LocalityError::TooManyParts(s.to_owned()));
+        }
+        if region.is_empty() && !(zone.is_empty() && subzone.is_empty()) {
+            return Err(LocalityError::EmptyRegion(s.to_owned()));
+        }
+        Ok(Self {
+            region,
+            zone,
+            subzone,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty() && self.zone.is_empty() && self.subzone.is_empty()
+    }
+}
+
+impl fmt::Display for Locality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.region)?;
+        if !self.zone.is_empty() || !self.subzone.is_empty() {
+            write!(f, "/{}", self.zone)?;
+        }
+        if !self.subzone.is_empty() {
+            write!(f, "/{}", self.subzone)?;
+        }
+        Ok(())
+    }
+}
+
+/// A `localityLbSetting.failover` entry: regions only, as Istio validates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Failover {
+    pub from: String,
+    pub to: String,
+}
+
+/// Istio's `util.LbPriority`: how far an endpoint is from the node.
+fn distance(node: &Locality, ep: &Locality) -> u8 {
+    if node.region != ep.region {
+        3
+    } else if node.zone != ep.zone {
+        2
+    } else if node.subzone != ep.subzone {
+        1
+    } else {
+        0
+    }
+}
+
+/// Priority of each endpoint locality relative to the node, compacted to
+/// `0..N`. Same order as `endpoints`.
+pub fn priorities<'a>(
+    node: &Locality,
+    endpoints: impl IntoIterator<Item = &'a Locality>,
+    failover: &[Failover],
+) -> Vec<u8> {
+    let rule = failover.iter().find(|f| f.from == node.region);
+    let raw: Vec<u8> = endpoints
+        .into_iter()
+        .map(|ep| match distance(node, ep) {
+            3 if rule.is_some_and(|r| ep.region != r.to) => 4,
+            d => d,
+        })
+        .collect();
+    // Compact: the k-th distinct raw value becomes k.
+    let mut present = [false; 5];
+    for &p in &raw {
+        present[usize::from(p)] = true;
+    }
+    let mut rank = [0u8; 5];
+    let mut next = 0;
+    for (p, &is) in present.iter().enumerate() {
+        if is {
+            rank[p] = next;
+            next += 1;
+        }
+    }
+    raw.into_iter().map(|p| rank[usize::from(p)]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loc(s: &str) -> Locality {
+        Locality::parse(s).unwrap()
+    }
+
+    fn prio(node: &str, eps: &[&str], failover: &[(&str, &str)]) -> Vec<u8> {
+        let eps: Vec<Locality> = eps.iter().map(|s| loc(s)).collect();
+        let failover: Vec<Failover> = failover
+            .iter()
+            .map(|(f, t)| Failover {
+                from: (*f).into(),
+                to: (*t).into(),
+            })
+            .collect();
+        priorities(&loc(node), &eps, &failover)
+    }
+
+    #[test]
+    fn parse_and_display() {
+        assert_eq!(loc("us-east1").to_string(), "us-east1");
+        assert_eq!(loc("r/z").zone, "z");
+        assert_eq!(loc("r/z/s").to_string(), "r/z/s");
+        assert_eq!(loc("r//s").to_string(), "r//s");
+        assert!(loc("").is_empty());
+        assert_eq!(
+            Locality::parse("a/b/c/d"),
+            Err(LocalityError::TooManyParts("a/b/c/d".into()))
+        );
+        assert_eq!(
+            Locality::parse("/z"),
+            Err(LocalityError::EmptyRegion("/z".into()))
+        );
+    }
+
+    #[test]
+    fn blog_same_region_first() {
+        // The blog's node is in us-east1.
+        assert_eq!(prio("us-east1", &["us-east1", "us-west1"], &[]), [0, 1]);
+    }
+
+    #[test]
+    fn distances_are_ranked_then_compacted() {
+        let eps = ["r/z/s", "r/z/other", "r/other", "far", "r/z/s"];
+        assert_eq!(prio("r/z/s", &eps, &[]), [0, 1, 2, 3, 0]);
+        // Without the exact match, everything moves up without gaps.
+        assert_eq!(prio("r/z/s", &eps[1..4], &[]), [0, 1, 2]);
+    }
+
+    #[test]
+    fn failover_demotes_other_regions_below_its_target() {
+        let eps = ["us-east1", "eu-west1", "us-west", "ap-south1"];
+        assert_eq!(
+            prio("us-east1", &eps, &[("us-east1", "us-west")]),
+            [0, 2, 1, 2]
+        );
+        // A rule for another region does nothing here.
+        assert_eq!(
+            prio("us-east1", &eps, &[("eu-west1", "us-west")]),
+            [0, 1, 1, 1]
+        );
+        // First matching rule wins, as in Istio.
+        assert_eq!(
+            prio(
+                "us-east1",
+                &eps,
+                &[("us-east1", "eu-west1"), ("us-east1", "us-west")]
+            ),
+            [0, 1, 2, 2]
+        );
+    }
+
+    #[test]
+    fn blog_failure_phase_puts_both_endpoints_together() {
+        // Phase (c) of the blog moves the primary to us-central1: neither
+        // endpoint shares the node's region, so both are priority 0.
+        assert_eq!(prio("us-east1", &["us-central1", "us-west"], &[]), [0, 0]);
+    }
+
+    #[test]
+    fn empty_node_locality_matches_only_empty_endpoints() {
+        assert_eq!(prio("", &["", "us-east1"], &[]), [0, 1]);
+    }
+}
