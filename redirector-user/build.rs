@@ -12,6 +12,10 @@ fn main() -> anyhow::Result<()> {
         root_dir: root,
         ..Default::default()
     };
+    // aya-build forwards every line the inner cargo prints as a warning;
+    // keep it to real diagnostics (those arrive as JSON messages anyway).
+    // SAFETY: build scripts are single-threaded.
+    unsafe { env::set_var("CARGO_TERM_QUIET", "true") };
     aya_build::build_ebpf([package], aya_build::Toolchain::default())?;
     // With AYA_BUILD_SKIP=1 (pure-logic work without bpf-linker) aya-build
     // writes nothing; leave an empty object so the crate compiles. Loading it

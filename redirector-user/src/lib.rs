@@ -1,4 +1,16 @@
 //! The redirector daemon and CLI. See ARCHITECTURE.md for how the pieces fit.
 
+pub mod app;
+pub mod bpf;
+pub mod cli;
+pub mod cluster;
 pub mod config;
+pub mod endpoints;
+pub mod health;
+pub mod lb;
 pub mod locality;
+pub mod outlier;
+pub mod proxy;
+pub mod resolve;
+pub mod sys;
+pub mod tls;

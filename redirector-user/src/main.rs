@@ -1,1 +1,56 @@
-fn main() {}
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use redirector_user::{
+    app,
+    cli::{Cli, Command, Output},
+    config, endpoints,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log_level))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            rustls::crypto::ring::default_provider()
+                .install_default()
+                .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(args.workers.max(1))
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            runtime.block_on(app::run(app::RunOptions {
+                config: args.config,
+                overrides: args.node.to_settings(),
+            }))
+        }
+        Command::Check(args) => {
+            let config = config::load_file(&args.config, &args.node.to_settings())?;
+            print!("{}", app::describe(&config));
+            Ok(())
+        }
+        Command::Endpoints(args) => {
+            let report = endpoints::report(&args.pin_dir)?;
+            match args.output {
+                Output::Table => print!("{}", endpoints::render_table(&report)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            Ok(())
+        }
+    }
+}

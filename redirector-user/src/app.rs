@@ -1,0 +1,375 @@
+//! The daemon: wire config, kernel datapath, proxy, DNS and outlier timers
+//! together, and keep them consistent across reloads.
+//!
+//! Start-up order leaves no gap: load the programs, bind the listener, fill
+//! the maps, then attach. A reload (SIGHUP) builds a complete new generation
+//! of clusters next to the old one, carries over resolved addresses and
+//! outlier state, and swaps it in; an invalid file is logged and the running
+//! config stays in force, never half-applied.
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
+
+use anyhow::Context as _;
+use redirector_common::{
+    HOST_LEN, PROTO_HTTP, PROTO_HTTPS, PROTO_TCP, PROTO_TLS, SVC_TLS_ORIGINATION, SVC_VIP_AUTO,
+    ServiceInfo, ServiceKey, ServiceValue, write_str,
+};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::Notify,
+    task::JoinHandle,
+};
+use tracing::{error, info, warn};
+
+use crate::{
+    bpf::{Datapath, DatapathOptions, ServiceMapEntry},
+    cluster::Cluster,
+    config::{self, Config, NodeSettings, Protocol, TlsPolicy},
+    health,
+    locality::Locality,
+    proxy::{self, Route, Routes},
+    resolve::{self, Resolve},
+    sys,
+    tls::TlsOrigin,
+};
+
+pub const DEFAULT_LISTEN_PORT: u16 = 15001;
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/redirector";
+
+pub struct RunOptions {
+    pub config: PathBuf,
+    /// From flags; they win over the file's NodeConfig.
+    pub overrides: NodeSettings,
+}
+
+/// Node settings with every default filled in.
+#[derive(Clone, Debug, PartialEq)]
+struct Node {
+    locality: Locality,
+    cgroup: PathBuf,
+    listen: SocketAddrV4,
+    pin_dir: PathBuf,
+    nameservers: Vec<SocketAddr>,
+}
+
+impl Node {
+    fn resolve(settings: &NodeSettings) -> anyhow::Result<Self> {
+        let cgroup = match &settings.cgroup {
+            Some(c) => c.clone(),
+            None => sys::cgroup2_root().context("finding the default cgroup (the cgroup v2 root)")?,
+        };
+        Ok(Self {
+            locality: settings.locality.clone().unwrap_or_default(),
+            cgroup,
+            listen: SocketAddrV4::new(
+                Ipv4Addr::LOCALHOST,
+                settings.listen_port.unwrap_or(DEFAULT_LISTEN_PORT),
+            ),
+            pin_dir: settings
+                .pin_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR)),
+            nameservers: settings.nameservers.clone(),
+        })
+    }
+}
+
+/// Everything built from one config: clusters, routes and their tasks.
+struct Generation {
+    config: Config,
+    node: Node,
+    routes: Arc<HashMap<SocketAddrV4, Arc<Route>>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Generation {
+    fn build(
+        config: Config,
+        node: Node,
+        notify: &Arc<Notify>,
+        previous: Option<&Generation>,
+    ) -> anyhow::Result<Self> {
+        let resolver: Arc<dyn Resolve> = Arc::new(
+            resolve::Hickory::new(&node.nameservers).context("setting up the DNS resolver")?,
+        );
+        let old: HashMap<(&str, u16), &Arc<Cluster>> = previous
+            .map(|p| {
+                p.routes
+                    .values()
+                    .map(|r| ((r.cluster.service.host.as_str(), r.cluster.service.port.number), &r.cluster))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut routes = HashMap::new();
+        let mut tasks = Vec::new();
+        // DNS name → every (cluster, endpoint index) that uses it.
+        let mut names: HashMap<String, Vec<(Arc<Cluster>, usize)>> = HashMap::new();
+        for (i, service) in config.services.iter().enumerate() {
+            let tls = TlsOrigin::new(&service.policy.tls, service.port.protocol == Protocol::Http)
+                .with_context(|| format!("service {}:{}", service.host, service.port.number))?;
+            let cluster = Arc::new(Cluster::new(
+                i as u32 + 1,
+                service.clone(),
+                &node.locality,
+                notify.clone(),
+            ));
+            if let Some(prev) = old.get(&(service.host.as_str(), service.port.number)) {
+                cluster.adopt(prev);
+            }
+            for (idx, name) in cluster.dns_endpoints() {
+                names.entry(name).or_default().push((cluster.clone(), idx));
+            }
+            if let Some(interval) = cluster.outlier_interval() {
+                let c = cluster.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut ticker = tokio::time::interval_at(
+                        tokio::time::Instant::now() + interval,
+                        interval,
+                    );
+                    loop {
+                        ticker.tick().await;
+                        c.tick();
+                    }
+                }));
+            }
+            let vip = SocketAddrV4::new(service.vip, service.port.number);
+            routes.insert(vip, Arc::new(Route { cluster, tls }));
+        }
+        for (name, users) in names {
+            tasks.push(resolve::watch(resolver.clone(), name, move |addrs| {
+                for (cluster, idx) in &users {
+                    cluster.set_resolved(*idx, addrs.clone());
+                }
+            }));
+        }
+        Ok(Self {
+            config,
+            node,
+            routes: Arc::new(routes),
+            tasks,
+        })
+    }
+
+    fn service_entries(&self) -> Vec<ServiceMapEntry> {
+        self.routes
+            .iter()
+            .map(|(vip, route)| {
+                let s = &route.cluster.service;
+                let mut info = ServiceInfo {
+                    vip_be: u32::from(*vip.ip()).to_be(),
+                    port_be: vip.port().to_be(),
+                    protocol: match s.port.protocol {
+                        Protocol::Http => PROTO_HTTP,
+                        Protocol::Https => PROTO_HTTPS,
+                        Protocol::Tcp => PROTO_TCP,
+                        Protocol::Tls => PROTO_TLS,
+                    },
+                    flags: if s.vip_allocated { SVC_VIP_AUTO } else { 0 }
+                        | if route.tls.is_some() { SVC_TLS_ORIGINATION } else { 0 },
+                    endpoint_count: s.endpoints.len() as u32,
+                    _pad: 0,
+                    host: [0; HOST_LEN],
+                };
+                write_str(&mut info.host, &s.host);
+                ServiceMapEntry {
+                    key: ServiceKey {
+                        vip_be: info.vip_be,
+                        port_be: info.port_be,
+                        _pad: 0,
+                    },
+                    value: ServiceValue {
+                        service_id: route.cluster.id,
+                        flags: 0,
+                    },
+                    info,
+                }
+            })
+            .collect()
+    }
+}
+
+fn log_config(config: &Config, node: &Node) {
+    info!(
+        locality = %node.locality, cgroup = %node.cgroup.display(), listen = %node.listen,
+        pin_dir = %node.pin_dir.display(), vip_range = %config.vip_range,
+        nameservers = ?node.nameservers, services = config.services.len(), "effective config"
+    );
+    for s in &config.services {
+        let endpoints: Vec<String> = s
+            .endpoints
+            .iter()
+            .map(|e| format!("{}:{}@{}", e.address, e.port, e.locality))
+            .collect();
+        info!(
+            host = %s.host, port = s.port.number, protocol = ?s.port.protocol,
+            vip = %s.vip, vip_source = if s.vip_allocated { "allocated" } else { "addresses" },
+            ?endpoints, outlier_detection = ?s.policy.outlier,
+            tls = matches!(s.policy.tls, TlsPolicy::Simple { .. }),
+            "service {} -> {}:{}", s.host, s.vip, s.port.number
+        );
+    }
+}
+
+fn load(path: &Path, overrides: &NodeSettings) -> anyhow::Result<(Config, Node)> {
+    let config = config::load_file(path, overrides)?;
+    let node = Node::resolve(&config.node)?;
+    Ok((config, node))
+}
+
+pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let (config, node) = load(&opts.config, &opts.overrides)?;
+    log_config(&config, &node);
+    let datapath = Arc::new(Datapath::load(DatapathOptions {
+        cgroup: node.cgroup.clone(),
+        pin_dir: node.pin_dir.clone(),
+        proxy: node.listen,
+    })?);
+    let result = serve(&opts, config, node, &datapath).await;
+    datapath.shutdown();
+    result
+}
+
+async fn serve(
+    opts: &RunOptions,
+    config: Config,
+    node: Node,
+    datapath: &Arc<Datapath>,
+) -> anyhow::Result<()> {
+    let listener = proxy::bind(node.listen.into()).await?;
+    let notify = Arc::new(Notify::new());
+    let mut current = Generation::build(config, node, &notify, None)?;
+    datapath.set_services(&current.service_entries())?;
+    let routes: Routes = Arc::new(RwLock::new(current.routes.clone()));
+    let publisher = tokio::spawn(health::publish(datapath.clone(), routes.clone(), notify.clone()));
+    let accept = tokio::spawn(proxy::serve(listener, datapath.clone(), routes.clone()));
+    let _guard = AbortOnDrop(vec![publisher, accept]);
+    datapath.attach()?;
+    for s in &current.config.services {
+        info!("{}:{} is served at VIP {}:{}", s.host, s.port.number, s.vip, s.port.number);
+    }
+    info!(pid = std::process::id(), "redirector ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                match reload(opts, &current, &notify) {
+                    Ok(next) => {
+                        // Routes first, so a newly published VIP always has one.
+                        *routes.write().expect("routes lock") = next.routes.clone();
+                        if let Err(e) = datapath.set_services(&next.service_entries()) {
+                            error!("publishing the reloaded services to the kernel: {e}");
+                        }
+                        current = next;
+                        notify.notify_one();
+                        info!(services = current.config.services.len(), "config reloaded");
+                    }
+                    Err(e) => error!("config reload rejected, keeping the running config: {e:#}"),
+                }
+            }
+        }
+    }
+    info!("shutting down");
+    Ok(())
+}
+
+fn reload(
+    opts: &RunOptions,
+    current: &Generation,
+    notify: &Arc<Notify>,
+) -> anyhow::Result<Generation> {
+    let (config, mut node) = load(&opts.config, &opts.overrides)?;
+    // These are bound to kernel objects and sockets made at start.
+    for (what, changed) in [
+        ("cgroup", node.cgroup != current.node.cgroup),
+        ("listenPort", node.listen != current.node.listen),
+        ("pinDir", node.pin_dir != current.node.pin_dir),
+    ] {
+        if changed {
+            warn!("{what} changed in the config; it takes effect on restart only");
+        }
+    }
+    node.cgroup = current.node.cgroup.clone();
+    node.listen = current.node.listen;
+    node.pin_dir = current.node.pin_dir.clone();
+    log_config(&config, &node);
+    Generation::build(config, node, notify, Some(current))
+}
+
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// What `redirector check` prints: every service with its VIP and
+/// endpoints, as the daemon would serve them.
+pub fn describe(config: &Config) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "config OK: {} service(s), VIP range {}\n",
+        config.services.len(),
+        config.vip_range
+    );
+    for s in &config.services {
+        let _ = writeln!(
+            out,
+            "\n{}:{} ({:?}) VIP {} ({}) from ServiceEntry {}{}",
+            s.host,
+            s.port.number,
+            s.port.protocol,
+            s.vip,
+            if s.vip_allocated { "allocated" } else { "addresses" },
+            s.service_entry,
+            s.destination_rule
+                .as_ref()
+                .map(|d| format!(", DestinationRule {d}"))
+                .unwrap_or_default()
+        );
+        if let Some(o) = &s.policy.outlier {
+            let _ = writeln!(
+                out,
+                "  outlier detection: {} consecutive 5xx, interval {:?}, base ejection {:?}",
+                o.consecutive_5xx, o.interval, o.base_ejection_time
+            );
+        }
+        if let TlsPolicy::Simple { sni, .. } = &s.policy.tls {
+            let _ = writeln!(
+                out,
+                "  TLS origination: SIMPLE, SNI {}",
+                sni.as_deref().unwrap_or("<endpoint name>")
+            );
+        }
+        for e in &s.endpoints {
+            let _ = writeln!(
+                out,
+                "  endpoint {}:{} locality {:?}",
+                e.address,
+                e.port,
+                e.locality.to_string()
+            );
+        }
+    }
+    out
+}

@@ -1,0 +1,165 @@
+//! Command-line interface. Node settings given as flags win over the same
+//! settings in the config file's `NodeConfig` document.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{config::NodeSettings, locality::Locality};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "redirector",
+    version,
+    about = "Transparent, eBPF-accelerated locality failover for external services, configured \
+             with Istio ServiceEntry and DestinationRule documents"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `redirector=debug`.
+    #[arg(long, global = true, env = "REDIRECTOR_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (needs root or CAP_BPF + CAP_NET_ADMIN).
+    Run(RunArgs),
+    /// Print services and endpoint health, read from the running daemon's pinned BPF maps.
+    Endpoints(EndpointsArgs),
+    /// Validate a config file, print what it defines, and exit.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Multi-document YAML with ServiceEntry, DestinationRule and NodeConfig documents.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub node: NodeFlags,
+    /// Proxy worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[arg(long, short)]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub node: NodeFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct EndpointsArgs {
+    /// bpffs directory of the daemon to inspect.
+    #[arg(long, default_value = crate::app::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    #[arg(long, short, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeFlags {
+    /// Attach the redirect to this cgroup v2 directory [default: the cgroup v2 root].
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// This node's locality, REGION[/ZONE[/SUBZONE]].
+    #[arg(long, value_parser = parse_locality)]
+    pub locality: Option<Locality>,
+    /// DNS server for endpoint names, IP[:PORT]; repeatable [default: /etc/resolv.conf].
+    #[arg(long = "nameserver", value_parser = parse_nameserver)]
+    pub nameservers: Vec<SocketAddr>,
+    /// Proxy listener port on 127.0.0.1 [default: 15001].
+    #[arg(long)]
+    pub listen_port: Option<u16>,
+    /// Range for VIPs of ServiceEntries without `addresses` [default: 240.240.0.0/16].
+    #[arg(long)]
+    pub vip_range: Option<ipnet::Ipv4Net>,
+    /// bpffs directory for pinned maps [default: /sys/fs/bpf/redirector].
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl NodeFlags {
+    pub fn to_settings(&self) -> NodeSettings {
+        NodeSettings {
+            locality: self.locality.clone(),
+            cgroup: self.cgroup.clone(),
+            nameservers: self.nameservers.clone(),
+            listen_port: self.listen_port,
+            vip_range: self.vip_range,
+            pin_dir: self.pin_dir.clone(),
+        }
+    }
+}
+
+fn parse_locality(s: &str) -> Result<Locality, String> {
+    Locality::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("{s:?} is not IP or IP:PORT"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from([
+            "redirector",
+            "run",
+            "--config",
+            "c.yaml",
+            "--locality",
+            "us-east1/a",
+            "--nameserver",
+            "10.0.0.1",
+            "--nameserver",
+            "127.0.0.1:5353",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        let s = run.node.to_settings();
+        assert_eq!(s.locality.unwrap().zone, "a");
+        assert_eq!(
+            s.nameservers,
+            vec![
+                "10.0.0.1:53".parse::<SocketAddr>().unwrap(),
+                "127.0.0.1:5353".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_flags_say_what_is_wrong() {
+        let err = Cli::try_parse_from(["redirector", "run", "-c", "x", "--locality", "a/b/c/d"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more than three"), "{err}");
+        let err = Cli::try_parse_from(["redirector", "run", "-c", "x", "--nameserver", "dns"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not IP or IP:PORT"), "{err}");
+    }
+}

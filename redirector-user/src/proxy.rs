@@ -1,0 +1,87 @@
+//! The node-local proxy: accepts connections connect4 redirected, finds
+//! out which VIP:port each was meant for, and serves it as that service's
+//! protocol says.
+
+pub mod http;
+pub mod tcp;
+pub mod upstream;
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, SocketAddrV4},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use crate::{bpf::Datapath, config::Protocol};
+pub use upstream::Route;
+
+/// The current routing table, swapped as a whole on config reload.
+pub type Routes = Arc<RwLock<Arc<HashMap<SocketAddrV4, Arc<Route>>>>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(
+        "listen address {addr} is already in use (another redirector, or choose another port \
+         with --listen-port)"
+    )]
+    PortInUse { addr: SocketAddr },
+    #[error("listening on {addr}: {error}")]
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr).await.map_err(|error| {
+        if error.kind() == std::io::ErrorKind::AddrInUse {
+            ProxyError::PortInUse { addr }
+        } else {
+            ProxyError::Listen { addr, error }
+        }
+    })
+}
+
+/// Accepts until the task is dropped.
+pub async fn serve(listener: TcpListener, datapath: Arc<Datapath>, routes: Routes) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep going.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let datapath = datapath.clone();
+        let routes = routes.clone();
+        tokio::spawn(async move { handle(stream, peer, &datapath, &routes).await });
+    }
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, datapath: &Datapath, routes: &Routes) {
+    let _ = stream.set_nodelay(true);
+    let SocketAddr::V4(peer) = peer else {
+        return tcp::reset(stream);
+    };
+    let Some(orig) = datapath.take_original_destination(peer) else {
+        // Someone dialled the proxy port directly: nothing to serve.
+        debug!(%peer, "connection without a redirect record; closing");
+        return tcp::reset(stream);
+    };
+    let route = routes.read().expect("routes lock").get(&orig).cloned();
+    let Some(route) = route else {
+        warn!(%peer, %orig, "no service for this VIP:port any more; resetting");
+        return tcp::reset(stream);
+    };
+    debug!(%peer, %orig, cluster = %route.cluster.name, "accepted");
+    match route.cluster.service.port.protocol {
+        Protocol::Http => http::serve(stream, route).await,
+        Protocol::Tcp | Protocol::Https | Protocol::Tls => tcp::serve(stream, &route).await,
+    }
+}

@@ -1,0 +1,256 @@
+//! HTTP/1.1 ports: hyper on both sides, so every response status feeds
+//! outlier detection and bodies stream through with back-pressure.
+//!
+//! An app connection keeps its upstream connection across requests until
+//! that endpoint is ejected or the connection closes; then the next request
+//! picks again. A request is retried on another endpoint when it provably
+//! never reached one (connect failure, a kept-alive connection the server
+//! had closed), and, like Istio's default retry policy (two retries on 503,
+//! never the same host twice), when it has no body and the answer is 503.
+//! So the app sees neither the blog's "first call fails" nor a 503 while a
+//! healthy endpoint exists. With none left it gets a 503 whose body says
+//! why, like Envoy's "no healthy upstream".
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header, request};
+use http_body_util::{BodyExt as _, Either, Empty, Full, Limited};
+use hyper::{
+    body::{Body as _, Incoming},
+    client::conn::http1::{self as client, SendRequest},
+    server::conn::http1 as server,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpStream, sync::Mutex};
+use tracing::{debug, warn};
+
+use super::upstream::{Route, connect_first};
+use crate::{
+    cluster::{Host, HostKey},
+    outlier::Outcome,
+};
+
+/// What the app receives: the upstream's streamed body or one we made.
+type Body = Either<Incoming, Full<Bytes>>;
+/// What the endpoint receives: the app's streamed body, or none on a retry.
+type UpBody = Either<Incoming, Empty<Bytes>>;
+
+/// Istio's default `retries.attempts` for `retriable-status-codes` (503).
+const RETRIES_ON_503: usize = 2;
+/// Resends of a request that never left (stale pooled connection).
+const RESENDS: usize = 3;
+/// A 503 body kept to hand back if no other endpoint answers.
+const MAX_BUFFERED_503: usize = 64 * 1024;
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 5] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::UPGRADE,
+];
+
+/// The upstream connection an app connection is using.
+type Slot = Arc<Mutex<Option<(Host, SendRequest<UpBody>)>>>;
+
+pub async fn serve(client: TcpStream, route: Arc<Route>) {
+    let slot: Slot = Arc::new(Mutex::new(None));
+    let service = service_fn(move |req| {
+        let route = route.clone();
+        let slot = slot.clone();
+        async move { Ok::<_, std::convert::Infallible>(forward(req, &route, &slot).await) }
+    });
+    if let Err(e) = server::Builder::new()
+        .serve_connection(TokioIo::new(client), service)
+        .await
+    {
+        debug!(error = %e, "app connection ended with an error");
+    }
+}
+
+async fn forward(mut req: Request<Incoming>, route: &Route, slot: &Slot) -> Response<Body> {
+    strip_hop_by_hop(req.headers_mut());
+    // Only a request without a body can be sent again after it left.
+    let replay: Option<request::Parts> = req.body().is_end_stream().then(|| head_of(&req));
+    let mut next: Request<UpBody> = req.map(Either::Left);
+    let mut slot = slot.lock().await;
+    let mut tried: Vec<HostKey> = Vec::new();
+    let mut fallback: Option<Response<Body>> = None;
+    let (mut retries, mut resends) = (RETRIES_ON_503, RESENDS);
+    loop {
+        if let Some((host, sender)) = slot.as_ref()
+            && (sender.is_closed()
+                || route.cluster.is_ejected(host)
+                || tried.contains(&host.key))
+        {
+            *slot = None;
+        }
+        if slot.is_none() {
+            match open(route, &tried).await {
+                Ok(conn) => *slot = Some(conn),
+                Err(reply) => return fallback.unwrap_or(reply),
+            }
+        }
+        let (host, sender) = slot.as_mut().expect("slot filled above");
+        let host = host.clone();
+        match sender.try_send_request(next).await {
+            Ok(mut resp) => {
+                let status = resp.status();
+                route
+                    .cluster
+                    .record(&host, Outcome::Status(status.as_u16()), None);
+                strip_hop_by_hop(resp.headers_mut());
+                let Some(head) = replay.as_ref().filter(|_| status == 503 && retries > 0) else {
+                    return resp.map(Either::Left);
+                };
+                let Some(buffered) = buffer(resp).await else {
+                    *slot = None;
+                    return local_reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("{host} answered 503 and its body could not be read"),
+                    );
+                };
+                debug!(endpoint = %host, "503; retrying on another endpoint");
+                retries -= 1;
+                tried.push(host.key);
+                fallback = Some(buffered);
+                next = Request::from_parts(head.clone(), Either::Right(Empty::new()));
+            }
+            Err(mut e) => {
+                *slot = None;
+                let Some(unsent) = e.take_message() else {
+                    // It left and the connection broke before a response:
+                    // Envoy's "upstream reset", a 5xx for outlier detection.
+                    let error = format!("upstream reset before response: {}", e.error());
+                    route
+                        .cluster
+                        .record(&host, Outcome::ConnectFailed, Some(&error));
+                    return local_reply(StatusCode::BAD_GATEWAY, &format!("{host}: {error}"));
+                };
+                debug!(endpoint = %host, error = %e.error(), "upstream connection was not usable; resending");
+                resends -= 1;
+                if resends == 0 {
+                    return local_reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "upstream connections kept closing before the request could be sent",
+                    );
+                }
+                next = unsent;
+            }
+        }
+    }
+}
+
+/// A copy of a request's head, for sending it again.
+fn head_of<B>(req: &Request<B>) -> request::Parts {
+    let mut copy = Request::new(());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy.into_parts().0
+}
+
+/// Reads a (small) response body so the response can be returned later.
+async fn buffer(resp: Response<Incoming>) -> Option<Response<Body>> {
+    let (parts, body) = resp.into_parts();
+    let bytes = Limited::new(body, MAX_BUFFERED_503)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
+    Some(Response::from_parts(parts, Either::Right(Full::new(bytes))))
+}
+
+/// A fresh upstream HTTP/1 connection to the first reachable endpoint not
+/// in `exclude`.
+async fn open(
+    route: &Route,
+    exclude: &[HostKey],
+) -> Result<(Host, SendRequest<UpBody>), Response<Body>> {
+    let (host, stream) = connect_first(route, false, exclude).await.map_err(|no| {
+        warn!(cluster = %route.cluster.name, "{no}");
+        local_reply(StatusCode::SERVICE_UNAVAILABLE, &no.to_string())
+    })?;
+    match client::handshake(TokioIo::new(stream)).await {
+        Ok((sender, conn)) => {
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!(error = %e, "upstream connection ended with an error");
+                }
+            });
+            Ok((host, sender))
+        }
+        Err(e) => {
+            let error = format!("HTTP/1 handshake: {e}");
+            route
+                .cluster
+                .record(&host, Outcome::ConnectFailed, Some(&error));
+            Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, &error))
+        }
+    }
+}
+
+fn local_reply(status: StatusCode, detail: &str) -> Response<Body> {
+    let what = match status {
+        StatusCode::SERVICE_UNAVAILABLE => "no healthy upstream",
+        _ => "upstream error",
+    };
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!(
+        "{what}: {detail}\n"
+    )))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&listed) {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::HOST, HeaderValue::from_static("mydb.com"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[header::HOST], "mydb.com");
+    }
+
+    #[test]
+    fn head_copy_keeps_method_uri_and_headers() {
+        let req = Request::post("/x?y=1")
+            .header(header::HOST, "mydb.com")
+            .body(())
+            .unwrap();
+        let head = head_of(&req);
+        assert_eq!(head.method, http::Method::POST);
+        assert_eq!(head.uri, "/x?y=1");
+        assert_eq!(head.headers[header::HOST], "mydb.com");
+    }
+}
