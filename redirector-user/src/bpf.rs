@@ -239,13 +239,15 @@ impl Datapath {
             cgroup: self.cgroup.clone(),
             error,
         };
+        // BPF links (Linux ≥ 5.7) always coexist with other programs on the
+        // cgroup and reject BPF_F_ALLOW_MULTI; `Single` passes flags 0.
         let connect4: &mut CgroupSockAddr = program(ebpf, program_names::CONNECT4)?;
         connect4
-            .attach(&cgroup, CgroupAttachMode::AllowMultiple)
+            .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(|e| attach_err(program_names::CONNECT4, e))?;
         let sockops: &mut SockOps = program(ebpf, program_names::SOCKOPS)?;
         sockops
-            .attach(&cgroup, CgroupAttachMode::AllowMultiple)
+            .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(|e| attach_err(program_names::SOCKOPS, e))?;
         let mut maps = self.maps.lock().expect("maps lock");
         let cfg = proxy_config(self.proxy, PROXY_ENABLED);
@@ -285,6 +287,12 @@ impl Datapath {
             pins.remove();
             info!("detached and unpinned");
         }
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 

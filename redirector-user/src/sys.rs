@@ -12,7 +12,7 @@ use std::{
 
 pub const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 pub const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
-pub const BPF_FS_MAGIC: i64 = 0xcafe_4711;
+pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 pub const CAP_NET_ADMIN: u32 = 12;
 pub const CAP_SYS_ADMIN: u32 = 21;
