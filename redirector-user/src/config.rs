@@ -292,4 +292,8 @@ fn display_opt<T: fmt::Display, S: Serializer>(value: &Option<T>, s: S) -> Resul
 #[cfg(test)]
 mod blog_tests;
 #[cfg(test)]
+mod rule_tests;
+#[cfg(test)]
+mod service_tests;
+#[cfg(test)]
 mod tests;

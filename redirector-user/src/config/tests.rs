@@ -1,13 +1,11 @@
 //! Loading and rejection, end to end through `load_str`: every rejection is
-//! checked for its message and for where it points.
-
-use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
-use std::time::Duration;
+//! checked for its message and for where it points. This file holds the
+//! shared helpers and the document-level cases; `service_tests` and
+//! `rule_tests` hold the ServiceEntry and DestinationRule ones.
 
 use super::*;
 
-const SE: &str = "\
+pub(super) const SE: &str = "\
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata:
@@ -23,7 +21,7 @@ spec:
     locality: us-east1
 ";
 
-const DR: &str = "\
+pub(super) const DR: &str = "\
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata:
@@ -35,16 +33,16 @@ spec:
       consecutive5xxErrors: 2
 ";
 
-fn load(text: &str) -> Config {
+pub(super) fn load(text: &str) -> Config {
     load_str("t.yaml", text, &NodeSettings::default())
         .unwrap_or_else(|e| panic!("should load:\n{e}\n--- text ---\n{text}"))
 }
 
-fn problems(text: &str) -> Vec<Problem> {
+pub(super) fn problems(text: &str) -> Vec<Problem> {
     problems_with(text, &NodeSettings::default())
 }
 
-fn problems_with(text: &str, overrides: &NodeSettings) -> Vec<Problem> {
+pub(super) fn problems_with(text: &str, overrides: &NodeSettings) -> Vec<Problem> {
     match load_str("t.yaml", text, overrides) {
         Ok(c) => panic!(
             "should be rejected, loaded {:#?}\n--- text ---\n{text}",
@@ -56,7 +54,7 @@ fn problems_with(text: &str, overrides: &NodeSettings) -> Vec<Problem> {
 
 /// 1-based line and column of the first `needle` at or after line `from`;
 /// a trailing `\n` in `needle` means "at the end of the line".
-fn pos_of(text: &str, needle: &str, from: u64) -> (u64, u64) {
+pub(super) fn pos_of(text: &str, needle: &str, from: u64) -> (u64, u64) {
     let (needle, at_end) = match needle.strip_suffix('\n') {
         Some(n) => (n, true),
         None => (needle, false),
@@ -77,7 +75,7 @@ fn pos_of(text: &str, needle: &str, from: u64) -> (u64, u64) {
 /// Asserts that some problem is at `needle`'s position (at or after line
 /// `from`) on `field` with a message containing `message`.
 #[track_caller]
-fn assert_problem(
+pub(super) fn assert_problem(
     problems: &[Problem],
     text: &str,
     needle: &str,
@@ -102,24 +100,30 @@ fn assert_problem(
 
 /// The one problem of `text`, which must be at `needle` on `field`.
 #[track_caller]
-fn rejects(text: &str, needle: &str, field: &str, message: &str) -> Problem {
+pub(super) fn rejects(text: &str, needle: &str, field: &str, message: &str) -> Problem {
     rejects_after(text, 1, needle, field, message)
 }
 
 /// Like [`rejects`], with `needle` searched from line `from`.
 #[track_caller]
-fn rejects_after(text: &str, from: u64, needle: &str, field: &str, message: &str) -> Problem {
+pub(super) fn rejects_after(
+    text: &str,
+    from: u64,
+    needle: &str,
+    field: &str,
+    message: &str,
+) -> Problem {
     let p = problems(text);
     assert_problem(&p, text, needle, from, field, message);
     assert_eq!(p.len(), 1, "expected only one problem: {p:#?}");
     p.into_iter().next().expect("one")
 }
 
-fn se_with(spec_tail: &str) -> String {
+pub(super) fn se_with(spec_tail: &str) -> String {
     format!("{SE}{spec_tail}")
 }
 
-fn se_and_dr(dr_tail: &str) -> String {
+pub(super) fn se_and_dr(dr_tail: &str) -> String {
     format!("{SE}---\n{DR}{dr_tail}")
 }
 
@@ -297,7 +301,8 @@ fn every_unimplemented_istio_field_is_rejected_with_its_line() {
         ),
     ];
     for (tail, key, field) in se_cases {
-        // Spec-level keys go after the endpoint list: indent them as spec keys.
+        // Tails continue the ServiceEntry, whose last key is endpoints[0]
+        // .locality: four spaces add to that endpoint, two are spec keys.
         let text = se_with(tail);
         rejects(&text, &format!("{key}:"), field, "not implemented yet");
     }
@@ -427,678 +432,6 @@ fn every_unimplemented_istio_field_is_rejected_with_its_line() {
         );
         rejects(&text, &format!("{key}:"), field, "not implemented yet");
     }
-}
-
-#[test]
-fn service_entry_rejections() {
-    let with = |from: &str, to: &str| {
-        assert!(SE.contains(from), "{from:?} not in SE");
-        SE.replacen(from, to, 1)
-    };
-    let cases: Vec<(String, &str, &str, &str)> = vec![
-        (
-            with("[mydb.com]", "[\"*.mydb.com\"]"),
-            "\"*.mydb.com\"",
-            "spec.hosts[0]",
-            "not implemented yet: wildcard host",
-        ),
-        (
-            with("[mydb.com]", "[10.1.1.1]"),
-            "10.1.1.1",
-            "spec.hosts[0]",
-            "is an IP address",
-        ),
-        (
-            with("[mydb.com]", "[bad_host-.com]"),
-            "bad_host-.com",
-            "spec.hosts[0]",
-            "not a valid DNS name",
-        ),
-        (
-            with("[mydb.com]", "[mydb.com, mydb.com]"),
-            "mydb.com]",
-            "spec.hosts[1]",
-            "listed twice",
-        ),
-        (
-            with(
-                "  resolution: DNS\n",
-                "  resolution: DNS\n  addresses: [\"2001:db8::1\"]\n",
-            ),
-            "\"2001",
-            "spec.addresses[0]",
-            "not implemented yet: IPv6",
-        ),
-        (
-            with(
-                "  resolution: DNS\n",
-                "  resolution: DNS\n  addresses: [10.0.0.0/24]\n",
-            ),
-            "10.0.0.0/24",
-            "spec.addresses[0]",
-            "not implemented yet: CIDR",
-        ),
-        (
-            with(
-                "  resolution: DNS\n",
-                "  resolution: DNS\n  addresses: [10.0.0.1, 10.0.0.2]\n",
-            ),
-            "10.0.0.2",
-            "spec.addresses",
-            "not implemented yet: more than one address",
-        ),
-        (
-            with(
-                "  resolution: DNS\n",
-                "  resolution: DNS\n  addresses: [banana]\n",
-            ),
-            "banana",
-            "spec.addresses[0]",
-            "not an IPv4 address",
-        ),
-        (
-            with(
-                "  resolution: DNS\n",
-                "  resolution: DNS\n  addresses: [0.0.0.0]\n",
-            ),
-            "0.0.0.0",
-            "spec.addresses[0]",
-            "cannot be a service address",
-        ),
-        (
-            with("number: 80", "number: 0"),
-            "0\n",
-            "spec.ports[0].number",
-            "out of range 1-65535",
-        ),
-        (
-            with("number: 80", "number: 70000"),
-            "70000",
-            "spec.ports[0].number",
-            "out of range 1-65535",
-        ),
-        (
-            with("    name: http\n", "    name: http\n    targetPort: -1\n"),
-            "-1",
-            "spec.ports[0].targetPort",
-            "out of range",
-        ),
-        (
-            with("    name: http\n", ""),
-            "number: 80",
-            "spec.ports[0].name",
-            "port name is required",
-        ),
-        (
-            with(
-                "    name: http\n",
-                "    name: http\n  - number: 81\n    name: http # again\n",
-            ),
-            "http # again",
-            "spec.ports[1].name",
-            "port name \"http\" is used twice",
-        ),
-        (
-            with(
-                "    name: http\n",
-                "    name: http\n  - number: 80 # again\n    name: web\n",
-            ),
-            "80 # again",
-            "spec.ports[1].number",
-            "port 80 is listed twice",
-        ),
-        (
-            with("  ports:\n", "  location: MESH_INTERNAL\n  ports:\n"),
-            "MESH_INTERNAL",
-            "spec.location",
-            "not implemented yet: location MESH_INTERNAL",
-        ),
-        (
-            with("  ports:\n", "  location: OUTSIDE\n  ports:\n"),
-            "OUTSIDE",
-            "spec.location",
-            "unknown location",
-        ),
-        (
-            with("resolution: DNS", "resolution: NONE"),
-            "NONE",
-            "spec.resolution",
-            "not implemented yet: resolution NONE; use DNS or STATIC",
-        ),
-        (
-            with("resolution: DNS", "resolution: DNS_ROUND_ROBIN"),
-            "DNS_ROUND_ROBIN",
-            "spec.resolution",
-            "not implemented yet",
-        ),
-        (
-            with("resolution: DNS", "resolution: dns"),
-            "dns",
-            "spec.resolution",
-            "unknown resolution",
-        ),
-        (
-            with("  resolution: DNS\n", ""),
-            "hosts:",
-            "spec.resolution",
-            "Istio's default NONE is not implemented yet; set resolution: DNS or STATIC",
-        ),
-        (
-            with("resolution: DNS", "resolution: STATIC"),
-            "east.example",
-            "spec.endpoints[0].address",
-            "resolution STATIC needs IP addresses",
-        ),
-        (
-            with("east.example", "unix:///var/run/db.sock"),
-            "unix://",
-            "spec.endpoints[0].address",
-            "unix domain socket",
-        ),
-        (
-            with("east.example", "\"2001:db8::2\""),
-            "\"2001",
-            "spec.endpoints[0].address",
-            "not implemented yet: IPv6 endpoint",
-        ),
-        (
-            with("east.example", "not..valid"),
-            "not..valid",
-            "spec.endpoints[0].address",
-            "IPv4 address or a DNS name",
-        ),
-        (
-            with("locality: us-east1", "locality: a/b/c/d"),
-            "a/b/c/d",
-            "spec.endpoints[0].locality",
-            "more than three",
-        ),
-        (
-            with("  - address: east.example\n", "  - "),
-            "locality: us-east1",
-            "spec.endpoints[0].address",
-            "endpoint address is required",
-        ),
-        (
-            with(
-                "    locality: us-east1\n",
-                "    locality: us-east1\n    ports: {https: 8443}\n",
-            ),
-            "https",
-            "spec.endpoints[0].ports.https",
-            "\"https\" is not the name of a port of this ServiceEntry (ports: http)",
-        ),
-        (
-            with(
-                "    locality: us-east1\n",
-                "    locality: us-east1\n    ports: {http: 0}\n",
-            ),
-            "0}",
-            "spec.endpoints[0].ports.http",
-            "out of range",
-        ),
-        (
-            with("  hosts: [mydb.com]\n", "  hosts: []\n"),
-            "[]",
-            "spec.hosts",
-            "at least one host",
-        ),
-        (
-            with(
-                "  ports:\n  - number: 80\n    name: http\n",
-                "  ports: []\n",
-            ),
-            "[]",
-            "spec.ports",
-            "at least one port",
-        ),
-        (
-            with("  name: db\n", "  namespace: ns\n"),
-            "namespace",
-            "metadata.name",
-            "metadata.name is required",
-        ),
-        (
-            with("  name: db\n", "  name: db\n  uid: 1234\n"),
-            "uid",
-            "metadata.uid",
-            "unknown field `uid`, expected one of name, namespace, labels, annotations",
-        ),
-    ];
-    for (text, needle, field, message) in &cases {
-        let p = problems(text);
-        assert_problem(&p, text, needle, 1, field, message);
-        assert_eq!(
-            p.len(),
-            1,
-            "one problem expected for {field} {message:?}: {p:#?}"
-        );
-    }
-}
-
-#[test]
-fn static_needs_endpoints_and_ips() {
-    let text = SE
-        .replace("resolution: DNS", "resolution: STATIC")
-        .replace("east.example", "10.1.0.1");
-    let c = load(&text);
-    assert_eq!(c.services[0].resolution, Resolution::Static);
-    assert_eq!(
-        c.services[0].endpoints[0].address,
-        EndpointAddress::Ip(Ipv4Addr::new(10, 1, 0, 1))
-    );
-
-    let text = SE.replace("resolution: DNS", "resolution: STATIC").replace(
-        "  endpoints:\n  - address: east.example\n    locality: us-east1\n",
-        "",
-    );
-    rejects(
-        &text,
-        "[mydb.com]",
-        "spec.endpoints",
-        "resolution STATIC needs endpoints",
-    );
-}
-
-#[test]
-fn dns_without_endpoints_resolves_each_host() {
-    let text = SE
-        .replace("[mydb.com]", "[b.example, a.example]")
-        .replace("    name: http\n", "    name: http\n    targetPort: 8080\n")
-        .replace(
-            "  endpoints:\n  - address: east.example\n    locality: us-east1\n",
-            "",
-        );
-    let c = load(&text);
-    let got: Vec<(&str, EndpointSpec)> = c
-        .services
-        .iter()
-        .map(|s| (s.host.as_str(), s.endpoints[0].clone()))
-        .collect();
-    let want = |h: &str| EndpointSpec {
-        address: EndpointAddress::Dns(h.into()),
-        port: 8080,
-        locality: Locality::default(),
-    };
-    assert_eq!(
-        got,
-        [
-            ("a.example", want("a.example")),
-            ("b.example", want("b.example"))
-        ]
-    );
-    assert!(c.services.iter().all(|s| s.endpoints.len() == 1));
-}
-
-#[test]
-fn endpoint_ports_map_by_name_else_target_port() {
-    let text = "\
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: multi, namespace: ns}
-spec:
-  hosts: [multi.example]
-  resolution: DNS
-  ports:
-  - {number: 80, name: http, targetPort: 8080}
-  - {number: 443, name: tls-x}
-  endpoints:
-  - address: a.example
-    ports: {http: 9090}
-  - address: b.example
-    ports: {tls-x: 9443, http: 9091}
-  - address: c.example
-";
-    let c = load(text);
-    let ports = |i: usize| -> Vec<u16> { c.services[i].endpoints.iter().map(|e| e.port).collect() };
-    assert_eq!(c.services[0].port.number, 80);
-    assert_eq!(ports(0), [9090, 9091, 8080]);
-    assert_eq!(c.services[1].port.number, 443);
-    assert_eq!(c.services[1].port.target_port, 443);
-    assert_eq!(c.services[1].port.protocol, Protocol::Tls);
-    assert_eq!(ports(1), [443, 9443, 443]);
-    assert_eq!(c.services[0].service_entry, "ns/multi");
-    assert_eq!(c.services[0].vip, c.services[1].vip, "one VIP per host");
-}
-
-#[test]
-fn protocol_is_explicit_or_inferred_from_the_name() {
-    let port = |name: &str, protocol: Option<&str>| {
-        let line = match protocol {
-            Some(p) => format!("    name: {name}\n    protocol: {p}\n"),
-            None => format!("    name: {name}\n"),
-        };
-        SE.replace("    name: http\n", &line)
-    };
-    for (name, want) in [
-        ("http", Protocol::Http),
-        ("http-web", Protocol::Http),
-        ("HTTP-upper", Protocol::Http),
-        ("https", Protocol::Https),
-        ("https-api", Protocol::Https),
-        ("tls", Protocol::Tls),
-        ("tls-db", Protocol::Tls),
-        ("tcp-db", Protocol::Tcp),
-        ("http2", Protocol::Tcp),
-        ("grpc-x", Protocol::Tcp),
-        ("postgres", Protocol::Tcp),
-        ("httpx", Protocol::Tcp),
-    ] {
-        assert_eq!(
-            load(&port(name, None)).services[0].port.protocol,
-            want,
-            "name {name}"
-        );
-    }
-    for (p, want) in [
-        ("HTTP", Protocol::Http),
-        ("https", Protocol::Https),
-        ("Tcp", Protocol::Tcp),
-        ("TLS", Protocol::Tls),
-    ] {
-        assert_eq!(
-            load(&port("web", Some(p))).services[0].port.protocol,
-            want,
-            "protocol {p}"
-        );
-    }
-    for p in [
-        "GRPC", "HTTP2", "GRPC-WEB", "MONGO", "MYSQL", "REDIS", "UDP", "grpc",
-    ] {
-        let text = port("web", Some(p));
-        rejects(
-            &text,
-            &format!("protocol: {p}")[10..],
-            "spec.ports[0].protocol",
-            "not implemented yet: protocol",
-        );
-    }
-    let text = port("web", Some("SMTP"));
-    rejects(
-        &text,
-        "SMTP",
-        "spec.ports[0].protocol",
-        "unknown protocol \"SMTP\"; expected HTTP, HTTPS, TCP or TLS",
-    );
-}
-
-#[test]
-fn same_host_in_two_service_entries() {
-    let text = format!("{SE}---\n{}", SE.replace("name: db", "name: db2"));
-    let p = rejects_after(&text, 15, "mydb.com", "spec.hosts[0]", "");
-    assert!(
-        p.message
-            .contains("already defined by ServiceEntry \"db\" (document 1)"),
-        "{p}"
-    );
-    assert_eq!(
-        p.document.as_deref(),
-        Some("ServiceEntry \"db2\" (document 2)")
-    );
-}
-
-#[test]
-fn destination_rule_host_must_match_a_service_entry() {
-    let text = format!(
-        "{SE}---\n{}",
-        DR.replace("host: mydb.com", "host: other.com")
-    );
-    rejects(
-        &text,
-        "other.com",
-        "spec.host",
-        "no ServiceEntry has host \"other.com\" (ServiceEntry hosts: mydb.com)",
-    );
-    let text = format!(
-        "{SE}---\n{}",
-        DR.replace("host: mydb.com", "host: \"*.com\"")
-    );
-    rejects(
-        &text,
-        "\"*.com\"",
-        "spec.host",
-        "not implemented yet: wildcard host",
-    );
-    let text = format!("{SE}---\n{}", DR.replace("host: mydb.com", "host: mydb"));
-    rejects(
-        &text,
-        "mydb\n",
-        "spec.host",
-        "not implemented yet: short host name",
-    );
-    // A rule alone has nothing to attach to.
-    let p = problems(DR);
-    assert!(p[0].message.contains("ServiceEntry hosts: none"), "{p:#?}");
-}
-
-#[test]
-fn one_destination_rule_per_host() {
-    let text = format!("{SE}---\n{DR}---\n{}", DR.replace("db-rule", "db-rule-2"));
-    let p = rejects_after(&text, 30, "mydb.com", "spec.host", "");
-    assert!(
-        p.message
-            .contains("already has DestinationRule \"db-rule\" (document 2)"),
-        "{p}"
-    );
-}
-
-#[test]
-fn destination_rule_rejections() {
-    let tp = |yaml: &str| {
-        format!(
-            "{SE}---\n{}",
-            DR.replace(
-                "    outlierDetection:\n      consecutive5xxErrors: 2\n",
-                yaml
-            )
-        )
-    };
-    let cases: Vec<(String, &str, &str, &str)> = vec![
-        (
-            tp("    loadBalancer: {simple: LEAST_REQUEST}\n"),
-            "LEAST_REQUEST",
-            "spec.trafficPolicy.loadBalancer.simple",
-            "not implemented yet: load balancer LEAST_REQUEST",
-        ),
-        (
-            tp("    loadBalancer: {simple: RANDOM}\n"),
-            "RANDOM",
-            "spec.trafficPolicy.loadBalancer.simple",
-            "ROUND_ROBIN only",
-        ),
-        (
-            tp("    loadBalancer: {simple: PASSTHROUGH}\n"),
-            "PASSTHROUGH",
-            "spec.trafficPolicy.loadBalancer.simple",
-            "not implemented yet",
-        ),
-        (
-            tp("    loadBalancer: {simple: LEAST_CONN}\n"),
-            "LEAST_CONN",
-            "spec.trafficPolicy.loadBalancer.simple",
-            "not implemented yet",
-        ),
-        (
-            tp("    loadBalancer: {simple: FASTEST}\n"),
-            "FASTEST",
-            "spec.trafficPolicy.loadBalancer.simple",
-            "unknown load balancer",
-        ),
-        (
-            tp(
-                "    loadBalancer:\n      localityLbSetting:\n        failover: [{from: us-east1/a, to: us-west}]\n",
-            ),
-            "us-east1/a",
-            "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0].from",
-            "not a region",
-        ),
-        (
-            tp(
-                "    loadBalancer:\n      localityLbSetting:\n        failover: [{from: us-east1, to: us-east1}]\n",
-            ),
-            "us-east1}",
-            "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0].to",
-            "failover from us-east1 to itself",
-        ),
-        (
-            tp(
-                "    loadBalancer:\n      localityLbSetting:\n        failover: [{from: us-east1}]\n",
-            ),
-            "{from",
-            "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0].to",
-            "required",
-        ),
-        (
-            tp("    tls: {mode: MUTUAL}\n"),
-            "MUTUAL",
-            "spec.trafficPolicy.tls.mode",
-            "not implemented yet: tls mode MUTUAL",
-        ),
-        (
-            tp("    tls: {mode: ISTIO_MUTUAL}\n"),
-            "ISTIO_MUTUAL",
-            "spec.trafficPolicy.tls.mode",
-            "no mesh identity",
-        ),
-        (
-            tp("    tls: {mode: simple}\n"),
-            "simple",
-            "spec.trafficPolicy.tls.mode",
-            "unknown tls mode",
-        ),
-        (
-            tp("    tls: {mode: SIMPLE, sni: 1.2.3.4}\n"),
-            "1.2.3.4",
-            "spec.trafficPolicy.tls.sni",
-            "never an IP address",
-        ),
-        (
-            tp("    tls: {sni: a.com}\n"),
-            "sni",
-            "spec.trafficPolicy.tls.sni",
-            "only used with tls mode SIMPLE",
-        ),
-        (
-            tp("    tls: {mode: DISABLE, caCertificates: /ca.pem}\n"),
-            "caCertificates",
-            "spec.trafficPolicy.tls.caCertificates",
-            "only used with tls mode SIMPLE",
-        ),
-        (
-            tp("    outlierDetection: {consecutive5xxErrors: -1}\n"),
-            "-1",
-            "spec.trafficPolicy.outlierDetection.consecutive5xxErrors",
-            "out of range",
-        ),
-        (
-            tp("    outlierDetection: {interval: 15}\n"),
-            "15}",
-            "spec.trafficPolicy.outlierDetection.interval",
-            "missing unit",
-        ),
-        (
-            tp("    outlierDetection: {interval: 0s}\n"),
-            "0s",
-            "spec.trafficPolicy.outlierDetection.interval",
-            "greater than zero",
-        ),
-        (
-            tp("    outlierDetection: {baseEjectionTime: -30s}\n"),
-            "-30s",
-            "spec.trafficPolicy.outlierDetection.baseEjectionTime",
-            "greater than zero",
-        ),
-        (
-            tp("    outlierDetection: {baseEjectionTime: 1d}\n"),
-            "1d",
-            "spec.trafficPolicy.outlierDetection.baseEjectionTime",
-            "unknown unit \"d\"",
-        ),
-        (
-            tp("    outlierDetection: {interval: soon}\n"),
-            "soon",
-            "spec.trafficPolicy.outlierDetection.interval",
-            "invalid duration \"soon\"",
-        ),
-    ];
-    for (text, needle, field, message) in &cases {
-        let p = problems(text);
-        assert_problem(&p, text, needle, 15, field, message);
-        assert_eq!(
-            p.len(),
-            1,
-            "one problem expected for {field} {message:?}: {p:#?}"
-        );
-    }
-}
-
-#[test]
-fn outlier_defaults_and_durations() {
-    let tp = |yaml: &str| {
-        format!(
-            "{SE}---\n{}",
-            DR.replace(
-                "    outlierDetection:\n      consecutive5xxErrors: 2\n",
-                yaml
-            )
-        )
-    };
-    let c = load(&tp("    outlierDetection: {}\n"));
-    assert_eq!(
-        c.services[0].policy.outlier,
-        Some(OutlierPolicy {
-            consecutive_5xx: 5,
-            interval: Duration::from_secs(10),
-            base_ejection_time: Duration::from_secs(30)
-        })
-    );
-    let c = load(&tp(
-        "    outlierDetection: {consecutive5xxErrors: 0, interval: 1.5s, baseEjectionTime: 1h30m}\n",
-    ));
-    assert_eq!(
-        c.services[0].policy.outlier,
-        Some(OutlierPolicy {
-            consecutive_5xx: 0,
-            interval: Duration::from_millis(1500),
-            base_ejection_time: Duration::from_secs(5400)
-        })
-    );
-    let c = load(&tp(
-        "    outlierDetection: {interval: 100ms}\n    loadBalancer:\n      localityLbSetting: {enabled: false}\n",
-    ));
-    let s = &c.services[0];
-    assert_eq!(
-        s.policy.outlier.as_ref().map(|o| o.interval),
-        Some(Duration::from_millis(100))
-    );
-    assert!(!s.policy.locality_lb.enabled);
-}
-
-#[test]
-fn simple_tls_on_an_https_port_would_double_encrypt() {
-    let text = format!(
-        "{}---\n{}",
-        SE.replace("    name: http\n", "    name: https\n"),
-        DR.replace(
-            "    outlierDetection:\n      consecutive5xxErrors: 2\n",
-            "    tls:\n      mode: SIMPLE\n"
-        )
-    );
-    rejects(
-        &text,
-        "SIMPLE",
-        "spec.trafficPolicy.tls.mode",
-        "tls mode SIMPLE on port 80 (https) whose protocol is HTTPS",
-    );
-    let text = text.replace("name: https\n", "name: web\n    protocol: TLS\n");
-    rejects(
-        &text,
-        "SIMPLE",
-        "spec.trafficPolicy.tls.mode",
-        "double-encrypt",
-    );
-    // DISABLE on the same port is fine: the app's TLS passes through.
-    load(&text.replace("mode: SIMPLE", "mode: DISABLE"));
 }
 
 #[test]
@@ -1296,6 +629,32 @@ fn duplicate_keys_are_rejected_in_a_named_document() {
 }
 
 #[test]
+fn anchors_and_merge_keys_work() {
+    let text = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [mydb.com]
+  resolution: DNS
+  ports:
+  - &web {number: 80, name: http}
+  - <<: *web
+    number: 8080
+    name: http-alt
+  endpoints:
+  - address: east.example
+";
+    let c = load(text);
+    let ports: Vec<(u16, &str)> = c
+        .services
+        .iter()
+        .map(|s| (s.port.number, s.port.name.as_str()))
+        .collect();
+    assert_eq!(ports, [(80, "http"), (8080, "http-alt")]);
+}
+
+#[test]
 fn serde_reports_one_problem_per_document() {
     let bad = SE.replace(
         "  resolution: DNS\n",
@@ -1319,153 +678,23 @@ fn serde_reports_one_problem_per_document() {
     );
 }
 
-fn vip_of(c: &Config, host: &str) -> Ipv4Addr {
-    c.services
-        .iter()
-        .find(|s| s.host == host)
-        .unwrap_or_else(|| panic!("no {host}"))
-        .vip
-}
-
-fn named_se(name: &str, hosts: &str, extra: &str) -> String {
-    SE.replace("name: db", &format!("name: {name}"))
-        .replace("[mydb.com]", hosts)
-        .replace(
-            "  resolution: DNS\n",
-            &format!("  resolution: DNS\n{extra}"),
-        )
-}
-
 #[test]
-fn vips_are_deterministic_whatever_the_document_order() {
-    let a = named_se("a", "[a.example, c.example]", "");
-    let b = named_se("b", "[b.example]", "");
-    let fixed = named_se("f", "[f.example]", "  addresses: [10.7.7.7]\n");
-    let one = load(&format!("{a}---\n{b}---\n{fixed}"));
-    let two = load(&format!("{fixed}---\n{b}---\n{a}"));
-    for host in ["a.example", "b.example", "c.example", "f.example"] {
-        assert_eq!(vip_of(&one, host), vip_of(&two, host), "{host}");
-    }
-    let vips: BTreeSet<Ipv4Addr> = one.services.iter().map(|s| s.vip).collect();
-    assert_eq!(vips.len(), 4, "distinct VIPs");
-    assert_eq!(vip_of(&one, "f.example"), Ipv4Addr::new(10, 7, 7, 7));
+fn unreadable_file_is_one_problem() {
+    let e = load_file(
+        std::path::Path::new("/nonexistent/redirector.yaml"),
+        &NodeSettings::default(),
+    )
+    .expect_err("no such file");
+    assert_eq!(e.problems.len(), 1);
+    let text = e.to_string();
     assert!(
-        !one.services
-            .iter()
-            .find(|s| s.host == "f.example")
-            .expect("f")
-            .vip_allocated
-    );
-    // The allocation is the documented hash: FNV-1a of the host, modulo the
-    // usable addresses, after the network address.
-    let expected = 0xf0f0_0001 + (vip::fnv1a64(b"b.example") % 65534) as u32;
-    assert_eq!(vip_of(&one, "b.example"), Ipv4Addr::from(expected));
-    // Same file, same VIPs.
-    assert_eq!(
-        vip_of(&load(&format!("{a}---\n{b}---\n{fixed}")), "a.example"),
-        vip_of(&one, "a.example")
+        text.starts_with("/nonexistent/redirector.yaml: cannot read the config file: "),
+        "{text}"
     );
 }
 
 #[test]
-fn allocation_probes_past_explicit_addresses() {
-    let node = |range: &str| {
-        format!(
-            "apiVersion: redirector.dev/v1alpha1\nkind: NodeConfig\nspec: {{vipRange: {range}}}\n---\n"
-        )
-    };
-    let free = load(&format!(
-        "{}{}",
-        node("10.9.0.0/24"),
-        named_se("a", "[a.example]", "")
-    ));
-    let slot = vip_of(&free, "a.example");
-    let next = Ipv4Addr::from(if u32::from(slot) == 0x0a09_00fe {
-        0x0a09_0001
-    } else {
-        u32::from(slot) + 1
-    });
-    // Another ServiceEntry takes a.example's slot explicitly: a.example moves on.
-    let text = format!(
-        "{}{}---\n{}",
-        node("10.9.0.0/24"),
-        named_se("a", "[a.example]", ""),
-        named_se("x", "[x.example]", &format!("  addresses: [{slot}]\n"))
-    );
-    let c = load(&text);
-    assert_eq!(vip_of(&c, "x.example"), slot);
-    assert_eq!(vip_of(&c, "a.example"), next);
-}
-
-#[test]
-fn exhausted_range_is_reported_at_the_host() {
-    let text = format!(
-        "apiVersion: redirector.dev/v1alpha1\nkind: NodeConfig\nspec: {{vipRange: 10.9.0.0/30}}\n---\n{}",
-        named_se("a", "[a.example, b.example, c.example]", "")
-    );
-    let p = problems(&text);
-    assert_eq!(p.len(), 1, "{p:#?}");
-    assert!(
-        p[0].message
-            .contains("no free VIP left for host c.example in 10.9.0.0/30 (2 usable addresses)"),
-        "{p:#?}"
-    );
-    assert_eq!(
-        (p[0].line, p[0].column),
-        (
-            Some(pos_of(&text, "c.example", 1).0),
-            Some(pos_of(&text, "c.example", 1).1)
-        )
-    );
-    // The flag's range counts too.
-    let overrides = NodeSettings {
-        vip_range: Some("10.9.0.0/31".parse().expect("net")),
-        ..NodeSettings::default()
-    };
-    let p = problems_with(
-        &named_se("a", "[a.example, b.example, c.example]", ""),
-        &overrides,
-    );
-    assert!(p[0].message.contains("10.9.0.0/31 (2 usable"), "{p:#?}");
-}
-
-#[test]
-fn vip_and_port_pairs_are_unique() {
-    let a = named_se("a", "[a.example]", "  addresses: [10.7.7.7]\n");
-    let b = named_se("b", "[b.example]", "  addresses: [\"10.7.7.7/32\"]\n");
-    let text = format!("{a}---\n{b}");
-    let p = problems(&text);
-    assert_eq!(p.len(), 1, "{p:#?}");
-    assert!(
-        p[0].message
-            .contains("10.7.7.7:80 is used by both a.example and b.example"),
-        "{p:#?}"
-    );
-    assert_eq!(p[0].line, Some(pos_of(&text, "- number: 80", 15).0));
-    // Another port on the same address is fine.
-    load(&format!(
-        "{a}---\n{}",
-        b.replace("number: 80", "number: 81")
-    ));
-    // One address for two hosts puts both on the same VIP:port.
-    let text = named_se("a", "[a.example, b.example]", "  addresses: [10.7.7.7]\n");
-    let p = problems(&text);
-    assert!(
-        p[0].message
-            .contains("used by both a.example and b.example"),
-        "{p:#?}"
-    );
-}
-
-#[test]
-fn endpoint_on_its_own_vip_would_loop() {
-    let text = named_se("a", "[a.example]", "  addresses: [10.7.7.7]\n")
-        .replace("east.example", "10.7.7.7");
-    rejects_after(
-        &text,
-        12,
-        "10.7.7.7",
-        "spec.endpoints[0].address",
-        "is the VIP of a.example itself",
-    );
+fn empty_file_has_no_services() {
+    let c = load("# nothing yet\n---\n");
+    assert!(c.services.is_empty());
 }
