@@ -1,30 +1,299 @@
-//! TEMPORARY: type-only stand-in for the config module being written on the
-//! `config` branch; replaced wholesale at merge.
-#![allow(dead_code)]
-use std::{net::{Ipv4Addr, SocketAddr}, path::{Path, PathBuf}, time::Duration};
-use serde::Serialize;
-use crate::locality::{Failover, Locality};
+//! Loading the node-local config file: Istio `ServiceEntry` and
+//! `DestinationRule` documents, plus an optional `NodeConfig` of our own.
+//!
+//! Users bring the YAML they already have for Istio, so the documents are
+//! read as Istio defines them, and anything redirector would handle
+//! differently is refused rather than ignored: a field that silently does
+//! nothing is worse than an error. The result is a flat list of services, one
+//! per (host, port), with everything the datapath needs already resolved
+//! (VIP, endpoint ports, defaults), so no other module looks at raw YAML.
+//!
+//! All problems of a file are reported at once, each with file, line,
+//! column, document and field, because a user fixing a config wants the whole
+//! list, not one error per attempt.
 
-pub fn load_file(_path: &Path, _o: &NodeSettings) -> Result<Config, ConfigError> { unimplemented!() }
-pub fn load_str(_s: &str, _t: &str, _o: &NodeSettings) -> Result<Config, ConfigError> { unimplemented!() }
-#[derive(Clone, Debug, Serialize)] pub struct Config { pub node: NodeSettings, pub vip_range: ipnet::Ipv4Net, pub services: Vec<Service> }
-#[derive(Clone, Debug, Default, Serialize, PartialEq)] pub struct NodeSettings {
-    pub locality: Option<Locality>, pub cgroup: Option<PathBuf>, pub nameservers: Vec<SocketAddr>,
-    pub listen_port: Option<u16>, pub vip_range: Option<ipnet::Ipv4Net>, pub pin_dir: Option<PathBuf>,
+mod duration;
+mod node;
+mod policy;
+mod raw;
+mod service_entry;
+mod validate;
+mod vip;
+mod yaml;
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+pub use crate::locality::{Failover, Locality};
+
+/// The range Istio's DNS proxy allocates IPv4 VIPs from.
+pub const DEFAULT_VIP_RANGE: ipnet::Ipv4Net =
+    ipnet::Ipv4Net::new_assert(Ipv4Addr::new(240, 240, 0, 0), 16);
+
+/// Reads and validates the config file at `path`. `overrides` (from flags)
+/// win over the file's `NodeConfig`.
+pub fn load_file(path: &Path, overrides: &NodeSettings) -> Result<Config, ConfigError> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        problems: vec![Problem::file(
+            &source,
+            format!("cannot read the config file: {e}"),
+        )],
+    })?;
+    load_str(&source, &text, overrides)
 }
-#[derive(Clone, Debug, Serialize)] pub struct Service {
-    pub host: String, pub vip: Ipv4Addr, pub vip_allocated: bool, pub port: ServicePort,
-    pub resolution: Resolution, pub endpoints: Vec<EndpointSpec>, pub policy: TrafficPolicy,
-    pub service_entry: String, pub destination_rule: Option<String>,
+
+/// Validates config text; `source` names it in messages (usually the path).
+pub fn load_str(source: &str, text: &str, overrides: &NodeSettings) -> Result<Config, ConfigError> {
+    validate::load(source, text, overrides)
 }
-#[derive(Clone, Debug, Serialize, PartialEq)] pub struct ServicePort { pub number: u16, pub name: String, pub protocol: Protocol, pub target_port: u16 }
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)] pub enum Protocol { Http, Https, Tcp, Tls }
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)] pub enum Resolution { Static, Dns }
-#[derive(Clone, Debug, Serialize, PartialEq)] pub struct EndpointSpec { pub address: EndpointAddress, pub port: u16, pub locality: Locality }
-#[derive(Clone, Debug, Serialize, PartialEq, Eq, Hash)] pub enum EndpointAddress { Ip(Ipv4Addr), Dns(String) }
-impl std::fmt::Display for EndpointAddress { fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { match self { Self::Ip(i) => write!(f, "{i}"), Self::Dns(d) => f.write_str(d) } } }
-#[derive(Clone, Debug, Serialize, PartialEq)] pub struct TrafficPolicy { pub outlier: Option<OutlierPolicy>, pub locality_lb: LocalityLbPolicy, pub tls: TlsPolicy }
-#[derive(Clone, Debug, Serialize, PartialEq)] pub struct OutlierPolicy { pub consecutive_5xx: u32, pub interval: Duration, pub base_ejection_time: Duration }
-#[derive(Clone, Debug, Serialize, PartialEq)] pub struct LocalityLbPolicy { pub enabled: bool, pub failover: Vec<Failover> }
-#[derive(Clone, Debug, Serialize, PartialEq)] pub enum TlsPolicy { Disable, Simple { sni: Option<String>, ca_certificates: Option<PathBuf> } }
-#[derive(Debug, thiserror::Error)] #[error("config error")] pub struct ConfigError { pub problems: Vec<String> }
+
+/// The effective configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    /// The file's `NodeConfig` merged with the overrides.
+    pub node: NodeSettings,
+    /// Where VIPs are allocated from: `node.vip_range` or [`DEFAULT_VIP_RANGE`].
+    #[serde(serialize_with = "display")]
+    pub vip_range: ipnet::Ipv4Net,
+    /// One per (ServiceEntry host, port), sorted by host then port number.
+    pub services: Vec<Service>,
+}
+
+/// Node settings, from the `NodeConfig` document or from flags.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct NodeSettings {
+    pub locality: Option<Locality>,
+    pub cgroup: Option<PathBuf>,
+    /// Empty means unset.
+    pub nameservers: Vec<SocketAddr>,
+    pub listen_port: Option<u16>,
+    #[serde(serialize_with = "display_opt")]
+    pub vip_range: Option<ipnet::Ipv4Net>,
+    pub pin_dir: Option<PathBuf>,
+}
+
+impl NodeSettings {
+    /// `self` with every field that is set in `overrides` replaced.
+    pub fn merged_with(&self, overrides: &NodeSettings) -> NodeSettings {
+        NodeSettings {
+            locality: overrides.locality.clone().or_else(|| self.locality.clone()),
+            cgroup: overrides.cgroup.clone().or_else(|| self.cgroup.clone()),
+            nameservers: if overrides.nameservers.is_empty() {
+                self.nameservers.clone()
+            } else {
+                overrides.nameservers.clone()
+            },
+            listen_port: overrides.listen_port.or(self.listen_port),
+            vip_range: overrides.vip_range.or(self.vip_range),
+            pin_dir: overrides.pin_dir.clone().or_else(|| self.pin_dir.clone()),
+        }
+    }
+}
+
+/// One ServiceEntry host on one of its ports.
+#[derive(Clone, Debug, Serialize)]
+pub struct Service {
+    pub host: String,
+    pub vip: Ipv4Addr,
+    /// True when the VIP was allocated from the range rather than written in
+    /// the ServiceEntry's `addresses`.
+    pub vip_allocated: bool,
+    pub port: ServicePort,
+    pub resolution: Resolution,
+    /// Endpoints with their port for this service port already chosen.
+    pub endpoints: Vec<EndpointSpec>,
+    pub policy: TrafficPolicy,
+    /// `namespace/name` of the ServiceEntry, or `name` without a namespace.
+    pub service_entry: String,
+    /// The DestinationRule that applies, named like `service_entry`.
+    pub destination_rule: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ServicePort {
+    pub number: u16,
+    pub name: String,
+    pub protocol: Protocol,
+    /// Where endpoints listen unless an endpoint's `ports` says otherwise.
+    pub target_port: u16,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub enum Protocol {
+    Http,
+    Https,
+    Tcp,
+    Tls,
+}
+
+/// Istio's spelling: `HTTP`, `HTTPS`, `TCP`, `TLS`.
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Http => "HTTP",
+            Protocol::Https => "HTTPS",
+            Protocol::Tcp => "TCP",
+            Protocol::Tls => "TLS",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub enum Resolution {
+    Static,
+    Dns,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct EndpointSpec {
+    pub address: EndpointAddress,
+    pub port: u16,
+    pub locality: Locality,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, Hash)]
+pub enum EndpointAddress {
+    Ip(Ipv4Addr),
+    /// Resolved at run time (resolution DNS).
+    Dns(String),
+}
+
+impl fmt::Display for EndpointAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndpointAddress::Ip(ip) => ip.fmt(f),
+            EndpointAddress::Dns(name) => f.write_str(name),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TrafficPolicy {
+    /// `None` without `outlierDetection`: no ejection, and (as in Istio) no
+    /// locality failover either.
+    pub outlier: Option<OutlierPolicy>,
+    pub locality_lb: LocalityLbPolicy,
+    pub tls: TlsPolicy,
+}
+
+impl Default for TrafficPolicy {
+    /// What applies without a DestinationRule.
+    fn default() -> Self {
+        TrafficPolicy {
+            outlier: None,
+            locality_lb: LocalityLbPolicy {
+                enabled: true,
+                failover: Vec::new(),
+            },
+            tls: TlsPolicy::Disable,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct OutlierPolicy {
+    /// Consecutive failures that eject an endpoint; 0 turns ejection off.
+    pub consecutive_5xx: u32,
+    #[serde(serialize_with = "duration::serialize")]
+    pub interval: Duration,
+    #[serde(serialize_with = "duration::serialize")]
+    pub base_ejection_time: Duration,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LocalityLbPolicy {
+    pub enabled: bool,
+    pub failover: Vec<Failover>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub enum TlsPolicy {
+    /// The app's bytes go to the endpoint as they are.
+    Disable,
+    /// Originate TLS, verifying the endpoint against `ca_certificates` (a PEM
+    /// file) or the system roots.
+    Simple {
+        sni: Option<String>,
+        ca_certificates: Option<PathBuf>,
+    },
+}
+
+/// Everything wrong with a config file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", lines(.problems))]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+fn lines(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
+    lines.join("\n")
+}
+
+/// One thing wrong with a config file, located as precisely as known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub source: String,
+    pub line: Option<u64>,
+    pub column: Option<u64>,
+    /// Like `DestinationRule "mydynamodb" (document 2)`.
+    pub document: Option<String>,
+    /// Dotted path inside the document, like `spec.ports[0].protocol`.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl Problem {
+    fn file(source: &str, message: String) -> Problem {
+        Problem {
+            source: source.to_owned(),
+            line: None,
+            column: None,
+            document: None,
+            field: None,
+            message,
+        }
+    }
+}
+
+/// `source:line:column: document: field: message`, leaving out what is unknown.
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        for part in [&self.document, &self.field].into_iter().flatten() {
+            write!(f, ": {part}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+fn display<T: fmt::Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+fn display_opt<T: fmt::Display, S: Serializer>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod blog_tests;
+#[cfg(test)]
+mod rule_tests;
+#[cfg(test)]
+mod service_tests;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,120 @@
+//! The `NodeConfig` document: settings of this node rather than of a service.
+//!
+//! Istio learns a proxy's locality and listeners from Kubernetes; a
+//! node-local file has no such source, so they are written here (or given as
+//! flags, which win). One document at most, so there is never a question of
+//! which one applies.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use serde_saphyr::Spanned;
+
+use super::raw;
+use super::service_entry::port_number;
+use super::validate::{Ctx, Doc, pos};
+use super::{Locality, NodeSettings};
+
+/// The file's node settings (before flags are applied).
+pub fn settings(ctx: &mut Ctx, nodes: &[(Doc, raw::NodeDocument)]) -> NodeSettings {
+    let mut out = NodeSettings::default();
+    let Some((first_doc, first)) = nodes.first() else {
+        return out;
+    };
+    for (doc, extra) in &nodes[1..] {
+        ctx.at(
+            doc,
+            pos(extra.kind.referenced),
+            "kind",
+            format!(
+                "only one NodeConfig is allowed; the first is {}",
+                first_doc.label
+            ),
+        );
+    }
+    let doc = first_doc;
+    let Some(spec) = &first.spec else {
+        return out;
+    };
+    if let Some(l) = &spec.locality {
+        match Locality::parse(&l.value) {
+            Ok(l) => out.locality = Some(l),
+            Err(e) => ctx.value(doc, l, "spec.locality", e.to_string()),
+        }
+    }
+    out.cgroup = path(ctx, doc, &spec.cgroup, "spec.cgroup");
+    out.pin_dir = path(ctx, doc, &spec.pin_dir, "spec.pinDir");
+    for (i, ns) in spec.nameservers.iter().flatten().enumerate() {
+        match nameserver(&ns.value) {
+            Some(addr) => out.nameservers.push(addr),
+            None => ctx.value(
+                doc,
+                ns,
+                format!("spec.nameservers[{i}]"),
+                format!("{:?} is not IP or IP:PORT (port 53 if omitted)", ns.value),
+            ),
+        }
+    }
+    if let Some(p) = &spec.listen_port {
+        out.listen_port = port_number(ctx, doc, p, "spec.listenPort");
+    }
+    if let Some(r) = &spec.vip_range {
+        out.vip_range = vip_range(ctx, doc, r);
+    }
+    out
+}
+
+fn path(ctx: &mut Ctx, doc: &Doc, v: &Option<Spanned<String>>, field: &str) -> Option<PathBuf> {
+    let v = v.as_ref()?;
+    if v.value.is_empty() {
+        ctx.value(doc, v, field, "must be a path");
+        return None;
+    }
+    Some(PathBuf::from(&v.value))
+}
+
+/// `IP:PORT`, `[IPv6]:PORT`, or a bare IP meaning port 53.
+pub fn nameserver(text: &str) -> Option<SocketAddr> {
+    text.parse::<SocketAddr>().ok().or_else(|| {
+        text.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 53))
+    })
+}
+
+fn vip_range(ctx: &mut Ctx, doc: &Doc, r: &Spanned<String>) -> Option<ipnet::Ipv4Net> {
+    let field = "spec.vipRange";
+    match r.value.parse::<ipnet::Ipv4Net>() {
+        Ok(net) if net.trunc() == net => Some(net),
+        Ok(net) => {
+            ctx.value(
+                doc,
+                r,
+                field,
+                format!(
+                    "vipRange {net} has host bits set; did you mean {}?",
+                    net.trunc()
+                ),
+            );
+            None
+        }
+        Err(_) if r.value.parse::<ipnet::Ipv6Net>().is_ok() => {
+            ctx.value(
+                doc,
+                r,
+                field,
+                "not implemented yet: IPv6 vipRange; use an IPv4 CIDR",
+            );
+            None
+        }
+        Err(_) => {
+            ctx.value(
+                doc,
+                r,
+                field,
+                format!("{:?} is not an IPv4 CIDR such as 240.240.0.0/16", r.value),
+            );
+            None
+        }
+    }
+}

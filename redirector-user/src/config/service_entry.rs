@@ -1,0 +1,506 @@
+//! A ServiceEntry's own rules: hosts, address, ports, resolution, endpoints.
+//!
+//! Defaults follow Istio (`targetPort` is `number`, protocol inferred from
+//! the port name, location MESH_EXTERNAL) except where Istio's default is
+//! something redirector cannot do: Istio's default resolution NONE means
+//! "send to whatever address the app dialled", which has no meaning for a VIP
+//! we allocated, so resolution must be written.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde_saphyr::Spanned;
+
+use super::raw;
+use super::validate::{Ctx, Doc, Pos, pos, qualified_name};
+use super::{EndpointAddress, Locality, Protocol, Resolution, ServicePort};
+
+/// A validated ServiceEntry, kept even when parts of it are wrong so the
+/// cross-document checks still see its hosts.
+pub struct Entry {
+    /// `namespace/name` or `name`.
+    pub name: String,
+    /// Host, where it is written, its field path.
+    pub hosts: Vec<(String, Pos, String)>,
+    pub address: Option<(Ipv4Addr, Pos)>,
+    pub ports: Vec<(ServicePort, Pos, String)>,
+    pub resolution: Resolution,
+    /// Empty for DNS without endpoints: each host is then its own endpoint.
+    pub endpoints: Vec<Endpoint>,
+}
+
+pub struct Endpoint {
+    pub address: EndpointAddress,
+    /// Port name → port, overriding the service port's `targetPort`.
+    pub ports: BTreeMap<String, u16>,
+    pub locality: Locality,
+    /// Where the address is written, and the endpoint's field path.
+    pub at: Pos,
+    pub field: String,
+}
+
+pub fn validate(ctx: &mut Ctx, doc: &Doc, se: &raw::Document<raw::ServiceEntrySpec>) -> Entry {
+    let spec = &se.spec.value;
+    let name = metadata_name(ctx, doc, se);
+    for (key, v) in [
+        ("exportTo", &spec.export_to),
+        ("subjectAltNames", &spec.subject_alt_names),
+        ("workloadSelector", &spec.workload_selector),
+    ] {
+        ctx.unsupported(doc, "spec", key, v);
+    }
+    if let Some(location) = &spec.location {
+        match location.value.as_str() {
+            "MESH_EXTERNAL" => {}
+            "MESH_INTERNAL" => ctx.value(
+                doc,
+                location,
+                "spec.location",
+                "not implemented yet: location MESH_INTERNAL (there is no mesh here); use MESH_EXTERNAL",
+            ),
+            other => ctx.value(
+                doc,
+                location,
+                "spec.location",
+                format!("unknown location {other:?}; expected MESH_EXTERNAL"),
+            ),
+        }
+    }
+    let resolution = resolution(ctx, doc, se);
+    Entry {
+        name,
+        hosts: hosts(ctx, doc, &spec.hosts),
+        address: address(ctx, doc, &spec.addresses),
+        ports: ports(ctx, doc, &spec.ports),
+        endpoints: endpoints(ctx, doc, spec, resolution),
+        resolution: resolution.unwrap_or(Resolution::Dns),
+    }
+}
+
+/// `metadata.name` is required for Istio kinds; reports its absence.
+pub fn metadata_name<S>(ctx: &mut Ctx, doc: &Doc, d: &raw::Document<S>) -> String {
+    match qualified_name(&d.metadata) {
+        Some(name) if !name.is_empty() => name,
+        _ => {
+            let at = match &d.metadata {
+                Some(m) => pos(m.referenced),
+                None => pos(d.kind.referenced),
+            };
+            ctx.at(doc, at, "metadata.name", "metadata.name is required");
+            String::new()
+        }
+    }
+}
+
+fn resolution(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    se: &raw::Document<raw::ServiceEntrySpec>,
+) -> Option<Resolution> {
+    let Some(r) = &se.spec.value.resolution else {
+        ctx.at(
+            doc,
+            pos(se.spec.referenced),
+            "spec.resolution",
+            "resolution is missing, and Istio's default NONE is not implemented yet; set resolution: DNS or STATIC",
+        );
+        return None;
+    };
+    let field = "spec.resolution";
+    match r.value.as_str() {
+        "STATIC" => Some(Resolution::Static),
+        "DNS" => Some(Resolution::Dns),
+        "NONE" | "DNS_ROUND_ROBIN" => {
+            ctx.value(
+                doc,
+                r,
+                field,
+                format!(
+                    "not implemented yet: resolution {}; use DNS or STATIC",
+                    r.value
+                ),
+            );
+            None
+        }
+        other => {
+            ctx.value(
+                doc,
+                r,
+                field,
+                format!("unknown resolution {other:?}; expected DNS or STATIC"),
+            );
+            None
+        }
+    }
+}
+
+fn hosts(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    hosts: &Spanned<Vec<Spanned<String>>>,
+) -> Vec<(String, Pos, String)> {
+    if hosts.value.is_empty() {
+        ctx.value(
+            doc,
+            hosts,
+            "spec.hosts",
+            "hosts must list at least one host",
+        );
+    }
+    let mut out = Vec::new();
+    for (i, h) in hosts.value.iter().enumerate() {
+        let field = format!("spec.hosts[{i}]");
+        let problem = if h.value.contains('*') {
+            Some(format!(
+                "not implemented yet: wildcard host {:?}; list each host",
+                h.value
+            ))
+        } else if h.value.parse::<IpAddr>().is_ok() {
+            Some(format!(
+                "host {:?} is an IP address; hosts are names (put a VIP in addresses)",
+                h.value
+            ))
+        } else {
+            dns_name_problem(&h.value)
+        };
+        match problem {
+            Some(message) => ctx.value(doc, h, field, message),
+            None => out.push((h.value.clone(), pos(h.referenced), field)),
+        }
+    }
+    out
+}
+
+/// Why `name` is not a DNS name, if it is not.
+pub fn dns_name_problem(name: &str) -> Option<String> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    let bad_label = bare.split('.').find(|label| {
+        label.is_empty()
+            || label.len() > 63
+            || label.starts_with('-')
+            || label.ends_with('-')
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if bare.is_empty() || bare.len() > 253 || bad_label.is_some() {
+        Some(format!(
+            "{name:?} is not a valid DNS name (letters, digits, `-` and `_` in dot-separated labels)"
+        ))
+    } else {
+        None
+    }
+}
+
+fn address(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    addresses: &Option<Spanned<Vec<Spanned<String>>>>,
+) -> Option<(Ipv4Addr, Pos)> {
+    let addresses = addresses.as_ref()?;
+    for extra in addresses.value.iter().skip(1) {
+        ctx.value(
+            doc,
+            extra,
+            "spec.addresses",
+            "not implemented yet: more than one address per ServiceEntry; split the hosts into several ServiceEntries",
+        );
+    }
+    let a = addresses.value.first()?;
+    let field = "spec.addresses[0]";
+    let text = a.value.as_str();
+    let (ip, prefix) = match text.split_once('/') {
+        Some((ip, p)) => (ip, Some(p)),
+        None => (text, None),
+    };
+    match (ip.parse::<IpAddr>(), prefix) {
+        (Ok(IpAddr::V6(_)), _) => ctx.value(
+            doc,
+            a,
+            field,
+            format!("not implemented yet: IPv6 address {text:?}; use an IPv4 address"),
+        ),
+        (Ok(IpAddr::V4(ip)), None | Some("32")) => {
+            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
+                ctx.value(doc, a, field, format!("{ip} cannot be a service address"));
+            } else {
+                return Some((ip, pos(a.referenced)));
+            }
+        }
+        (Ok(IpAddr::V4(_)), Some(p)) if p.parse::<u8>().is_ok_and(|p| p < 32) => ctx.value(
+            doc,
+            a,
+            field,
+            format!("not implemented yet: CIDR {text:?}; give a single IPv4 address (or /32)"),
+        ),
+        _ => ctx.value(doc, a, field, format!("{text:?} is not an IPv4 address")),
+    }
+    None
+}
+
+fn ports(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    ports: &Spanned<Vec<Spanned<raw::Port>>>,
+) -> Vec<(ServicePort, Pos, String)> {
+    if ports.value.is_empty() {
+        ctx.value(
+            doc,
+            ports,
+            "spec.ports",
+            "ports must list at least one port",
+        );
+    }
+    let mut names = BTreeSet::new();
+    let mut numbers = BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, p) in ports.value.iter().enumerate() {
+        let field = format!("spec.ports[{i}]");
+        let at = pos(p.referenced);
+        let raw = &p.value;
+        let number = match &raw.number {
+            Some(n) => port_number(ctx, doc, n, &format!("{field}.number")),
+            None => {
+                ctx.at(
+                    doc,
+                    at,
+                    format!("{field}.number"),
+                    "port number is required",
+                );
+                None
+            }
+        };
+        let number = match (number, &raw.number) {
+            (Some(n), Some(spanned)) if !numbers.insert(n) => {
+                ctx.value(
+                    doc,
+                    spanned,
+                    format!("{field}.number"),
+                    format!("port {n} is listed twice"),
+                );
+                None
+            }
+            (n, _) => n,
+        };
+        let name = match &raw.name {
+            Some(name) if !name.value.is_empty() => {
+                if !names.insert(name.value.clone()) {
+                    ctx.value(
+                        doc,
+                        name,
+                        format!("{field}.name"),
+                        format!("port name {:?} is used twice", name.value),
+                    );
+                }
+                Some(name.value.clone())
+            }
+            _ => {
+                ctx.at(doc, at, format!("{field}.name"), "port name is required");
+                None
+            }
+        };
+        let protocol = match &raw.protocol {
+            Some(pr) => protocol(ctx, doc, pr, &format!("{field}.protocol")),
+            None => name.as_deref().map(infer_protocol),
+        };
+        let target_port = match &raw.target_port {
+            Some(t) => port_number(ctx, doc, t, &format!("{field}.targetPort")),
+            None => number,
+        };
+        if let (Some(number), Some(name), Some(protocol), Some(target_port)) =
+            (number, name, protocol, target_port)
+        {
+            out.push((
+                ServicePort {
+                    number,
+                    name,
+                    protocol,
+                    target_port,
+                },
+                at,
+                field,
+            ));
+        }
+    }
+    out
+}
+
+pub fn port_number(ctx: &mut Ctx, doc: &Doc, n: &Spanned<i64>, field: &str) -> Option<u16> {
+    match u16::try_from(n.value) {
+        Ok(p) if p > 0 => Some(p),
+        _ => {
+            ctx.value(
+                doc,
+                n,
+                field,
+                format!("port {} is out of range 1-65535", n.value),
+            );
+            None
+        }
+    }
+}
+
+fn protocol(ctx: &mut Ctx, doc: &Doc, p: &Spanned<String>, field: &str) -> Option<Protocol> {
+    match p.value.to_ascii_uppercase().as_str() {
+        "HTTP" => Some(Protocol::Http),
+        "HTTPS" => Some(Protocol::Https),
+        "TCP" => Some(Protocol::Tcp),
+        "TLS" => Some(Protocol::Tls),
+        known @ ("GRPC" | "HTTP2" | "GRPC-WEB" | "MONGO" | "MYSQL" | "REDIS" | "UDP") => {
+            ctx.value(
+                doc,
+                p,
+                field,
+                format!("not implemented yet: protocol {known}; use HTTP, HTTPS, TCP or TLS"),
+            );
+            None
+        }
+        _ => {
+            ctx.value(
+                doc,
+                p,
+                field,
+                format!(
+                    "unknown protocol {:?}; expected HTTP, HTTPS, TCP or TLS",
+                    p.value
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// Istio's convention for ports without a protocol: the name's prefix up to
+/// the first `-` names it. Prefixes we cannot serve fall back to TCP, which
+/// forwards bytes unchanged.
+pub fn infer_protocol(name: &str) -> Protocol {
+    let prefix = name
+        .split('-')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match prefix.as_str() {
+        "http" => Protocol::Http,
+        "https" => Protocol::Https,
+        "tls" => Protocol::Tls,
+        _ => Protocol::Tcp,
+    }
+}
+
+fn endpoints(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    spec: &raw::ServiceEntrySpec,
+    resolution: Option<Resolution>,
+) -> Vec<Endpoint> {
+    let raw_endpoints = spec.endpoints.as_deref().unwrap_or_default();
+    if raw_endpoints.is_empty() && resolution == Some(Resolution::Static) {
+        ctx.at(
+            doc,
+            pos(spec.hosts.referenced),
+            "spec.endpoints",
+            "resolution STATIC needs endpoints with IP addresses",
+        );
+    }
+    let port_names: BTreeSet<&str> = spec
+        .ports
+        .value
+        .iter()
+        .filter_map(|p| p.value.name.as_ref().map(|n| n.value.as_str()))
+        .collect();
+    let mut out = Vec::new();
+    for (i, ep) in raw_endpoints.iter().enumerate() {
+        let field = format!("spec.endpoints[{i}]");
+        let raw = &ep.value;
+        for (key, v) in [
+            ("weight", &raw.weight),
+            ("labels", &raw.labels),
+            ("network", &raw.network),
+            ("serviceAccount", &raw.service_account),
+        ] {
+            ctx.unsupported(doc, &field, key, v);
+        }
+        let address = match &raw.address {
+            Some(a) => endpoint_address(ctx, doc, a, &format!("{field}.address"), resolution),
+            None => {
+                ctx.at(
+                    doc,
+                    pos(ep.referenced),
+                    format!("{field}.address"),
+                    "endpoint address is required",
+                );
+                None
+            }
+        };
+        let mut ports = BTreeMap::new();
+        for (name, port) in raw.ports.iter().flatten() {
+            let port_field = format!("{field}.ports.{name}");
+            if !port_names.contains(name.as_str()) {
+                let at = super::yaml::key_position(doc.text, name, port.referenced);
+                let known: Vec<&str> = port_names.iter().copied().collect();
+                ctx.at(
+                    doc,
+                    at,
+                    port_field,
+                    format!(
+                        "{name:?} is not the name of a port of this ServiceEntry (ports: {})",
+                        known.join(", ")
+                    ),
+                );
+            } else if let Some(p) = port_number(ctx, doc, port, &port_field) {
+                ports.insert(name.clone(), p);
+            }
+        }
+        let locality = match &raw.locality {
+            Some(l) => match Locality::parse(&l.value) {
+                Ok(l) => l,
+                Err(e) => {
+                    ctx.value(doc, l, format!("{field}.locality"), e.to_string());
+                    Locality::default()
+                }
+            },
+            None => Locality::default(),
+        };
+        if let (Some(address), Some(written)) = (address, &raw.address) {
+            out.push(Endpoint {
+                address,
+                ports,
+                locality,
+                at: pos(written.referenced),
+                field,
+            });
+        }
+    }
+    out
+}
+
+fn endpoint_address(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    a: &Spanned<String>,
+    field: &str,
+    resolution: Option<Resolution>,
+) -> Option<EndpointAddress> {
+    let text = a.value.as_str();
+    let problem = if text.starts_with("unix://") {
+        "unix domain socket endpoints are not supported: redirector proxies to network endpoints"
+            .to_owned()
+    } else if let Ok(ip) = text.parse::<IpAddr>() {
+        match ip {
+            IpAddr::V4(ip) => return Some(EndpointAddress::Ip(ip)),
+            IpAddr::V6(_) => format!(
+                "not implemented yet: IPv6 endpoint {text:?}; use an IPv4 address or a DNS name"
+            ),
+        }
+    } else if let Some(p) = dns_name_problem(text) {
+        format!("endpoint address must be an IPv4 address or a DNS name: {p}")
+    } else if resolution == Some(Resolution::Static) {
+        format!(
+            "resolution STATIC needs IP addresses, but {text:?} is a DNS name; use resolution: DNS"
+        )
+    } else {
+        return Some(EndpointAddress::Dns(text.to_owned()));
+    };
+    ctx.value(doc, a, field, problem);
+    None
+}

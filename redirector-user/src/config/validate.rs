@@ -1,0 +1,555 @@
+//! From raw documents to [`Config`]: every rule that needs more than one
+//! document (a host in one ServiceEntry only, one DestinationRule per host,
+//! unique VIP:port) and the assembly of per-(host, port) services.
+//!
+//! Validation never stops at the first problem: each check records what is
+//! wrong and carries on with what it can, so one run lists everything. A
+//! config with any problem is rejected as a whole, since running with part
+//! of a config would route some traffic differently from what was written.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use serde::de::DeserializeOwned;
+use serde_saphyr::{Location, Spanned};
+
+use super::raw::{self, IgnoredAnyOr};
+use super::service_entry::{self, Entry};
+use super::yaml::{self, ReadError};
+use super::{
+    Config, ConfigError, DEFAULT_VIP_RANGE, EndpointAddress, EndpointSpec, NodeSettings, Problem,
+    Protocol, Service, TlsPolicy, TrafficPolicy, node, policy, vip,
+};
+
+pub const ISTIO_API_VERSIONS: [&str; 3] = [
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+];
+pub const NODE_API_VERSION: &str = "redirector.dev/v1alpha1";
+
+/// Istio's other kinds: named so the message says "not implemented yet"
+/// instead of "unknown".
+const OTHER_ISTIO_KINDS: [&str; 7] = [
+    "VirtualService",
+    "Gateway",
+    "Sidecar",
+    "WorkloadEntry",
+    "WorkloadGroup",
+    "EnvoyFilter",
+    "ProxyConfig",
+];
+
+/// `(line, column)`, either unknown.
+pub type Pos = (Option<u64>, Option<u64>);
+
+/// The message for an Istio field we know but do not implement.
+pub const NOT_IMPLEMENTED: &str =
+    "not implemented yet: redirector does not support this Istio field; remove it";
+
+/// A document being validated: its name in messages and its text, for
+/// finding keys.
+pub struct Doc<'a> {
+    pub label: String,
+    pub text: &'a str,
+}
+
+/// Collects problems for one source.
+pub struct Ctx<'a> {
+    source: &'a str,
+    pub problems: Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    pub fn at(
+        &mut self,
+        doc: &Doc,
+        pos: Pos,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        let field: String = field.into();
+        self.problems.push(Problem {
+            source: self.source.to_owned(),
+            line: pos.0,
+            column: pos.1,
+            document: Some(doc.label.clone()),
+            field: (!field.is_empty()).then_some(field),
+            message: message.into(),
+        });
+    }
+
+    /// A problem with a value, located at the value.
+    pub fn value<T>(
+        &mut self,
+        doc: &Doc,
+        v: &Spanned<T>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.at(doc, pos(v.referenced), field, message);
+    }
+
+    /// A problem with a whole `key: value` entry, located at the key.
+    pub fn key<T>(
+        &mut self,
+        doc: &Doc,
+        parent: &str,
+        key: &str,
+        v: &Spanned<T>,
+        message: impl Into<String>,
+    ) {
+        let at = yaml::key_position(doc.text, key, v.referenced);
+        self.at(doc, at, join(parent, key), message);
+    }
+
+    /// Rejects an Istio field we do not implement, if present.
+    pub fn unsupported(&mut self, doc: &Doc, parent: &str, key: &str, v: &raw::Unsupported) {
+        if let Some(v) = v {
+            self.key(doc, parent, key, v, NOT_IMPLEMENTED);
+        }
+    }
+
+    fn read_error(&mut self, label: &str, e: ReadError) {
+        self.problems.push(Problem {
+            source: self.source.to_owned(),
+            line: e.line,
+            column: e.column,
+            document: Some(label.to_owned()),
+            field: e.field,
+            message: e.message,
+        });
+    }
+}
+
+pub fn pos(l: Location) -> Pos {
+    yaml::position(Some(l))
+}
+
+/// `parent.key`, or `key` at the top.
+pub fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// `namespace/name`, or `name` without a namespace.
+pub fn qualified_name(metadata: &Option<Spanned<raw::Metadata>>) -> Option<String> {
+    let m = &metadata.as_ref()?.value;
+    let name = &m.name.as_ref()?.value;
+    Some(match &m.namespace {
+        Some(ns) if !ns.value.is_empty() => format!("{}/{name}", ns.value),
+        _ => name.clone(),
+    })
+}
+
+/// The documents of a file, typed by kind.
+struct Documents<'a> {
+    service_entries: Vec<(Doc<'a>, raw::Document<raw::ServiceEntrySpec>)>,
+    destination_rules: Vec<(Doc<'a>, raw::Document<raw::DestinationRuleSpec>)>,
+    nodes: Vec<(Doc<'a>, raw::NodeDocument)>,
+}
+
+pub fn load(source: &str, text: &str, overrides: &NodeSettings) -> Result<Config, ConfigError> {
+    let mut ctx = Ctx {
+        source,
+        problems: Vec::new(),
+    };
+    let split = yaml::split(text);
+    let docs = classify(&mut ctx, &split);
+
+    let file_node = node::settings(&mut ctx, &docs.nodes);
+    let node = file_node.merged_with(overrides);
+    let vip_range = node.vip_range.map_or(DEFAULT_VIP_RANGE, |r| r.trunc());
+
+    let entries: Vec<Entry> = docs
+        .service_entries
+        .iter()
+        .map(|(doc, se)| service_entry::validate(&mut ctx, doc, se))
+        .collect();
+    let owners = host_owners(&mut ctx, &docs, &entries);
+    let rules = destination_rules(&mut ctx, &docs, &entries, &owners);
+    let services = services(&mut ctx, &docs, &entries, &rules, vip_range);
+
+    if ctx.problems.is_empty() {
+        Ok(Config {
+            node,
+            vip_range,
+            services,
+        })
+    } else {
+        let mut problems = ctx.problems;
+        problems.sort_by_key(|p| (p.line.is_none(), p.line, p.column));
+        Err(ConfigError { problems })
+    }
+}
+
+/// Reads each document as the type its `kind` names.
+fn classify<'a>(ctx: &mut Ctx, split: &'a [yaml::Document]) -> Documents<'a> {
+    let mut out = Documents {
+        service_entries: Vec::new(),
+        destination_rules: Vec::new(),
+        nodes: Vec::new(),
+    };
+    for d in split {
+        let unnamed = format!("document {}", d.index);
+        let header: raw::Header = match yaml::read_header(d) {
+            Ok(h) => h,
+            Err(mut e) => {
+                if e.field.is_none() && e.message == "expected mapping start" {
+                    e.message =
+                        "a document must be a mapping with apiVersion, kind, metadata and spec"
+                            .to_owned();
+                }
+                ctx.read_error(&unnamed, e);
+                continue;
+            }
+        };
+        let start = (Some(d.first_line), Some(1));
+        let anonymous = Doc {
+            label: unnamed.clone(),
+            text: &d.text,
+        };
+        let (Some(api_version), Some(kind)) = (&header.api_version, &header.kind) else {
+            let missing = if header.kind.is_none() {
+                "kind"
+            } else {
+                "apiVersion"
+            };
+            ctx.at(
+                &anonymous,
+                start,
+                "",
+                format!(
+                    "missing `{missing}`: every document needs apiVersion and kind \
+                     (ServiceEntry or DestinationRule of networking.istio.io, or NodeConfig of {NODE_API_VERSION})"
+                ),
+            );
+            continue;
+        };
+        let name = match header.metadata {
+            Some(IgnoredAnyOr::Value(raw::HeaderMetadata {
+                name: Some(IgnoredAnyOr::Value(name)),
+            })) => Some(name),
+            _ => None,
+        };
+        let label = match &name {
+            Some(name) => format!("{} {name:?} ({unnamed})", kind.value),
+            None => format!("{} ({unnamed})", kind.value),
+        };
+        let doc = Doc {
+            label,
+            text: &d.text,
+        };
+        let istio = ISTIO_API_VERSIONS.contains(&api_version.value.as_str());
+        let expected = match kind.value.as_str() {
+            "ServiceEntry" | "DestinationRule" if !istio => {
+                Some(format!("one of {}", ISTIO_API_VERSIONS.join(", ")))
+            }
+            "NodeConfig" if api_version.value != NODE_API_VERSION => {
+                Some(NODE_API_VERSION.to_owned())
+            }
+            _ => None,
+        };
+        if let Some(expected) = expected {
+            ctx.value(
+                &doc,
+                api_version,
+                "apiVersion",
+                format!(
+                    "apiVersion {:?} is not supported for {}; expected {expected}",
+                    api_version.value, kind.value
+                ),
+            );
+            continue;
+        }
+        match kind.value.as_str() {
+            "ServiceEntry" => {
+                if let Some(se) = typed(ctx, &doc, d) {
+                    out.service_entries.push((doc, se));
+                }
+            }
+            "DestinationRule" => {
+                if let Some(dr) = typed(ctx, &doc, d) {
+                    out.destination_rules.push((doc, dr));
+                }
+            }
+            "NodeConfig" => {
+                if let Some(n) = typed(ctx, &doc, d) {
+                    out.nodes.push((doc, n));
+                }
+            }
+            other if istio && OTHER_ISTIO_KINDS.contains(&other) => ctx.value(
+                &doc,
+                kind,
+                "kind",
+                format!("not implemented yet: kind {other}; redirector reads only ServiceEntry and DestinationRule"),
+            ),
+            other => ctx.value(
+                &doc,
+                kind,
+                "kind",
+                format!(
+                    "unknown kind {other:?} (apiVersion {:?}); expected ServiceEntry or DestinationRule \
+                     (networking.istio.io), or NodeConfig ({NODE_API_VERSION})",
+                    api_version.value
+                ),
+            ),
+        }
+    }
+    out
+}
+
+fn typed<T: DeserializeOwned>(ctx: &mut Ctx, doc: &Doc, d: &yaml::Document) -> Option<T> {
+    yaml::read(d)
+        .map_err(|e| ctx.read_error(&doc.label, e))
+        .ok()
+}
+
+/// Which ServiceEntry (index into `entries`) owns each host. A host in two
+/// ServiceEntries is ambiguous: Istio merges or picks by age, neither of which
+/// a node-local file should depend on.
+fn host_owners(ctx: &mut Ctx, docs: &Documents, entries: &[Entry]) -> BTreeMap<String, usize> {
+    let mut owners: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let doc = &docs.service_entries[i].0;
+        for (host, at, field) in &entry.hosts {
+            match owners.get(host) {
+                Some(&j) if j == i => ctx.at(doc, *at, field, format!("host {host} is listed twice")),
+                Some(&j) => ctx.at(
+                    doc,
+                    *at,
+                    field,
+                    format!(
+                        "host {host} is already defined by {}; a host may be in only one ServiceEntry",
+                        docs.service_entries[j].0.label
+                    ),
+                ),
+                None => {
+                    owners.insert(host.clone(), i);
+                }
+            }
+        }
+    }
+    owners
+}
+
+/// A DestinationRule attached to its ServiceEntry host.
+struct Rule {
+    name: String,
+    policy: TrafficPolicy,
+}
+
+/// Validates DestinationRules and matches them to hosts: host → rule.
+fn destination_rules(
+    ctx: &mut Ctx,
+    docs: &Documents,
+    entries: &[Entry],
+    owners: &BTreeMap<String, usize>,
+) -> BTreeMap<String, Rule> {
+    let mut rules: BTreeMap<String, Rule> = BTreeMap::new();
+    // Which document claimed each host, even if it turned out invalid.
+    let mut claimed: BTreeMap<&str, &str> = BTreeMap::new();
+    for (doc, dr) in &docs.destination_rules {
+        let checked = policy::validate(ctx, doc, dr);
+        let host = &dr.spec.value.host;
+        let host_field = "spec.host";
+        let Some(&owner) = owners.get(&host.value) else {
+            let message = if host.value.contains('*') {
+                format!(
+                    "not implemented yet: wildcard host {:?}; use the exact ServiceEntry host",
+                    host.value
+                )
+            } else if !host.value.contains('.') {
+                format!(
+                    "not implemented yet: short host name {:?}; use the full ServiceEntry host",
+                    host.value
+                )
+            } else {
+                let known: Vec<&str> = owners.keys().map(String::as_str).collect();
+                format!(
+                    "no ServiceEntry has host {:?} (ServiceEntry hosts: {})",
+                    host.value,
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                )
+            };
+            ctx.value(doc, host, host_field, message);
+            continue;
+        };
+        if let Some(other) = claimed.get(host.value.as_str()) {
+            ctx.value(
+                doc,
+                host,
+                host_field,
+                format!(
+                    "host {} already has {other}; not implemented yet: one DestinationRule per host (Istio would merge them)",
+                    host.value
+                ),
+            );
+            continue;
+        }
+        claimed.insert(&host.value, &doc.label);
+        let Some(checked) = checked else { continue };
+        // Originating TLS towards a port the app already speaks TLS on would
+        // encrypt twice.
+        if let (TlsPolicy::Simple { .. }, Some(mode)) = (&checked.policy.tls, &checked.tls_mode) {
+            for (port, _, _) in &entries[owner].ports {
+                if matches!(port.protocol, Protocol::Https | Protocol::Tls) {
+                    ctx.value(
+                        doc,
+                        mode,
+                        "spec.trafficPolicy.tls.mode",
+                        format!(
+                            "tls mode SIMPLE on port {} ({}) whose protocol is {}: the app already speaks TLS \
+                             there, so originating TLS again would double-encrypt; use mode DISABLE, or declare \
+                             the port as HTTP or TCP",
+                            port.number,
+                            port.name,
+                            port.protocol
+                        ),
+                    );
+                }
+            }
+        }
+        let name = qualified_name(&dr.metadata).unwrap_or_default();
+        rules.insert(
+            host.value.clone(),
+            Rule {
+                name,
+                policy: checked.policy,
+            },
+        );
+    }
+    rules
+}
+
+/// Assigns VIPs and expands each ServiceEntry into one service per
+/// (host, port), with endpoint ports chosen for that port.
+fn services(
+    ctx: &mut Ctx,
+    docs: &Documents,
+    entries: &[Entry],
+    rules: &BTreeMap<String, Rule>,
+    vip_range: ipnet::Ipv4Net,
+) -> Vec<Service> {
+    let taken: BTreeSet<Ipv4Addr> = entries
+        .iter()
+        .filter_map(|e| e.address.map(|(ip, _)| ip))
+        .collect();
+    let need: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.address.is_none())
+        .flat_map(|e| e.hosts.iter().map(|(h, _, _)| h.as_str()))
+        .collect();
+    let allocated: BTreeMap<String, Ipv4Addr> = match vip::allocate(vip_range, need, &taken) {
+        Ok(v) => v.into_iter().collect(),
+        Err(e) => {
+            let (i, at, field) = entries
+                .iter()
+                .enumerate()
+                .find_map(|(i, en)| {
+                    en.hosts
+                        .iter()
+                        .find(|(h, _, _)| *h == e.host)
+                        .map(|(_, at, f)| (i, *at, f.clone()))
+                })
+                .expect("an exhausted host comes from a ServiceEntry");
+            ctx.at(
+                &docs.service_entries[i].0,
+                at,
+                field,
+                format!(
+                    "no free VIP left for host {} in {vip_range} ({} usable addresses); widen vipRange \
+                     or give ServiceEntries explicit addresses",
+                    e.host, e.usable
+                ),
+            );
+            return Vec::new();
+        }
+    };
+
+    let mut out = Vec::new();
+    let mut by_vip_port: BTreeMap<(Ipv4Addr, u16), String> = BTreeMap::new();
+    // A host listed twice has been reported already; build it once.
+    let mut seen = BTreeSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let doc = &docs.service_entries[i].0;
+        for (host, _, _) in &entry.hosts {
+            if !seen.insert(host) {
+                continue;
+            }
+            let (vip, vip_allocated) = match entry.address {
+                Some((ip, _)) => (ip, false),
+                None => (allocated[host], true),
+            };
+            for ep in &entry.endpoints {
+                if ep.address == EndpointAddress::Ip(vip) {
+                    ctx.at(
+                        doc,
+                        ep.at,
+                        format!("{}.address", ep.field),
+                        format!(
+                            "endpoint {vip} is the VIP of {host} itself: connections would loop back into the redirector"
+                        ),
+                    );
+                }
+            }
+            for (port, at, field) in &entry.ports {
+                if let Some(other) = by_vip_port.get(&(vip, port.number)) {
+                    ctx.at(
+                        doc,
+                        *at,
+                        field,
+                        format!(
+                            "{vip}:{} is used by both {other} and {host}; each VIP and port pair must belong to one host",
+                            port.number
+                        ),
+                    );
+                    continue;
+                }
+                by_vip_port.insert((vip, port.number), host.clone());
+                let endpoints = if entry.endpoints.is_empty() {
+                    vec![EndpointSpec {
+                        address: EndpointAddress::Dns(host.clone()),
+                        port: port.target_port,
+                        locality: Default::default(),
+                    }]
+                } else {
+                    entry
+                        .endpoints
+                        .iter()
+                        .map(|ep| EndpointSpec {
+                            address: ep.address.clone(),
+                            port: ep
+                                .ports
+                                .get(&port.name)
+                                .copied()
+                                .unwrap_or(port.target_port),
+                            locality: ep.locality.clone(),
+                        })
+                        .collect()
+                };
+                let rule = rules.get(host);
+                out.push(Service {
+                    host: host.clone(),
+                    vip,
+                    vip_allocated,
+                    port: port.clone(),
+                    resolution: entry.resolution,
+                    endpoints,
+                    policy: rule.map(|r| r.policy.clone()).unwrap_or_default(),
+                    service_entry: entry.name.clone(),
+                    destination_rule: rule.map(|r| r.name.clone()),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.host, a.port.number).cmp(&(&b.host, b.port.number)));
+    out
+}
