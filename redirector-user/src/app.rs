@@ -230,6 +230,8 @@ fn load(path: &Path, overrides: &NodeSettings) -> anyhow::Result<(Config, Node)>
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
+    // The most basic problem first: without privileges nothing else matters.
+    crate::bpf::check_privileges()?;
     let (config, node) = load(&opts.config, &opts.overrides)?;
     log_config(&config, &node);
     let datapath = Arc::new(Datapath::load(DatapathOptions {
@@ -335,7 +337,7 @@ pub fn describe(config: &Config) -> String {
     for s in &config.services {
         let _ = writeln!(
             out,
-            "\n{}:{} ({:?}) VIP {} ({}) from ServiceEntry {}{}",
+            "\n{}:{} ({}) VIP {} ({}) from ServiceEntry {}{}",
             s.host,
             s.port.number,
             s.port.protocol,

@@ -326,7 +326,8 @@ fn proxy_config(proxy: SocketAddrV4, flags: u32) -> ProxyConfig {
     }
 }
 
-fn check_privileges() -> Result<(), BpfError> {
+/// Whether this process may load and attach the programs.
+pub fn check_privileges() -> Result<(), BpfError> {
     let caps = sys::effective_caps().map_err(BpfError::Caps)?;
     let mut missing = Vec::new();
     if !sys::has_cap(caps, sys::CAP_BPF) && !sys::has_cap(caps, sys::CAP_SYS_ADMIN) {
