@@ -1,0 +1,258 @@
+//! One node for a test: a network namespace with no route off the box, a
+//! child cgroup the daemon attaches to, a real DNS server, HTTP endpoints
+//! on loopback addresses, and the daemon. Drop tears it all down in order
+//! (daemon first), also when the test panics.
+#![allow(dead_code)]
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::Output,
+    thread,
+    time::{Duration, Instant},
+};
+
+use redirector_tests::{
+    cgroup::TestCgroup,
+    client::{self, Client},
+    daemon::{Daemon, DaemonOptions, PinDirGuard, redirector_bin},
+    dns::DnsServer,
+    http::HttpServer,
+    netns::Netns,
+    privilege,
+    tempdir::TempDir,
+};
+
+pub const DNS: &str = "127.0.0.1:53";
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct Node {
+    // Field order is drop order: the daemon goes before what it uses.
+    pub daemon: Option<Daemon>,
+    pub servers: Vec<HttpServer>,
+    pub dns: DnsServer,
+    pub pins: PinDirGuard,
+    pub cgroup: TestCgroup,
+    pub dir: TempDir,
+    pub ns: Netns,
+}
+
+impl Node {
+    pub fn new() -> Node {
+        privilege::require_root();
+        let ns = Netns::new("node").expect("creating the node namespace");
+        let dns = DnsServer::start(&ns, DNS.parse().unwrap()).expect("starting the DNS server");
+        Node {
+            daemon: None,
+            servers: Vec::new(),
+            dns,
+            pins: PinDirGuard::for_test(),
+            cgroup: TestCgroup::new().expect("creating the test cgroup"),
+            dir: TempDir::new("node").expect("creating a temp dir"),
+            ns,
+        }
+    }
+
+    /// An HTTP endpoint answering `healthy: <name>` on `addr` (loopback).
+    pub fn http(&mut self, addr: &str, name: &str) -> usize {
+        let server = HttpServer::start(&self.ns, addr.parse().unwrap(), name)
+            .unwrap_or_else(|e| panic!("starting HTTP server {name} on {addr}: {e:#}"));
+        self.servers.push(server);
+        self.servers.len() - 1
+    }
+
+    pub fn a_record(&self, name: &str, ip: [u8; 4], ttl: u32) {
+        self.dns
+            .set_a(name, &[Ipv4Addr::from(ip)], ttl)
+            .expect("setting an A record");
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("redirector.yaml")
+    }
+
+    pub fn write_config(&self, yaml: &str) {
+        std::fs::write(self.config_path(), yaml).expect("writing the config");
+    }
+
+    pub fn args(&self, locality: &str) -> Vec<String> {
+        vec![
+            "run".into(),
+            "--config".into(),
+            self.config_path().display().to_string(),
+            "--cgroup".into(),
+            self.cgroup.path().display().to_string(),
+            "--locality".into(),
+            locality.into(),
+            "--nameserver".into(),
+            DNS.into(),
+            "--pin-dir".into(),
+            self.pins.path().display().to_string(),
+            "--log-level".into(),
+            "redirector_user=debug,info".into(),
+        ]
+    }
+
+    /// Starts the daemon with `yaml`; the daemon process stays outside the
+    /// attached cgroup unless `in_cgroup`.
+    pub fn start(&mut self, yaml: &str, locality: &str, in_cgroup: bool) {
+        self.write_config(yaml);
+        let daemon = Daemon::start(DaemonOptions {
+            netns: &self.ns,
+            cgroup: in_cgroup.then_some(&self.cgroup),
+            args: self.args(locality),
+            ready_timeout: TIMEOUT,
+        })
+        .unwrap_or_else(|e| panic!("starting the daemon: {e:#}"));
+        self.daemon = Some(daemon);
+    }
+
+    pub fn log(&self) -> String {
+        self.daemon.as_ref().map(|d| d.log()).unwrap_or_default()
+    }
+
+    /// Runs a client process inside the namespace and the attached cgroup.
+    pub fn client(&self, program: &str, args: &[&str]) -> Output {
+        client::run(&self.ns, Some(&self.cgroup), program, args, TIMEOUT)
+            .unwrap_or_else(|e| panic!("running {program} {args:?}: {e:#}"))
+    }
+
+    /// `curl -sS http://mydb.com/` in the app's position, with the name
+    /// pinned to `vip` as DNS capture would (the app sends `Host: mydb.com`);
+    /// (HTTP status, body).
+    pub fn curl(&self, vip: &str) -> Result<(u16, String), String> {
+        let resolve = format!("mydb.com:80:{vip}");
+        let url = "http://mydb.com/";
+        let out = self.client(
+            "curl",
+            &["-sS", "--max-time", "15", "--resolve", &resolve, "-w", "\n%{http_code}", url],
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            return Err(format!(
+                "curl {url} failed ({}): {}{}",
+                out.status,
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let (body, code) = stdout.rsplit_once('\n').expect("curl -w output");
+        Ok((code.parse().expect("HTTP status"), body.to_owned()))
+    }
+
+    /// `n` requests that must all succeed with 200; their bodies.
+    pub fn bodies(&self, vip: &str, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| match self.curl(vip) {
+                Ok((200, body)) => body,
+                other => panic!(
+                    "request {i} to mydb.com at {vip}: {other:?}\ndaemon log:\n{}",
+                    self.log()
+                ),
+            })
+            .collect()
+    }
+
+    /// `redirector endpoints --output json`, read from the pinned maps.
+    pub fn endpoints(&self) -> serde_json::Value {
+        let out = std::process::Command::new(redirector_bin())
+            .args(["endpoints", "--output", "json", "--pin-dir"])
+            .arg(self.pins.path())
+            .output()
+            .expect("running redirector endpoints");
+        assert!(
+            out.status.success(),
+            "redirector endpoints failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("endpoints JSON")
+    }
+
+    /// The endpoint row whose configured address is `address`.
+    pub fn endpoint(&self, address: &str) -> serde_json::Value {
+        let all = self.endpoints();
+        all["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["address"] == address)
+            .cloned()
+            .unwrap_or_else(|| panic!("no endpoint {address} in {all:#}"))
+    }
+}
+
+/// Polls `cond` until true, or panics with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A TCP client (`rdt-client`) in the app's position.
+pub fn tcp_client(node: &Node, addr: SocketAddr) -> Output {
+    Client::new(&node.ns, client::rdt_client_bin())
+        .args(["tcp", &addr.to_string(), "--send", "ping"])
+        .cgroup(&node.cgroup)
+        .timeout(TIMEOUT)
+        .run()
+        .expect("running rdt-client")
+}
+
+/// The blog's ServiceEntry for `mydb.com`, with our endpoint names and an
+/// optional explicit VIP.
+pub fn service_entry(vip: Option<&str>, east: (&str, &str, u16), west: (&str, &str, u16)) -> String {
+    let addresses = vip
+        .map(|v| format!(" addresses:\n - {v}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: networking.istio.io/v1alpha3
+kind: ServiceEntry
+metadata:
+ name: external-svc-dns
+spec:
+ hosts:
+ - mydb.com
+{addresses} location: MESH_EXTERNAL
+ ports:
+ - number: 80
+   name: http
+   protocol: HTTP
+ resolution: DNS
+ endpoints:
+ - address: {}
+   locality: {}
+   ports:
+     http: {}
+ - address: {}
+   locality: {}
+   ports:
+     http: {}
+",
+        east.0, east.1, east.2, west.0, west.1, west.2
+    )
+}
+
+/// The blog's DestinationRule, with our outlier timings.
+pub fn destination_rule(consecutive: u32, interval: &str, base: &str) -> String {
+    format!(
+        "---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata:
+ name: mydynamodb
+spec:
+ host: mydb.com
+ trafficPolicy:
+   outlierDetection:
+     consecutive5xxErrors: {consecutive}
+     interval: {interval}
+     baseEjectionTime: {base}
+"
+    )
+}
+
+pub fn count(bodies: &[String], needle: &str) -> usize {
+    bodies.iter().filter(|b| b.as_str() == needle).count()
+}

@@ -1,0 +1,289 @@
+//! `cargo xtask demo`: Istio's "Configuring failover for external
+//! services" blog post, reproduced on this machine with no internet.
+//!
+//! Two regional endpoints run in their own network namespaces behind veth
+//! links; a real DNS server resolves their names; the redirector runs in a
+//! node namespace whose only routes lead to those two, so a connect the
+//! kernel did not redirect cannot leave the machine. The app is curl in
+//! that namespace and in the cgroup the redirector attached to. The config
+//! moves through the blog's three documents (`config/demo-*.yaml`) with
+//! SIGHUP reloads, and each phase checks that it behaved as the blog says,
+//! except that phase (c) must show zero failed requests where the blog
+//! shows one. Everything is removed on success, failure or Ctrl-C.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use redirector_tests::{
+    cgroup::TestCgroup,
+    client,
+    daemon::{Daemon, DaemonOptions, PinDirGuard},
+    dns::DnsServer,
+    http::HttpServer,
+    netns::{self, Netns},
+    tempdir::TempDir,
+};
+
+use crate::{
+    cmd::{self, command},
+    setup, sweep,
+};
+
+const EAST: &str = "dynamodb.us-east-1.demo.test";
+const WEST: &str = "dynamodb.us-west-1.demo.test";
+const EAST_IP: [u8; 4] = [10, 213, 1, 2];
+const WEST_IP: [u8; 4] = [10, 213, 2, 2];
+const REQUESTS: usize = 5;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn check_interrupt() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted; cleaning up");
+    }
+    Ok(())
+}
+
+pub fn run() -> Result<()> {
+    cmd::require_root("demo")?;
+    // Ctrl-C must not kill us before the namespaces and cgroup are removed:
+    // note it, stop at the next step, and let the destructors clean up.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    setup::run()?;
+    sweep::sweep("before the demo")?;
+    cmd::run(
+        command("cargo").args(["build", "-q", "-p", "redirector-user", "--bins"]),
+        "building the redirector",
+    )?;
+    let result = demo();
+    sweep::sweep("after the demo")?;
+    result
+}
+
+/// Everything the demo creates; dropped (daemon first) on any exit.
+struct Stage {
+    daemon: Option<Daemon>,
+    _servers: Vec<HttpServer>,
+    _dns: DnsServer,
+    pins: PinDirGuard,
+    cgroup: TestCgroup,
+    dir: TempDir,
+    _links: Vec<netns::Link>,
+    _regions: Vec<Netns>,
+    node: Netns,
+}
+
+fn demo() -> Result<()> {
+    let repo = repo_root()?;
+    println!("== Istio's external-service failover blog post, reproduced on one machine ==\n");
+    let node = Netns::new("node")?;
+    let east = Netns::new("east")?;
+    let west = Netns::new("west")?;
+    let links = vec![
+        netns::link(&node, "10.213.1.1/30", &east, "10.213.1.2/30")?,
+        netns::link(&node, "10.213.2.1/30", &west, "10.213.2.2/30")?,
+    ];
+    let servers = vec![
+        HttpServer::start(&east, (EAST_IP, 80).into(), EAST)?,
+        HttpServer::start(&west, (WEST_IP, 80).into(), WEST)?,
+    ];
+    let dns = DnsServer::start(&node, "127.0.0.1:53".parse()?)?;
+    dns.set_a(EAST, &[EAST_IP.into()], 30)?;
+    dns.set_a(WEST, &[WEST_IP.into()], 30)?;
+    let mut stage = Stage {
+        daemon: None,
+        _servers: servers,
+        _dns: dns,
+        pins: PinDirGuard::for_test(),
+        cgroup: TestCgroup::new()?,
+        dir: TempDir::new("demo")?,
+        _links: links,
+        _regions: vec![east, west],
+        node,
+    };
+    println!(
+        "node: namespace {} (locality us-east1), app cgroup {}",
+        stage.node.name(),
+        stage.cgroup.path().display()
+    );
+    println!(
+        "endpoints: {EAST} = {} (namespace {}), {WEST} = {} (namespace {})",
+        std::net::Ipv4Addr::from(EAST_IP),
+        stage._regions[0].name(),
+        std::net::Ipv4Addr::from(WEST_IP),
+        stage._regions[1].name()
+    );
+    println!("DNS: a real server on 127.0.0.1:53 in the node namespace\n");
+    check_interrupt()?;
+
+    // (a) ServiceEntry only.
+    let config = stage.dir.path().join("redirector.yaml");
+    phase_header("(a)", "the ServiceEntry alone", &repo, "config/demo-without-rule.yaml");
+    copy_config(&repo, "config/demo-without-rule.yaml", &config)?;
+    stage.daemon = Some(Daemon::start(DaemonOptions {
+        netns: &stage.node,
+        cgroup: None,
+        args: vec![
+            "run".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--cgroup".into(),
+            stage.cgroup.path().display().to_string(),
+            "--locality".into(),
+            "us-east1".into(),
+            "--nameserver".into(),
+            "127.0.0.1:53".into(),
+            "--pin-dir".into(),
+            stage.pins.path().display().to_string(),
+        ],
+        ready_timeout: Duration::from_secs(30),
+    })?);
+    let vip = service_vip(&stage)?;
+    println!("redirector: mydb.com -> VIP {vip} (allocated from 240.240.0.0/16)");
+    let (bodies, errors) = loop_requests(&stage, &vip)?;
+    let (e, w) = (count(&bodies, EAST), count(&bodies, WEST));
+    ensure!(errors == 0 && e > 0 && w > 0, "phase (a): expected both regions, got {bodies:?} with {errors} errors");
+    println!("-> both regions answer ({e} east, {w} west): without outlierDetection every endpoint shares one priority.\n");
+
+    // (b) + DestinationRule.
+    phase_header("(b)", "with the DestinationRule's outlierDetection", &repo, "config/demo.yaml");
+    reload(&mut stage, &repo, "config/demo.yaml", &config)?;
+    let (bodies, errors) = loop_requests(&stage, &vip)?;
+    ensure!(
+        errors == 0 && count(&bodies, EAST) == REQUESTS,
+        "phase (b): expected only {EAST}, got {bodies:?} with {errors} errors"
+    );
+    println!("-> only the node's own region (us-east1) answers.\n");
+
+    // (c) The primary's port is wrong.
+    phase_header("(c)", "the us-east endpoint moved to port 81 (nothing listens there)", &repo, "config/demo-primary-down.yaml");
+    reload(&mut stage, &repo, "config/demo-primary-down.yaml", &config)?;
+    let (bodies, errors) = loop_requests(&stage, &vip)?;
+    ensure!(
+        errors == 0 && count(&bodies, WEST) == REQUESTS,
+        "phase (c): expected only {WEST} and no errors, got {bodies:?} with {errors} errors"
+    );
+    println!("-> every request answered by the failover region; client errors: 0 (the blog shows 1).\n");
+
+    println!("$ redirector endpoints");
+    let table = endpoints(&stage, false)?;
+    print!("{table}");
+    let east_row = table
+        .lines()
+        .find(|l| l.contains(EAST))
+        .context("no row for the primary in `redirector endpoints`")?;
+    ensure!(
+        east_row.contains(":81") && east_row.contains("FAILED"),
+        "the primary should show OUTLIER CHECK FAILED: {east_row}"
+    );
+    println!("\n-> the primary's outlier check is FAILED, as `istioctl pc endpoints` shows in the blog.");
+    println!("\ndemo passed; removing namespaces, cgroup and pins.");
+    Ok(())
+}
+
+fn phase_header(tag: &str, what: &str, repo: &Path, file: &str) {
+    println!("== {tag} {what} ==");
+    println!("# {}", repo.join(file).display());
+}
+
+fn copy_config(repo: &Path, file: &str, to: &Path) -> Result<()> {
+    std::fs::copy(repo.join(file), to).with_context(|| format!("copying {file}"))?;
+    Ok(())
+}
+
+/// Writes the next document set and has the daemon reload it (SIGHUP), as
+/// `kubectl apply` would update Istio.
+fn reload(stage: &mut Stage, repo: &Path, file: &str, config: &Path) -> Result<()> {
+    let daemon = stage.daemon.as_ref().context("daemon not running")?;
+    let before = daemon.log().matches("config reloaded").count();
+    copy_config(repo, file, config)?;
+    redirector_tests::process::signal(daemon.pid(), libc::SIGHUP)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.log().matches("config reloaded").count() == before {
+        check_interrupt()?;
+        if daemon.log().contains("config reload rejected") || Instant::now() > deadline {
+            bail!("the daemon did not reload {file}; its log:\n{}", daemon.log());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    println!("redirector: reloaded");
+    Ok(())
+}
+
+/// The blog's loop: `for i in {1..5}; do curl -sS http://mydb.com; echo; done`.
+/// curl is given the VIP for mydb.com (DNS capture is a later feature).
+fn loop_requests(stage: &Stage, vip: &str) -> Result<(Vec<String>, usize)> {
+    println!("$ for i in {{1..{REQUESTS}}}; do curl -sS http://mydb.com; echo; done");
+    let resolve = format!("mydb.com:80:{vip}");
+    let mut bodies = Vec::new();
+    let mut errors = 0;
+    for _ in 0..REQUESTS {
+        check_interrupt()?;
+        let out = client::run(
+            &stage.node,
+            Some(&stage.cgroup),
+            "curl",
+            &["-sS", "--max-time", "15", "--resolve", &resolve, "-w", "\n%{http_code}", "http://mydb.com"],
+            Duration::from_secs(20),
+        )?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = stdout.rsplit_once('\n').unwrap_or((&stdout, "000"));
+        if out.status.success() && code == "200" {
+            println!("{body}");
+        } else {
+            errors += 1;
+            println!("{body}{}", String::from_utf8_lossy(&out.stderr).trim_end());
+        }
+        bodies.push(body.to_owned());
+    }
+    Ok((bodies, errors))
+}
+
+fn count(bodies: &[String], endpoint: &str) -> usize {
+    let want = format!("healthy: {endpoint}");
+    bodies.iter().filter(|b| **b == want).count()
+}
+
+fn endpoints(stage: &Stage, json: bool) -> Result<String> {
+    let mut cmd = Command::new(redirector_tests::daemon::redirector_bin());
+    cmd.arg("endpoints").arg("--pin-dir").arg(stage.pins.path());
+    if json {
+        cmd.args(["--output", "json"]);
+    }
+    let out = cmd.output().context("running redirector endpoints")?;
+    ensure!(
+        out.status.success(),
+        "redirector endpoints: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn service_vip(stage: &Stage) -> Result<String> {
+    let report: serde_json::Value = serde_json::from_str(&endpoints(stage, true)?)?;
+    report["services"][0]["vip"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no service in `redirector endpoints`")
+}
+
+fn repo_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_owned())
+}
