@@ -171,6 +171,26 @@ fn http_server_on_loopback_with_picked_port() {
 }
 
 #[test]
+fn http_server_over_ipv6_veth() {
+    require_root();
+    let server_ns = Netns::new("server6").expect("creating the server namespace");
+    let client_ns = Netns::new("client6").expect("creating the client namespace");
+    link(
+        &server_ns,
+        "fd00:213:5::1/64",
+        &client_ns,
+        "fd00:213:5::2/64",
+    )
+    .expect("linking over IPv6");
+    let _server = HttpServer::start(&server_ns, addr("[fd00:213:5::1]:8080"), "six")
+        .expect("starting the HTTP server");
+    assert_eq!(
+        curl(&client_ns, "http://[fd00:213:5::1]:8080/").expect("curl over IPv6"),
+        (200, "healthy: six".to_owned())
+    );
+}
+
+#[test]
 fn tcp_server_greets_and_echoes() {
     require_root();
     let (server_ns, client_ns) = pair(2);
@@ -189,7 +209,29 @@ fn tcp_server_greets_and_echoes() {
     assert_eq!(text(&out.stdout), "hello from echo\nping\n");
     assert_eq!(server.accepted(), 2);
 
+    // stop() also closes connections that are already open.
+    let (connected_tx, connected_rx) = std::sync::mpsc::channel();
+    let open = client_ns.spawn(move || async move {
+        use tokio::io::AsyncReadExt;
+        let mut stream = tokio::net::TcpStream::connect("10.213.2.1:9000").await?;
+        let mut greeting = [0u8; 16];
+        stream.read_exact(&mut greeting).await?;
+        connected_tx.send(()).expect("signalling the test");
+        let mut rest = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), stream.read(&mut rest)).await?
+    });
+    connected_rx
+        .recv_timeout(TIMEOUT)
+        .expect("the open connection got its greeting");
     server.stop().expect("stop");
+    let closed = open.join().expect("the connection thread panicked");
+    assert!(
+        matches!(&closed, Ok(0))
+            || closed
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "an open connection is closed by stop(): {closed:?}"
+    );
     let out = rdt_client(&client_ns, &["tcp", "10.213.2.1:9000"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(text(&out.stderr).contains("Connection refused"), "{out:?}");

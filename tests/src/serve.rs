@@ -4,9 +4,11 @@
 //! same address again.
 
 use std::{
+    collections::HashMap,
     future::Future,
     io,
     net::SocketAddr,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
     pin::Pin,
     sync::{Arc, Mutex},
     time::Duration,
@@ -131,14 +133,57 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// Duplicates of the open connections' sockets, by connection number.
+///
+/// Closing our descriptor is not enough to close a socket at once: a child
+/// that another test thread forked keeps a copy of every descriptor until
+/// it execs. `shutdown(2)` acts on the socket itself, so [`accept_loop`]
+/// shuts these down (and the listener) when stopped, and peers see the
+/// close (and new connects the refusal) before `stop()` returns.
+type OpenSockets = Arc<Mutex<HashMap<u64, OwnedFd>>>;
+
+/// Forgets (and closes) a connection's duplicate when its task ends or is
+/// aborted.
+struct Forget {
+    open: OpenSockets,
+    id: u64,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
+fn shutdown(fd: BorrowedFd<'_>) {
+    // SAFETY: shutdown(2) on a descriptor we own; failure (ENOTCONN on a
+    // connection the peer already closed) changes nothing.
+    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+}
+
 async fn accept_loop(listener: TcpListener, handler: Handler, mut stopped: oneshot::Receiver<()>) {
+    let open = OpenSockets::default();
     let mut connections = JoinSet::new();
-    loop {
+    for id in 0u64.. {
         tokio::select! {
             _ = &mut stopped => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(handler(stream));
+                    match stream.as_fd().try_clone_to_owned() {
+                        Ok(dup) => {
+                            open.lock().unwrap_or_else(|e| e.into_inner()).insert(id, dup);
+                        }
+                        Err(err) => eprintln!("testbed: cannot track a connection: {err}"),
+                    }
+                    let forget = Forget { open: Arc::clone(&open), id };
+                    let serve = handler(stream);
+                    connections.spawn(async move {
+                        let _forget = forget;
+                        serve.await;
+                    });
                 }
                 Err(err) => {
                     eprintln!("testbed: accept on {:?}: {err}", listener.local_addr());
@@ -148,6 +193,10 @@ async fn accept_loop(listener: TcpListener, handler: Handler, mut stopped: onesh
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
+    shutdown(listener.as_fd());
     drop(listener);
+    for fd in open.lock().unwrap_or_else(|e| e.into_inner()).values() {
+        shutdown(fd.as_fd());
+    }
     connections.shutdown().await;
 }
