@@ -79,8 +79,10 @@ impl TestCgroup {
         Ok(format!("/{}", rel.display()))
     }
 
-    /// Makes `cmd`'s child join this cgroup before it execs.
+    /// Makes `cmd`'s child join this cgroup before it execs. The child is
+    /// marked with [`names::OWNER_ENV`] for the sweep.
     pub fn configure<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env(names::OWNER_ENV, std::process::id().to_string());
         let procs = Arc::clone(&self.procs);
         // SAFETY: the closure only calls write(2), which is async-signal-safe.
         unsafe {

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cgroup::TestCgroup, names, netns::Netns, process, tempdir::TempDir};
+use crate::{cgroup::TestCgroup, netns::Netns, process, tempdir::TempDir};
 
 /// Runs `program args…` inside `netns` (and `cgroup`), killing it after
 /// `timeout` (an error that includes what it printed).
@@ -122,7 +122,6 @@ impl<'a> Client<'a> {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env(names::OWNER_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -90,7 +90,6 @@ impl Daemon {
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = Command::new(program);
         cmd.args(&opts.args)
-            .env(names::OWNER_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log fd")?)
             .stderr(log);

@@ -76,7 +76,9 @@ impl Netns {
 
     /// Makes `cmd`'s child enter this namespace before it execs. The
     /// namespace fd is already open, so the child only calls `setns(2)`.
+    /// The child is marked with [`names::OWNER_ENV`] for the sweep.
     pub fn configure<'c>(&self, cmd: &'c mut Command) -> &'c mut Command {
+        cmd.env(names::OWNER_ENV, std::process::id().to_string());
         let fd = Arc::clone(&self.fd);
         // SAFETY: the closure only calls setns(2), which is async-signal-safe,
         // and touches no locks or allocations.
