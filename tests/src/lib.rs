@@ -1,1 +1,23 @@
+//! The redirector's test bed: network namespaces joined by veth, child
+//! cgroups, real HTTP/TCP/DNS servers, the daemon under test and clients,
+//! all named after the test process so leftovers can be swept.
+//!
+//! Used by the root-only integration tests in this package and by
+//! `cargo xtask demo`. Traffic only ever goes to loopback or to addresses
+//! inside namespaces the bed created. See DESIGN.md §7.
 
+pub mod cgroup;
+pub mod client;
+pub mod daemon;
+pub mod dns;
+pub mod http;
+pub mod mounts;
+pub mod names;
+pub mod netns;
+pub mod privilege;
+pub mod process;
+mod runtime;
+mod serve;
+pub mod sweep;
+pub mod tcp;
+pub mod tempdir;

@@ -1,1 +1,50 @@
-fn main(){}
+//! Workflows of the redirector workspace, run as `cargo xtask <command>`
+//! (the alias lives in `.cargo/config.toml`). One module per subcommand;
+//! the `///` line on each variant is its `--help`. The xtask depends only
+//! on the test bed, never on the daemon or the kernel programs, so it
+//! builds before bpf-linker is installed.
+
+mod cmd;
+mod setup;
+mod sweep;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Workflows of the redirector workspace"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing to build and test (nightly + rust-src, LLVM 22, bpf-linker, bpffs); root
+    Setup,
+    /// Remove namespaces, cgroups, pins and processes left behind by killed test runs; root
+    Sweep,
+    /// Setup, sweep leftovers, then fmt check, build, clippy and every test; root
+    Test(test::Args),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Sweep => sweep::run(),
+        Command::Test(args) => test::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Client processes (curl, getent, `rdt-client`) run the way an app would:
+//! inside the test namespace and, when given, the test cgroup the
+//! redirector is attached to. Every run is bounded by a timeout.
+//!
+//! [`Client`] adds a private `/etc/resolv.conf` (a mount namespace of the
+//! child's own, set up in `pre_exec`) so glibc resolves through a test DNS
+//! server without `ip netns exec`.
+
+use std::{
+    ffi::{CString, OsStr, OsString},
+    io::Read,
+    net::IpAddr,
+    os::unix::{ffi::OsStrExt, process::CommandExt},
+    path::PathBuf,
+    process::{Command, Output, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cgroup::TestCgroup, netns::Netns, process, tempdir::TempDir};
+
+/// Runs `program args…` inside `netns` (and `cgroup`), killing it after
+/// `timeout` (an error that includes what it printed).
+pub fn run(
+    netns: &Netns,
+    cgroup: Option<&TestCgroup>,
+    program: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<Output> {
+    let mut client = Client::new(netns, program);
+    client.args(args).timeout(timeout);
+    if let Some(cgroup) = cgroup {
+        client.cgroup(cgroup);
+    }
+    client.run()
+}
+
+/// The `rdt-client` binary of this package: `$RDT_CLIENT_BIN`, else
+/// `target/<profile>/rdt-client`.
+///
+/// # Panics
+/// If it is not built (`cargo build -p redirector-tests --bins`).
+pub fn rdt_client_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("RDT_CLIENT_BIN") {
+        return PathBuf::from(path);
+    }
+    process::target_bin("rdt-client").unwrap_or_else(|| {
+        panic!("no rdt-client binary next to the test executable: build it with cargo build -p redirector-tests --bins")
+    })
+}
+
+/// A client command with options beyond [`run`].
+#[derive(Debug)]
+pub struct Client<'a> {
+    netns: &'a Netns,
+    cgroup: Option<&'a TestCgroup>,
+    program: OsString,
+    args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
+    nameserver: Option<IpAddr>,
+    timeout: Duration,
+}
+
+impl<'a> Client<'a> {
+    /// `program` in `netns`, 10 s timeout.
+    pub fn new(netns: &'a Netns, program: impl AsRef<OsStr>) -> Client<'a> {
+        Client {
+            netns,
+            cgroup: None,
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            env: Vec::new(),
+            nameserver: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Appends arguments.
+    pub fn args<I, S>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// Runs the client inside `cgroup` too.
+    pub fn cgroup(&mut self, cgroup: &'a TestCgroup) -> &mut Self {
+        self.cgroup = Some(cgroup);
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Self {
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
+    }
+
+    /// Gives the child a private `/etc/resolv.conf` naming only this
+    /// nameserver (port 53).
+    pub fn nameserver(&mut self, ip: IpAddr) -> &mut Self {
+        self.nameserver = Some(ip);
+        self
+    }
+
+    /// Kills the client after this long.
+    pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs to completion; `Ok` whatever the exit status, `Err` if it
+    /// cannot start or times out.
+    pub fn run(&self) -> Result<Output> {
+        let shown = format!("{} {:?}", self.program.to_string_lossy(), self.args);
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(cgroup) = self.cgroup {
+            cgroup.configure(&mut cmd);
+        }
+        self.netns.configure(&mut cmd);
+        let _resolv_dir = match self.nameserver {
+            Some(ip) => Some(private_resolv_conf(&mut cmd, ip)?),
+            None => None,
+        };
+
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {shown} in {}", self.netns.name()))?;
+        let stdout = drain(child.stdout.take());
+        let stderr = drain(child.stderr.take());
+        let status = process::wait_timeout(&mut child, self.timeout)?;
+        if status.is_none() {
+            process::kill_and_reap(&mut child);
+        }
+        let output = Output {
+            status: match status {
+                Some(status) => status,
+                None => child.wait()?,
+            },
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        };
+        if status.is_none() {
+            bail!(
+                "{shown} timed out after {:?} in {}; stdout: {:?}; stderr: {:?}",
+                self.timeout,
+                self.netns.name(),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(output)
+    }
+}
+
+fn drain(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+/// Writes a resolv.conf naming `ip` and makes the child bind-mount it over
+/// `/etc/resolv.conf` in a mount namespace of its own.
+fn private_resolv_conf(cmd: &mut Command, ip: IpAddr) -> Result<TempDir> {
+    let dir = TempDir::new("resolv")?;
+    let file = dir.path().join("resolv.conf");
+    std::fs::write(
+        &file,
+        format!("nameserver {ip}\noptions timeout:2 attempts:2\n"),
+    )
+    .with_context(|| format!("writing {}", file.display()))?;
+    let source = CString::new(file.as_os_str().as_bytes()).context("temp path with NUL")?;
+    let target = c"/etc/resolv.conf";
+    // SAFETY: unshare(2) and mount(2) are plain syscalls, async-signal-safe;
+    // the CStrings were built before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let check = |rc: libc::c_int| {
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            };
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            // Keep our bind mount out of the parent's namespace.
+            check(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ))
+        });
+    }
+    Ok(dir)
+}

@@ -1,0 +1,255 @@
+//! An authoritative DNS server (hickory-server, UDP and TCP) for endpoint
+//! names of `resolution: DNS` ServiceEntries.
+//!
+//! It is authoritative for every name: names set with [`DnsServer::set_a`]
+//! answer their A records, other types of a known name answer NOERROR with
+//! no records (NODATA), unknown names NXDOMAIN. Records change at run time,
+//! which is what TTL-driven refresh tests need, and the faults of DESIGN §7
+//! are here: [`DnsServer::set_servfail`], an empty answer (`set_a(name,
+//! &[], ttl)`) and changed IPs. Negative answers carry an SOA with TTL 0 so
+//! no resolver caches them. Answered by ordinary stub resolvers (glibc,
+//! hickory-resolver).
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr},
+    str::FromStr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use hickory_proto::{
+    op::{Edns, MessageType, Metadata, OpCode, ResponseCode},
+    rr::{
+        LowerName, Name, RData, Record, RecordType,
+        rdata::{A, SOA},
+    },
+};
+use hickory_server::{
+    Server,
+    net::runtime::Time,
+    server::{Request, RequestHandler, ResponseHandler, ResponseInfo},
+    zone_handler::MessageResponseBuilder,
+};
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::{netns::Netns, runtime::NsRuntime};
+
+#[derive(Clone, Debug)]
+enum Entry {
+    A { ips: Vec<Ipv4Addr>, ttl: u32 },
+    ServFail,
+}
+
+#[derive(Default)]
+struct Zone {
+    entries: Mutex<HashMap<LowerName, Entry>>,
+    queries: AtomicU64,
+}
+
+impl Zone {
+    fn set(&self, name: &str, entry: Option<Entry>) -> Result<()> {
+        let key = lower_name(name)?;
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match entry {
+            Some(entry) => entries.insert(key, entry),
+            None => entries.remove(&key),
+        };
+        Ok(())
+    }
+
+    fn get(&self, name: &LowerName) -> Option<Entry> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+}
+
+fn lower_name(name: &str) -> Result<LowerName> {
+    let mut parsed = Name::from_str(name).with_context(|| format!("{name:?} is not a DNS name"))?;
+    parsed.set_fqdn(true);
+    Ok(LowerName::new(&parsed))
+}
+
+/// A DNS server in a namespace; stopped on drop.
+pub struct DnsServer {
+    addr: SocketAddr,
+    zone: Arc<Zone>,
+    _rt: NsRuntime,
+}
+
+impl DnsServer {
+    /// Serves UDP and TCP on `addr` inside `netns` (port 0 picks a port for
+    /// UDP and uses the same one for TCP).
+    pub fn start(netns: &Netns, addr: SocketAddr) -> Result<DnsServer> {
+        let rt = NsRuntime::start(netns, &format!("dns {addr}"))?;
+        let zone = Arc::new(Zone::default());
+        let handler = Handler {
+            zone: Arc::clone(&zone),
+        };
+        let (bound, mut server) = rt
+            .run(async move {
+                let udp = UdpSocket::bind(addr).await?;
+                let bound = udp.local_addr()?;
+                let tcp = TcpListener::bind(bound).await?;
+                let mut server = Server::new(handler);
+                server.register_socket(udp);
+                server.register_listener(tcp, Duration::from_secs(5), 64);
+                std::io::Result::Ok((bound, server))
+            })?
+            .with_context(|| format!("DNS server cannot listen on {addr}"))?;
+        // The task owns the server; dropping the runtime ends both.
+        rt.spawn(async move {
+            let _ = server.block_until_done().await;
+        });
+        Ok(DnsServer {
+            addr: bound,
+            zone,
+            _rt: rt,
+        })
+    }
+
+    /// The bound address (UDP and TCP).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Replaces the A records of `name` (`svc.example` or `svc.example.`);
+    /// an empty slice makes the name answer with no records.
+    pub fn set_a(&self, name: &str, ips: &[Ipv4Addr], ttl_secs: u32) -> Result<()> {
+        let entry = Entry::A {
+            ips: ips.to_vec(),
+            ttl: ttl_secs,
+        };
+        self.zone.set(name, Some(entry))
+    }
+
+    /// Makes every query for `name` answer SERVFAIL (until `set_a` or
+    /// `remove`).
+    pub fn set_servfail(&self, name: &str) -> Result<()> {
+        self.zone.set(name, Some(Entry::ServFail))
+    }
+
+    /// Forgets `name`: it answers NXDOMAIN.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        self.zone.set(name, None)
+    }
+
+    /// Queries received so far (UDP and TCP).
+    pub fn queries(&self) -> u64 {
+        self.zone.queries.load(Ordering::SeqCst)
+    }
+}
+
+struct Handler {
+    zone: Arc<Zone>,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        self.zone.queries.fetch_add(1, Ordering::SeqCst);
+        let response_edns = request.edns.as_ref().map(|req| {
+            let mut edns = Edns::new();
+            edns.set_max_payload(req.max_payload().max(512));
+            edns
+        });
+        let builder = MessageResponseBuilder::new(&request.queries, response_edns.as_ref());
+
+        let query = match request.request_info() {
+            Ok(info)
+                if request.metadata.message_type == MessageType::Query
+                    && request.metadata.op_code == OpCode::Query =>
+            {
+                info.query
+            }
+            Ok(_) => {
+                let response = builder.error_msg(&request.metadata, ResponseCode::NotImp);
+                return send(&mut response_handle, request, response).await;
+            }
+            Err(_) => {
+                let response = builder.error_msg(&request.metadata, ResponseCode::FormErr);
+                return send(&mut response_handle, request, response).await;
+            }
+        };
+
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        metadata.authoritative = true;
+        let name = Name::from(query.name().clone());
+        let answers: Vec<Record> = match self.zone.get(query.name()) {
+            None => {
+                metadata.response_code = ResponseCode::NXDomain;
+                Vec::new()
+            }
+            Some(Entry::ServFail) => {
+                let response = builder.error_msg(&request.metadata, ResponseCode::ServFail);
+                return send(&mut response_handle, request, response).await;
+            }
+            Some(Entry::A { ips, ttl }) => match query.query_type() {
+                RecordType::A | RecordType::ANY => ips
+                    .iter()
+                    .map(|ip| Record::from_rdata(name.clone(), ttl, RData::A(A(*ip))))
+                    .collect(),
+                _ => Vec::new(),
+            },
+        };
+        let soa = if answers.is_empty() {
+            vec![negative_soa()]
+        } else {
+            Vec::new()
+        };
+        let response = builder.build(metadata, answers.iter(), [], soa.iter(), []);
+        send(&mut response_handle, request, response).await
+    }
+}
+
+/// The SOA of the root zone we pretend to own; TTL and minimum 0, so
+/// negative answers are not cached.
+fn negative_soa() -> Record {
+    let soa = SOA::new(
+        Name::from_ascii("ns.rdt.test.").expect("valid name"),
+        Name::from_ascii("hostmaster.rdt.test.").expect("valid name"),
+        1,
+        3600,
+        600,
+        86400,
+        0,
+    );
+    Record::from_rdata(Name::root(), 0, RData::SOA(soa))
+}
+
+async fn send<'a, R: ResponseHandler>(
+    handle: &mut R,
+    request: &Request,
+    response: hickory_server::zone_handler::MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+) -> ResponseInfo {
+    match handle.send_response(response).await {
+        Ok(info) => info,
+        Err(err) => {
+            eprintln!("testbed: DNS server cannot answer {}: {err}", request.src());
+            let mut metadata = Metadata::response_from_request(&request.metadata);
+            metadata.response_code = ResponseCode::ServFail;
+            ResponseInfo::from(hickory_proto::op::Header {
+                metadata,
+                counts: Default::default(),
+            })
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! `cargo xtask test`: everything CI runs, in order, stopping at the first
+//! failure (except formatting, reported at the end): setup, sweep of leftovers from killed runs, `cargo fmt --check`,
+//! build of the daemon (its build.rs builds the kernel programs), clippy on
+//! the host crates and, separately, on the eBPF crate for its own target,
+//! then every test with `REDIRECTOR_BIN` pointing at the fresh daemon. The
+//! sweep runs again at the end whatever happened.
+
+use std::{path::PathBuf, process::Command, time::Instant};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    cmd::{self, command},
+    setup, sweep,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Arguments for `cargo test` after `--` (e.g. a test-name filter, or `--test testbed`)
+    #[arg(last = true)]
+    cargo_test_args: Vec<String>,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    cmd::require_root("test")?;
+    let start = Instant::now();
+    setup::run()?;
+    sweep::sweep("before the run")?;
+    let result = steps(args);
+    let swept = sweep::sweep("after the run");
+    result?;
+    swept?;
+    eprintln!("test: all passed in {:.0} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn steps(args: &Args) -> Result<()> {
+    // A formatting slip should not hide build or test results: report it
+    // at the end instead of stopping here.
+    let format = step("format", command("cargo").args(["fmt", "--all", "--check"]));
+    step(
+        "build the daemon",
+        command("cargo").args(["build", "-p", "redirector-user", "--bins"]),
+    )?;
+    step(
+        "clippy (host crates)",
+        command("cargo").args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "redirector-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    // Linted on its own: it only builds for the BPF target, and feature
+    // unification with the host crates would break a single clippy run.
+    // needless_borrows_for_generic_args is allowed: aya-ebpf map methods
+    // take `impl Borrow<K>`, and `&key` (aya's own style) keeps keys from
+    // being copied onto the 512-byte BPF stack.
+    step(
+        "clippy (eBPF crate)",
+        command("cargo").args([
+            "+nightly",
+            "clippy",
+            "-p",
+            "redirector-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+            "-A",
+            "clippy::needless_borrows_for_generic_args",
+        ]),
+    )?;
+    let redirector = target_dir()?.join("debug").join("redirector");
+    // CI and the rest of the environment pass through untouched.
+    step(
+        "tests",
+        command("cargo")
+            .args(["test", "--workspace", "--exclude", "redirector-ebpf"])
+            .args(&args.cargo_test_args)
+            .env("REDIRECTOR_BIN", &redirector),
+    )?;
+    format.context("everything else passed, but `cargo fmt --all` has changes to make")
+}
+
+fn step(what: &str, cmd: &mut Command) -> Result<()> {
+    eprintln!("==> {what}");
+    let start = Instant::now();
+    let result = cmd::run(cmd);
+    eprintln!(
+        "==> {what}: {} in {:.1} s",
+        if result.is_ok() { "ok" } else { "FAILED" },
+        start.elapsed().as_secs_f64()
+    );
+    result.with_context(|| format!("step `{what}`"))
+}
+
+/// Cargo's target directory (honours `CARGO_TARGET_DIR` and config).
+fn target_dir() -> Result<PathBuf> {
+    let out = command("cargo")
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .context("running cargo metadata")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    metadata["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("cargo metadata has no target_directory")
+}
