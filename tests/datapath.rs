@@ -47,10 +47,16 @@ fn connects_to_a_vip_reach_the_service_over_http_and_tcp() {
     assert_eq!(node.bodies(VIP, 3), ["healthy: east"; 3]);
     let out = tcp_client(&node, "240.240.0.11:6379".parse().unwrap());
     assert!(out.status.success(), "{out:?}\n{}", node.log());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hello from tcp-east");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello from tcp-east"
+    );
     // Not a VIP: untouched, and unroutable in this namespace.
     let out = node.client("curl", &["-sS", "--max-time", "3", "http://240.240.0.99/"]);
-    assert!(!out.status.success(), "a non-VIP address must not be served");
+    assert!(
+        !out.status.success(),
+        "a non-VIP address must not be served"
+    );
 }
 
 #[test]
@@ -59,7 +65,11 @@ fn an_allocated_vip_is_shown_by_endpoints_and_served() {
     node.http("127.0.10.1:8080", "east");
     node.a_record("east.test", [127, 0, 10, 1], 30);
     node.a_record("west.test", [127, 0, 10, 1], 30);
-    let config = service_entry(None, ("east.test", "us-east1", 8080), ("west.test", "us-west1", 8080));
+    let config = service_entry(
+        None,
+        ("east.test", "us-east1", 8080),
+        ("west.test", "us-west1", 8080),
+    );
     node.start(&config, "us-east1", false);
     let eps = node.endpoints();
     let svc = &eps["services"][0];
@@ -67,7 +77,10 @@ fn an_allocated_vip_is_shown_by_endpoints_and_served() {
     assert_eq!(svc["vip_source"], "allocated", "{eps:#}");
     let vip = svc["vip"].as_str().unwrap().to_owned();
     assert!(vip.starts_with("240.240."), "{vip}");
-    assert!(node.log().contains(&format!("mydb.com:80 is served at VIP {vip}:80")));
+    assert!(
+        node.log()
+            .contains(&format!("mydb.com:80 is served at VIP {vip}:80"))
+    );
     assert_eq!(node.bodies(&vip, 2), ["healthy: east"; 2]);
 }
 
@@ -100,7 +113,8 @@ fn with_no_endpoint_left_http_answers_503_and_tcp_resets() {
     assert!(body.contains("refused"), "{body}");
     let out = tcp_client(&node, "240.240.0.11:6379".parse().unwrap());
     assert!(!out.status.success(), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let err =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("reset") || err.contains("closed") || err.contains("EOF"),
         "{err}"
@@ -119,7 +133,13 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_error() {
     );
     assert_eq!(node.bodies(VIP, 2), ["healthy: east"; 2]);
     let pid = node.daemon.as_ref().unwrap().pid();
-    node.write_config(&static_service("mydb.com", VIP, 80, "HTTP", "127.0.10.2:8080"));
+    node.write_config(&static_service(
+        "mydb.com",
+        VIP,
+        80,
+        "HTTP",
+        "127.0.10.2:8080",
+    ));
     process::signal(pid, libc::SIGHUP).unwrap();
     wait_until("the reload", Duration::from_secs(10), || {
         node.log().contains("config reloaded")
@@ -130,7 +150,11 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_error() {
     wait_until("the rejection", Duration::from_secs(10), || {
         node.log().contains("config reload rejected")
     });
-    assert!(node.log().contains("line 2"), "the error names the line:\n{}", node.log());
+    assert!(
+        node.log().contains("redirector.yaml:2:7"),
+        "the error names the line:\n{}",
+        node.log()
+    );
     assert_eq!(count(&node.bodies(VIP, 3), "healthy: west"), 3);
 }
 
@@ -168,10 +192,20 @@ fn with_flag(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
 fn start_up_errors_name_the_problem() {
     let mut node = Node::new();
     node.http("127.0.10.1:8080", "east");
-    node.write_config(&static_service("mydb.com", VIP, 80, "HTTP", "127.0.10.1:8080"));
+    node.write_config(&static_service(
+        "mydb.com",
+        VIP,
+        80,
+        "HTTP",
+        "127.0.10.1:8080",
+    ));
     let args = node.args("");
 
-    let err = failed_start(&node, &with_flag(args.clone(), "--cgroup", "/sys/fs/cgroup/nope"), &[]);
+    let err = failed_start(
+        &node,
+        &with_flag(args.clone(), "--cgroup", "/sys/fs/cgroup/nope"),
+        &[],
+    );
     assert!(err.contains("/sys/fs/cgroup/nope: does not exist"), "{err}");
     let err = failed_start(&node, &with_flag(args.clone(), "--cgroup", "/tmp"), &[]);
     assert!(err.contains("not a cgroup v2 directory"), "{err}");
@@ -180,21 +214,49 @@ fn start_up_errors_name_the_problem() {
     let err = failed_start(
         &node,
         &args,
-        &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"],
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ],
     );
     assert!(err.contains("lacks CAP_BPF"), "{err}");
 
     // Listener port taken inside the namespace.
-    let taken = node.ns.spawn(|| async { TcpListener::bind("127.0.0.1:0").map(|l| (l.local_addr().unwrap().port(), l)) });
+    let taken = node.ns.spawn(|| async {
+        TcpListener::bind("127.0.0.1:0").map(|l| (l.local_addr().unwrap().port(), l))
+    });
     let (port, _listener) = taken.join().unwrap().unwrap();
-    let err = failed_start(&node, &[args.clone(), vec!["--listen-port".into(), port.to_string()]].concat(), &[]);
+    let err = failed_start(
+        &node,
+        &[args.clone(), vec!["--listen-port".into(), port.to_string()]].concat(),
+        &[],
+    );
     assert!(err.contains("is already in use"), "{err}");
 
     // A second daemon on the same pin dir.
-    node.start(&static_service("mydb.com", VIP, 80, "HTTP", "127.0.10.1:8080"), "", false);
-    let err = failed_start(&node, &with_flag(args.clone(), "--config", node.config_path().to_str().unwrap()), &[]);
+    node.start(
+        &static_service("mydb.com", VIP, 80, "HTTP", "127.0.10.1:8080"),
+        "",
+        false,
+    );
+    let err = failed_start(
+        &node,
+        &with_flag(
+            args.clone(),
+            "--config",
+            node.config_path().to_str().unwrap(),
+        ),
+        &[],
+    );
     assert!(err.contains("in use by another redirector"), "{err}");
-    assert_eq!(node.bodies(VIP, 1), ["healthy: east"], "the first daemon is unharmed");
+    assert_eq!(
+        node.bodies(VIP, 1),
+        ["healthy: east"],
+        "the first daemon is unharmed"
+    );
 
     // A config error names file, line and field, and nothing starts.
     node.write_config(
@@ -207,5 +269,8 @@ fn start_up_errors_name_the_problem() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains(":7:") && err.contains("connectionPool"), "{err}");
+    assert!(
+        err.contains(":7:") && err.contains("connectionPool"),
+        "{err}"
+    );
 }

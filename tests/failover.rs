@@ -94,7 +94,11 @@ fn primary_answering_503_fails_over_with_zero_client_errors() {
     // ejected after one 5xx, so the rest go straight to west.
     let bodies = node.bodies(VIP, 10);
     assert_eq!(count(&bodies, WEST), 10, "{bodies:?}");
-    assert_eq!(node.servers[0].requests(), 1, "east saw only the first request");
+    assert_eq!(
+        node.servers[0].requests(),
+        1,
+        "east saw only the first request"
+    );
     assert_eq!(node.endpoint("east.test")["outlier_check"], "FAILED");
 }
 
@@ -189,9 +193,11 @@ fn new_dns_answers_move_traffic_and_failures_keep_the_last_answer() {
     node.start(&config, "us-east1", false);
     assert_eq!(count(&node.bodies(VIP, 3), EAST), 3);
     node.a_record("east.test", [127, 0, 10, 4], 1);
-    wait_until("traffic to follow the new address", Duration::from_secs(10), || {
-        node.curl(VIP).is_ok_and(|(_, b)| b == "healthy: east-new")
-    });
+    wait_until(
+        "traffic to follow the new address",
+        Duration::from_secs(10),
+        || node.curl(VIP).is_ok_and(|(_, b)| b == "healthy: east-new"),
+    );
     assert_eq!(count(&node.bodies(VIP, 3), "healthy: east-new"), 3);
     // A DNS failure keeps the last good answer.
     node.dns.set_servfail("east.test").unwrap();

@@ -169,8 +169,9 @@ pub struct EndpointHealth {
     pub hostname: [u8; HOST_LEN],
     pub last_error: [u8; LAST_ERROR_LEN],
 }
-const _: () =
-    assert!(core::mem::size_of::<EndpointHealth>() == 40 + LOCALITY_LEN + HOST_LEN + LAST_ERROR_LEN);
+const _: () = assert!(
+    core::mem::size_of::<EndpointHealth>() == 40 + LOCALITY_LEN + HOST_LEN + LAST_ERROR_LEN
+);
 
 /// Copies `s` into a NUL-padded field, truncating on a char boundary.
 pub fn write_str(dst: &mut [u8], s: &str) {

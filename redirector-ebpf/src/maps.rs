@@ -11,15 +11,13 @@ use redirector_common::{
 };
 
 #[map(name = "RD_SVC_V1")]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(MAX_SERVICES, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 #[map(name = "RD_CFG_V1")]
 pub static PROXY_CONFIG: Array<ProxyConfig> = Array::with_max_entries(1, 0);
 
 #[map(name = "RD_OCOOKIE_V1")]
-pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> =
-    LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 
 #[map(name = "RD_OSOCK_V1")]
 pub static ORIG_BY_SOCK: LruHashMap<SockKey, OrigDst> =

@@ -61,7 +61,9 @@ impl Node {
     fn resolve(settings: &NodeSettings) -> anyhow::Result<Self> {
         let cgroup = match &settings.cgroup {
             Some(c) => c.clone(),
-            None => sys::cgroup2_root().context("finding the default cgroup (the cgroup v2 root)")?,
+            None => {
+                sys::cgroup2_root().context("finding the default cgroup (the cgroup v2 root)")?
+            }
         };
         Ok(Self {
             locality: settings.locality.clone().unwrap_or_default(),
@@ -109,7 +111,15 @@ impl Generation {
             .map(|p| {
                 p.routes
                     .values()
-                    .map(|r| ((r.cluster.service.host.as_str(), r.cluster.service.port.number), &r.cluster))
+                    .map(|r| {
+                        (
+                            (
+                                r.cluster.service.host.as_str(),
+                                r.cluster.service.port.number,
+                            ),
+                            &r.cluster,
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -135,10 +145,8 @@ impl Generation {
             if let Some(interval) = cluster.outlier_interval() {
                 let c = cluster.clone();
                 tasks.push(tokio::spawn(async move {
-                    let mut ticker = tokio::time::interval_at(
-                        tokio::time::Instant::now() + interval,
-                        interval,
-                    );
+                    let mut ticker =
+                        tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
                     loop {
                         ticker.tick().await;
                         c.tick();
@@ -178,7 +186,11 @@ impl Generation {
                         Protocol::Tls => PROTO_TLS,
                     },
                     flags: if s.vip_allocated { SVC_VIP_AUTO } else { 0 }
-                        | if route.tls.is_some() { SVC_TLS_ORIGINATION } else { 0 },
+                        | if route.tls.is_some() {
+                            SVC_TLS_ORIGINATION
+                        } else {
+                            0
+                        },
                     endpoint_count: s.endpoints.len() as u32,
                     _pad: 0,
                     host: [0; HOST_LEN],
@@ -255,12 +267,19 @@ async fn serve(
     let mut current = Generation::build(config, node, &notify, None)?;
     datapath.set_services(&current.service_entries())?;
     let routes: Routes = Arc::new(RwLock::new(current.routes.clone()));
-    let publisher = tokio::spawn(health::publish(datapath.clone(), routes.clone(), notify.clone()));
+    let publisher = tokio::spawn(health::publish(
+        datapath.clone(),
+        routes.clone(),
+        notify.clone(),
+    ));
     let accept = tokio::spawn(proxy::serve(listener, datapath.clone(), routes.clone()));
     let _guard = AbortOnDrop(vec![publisher, accept]);
     datapath.attach()?;
     for s in &current.config.services {
-        info!("{}:{} is served at VIP {}:{}", s.host, s.port.number, s.vip, s.port.number);
+        info!(
+            "{}:{} is served at VIP {}:{}",
+            s.host, s.port.number, s.vip, s.port.number
+        );
     }
     info!(pid = std::process::id(), "redirector ready");
 
@@ -342,7 +361,11 @@ pub fn describe(config: &Config) -> String {
             s.port.number,
             s.port.protocol,
             s.vip,
-            if s.vip_allocated { "allocated" } else { "addresses" },
+            if s.vip_allocated {
+                "allocated"
+            } else {
+                "addresses"
+            },
             s.service_entry,
             s.destination_rule
                 .as_ref()

@@ -50,9 +50,13 @@ pub enum BpfError {
     Privilege { needed: String, missing: String },
     #[error("cannot read this process's capabilities: {0}")]
     Caps(std::io::Error),
-    #[error("cgroup {path}: does not exist (create it, or pass --cgroup with an existing cgroup v2 directory)")]
+    #[error(
+        "cgroup {path}: does not exist (create it, or pass --cgroup with an existing cgroup v2 directory)"
+    )]
     CgroupMissing { path: PathBuf },
-    #[error("cgroup {path}: is a cgroup v1 hierarchy; redirector needs cgroup v2 (mounted at {v2_root})")]
+    #[error(
+        "cgroup {path}: is a cgroup v1 hierarchy; redirector needs cgroup v2 (mounted at {v2_root})"
+    )]
     CgroupV1 { path: PathBuf, v2_root: String },
     #[error("cgroup {path}: not a cgroup v2 directory (statfs type {fs_type:#x})")]
     NotCgroup { path: PathBuf, fs_type: i64 },
@@ -73,8 +77,13 @@ pub enum BpfError {
     EmptyObject,
     #[error("loading the eBPF object: {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("the eBPF object lacks {kind} {name:?}: redirector-ebpf and redirector-common disagree")]
-    Missing { kind: &'static str, name: &'static str },
+    #[error(
+        "the eBPF object lacks {kind} {name:?}: redirector-ebpf and redirector-common disagree"
+    )]
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
     #[error("loading program {name}: {error}")]
     Program {
         name: &'static str,
@@ -150,7 +159,12 @@ impl Datapath {
         // Pinned: what `redirector endpoints` reads from another process.
         let pinned = Some(&pins);
         let services = typed_map(&mut ebpf, map_names::SERVICES, pinned, HashMap::try_from)?;
-        let info = typed_map(&mut ebpf, map_names::SERVICE_INFO, pinned, HashMap::try_from)?;
+        let info = typed_map(
+            &mut ebpf,
+            map_names::SERVICE_INFO,
+            pinned,
+            HashMap::try_from,
+        )?;
         let endpoints = typed_map(&mut ebpf, map_names::ENDPOINTS, pinned, HashMap::try_from)?;
         let mut config: Array<MapData, ProxyConfig> =
             typed_map(&mut ebpf, map_names::PROXY_CONFIG, pinned, Array::try_from)?;
@@ -217,7 +231,11 @@ impl Datapath {
     }
 
     /// Replaces the published endpoint entries of one service.
-    pub fn set_endpoints(&self, service_id: u32, entries: &[EndpointHealth]) -> Result<(), BpfError> {
+    pub fn set_endpoints(
+        &self,
+        service_id: u32,
+        entries: &[EndpointHealth],
+    ) -> Result<(), BpfError> {
         self.maps
             .lock()
             .expect("maps lock")
@@ -297,7 +315,11 @@ impl Drop for Datapath {
 }
 
 impl Maps {
-    fn set_endpoints(&mut self, service_id: u32, entries: &[EndpointHealth]) -> Result<(), BpfError> {
+    fn set_endpoints(
+        &mut self,
+        service_id: u32,
+        entries: &[EndpointHealth],
+    ) -> Result<(), BpfError> {
         for (i, e) in entries.iter().enumerate() {
             let key = EndpointKey {
                 service_id,
@@ -305,7 +327,9 @@ impl Maps {
             };
             map_op(map_names::ENDPOINTS, self.endpoints.insert(key, e, 0))?;
         }
-        let before = self.endpoint_counts.insert(service_id, entries.len() as u32);
+        let before = self
+            .endpoint_counts
+            .insert(service_id, entries.len() as u32);
         for index in entries.len() as u32..before.unwrap_or(0) {
             let key = EndpointKey { service_id, index };
             map_op(map_names::ENDPOINTS, self.endpoints.remove(&key))?;
@@ -413,7 +437,9 @@ fn typed_map<T>(
     pin: Option<&pins::Pins>,
     convert: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
 ) -> Result<T, BpfError> {
-    let map = ebpf.take_map(name).ok_or(BpfError::Missing { kind: "map", name })?;
+    let map = ebpf
+        .take_map(name)
+        .ok_or(BpfError::Missing { kind: "map", name })?;
     if let Some(pins) = pin {
         pins.pin(name, &map)?;
     }

@@ -130,7 +130,9 @@ impl Cluster {
             dirty: AtomicBool::new(true),
             notify,
         };
-        cluster.inner().rebuild(&cluster.service, &cluster.priorities);
+        cluster
+            .inner()
+            .rebuild(&cluster.service, &cluster.priorities);
         cluster
     }
 
@@ -178,13 +180,23 @@ impl Cluster {
             if inner.resolved[i].is_some() {
                 continue;
             }
-            if let Some(j) = old.service.endpoints.iter().position(|o| o.address == ep.address) {
+            if let Some(j) = old
+                .service
+                .endpoints
+                .iter()
+                .position(|o| o.address == ep.address)
+            {
                 inner.resolved[i] = old_inner.resolved[j].clone();
             }
         }
         inner.rebuild(&self.service, &self.priorities);
         inner.detector.adopt(&old_inner.detector);
-        for key in inner.hosts.iter().map(|h| h.key.clone()).collect::<Vec<_>>() {
+        for key in inner
+            .hosts
+            .iter()
+            .map(|h| h.key.clone())
+            .collect::<Vec<_>>()
+        {
             if let Some(e) = old_inner.last_error.get(&key) {
                 inner.last_error.insert(key, e.clone());
             }

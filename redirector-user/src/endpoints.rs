@@ -66,7 +66,13 @@ pub fn report(pin_dir: &Path) -> Result<Report, PinError> {
         services
             .iter()
             .find(|(i, _)| *i == id)
-            .map(|(_, s)| format!("outbound|{}||{}", u16::from_be(s.port_be), read_str(&s.host)))
+            .map(|(_, s)| {
+                format!(
+                    "outbound|{}||{}",
+                    u16::from_be(s.port_be),
+                    read_str(&s.host)
+                )
+            })
             .unwrap_or_else(|| format!("service #{id}"))
     };
     let mut endpoints = state.endpoints;
@@ -125,7 +131,11 @@ fn endpoint_row(cluster: String, e: &EndpointHealth, now: SystemTime) -> Endpoin
         } else {
             "HEALTHY"
         },
-        outlier_check: if e.status == EP_EJECTED { "FAILED" } else { "OK" },
+        outlier_check: if e.status == EP_EJECTED {
+            "FAILED"
+        } else {
+            "OK"
+        },
         locality: read_str(&e.locality).to_owned(),
         priority: e.priority,
         cluster,
@@ -151,7 +161,11 @@ pub fn render_table(r: &Report) -> String {
         out,
         "redirector pid {} ({}), redirect {}, proxy {}\n",
         r.daemon_pid,
-        if r.daemon_running { "running" } else { "NOT RUNNING: stale state" },
+        if r.daemon_running {
+            "running"
+        } else {
+            "NOT RUNNING: stale state"
+        },
         if r.redirect_enabled { "on" } else { "off" },
         r.proxy
     );
@@ -172,7 +186,15 @@ pub fn render_table(r: &Report) -> String {
         .collect();
     table(
         &mut out,
-        &["SERVICE", "VIP", "PORT", "PROTOCOL", "VIP SOURCE", "TLS", "CLUSTER"],
+        &[
+            "SERVICE",
+            "VIP",
+            "PORT",
+            "PROTOCOL",
+            "VIP SOURCE",
+            "TLS",
+            "CLUSTER",
+        ],
         &rows,
     );
     out.push('\n');
@@ -263,8 +285,10 @@ mod tests {
             last_error: [0; LAST_ERROR_LEN],
         };
         let now = SystemTime::now();
-        e.ejected_until_unix_ms =
-            (now + Duration::from_secs(42)).duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        e.ejected_until_unix_ms = (now + Duration::from_secs(42))
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         write_str(&mut e.locality, "us-east1");
         write_str(&mut e.hostname, "east.test");
         write_str(&mut e.last_error, "connect: Connection refused");
@@ -284,6 +308,9 @@ mod tests {
         let text = render_table(&report);
         assert!(text.contains("ENDPOINT"), "{text}");
         let line = text.lines().find(|l| l.starts_with("10.0.0.1:81")).unwrap();
-        assert!(line.contains("FAILED") && line.contains("outbound|80||mydb.com"), "{line}");
+        assert!(
+            line.contains("FAILED") && line.contains("outbound|80||mydb.com"),
+            "{line}"
+        );
     }
 }

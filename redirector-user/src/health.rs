@@ -8,8 +8,8 @@
 use std::{sync::Arc, time::SystemTime};
 
 use redirector_common::{
-    EP_EJECTED, EP_HEALTHY, EP_UNRESOLVED, EndpointHealth, LAST_ERROR_LEN, LOCALITY_LEN,
-    HOST_LEN, write_str,
+    EP_EJECTED, EP_HEALTHY, EP_UNRESOLVED, EndpointHealth, HOST_LEN, LAST_ERROR_LEN, LOCALITY_LEN,
+    write_str,
 };
 use tokio::sync::Notify;
 use tracing::warn;

@@ -160,8 +160,8 @@ impl<K: Clone + Eq + Hash> Detector<K> {
         if host.ejected_at.is_some() {
             return None;
         }
-        let allowed = ejected_now == 0
-            || 100 * (ejected_now + 1) <= DEFAULT_MAX_EJECTION_PERCENT * total;
+        let allowed =
+            ejected_now == 0 || 100 * (ejected_now + 1) <= DEFAULT_MAX_EJECTION_PERCENT * total;
         if !allowed {
             return None;
         }
@@ -197,7 +197,10 @@ impl<K: Clone + Eq + Hash> Detector<K> {
     }
 
     fn ejected_count(&self) -> u64 {
-        self.hosts.values().filter(|h| h.ejected_at.is_some()).count() as u64
+        self.hosts
+            .values()
+            .filter(|h| h.ejected_at.is_some())
+            .count() as u64
     }
 }
 
@@ -230,7 +233,10 @@ mod tests {
         let interval = d.interval().unwrap();
         for _ in 0..1000 {
             advance(interval).await;
-            if d.tick(Instant::now()).iter().any(|(k, e)| *k == key && *e == Event::Unejected) {
+            if d.tick(Instant::now())
+                .iter()
+                .any(|(k, e)| *k == key && *e == Event::Unejected)
+            {
                 return start.elapsed();
             }
         }
@@ -393,8 +399,14 @@ mod tests {
         // Two hosts: the first ejection is allowed (the blog must fail
         // over), the second would be 100% > 10%.
         let mut d = detector(1, &["a", "b"]);
-        assert!(d.record(&"a", Outcome::ConnectFailed, Instant::now()).is_some());
-        assert!(d.record(&"b", Outcome::ConnectFailed, Instant::now()).is_none());
+        assert!(
+            d.record(&"a", Outcome::ConnectFailed, Instant::now())
+                .is_some()
+        );
+        assert!(
+            d.record(&"b", Outcome::ConnectFailed, Instant::now())
+                .is_none()
+        );
         assert!(!d.is_ejected(&"b"));
         // Twenty hosts: 100 × 2 / 20 = 10% ≤ 10% allows a second one, not a
         // third.

@@ -100,10 +100,14 @@ impl Resolve for Hickory {
             } else {
                 format!("{name}.")
             };
-            let lookup = self.0.lookup_ip(fqdn).await.map_err(|e| ResolveError::Lookup {
-                name: name.to_owned(),
-                error: e.to_string(),
-            })?;
+            let lookup = self
+                .0
+                .lookup_ip(fqdn)
+                .await
+                .map_err(|e| ResolveError::Lookup {
+                    name: name.to_owned(),
+                    error: e.to_string(),
+                })?;
             let ttl = lookup
                 .valid_until()
                 .saturating_duration_since(std::time::Instant::now());
@@ -153,7 +157,9 @@ pub fn watch(
                         Some(addrs) => {
                             warn!(%name, error = %why, kept = ?addrs, "DNS refresh failed; keeping the last good answer")
                         }
-                        None => warn!(%name, error = %why, "DNS lookup failed; endpoint has no address yet"),
+                        None => {
+                            warn!(%name, error = %why, "DNS lookup failed; endpoint has no address yet")
+                        }
                     }
                     let wait = retry;
                     retry = (retry * 2).min(MAX_RETRY);
@@ -218,7 +224,9 @@ mod tests {
         let resolver: Arc<dyn Resolve> = Arc::new(Scripted(Mutex::new(script)));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        let task = watch(resolver, "db.test".into(), move |a| s.lock().unwrap().push(a));
+        let task = watch(resolver, "db.test".into(), move |a| {
+            s.lock().unwrap().push(a)
+        });
         tokio::time::sleep(Duration::from_millis(1)).await;
         let first = vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)];
         assert_eq!(*seen.lock().unwrap(), vec![first.clone()]);

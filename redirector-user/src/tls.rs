@@ -80,8 +80,11 @@ impl TlsOrigin {
             return sni.clone();
         }
         match endpoint {
-            EndpointAddress::Dns(name) => ServerName::try_from(name.trim_end_matches('.').to_owned())
-                .unwrap_or_else(|_| ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into())),
+            EndpointAddress::Dns(name) => {
+                ServerName::try_from(name.trim_end_matches('.').to_owned()).unwrap_or_else(|_| {
+                    ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into())
+                })
+            }
             EndpointAddress::Ip(ip) => ServerName::IpAddress((*ip).into()),
         }
     }

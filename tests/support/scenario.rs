@@ -125,7 +125,16 @@ impl Node {
         let url = "http://mydb.com/";
         let out = self.client(
             "curl",
-            &["-sS", "--max-time", "15", "--resolve", &resolve, "-w", "\n%{http_code}", url],
+            &[
+                "-sS",
+                "--max-time",
+                "15",
+                "--resolve",
+                &resolve,
+                "-w",
+                "\n%{http_code}",
+                url,
+            ],
         );
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
@@ -202,7 +211,11 @@ pub fn tcp_client(node: &Node, addr: SocketAddr) -> Output {
 
 /// The blog's ServiceEntry for `mydb.com`, with our endpoint names and an
 /// optional explicit VIP.
-pub fn service_entry(vip: Option<&str>, east: (&str, &str, u16), west: (&str, &str, u16)) -> String {
+pub fn service_entry(
+    vip: Option<&str>,
+    east: (&str, &str, u16),
+    west: (&str, &str, u16),
+) -> String {
     let addresses = vip
         .map(|v| format!(" addresses:\n - {v}\n"))
         .unwrap_or_default();

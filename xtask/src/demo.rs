@@ -64,10 +64,8 @@ pub fn run() -> Result<()> {
     }
     setup::run()?;
     sweep::sweep("before the demo")?;
-    cmd::run(
-        command("cargo").args(["build", "-q", "-p", "redirector-user", "--bins"]),
-        "building the redirector",
-    )?;
+    cmd::run(command("cargo").args(["build", "-q", "-p", "redirector-user", "--bins"]))
+        .context("building the redirector")?;
     let result = demo();
     sweep::sweep("after the demo")?;
     result
@@ -131,7 +129,12 @@ fn demo() -> Result<()> {
 
     // (a) ServiceEntry only.
     let config = stage.dir.path().join("redirector.yaml");
-    phase_header("(a)", "the ServiceEntry alone", &repo, "config/demo-without-rule.yaml");
+    phase_header(
+        "(a)",
+        "the ServiceEntry alone",
+        &repo,
+        "config/demo-without-rule.yaml",
+    );
     copy_config(&repo, "config/demo-without-rule.yaml", &config)?;
     stage.daemon = Some(Daemon::start(DaemonOptions {
         netns: &stage.node,
@@ -155,11 +158,21 @@ fn demo() -> Result<()> {
     println!("redirector: mydb.com -> VIP {vip} (allocated from 240.240.0.0/16)");
     let (bodies, errors) = loop_requests(&stage, &vip)?;
     let (e, w) = (count(&bodies, EAST), count(&bodies, WEST));
-    ensure!(errors == 0 && e > 0 && w > 0, "phase (a): expected both regions, got {bodies:?} with {errors} errors");
-    println!("-> both regions answer ({e} east, {w} west): without outlierDetection every endpoint shares one priority.\n");
+    ensure!(
+        errors == 0 && e > 0 && w > 0,
+        "phase (a): expected both regions, got {bodies:?} with {errors} errors"
+    );
+    println!(
+        "-> both regions answer ({e} east, {w} west): without outlierDetection every endpoint shares one priority.\n"
+    );
 
     // (b) + DestinationRule.
-    phase_header("(b)", "with the DestinationRule's outlierDetection", &repo, "config/demo.yaml");
+    phase_header(
+        "(b)",
+        "with the DestinationRule's outlierDetection",
+        &repo,
+        "config/demo.yaml",
+    );
     reload(&mut stage, &repo, "config/demo.yaml", &config)?;
     let (bodies, errors) = loop_requests(&stage, &vip)?;
     ensure!(
@@ -169,14 +182,21 @@ fn demo() -> Result<()> {
     println!("-> only the node's own region (us-east1) answers.\n");
 
     // (c) The primary's port is wrong.
-    phase_header("(c)", "the us-east endpoint moved to port 81 (nothing listens there)", &repo, "config/demo-primary-down.yaml");
+    phase_header(
+        "(c)",
+        "the us-east endpoint moved to port 81 (nothing listens there)",
+        &repo,
+        "config/demo-primary-down.yaml",
+    );
     reload(&mut stage, &repo, "config/demo-primary-down.yaml", &config)?;
     let (bodies, errors) = loop_requests(&stage, &vip)?;
     ensure!(
         errors == 0 && count(&bodies, WEST) == REQUESTS,
         "phase (c): expected only {WEST} and no errors, got {bodies:?} with {errors} errors"
     );
-    println!("-> every request answered by the failover region; client errors: 0 (the blog shows 1).\n");
+    println!(
+        "-> every request answered by the failover region; client errors: 0 (the blog shows 1).\n"
+    );
 
     println!("$ redirector endpoints");
     let table = endpoints(&stage, false)?;
@@ -189,7 +209,9 @@ fn demo() -> Result<()> {
         east_row.contains(":81") && east_row.contains("FAILED"),
         "the primary should show OUTLIER CHECK FAILED: {east_row}"
     );
-    println!("\n-> the primary's outlier check is FAILED, as `istioctl pc endpoints` shows in the blog.");
+    println!(
+        "\n-> the primary's outlier check is FAILED, as `istioctl pc endpoints` shows in the blog."
+    );
     println!("\ndemo passed; removing namespaces, cgroup and pins.");
     Ok(())
 }
@@ -215,7 +237,10 @@ fn reload(stage: &mut Stage, repo: &Path, file: &str, config: &Path) -> Result<(
     while daemon.log().matches("config reloaded").count() == before {
         check_interrupt()?;
         if daemon.log().contains("config reload rejected") || Instant::now() > deadline {
-            bail!("the daemon did not reload {file}; its log:\n{}", daemon.log());
+            bail!(
+                "the daemon did not reload {file}; its log:\n{}",
+                daemon.log()
+            );
         }
         thread::sleep(Duration::from_millis(50));
     }
@@ -236,7 +261,16 @@ fn loop_requests(stage: &Stage, vip: &str) -> Result<(Vec<String>, usize)> {
             &stage.node,
             Some(&stage.cgroup),
             "curl",
-            &["-sS", "--max-time", "15", "--resolve", &resolve, "-w", "\n%{http_code}", "http://mydb.com"],
+            &[
+                "-sS",
+                "--max-time",
+                "15",
+                "--resolve",
+                &resolve,
+                "-w",
+                "\n%{http_code}",
+                "http://mydb.com",
+            ],
             Duration::from_secs(20),
         )?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -281,9 +315,5 @@ fn service_vip(stage: &Stage) -> Result<String> {
 }
 
 fn repo_root() -> Result<PathBuf> {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    Ok(manifest
-        .parent()
-        .context("xtask has no parent directory")?
-        .to_owned())
+    Ok(cmd::workspace_root())
 }

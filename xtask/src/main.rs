@@ -5,6 +5,7 @@
 //! builds before bpf-linker is installed.
 
 mod cmd;
+mod demo;
 mod setup;
 mod sweep;
 mod test;
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Reproduce Istio's external-service failover blog post on this machine (root)
+    Demo,
     /// Install what is missing to build and test (nightly + rust-src, LLVM 22, bpf-linker, bpffs); root
     Setup,
     /// Remove namespaces, cgroups, pins and processes left behind by killed test runs; root
@@ -36,6 +39,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
+        Command::Demo => demo::run(),
         Command::Setup => setup::run(),
         Command::Sweep => sweep::run(),
         Command::Test(args) => test::run(&args),

@@ -30,7 +30,9 @@ pub enum PinError {
          `mount -t bpf bpf /sys/fs/bpf` or pass --pin-dir on bpffs"
     )]
     NotBpffs { dir: PathBuf, ancestor: PathBuf },
-    #[error("pin dir {dir} is in use by another redirector (pid {pid}); stop it or use another --pin-dir")]
+    #[error(
+        "pin dir {dir} is in use by another redirector (pid {pid}); stop it or use another --pin-dir"
+    )]
     InUse { dir: PathBuf, pid: String },
     #[error("pin dir {path}: {error}")]
     Io {
@@ -43,9 +45,7 @@ pub enum PinError {
         path: PathBuf,
         error: aya::pin::PinError,
     },
-    #[error(
-        "no redirector state at {path} ({error}); is the daemon running with this --pin-dir?"
-    )]
+    #[error("no redirector state at {path} ({error}); is the daemon running with this --pin-dir?")]
     NotRunning { path: PathBuf, error: MapError },
     #[error("reading pinned map {name}: {error}")]
     Read { name: &'static str, error: MapError },
@@ -104,7 +104,8 @@ impl Pins {
 
     pub(super) fn pin(&self, name: &'static str, map: &Map) -> Result<(), PinError> {
         let path = self.versioned.join(name);
-        map.pin(&path).map_err(|error| PinError::Pin { name, path, error })
+        map.pin(&path)
+            .map_err(|error| PinError::Pin { name, path, error })
     }
 
     pub(super) fn remove(self) {
@@ -164,11 +165,12 @@ impl PinnedState {
                 .and_then(|d| Map::from_map_data(d).map_err(|error| PinError::Read { name, error }))
         };
         let read = |name| move |error| PinError::Read { name, error };
-        let config: Array<MapData, ProxyConfig> =
-            Array::try_from(open(map_names::PROXY_CONFIG)?).map_err(read(map_names::PROXY_CONFIG))?;
+        let config: Array<MapData, ProxyConfig> = Array::try_from(open(map_names::PROXY_CONFIG)?)
+            .map_err(read(map_names::PROXY_CONFIG))?;
         let config = config.get(&0, 0).map_err(read(map_names::PROXY_CONFIG))?;
         let info: HashMap<MapData, u32, ServiceInfo> =
-            HashMap::try_from(open(map_names::SERVICE_INFO)?).map_err(read(map_names::SERVICE_INFO))?;
+            HashMap::try_from(open(map_names::SERVICE_INFO)?)
+                .map_err(read(map_names::SERVICE_INFO))?;
         let services = info
             .iter()
             .collect::<Result<Vec<_>, _>>()

@@ -82,9 +82,7 @@ async fn forward(mut req: Request<Incoming>, route: &Route, slot: &Slot) -> Resp
     let (mut retries, mut resends) = (RETRIES_ON_503, RESENDS);
     loop {
         if let Some((host, sender)) = slot.as_ref()
-            && (sender.is_closed()
-                || route.cluster.is_ejected(host)
-                || tried.contains(&host.key))
+            && (sender.is_closed() || route.cluster.is_ejected(host) || tried.contains(&host.key))
         {
             *slot = None;
         }
