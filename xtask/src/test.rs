@@ -2,8 +2,8 @@
 //! failure (except formatting, reported at the end): setup, sweep of leftovers from killed runs, `cargo fmt --check`,
 //! build of the daemon (its build.rs builds the kernel programs), clippy on
 //! the host crates and, separately, on the eBPF crate for its own target,
-//! then every test with `REDIRECTOR_BIN` pointing at the fresh daemon. The
-//! sweep runs again at the end whatever happened.
+//! then every test with `REDIRECTOR_BIN` pointing at the fresh daemon, then
+//! the demo. The sweep runs again at the end whatever happened.
 
 use std::{path::PathBuf, process::Command, time::Instant};
 
@@ -87,6 +87,12 @@ fn steps(args: &Args) -> Result<()> {
             .args(&args.cargo_test_args)
             .env("REDIRECTOR_BIN", &redirector),
     )?;
+    // The README's other command: the demo checks every phase of the blog
+    // post, so running it here keeps it from rotting. Skipped only when
+    // the caller narrowed the run to some tests.
+    if args.cargo_test_args.is_empty() {
+        step("demo", command("cargo").args(["xtask", "demo"]))?;
+    }
     format.context("everything else passed, but `cargo fmt --all` has changes to make")
 }
 
