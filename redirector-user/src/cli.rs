@@ -20,7 +20,7 @@ use crate::{config::NodeSettings, locality::Locality};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `redirector=debug`.
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `redirector_user=debug`.
     #[arg(long, global = true, env = "REDIRECTOR_LOG", default_value = "info")]
     pub log_level: String,
 }

@@ -23,7 +23,7 @@ use tokio::{sync::Notify, time::Instant};
 use tracing::{info, warn};
 
 use crate::{
-    config::{EndpointAddress, Resolution, Service},
+    config::{EndpointAddress, Service},
     lb::{self, HostView},
     locality::{self, Locality},
     outlier::{Detector, Event, Outcome},
@@ -104,13 +104,14 @@ impl Cluster {
         } else {
             vec![0; service.endpoints.len()]
         };
+        // IPs are known now; names wait for their first DNS answer (config
+        // validation allows names only with `resolution: DNS`).
         let resolved = service
             .endpoints
             .iter()
-            .map(|e| match (&e.address, service.resolution) {
-                (EndpointAddress::Ip(ip), _) => Some(vec![*ip]),
-                (EndpointAddress::Dns(_), Resolution::Static) => None,
-                (EndpointAddress::Dns(_), Resolution::Dns) => None,
+            .map(|e| match &e.address {
+                EndpointAddress::Ip(ip) => Some(vec![*ip]),
+                EndpointAddress::Dns(_) => None,
             })
             .collect();
         let name = format!("outbound|{}||{}", service.port.number, service.host);

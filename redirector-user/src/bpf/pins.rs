@@ -45,10 +45,18 @@ pub enum PinError {
         path: PathBuf,
         error: aya::pin::PinError,
     },
-    #[error("no redirector state at {path} ({error}); is the daemon running with this --pin-dir?")]
-    NotRunning { path: PathBuf, error: MapError },
-    #[error("reading pinned map {name}: {error}")]
-    Read { name: &'static str, error: MapError },
+    #[error("no redirector state at {path}; is the daemon running with this --pin-dir?")]
+    NotRunning {
+        path: PathBuf,
+        #[source]
+        error: MapError,
+    },
+    #[error("reading pinned map {name}")]
+    Read {
+        name: &'static str,
+        #[source]
+        error: MapError,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PinError + '_ {
