@@ -1,6 +1,7 @@
 //! The redirector's test bed: network namespaces joined by veth, child
-//! cgroups, real HTTP/TCP/DNS servers, the daemon under test and clients,
-//! all named after the test process so leftovers can be swept.
+//! cgroups, real HTTP/HTTPS/TCP/DNS servers, a test CA, the daemon under
+//! test and clients, all named after the test process so leftovers can be
+//! swept.
 //!
 //! Used by the root-only integration tests in this package and by
 //! `cargo xtask demo`. Traffic only ever goes to loopback or to addresses
@@ -11,9 +12,11 @@ pub mod client;
 pub mod daemon;
 pub mod dns;
 pub mod http;
+pub mod https;
 pub mod mounts;
 pub mod names;
 pub mod netns;
+pub mod pki;
 pub mod privilege;
 pub mod process;
 mod runtime;

@@ -177,6 +177,19 @@ impl Node {
         serde_json::from_slice(&out.stdout).expect("endpoints JSON")
     }
 
+    /// The VIP the daemon gave `host` (explicit or allocated), from the
+    /// services of `redirector endpoints`.
+    pub fn vip(&self, host: &str) -> String {
+        let all = self.endpoints();
+        let service = all["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["host"] == host)
+            .unwrap_or_else(|| panic!("no service {host} in {all:#}"));
+        service["vip"].as_str().expect("a VIP").to_owned()
+    }
+
     /// The endpoint row whose configured address is `address`.
     pub fn endpoint(&self, address: &str) -> serde_json::Value {
         let all = self.endpoints();
