@@ -303,7 +303,7 @@ fn primary_speaking_plain_http_on_443_fails_the_handshake_and_fails_over() {
     let _west = https(&node, WEST_TLS, "west", ca.leaf(&["west.test"]));
     node.start(&two_regions(&ca_file, None), "us-east1", false);
     // rustls reads the HTTP server's error answer as a TLS record.
-    assert_failed_over(&node, None, "corrupt message");
+    assert_failed_over(&node, None, "does not speak TLS");
     // The client hello was no HTTP request.
     assert_eq!(node.servers[plain].requests(), 0);
 }

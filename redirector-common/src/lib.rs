@@ -142,7 +142,7 @@ pub const EP_EJECTED: u8 = 1;
 pub const EP_UNRESOLVED: u8 = 2;
 
 pub const LOCALITY_LEN: usize = 128;
-pub const LAST_ERROR_LEN: usize = 96;
+pub const LAST_ERROR_LEN: usize = 192;
 
 /// One endpoint (one resolved address of a ServiceEntry endpoint) and its
 /// outlier-detection state, published by the proxy.

@@ -217,3 +217,52 @@ fn private_resolv_conf(cmd: &mut Command, ip: IpAddr) -> Result<TempDir> {
     }
     Ok(dir)
 }
+
+/// `GET http://<host>/` with curl, as an app in `netns` and `cgroup` would
+/// make it, with `<host>` resolved to `vip` the way DNS capture would (so
+/// the request carries `Host: <host>`). `Ok(Ok((status, body)))` for any
+/// HTTP answer; `Ok(Err(what curl said))` when there was none (refused,
+/// reset, timed out); `Err` if curl could not be run.
+pub fn http_get(
+    netns: &Netns,
+    cgroup: Option<&TestCgroup>,
+    host: &str,
+    vip: &str,
+    timeout: Duration,
+) -> Result<std::result::Result<(u16, String), String>> {
+    let resolve = format!("{host}:80:{vip}");
+    let url = format!("http://{host}/");
+    let max_time = timeout.as_secs().max(1).to_string();
+    let args = [
+        "-sS",
+        "--max-time",
+        &max_time,
+        "--resolve",
+        &resolve,
+        "-w",
+        "\n%{http_code}",
+        &url,
+    ];
+    let out = run(
+        netns,
+        cgroup,
+        "curl",
+        &args,
+        timeout + Duration::from_secs(5),
+    )?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Ok(Err(format!(
+            "curl {url} failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        )));
+    }
+    let (body, code) = stdout
+        .rsplit_once('\n')
+        .context("curl printed no status line")?;
+    let status = code
+        .parse()
+        .with_context(|| format!("curl printed a bad status {code:?}"))?;
+    Ok(Ok((status, body.to_owned())))
+}

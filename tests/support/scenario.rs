@@ -117,36 +117,17 @@ impl Node {
             .unwrap_or_else(|e| panic!("running {program} {args:?}: {e:#}"))
     }
 
-    /// `curl -sS http://mydb.com/` in the app's position, with the name
-    /// pinned to `vip` as DNS capture would (the app sends `Host: mydb.com`);
-    /// (HTTP status, body).
+    /// `GET http://mydb.com/` in the app's position, with the name pinned to
+    /// `vip` as DNS capture would; (HTTP status, body), or what curl said.
     pub fn curl(&self, vip: &str) -> Result<(u16, String), String> {
-        let resolve = format!("mydb.com:80:{vip}");
-        let url = "http://mydb.com/";
-        let out = self.client(
-            "curl",
-            &[
-                "-sS",
-                "--max-time",
-                "15",
-                "--resolve",
-                &resolve,
-                "-w",
-                "\n%{http_code}",
-                url,
-            ],
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if !out.status.success() {
-            return Err(format!(
-                "curl {url} failed ({}): {}{}",
-                out.status,
-                stdout,
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let (body, code) = stdout.rsplit_once('\n').expect("curl -w output");
-        Ok((code.parse().expect("HTTP status"), body.to_owned()))
+        client::http_get(
+            &self.ns,
+            Some(&self.cgroup),
+            "mydb.com",
+            vip,
+            Duration::from_secs(15),
+        )
+        .unwrap_or_else(|e| panic!("running curl: {e:#}"))
     }
 
     /// `n` requests that must all succeed with 200; their bodies.

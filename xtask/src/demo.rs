@@ -252,36 +252,33 @@ fn reload(stage: &mut Stage, repo: &Path, file: &str, config: &Path) -> Result<(
 /// curl is given the VIP for mydb.com (DNS capture is a later feature).
 fn loop_requests(stage: &Stage, vip: &str) -> Result<(Vec<String>, usize)> {
     println!("$ for i in {{1..{REQUESTS}}}; do curl -sS http://mydb.com; echo; done");
-    let resolve = format!("mydb.com:80:{vip}");
     let mut bodies = Vec::new();
     let mut errors = 0;
     for _ in 0..REQUESTS {
         check_interrupt()?;
-        let out = client::run(
+        let reply = client::http_get(
             &stage.node,
             Some(&stage.cgroup),
-            "curl",
-            &[
-                "-sS",
-                "--max-time",
-                "15",
-                "--resolve",
-                &resolve,
-                "-w",
-                "\n%{http_code}",
-                "http://mydb.com",
-            ],
-            Duration::from_secs(20),
+            "mydb.com",
+            vip,
+            Duration::from_secs(15),
         )?;
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = stdout.rsplit_once('\n').unwrap_or((&stdout, "000"));
-        if out.status.success() && code == "200" {
-            println!("{body}");
-        } else {
-            errors += 1;
-            println!("{body}{}", String::from_utf8_lossy(&out.stderr).trim_end());
+        match reply {
+            Ok((200, body)) => {
+                println!("{body}");
+                bodies.push(body);
+            }
+            Ok((status, body)) => {
+                errors += 1;
+                println!("{body} (HTTP {status})");
+                bodies.push(body);
+            }
+            Err(curl) => {
+                errors += 1;
+                println!("{curl}");
+                bodies.push(curl);
+            }
         }
-        bodies.push(body.to_owned());
     }
     Ok((bodies, errors))
 }

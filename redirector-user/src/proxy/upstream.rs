@@ -42,8 +42,19 @@ pub enum ConnectError {
     Io(io::Error),
     #[error("connect: timed out after {0:?}")]
     Timeout(Duration),
-    #[error("TLS: {0}")]
+    #[error("TLS: {}", describe_tls(.0))]
     Tls(io::Error),
+}
+
+/// rustls' words for "this is not TLS at all" are cryptic; say it plainly.
+fn describe_tls(e: &io::Error) -> String {
+    use rustls::{Error, InvalidMessage};
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
+        Some(Error::InvalidMessage(InvalidMessage::InvalidContentType)) => {
+            format!("the endpoint does not speak TLS (plain text on a TLS port?): {e}")
+        }
+        _ => e.to_string(),
+    }
 }
 
 impl ConnectError {
