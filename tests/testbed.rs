@@ -436,30 +436,29 @@ fn daemon_harness() {
     let status = daemon.terminate().expect("terminate");
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
 
-    let err = Daemon::start_program(
-        sh,
-        DaemonOptions {
-            netns: &ns,
-            cgroup: None,
-            args: vec!["-c".into(), "echo config is bad; exit 3".into()],
-            ready_timeout: TIMEOUT,
-        },
-    )
-    .expect_err("a daemon that exits is an error");
+    // The shell stands in for the daemon: `script` decides how it behaves.
+    let fake = |script: &str, ready_timeout| {
+        Daemon::start_program(
+            sh,
+            DaemonOptions {
+                netns: &ns,
+                cgroup: None,
+                args: vec!["-c".into(), script.into()],
+                ready_timeout,
+            },
+        )
+    };
+    let err =
+        fake("echo config is bad; exit 3", TIMEOUT).expect_err("a daemon that exits is an error");
     let msg = format!("{err:#}");
     assert!(
         msg.contains("config is bad") && msg.contains("exit status: 3"),
         "{msg}"
     );
 
-    let err = Daemon::start_program(
-        sh,
-        DaemonOptions {
-            netns: &ns,
-            cgroup: None,
-            args: vec!["-c".into(), "echo still starting; exec sleep 30".into()],
-            ready_timeout: Duration::from_millis(300),
-        },
+    let err = fake(
+        "echo still starting; exec sleep 30",
+        Duration::from_millis(300),
     )
     .expect_err("a daemon that never gets ready is an error");
     let msg = format!("{err:#}");
@@ -468,27 +467,10 @@ fn daemon_harness() {
         "{msg}"
     );
 
-    let mut daemon = Daemon::start_program(
-        sh,
-        DaemonOptions {
-            netns: &ns,
-            cgroup: None,
-            args: vec!["-c".into(), "echo redirector ready; exec sleep 30".into()],
-            ready_timeout: TIMEOUT,
-        },
-    )
-    .expect("starting the fake daemon");
+    let ready = "echo redirector ready; exec sleep 30";
+    let mut daemon = fake(ready, TIMEOUT).expect("starting the fake daemon");
     assert_eq!(daemon.kill().expect("kill").signal(), Some(libc::SIGKILL));
-    let daemon = Daemon::start_program(
-        sh,
-        DaemonOptions {
-            netns: &ns,
-            cgroup: None,
-            args: vec!["-c".into(), "echo redirector ready; exec sleep 30".into()],
-            ready_timeout: TIMEOUT,
-        },
-    )
-    .expect("starting the fake daemon");
+    let daemon = fake(ready, TIMEOUT).expect("starting the fake daemon");
     let pid = daemon.pid();
     drop(daemon);
     assert!(

@@ -31,7 +31,7 @@ use redirector_common::{
 };
 use tracing::{debug, info};
 
-pub use pins::{PinError, PinnedState, pin_path};
+pub use pins::{PinError, PinnedState};
 
 use crate::sys;
 
@@ -122,7 +122,6 @@ pub struct Datapath {
     cgroup: PathBuf,
     proxy: SocketAddrV4,
     pins: Mutex<Option<pins::Pins>>,
-    pin_dir: PathBuf,
 }
 
 struct Maps {
@@ -188,12 +187,7 @@ impl Datapath {
             cgroup: opts.cgroup,
             proxy: opts.proxy,
             pins: Mutex::new(Some(pins)),
-            pin_dir: opts.pin_dir,
         })
-    }
-
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
     }
 
     /// Makes the kernel's service table equal to `entries`.

@@ -67,7 +67,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PinError + '_ {
 }
 
 /// `<pin dir>/v<ABI>/<map name>`.
-pub fn pin_path(pin_dir: &Path, map: &str) -> PathBuf {
+fn pin_path(pin_dir: &Path, map: &str) -> PathBuf {
     pin_dir.join(format!("v{ABI_VERSION}")).join(map)
 }
 
