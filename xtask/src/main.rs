@@ -4,6 +4,7 @@
 //! on the test bed, never on the daemon or the kernel programs, so it
 //! builds before bpf-linker is installed.
 
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -27,6 +28,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Benchmark the redirector against direct, Envoy, nginx and HAProxy (root; --quick for a smoke run)
+    Bench(bench::Args),
     /// Reproduce Istio's external-service failover blog post on this machine (root)
     Demo,
     /// Install what is missing to build and test (nightly + rust-src, LLVM 22, bpf-linker, bpffs); root
@@ -39,6 +42,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
+        Command::Bench(args) => bench::run(&args),
         Command::Demo => demo::run(),
         Command::Setup => setup::run(),
         Command::Sweep => sweep::run(),

@@ -1,0 +1,264 @@
+//! The benchmark's vocabulary: which systems, which workloads, what one
+//! run of one cell measured. Everything else (running, reporting,
+//! plotting) speaks these types, and the JSON under `bench/results/` is
+//! their serde form.
+
+use std::{collections::BTreeMap, fmt};
+
+use serde::{Deserialize, Serialize};
+
+/// A system under test (a row of the table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SystemId {
+    /// Client straight to the upstream, upstream on the client's core.
+    DirectBeside,
+    /// Client straight to an upstream pinned to the proxies' core, so
+    /// cross-core wakeups are not blamed on the proxies.
+    DirectSutCore,
+    /// The redirector: connect hook → node-local proxy.
+    Redirector,
+    /// The redirector's kernel fast path (no proxy hop): not built yet.
+    RedirectorFastPath,
+    Envoy,
+    Nginx,
+    Haproxy,
+}
+
+impl SystemId {
+    pub const ALL: [SystemId; 7] = [
+        SystemId::DirectBeside,
+        SystemId::DirectSutCore,
+        SystemId::Redirector,
+        SystemId::RedirectorFastPath,
+        SystemId::Envoy,
+        SystemId::Nginx,
+        SystemId::Haproxy,
+    ];
+
+    /// Short stable key, used in JSON, file names and `--systems`.
+    pub fn key(self) -> &'static str {
+        match self {
+            SystemId::DirectBeside => "direct-beside",
+            SystemId::DirectSutCore => "direct-sut-core",
+            SystemId::Redirector => "redirector",
+            SystemId::RedirectorFastPath => "redirector-fast-path",
+            SystemId::Envoy => "envoy",
+            SystemId::Nginx => "nginx",
+            SystemId::Haproxy => "haproxy",
+        }
+    }
+
+    /// Proxies that are compared against each other (not the direct rows).
+    pub fn is_proxy(self) -> bool {
+        !matches!(self, SystemId::DirectBeside | SystemId::DirectSutCore)
+    }
+}
+
+impl fmt::Display for SystemId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Conn {
+    /// One connection carries many requests.
+    KeepAlive,
+    /// A new TCP connection for every request.
+    NewPerRequest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Upstream {
+    /// Plain HTTP to the upstream.
+    Plain,
+    /// The system originates TLS (verified, SNI, pooled) to an HTTPS upstream;
+    /// the client still speaks plain HTTP.
+    Tls,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Load {
+    /// Fixed arrival rate with latency correction (oha): latency under load.
+    OpenLoop { rps: u32 },
+    /// As fast as it goes with this many connections (wrk): saturation.
+    ClosedLoop { connections: u32 },
+}
+
+/// A column group of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Workload {
+    pub conn: Conn,
+    pub upstream: Upstream,
+    pub load: Load,
+}
+
+impl Workload {
+    /// e.g. `keep-alive/plain/open-1000rps`, `new-conn/tls/closed-32c`.
+    pub fn key(&self) -> String {
+        let conn = match self.conn {
+            Conn::KeepAlive => "keep-alive",
+            Conn::NewPerRequest => "new-conn",
+        };
+        let up = match self.upstream {
+            Upstream::Plain => "plain",
+            Upstream::Tls => "tls",
+        };
+        let load = match self.load {
+            Load::OpenLoop { rps } => format!("open-{rps}rps"),
+            Load::ClosedLoop { connections } => format!("closed-{connections}c"),
+        };
+        format!("{conn}/{up}/{load}")
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key())
+    }
+}
+
+/// What the load generator saw in one run of one cell.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadResult {
+    /// Completed requests (any status).
+    pub requests: u64,
+    /// Transport errors plus non-2xx responses.
+    pub errors: u64,
+    /// Achieved rate over the measured duration.
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// Measured duration, seconds.
+    pub duration_secs: f64,
+}
+
+/// Resource use during one run of one cell, from /proc.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// utime+stime of every process of the system under test (None for the
+    /// direct rows, which have none).
+    pub sut_cpu_secs: Option<f64>,
+    /// Busy CPU time of the whole machine (all cores, excluding idle and
+    /// iowait), seconds.
+    pub machine_busy_secs: f64,
+    /// Steal time (hypervisor) on all cores, seconds.
+    pub steal_secs: f64,
+    /// Busy CPU time not spent by the harness, its children or the SUT.
+    pub foreign_cpu_secs: f64,
+    /// Peak RSS of the SUT's processes so far (sum of VmHWM), KiB.
+    pub sut_peak_rss_kib: Option<u64>,
+    pub wall_secs: f64,
+}
+
+impl Sample {
+    /// The SUT's CPU, in vCPU per 1000 requests per second.
+    pub fn cpu_per_krps(&self, rps: f64) -> Option<f64> {
+        let cpu = self.sut_cpu_secs?;
+        (rps > 0.0 && self.wall_secs > 0.0).then(|| cpu / self.wall_secs / (rps / 1000.0))
+    }
+}
+
+/// One repetition of one (system, workload) cell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CellRun {
+    pub system: SystemId,
+    pub workload: Workload,
+    pub rep: u32,
+    pub load: LoadResult,
+    pub sample: Sample,
+    /// Dropped from medians: steal or foreign CPU above the threshold.
+    pub noisy: bool,
+}
+
+/// A cell the system cannot run yet, and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NotAvailable {
+    pub system: SystemId,
+    pub workload: Workload,
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// The primary answers 503 to everything.
+    Status503,
+    /// The primary process is killed (connections reset, connects refused).
+    Killed,
+    /// Packets to the primary vanish (connects and requests time out).
+    BlackHoled,
+}
+
+/// One failover run: constant-rate client, fault at `fault_at_ms`, fault
+/// removed at `restore_at_ms`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailoverRun {
+    pub system: SystemId,
+    pub fault: Fault,
+    pub rps: u32,
+    pub requests: u64,
+    pub fault_at_ms: f64,
+    pub restore_at_ms: f64,
+    /// Requests that got no 2xx, between the fault and the end.
+    pub errors_after_fault: u64,
+    /// From the fault until every later request (up to the restore) is
+    /// served by the failover region; None if that never happened.
+    pub time_to_full_failover_ms: Option<f64>,
+    /// Worst latency of requests sent between the fault and the restore.
+    pub worst_latency_after_fault_ms: f64,
+    /// From the restore until requests are served by the primary again;
+    /// None if it did not happen before the end.
+    pub time_to_fail_back_ms: Option<f64>,
+    /// Per 100 ms bucket from the start: (served by primary, served by
+    /// failover, errors), for plots and post-mortems.
+    pub timeline: Vec<(u32, u32, u32)>,
+}
+
+/// Where and with what the numbers were taken.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MachineInfo {
+    /// RFC 3339, UTC.
+    pub date: String,
+    pub hostname: String,
+    pub kernel: String,
+    pub cpu_model: String,
+    pub cpus: u32,
+    pub memory_kib: u64,
+    /// Tool and system versions: redirector (git describe), envoy, nginx,
+    /// haproxy, oha, wrk, rustc.
+    pub versions: BTreeMap<String, String>,
+}
+
+/// How the run was set up.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    pub quick: bool,
+    pub reps: u32,
+    pub cell_secs: f64,
+    pub warmup_secs: f64,
+    pub body_bytes: u32,
+    /// CPU the load generator and upstreams are pinned to.
+    pub client_cpu: u32,
+    /// CPU the system under test is pinned to.
+    pub sut_cpu: u32,
+    /// A repetition is noisy when steal or foreign CPU exceeds this share
+    /// of one core over its wall time.
+    pub noise_threshold: f64,
+}
+
+/// Everything one `cargo xtask bench` run produced.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub machine: MachineInfo,
+    pub settings: RunSettings,
+    pub cells: Vec<CellRun>,
+    pub not_available: Vec<NotAvailable>,
+    pub failover: Vec<FailoverRun>,
+}
