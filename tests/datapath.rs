@@ -274,3 +274,34 @@ fn start_up_errors_name_the_problem() {
         "{err}"
     );
 }
+
+#[test]
+fn datapath_only_mode_hands_vips_to_another_listener() {
+    // What the benchmark does for Envoy, nginx and HAProxy: the same connect
+    // hook, but the redirected connections go to their listener.
+    let mut node = Node::new();
+    node.http("127.0.0.1:15900", "peer-proxy");
+    node.write_config(&static_service(
+        "mydb.com",
+        VIP,
+        80,
+        "HTTP",
+        "127.0.10.1:8080",
+    ));
+    let mut args = node.args("");
+    args.extend([
+        "--listen-port".into(),
+        "15900".into(),
+        "--datapath-only".into(),
+    ]);
+    let daemon = redirector_tests::daemon::Daemon::start(redirector_tests::daemon::DaemonOptions {
+        netns: &node.ns,
+        cgroup: None,
+        args,
+        ready_timeout: scenario::TIMEOUT,
+    })
+    .expect("starting the daemon");
+    node.daemon = Some(daemon);
+    assert_eq!(node.bodies(VIP, 2), ["healthy: peer-proxy"; 2]);
+    assert!(node.log().contains("datapath only"), "{}", node.log());
+}

@@ -29,7 +29,7 @@ use tracing::{error, info, warn};
 use crate::{
     bpf::{Datapath, DatapathOptions, ServiceMapEntry},
     cluster::Cluster,
-    config::{self, Config, NodeSettings, Protocol, TlsPolicy},
+    config::{self, Config, NodeSettings, Protocol, Service, TlsPolicy},
     health,
     locality::Locality,
     proxy::{self, Route, Routes},
@@ -45,6 +45,9 @@ pub struct RunOptions {
     pub config: PathBuf,
     /// From flags; they win over the file's NodeConfig.
     pub overrides: NodeSettings,
+    /// Attach the redirect but leave the listener to another proxy (the
+    /// benchmark puts Envoy, nginx and HAProxy behind the same hook).
+    pub datapath_only: bool,
 }
 
 /// Node settings with every default filled in.
@@ -170,47 +173,47 @@ impl Generation {
             tasks,
         })
     }
+}
 
-    fn service_entries(&self) -> Vec<ServiceMapEntry> {
-        self.routes
-            .iter()
-            .map(|(vip, route)| {
-                let s = &route.cluster.service;
-                let mut info = ServiceInfo {
-                    vip_be: u32::from(*vip.ip()).to_be(),
-                    port_be: vip.port().to_be(),
-                    protocol: match s.port.protocol {
-                        Protocol::Http => PROTO_HTTP,
-                        Protocol::Https => PROTO_HTTPS,
-                        Protocol::Tcp => PROTO_TCP,
-                        Protocol::Tls => PROTO_TLS,
-                    },
-                    flags: if s.vip_allocated { SVC_VIP_AUTO } else { 0 }
-                        | if route.tls.is_some() {
-                            SVC_TLS_ORIGINATION
-                        } else {
-                            0
-                        },
-                    endpoint_count: s.endpoints.len() as u32,
+/// The kernel's view of the services: VIP:port → service id (the id is
+/// the position in `services` plus one, as `Generation::build` numbers
+/// clusters), with display data for `redirector endpoints`.
+fn service_entries(services: &[Service]) -> Vec<ServiceMapEntry> {
+    services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let tls = matches!(s.policy.tls, TlsPolicy::Simple { .. });
+            let mut info = ServiceInfo {
+                vip_be: u32::from(s.vip).to_be(),
+                port_be: s.port.number.to_be(),
+                protocol: match s.port.protocol {
+                    Protocol::Http => PROTO_HTTP,
+                    Protocol::Https => PROTO_HTTPS,
+                    Protocol::Tcp => PROTO_TCP,
+                    Protocol::Tls => PROTO_TLS,
+                },
+                flags: if s.vip_allocated { SVC_VIP_AUTO } else { 0 }
+                    | if tls { SVC_TLS_ORIGINATION } else { 0 },
+                endpoint_count: s.endpoints.len() as u32,
+                _pad: 0,
+                host: [0; HOST_LEN],
+            };
+            write_str(&mut info.host, &s.host);
+            ServiceMapEntry {
+                key: ServiceKey {
+                    vip_be: info.vip_be,
+                    port_be: info.port_be,
                     _pad: 0,
-                    host: [0; HOST_LEN],
-                };
-                write_str(&mut info.host, &s.host);
-                ServiceMapEntry {
-                    key: ServiceKey {
-                        vip_be: info.vip_be,
-                        port_be: info.port_be,
-                        _pad: 0,
-                    },
-                    value: ServiceValue {
-                        service_id: route.cluster.id,
-                        flags: 0,
-                    },
-                    info,
-                }
-            })
-            .collect()
-    }
+                },
+                value: ServiceValue {
+                    service_id: i as u32 + 1,
+                    flags: 0,
+                },
+                info,
+            }
+        })
+        .collect()
 }
 
 fn log_config(config: &Config, node: &Node) {
@@ -251,9 +254,28 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         pin_dir: node.pin_dir.clone(),
         proxy: node.listen,
     })?);
-    let result = serve(&opts, config, node, &datapath).await;
+    let result = if opts.datapath_only {
+        redirect_only(&config, &datapath).await
+    } else {
+        serve(&opts, config, node, &datapath).await
+    };
     datapath.shutdown();
     result
+}
+
+/// `--datapath-only`: the kernel side alone, redirecting the config's VIPs
+/// to `--listen-port`, where some other proxy listens.
+async fn redirect_only(config: &Config, datapath: &Datapath) -> anyhow::Result<()> {
+    datapath.set_services(&service_entries(&config.services))?;
+    datapath.attach()?;
+    info!(pid = std::process::id(), "redirector ready (datapath only)");
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
 }
 
 async fn serve(
@@ -265,7 +287,7 @@ async fn serve(
     let listener = proxy::bind(node.listen.into()).await?;
     let notify = Arc::new(Notify::new());
     let mut current = Generation::build(config, node, &notify, None)?;
-    datapath.set_services(&current.service_entries())?;
+    datapath.set_services(&service_entries(&current.config.services))?;
     let routes: Routes = Arc::new(RwLock::new(current.routes.clone()));
     let publisher = tokio::spawn(health::publish(
         datapath.clone(),
@@ -295,7 +317,7 @@ async fn serve(
                     Ok(next) => {
                         // Routes first, so a newly published VIP always has one.
                         *routes.write().expect("routes lock") = next.routes.clone();
-                        if let Err(e) = datapath.set_services(&next.service_entries()) {
+                        if let Err(e) = datapath.set_services(&service_entries(&next.config.services)) {
                             error!("publishing the reloaded services to the kernel: {e}");
                         }
                         current = next;

@@ -45,6 +45,9 @@ pub struct RunArgs {
     /// Proxy worker threads.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Only attach the redirect to --listen-port, where another proxy listens (benchmarks).
+    #[arg(long, hide = true)]
+    pub datapath_only: bool,
 }
 
 #[derive(Debug, Args)]

@@ -38,6 +38,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(app::run(app::RunOptions {
                 config: args.config,
                 overrides: args.node.to_settings(),
+                datapath_only: args.datapath_only,
             }))
         }
         Command::Check(args) => {
