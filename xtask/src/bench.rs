@@ -1,29 +1,51 @@
 //! `cargo xtask bench`: the redirector side by side with direct, Envoy,
-//! nginx and HAProxy, in one run on this machine. See `bench/model.rs` for
-//! what is measured and README.md for the latest results.
+//! nginx and HAProxy, in one run on this machine, so every change can be
+//! judged by ratios measured together.
+//!
+//! The harness pins itself, the load generator and the upstreams to one
+//! core and every system under test to the other, keeps all systems up and
+//! interleaves them (A B C … A B C …) for every workload and repetition,
+//! samples CPU and memory from /proc around each run, drops runs disturbed
+//! by steal or foreign CPU, then runs the failover faults through each
+//! proxy. Results go to `bench/results/` as JSON, markdown and an SVG plot.
+//! See `bench/model.rs` for the vocabulary and README.md for the latest
+//! table.
 
-// Until the orchestration lands, the parts are not all used yet.
-#![allow(dead_code)]
-
+mod failover;
 mod install;
 mod load;
+mod machine;
 mod model;
 mod peers;
 mod plot;
 mod report;
+mod sample;
 mod tools;
+mod topology;
 
-use anyhow::Result;
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use model::{
+    BenchReport, CellRun, Conn, Fault, Load, NotAvailable, RunSettings, SystemId, Upstream,
+    Workload,
+};
+use topology::{Bed, BedOptions};
+
+use crate::{
+    cmd::{self, command},
+    setup, sweep,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Short smoke run (1 repetition, 1 s cells, a subset of cells), as the test suite runs it
+    /// Short smoke run (1 repetition, 1 s cells, fewer cells), as the test suite runs it
     #[arg(long)]
     pub quick: bool,
-    /// Repetitions per cell (full run default 5)
+    /// Repetitions per cell [default: 5, quick 1]
     #[arg(long)]
     pub reps: Option<u32>,
-    /// Seconds per cell (full run default 5)
+    /// Seconds per cell [default: 5, quick 1]
     #[arg(long)]
     pub cell_secs: Option<f64>,
     /// Only these systems (keys as in the table), comma-separated
@@ -34,9 +56,265 @@ pub struct Args {
     pub no_failover: bool,
     /// Where to write the results [default: bench/results]
     #[arg(long)]
-    pub out: Option<std::path::PathBuf>,
+    pub out: Option<PathBuf>,
 }
 
-pub fn run(_args: &Args) -> Result<()> {
-    anyhow::bail!("the benchmark orchestration is being built")
+const CLIENT_CPU: u32 = 0;
+const SUT_CPU: u32 = 1;
+const BODY_BYTES: u32 = 1024;
+
+fn workloads(quick: bool) -> Vec<Workload> {
+    let w = |conn, upstream, load| Workload {
+        conn,
+        upstream,
+        load,
+    };
+    use Conn::*;
+    use Load::*;
+    use Upstream::*;
+    if quick {
+        return vec![
+            w(KeepAlive, Plain, OpenLoop { rps: 1000 }),
+            w(KeepAlive, Tls, ClosedLoop { connections: 16 }),
+            w(NewPerRequest, Plain, OpenLoop { rps: 200 }),
+        ];
+    }
+    vec![
+        w(KeepAlive, Plain, OpenLoop { rps: 1000 }),
+        w(KeepAlive, Plain, OpenLoop { rps: 5000 }),
+        w(KeepAlive, Plain, ClosedLoop { connections: 32 }),
+        w(NewPerRequest, Plain, OpenLoop { rps: 1000 }),
+        w(NewPerRequest, Plain, ClosedLoop { connections: 32 }),
+        w(KeepAlive, Tls, OpenLoop { rps: 1000 }),
+        w(KeepAlive, Tls, OpenLoop { rps: 5000 }),
+        w(KeepAlive, Tls, ClosedLoop { connections: 32 }),
+        w(NewPerRequest, Tls, OpenLoop { rps: 1000 }),
+        w(NewPerRequest, Tls, ClosedLoop { connections: 32 }),
+    ]
+}
+
+fn selected_systems(args: &Args) -> Result<Vec<SystemId>> {
+    if args.systems.is_empty() {
+        return Ok(SystemId::ALL.to_vec());
+    }
+    args.systems
+        .iter()
+        .map(|k| {
+            SystemId::ALL
+                .into_iter()
+                .find(|s| s.key() == k)
+                .with_context(|| {
+                    let keys: Vec<_> = SystemId::ALL.iter().map(|s| s.key()).collect();
+                    format!("unknown system {k:?}; known: {}", keys.join(", "))
+                })
+        })
+        .collect()
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    cmd::require_root("bench")?;
+    let systems = selected_systems(args)?;
+    setup::run()?;
+    sweep::sweep("before the bench")?;
+    let tools = install::ensure()?;
+    // Release builds: this measures the product, not a debug build.
+    cmd::run(command("cargo").args([
+        "build",
+        "--release",
+        "-q",
+        "-p",
+        "redirector-user",
+        "-p",
+        "redirector-tests",
+        "--bins",
+    ]))?;
+    let release = cmd::workspace_root().join("target/release");
+    for (var, bin) in [
+        ("REDIRECTOR_BIN", "redirector"),
+        ("RDT_UPSTREAM_BIN", "rdt-upstream"),
+        ("RDT_LOAD_BIN", "rdt-load"),
+    ] {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var(var, release.join(bin)) };
+    }
+    pin_to(CLIENT_CPU)?;
+    let settings = RunSettings {
+        quick: args.quick,
+        reps: args.reps.unwrap_or(if args.quick { 1 } else { 5 }),
+        cell_secs: args.cell_secs.unwrap_or(if args.quick { 1.0 } else { 5.0 }),
+        warmup_secs: if args.quick { 0.2 } else { 1.0 },
+        body_bytes: BODY_BYTES,
+        client_cpu: CLIENT_CPU,
+        sut_cpu: SUT_CPU,
+        noise_threshold: 0.10,
+    };
+    let result = bench(args, &tools, &systems, settings);
+    sweep::sweep("after the bench")?;
+    result
+}
+
+fn bench(
+    args: &Args,
+    tools: &tools::Tools,
+    systems: &[SystemId],
+    settings: RunSettings,
+) -> Result<()> {
+    let runnable: Vec<SystemId> = systems
+        .iter()
+        .copied()
+        .filter(|s| *s != SystemId::RedirectorFastPath)
+        .collect();
+    eprintln!("bench: starting {} systems", runnable.len());
+    let bed = Bed::new(&BedOptions {
+        tools,
+        systems: &runnable,
+        body_bytes: BODY_BYTES as usize,
+        client_cpu: CLIENT_CPU,
+        sut_cpu: SUT_CPU,
+    })?;
+    for system in &bed.systems {
+        for upstream in [Upstream::Plain, Upstream::Tls] {
+            let body = bed
+                .probe(system, upstream)
+                .with_context(|| format!("{} ({upstream:?}) does not answer\n{}", system.id, system.log()))?;
+            if !body.starts_with("healthy: east") {
+                bail!("{} ({upstream:?}) answered {body:?}, not the primary", system.id);
+            }
+        }
+    }
+    let mut report = BenchReport {
+        settings: settings.clone(),
+        ..Default::default()
+    };
+    let workloads = workloads(settings.quick);
+    if systems.contains(&SystemId::RedirectorFastPath) {
+        for w in &workloads {
+            report.not_available.push(NotAvailable {
+                system: SystemId::RedirectorFastPath,
+                workload: *w,
+                reason: "the kernel fast path (issue 4) does not exist yet".into(),
+            });
+        }
+    }
+    let cell = Duration::from_secs_f64(settings.cell_secs);
+    let warmup = Duration::from_secs_f64(settings.warmup_secs);
+    let total = settings.reps as usize * workloads.len() * bed.systems.len();
+    let mut done = 0;
+    for rep in 0..settings.reps {
+        for workload in &workloads {
+            for system in &bed.systems {
+                done += 1;
+                let (target, host, https) = system.target(workload.upstream);
+                let spec = |duration| load::LoadSpec {
+                    target,
+                    host,
+                    https,
+                    workload: *workload,
+                    duration,
+                };
+                let cgroup = system.cgroup.as_ref();
+                if !warmup.is_zero() {
+                    load::run(tools, &spec(warmup), &bed.bench, cgroup, CLIENT_CPU)?;
+                }
+                let probe = sample::Probe::start(&system.pids())?;
+                let result = load::run(tools, &spec(cell), &bed.bench, cgroup, CLIENT_CPU)
+                    .with_context(|| format!("{} {workload}\n{}", system.id, system.log()))?;
+                let sample = probe.finish()?;
+                let noisy = sample::is_noisy(&sample, settings.noise_threshold);
+                eprintln!(
+                    "bench [{done}/{total}] rep {rep} {workload} {}: {:.0} rps, p50 {:.3} ms, p99 {:.3} ms, {} errors, cpu/krps {}{}",
+                    system.id,
+                    result.rps,
+                    result.p50_ms,
+                    result.p99_ms,
+                    result.errors,
+                    sample
+                        .cpu_per_krps(result.rps)
+                        .map(|c| format!("{c:.3}"))
+                        .unwrap_or_else(|| "-".into()),
+                    if noisy { " (noisy)" } else { "" }
+                );
+                report.cells.push(CellRun {
+                    system: system.id,
+                    workload: *workload,
+                    rep,
+                    load: result,
+                    sample,
+                    noisy,
+                });
+            }
+        }
+    }
+    if !args.no_failover {
+        report.failover = failovers(&bed, settings.quick)?;
+    }
+    report.machine = machine::info(tools)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| cmd::workspace_root().join("bench/results"));
+    let written = report::write(&report, &out)?;
+    println!("{}", report::markdown(&report));
+    eprintln!(
+        "bench: wrote {}, {} and {}",
+        written.json.display(),
+        written.markdown.display(),
+        written.plot.display()
+    );
+    Ok(())
+}
+
+fn failovers(bed: &Bed, quick: bool) -> Result<Vec<model::FailoverRun>> {
+    let plan = if quick {
+        failover::Plan {
+            rps: 200,
+            duration: Duration::from_secs(5),
+            fault_at: Duration::from_secs(1),
+            restore_at: Duration::from_secs(2),
+            timeout: Duration::from_secs(15),
+        }
+    } else {
+        failover::Plan {
+            rps: 500,
+            duration: Duration::from_secs(12),
+            fault_at: Duration::from_secs(2),
+            restore_at: Duration::from_secs(6),
+            timeout: Duration::from_secs(15),
+        }
+    };
+    let mut runs = Vec::new();
+    for system in bed.systems.iter().filter(|s| s.id.is_proxy()) {
+        for fault in [Fault::Status503, Fault::Killed, Fault::BlackHoled] {
+            // The smoke run does one fault per peer and all of them for us.
+            if quick && system.id != SystemId::Redirector && fault != Fault::Status503 {
+                continue;
+            }
+            let run = failover::run(bed, system, fault, &plan)
+                .with_context(|| format!("failover {fault:?} through {}", system.id))?;
+            eprintln!(
+                "bench failover {} {fault:?}: {} errors, full failover {:?} ms, worst latency {:.1} ms, fail back {:?} ms",
+                system.id,
+                run.errors_after_fault,
+                run.time_to_full_failover_ms.map(|v| v.round()),
+                run.worst_latency_after_fault_ms,
+                run.time_to_fail_back_ms.map(|v| v.round())
+            );
+            runs.push(run);
+        }
+    }
+    Ok(runs)
+}
+
+/// Pins this process (and so every thread and child it makes later) to one
+/// CPU.
+fn pin_to(cpu: u32) -> Result<()> {
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        bail!(
+            "pinning the harness to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }

@@ -1,0 +1,427 @@
+//! The bench's little world, built once per run and torn down on drop.
+//!
+//! ```text
+//!  netns bench (CPU 0: load generator; CPU 1: the system under test)
+//!    client ── connect(VIP) ──► connect4 of the system's own cgroup
+//!                                 → 127.0.0.1:<that system's listener>
+//!    SUT ── veth 10.213.1.1/30 ──► netns east  10.213.1.2  :80 :443 (CPU 0)
+//!                                              :8080 :8443 (CPU 1, "direct on the SUT's core")
+//!        ── veth 10.213.2.1/30 ──► netns west  10.213.2.2  :80 :443 (CPU 0)
+//!    DNS 127.0.0.1:53: east.test, west.test
+//! ```
+//!
+//! Every proxy gets its own cgroup with the connect hook attached, so all
+//! systems stay up for the whole run and are interleaved without restarts:
+//! the redirector's own daemon for the redirector, and a `--datapath-only`
+//! redirector pointing at the peer's listener for Envoy, nginx and HAProxy.
+//! So every system pays the same connect-time rewrite and only the proxy
+//! differs. The client is placed in the cgroup of the system it measures.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use redirector_tests::{
+    cgroup::TestCgroup,
+    daemon::{Daemon, DaemonOptions, PinDirGuard, redirector_bin},
+    dns::DnsServer,
+    netns::{self, Link, Netns},
+    pki::TestCa,
+    process,
+    tempdir::TempDir,
+    upstream::UpstreamProcess,
+};
+
+use super::{
+    model::{SystemId, Upstream},
+    peers::{OutlierTiming, Peer, PeerConfig},
+    tools::Tools,
+};
+
+pub const EAST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 1, 2);
+pub const WEST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 2, 2);
+pub const VIP_PLAIN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(240, 240, 0, 10), 80);
+pub const VIP_TLS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(240, 240, 0, 11), 80);
+pub const HOST_PLAIN: &str = "plain.test";
+pub const HOST_TLS: &str = "tls.test";
+const PLAIN_PORT: u16 = 80;
+const TLS_PORT: u16 = 443;
+const CORE_PLAIN_PORT: u16 = 8080;
+const CORE_TLS_PORT: u16 = 8443;
+
+/// Outlier timings shared by every system, short enough for the failover
+/// runs to see ejection and return within seconds.
+pub const OUTLIER: OutlierTiming = OutlierTiming {
+    consecutive_5xx: 1,
+    interval: Duration::from_secs(1),
+    base_ejection: Duration::from_secs(3),
+};
+/// Istio's default connect timeout; the same for every system.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The identical upstreams behind every system.
+pub struct Upstreams {
+    pub east_plain: UpstreamProcess,
+    pub east_tls: UpstreamProcess,
+    pub west_plain: UpstreamProcess,
+    pub west_tls: UpstreamProcess,
+    pub core_plain: UpstreamProcess,
+    pub core_tls: UpstreamProcess,
+}
+
+enum Kind {
+    Direct,
+    Redirector {
+        daemon: Daemon,
+        _pins: PinDirGuard,
+    },
+    Peer {
+        // Field order is drop order: the redirect goes before the proxy.
+        _redirect: Daemon,
+        _pins: PinDirGuard,
+        peer: Peer,
+    },
+}
+
+/// One row of the table, running.
+pub struct System {
+    pub id: SystemId,
+    /// Where the client runs: the cgroup with this system's connect hook.
+    pub cgroup: Option<TestCgroup>,
+    kind: Kind,
+}
+
+impl System {
+    /// Every process of the system under test, for CPU and RSS.
+    pub fn pids(&self) -> Vec<u32> {
+        match &self.kind {
+            Kind::Direct => Vec::new(),
+            Kind::Redirector { daemon, .. } => vec![daemon.pid()],
+            Kind::Peer { peer, .. } => peer.pids(),
+        }
+    }
+
+    /// (address the client dials, Host header, whether the client itself
+    /// speaks TLS).
+    pub fn target(&self, upstream: Upstream) -> (SocketAddrV4, &'static str, bool) {
+        match (self.id, upstream) {
+            (SystemId::DirectBeside, Upstream::Plain) => {
+                (SocketAddrV4::new(EAST_IP, PLAIN_PORT), HOST_PLAIN, false)
+            }
+            (SystemId::DirectBeside, Upstream::Tls) => {
+                (SocketAddrV4::new(EAST_IP, TLS_PORT), HOST_TLS, true)
+            }
+            (SystemId::DirectSutCore, Upstream::Plain) => {
+                (SocketAddrV4::new(EAST_IP, CORE_PLAIN_PORT), HOST_PLAIN, false)
+            }
+            (SystemId::DirectSutCore, Upstream::Tls) => {
+                (SocketAddrV4::new(EAST_IP, CORE_TLS_PORT), HOST_TLS, true)
+            }
+            (_, Upstream::Plain) => (VIP_PLAIN, HOST_PLAIN, false),
+            (_, Upstream::Tls) => (VIP_TLS, HOST_TLS, false),
+        }
+    }
+
+    /// The system's own logs, for failure messages.
+    pub fn log(&self) -> String {
+        match &self.kind {
+            Kind::Direct => String::new(),
+            Kind::Redirector { daemon, .. } => daemon.log(),
+            Kind::Peer { peer, .. } => peer.log(),
+        }
+    }
+}
+
+/// Everything the bench runs in. Field order is drop order.
+pub struct Bed {
+    pub systems: Vec<System>,
+    pub upstreams: Upstreams,
+    _dns: DnsServer,
+    pub dir: TempDir,
+    pub ca_file: PathBuf,
+    /// Device on the bench side of the east link (black-hole faults).
+    pub east_dev: String,
+    _links: Vec<Link>,
+    _east: Netns,
+    _west: Netns,
+    pub bench: Netns,
+}
+
+pub struct BedOptions<'a> {
+    pub tools: &'a Tools,
+    pub systems: &'a [SystemId],
+    pub body_bytes: usize,
+    pub client_cpu: u32,
+    pub sut_cpu: u32,
+}
+
+impl Bed {
+    pub fn new(o: &BedOptions<'_>) -> Result<Self> {
+        let bench = Netns::new("bench")?;
+        let east = Netns::new("east")?;
+        let west = Netns::new("west")?;
+        let east_link = netns::link(&bench, "10.213.1.1/30", &east, "10.213.1.2/30")?;
+        let west_link = netns::link(&bench, "10.213.2.1/30", &west, "10.213.2.2/30")?;
+        let dir = TempDir::new("bench")?;
+        let ca = TestCa::new()?;
+        let ca_file = ca.write_ca(dir.path())?;
+        let (cert, key) = ca.leaf(&["east.test", "west.test", HOST_PLAIN, HOST_TLS])?;
+        let cert_file = dir.path().join("upstream.pem");
+        let key_file = dir.path().join("upstream.key");
+        std::fs::write(&cert_file, cert)?;
+        std::fs::write(&key_file, key)?;
+        let tls = Some((cert_file.as_path(), key_file.as_path()));
+        let up = |ns: &Netns, ip, port, name: &str, tls, cpu| {
+            UpstreamProcess::start(
+                ns,
+                SocketAddrV4::new(ip, port).into(),
+                name,
+                o.body_bytes,
+                tls,
+                Some(cpu),
+            )
+            .with_context(|| format!("starting upstream {name} on {ip}:{port}"))
+        };
+        let upstreams = Upstreams {
+            east_plain: up(&east, EAST_IP, PLAIN_PORT, "east", None, o.client_cpu)?,
+            east_tls: up(&east, EAST_IP, TLS_PORT, "east", tls, o.client_cpu)?,
+            west_plain: up(&west, WEST_IP, PLAIN_PORT, "west", None, o.client_cpu)?,
+            west_tls: up(&west, WEST_IP, TLS_PORT, "west", tls, o.client_cpu)?,
+            core_plain: up(&east, EAST_IP, CORE_PLAIN_PORT, "east", None, o.sut_cpu)?,
+            core_tls: up(&east, EAST_IP, CORE_TLS_PORT, "east", tls, o.sut_cpu)?,
+        };
+        let dns = DnsServer::start(&bench, "127.0.0.1:53".parse()?)?;
+        dns.set_a("east.test", &[EAST_IP], 300)?;
+        dns.set_a("west.test", &[WEST_IP], 300)?;
+        let config = dir.path().join("redirector.yaml");
+        std::fs::write(&config, redirector_config(&ca_file))?;
+
+        let mut bed = Bed {
+            systems: Vec::new(),
+            upstreams,
+            _dns: dns,
+            ca_file,
+            east_dev: east_link.a_dev.clone(),
+            _links: vec![east_link, west_link],
+            _east: east,
+            _west: west,
+            bench,
+            dir,
+        };
+        for &id in o.systems {
+            let system = bed.start_system(id, o, &config)?;
+            bed.systems.push(system);
+        }
+        Ok(bed)
+    }
+
+    fn start_system(&self, id: SystemId, o: &BedOptions<'_>, config: &Path) -> Result<System> {
+        let kind = match id {
+            SystemId::DirectBeside | SystemId::DirectSutCore => {
+                return Ok(System {
+                    id,
+                    cgroup: None,
+                    kind: Kind::Direct,
+                });
+            }
+            SystemId::RedirectorFastPath => bail!("the kernel fast path does not exist yet"),
+            SystemId::Redirector => {
+                let cgroup = TestCgroup::new()?;
+                let pins = PinDirGuard::for_test();
+                let daemon = self.redirector(config, &cgroup, &pins, 15001, o.sut_cpu, false)?;
+                return Ok(System {
+                    id,
+                    cgroup: Some(cgroup),
+                    kind: Kind::Redirector {
+                        daemon,
+                        _pins: pins,
+                    },
+                });
+            }
+            SystemId::Envoy | SystemId::Nginx | SystemId::Haproxy => id,
+        };
+        let port = match kind {
+            SystemId::Envoy => 15101,
+            SystemId::Nginx => 15102,
+            _ => 15103,
+        };
+        let dir = self.dir.path().join(id.key());
+        std::fs::create_dir_all(&dir)?;
+        let peer = Peer::start(
+            id,
+            o.tools,
+            &PeerConfig {
+                listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, port),
+                plain_host: HOST_PLAIN.into(),
+                tls_host: HOST_TLS.into(),
+                east_plain: SocketAddrV4::new(EAST_IP, PLAIN_PORT),
+                west_plain: SocketAddrV4::new(WEST_IP, PLAIN_PORT),
+                east_tls: SocketAddrV4::new(EAST_IP, TLS_PORT),
+                west_tls: SocketAddrV4::new(WEST_IP, TLS_PORT),
+                east_name: "east.test".into(),
+                west_name: "west.test".into(),
+                ca_file: self.ca_file.clone(),
+                outlier: OUTLIER,
+                connect_timeout: CONNECT_TIMEOUT,
+                dir,
+            },
+            &self.bench,
+            o.sut_cpu,
+        )
+        .with_context(|| format!("starting {id}"))?;
+        let cgroup = TestCgroup::new()?;
+        let pins = PinDirGuard::for_test();
+        // The redirect alone; it idles, so it shares the client's core.
+        let redirect = self.redirector(config, &cgroup, &pins, port, o.client_cpu, true)?;
+        Ok(System {
+            id,
+            cgroup: Some(cgroup),
+            kind: Kind::Peer {
+                _redirect: redirect,
+                _pins: pins,
+                peer,
+            },
+        })
+    }
+
+    fn redirector(
+        &self,
+        config: &Path,
+        cgroup: &TestCgroup,
+        pins: &PinDirGuard,
+        port: u16,
+        cpu: u32,
+        datapath_only: bool,
+    ) -> Result<Daemon> {
+        let mut args = vec![
+            "-c".to_string(),
+            cpu.to_string(),
+            redirector_bin().display().to_string(),
+            "run".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--cgroup".into(),
+            cgroup.path().display().to_string(),
+            "--locality".into(),
+            "us-east1".into(),
+            "--nameserver".into(),
+            "127.0.0.1:53".into(),
+            "--pin-dir".into(),
+            pins.path().display().to_string(),
+            "--listen-port".into(),
+            port.to_string(),
+            "--workers".into(),
+            "1".into(),
+            "--log-level".into(),
+            "warn,redirector_user::app=info".into(),
+        ];
+        if datapath_only {
+            args.push("--datapath-only".into());
+        }
+        // taskset execs the daemon, so the pid is the daemon's.
+        Daemon::start_program(
+            Path::new("/usr/bin/taskset"),
+            DaemonOptions {
+                netns: &self.bench,
+                cgroup: None,
+                args,
+                ready_timeout: Duration::from_secs(30),
+            },
+        )
+    }
+
+    pub fn system(&self, id: SystemId) -> Option<&System> {
+        self.systems.iter().find(|s| s.id == id)
+    }
+
+    /// Packets to the primary vanish: its neighbour entry points nowhere.
+    pub fn black_hole_east(&self, on: bool) -> Result<()> {
+        let ip = EAST_IP.to_string();
+        let args: Vec<&str> = if on {
+            vec![
+                "neigh", "replace", &ip, "lladdr", "02:00:00:00:00:01", "dev", &self.east_dev,
+                "nud", "permanent",
+            ]
+        } else {
+            vec!["neigh", "del", &ip, "dev", &self.east_dev]
+        };
+        self.bench.ip(args)?;
+        Ok(())
+    }
+
+    /// Runs `curl` as the app of `system` once; the body, or an error.
+    pub fn probe(&self, system: &System, upstream: Upstream) -> Result<String> {
+        let (addr, host, https) = system.target(upstream);
+        let scheme = if https { "https" } else { "http" };
+        let url = format!("{scheme}://{addr}/");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "-k", "--max-time", "5", "-H", &format!("Host: {host}"), &url]);
+        self.bench.configure(&mut cmd);
+        if let Some(cg) = &system.cgroup {
+            cg.configure(&mut cmd);
+        }
+        let out = process::run_checked(&mut cmd)?;
+        Ok(out)
+    }
+}
+
+/// The redirector's view of the same job the peers are configured for: the
+/// blog's documents, a plain and a TLS-originating service.
+fn redirector_config(ca_file: &Path) -> String {
+    let service = |name: &str, host: &str, vip: SocketAddrV4, target: u16| {
+        format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}}}
+spec:
+  hosts: [{host}]
+  addresses: [{ip}]
+  ports: [{{number: {port}, name: http, protocol: HTTP, targetPort: {target}}}]
+  resolution: DNS
+  endpoints:
+  - {{address: east.test, locality: us-east1}}
+  - {{address: west.test, locality: us-west}}
+",
+            ip = vip.ip(),
+            port = vip.port(),
+        )
+    };
+    let rule = |name: &str, host: &str, tls: &str| {
+        format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}}}
+spec:
+  host: {host}
+  trafficPolicy:
+{tls}    loadBalancer:
+      simple: ROUND_ROBIN
+      localityLbSetting:
+        enabled: true
+        failover:
+        - {{from: us-east1, to: us-west}}
+    outlierDetection:
+      consecutive5xxErrors: {n}
+      interval: {i}s
+      baseEjectionTime: {b}s
+",
+            n = OUTLIER.consecutive_5xx,
+            i = OUTLIER.interval.as_secs(),
+            b = OUTLIER.base_ejection.as_secs(),
+        )
+    };
+    let tls = format!(
+        "    tls:\n      mode: SIMPLE\n      caCertificates: {}\n",
+        ca_file.display()
+    );
+    service("plain", HOST_PLAIN, VIP_PLAIN, PLAIN_PORT)
+        + &service("tls", HOST_TLS, VIP_TLS, TLS_PORT)
+        + &rule("plain", HOST_PLAIN, "")
+        + &rule("tls", HOST_TLS, &tls)
+}
