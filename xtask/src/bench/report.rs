@@ -1,1 +1,835 @@
-//! Being written on its own branch.
+//! Turns one `BenchReport` into what a reader looks at: per-cell medians
+//! and spread, ratios against direct access and against the peers, the
+//! pass/miss table of the project's targets, and the files under
+//! `bench/results/` (JSON, markdown, SVG plot).
+//!
+//! Choices, and why:
+//! - Spread is min–max over the repetitions used, not an IQR: with the
+//!   five repetitions a full run makes, quartiles are just the 2nd and 4th
+//!   values and hide the outliers a reader should see.
+//! - Noisy repetitions (steal or foreign CPU above the threshold) are
+//!   counted but left out of medians, since the machine, not the system,
+//!   set those numbers. If every repetition of a cell is noisy they are
+//!   used anyway and the cell is flagged, rather than showing nothing.
+//! - Ratios are taken within the same run and the same repetition: the
+//!   harness interleaves systems, so repetition `r` of two systems ran
+//!   back to back, and the median of per-repetition ratios cancels slow
+//!   drift (thermal, neighbours) that a ratio of medians would keep.
+//! - Peak RSS is the maximum over every repetition, noisy or not: CPU
+//!   noise does not inflate memory, and the target is an upper bound.
+//! - Everything here is a pure function of the report, so it is unit-tested
+//!   with a synthetic report and can be re-run on an old JSON file.
+
+pub mod targets;
+#[cfg(test)]
+pub(super) mod tests;
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    path::{Path, PathBuf},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result};
+
+pub use self::targets::{Verdict, targets};
+use super::{
+    model::{BenchReport, CellRun, Fault, Load, SystemId, Workload},
+    plot,
+};
+
+/// Median and spread (min–max) of one figure over the repetitions used.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stat {
+    /// None when there are no values.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Stat> {
+        let mut v: Vec<f64> = values.into_iter().collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Stat {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+}
+
+/// One (system, workload) cell over its repetitions.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Aggregate {
+    pub system: SystemId,
+    pub workload: Workload,
+    /// Repetitions run.
+    pub reps_total: u32,
+    /// Repetitions the medians are taken over.
+    pub reps_used: u32,
+    /// Repetitions marked noisy (dropped, unless `all_noisy`).
+    pub reps_noisy: u32,
+    /// Every repetition was noisy, so they were used anyway.
+    pub all_noisy: bool,
+    /// Achieved requests per second.
+    pub rps: Stat,
+    pub p50_ms: Stat,
+    pub p99_ms: Stat,
+    pub p999_ms: Stat,
+    /// Completed requests, summed over the repetitions used.
+    pub requests: u64,
+    /// Transport errors plus non-2xx, summed over the repetitions used.
+    pub errors: u64,
+    /// CPU of the system under test, vCPU per 1000 rps (None for direct).
+    pub cpu_per_krps: Option<Stat>,
+    /// Busy share of the whole machine (all cores), 0..=1.
+    pub machine_cpu_share: Option<Stat>,
+    /// Peak RSS of the system under test, max over all repetitions, KiB.
+    pub peak_rss_kib: Option<u64>,
+}
+
+impl Aggregate {
+    fn of(report: &BenchReport, runs: &[&CellRun]) -> Option<Aggregate> {
+        let first = runs.first()?;
+        let clean: Vec<&CellRun> = runs.iter().copied().filter(|r| !r.noisy).collect();
+        let all_noisy = clean.is_empty();
+        let used = if all_noisy { runs.to_vec() } else { clean };
+        let cpus = f64::from(report.machine.cpus);
+        Some(Aggregate {
+            system: first.system,
+            workload: first.workload,
+            reps_total: count(runs.len()),
+            reps_used: count(used.len()),
+            reps_noisy: count(runs.iter().filter(|r| r.noisy).count()),
+            all_noisy,
+            rps: Stat::of(used.iter().map(|r| r.load.rps))?,
+            p50_ms: Stat::of(used.iter().map(|r| r.load.p50_ms))?,
+            p99_ms: Stat::of(used.iter().map(|r| r.load.p99_ms))?,
+            p999_ms: Stat::of(used.iter().map(|r| r.load.p999_ms))?,
+            requests: used.iter().map(|r| r.load.requests).sum(),
+            errors: used.iter().map(|r| r.load.errors).sum(),
+            cpu_per_krps: Stat::of(used.iter().filter_map(|r| cpu_per_krps(r))),
+            machine_cpu_share: Stat::of(
+                used.iter()
+                    .filter(|r| cpus > 0.0 && r.sample.wall_secs > 0.0)
+                    .map(|r| r.sample.machine_busy_secs / r.sample.wall_secs / cpus),
+            ),
+            peak_rss_kib: runs.iter().filter_map(|r| r.sample.sut_peak_rss_kib).max(),
+        })
+    }
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn cpu_per_krps(run: &CellRun) -> Option<f64> {
+    run.sample.cpu_per_krps(run.load.rps)
+}
+
+/// Whole-machine busy CPU per 1000 rps: the only CPU figure the direct
+/// rows have, so the one CPU ratio against direct is taken on it.
+fn machine_cpu_per_krps(run: &CellRun) -> Option<f64> {
+    let s = &run.sample;
+    (run.load.rps > 0.0 && s.wall_secs > 0.0)
+        .then(|| s.machine_busy_secs / s.wall_secs / (run.load.rps / 1000.0))
+}
+
+/// Repetitions grouped by (workload, system), both in their natural order
+/// (`SystemId`'s order is `SystemId::ALL`).
+fn cells_by_key(report: &BenchReport) -> BTreeMap<(Workload, SystemId), Vec<&CellRun>> {
+    let mut map: BTreeMap<_, Vec<&CellRun>> = BTreeMap::new();
+    for run in &report.cells {
+        map.entry((run.workload, run.system)).or_default().push(run);
+    }
+    for runs in map.values_mut() {
+        runs.sort_by_key(|r| r.rep);
+    }
+    map
+}
+
+/// One `Aggregate` per (system, workload) that has runs, ordered by
+/// workload, then system in `SystemId::ALL` order.
+pub fn aggregate(report: &BenchReport) -> Vec<Aggregate> {
+    cells_by_key(report)
+        .values()
+        .filter_map(|runs| Aggregate::of(report, runs))
+        .collect()
+}
+
+/// `system` ÷ `baseline` for one workload: medians of per-repetition
+/// ratios, pairing repetitions by number.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ratio {
+    pub workload: Workload,
+    pub system: SystemId,
+    pub baseline: SystemId,
+    /// Repetition pairs the medians are over; 0 means no repetition
+    /// numbers matched and the figures are ratios of medians instead.
+    pub pairs: u32,
+    /// No pair was free of noise, so noisy pairs were used.
+    pub noisy: bool,
+    pub rps: Option<f64>,
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub p999: Option<f64>,
+    /// CPU of the system under test per 1000 rps (None against direct).
+    pub cpu_per_krps: Option<f64>,
+    /// Whole-machine busy CPU per 1000 rps.
+    pub machine_cpu_per_krps: Option<f64>,
+}
+
+fn div(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    let (a, b) = (a?, b?);
+    (b > 0.0 && a.is_finite() && b.is_finite()).then(|| a / b)
+}
+
+/// `system` ÷ `baseline` in `workload`, None when either has no runs.
+pub fn ratio(
+    report: &BenchReport,
+    workload: Workload,
+    system: SystemId,
+    baseline: SystemId,
+) -> Option<Ratio> {
+    let by_key = cells_by_key(report);
+    ratio_in(report, &by_key, workload, system, baseline)
+}
+
+fn ratio_in(
+    report: &BenchReport,
+    by_key: &BTreeMap<(Workload, SystemId), Vec<&CellRun>>,
+    workload: Workload,
+    system: SystemId,
+    baseline: SystemId,
+) -> Option<Ratio> {
+    let num = by_key.get(&(workload, system))?;
+    let den = by_key.get(&(workload, baseline))?;
+    let all_pairs: Vec<(&CellRun, &CellRun)> = num
+        .iter()
+        .filter_map(|a| den.iter().find(|b| b.rep == a.rep).map(|b| (*a, *b)))
+        .collect();
+    let clean: Vec<_> = all_pairs
+        .iter()
+        .copied()
+        .filter(|(a, b)| !a.noisy && !b.noisy)
+        .collect();
+    let noisy = clean.is_empty() && !all_pairs.is_empty();
+    let pairs = if noisy { all_pairs } else { clean };
+    let mut r = Ratio {
+        workload,
+        system,
+        baseline,
+        pairs: count(pairs.len()),
+        noisy,
+        rps: None,
+        p50: None,
+        p99: None,
+        p999: None,
+        cpu_per_krps: None,
+        machine_cpu_per_krps: None,
+    };
+    if pairs.is_empty() {
+        // Repetition numbers did not line up: fall back to medians.
+        let a = Aggregate::of(report, num)?;
+        let b = Aggregate::of(report, den)?;
+        r.noisy = a.all_noisy || b.all_noisy;
+        r.rps = div(Some(a.rps.median), Some(b.rps.median));
+        r.p50 = div(Some(a.p50_ms.median), Some(b.p50_ms.median));
+        r.p99 = div(Some(a.p99_ms.median), Some(b.p99_ms.median));
+        r.p999 = div(Some(a.p999_ms.median), Some(b.p999_ms.median));
+        r.cpu_per_krps = div(
+            a.cpu_per_krps.map(|s| s.median),
+            b.cpu_per_krps.map(|s| s.median),
+        );
+        let mcpu = |runs: &[&CellRun]| {
+            Stat::of(runs.iter().filter_map(|r| machine_cpu_per_krps(r))).map(|s| s.median)
+        };
+        r.machine_cpu_per_krps = div(mcpu(num), mcpu(den));
+        return Some(r);
+    }
+    let per_pair = |f: &dyn Fn(&CellRun) -> Option<f64>| {
+        Stat::of(pairs.iter().filter_map(|(a, b)| div(f(a), f(b)))).map(|s| s.median)
+    };
+    r.rps = per_pair(&|c| Some(c.load.rps));
+    r.p50 = per_pair(&|c| Some(c.load.p50_ms));
+    r.p99 = per_pair(&|c| Some(c.load.p99_ms));
+    r.p999 = per_pair(&|c| Some(c.load.p999_ms));
+    r.cpu_per_krps = per_pair(&cpu_per_krps);
+    r.machine_cpu_per_krps = per_pair(&machine_cpu_per_krps);
+    Some(r)
+}
+
+/// The peers the redirector is compared with.
+pub const PEERS: [SystemId; 3] = [SystemId::Envoy, SystemId::Nginx, SystemId::Haproxy];
+
+/// Per workload: every system ÷ `direct-beside`, every proxy ÷
+/// `direct-sut-core` (the fair latency baseline: its upstream shares the
+/// proxies' core), and the redirector ÷ each peer. Workloads in order,
+/// then baseline, then system.
+pub fn ratios(report: &BenchReport) -> Vec<Ratio> {
+    let by_key = cells_by_key(report);
+    let mut workloads: Vec<Workload> = by_key.keys().map(|(w, _)| *w).collect();
+    workloads.dedup();
+    let mut out = Vec::new();
+    for w in workloads {
+        let mut push = |system, baseline| {
+            if let Some(r) = ratio_in(report, &by_key, w, system, baseline) {
+                out.push(r);
+            }
+        };
+        for s in SystemId::ALL {
+            if s != SystemId::DirectBeside {
+                push(s, SystemId::DirectBeside);
+            }
+        }
+        for s in SystemId::ALL.into_iter().filter(|s| s.is_proxy()) {
+            push(s, SystemId::DirectSutCore);
+        }
+        for peer in PEERS {
+            push(SystemId::Redirector, peer);
+        }
+    }
+    out
+}
+
+/// Steal and foreign CPU of one repetition, as shares of one core over its
+/// wall time (the unit of `RunSettings::noise_threshold`).
+fn noise_shares(run: &CellRun) -> (f64, f64) {
+    let wall = run.sample.wall_secs;
+    if wall > 0.0 {
+        (
+            run.sample.steal_secs / wall,
+            run.sample.foreign_cpu_secs / wall,
+        )
+    } else {
+        (0.0, 0.0)
+    }
+}
+
+// ---------------------------------------------------------------- format
+
+/// `x` with 3 significant digits (integers from 100 up).
+pub(super) fn sig3(x: f64) -> String {
+    fn decimals(x: f64) -> usize {
+        if x == 0.0 || !x.is_finite() {
+            return 0;
+        }
+        let mag = x.abs().log10().floor() as i32;
+        usize::try_from(2 - mag).unwrap_or(0)
+    }
+    if !x.is_finite() {
+        return "n/a".into();
+    }
+    let d = decimals(x);
+    let s = format!("{x:.d$}");
+    // 9.996 prints as "10.00": re-round at the new magnitude.
+    match s.parse::<f64>() {
+        Ok(r) if decimals(r) < d => {
+            let d = decimals(r);
+            format!("{r:.d$}")
+        }
+        _ => s,
+    }
+}
+
+fn range(s: &Stat, f: impl Fn(f64) -> String) -> String {
+    if s.min == s.max {
+        f(s.median)
+    } else {
+        format!("{} ({}–{})", f(s.median), f(s.min), f(s.max))
+    }
+}
+
+fn ms(x: f64) -> String {
+    format!("{} ms", sig3(x))
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1}", kib as f64 / 1024.0)
+}
+
+fn opt_ms(x: Option<f64>) -> String {
+    x.map_or_else(|| "never".into(), ms)
+}
+
+fn ratio_cell(x: Option<f64>) -> String {
+    x.map_or_else(|| "–".into(), sig3)
+}
+
+fn fault_name(f: Fault) -> &'static str {
+    match f {
+        Fault::Status503 => "503",
+        Fault::Killed => "killed",
+        Fault::BlackHoled => "black-holed",
+    }
+}
+
+/// Markdown footnotes for "n/a" cells, one per distinct reason.
+#[derive(Default)]
+struct Footnotes(Vec<String>);
+
+impl Footnotes {
+    fn mark(&mut self, reason: &str) -> String {
+        let i = match self.0.iter().position(|r| r == reason) {
+            Some(i) => i,
+            None => {
+                self.0.push(reason.to_string());
+                self.0.len() - 1
+            }
+        };
+        format!("[^na{}]", i + 1)
+    }
+
+    fn render(&self, out: &mut String) {
+        if self.0.is_empty() {
+            return;
+        }
+        out.push('\n');
+        for (i, r) in self.0.iter().enumerate() {
+            // A footnote is one line: fold the reason.
+            let r = r.split_whitespace().collect::<Vec<_>>().join(" ");
+            let _ = writeln!(out, "[^na{}]: {r}", i + 1);
+        }
+    }
+}
+
+/// The whole report as markdown: header, one table per workload, ratios,
+/// failover, targets, noise.
+pub fn markdown(report: &BenchReport) -> String {
+    markdown_with_plot(report, None)
+}
+
+fn markdown_with_plot(report: &BenchReport, plot_file: Option<&str>) -> String {
+    let mut out = String::new();
+    let mut notes = Footnotes::default();
+    header(report, &mut out);
+    if let Some(file) = plot_file {
+        let _ = writeln!(
+            out,
+            "![Latency percentiles and CPU per 1000 rps per system]({file})\n"
+        );
+    }
+    let aggs = aggregate(report);
+    workload_tables(report, &aggs, &mut notes, &mut out);
+    ratio_tables(report, &mut out);
+    failover_table(report, &mut out);
+    targets_table(report, &mut out);
+    noise_line(report, &aggs, &mut out);
+    notes.render(&mut out);
+    out
+}
+
+fn header(report: &BenchReport, out: &mut String) {
+    let m = &report.machine;
+    let s = &report.settings;
+    let date = if m.date.is_empty() {
+        "(undated)"
+    } else {
+        &m.date
+    };
+    let cpu = if m.cpu_model.is_empty() {
+        "unknown CPU"
+    } else {
+        &m.cpu_model
+    };
+    let kernel = if m.kernel.is_empty() { "?" } else { &m.kernel };
+    let _ = writeln!(
+        out,
+        "# redirector benchmark, {date}: {cpu}, {} vCPU, kernel {kernel}\n",
+        m.cpus
+    );
+    let host = if m.hostname.is_empty() {
+        String::new()
+    } else {
+        format!("host `{}`, ", m.hostname)
+    };
+    let _ = writeln!(
+        out,
+        "Machine: {host}{:.1} GiB RAM.\n",
+        m.memory_kib as f64 / 1024.0 / 1024.0,
+    );
+    let _ = writeln!(
+        out,
+        "Settings: {}{} repetitions per cell, systems interleaved; {} s per cell after {} s warm-up; \
+         {}-byte response bodies; load generator and upstreams on CPU {}, system under test on CPU {}; \
+         a repetition is noisy when steal or foreign CPU exceeds {}% of one core.\n",
+        if s.quick { "quick run, " } else { "" },
+        s.reps,
+        s.cell_secs,
+        s.warmup_secs,
+        s.body_bytes,
+        s.client_cpu,
+        s.sut_cpu,
+        sig3(s.noise_threshold * 100.0),
+    );
+    if !m.versions.is_empty() {
+        let v: Vec<String> = m
+            .versions
+            .iter()
+            .map(|(k, v)| format!("{k} `{v}`"))
+            .collect();
+        let _ = writeln!(out, "Versions: {}.\n", v.join(", "));
+    }
+    let _ = writeln!(
+        out,
+        "Each figure is the median over the repetitions used, with the spread as (min–max). \
+         Latency is as the client saw it (open loop: corrected for coordinated omission). \
+         Errors are transport errors plus non-2xx responses, summed. CPU/1000 rps is the CPU \
+         of the system under test's processes, in vCPU per 1000 requests per second (the \
+         direct rows have none); machine CPU is the busy share of all cores. Peak RSS is the \
+         largest over all repetitions.\n"
+    );
+}
+
+fn workload_tables(
+    report: &BenchReport,
+    aggs: &[Aggregate],
+    notes: &mut Footnotes,
+    out: &mut String,
+) {
+    let mut workloads: Vec<Workload> = aggs
+        .iter()
+        .map(|a| a.workload)
+        .chain(report.not_available.iter().map(|n| n.workload))
+        .collect();
+    workloads.sort();
+    workloads.dedup();
+    for w in workloads {
+        let _ = writeln!(out, "## {w}\n");
+        let _ = writeln!(
+            out,
+            "| system | rps | p50 ms | p99 ms | p99.9 ms | errors | CPU/1000 rps (vCPU) | machine CPU | peak RSS (MiB) | reps used |"
+        );
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        for sys in SystemId::ALL {
+            if let Some(a) = aggs.iter().find(|a| a.workload == w && a.system == sys) {
+                let errors = if a.errors == 0 {
+                    "0".to_string()
+                } else {
+                    let share = a.errors as f64 / a.requests.max(1) as f64 * 100.0;
+                    format!("{} ({}%)", a.errors, sig3(share))
+                };
+                let reps = if a.all_noisy {
+                    format!("{}/{} (all noisy)", a.reps_used, a.reps_total)
+                } else {
+                    format!("{}/{}", a.reps_used, a.reps_total)
+                };
+                let _ = writeln!(
+                    out,
+                    "| {sys} | {} | {} | {} | {} | {errors} | {} | {} | {} | {reps} |",
+                    range(&a.rps, |x| format!("{x:.0}")),
+                    range(&a.p50_ms, sig3),
+                    range(&a.p99_ms, sig3),
+                    range(&a.p999_ms, sig3),
+                    a.cpu_per_krps
+                        .as_ref()
+                        .map_or_else(|| "–".into(), |s| range(s, |x| format!("{x:.3}"))),
+                    a.machine_cpu_share.as_ref().map_or_else(
+                        || "–".into(),
+                        |s| range(s, |x| format!("{:.0}%", x * 100.0))
+                    ),
+                    a.peak_rss_kib.map_or_else(|| "–".into(), mib),
+                );
+            } else if let Some(na) = report
+                .not_available
+                .iter()
+                .find(|n| n.workload == w && n.system == sys)
+            {
+                let mark = notes.mark(&na.reason);
+                let _ = writeln!(
+                    out,
+                    "| {sys} | n/a{mark} | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 0/0 |"
+                );
+            }
+        }
+        out.push('\n');
+    }
+}
+
+fn ratio_tables(report: &BenchReport, out: &mut String) {
+    let all = ratios(report);
+    if all.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "## Ratios\n");
+    let _ = writeln!(
+        out,
+        "Within this run: the median over repetitions of (system ÷ baseline) for the same \
+         repetition, which ran back to back. Below 1 is lower (better for latency and CPU, \
+         worse for rps). CPU against direct is whole-machine CPU per 1000 rps, since direct \
+         has no process of its own.\n"
+    );
+    let find = |w: Workload, s: SystemId, b: SystemId| {
+        all.iter()
+            .find(|r| r.workload == w && r.system == s && r.baseline == b)
+    };
+    let mut rows = String::new();
+    for r in all.iter().filter(|r| r.baseline == SystemId::DirectBeside) {
+        let sut = find(r.workload, r.system, SystemId::DirectSutCore);
+        let _ = writeln!(
+            rows,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.workload,
+            r.system,
+            ratio_cell(r.rps),
+            ratio_cell(r.p50),
+            ratio_cell(r.p99),
+            ratio_cell(r.p999),
+            ratio_cell(sut.and_then(|s| s.p50)),
+            ratio_cell(sut.and_then(|s| s.p99)),
+            ratio_cell(r.machine_cpu_per_krps),
+        );
+    }
+    if !rows.is_empty() {
+        let _ = writeln!(out, "### Against direct\n");
+        let _ = writeln!(
+            out,
+            "| workload | system | rps ÷ direct-beside | p50 ÷ direct-beside | p99 ÷ direct-beside | p99.9 ÷ direct-beside | p50 ÷ direct-sut-core | p99 ÷ direct-sut-core | machine CPU/1000 rps ÷ direct-beside |"
+        );
+        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|");
+        out.push_str(&rows);
+        out.push('\n');
+    }
+    let peers: Vec<&Ratio> = all
+        .iter()
+        .filter(|r| r.system == SystemId::Redirector && PEERS.contains(&r.baseline))
+        .collect();
+    if !peers.is_empty() {
+        let _ = writeln!(out, "### redirector ÷ peers\n");
+        let _ = writeln!(
+            out,
+            "| workload | peer | rps | p50 | p99 | p99.9 | CPU/1000 rps | machine CPU/1000 rps |"
+        );
+        let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|");
+        for r in peers {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.workload,
+                r.baseline,
+                ratio_cell(r.rps),
+                ratio_cell(r.p50),
+                ratio_cell(r.p99),
+                ratio_cell(r.p999),
+                ratio_cell(r.cpu_per_krps),
+                ratio_cell(r.machine_cpu_per_krps),
+            );
+        }
+        out.push('\n');
+    }
+}
+
+fn failover_table(report: &BenchReport, out: &mut String) {
+    if report.failover.is_empty() {
+        return;
+    }
+    let mut runs: Vec<_> = report.failover.iter().collect();
+    runs.sort_by_key(|r| (r.system, r.fault));
+    let _ = writeln!(out, "## Failover\n");
+    let _ = writeln!(
+        out,
+        "A constant-rate client; the primary region's endpoint fails at the fault and \
+         recovers at the restore. Errors are requests without a 2xx after the fault; \
+         time to full failover runs from the fault until every later request is served \
+         by the failover region; time to fail back runs from the restore until the \
+         primary serves again (`never`: not within the run).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| system | fault | rate (rps) | requests | errors after fault | time to full failover | worst latency after fault | time to fail back |"
+    );
+    let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|");
+    for r in runs {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.system,
+            fault_name(r.fault),
+            r.rps,
+            r.requests,
+            r.errors_after_fault,
+            opt_ms(r.time_to_full_failover_ms),
+            ms(r.worst_latency_after_fault_ms),
+            opt_ms(r.time_to_fail_back_ms),
+        );
+    }
+    out.push('\n');
+}
+
+fn targets_table(report: &BenchReport, out: &mut String) {
+    let ts = targets(report);
+    let pass = ts.iter().filter(|t| t.verdict == Verdict::Pass).count();
+    let miss = ts.iter().filter(|t| t.verdict == Verdict::Miss).count();
+    let _ = writeln!(out, "## Targets\n");
+    let _ = writeln!(
+        out,
+        "{pass} pass, {miss} miss, {} n/a. Comparisons use the ratios above (same run, \
+         per repetition).\n",
+        ts.len() - pass - miss
+    );
+    let _ = writeln!(out, "| target | where | measured | result |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    for t in &ts {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            t.target,
+            t.scope,
+            t.measured,
+            t.verdict.label()
+        );
+    }
+    out.push('\n');
+}
+
+fn noise_line(report: &BenchReport, aggs: &[Aggregate], out: &mut String) {
+    let total = report.cells.len();
+    let noisy = report.cells.iter().filter(|c| c.noisy).count();
+    let (steal, foreign) = report
+        .cells
+        .iter()
+        .map(noise_shares)
+        .fold((0.0f64, 0.0f64), |(s, f), (s1, f1)| (s.max(s1), f.max(f1)));
+    let dropped: usize = aggs
+        .iter()
+        .filter(|a| !a.all_noisy)
+        .map(|a| a.reps_noisy as usize)
+        .sum();
+    let _ = write!(
+        out,
+        "Noise: {noisy} of {total} repetitions noisy, {dropped} dropped from medians \
+         (threshold {}% of one core); worst steal {}% and worst foreign CPU {}% of one core.",
+        sig3(report.settings.noise_threshold * 100.0),
+        sig3(steal * 100.0),
+        sig3(foreign * 100.0),
+    );
+    let kept: Vec<String> = aggs
+        .iter()
+        .filter(|a| a.all_noisy)
+        .map(|a| format!("{} in {}", a.system, a.workload))
+        .collect();
+    if !kept.is_empty() {
+        let _ = write!(
+            out,
+            " Every repetition was noisy, so all were used, for: {}.",
+            kept.join("; ")
+        );
+    }
+    out.push('\n');
+}
+
+// ----------------------------------------------------------------- files
+
+/// The files `write` produced (the dated ones; `latest.*` are copies).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub json: PathBuf,
+    pub markdown: PathBuf,
+    pub plot: PathBuf,
+}
+
+/// Writes `<UTC date-time>.{json,md,svg}` into `dir` (created if missing)
+/// and copies them to `latest.{json,md,svg}`. The JSON comes first, so the
+/// raw numbers survive a failure to render the rest.
+pub fn write(report: &BenchReport, dir: &Path) -> Result<Written> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let base = file_stem(report);
+    let mut stem = base.clone();
+    let mut n = 1;
+    while ["json", "md", "svg"]
+        .iter()
+        .any(|ext| dir.join(format!("{stem}.{ext}")).exists())
+    {
+        n += 1;
+        stem = format!("{base}-{n}");
+    }
+    let written = Written {
+        json: dir.join(format!("{stem}.json")),
+        markdown: dir.join(format!("{stem}.md")),
+        plot: dir.join(format!("{stem}.svg")),
+    };
+    let json = serde_json::to_string_pretty(report).context("serializing the report")? + "\n";
+    write_file(&written.json, &json)?;
+    let md = markdown_with_plot(report, Some(&format!("{stem}.svg")));
+    write_file(&written.markdown, &md)?;
+    plot::svg(report, &written.plot)
+        .with_context(|| format!("plotting {}", written.plot.display()))?;
+    for (src, name) in [
+        (&written.json, "latest.json"),
+        (&written.markdown, "latest.md"),
+        (&written.plot, "latest.svg"),
+    ] {
+        let dst = dir.join(name);
+        fs::copy(src, &dst)
+            .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    }
+    Ok(written)
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `2026-11-26T21-41-13Z` from the report's RFC 3339 UTC date (colons
+/// are not allowed in file names everywhere), or from the clock when the
+/// date is missing or malformed.
+fn file_stem(report: &BenchReport) -> String {
+    let d = report.machine.date.as_bytes();
+    let shape = b"dddd-dd-ddTdd:dd:dd";
+    let ok = d.len() >= shape.len()
+        && shape.iter().zip(d).all(|(s, c)| match s {
+            b'd' => c.is_ascii_digit(),
+            b'T' => *c == b'T' || *c == b't' || *c == b' ',
+            s => s == c,
+        });
+    if ok {
+        let date = &report.machine.date;
+        return format!("{}T{}Z", &date[..10], date[11..19].replace(':', "-"));
+    }
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    utc_stem(secs)
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH-MM-SSZ` (civil-from-days,
+/// proleptic Gregorian).
+fn utc_stem(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}-{:02}-{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Open-loop rate of a workload, for picking the highest one.
+pub(super) fn open_rps(w: &Workload) -> Option<u32> {
+    match w.load {
+        Load::OpenLoop { rps } => Some(rps),
+        Load::ClosedLoop { .. } => None,
+    }
+}

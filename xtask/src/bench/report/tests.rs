@@ -1,0 +1,682 @@
+//! The report over a synthetic run whose medians and ratios are known in
+//! closed form: 2 workloads × 5 systems × 5 repetitions, one noisy
+//! repetition, one system not available, failover rows with `None`s.
+
+use std::{collections::BTreeMap, fs, path::PathBuf};
+
+use super::*;
+use crate::bench::model::{
+    Conn, FailoverRun, LoadResult, MachineInfo, NotAvailable, RunSettings, Sample, Upstream,
+};
+
+pub(crate) const KA_PLAIN: Workload = Workload {
+    conn: Conn::KeepAlive,
+    upstream: Upstream::Plain,
+    load: Load::OpenLoop { rps: 1000 },
+};
+pub(crate) const KA_TLS: Workload = Workload {
+    conn: Conn::KeepAlive,
+    upstream: Upstream::Tls,
+    load: Load::OpenLoop { rps: 1000 },
+};
+const FAST_PATH_REASON: &str = "the kernel fast path is not built yet";
+const WALL: f64 = 5.0;
+
+/// (p50, p99, p99.9) ms, CPU/1000 rps, peak RSS MiB of each cell.
+type Base = (f64, f64, f64, Option<f64>, Option<f64>);
+
+fn base(s: SystemId, w: Workload) -> Base {
+    use SystemId::*;
+    let plain = w.upstream == Upstream::Plain;
+    match (s, plain) {
+        (DirectBeside, true) => (0.080, 0.150, 0.300, None, None),
+        (DirectSutCore, true) => (0.095, 0.180, 0.400, None, None),
+        (Redirector, true) => (0.140, 0.290, 0.610, Some(0.080), Some(8.5)),
+        (Envoy, true) => (0.260, 0.520, 1.400, Some(0.210), Some(38.0)),
+        (Nginx, true) => (0.150, 0.310, 0.700, Some(0.095), Some(6.0)),
+        (DirectBeside, false) => (0.130, 0.240, 0.500, None, None),
+        (DirectSutCore, false) => (0.150, 0.280, 0.600, None, None),
+        (Redirector, false) => (0.230, 0.520, 1.100, Some(0.150), Some(9.8)),
+        (Envoy, false) => (0.380, 0.800, 2.000, Some(0.300), Some(41.0)),
+        (Nginx, false) => (0.210, 0.480, 1.050, Some(0.140), Some(6.5)),
+        _ => unreachable!("no cells for {s}"),
+    }
+}
+
+/// Spread of repetition `rep`: 0.98, 0.99, 1.00, 1.01, 1.02.
+fn factor(rep: u32) -> f64 {
+    1.0 + 0.01 * (f64::from(rep) - 2.0)
+}
+
+fn rps(rep: u32) -> f64 {
+    1000.0 - 0.5 * f64::from(rep)
+}
+
+pub(crate) const SYSTEMS: [SystemId; 5] = [
+    SystemId::DirectBeside,
+    SystemId::DirectSutCore,
+    SystemId::Redirector,
+    SystemId::Envoy,
+    SystemId::Nginx,
+];
+
+fn cell(system: SystemId, workload: Workload, rep: u32) -> CellRun {
+    let (p50, p99, p999, cpu, rss) = base(system, workload);
+    let f = factor(rep);
+    let rps = rps(rep);
+    let requests = (rps * WALL) as u64;
+    let errors = if system == SystemId::Envoy && workload == KA_TLS && rep == 1 {
+        3
+    } else {
+        0
+    };
+    CellRun {
+        system,
+        workload,
+        rep,
+        load: LoadResult {
+            requests,
+            errors,
+            rps,
+            p50_ms: p50 * f,
+            p99_ms: p99 * f,
+            p999_ms: p999 * f,
+            max_ms: p999 * f * 2.0,
+            duration_secs: WALL,
+        },
+        sample: Sample {
+            sut_cpu_secs: cpu.map(|c| c * f * WALL * rps / 1000.0),
+            machine_busy_secs: 0.6 * WALL,
+            steal_secs: 0.002 * WALL,
+            foreign_cpu_secs: 0.02 * WALL,
+            // Grows over the repetitions, as VmHWM does.
+            sut_peak_rss_kib: rss.map(|m| (m * 1024.0) as u64 + u64::from(rep) * 10),
+            wall_secs: WALL,
+        },
+        noisy: false,
+    }
+}
+
+fn failover(
+    system: SystemId,
+    fault: Fault,
+    errors: u64,
+    full: Option<f64>,
+    worst: f64,
+    back: Option<f64>,
+) -> FailoverRun {
+    FailoverRun {
+        system,
+        fault,
+        rps: 500,
+        requests: 5000,
+        fault_at_ms: 3000.0,
+        restore_at_ms: 6000.0,
+        errors_after_fault: errors,
+        time_to_full_failover_ms: full,
+        worst_latency_after_fault_ms: worst,
+        time_to_fail_back_ms: back,
+        timeline: vec![(50, 0, 0), (0, 50, 0)],
+    }
+}
+
+pub(crate) fn synthetic() -> BenchReport {
+    let mut cells = Vec::new();
+    // Interleaved as the harness runs them: rep, workload, system.
+    for rep in 0..5 {
+        for w in [KA_PLAIN, KA_TLS] {
+            for s in SYSTEMS {
+                cells.push(cell(s, w, rep));
+            }
+        }
+    }
+    // One noisy repetition, with numbers far off, which must not move the
+    // medians.
+    let noisy = cells
+        .iter_mut()
+        .find(|c| c.system == SystemId::Redirector && c.workload == KA_PLAIN && c.rep == 4)
+        .unwrap();
+    noisy.noisy = true;
+    noisy.load.p50_ms *= 10.0;
+    noisy.load.p99_ms *= 10.0;
+    noisy.load.p999_ms *= 10.0;
+    noisy.sample.foreign_cpu_secs = 0.35 * WALL;
+    noisy.sample.steal_secs = 0.04 * WALL;
+    let mut versions = BTreeMap::new();
+    versions.insert("redirector".into(), "v0.1.0-42-gabcdef0".into());
+    versions.insert("nginx".into(), "1.22.1".into());
+    versions.insert("envoy".into(), "1.36.2".into());
+    BenchReport {
+        machine: MachineInfo {
+            date: "2026-11-26T21:41:13Z".into(),
+            hostname: "bench-vm".into(),
+            kernel: "6.18.0-1-cloud-amd64".into(),
+            cpu_model: "AMD EPYC 9B14".into(),
+            cpus: 2,
+            memory_kib: 8 * 1024 * 1024,
+            versions,
+        },
+        settings: RunSettings {
+            quick: false,
+            reps: 5,
+            cell_secs: WALL,
+            warmup_secs: 1.0,
+            body_bytes: 1024,
+            client_cpu: 0,
+            sut_cpu: 1,
+            noise_threshold: 0.1,
+        },
+        cells,
+        not_available: [KA_PLAIN, KA_TLS]
+            .into_iter()
+            .map(|workload| NotAvailable {
+                system: SystemId::RedirectorFastPath,
+                workload,
+                reason: FAST_PATH_REASON.into(),
+            })
+            .collect(),
+        failover: vec![
+            failover(
+                SystemId::Redirector,
+                Fault::Status503,
+                0,
+                Some(0.6),
+                1.2,
+                Some(150.0),
+            ),
+            failover(SystemId::Redirector, Fault::Killed, 0, Some(1.1), 1.9, None),
+            failover(
+                SystemId::Redirector,
+                Fault::BlackHoled,
+                0,
+                None,
+                1000.0,
+                Some(2100.0),
+            ),
+            failover(
+                SystemId::Nginx,
+                Fault::Status503,
+                1,
+                Some(2.0),
+                3.0,
+                Some(10_000.0),
+            ),
+            failover(SystemId::Nginx, Fault::Killed, 4, None, 5.2, None),
+        ],
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+}
+
+#[track_caller]
+fn assert_close(a: f64, b: f64) {
+    assert!(close(a, b), "{a} != {b}");
+}
+
+fn agg(aggs: &[Aggregate], s: SystemId, w: Workload) -> &Aggregate {
+    aggs.iter()
+        .find(|a| a.system == s && a.workload == w)
+        .unwrap_or_else(|| panic!("no aggregate for {s} {w}"))
+}
+
+#[test]
+fn stat_median_and_spread() {
+    assert_eq!(Stat::of([]), None);
+    let s = Stat::of([3.0, 1.0, 2.0]).unwrap();
+    assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+    let s = Stat::of([4.0, 1.0, 3.0, 2.0]).unwrap();
+    assert_eq!((s.median, s.min, s.max), (2.5, 1.0, 4.0));
+}
+
+#[test]
+fn three_significant_digits() {
+    for (x, s) in [
+        (0.0, "0"),
+        (0.0123456, "0.0123"),
+        (0.1234, "0.123"),
+        (1.0, "1.00"),
+        (9.996, "10.0"),
+        (12.345, "12.3"),
+        (99.96, "100"),
+        (123.4, "123"),
+        (4321.0, "4321"),
+        (f64::NAN, "n/a"),
+    ] {
+        assert_eq!(sig3(x), s, "{x}");
+    }
+}
+
+#[test]
+fn medians_exclude_the_noisy_repetition() {
+    let r = synthetic();
+    let aggs = aggregate(&r);
+    assert_eq!(aggs.len(), 10);
+    // Ordered by workload, then system in SystemId::ALL order.
+    let order: Vec<_> = aggs.iter().map(|a| (a.workload, a.system)).collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted);
+
+    let a = agg(&aggs, SystemId::Redirector, KA_PLAIN);
+    assert_eq!((a.reps_total, a.reps_used, a.reps_noisy), (5, 4, 1));
+    assert!(!a.all_noisy);
+    // Used repetitions 0..=3: factors 0.98..=1.01, median 0.995.
+    assert_close(a.p50_ms.median, 0.140 * 0.995);
+    assert_close(a.p50_ms.min, 0.140 * 0.98);
+    assert_close(a.p50_ms.max, 0.140 * 1.01);
+    assert_close(a.p99_ms.median, 0.290 * 0.995);
+    assert_close(a.p999_ms.max, 0.610 * 1.01);
+    assert_close(a.rps.median, (rps(1) + rps(2)) / 2.0);
+    assert_close(a.cpu_per_krps.unwrap().median, 0.080 * 0.995);
+    assert_close(a.machine_cpu_share.unwrap().median, 0.3);
+    // Peak RSS counts the noisy repetition too (rep 4: +40 KiB).
+    assert_eq!(a.peak_rss_kib, Some((8.5 * 1024.0) as u64 + 40));
+    assert_eq!(
+        a.requests,
+        (0..4).map(|r| (rps(r) * WALL) as u64).sum::<u64>()
+    );
+
+    let n = agg(&aggs, SystemId::Nginx, KA_PLAIN);
+    assert_eq!((n.reps_used, n.reps_noisy), (5, 0));
+    assert_close(n.p50_ms.median, 0.150);
+
+    let d = agg(&aggs, SystemId::DirectBeside, KA_PLAIN);
+    assert_eq!(d.cpu_per_krps, None);
+    assert_eq!(d.peak_rss_kib, None);
+
+    assert_eq!(agg(&aggs, SystemId::Envoy, KA_TLS).errors, 3);
+}
+
+#[test]
+fn all_noisy_cell_is_used_and_flagged() {
+    let mut r = synthetic();
+    for c in r
+        .cells
+        .iter_mut()
+        .filter(|c| c.system == SystemId::Envoy && c.workload == KA_TLS)
+    {
+        c.noisy = true;
+    }
+    let aggs = aggregate(&r);
+    let a = agg(&aggs, SystemId::Envoy, KA_TLS);
+    assert!(a.all_noisy);
+    assert_eq!((a.reps_total, a.reps_used, a.reps_noisy), (5, 5, 5));
+    assert_close(a.p50_ms.median, 0.380);
+    let md = markdown(&r);
+    assert!(md.contains("| 5/5 (all noisy) |"), "{md}");
+    assert!(md.contains("all were used, for: envoy in keep-alive/tls/open-1000rps."));
+    assert!(md.contains("6 of 50 repetitions noisy, 1 dropped from medians"));
+}
+
+#[test]
+fn ratios_pair_repetitions_of_the_same_run() {
+    let r = synthetic();
+    let all = ratios(&r);
+    let find = |w, s, b| {
+        all.iter()
+            .find(|x: &&Ratio| x.workload == w && x.system == s && x.baseline == b)
+            .unwrap_or_else(|| panic!("no ratio {s} ÷ {b} in {w}"))
+    };
+    let x = find(KA_PLAIN, SystemId::Redirector, SystemId::DirectBeside);
+    assert_eq!(x.pairs, 4, "the noisy repetition is not paired");
+    assert!(!x.noisy);
+    assert_close(x.p50.unwrap(), 0.140 / 0.080);
+    assert_close(x.p99.unwrap(), 0.290 / 0.150);
+    assert_close(x.rps.unwrap(), 1.0);
+    assert_eq!(x.cpu_per_krps, None, "direct has no process of its own");
+    assert_close(x.machine_cpu_per_krps.unwrap(), 1.0);
+
+    let x = find(KA_PLAIN, SystemId::Nginx, SystemId::DirectSutCore);
+    assert_eq!(x.pairs, 5);
+    assert_close(x.p50.unwrap(), 0.150 / 0.095);
+
+    let x = find(KA_TLS, SystemId::Redirector, SystemId::Nginx);
+    assert_close(x.cpu_per_krps.unwrap(), 0.150 / 0.140);
+    assert_close(x.p99.unwrap(), 0.520 / 0.480);
+    let x = find(KA_PLAIN, SystemId::Redirector, SystemId::Envoy);
+    assert_close(x.cpu_per_krps.unwrap(), 0.080 / 0.210);
+
+    // Nothing for absent systems, nor direct ÷ itself, nor direct ÷ direct-sut-core.
+    assert!(!all.iter().any(|x| x.system == SystemId::Haproxy
+        || x.baseline == SystemId::Haproxy
+        || x.system == x.baseline
+        || (x.baseline == SystemId::DirectSutCore && !x.system.is_proxy())));
+    // Per workload: 4 systems ÷ direct-beside, 3 proxies ÷ direct-sut-core,
+    // redirector ÷ envoy and nginx.
+    assert_eq!(all.len(), 2 * (4 + 3 + 2));
+}
+
+#[test]
+fn ratio_falls_back_to_medians_when_repetitions_do_not_pair() {
+    let mut r = synthetic();
+    for c in r.cells.iter_mut().filter(|c| c.system == SystemId::Nginx) {
+        c.rep += 100;
+    }
+    let x = ratio(&r, KA_PLAIN, SystemId::Redirector, SystemId::Nginx).unwrap();
+    assert_eq!(x.pairs, 0);
+    assert_close(x.p50.unwrap(), 0.140 * 0.995 / 0.150);
+    assert_eq!(
+        ratio(&r, KA_PLAIN, SystemId::Redirector, SystemId::Haproxy),
+        None
+    );
+}
+
+fn verdicts(r: &BenchReport) -> Vec<(String, String, Verdict)> {
+    targets(r)
+        .into_iter()
+        .map(|t| (t.target, t.scope, t.verdict))
+        .collect()
+}
+
+#[test]
+fn targets_pass_miss_and_na() {
+    use Verdict::*;
+    let r = synthetic();
+    let ts = targets(&r);
+    let got: Vec<(&str, &str, Verdict)> = ts
+        .iter()
+        .map(|t| (t.target.as_str(), t.scope.as_str(), t.verdict))
+        .collect();
+    let want = [
+        (
+            "CPU/1000 rps: redirector ≤ nginx (keep-alive, plain)",
+            "keep-alive/plain/open-1000rps",
+            Pass,
+        ),
+        (
+            "CPU/1000 rps: redirector ≤ nginx (keep-alive, TLS)",
+            "keep-alive/tls/open-1000rps",
+            Miss,
+        ),
+        (
+            "p99: redirector ≤ nginx (keep-alive, open loop)",
+            "keep-alive/plain/open-1000rps",
+            Pass,
+        ),
+        (
+            "p99: redirector ≤ nginx (keep-alive, open loop)",
+            "keep-alive/tls/open-1000rps",
+            Miss,
+        ),
+        (
+            "p50: redirector ≤ nginx (new connection per request)",
+            "–",
+            NotAvailable,
+        ),
+        (
+            "redirector-fast-path within 5% of direct-beside",
+            "all workloads",
+            NotAvailable,
+        ),
+        ("redirector peak RSS < 12 MiB", "all workloads", Pass),
+        (
+            "failover: no client-visible errors",
+            "redirector, 503",
+            Pass,
+        ),
+        (
+            "failover: no client-visible errors",
+            "redirector, killed",
+            Pass,
+        ),
+        (
+            "failover: no client-visible errors",
+            "redirector, black-holed",
+            Pass,
+        ),
+        (
+            "failover: worst latency after the fault < 2 ms",
+            "redirector, 503",
+            Pass,
+        ),
+        (
+            "failover: worst latency after the fault < 2 ms",
+            "redirector, killed",
+            Pass,
+        ),
+    ];
+    assert_eq!(got, want);
+    assert_eq!(
+        ts[0].measured,
+        "redirector 0.080 vCPU, nginx 0.095 vCPU; ratio 0.842"
+    );
+    assert_eq!(
+        ts[3].measured,
+        "redirector 0.520 ms, nginx 0.480 ms; ratio 1.08"
+    );
+    assert_eq!(
+        ts[5].measured,
+        format!("redirector-fast-path: {FAST_PATH_REASON}")
+    );
+    assert_eq!(ts[6].measured, "9.8 MiB");
+    assert_eq!(ts[9].measured, "0 errors of 5000 requests");
+    assert_eq!(ts[11].measured, "1.90 ms");
+}
+
+#[test]
+fn targets_miss_on_failover_errors_latency_and_memory() {
+    let mut r = synthetic();
+    for f in r
+        .failover
+        .iter_mut()
+        .filter(|f| f.system == SystemId::Redirector)
+    {
+        if f.fault == Fault::Killed {
+            f.errors_after_fault = 2;
+            f.worst_latency_after_fault_ms = 2.0;
+        }
+    }
+    for c in r
+        .cells
+        .iter_mut()
+        .filter(|c| c.system == SystemId::Redirector)
+    {
+        c.sample.sut_peak_rss_kib = Some(12 * 1024);
+    }
+    r.failover.retain(|f| f.fault != Fault::BlackHoled);
+    let v = verdicts(&r);
+    let get = |target: &str, scope: &str| {
+        v.iter()
+            .find(|(t, s, _)| t == target && s == scope)
+            .unwrap()
+            .2
+    };
+    assert_eq!(
+        get("failover: no client-visible errors", "redirector, killed"),
+        Verdict::Miss
+    );
+    assert_eq!(
+        get("failover: no client-visible errors", "redirector, 503"),
+        Verdict::Pass
+    );
+    assert_eq!(
+        get(
+            "failover: no client-visible errors",
+            "redirector, black-holed"
+        ),
+        Verdict::NotAvailable
+    );
+    assert_eq!(
+        get(
+            "failover: worst latency after the fault < 2 ms",
+            "redirector, killed"
+        ),
+        Verdict::Miss,
+        "the bound is strict"
+    );
+    assert_eq!(
+        get("redirector peak RSS < 12 MiB", "all workloads"),
+        Verdict::Miss
+    );
+}
+
+#[test]
+fn fast_path_is_checked_once_it_exists() {
+    let mut r = synthetic();
+    r.not_available.clear();
+    let extra: Vec<CellRun> = r
+        .cells
+        .iter()
+        .filter(|c| c.system == SystemId::DirectBeside)
+        .map(|c| {
+            let mut c = c.clone();
+            c.system = SystemId::RedirectorFastPath;
+            let slower = if c.workload == KA_PLAIN { 1.04 } else { 1.10 };
+            c.load.p50_ms *= slower;
+            c.load.p99_ms *= slower;
+            c.sample.sut_cpu_secs = Some(0.0);
+            c
+        })
+        .collect();
+    r.cells.extend(extra);
+    let ts = targets(&r);
+    let fp: Vec<_> = ts
+        .iter()
+        .filter(|t| t.target.starts_with("redirector-fast-path"))
+        .collect();
+    assert_eq!(fp.len(), 2);
+    assert_eq!(fp[0].verdict, Verdict::Pass);
+    assert_eq!(fp[0].measured, "p50 ×1.04, p99 ×1.04");
+    assert_eq!(fp[1].verdict, Verdict::Miss);
+}
+
+#[test]
+fn markdown_has_the_tables() {
+    let r = synthetic();
+    let md = markdown(&r);
+    println!("{md}");
+    for needle in [
+        "# redirector benchmark, 2026-11-26T21:41:13Z: AMD EPYC 9B14, 2 vCPU, kernel 6.18.0-1-cloud-amd64\n",
+        "Machine: host `bench-vm`, 8.0 GiB RAM.",
+        "5 repetitions per cell",
+        "envoy `1.36.2`, nginx `1.22.1`, redirector `v0.1.0-42-gabcdef0`",
+        "## keep-alive/plain/open-1000rps\n",
+        "## keep-alive/tls/open-1000rps\n",
+        "| system | rps | p50 ms | p99 ms | p99.9 ms | errors |",
+        // Medians of repetitions 0..=3, spread min–max.
+        "| redirector | 999 (998–1000) | 0.139 (0.137–0.141) | 0.289 (0.284–0.293) | 0.607 (0.598–0.616) | 0 | 0.080 (0.078–0.081) | 30% | 8.5 | 4/5 |",
+        "| nginx | 999 (998–1000) | 0.150 (0.147–0.153) |",
+        "| direct-beside | 999 (998–1000) | 0.0800 (0.0784–0.0816) |",
+        "| – | 30% | – | 5/5 |",
+        "| envoy | 999 (998–1000) | 0.380 (0.372–0.388) | 0.800 (0.784–0.816) | 2.00 (1.96–2.04) | 3 (0.0120%) |",
+        "| redirector-fast-path | n/a[^na1] | n/a |",
+        "[^na1]: the kernel fast path is not built yet\n",
+        "## Ratios",
+        "| keep-alive/plain/open-1000rps | redirector | 1.00 | 1.75 | 1.93 |",
+        "### redirector ÷ peers",
+        "| keep-alive/tls/open-1000rps | nginx | 1.00 | 1.10 | 1.08 | 1.05 | 1.07 | 1.00 |",
+        "## Failover",
+        "| redirector | 503 | 500 | 5000 | 0 | 0.600 ms | 1.20 ms | 150 ms |",
+        "| redirector | killed | 500 | 5000 | 0 | 1.10 ms | 1.90 ms | never |",
+        "| redirector | black-holed | 500 | 5000 | 0 | never | 1000 ms | 2100 ms |",
+        "| nginx | killed | 500 | 5000 | 4 | never | 5.20 ms | never |",
+        "## Targets",
+        "8 pass, 2 miss, 2 n/a.",
+        "| CPU/1000 rps: redirector ≤ nginx (keep-alive, TLS) | keep-alive/tls/open-1000rps | redirector 0.150 vCPU, nginx 0.140 vCPU; ratio 1.07 | **miss** |",
+        "| redirector-fast-path within 5% of direct-beside | all workloads | redirector-fast-path: the kernel fast path is not built yet | n/a |",
+        "Noise: 1 of 50 repetitions noisy, 1 dropped from medians (threshold 10.0% of one core); worst steal 4.00% and worst foreign CPU 35.0% of one core.",
+    ] {
+        assert!(md.contains(needle), "missing {needle:?}");
+    }
+    // One footnote for the reason shared by both n/a cells.
+    assert_eq!(md.matches("[^na1]:").count(), 1);
+    assert!(!md.contains("[^na2]"));
+    // Systems in SystemId::ALL order within a table; haproxy never ran.
+    let plain = &md[md.find("## keep-alive/plain").unwrap()..md.find("## keep-alive/tls").unwrap()];
+    let pos = |s: &str| plain.find(&format!("\n| {s} |")).unwrap();
+    assert!(pos("direct-beside") < pos("direct-sut-core"));
+    assert!(pos("direct-sut-core") < pos("redirector"));
+    assert!(pos("redirector") < pos("redirector-fast-path"));
+    assert!(pos("redirector-fast-path") < pos("envoy"));
+    assert!(pos("envoy") < pos("nginx"));
+    assert!(!md.contains("| haproxy |"));
+}
+
+#[test]
+fn markdown_of_an_empty_report_does_not_panic() {
+    let md = markdown(&BenchReport::default());
+    assert!(md.contains("# redirector benchmark, (undated): unknown CPU, 0 vCPU, kernel ?"));
+    assert!(md.contains("0 pass, 0 miss,"));
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("xtask-report-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn write_produces_dated_files_and_latest_copies() {
+    let r = synthetic();
+    let tmp = TempDir::new("write");
+    let dir = tmp.0.join("bench/results");
+    let w = write(&r, &dir).unwrap();
+    assert_eq!(w.json, dir.join("2026-11-26T21-41-13Z.json"));
+    assert_eq!(w.markdown, dir.join("2026-11-26T21-41-13Z.md"));
+    assert_eq!(w.plot, dir.join("2026-11-26T21-41-13Z.svg"));
+    for (dated, latest) in [
+        (&w.json, "latest.json"),
+        (&w.markdown, "latest.md"),
+        (&w.plot, "latest.svg"),
+    ] {
+        assert_eq!(
+            fs::read(dated).unwrap(),
+            fs::read(dir.join(latest)).unwrap()
+        );
+    }
+    let back: BenchReport = serde_json::from_str(&fs::read_to_string(&w.json).unwrap()).unwrap();
+    // serde_json's default float parser may be 1 ULP off, so compare what
+    // the report shows rather than the bits.
+    assert_eq!(back.cells.len(), r.cells.len());
+    assert_eq!(
+        (
+            &back.machine,
+            &back.settings,
+            &back.not_available,
+            &back.failover
+        ),
+        (&r.machine, &r.settings, &r.not_available, &r.failover)
+    );
+    assert_eq!(markdown(&back), markdown(&r));
+    let md = fs::read_to_string(&w.markdown).unwrap();
+    assert!(md.contains("](2026-11-26T21-41-13Z.svg)"));
+    assert!(md.contains("## Targets"));
+    let svg = fs::read_to_string(&w.plot).unwrap();
+    roxmltree::Document::parse(&svg).unwrap();
+
+    // A second run in the same second does not overwrite the first.
+    let w2 = write(&r, &dir).unwrap();
+    assert_eq!(w2.json, dir.join("2026-11-26T21-41-13Z-2.json"));
+    assert!(w.json.exists());
+}
+
+#[test]
+fn file_names_come_from_the_date_or_the_clock() {
+    let mut r = BenchReport::default();
+    r.machine.date = "2026-11-26T21:41:13.123456Z".into();
+    assert_eq!(file_stem(&r), "2026-11-26T21-41-13Z");
+    r.machine.date = "yesterday".into();
+    let stem = file_stem(&r);
+    assert_eq!(stem.len(), "2026-11-26T21-41-13Z".len(), "{stem}");
+    assert!(stem.starts_with("20") && stem.ends_with('Z'), "{stem}");
+    for (secs, s) in [
+        (0, "1970-01-01T00-00-00Z"),
+        (951_782_400, "2000-02-29T00-00-00Z"),
+        (1_795_729_273, "2026-11-26T21-41-13Z"),
+        (4_107_542_400, "2100-03-01T00-00-00Z"),
+    ] {
+        assert_eq!(utc_stem(secs), s);
+    }
+}
