@@ -1,7 +1,7 @@
 //! The redirector's test bed: network namespaces joined by veth, child
 //! cgroups, real HTTP/HTTPS/TCP/DNS servers, a test CA, the daemon under
 //! test and clients, all named after the test process so leftovers can be
-//! swept.
+//! swept, and the benchmark's upstream processes.
 //!
 //! Used by the root-only integration tests in this package and by
 //! `cargo xtask demo`. Traffic only ever goes to loopback or to addresses
@@ -24,3 +24,4 @@ mod serve;
 pub mod sweep;
 pub mod tcp;
 pub mod tempdir;
+pub mod upstream;
