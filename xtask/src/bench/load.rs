@@ -9,8 +9,6 @@
 //! read real outputs kept in `load/fixtures/`.
 
 mod oha;
-#[cfg(test)]
-mod tests;
 mod wrk;
 
 use std::{
