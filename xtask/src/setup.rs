@@ -100,9 +100,26 @@ fn stable_components() -> Result<()> {
     Ok(())
 }
 
-fn package_installed(package: &str) -> bool {
+/// Whether dpkg has `package` installed (also used by `bench/install.rs`).
+pub(crate) fn package_installed(package: &str) -> bool {
     probe(command("dpkg-query").args(["-W", "-f=${Status}", package]))
         .is_some_and(|status| status.trim() == "install ok installed")
+}
+
+/// `apt-get update`, then `apt-get install -y <packages>` (also used by
+/// `bench/install.rs`).
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
+    cmd::run(
+        command("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    cmd::run(
+        command("apt-get")
+            .args(["install", "-y"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn packages() -> Result<()> {
@@ -111,17 +128,7 @@ fn packages() -> Result<()> {
         .filter(|p| !package_installed(p))
         .collect();
     if !missing.is_empty() {
-        cmd::run(
-            command("apt-get")
-                .arg("update")
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
-        cmd::run(
-            command("apt-get")
-                .args(["install", "-y"])
-                .args(&missing)
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )?;
+        apt_install(&missing)?;
     }
     for package in PACKAGES {
         report(package, missing.contains(&package));
