@@ -232,6 +232,20 @@ fn simple_origination_verifies_the_endpoint_name_and_sends_it_as_sni() {
 }
 
 #[test]
+fn upstream_tls_connections_are_reused_across_app_connections() {
+    let (mut node, ca, ca_file) = node();
+    let east = https(&node, EAST_TLS, "east", ca.leaf(&["east.test"]));
+    let _west = https(&node, WEST_TLS, "west", ca.leaf(&["west.test"]));
+    node.start(&two_regions(&ca_file, None), "us-east1", false);
+    // Ten requests, each on its own app connection (a new curl process).
+    assert_eq!(count(&node.bodies(VIP, 10), EAST), 10);
+    assert_eq!(east.requests(), 10);
+    // One upstream connection and handshake served them all.
+    assert_eq!(east.handshakes(), 1, "pooled upstream connection");
+    assert_eq!(east.accepted(), 1);
+}
+
+#[test]
 fn blog_https_documents_work_against_a_test_ca() {
     let (mut node, ca, ca_file) = node();
     let east = https(&node, EAST_TLS, "east", ca.leaf(&["east.test"]));

@@ -157,7 +157,14 @@ impl Generation {
                 }));
             }
             let vip = SocketAddrV4::new(service.vip, service.port.number);
-            routes.insert(vip, Arc::new(Route { cluster, tls }));
+            routes.insert(
+                vip,
+                Arc::new(Route {
+                    cluster,
+                    tls,
+                    pool: Default::default(),
+                }),
+            );
         }
         for (name, users) in names {
             tasks.push(resolve::watch(resolver.clone(), name, move |addrs| {

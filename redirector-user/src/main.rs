@@ -30,11 +30,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rustls::crypto::ring::default_provider()
                 .install_default()
                 .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(args.workers.max(1))
-                .enable_all()
-                .build()
-                .context("starting the tokio runtime")?;
+            // One worker: a current-thread runtime, with no cross-thread
+            // wake-ups, is the leanest event loop (nginx's model).
+            let runtime = if args.workers <= 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(args.workers)
+                    .enable_all()
+                    .build()
+            }
+            .context("starting the tokio runtime")?;
             runtime.block_on(app::run(app::RunOptions {
                 config: args.config,
                 overrides: args.node.to_settings(),

@@ -3,6 +3,7 @@
 //! protocol says.
 
 pub mod http;
+pub mod pool;
 pub mod tcp;
 pub mod upstream;
 

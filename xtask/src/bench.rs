@@ -174,11 +174,18 @@ fn bench(
     })?;
     for system in &bed.systems {
         for upstream in [Upstream::Plain, Upstream::Tls] {
-            let body = bed
-                .probe(system, upstream)
-                .with_context(|| format!("{} ({upstream:?}) does not answer\n{}", system.id, system.log()))?;
+            let body = bed.probe(system, upstream).with_context(|| {
+                format!(
+                    "{} ({upstream:?}) does not answer\n{}",
+                    system.id,
+                    system.log()
+                )
+            })?;
             if !body.starts_with("healthy: east") {
-                bail!("{} ({upstream:?}) answered {body:?}, not the primary", system.id);
+                bail!(
+                    "{} ({upstream:?}) answered {body:?}, not the primary",
+                    system.id
+                );
             }
         }
     }

@@ -26,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpStream, sync::Mutex};
 use tracing::{debug, warn};
 
-use super::upstream::{Route, connect_first};
+use super::upstream::{Route, candidates, connect_in_order};
 use crate::{
     cluster::{Host, HostKey},
     outlier::Outcome,
@@ -35,7 +35,7 @@ use crate::{
 /// What the app receives: the upstream's streamed body or one we made.
 type Body = Either<Incoming, Full<Bytes>>;
 /// What the endpoint receives: the app's streamed body, or none on a retry.
-type UpBody = Either<Incoming, Empty<Bytes>>;
+pub type UpBody = Either<Incoming, Empty<Bytes>>;
 
 /// Istio's default `retries.attempts` for `retriable-status-codes` (503).
 const RETRIES_ON_503: usize = 2;
@@ -58,16 +58,25 @@ type Slot = Arc<Mutex<Option<(Host, SendRequest<UpBody>)>>>;
 
 pub async fn serve(client: TcpStream, route: Arc<Route>) {
     let slot: Slot = Arc::new(Mutex::new(None));
-    let service = service_fn(move |req| {
-        let route = route.clone();
-        let slot = slot.clone();
-        async move { Ok::<_, std::convert::Infallible>(forward(req, &route, &slot).await) }
-    });
+    let service = {
+        let (route, slot) = (route.clone(), slot.clone());
+        service_fn(move |req| {
+            let route = route.clone();
+            let slot = slot.clone();
+            async move { Ok::<_, std::convert::Infallible>(forward(req, &route, &slot).await) }
+        })
+    };
     if let Err(e) = server::Builder::new()
         .serve_connection(TokioIo::new(client), service)
         .await
     {
         debug!(error = %e, "app connection ended with an error");
+    }
+    // The app is gone; its upstream connection serves the next one.
+    if let Some((host, sender)) = slot.lock().await.take()
+        && !route.cluster.is_ejected(&host)
+    {
+        route.pool.checkin(host.key, sender);
     }
 }
 
@@ -163,13 +172,20 @@ async fn buffer(resp: Response<Incoming>) -> Option<Response<Body>> {
     Some(Response::from_parts(parts, Either::Right(Full::new(bytes))))
 }
 
-/// A fresh upstream HTTP/1 connection to the first reachable endpoint not
-/// in `exclude`.
+/// An upstream HTTP/1 connection to the first endpoint (not in `exclude`)
+/// in attempt order: an idle pooled one if there is, else a fresh one, to
+/// the next endpoint if that one does not answer.
 async fn open(
     route: &Route,
     exclude: &[HostKey],
 ) -> Result<(Host, SendRequest<UpBody>), Response<Body>> {
-    let (host, stream) = connect_first(route, false, exclude).await.map_err(|no| {
+    let order = candidates(route, exclude);
+    if let Some(first) = order.first()
+        && let Some(sender) = route.pool.checkout(&first.key)
+    {
+        return Ok((first.clone(), sender));
+    }
+    let (host, stream) = connect_in_order(route, order, false).await.map_err(|no| {
         warn!(cluster = %route.cluster.name, "{no}");
         local_reply(StatusCode::SERVICE_UNAVAILABLE, &no.to_string())
     })?;

@@ -16,6 +16,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 use tracing::debug;
 
+use super::{http::UpBody, pool::Pool};
 use crate::{
     bpf::PROXY_MARK,
     cluster::{Cluster, Host, HostKey},
@@ -34,6 +35,8 @@ pub type Stream = Either<TcpStream, TlsStream<TcpStream>>;
 pub struct Route {
     pub cluster: Arc<Cluster>,
     pub tls: Option<Arc<TlsOrigin>>,
+    /// Idle upstream HTTP connections (HTTP ports only).
+    pub pool: Pool<UpBody>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,13 +124,25 @@ pub async fn connect_first(
     connect_is_success: bool,
     exclude: &[HostKey],
 ) -> Result<(Host, Stream), NoUpstream> {
+    connect_in_order(route, candidates(route, exclude), connect_is_success).await
+}
+
+/// The cluster's attempt order without the hosts in `exclude`.
+pub fn candidates(route: &Route, exclude: &[HostKey]) -> Vec<Host> {
+    let mut order = route.cluster.attempt_order();
+    order.retain(|h| !exclude.contains(&h.key));
+    order
+}
+
+/// Like [`connect_first`], over an order the caller already has.
+pub async fn connect_in_order(
+    route: &Route,
+    order: Vec<Host>,
+    connect_is_success: bool,
+) -> Result<(Host, Stream), NoUpstream> {
     let cluster = &route.cluster;
     let mut failures = Vec::new();
-    let candidates = cluster
-        .attempt_order()
-        .into_iter()
-        .filter(|h| !exclude.contains(&h.key));
-    for host in candidates.take(MAX_ATTEMPTS) {
+    for host in order.into_iter().take(MAX_ATTEMPTS) {
         match connect(route, &host).await {
             Ok(stream) => {
                 if connect_is_success {

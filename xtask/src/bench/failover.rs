@@ -37,8 +37,6 @@ pub struct Record {
     pub latency_ms: f64,
     pub status: u16,
     pub served_by: String,
-    #[serde(default)]
-    pub error: String,
 }
 
 impl Record {
@@ -48,12 +46,15 @@ impl Record {
 }
 
 pub fn run(bed: &Bed, system: &System, fault: Fault, plan: &Plan) -> Result<FailoverRun> {
-    restore(bed, fault)?;
+    heal(bed)?;
     wait_for_primary(bed, system)?;
-    let out_path = bed.dir.path().join(format!("failover-{}-{fault:?}.jsonl", system.id));
+    let out_path = bed
+        .dir
+        .path()
+        .join(format!("failover-{}-{fault:?}.jsonl", system.id));
     let out = File::create(&out_path)?;
     let (target, host, _) = system.target(Upstream::Plain);
-    let mut cmd = Command::new(bin_path("rdt-load"));
+    let mut cmd = Command::new(bin_path("rdt-load")?);
     cmd.args([
         "--target",
         &target.to_string(),
@@ -80,7 +81,10 @@ pub fn run(bed: &Bed, system: &System, fault: Fault, plan: &Plan) -> Result<Fail
         sleep_until(start, plan.restore_at);
         restore(bed, fault)
     })();
-    let status = process::wait_timeout(&mut child, plan.duration + plan.timeout + Duration::from_secs(10))?;
+    let status = process::wait_timeout(
+        &mut child,
+        plan.duration + plan.timeout + Duration::from_secs(10),
+    )?;
     if status.is_none() {
         process::kill_and_reap(&mut child);
     }
@@ -112,27 +116,38 @@ fn sleep_until(start: Instant, at: Duration) {
 }
 
 fn inject(bed: &Bed, fault: Fault) -> Result<()> {
-    let east = &bed.upstreams.east_plain;
+    let mut east = bed.upstreams.east_plain.lock().expect("east lock");
     match fault {
         Fault::Status503 => east.set_status(503),
-        Fault::Killed => east.kill(),
+        Fault::Killed => {
+            east.kill();
+            Ok(())
+        }
         Fault::BlackHoled => bed.black_hole_east(true),
     }
 }
 
-/// Puts the primary back as it was; harmless when it already is.
+/// Undoes `fault`.
 fn restore(bed: &Bed, fault: Fault) -> Result<()> {
-    let east = &bed.upstreams.east_plain;
+    let mut east = bed.upstreams.east_plain.lock().expect("east lock");
     match fault {
         Fault::Status503 => east.set_status(200),
-        Fault::Killed => {
-            if !east.is_running() {
-                east.restart()?;
-            }
-            Ok(())
-        }
-        Fault::BlackHoled => bed.black_hole_east(false).or(Ok(())),
+        Fault::Killed => east.restart(),
+        Fault::BlackHoled => bed.black_hole_east(false),
     }
+}
+
+/// Before a run: the primary answers 200 and is reachable, whatever an
+/// earlier, aborted run left behind.
+fn heal(bed: &Bed) -> Result<()> {
+    bed.upstreams
+        .east_plain
+        .lock()
+        .expect("east lock")
+        .set_status(200)?;
+    // Fails when there is no black-hole entry, which is the normal case.
+    let _ = bed.black_hole_east(false);
+    Ok(())
 }
 
 /// Waits until the system sends traffic to the primary again (it may
@@ -142,7 +157,11 @@ fn wait_for_primary(bed: &Bed, system: &System) -> Result<()> {
     let mut streak = 0;
     while streak < 3 {
         let body = bed.probe(system, Upstream::Plain).unwrap_or_default();
-        streak = if body.starts_with("healthy: east") { streak + 1 } else { 0 };
+        streak = if body.starts_with("healthy: east") {
+            streak + 1
+        } else {
+            0
+        };
         ensure!(
             Instant::now() < deadline,
             "{} did not return to the primary within 30 s; last answer {body:?}\n{}",
@@ -218,7 +237,6 @@ mod tests {
             latency_ms,
             status,
             served_by: served_by.into(),
-            error: String::new(),
         }
     }
 

@@ -22,7 +22,7 @@ pub fn info(tools: &Tools) -> Result<MachineInfo> {
         "redirector".into(),
         first_line(command("git").args(["describe", "--always", "--dirty"])),
     );
-    versions.insert("rustc".into(), first_line(&mut Command::new("rustc").arg("-V")));
+    versions.insert("rustc".into(), first_line(Command::new("rustc").arg("-V")));
     Ok(MachineInfo {
         date: first_line(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),
         hostname: fs::read_to_string("/proc/sys/kernel/hostname")
@@ -39,7 +39,10 @@ pub fn info(tools: &Tools) -> Result<MachineInfo> {
             .and_then(|l| l.split_once(':'))
             .map(|(_, v)| v.trim().to_owned())
             .unwrap_or_default(),
-        cpus: cpuinfo.lines().filter(|l| l.starts_with("processor")).count() as u32,
+        cpus: cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("processor"))
+            .count() as u32,
         memory_kib: meminfo
             .lines()
             .find_map(|l| l.strip_prefix("MemTotal:"))

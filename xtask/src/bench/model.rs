@@ -152,8 +152,13 @@ pub struct Sample {
     pub steal_secs: f64,
     /// Busy CPU time not spent by the harness, its children or the SUT.
     pub foreign_cpu_secs: f64,
-    /// Peak RSS of the SUT's processes so far (sum of VmHWM), KiB.
+    /// Peak RSS of the SUT's processes since they started (sum of VmHWM),
+    /// KiB: includes start-up transients.
     pub sut_peak_rss_kib: Option<u64>,
+    /// Largest RSS of the SUT's processes sampled during the run (sum of
+    /// VmRSS every 50 ms), KiB: the memory the load needs.
+    #[serde(default)]
+    pub sut_rss_kib: Option<u64>,
     pub wall_secs: f64,
 }
 

@@ -136,10 +136,6 @@ impl Peer {
         Ok(peer)
     }
 
-    pub fn system(&self) -> SystemId {
-        self.system
-    }
-
     /// Every process of it: the one started and its descendants (nginx's
     /// master and worker).
     pub fn pids(&self) -> Vec<u32> {

@@ -96,8 +96,11 @@ pub struct Aggregate {
     pub cpu_per_krps: Option<Stat>,
     /// Busy share of the whole machine (all cores), 0..=1.
     pub machine_cpu_share: Option<Stat>,
-    /// Peak RSS of the system under test, max over all repetitions, KiB.
+    /// Peak RSS of the system under test since it started (VmHWM), max
+    /// over all repetitions, KiB.
     pub peak_rss_kib: Option<u64>,
+    /// Largest RSS sampled while the load ran, max over all repetitions, KiB.
+    pub rss_under_load_kib: Option<u64>,
 }
 
 impl Aggregate {
@@ -127,6 +130,7 @@ impl Aggregate {
                     .map(|r| r.sample.machine_busy_secs / r.sample.wall_secs / cpus),
             ),
             peak_rss_kib: runs.iter().filter_map(|r| r.sample.sut_peak_rss_kib).max(),
+            rss_under_load_kib: runs.iter().filter_map(|r| r.sample.sut_rss_kib).max(),
         })
     }
 }
@@ -510,9 +514,9 @@ fn workload_tables(
         let _ = writeln!(out, "## {w}\n");
         let _ = writeln!(
             out,
-            "| system | rps | p50 ms | p99 ms | p99.9 ms | errors | CPU/1000 rps (vCPU) | machine CPU | peak RSS (MiB) | reps used |"
+            "| system | rps | p50 ms | p99 ms | p99.9 ms | errors | CPU/1000 rps (vCPU) | machine CPU | RSS under load (MiB) | peak RSS since start (MiB) | reps used |"
         );
-        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
         for sys in SystemId::ALL {
             if let Some(a) = aggs.iter().find(|a| a.workload == w && a.system == sys) {
                 let errors = if a.errors == 0 {
@@ -528,7 +532,7 @@ fn workload_tables(
                 };
                 let _ = writeln!(
                     out,
-                    "| {sys} | {} | {} | {} | {} | {errors} | {} | {} | {} | {reps} |",
+                    "| {sys} | {} | {} | {} | {} | {errors} | {} | {} | {} | {} | {reps} |",
                     range(&a.rps, |x| format!("{x:.0}")),
                     range(&a.p50_ms, sig3),
                     range(&a.p99_ms, sig3),
@@ -540,6 +544,7 @@ fn workload_tables(
                         || "–".into(),
                         |s| range(s, |x| format!("{:.0}%", x * 100.0))
                     ),
+                    a.rss_under_load_kib.map_or_else(|| "–".into(), mib),
                     a.peak_rss_kib.map_or_else(|| "–".into(), mib),
                 );
             } else if let Some(na) = report
@@ -550,7 +555,7 @@ fn workload_tables(
                 let mark = notes.mark(&na.reason);
                 let _ = writeln!(
                     out,
-                    "| {sys} | n/a{mark} | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 0/0 |"
+                    "| {sys} | n/a{mark} | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | 0/0 |"
                 );
             }
         }

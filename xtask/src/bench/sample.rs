@@ -6,7 +6,16 @@
 //! reaped children (`cutime`/`cstime`), so a load generator that ran and
 //! exited inside the cell is not mistaken for noise.
 
-use std::{collections::HashMap, fs, time::Instant};
+use std::{
+    collections::HashMap,
+    fs,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context, Result};
 
@@ -115,6 +124,50 @@ pub fn peak_rss_kib(pids: &[u32]) -> Option<u64> {
     any.then_some(total)
 }
 
+/// Sum of VmRSS of `pids`, KiB.
+fn rss_kib(pids: &[u32]) -> Option<u64> {
+    let mut total = None;
+    for pid in pids {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())?;
+        total = Some(total.unwrap_or(0) + kib);
+    }
+    total
+}
+
+/// Polls the SUT's RSS every 50 ms and keeps the largest value.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    max: Arc<AtomicU64>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start(pids: Vec<u32>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let max = Arc::new(AtomicU64::new(0));
+        let (s, m) = (stop.clone(), max.clone());
+        let thread = thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(kib) = rss_kib(&pids) {
+                    m.fetch_max(kib, Ordering::Relaxed);
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Self { stop, max, thread }
+    }
+
+    fn finish(self) -> Option<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        Some(self.max.load(Ordering::Relaxed)).filter(|&k| k > 0)
+    }
+}
+
 /// A snapshot taken before a run; [`Probe::finish`] turns it into a
 /// [`Sample`] of the interval.
 pub struct Probe {
@@ -123,6 +176,7 @@ pub struct Probe {
     harness: u64,
     busy: u64,
     steal: u64,
+    rss: Option<RssSampler>,
     start: Instant,
 }
 
@@ -137,12 +191,14 @@ impl Probe {
             harness: harness_ticks(),
             busy,
             steal,
+            rss: (!sut.is_empty()).then(|| RssSampler::start(sut.to_vec())),
             start: Instant::now(),
         })
     }
 
     pub fn finish(self) -> Result<Sample> {
         let wall_secs = self.start.elapsed().as_secs_f64();
+        let sut_rss_kib = self.rss.and_then(RssSampler::finish);
         let (busy, steal) = machine_ticks()?;
         let tps = ticks_per_sec();
         let busy_secs = busy.saturating_sub(self.busy) as f64 / tps;
@@ -155,7 +211,12 @@ impl Probe {
             machine_busy_secs: busy_secs,
             steal_secs: steal.saturating_sub(self.steal) as f64 / tps,
             foreign_cpu_secs: (busy_secs - ours).max(0.0),
-            sut_peak_rss_kib: if has_sut { peak_rss_kib(&self.sut) } else { None },
+            sut_peak_rss_kib: if has_sut {
+                peak_rss_kib(&self.sut)
+            } else {
+                None
+            },
+            sut_rss_kib,
             wall_secs,
         })
     }
@@ -186,6 +247,7 @@ mod tests {
         let sut = s.sut_cpu_secs.unwrap();
         assert!(sut > 0.1, "{s:?}");
         assert!(s.sut_peak_rss_kib.unwrap() > 0);
+        assert!(s.sut_rss_kib.unwrap() > 0);
         // What we burned is ours; foreign is what other processes did.
         assert!(s.foreign_cpu_secs < s.machine_busy_secs, "{s:?}");
     }

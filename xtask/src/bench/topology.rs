@@ -21,6 +21,7 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     process::Command,
+    sync::Mutex,
     time::Duration,
 };
 
@@ -65,12 +66,11 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The identical upstreams behind every system.
 pub struct Upstreams {
-    pub east_plain: UpstreamProcess,
-    pub east_tls: UpstreamProcess,
-    pub west_plain: UpstreamProcess,
-    pub west_tls: UpstreamProcess,
-    pub core_plain: UpstreamProcess,
-    pub core_tls: UpstreamProcess,
+    /// The primary of the failover runs; faults mutate it.
+    pub east_plain: Mutex<UpstreamProcess>,
+    /// The rest only need to run: east TLS, west plain and TLS, and the
+    /// pair pinned to the SUT's core for the direct-on-SUT-core row.
+    _others: Vec<UpstreamProcess>,
 }
 
 enum Kind {
@@ -115,9 +115,11 @@ impl System {
             (SystemId::DirectBeside, Upstream::Tls) => {
                 (SocketAddrV4::new(EAST_IP, TLS_PORT), HOST_TLS, true)
             }
-            (SystemId::DirectSutCore, Upstream::Plain) => {
-                (SocketAddrV4::new(EAST_IP, CORE_PLAIN_PORT), HOST_PLAIN, false)
-            }
+            (SystemId::DirectSutCore, Upstream::Plain) => (
+                SocketAddrV4::new(EAST_IP, CORE_PLAIN_PORT),
+                HOST_PLAIN,
+                false,
+            ),
             (SystemId::DirectSutCore, Upstream::Tls) => {
                 (SocketAddrV4::new(EAST_IP, CORE_TLS_PORT), HOST_TLS, true)
             }
@@ -167,9 +169,9 @@ impl Bed {
         let east_link = netns::link(&bench, "10.213.1.1/30", &east, "10.213.1.2/30")?;
         let west_link = netns::link(&bench, "10.213.2.1/30", &west, "10.213.2.2/30")?;
         let dir = TempDir::new("bench")?;
-        let ca = TestCa::new()?;
-        let ca_file = ca.write_ca(dir.path())?;
-        let (cert, key) = ca.leaf(&["east.test", "west.test", HOST_PLAIN, HOST_TLS])?;
+        let ca = TestCa::new();
+        let ca_file = ca.write_ca(dir.path());
+        let (cert, key) = ca.leaf(&["east.test", "west.test", HOST_PLAIN, HOST_TLS]);
         let cert_file = dir.path().join("upstream.pem");
         let key_file = dir.path().join("upstream.key");
         std::fs::write(&cert_file, cert)?;
@@ -187,12 +189,14 @@ impl Bed {
             .with_context(|| format!("starting upstream {name} on {ip}:{port}"))
         };
         let upstreams = Upstreams {
-            east_plain: up(&east, EAST_IP, PLAIN_PORT, "east", None, o.client_cpu)?,
-            east_tls: up(&east, EAST_IP, TLS_PORT, "east", tls, o.client_cpu)?,
-            west_plain: up(&west, WEST_IP, PLAIN_PORT, "west", None, o.client_cpu)?,
-            west_tls: up(&west, WEST_IP, TLS_PORT, "west", tls, o.client_cpu)?,
-            core_plain: up(&east, EAST_IP, CORE_PLAIN_PORT, "east", None, o.sut_cpu)?,
-            core_tls: up(&east, EAST_IP, CORE_TLS_PORT, "east", tls, o.sut_cpu)?,
+            east_plain: Mutex::new(up(&east, EAST_IP, PLAIN_PORT, "east", None, o.client_cpu)?),
+            _others: vec![
+                up(&east, EAST_IP, TLS_PORT, "east", tls, o.client_cpu)?,
+                up(&west, WEST_IP, PLAIN_PORT, "west", None, o.client_cpu)?,
+                up(&west, WEST_IP, TLS_PORT, "west", tls, o.client_cpu)?,
+                up(&east, EAST_IP, CORE_PLAIN_PORT, "east", None, o.sut_cpu)?,
+                up(&east, EAST_IP, CORE_TLS_PORT, "east", tls, o.sut_cpu)?,
+            ],
         };
         let dns = DnsServer::start(&bench, "127.0.0.1:53".parse()?)?;
         dns.set_a("east.test", &[EAST_IP], 300)?;
@@ -334,17 +338,20 @@ impl Bed {
         )
     }
 
-    pub fn system(&self, id: SystemId) -> Option<&System> {
-        self.systems.iter().find(|s| s.id == id)
-    }
-
     /// Packets to the primary vanish: its neighbour entry points nowhere.
     pub fn black_hole_east(&self, on: bool) -> Result<()> {
         let ip = EAST_IP.to_string();
         let args: Vec<&str> = if on {
             vec![
-                "neigh", "replace", &ip, "lladdr", "02:00:00:00:00:01", "dev", &self.east_dev,
-                "nud", "permanent",
+                "neigh",
+                "replace",
+                &ip,
+                "lladdr",
+                "02:00:00:00:00:01",
+                "dev",
+                &self.east_dev,
+                "nud",
+                "permanent",
             ]
         } else {
             vec!["neigh", "del", &ip, "dev", &self.east_dev]
@@ -359,7 +366,15 @@ impl Bed {
         let scheme = if https { "https" } else { "http" };
         let url = format!("{scheme}://{addr}/");
         let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "-k", "--max-time", "5", "-H", &format!("Host: {host}"), &url]);
+        cmd.args([
+            "-sS",
+            "-k",
+            "--max-time",
+            "5",
+            "-H",
+            &format!("Host: {host}"),
+            &url,
+        ]);
         self.bench.configure(&mut cmd);
         if let Some(cg) = &system.cgroup {
             cg.configure(&mut cmd);

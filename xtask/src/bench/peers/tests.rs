@@ -116,7 +116,7 @@ impl Bed {
         assert!(
             out.status.success(),
             "curl {host} via {}: {}{}\n{}",
-            peer.system(),
+            peer.system,
             stdout,
             String::from_utf8_lossy(&out.stderr),
             peer.log()
@@ -135,7 +135,7 @@ impl Bed {
                 assert!(
                     got_status == status && body.starts_with(&want),
                     "{} request {i} for {host}: want {status} {want:?}, got {got_status} {body:?}\n{}",
-                    peer.system(),
+                    peer.system,
                     peer.log()
                 );
             }
@@ -153,7 +153,7 @@ impl Bed {
                     status,
                     200,
                     "{} {host} while waiting for failback: {got}\n{}",
-                    peer.system(),
+                    peer.system,
                     peer.log()
                 );
                 if got == body {
@@ -162,7 +162,7 @@ impl Bed {
                 assert!(
                     start.elapsed() < within,
                     "{} {host}: still {got:?} {within:?} after the primary recovered\n{}",
-                    peer.system(),
+                    peer.system,
                     peer.log()
                 );
                 thread::sleep(Duration::from_millis(100));
@@ -187,16 +187,16 @@ impl Bed {
 fn serves_both_services_from_east(bed: &Bed, peer: &Peer) -> Option<String> {
     bed.expect(peer, 3, 200, "healthy: east{tls}");
     let (status, _) = bed.get(peer, "other.test");
-    assert_eq!(status, 404, "{}: an unknown host", peer.system());
+    assert_eq!(status, 404, "{}: an unknown host", peer.system);
     assert_eq!(bed.west.requests() + bed.west_tls.requests(), 0);
     // Three requests over one verified connection: it is pooled. HAProxy's
     // TLS health check may add one handshake of its own.
-    let checks = u64::from(peer.system() == SystemId::Haproxy);
+    let checks = u64::from(peer.system == SystemId::Haproxy);
     let handshakes = bed.east_tls.handshakes();
     assert!(
         (1..=1 + checks).contains(&handshakes),
         "{}: {handshakes} TLS handshakes for 3 requests",
-        peer.system()
+        peer.system
     );
     assert_eq!(bed.east_tls.requests(), 3);
     bed.east_tls.last_sni()
@@ -240,7 +240,7 @@ fn nginx_fails_over_to_the_backup_and_back() {
         serves_both_services_from_east(&bed, &peer).as_deref(),
         Some(TLS)
     );
-    rejects_an_untrusted_certificate(&bed, peer.system());
+    rejects_an_untrusted_certificate(&bed, peer.system);
 
     // The first 503 marks east failed and is retried on the backup: the
     // client never sees it.
@@ -273,7 +273,7 @@ fn haproxy_fails_over_to_the_backup_after_one_503_per_ejection() {
         serves_both_services_from_east(&bed, &peer).as_deref(),
         Some("east.test")
     );
-    rejects_an_untrusted_certificate(&bed, peer.system());
+    rejects_an_untrusted_certificate(&bed, peer.system);
 
     // Retries never leave east while it is up (a backup is only chosen when
     // no primary is), and a retried response is not fed to `observe`: the
@@ -320,7 +320,7 @@ fn envoy_as_istio_generates_it_never_ejects_one_of_two_hosts() {
         serves_both_services_from_east(&bed, &peer).as_deref(),
         Some(TLS)
     );
-    rejects_an_untrusted_certificate(&bed, peer.system());
+    rejects_an_untrusted_certificate(&bed, peer.system);
 
     // max_ejection_percent 10% < 50%: east is never ejected, and every
     // retry goes back to it (the only priority-0 host).
