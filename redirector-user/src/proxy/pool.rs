@@ -26,8 +26,11 @@ use crate::cluster::HostKey;
 pub const MAX_IDLE_PER_HOST: usize = 128;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Idle connections of one endpoint, oldest first, with when they went idle.
+type IdleList<B> = Vec<(Instant, SendRequest<B>)>;
+
 pub struct Pool<B> {
-    idle: Mutex<HashMap<HostKey, Vec<(Instant, SendRequest<B>)>>>,
+    idle: Mutex<HashMap<HostKey, IdleList<B>>>,
 }
 
 impl<B> Default for Pool<B> {
