@@ -209,3 +209,27 @@ fn new_dns_answers_move_traffic_and_failures_keep_the_last_answer() {
         node.log()
     );
 }
+
+#[test]
+fn a_request_cut_off_by_a_dying_primary_is_answered_by_the_failover() {
+    let mut node = two_regions();
+    // East takes its time, so the request is in flight when east dies.
+    node.servers[0].set_delay(Duration::from_millis(800));
+    let config = blog_entry(8080) + &destination_rule(1, "15s", "1m");
+    node.start(&config, "us-east1", false);
+    let reply = std::thread::scope(|s| {
+        let request = s.spawn(|| node.curl(VIP));
+        std::thread::sleep(Duration::from_millis(300));
+        node.servers[0].stop().unwrap();
+        request.join().unwrap()
+    });
+    // A GET without a body is safe to send again: the app never sees the
+    // reset.
+    assert_eq!(reply, Ok((200, WEST.to_string())), "{}", node.log());
+    assert!(
+        node.log().contains("upstream reset before response"),
+        "the request had reached east: {}",
+        node.log()
+    );
+    assert_eq!(node.endpoint("east.test")["outlier_check"], "FAILED");
+}

@@ -51,6 +51,9 @@ pub struct Args {
     /// Only these systems (keys as in the table), comma-separated
     #[arg(long, value_delimiter = ',')]
     pub systems: Vec<String>,
+    /// Only workloads whose key contains one of these, comma-separated (e.g. new-conn/plain)
+    #[arg(long, value_delimiter = ',')]
+    pub workloads: Vec<String>,
     /// Skip the failover runs
     #[arg(long)]
     pub no_failover: bool,
@@ -193,7 +196,10 @@ fn bench(
         settings: settings.clone(),
         ..Default::default()
     };
-    let workloads = workloads(settings.quick);
+    let mut workloads = workloads(settings.quick);
+    if !args.workloads.is_empty() {
+        workloads.retain(|w| args.workloads.iter().any(|f| w.key().contains(f.as_str())));
+    }
     if systems.contains(&SystemId::RedirectorFastPath) {
         for w in &workloads {
             report.not_available.push(NotAvailable {

@@ -7,6 +7,8 @@
 //! never reached one (connect failure, a kept-alive connection the server
 //! had closed), and, like Istio's default retry policy (two retries on 503,
 //! never the same host twice), when it has no body and the answer is 503.
+//! A body-less request with an idempotent method whose connection broke
+//! before the answer is retried too (a killed endpoint).
 //! So the app sees neither the blog's "first call fails" nor a 503 while a
 //! healthy endpoint exists. With none left it gets a 503 whose body says
 //! why, like Envoy's "no healthy upstream".
@@ -37,8 +39,9 @@ type Body = Either<Incoming, Full<Bytes>>;
 /// What the endpoint receives: the app's streamed body, or none on a retry.
 pub type UpBody = Either<Incoming, Empty<Bytes>>;
 
-/// Istio's default `retries.attempts` for `retriable-status-codes` (503).
-const RETRIES_ON_503: usize = 2;
+/// Istio's default `retries.attempts` (for 503, and here also for resets of
+/// idempotent requests).
+const RETRIES: usize = 2;
 /// Resends of a request that never left (stale pooled connection).
 const RESENDS: usize = 3;
 /// A 503 body kept to hand back if no other endpoint answers.
@@ -88,7 +91,7 @@ async fn forward(mut req: Request<Incoming>, route: &Route, slot: &Slot) -> Resp
     let mut slot = slot.lock().await;
     let mut tried: Vec<HostKey> = Vec::new();
     let mut fallback: Option<Response<Body>> = None;
-    let (mut retries, mut resends) = (RETRIES_ON_503, RESENDS);
+    let (mut retries, mut resends) = (RETRIES, RESENDS);
     loop {
         if let Some((host, sender)) = slot.as_ref()
             && (sender.is_closed() || route.cluster.is_ejected(host) || tried.contains(&host.key))
@@ -135,6 +138,17 @@ async fn forward(mut req: Request<Incoming>, route: &Route, slot: &Slot) -> Resp
                     route
                         .cluster
                         .record(&host, Outcome::ConnectFailed, Some(&error));
+                    // Sending an idempotent request again is safe (RFC 9110
+                    // §9.2.2); without a body we still have all of it.
+                    if let Some(head) = replay.as_ref().filter(|h| h.method.is_idempotent())
+                        && retries > 0
+                    {
+                        debug!(endpoint = %host, "{error}; retrying on another endpoint");
+                        retries -= 1;
+                        tried.push(host.key);
+                        next = Request::from_parts(head.clone(), Either::Right(Empty::new()));
+                        continue;
+                    }
                     return local_reply(StatusCode::BAD_GATEWAY, &format!("{host}: {error}"));
                 };
                 debug!(endpoint = %host, error = %e.error(), "upstream connection was not usable; resending");

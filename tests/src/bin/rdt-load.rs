@@ -17,8 +17,9 @@
 //! them like any other app's.
 //!
 //! Prints one JSON object per request, in schedule order, once the last one
-//! finished or timed out: `{"t_ms", "latency_ms", "status" (0: no
-//! response), "served_by" (the word after `healthy: `), "error"}`.
+//! finished or timed out: `{"t_ms", "at_unix_ms" (the same moment on the
+//! wall clock), "latency_ms", "status" (0: no response), "served_by" (the
+//! word after `healthy: `), "error"}`.
 
 use std::{
     io::Write,
@@ -184,9 +185,10 @@ fn served_by(body: &[u8]) -> String {
 }
 
 /// One output line.
-fn line(t: Duration, latency: Duration, outcome: &Outcome) -> String {
+fn line(start_unix_ms: f64, t: Duration, latency: Duration, outcome: &Outcome) -> String {
     serde_json::json!({
         "t_ms": t.as_secs_f64() * 1000.0,
+        "at_unix_ms": start_unix_ms + t.as_secs_f64() * 1000.0,
         "latency_ms": latency.as_secs_f64() * 1000.0,
         "status": outcome.status,
         "served_by": outcome.served_by,
@@ -211,6 +213,13 @@ async fn run(args: Args) -> Result<Vec<String>, String> {
         in_flight: Semaphore::new(args.connections as usize),
     });
     let start = Instant::now();
+    // The same start on the wall clock, so whoever injects faults can place
+    // them on this timeline exactly.
+    let start_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| format!("clock: {e}"))?
+        .as_secs_f64()
+        * 1000.0;
     let mut requests = JoinSet::new();
     for i in 0..count {
         let due = Duration::from_secs_f64(f64::from(i) / f64::from(args.rps));
@@ -221,7 +230,7 @@ async fn run(args: Args) -> Result<Vec<String>, String> {
                 .await
                 .unwrap_or_else(|_| failure(format!("timed out after {timeout:?}")));
             let latency = start.elapsed().saturating_sub(due);
-            (i, line(due, latency, &outcome))
+            (i, line(start_unix_ms, due, latency, &outcome))
         });
     }
     let mut lines = vec![String::new(); count as usize];

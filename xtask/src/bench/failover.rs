@@ -33,7 +33,8 @@ pub struct Plan {
 /// One line of `rdt-load` output.
 #[derive(Debug, Deserialize)]
 pub struct Record {
-    pub t_ms: f64,
+    /// When the request was due, on the wall clock.
+    pub at_unix_ms: f64,
     pub latency_ms: f64,
     pub status: u16,
     pub served_by: String,
@@ -75,11 +76,16 @@ pub fn run(bed: &Bed, system: &System, fault: Fault, plan: &Plan) -> Result<Fail
     }
     let start = Instant::now();
     let mut child = cmd.spawn().context("starting rdt-load")?;
-    let result = (|| {
+    // The moments of the fault and the restore, on the wall clock the
+    // client stamps its requests with.
+    let result = (|| -> Result<(f64, f64)> {
         sleep_until(start, plan.fault_at);
+        let fault_at = unix_ms();
         inject(bed, fault)?;
         sleep_until(start, plan.restore_at);
-        restore(bed, fault)
+        let restore_at = unix_ms();
+        restore(bed, fault)?;
+        Ok((fault_at, restore_at))
     })();
     let status = process::wait_timeout(
         &mut child,
@@ -88,7 +94,7 @@ pub fn run(bed: &Bed, system: &System, fault: Fault, plan: &Plan) -> Result<Fail
     if status.is_none() {
         process::kill_and_reap(&mut child);
     }
-    result?;
+    let (fault_at, restore_at) = result?;
     ensure!(
         status.is_some_and(|s| s.success()),
         "rdt-load through {} failed ({status:?})",
@@ -102,11 +108,19 @@ pub fn run(bed: &Bed, system: &System, fault: Fault, plan: &Plan) -> Result<Fail
         .collect::<Result<_, _>>()
         .with_context(|| format!("parsing {}", out_path.display()))?;
     ensure!(!records.is_empty(), "rdt-load produced no requests");
-    let mut run = analyze(&records, plan.fault_at, plan.restore_at);
+    let mut run = analyze(&records, fault_at, restore_at);
     run.system = system.id;
     run.fault = fault;
     run.rps = plan.rps;
     Ok(run)
+}
+
+fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1000.0
 }
 
 fn sleep_until(start: Instant, at: Duration) {
@@ -173,36 +187,43 @@ fn wait_for_primary(bed: &Bed, system: &System) -> Result<()> {
     Ok(())
 }
 
-/// The figures of one run from its per-request records.
-pub fn analyze(records: &[Record], fault_at: Duration, restore_at: Duration) -> FailoverRun {
-    let fault_ms = fault_at.as_secs_f64() * 1000.0;
-    let restore_ms = restore_at.as_secs_f64() * 1000.0;
-    let mut sorted: Vec<&Record> = records.iter().collect();
-    sorted.sort_by(|a, b| a.t_ms.total_cmp(&b.t_ms));
-    let by = |r: &Record, who: &str| r.ok() && r.served_by == who;
-    let during: Vec<&&Record> = sorted
+/// The figures of one run from its per-request records; the fault and the
+/// restore are wall-clock times (unix ms). Times in the result count from
+/// the client's first request.
+pub fn analyze(records: &[Record], fault_unix_ms: f64, restore_unix_ms: f64) -> FailoverRun {
+    let origin = records
         .iter()
-        .filter(|r| r.t_ms >= fault_ms && r.t_ms < restore_ms)
+        .map(|r| r.at_unix_ms)
+        .fold(f64::INFINITY, f64::min);
+    let t = |r: &Record| r.at_unix_ms - origin;
+    let fault_ms = fault_unix_ms - origin;
+    let restore_ms = restore_unix_ms - origin;
+    let mut sorted: Vec<&Record> = records.iter().collect();
+    sorted.sort_by(|a, b| a.at_unix_ms.total_cmp(&b.at_unix_ms));
+    let by = |r: &Record, who: &str| r.ok() && r.served_by == who;
+    let during: Vec<&Record> = sorted
+        .iter()
+        .copied()
+        .filter(|r| t(r) >= fault_ms && t(r) < restore_ms)
         .collect();
     // The first request from which every later one (until the restore) was
     // answered by the failover region.
     let mut full_failover = None;
     for r in during.iter().rev() {
         if by(r, "west") {
-            full_failover = Some(r.t_ms - fault_ms);
+            full_failover = Some(t(r) - fault_ms);
         } else {
             break;
         }
     }
     let fail_back = sorted
         .iter()
-        .find(|r| r.t_ms >= restore_ms && by(r, "east"))
-        .map(|r| r.t_ms - restore_ms);
-    let end_ms = sorted.last().map(|r| r.t_ms).unwrap_or(0.0);
-    let buckets = (end_ms / 100.0) as usize + 1;
-    let mut timeline = vec![(0u32, 0u32, 0u32); buckets];
+        .find(|r| t(r) >= restore_ms && by(r, "east"))
+        .map(|r| t(r) - restore_ms);
+    let end_ms = sorted.last().map(|r| t(r)).unwrap_or(0.0);
+    let mut timeline = vec![(0u32, 0u32, 0u32); (end_ms / 100.0) as usize + 1];
     for r in &sorted {
-        let b = &mut timeline[(r.t_ms / 100.0) as usize];
+        let b = &mut timeline[(t(r) / 100.0) as usize];
         match (r.ok(), r.served_by.as_str()) {
             (true, "east") => b.0 += 1,
             (true, "west") => b.1 += 1,
@@ -218,7 +239,7 @@ pub fn analyze(records: &[Record], fault_at: Duration, restore_at: Duration) -> 
         restore_at_ms: restore_ms,
         errors_after_fault: sorted
             .iter()
-            .filter(|r| r.t_ms >= fault_ms && !r.ok())
+            .filter(|r| t(r) >= fault_ms && !r.ok())
             .count() as u64,
         time_to_full_failover_ms: full_failover,
         worst_latency_after_fault_ms: during.iter().map(|r| r.latency_ms).fold(0.0, f64::max),
@@ -231,9 +252,12 @@ pub fn analyze(records: &[Record], fault_at: Duration, restore_at: Duration) -> 
 mod tests {
     use super::*;
 
+    /// Requests of a client that started at unix time 1e12 ms.
+    const T0: f64 = 1e12;
+
     fn rec(t_ms: f64, latency_ms: f64, status: u16, served_by: &str) -> Record {
         Record {
-            t_ms,
+            at_unix_ms: T0 + t_ms,
             latency_ms,
             status,
             served_by: served_by.into(),
@@ -251,7 +275,7 @@ mod tests {
             rec(2100.0, 0.2, 200, "west"), // after the restore, still west
             rec(2600.0, 0.2, 200, "east"), // back
         ];
-        let run = analyze(&records, Duration::from_secs(1), Duration::from_secs(2));
+        let run = analyze(&records, T0 + 1000.0, T0 + 2000.0);
         assert_eq!(run.requests, 7);
         assert_eq!(run.errors_after_fault, 1);
         assert_eq!(run.time_to_full_failover_ms, Some(100.0));
@@ -271,7 +295,7 @@ mod tests {
             rec(1950.0, 0.2, 503, "east"), // the last one before the restore failed
             rec(2500.0, 0.2, 200, "west"),
         ];
-        let run = analyze(&records, Duration::from_secs(1), Duration::from_secs(2));
+        let run = analyze(&records, T0 + 1000.0, T0 + 2000.0);
         assert_eq!(run.time_to_full_failover_ms, None);
         assert_eq!(run.time_to_fail_back_ms, None);
         assert_eq!(run.errors_after_fault, 2);
