@@ -289,7 +289,9 @@ fn failovers(bed: &Bed, quick: bool) -> Result<Vec<model::FailoverRun>> {
     } else {
         failover::Plan {
             rps: 500,
-            duration: Duration::from_secs(12),
+            // Long enough after the restore for a second ejection (the
+            // base time doubled, as in Envoy) to run out.
+            duration: Duration::from_secs(16),
             fault_at: Duration::from_secs(2),
             restore_at: Duration::from_secs(6),
             timeout: Duration::from_secs(15),
@@ -305,11 +307,13 @@ fn failovers(bed: &Bed, quick: bool) -> Result<Vec<model::FailoverRun>> {
             let run = failover::run(bed, system, fault, &plan)
                 .with_context(|| format!("failover {fault:?} through {}", system.id))?;
             eprintln!(
-                "bench failover {} {fault:?}: {} errors, full failover {:?} ms, worst latency {:.1} ms, fail back {:?} ms",
+                "bench failover {} {fault:?}: {} errors, full failover {:?} ms, worst latency {:.1} ms (first 100 ms {:.1}, before the fault {:.1}), fail back {:?} ms",
                 system.id,
                 run.errors_after_fault,
                 run.time_to_full_failover_ms.map(|v| v.round()),
                 run.worst_latency_after_fault_ms,
+                run.worst_latency_first_100ms_ms,
+                run.worst_latency_before_fault_ms,
                 run.time_to_fail_back_ms.map(|v| v.round())
             );
             runs.push(run);

@@ -3,7 +3,8 @@
 //! build of the daemon (its build.rs builds the kernel programs), clippy on
 //! the host crates and, separately, on the eBPF crate for its own target,
 //! then every test with `REDIRECTOR_BIN` pointing at the fresh daemon, then
-//! the demo. The sweep runs again at the end whatever happened.
+//! the demo and a quick benchmark run. The sweep runs again at the end
+//! whatever happened.
 
 use std::{path::PathBuf, process::Command, time::Instant};
 
@@ -92,6 +93,15 @@ fn steps(args: &Args) -> Result<()> {
     // the caller narrowed the run to some tests.
     if args.cargo_test_args.is_empty() {
         step("demo", command("cargo").args(["xtask", "demo"]))?;
+        // A short smoke run of the benchmark, so the harness never rots;
+        // its results stay out of bench/results.
+        let out = target_dir()?.join("bench-quick");
+        step(
+            "bench --quick",
+            command("cargo")
+                .args(["xtask", "bench", "--quick", "--out"])
+                .arg(&out),
+        )?;
     }
     format.context("everything else passed, but `cargo fmt --all` has changes to make")
 }

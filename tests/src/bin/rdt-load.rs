@@ -8,9 +8,10 @@
 //! issued then, whether or not earlier ones finished, so a stalled upstream
 //! cannot slow the arrival rate down (no coordinated omission). It goes on
 //! an idle keep-alive connection if there is one, else on a new one; with
-//! `--connections` requests in flight, later ones wait, and their latency
-//! still counts from when they were due. Each request, waiting included,
-//! has `--timeout`.
+//! `--connections` requests in flight, later ones wait, and that wait counts
+//! in their latency, which runs from when the request was issued (its due
+//! time plus the timer's lateness, which is the client's, not the
+//! system's). Each request, waiting included, has `--timeout`.
 //!
 //! It runs as the app (inside the app's namespace and cgroup) and makes
 //! ordinary `connect()` calls to the target, so the redirector's hook sees
@@ -224,12 +225,17 @@ async fn run(args: Args) -> Result<Vec<String>, String> {
     for i in 0..count {
         let due = Duration::from_secs_f64(f64::from(i) / f64::from(args.rps));
         sleep_until(start + due).await;
+        // Latency counts from here, when the request really left: tokio's
+        // timer wakes us up to a millisecond or two after `due`, which is
+        // the client's lateness, not the system's. Waiting for a free
+        // connection still counts.
+        let issued = Instant::now();
         let pool = Arc::clone(&pool);
         requests.spawn(async move {
-            let outcome = timeout_at(start + due + timeout, pool.get())
+            let outcome = timeout_at(issued + timeout, pool.get())
                 .await
                 .unwrap_or_else(|_| failure(format!("timed out after {timeout:?}")));
-            let latency = start.elapsed().saturating_sub(due);
+            let latency = issued.elapsed();
             (i, line(start_unix_ms, due, latency, &outcome))
         });
     }

@@ -242,10 +242,28 @@ pub fn analyze(records: &[Record], fault_unix_ms: f64, restore_unix_ms: f64) -> 
             .filter(|r| t(r) >= fault_ms && !r.ok())
             .count() as u64,
         time_to_full_failover_ms: full_failover,
-        worst_latency_after_fault_ms: during.iter().map(|r| r.latency_ms).fold(0.0, f64::max),
+        worst_latency_after_fault_ms: worst(&during),
+        worst_latency_first_100ms_ms: worst(
+            &sorted
+                .iter()
+                .copied()
+                .filter(|r| t(r) >= fault_ms && t(r) < fault_ms + 100.0)
+                .collect::<Vec<_>>(),
+        ),
+        worst_latency_before_fault_ms: worst(
+            &sorted
+                .iter()
+                .copied()
+                .filter(|r| t(r) < fault_ms)
+                .collect::<Vec<_>>(),
+        ),
         time_to_fail_back_ms: fail_back,
         timeline,
     }
+}
+
+fn worst(records: &[&Record]) -> f64 {
+    records.iter().map(|r| r.latency_ms).fold(0.0, f64::max)
 }
 
 #[cfg(test)]
@@ -280,6 +298,8 @@ mod tests {
         assert_eq!(run.errors_after_fault, 1);
         assert_eq!(run.time_to_full_failover_ms, Some(100.0));
         assert_eq!(run.worst_latency_after_fault_ms, 5.0);
+        assert_eq!(run.worst_latency_first_100ms_ms, 0.3);
+        assert_eq!(run.worst_latency_before_fault_ms, 0.2);
         assert_eq!(run.time_to_fail_back_ms, Some(600.0));
         assert_eq!(run.timeline[0], (1, 0, 0));
         assert_eq!(run.timeline[10], (0, 0, 1));

@@ -218,6 +218,14 @@ pub struct FailoverRun {
     pub time_to_full_failover_ms: Option<f64>,
     /// Worst latency of requests sent between the fault and the restore.
     pub worst_latency_after_fault_ms: f64,
+    /// Worst latency in the first 100 ms after the fault: the failover
+    /// itself, without the rest of the window's ordinary tail.
+    #[serde(default)]
+    pub worst_latency_first_100ms_ms: f64,
+    /// Worst latency before the fault: the machine's ordinary tail, for
+    /// scale.
+    #[serde(default)]
+    pub worst_latency_before_fault_ms: f64,
     /// From the restore until requests are served by the primary again;
     /// None if it did not happen before the end.
     pub time_to_fail_back_ms: Option<f64>,

@@ -116,6 +116,8 @@ fn failover(
         errors_after_fault: errors,
         time_to_full_failover_ms: full,
         worst_latency_after_fault_ms: worst,
+        worst_latency_first_100ms_ms: worst / 2.0,
+        worst_latency_before_fault_ms: 0.5,
         time_to_fail_back_ms: back,
         timeline: vec![(50, 0, 0), (0, 50, 0)],
     }
@@ -453,7 +455,10 @@ fn targets_pass_miss_and_na() {
     );
     assert_eq!(ts[6].measured, "9.3 MiB (peak since start 9.8 MiB)");
     assert_eq!(ts[9].measured, "0 errors of 5000 requests");
-    assert_eq!(ts[11].measured, "1.90 ms");
+    assert_eq!(
+        ts[11].measured,
+        "1.90 ms (first 100 ms 0.950 ms; before the fault 0.500 ms)"
+    );
 }
 
 #[test]
@@ -569,10 +574,10 @@ fn markdown_has_the_tables() {
         "### redirector ÷ peers",
         "| keep-alive/tls/open-1000rps | nginx | 1.00 | 1.10 | 1.08 | 1.05 | 1.07 | 1.00 |",
         "## Failover",
-        "| redirector | 503 | 500 | 5000 | 0 | 0.600 ms | 1.20 ms | 150 ms |",
-        "| redirector | killed | 500 | 5000 | 0 | 1.10 ms | 1.90 ms | never |",
-        "| redirector | black-holed | 500 | 5000 | 0 | never | 1000 ms | 2100 ms |",
-        "| nginx | killed | 500 | 5000 | 4 | never | 5.20 ms | never |",
+        "| redirector | 503 | 500 | 5000 | 0 | 0.600 ms | 1.20 ms | 0.600 ms | 0.500 ms | 150 ms |",
+        "| redirector | killed | 500 | 5000 | 0 | 1.10 ms | 1.90 ms | 0.950 ms | 0.500 ms | never |",
+        "| redirector | black-holed | 500 | 5000 | 0 | never | 1000 ms | 500 ms | 0.500 ms | 2100 ms |",
+        "| nginx | killed | 500 | 5000 | 4 | never | 5.20 ms | 2.60 ms | 0.500 ms | never |",
         "## Targets",
         "8 pass, 2 miss, 2 n/a.",
         "| CPU/1000 rps: redirector ≤ nginx (keep-alive, TLS) | keep-alive/tls/open-1000rps | redirector 0.150 vCPU, nginx 0.140 vCPU; ratio 1.07 | **miss** |",
