@@ -227,12 +227,23 @@ fn bench(
                 };
                 let cgroup = system.cgroup.as_ref();
                 if !warmup.is_zero() {
-                    load::run(tools, &spec(warmup), &bed.bench, cgroup, CLIENT_CPU)?;
+                    load::observe(tools, &spec(warmup), &bed.bench, cgroup, CLIENT_CPU)?;
                 }
                 let probe = sample::Probe::start(&system.pids())?;
-                let result = load::run(tools, &spec(cell), &bed.bench, cgroup, CLIENT_CPU)
+                let observed = load::observe(tools, &spec(cell), &bed.bench, cgroup, CLIENT_CPU)
                     .with_context(|| format!("{} {workload}\n{}", system.id, system.log()))?;
                 let sample = probe.finish()?;
+                // Every system must carry the whole 1 KiB body (wrk also
+                // counts the status line and headers).
+                if let Some(bytes) = observed.bytes_per_response
+                    && bytes < f64::from(BODY_BYTES)
+                {
+                    bail!(
+                        "{} {workload}: {bytes:.0} bytes per response, not the {BODY_BYTES}-byte body",
+                        system.id
+                    );
+                }
+                let result = observed.result;
                 let noisy = sample::is_noisy(&sample, settings.noise_threshold);
                 eprintln!(
                     "bench [{done}/{total}] rep {rep} {workload} {}: {:.0} rps, p50 {:.3} ms, p99 {:.3} ms, {} errors, cpu/krps {}{}",
@@ -281,7 +292,7 @@ fn failovers(bed: &Bed, quick: bool) -> Result<Vec<model::FailoverRun>> {
     let plan = if quick {
         failover::Plan {
             rps: 200,
-            duration: Duration::from_secs(5),
+            duration: Duration::from_secs(7),
             fault_at: Duration::from_secs(1),
             restore_at: Duration::from_secs(2),
             timeout: Duration::from_secs(15),

@@ -56,8 +56,6 @@ pub struct Observed {
     pub result: LoadResult,
     /// Mean bytes per response as the generator counts them: the body for
     /// oha, status line, headers and body for wrk. `None` without responses.
-    /// Only the tests look at it so far.
-    #[cfg_attr(not(test), allow(dead_code))]
     pub bytes_per_response: Option<f64>,
 }
 
@@ -67,17 +65,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the generator for `spec` inside `netns` (and `cgroup`), pinned to
 /// `cpu`, and parses its report.
-pub fn run(
-    tools: &Tools,
-    spec: &LoadSpec,
-    netns: &Netns,
-    cgroup: Option<&TestCgroup>,
-    cpu: u32,
-) -> Result<LoadResult> {
-    observe(tools, spec, netns, cgroup, cpu).map(|o| o.result)
-}
-
-/// [`run`], keeping the response sizes.
 pub fn observe(
     tools: &Tools,
     spec: &LoadSpec,
