@@ -233,3 +233,54 @@ fn a_request_cut_off_by_a_dying_primary_is_answered_by_the_failover() {
     );
     assert_eq!(node.endpoint("east.test")["outlier_check"], "FAILED");
 }
+
+#[test]
+fn a_long_lived_app_connection_fails_back_when_the_primary_returns() {
+    let mut node = two_regions();
+    node.servers[0].stop().unwrap();
+    let config = blog_entry(8080) + &destination_rule(1, "1s", "2s");
+    node.start(&config, "us-east1", false);
+    // One keep-alive connection for the whole run (rdt-load with a single
+    // connection), 20 requests per second for 6 s.
+    let bin = redirector_tests::upstream::bin_path("rdt-load").unwrap();
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args([
+        "--target",
+        &format!("{VIP}:80"),
+        "--host",
+        "mydb.com",
+        "--rps",
+        "20",
+        "--duration",
+        "6",
+        "--connections",
+        "1",
+    ])
+    .stdout(std::process::Stdio::piped());
+    node.ns.configure(&mut cmd);
+    node.cgroup.configure(&mut cmd);
+    let child = cmd.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    node.servers[0].restart().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let served: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["status"], 200, "{l}\n{}", node.log());
+            v["served_by"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        served.first().map(String::as_str),
+        Some("west"),
+        "{served:?}"
+    );
+    // Ejected for 2 s, back on the first 1 s tick after that: well before
+    // the end, the same app connection is served by the primary again.
+    assert!(
+        served[served.len() - 20..].iter().all(|s| s == "east"),
+        "{served:?}"
+    );
+}

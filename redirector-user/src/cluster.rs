@@ -36,10 +36,10 @@ pub struct HostKey {
     pub ip: Ipv4Addr,
 }
 
-/// One address to connect to.
+/// One address to connect to. Cloned per request, so the key is shared.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Host {
-    pub key: HostKey,
+    pub key: Arc<HostKey>,
     pub addr: SocketAddrV4,
     /// Index into `Service::endpoints`.
     pub endpoint: usize,
@@ -198,8 +198,8 @@ impl Cluster {
             .map(|h| h.key.clone())
             .collect::<Vec<_>>()
         {
-            if let Some(e) = old_inner.last_error.get(&key) {
-                inner.last_error.insert(key, e.clone());
+            if let Some(e) = old_inner.last_error.get(&*key) {
+                inner.last_error.insert((*key).clone(), e.clone());
             }
         }
         drop(inner);
@@ -236,7 +236,7 @@ impl Cluster {
         if let Some(error) = error {
             inner
                 .last_error
-                .insert(host.key.clone(), (SystemTime::now(), error.to_owned()));
+                .insert((*host.key).clone(), (SystemTime::now(), error.to_owned()));
         }
         let after = inner.detector.state(&host.key).map(|s| s.consecutive_5xx);
         drop(inner);
@@ -324,11 +324,11 @@ impl Inner {
             .flat_map(|(i, ep)| {
                 let ips = self.resolved[i].clone().unwrap_or_default();
                 ips.into_iter().map(move |ip| Host {
-                    key: HostKey {
+                    key: Arc::new(HostKey {
                         address: ep.address.clone(),
                         port: ep.port,
                         ip,
-                    },
+                    }),
                     addr: SocketAddrV4::new(ip, ep.port),
                     endpoint: i,
                     priority: priorities[i],
@@ -336,8 +336,9 @@ impl Inner {
             })
             .collect();
         self.detector
-            .set_hosts(self.hosts.iter().map(|h| h.key.clone()));
-        let live: std::collections::HashSet<&HostKey> = self.hosts.iter().map(|h| &h.key).collect();
+            .set_hosts(self.hosts.iter().map(|h| (*h.key).clone()));
+        let live: std::collections::HashSet<&HostKey> =
+            self.hosts.iter().map(|h| &*h.key).collect();
         self.last_error.retain(|k, _| live.contains(k));
     }
 }

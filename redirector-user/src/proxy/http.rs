@@ -1,17 +1,21 @@
 //! HTTP/1.1 ports: hyper on both sides, so every response status feeds
 //! outlier detection and bodies stream through with back-pressure.
 //!
-//! An app connection keeps its upstream connection across requests until
-//! that endpoint is ejected or the connection closes; then the next request
-//! picks again. A request is retried on another endpoint when it provably
-//! never reached one (connect failure, a kept-alive connection the server
-//! had closed), and, like Istio's default retry policy (two retries on 503,
-//! never the same host twice), when it has no body and the answer is 503.
-//! A body-less request with an idempotent method whose connection broke
-//! before the answer is retried too (a killed endpoint).
-//! So the app sees neither the blog's "first call fails" nor a 503 while a
-//! healthy endpoint exists. With none left it gets a 503 whose body says
-//! why, like Envoy's "no healthy upstream".
+//! Every request is balanced on its own, as Envoy does: it goes to the first
+//! host of the cluster's current attempt order, over an idle connection
+//! from the shared pool or a new one, which goes back to the pool after the
+//! answer. So traffic on long-lived app connections follows ejections and
+//! returns to the primary region as soon as it is un-ejected.
+//!
+//! A request is retried on another endpoint when it provably never reached
+//! one (connect failure, a pooled connection the server had closed), and,
+//! like Istio's default retry policy (two retries on 503, never the same
+//! host twice), when it has no body and the answer is 503. A body-less
+//! request with an idempotent method whose connection broke before the
+//! answer is retried too (a killed endpoint). So the app sees neither the
+//! blog's "first call fails" nor a 503 while a healthy endpoint exists.
+//! With none left it gets a 503 whose body says why, like Envoy's "no
+//! healthy upstream".
 
 use std::sync::Arc;
 
@@ -25,7 +29,7 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::TokioIo;
-use tokio::{net::TcpStream, sync::Mutex};
+use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::upstream::{Route, candidates, connect_in_order};
@@ -42,7 +46,8 @@ pub type UpBody = Either<Incoming, Empty<Bytes>>;
 /// Istio's default `retries.attempts` (for 503, and here also for resets of
 /// idempotent requests).
 const RETRIES: usize = 2;
-/// Resends of a request that never left (stale pooled connection).
+/// Sends of a request that never left (a pooled connection was dead); the
+/// resends use fresh connections.
 const RESENDS: usize = 3;
 /// A 503 body kept to hand back if no other endpoint answers.
 const MAX_BUFFERED_503: usize = 64 * 1024;
@@ -56,56 +61,34 @@ const HOP_BY_HOP: [HeaderName; 5] = [
     header::UPGRADE,
 ];
 
-/// The upstream connection an app connection is using.
-type Slot = Arc<Mutex<Option<(Host, SendRequest<UpBody>)>>>;
-
 pub async fn serve(client: TcpStream, route: Arc<Route>) {
-    let slot: Slot = Arc::new(Mutex::new(None));
-    let service = {
-        let (route, slot) = (route.clone(), slot.clone());
-        service_fn(move |req| {
-            let route = route.clone();
-            let slot = slot.clone();
-            async move { Ok::<_, std::convert::Infallible>(forward(req, &route, &slot).await) }
-        })
-    };
+    let service = service_fn(move |req| {
+        let route = route.clone();
+        async move { Ok::<_, std::convert::Infallible>(forward(req, &route).await) }
+    });
     if let Err(e) = server::Builder::new()
         .serve_connection(TokioIo::new(client), service)
         .await
     {
         debug!(error = %e, "app connection ended with an error");
     }
-    // The app is gone; its upstream connection serves the next one.
-    if let Some((host, sender)) = slot.lock().await.take()
-        && !route.cluster.is_ejected(&host)
-    {
-        route.pool.checkin(host.key, sender);
-    }
 }
 
-async fn forward(mut req: Request<Incoming>, route: &Route, slot: &Slot) -> Response<Body> {
+async fn forward(mut req: Request<Incoming>, route: &Route) -> Response<Body> {
     strip_hop_by_hop(req.headers_mut());
     // Only a request without a body can be sent again after it left.
     let replay: Option<request::Parts> = req.body().is_end_stream().then(|| head_of(&req));
     let mut next: Request<UpBody> = req.map(Either::Left);
-    let mut slot = slot.lock().await;
-    let mut tried: Vec<HostKey> = Vec::new();
+    let mut tried: Vec<Arc<HostKey>> = Vec::new();
     let mut fallback: Option<Response<Body>> = None;
     let (mut retries, mut resends) = (RETRIES, RESENDS);
+    // After a pooled connection turned out dead, connect afresh.
+    let mut fresh = false;
     loop {
-        if let Some((host, sender)) = slot.as_ref()
-            && (sender.is_closed() || route.cluster.is_ejected(host) || tried.contains(&host.key))
-        {
-            *slot = None;
-        }
-        if slot.is_none() {
-            match open(route, &tried).await {
-                Ok(conn) => *slot = Some(conn),
-                Err(reply) => return fallback.unwrap_or(reply),
-            }
-        }
-        let (host, sender) = slot.as_mut().expect("slot filled above");
-        let host = host.clone();
+        let (host, mut sender) = match open(route, &tried, fresh).await {
+            Ok(conn) => conn,
+            Err(reply) => return fallback.unwrap_or(reply),
+        };
         match sender.try_send_request(next).await {
             Ok(mut resp) => {
                 let status = resp.status();
@@ -113,11 +96,13 @@ async fn forward(mut req: Request<Incoming>, route: &Route, slot: &Slot) -> Resp
                     .cluster
                     .record(&host, Outcome::Status(status.as_u16()), None);
                 strip_hop_by_hop(resp.headers_mut());
+                // Busy until the app has read the body; the pool skips it
+                // until then.
+                route.pool.checkin(host.key.clone(), sender);
                 let Some(head) = replay.as_ref().filter(|_| status == 503 && retries > 0) else {
                     return resp.map(Either::Left);
                 };
                 let Some(buffered) = buffer(resp).await else {
-                    *slot = None;
                     return local_reply(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &format!("{host} answered 503 and its body could not be read"),
@@ -130,7 +115,6 @@ async fn forward(mut req: Request<Incoming>, route: &Route, slot: &Slot) -> Resp
                 next = Request::from_parts(head.clone(), Either::Right(Empty::new()));
             }
             Err(mut e) => {
-                *slot = None;
                 let Some(unsent) = e.take_message() else {
                     // It left and the connection broke before a response:
                     // Envoy's "upstream reset", a 5xx for outlier detection.
@@ -159,6 +143,7 @@ async fn forward(mut req: Request<Incoming>, route: &Route, slot: &Slot) -> Resp
                         "upstream connections kept closing before the request could be sent",
                     );
                 }
+                fresh = true;
                 next = unsent;
             }
         }
@@ -187,14 +172,16 @@ async fn buffer(resp: Response<Incoming>) -> Option<Response<Body>> {
 }
 
 /// An upstream HTTP/1 connection to the first endpoint (not in `exclude`)
-/// in attempt order: an idle pooled one if there is, else a fresh one, to
-/// the next endpoint if that one does not answer.
+/// in attempt order: an idle pooled one if there is (unless `fresh`), else
+/// a new one, to the next endpoint if that one does not answer.
 async fn open(
     route: &Route,
-    exclude: &[HostKey],
+    exclude: &[Arc<HostKey>],
+    fresh: bool,
 ) -> Result<(Host, SendRequest<UpBody>), Response<Body>> {
     let order = candidates(route, exclude);
-    if let Some(first) = order.first()
+    if !fresh
+        && let Some(first) = order.first()
         && let Some(sender) = route.pool.checkout(&first.key)
     {
         return Ok((first.clone(), sender));

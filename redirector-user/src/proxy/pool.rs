@@ -1,5 +1,5 @@
-//! Idle upstream HTTP/1 connections, per endpoint, shared by all app
-//! connections of a service.
+//! Idle upstream HTTP/1 connections, per endpoint, shared by all requests
+//! of a service whatever app connection they came on.
 //!
 //! Without it every app connection costs an upstream connect (and a TLS
 //! handshake when originating TLS), and since the proxy is then the side
@@ -15,7 +15,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -30,7 +30,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 type IdleList<B> = Vec<(Instant, SendRequest<B>)>;
 
 pub struct Pool<B> {
-    idle: Mutex<HashMap<HostKey, IdleList<B>>>,
+    idle: Mutex<HashMap<Arc<HostKey>, IdleList<B>>>,
 }
 
 impl<B> Default for Pool<B> {
@@ -67,7 +67,7 @@ impl<B> Pool<B> {
 
     /// Returns a connection after use; it is kept only while open and
     /// while the endpoint's idle list has room.
-    pub fn checkin(&self, host: HostKey, sender: SendRequest<B>) {
+    pub fn checkin(&self, host: Arc<HostKey>, sender: SendRequest<B>) {
         if sender.is_closed() {
             return;
         }

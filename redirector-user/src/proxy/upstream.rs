@@ -122,13 +122,13 @@ pub async fn connect(route: &Route, host: &Host) -> Result<Stream, ConnectError>
 pub async fn connect_first(
     route: &Route,
     connect_is_success: bool,
-    exclude: &[HostKey],
+    exclude: &[Arc<HostKey>],
 ) -> Result<(Host, Stream), NoUpstream> {
     connect_in_order(route, candidates(route, exclude), connect_is_success).await
 }
 
 /// The cluster's attempt order without the hosts in `exclude`.
-pub fn candidates(route: &Route, exclude: &[HostKey]) -> Vec<Host> {
+pub fn candidates(route: &Route, exclude: &[Arc<HostKey>]) -> Vec<Host> {
     let mut order = route.cluster.attempt_order();
     order.retain(|h| !exclude.contains(&h.key));
     order
