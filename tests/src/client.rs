@@ -8,12 +8,10 @@
 
 use std::{
     ffi::{CString, OsStr, OsString},
-    io::Read,
     net::IpAddr,
     os::unix::{ffi::OsStrExt, process::CommandExt},
     path::PathBuf,
     process::{Command, Output, Stdio},
-    thread,
     time::Duration,
 };
 
@@ -137,8 +135,8 @@ impl<'a> Client<'a> {
         let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {shown} in {}", self.netns.name()))?;
-        let stdout = drain(child.stdout.take());
-        let stderr = drain(child.stderr.take());
+        let stdout = process::drain(child.stdout.take());
+        let stderr = process::drain(child.stderr.take());
         let status = process::wait_timeout(&mut child, self.timeout)?;
         if status.is_none() {
             process::kill_and_reap(&mut child);
@@ -162,16 +160,6 @@ impl<'a> Client<'a> {
         }
         Ok(output)
     }
-}
-
-fn drain(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut buf);
-        }
-        buf
-    })
 }
 
 /// Writes a resolv.conf naming `ip` and makes the child bind-mount it over

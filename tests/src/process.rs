@@ -1,8 +1,11 @@
-//! Small process helpers shared by the bed: run a tool and turn a failure
-//! into an error that shows the command and its stderr, wait for a child
-//! with a deadline, send signals.
+//! Small process helpers shared by the bed and the benchmark: run a tool
+//! and turn a failure into an error that shows the command and its stderr,
+//! wait for a child with a deadline, send signals, pin a child to a CPU,
+//! drain its pipes.
 
 use std::{
+    io::Read,
+    os::unix::process::CommandExt,
     process::{Child, Command, ExitStatus},
     thread,
     time::{Duration, Instant},
@@ -74,4 +77,41 @@ pub fn target_bin(name: &str) -> Option<std::path::PathBuf> {
     }
     let path = dir.join(name);
     path.is_file().then_some(path)
+}
+
+/// Makes `cmd`'s child run only on `cpu` (`sched_setaffinity` before it
+/// execs; its threads and children inherit it).
+pub fn pin_to_cpu(cmd: &mut Command, cpu: u32) -> Result<&mut Command> {
+    let index = usize::try_from(cpu)?;
+    if index >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+        bail!("cpu {cpu} is beyond what cpu_set_t holds");
+    }
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set, and the
+    // index is within it (checked above).
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(index, &mut set) };
+    // SAFETY: sched_setaffinity(2) is a plain syscall on a set built before
+    // the fork: async-signal-safe, no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    Ok(cmd)
+}
+
+/// Reads a child's pipe to the end on its own thread, so a child that
+/// fills one pipe while we wait on the other cannot block.
+pub fn drain(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf);
+        }
+        buf
+    })
 }

@@ -52,26 +52,6 @@ pub fn bin_path(name: &str) -> Result<PathBuf> {
     })
 }
 
-/// Makes `cmd`'s child run only on `cpu` (affinity is inherited by its
-/// threads and children).
-pub fn pin_to_cpu(cmd: &mut Command, cpu: u32) -> &mut Command {
-    // SAFETY: an all-zero cpu_set_t is the empty set; CPU_SET only writes
-    // inside it (it ignores CPUs beyond its size).
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
-    // SAFETY: sched_setaffinity(2) is a plain syscall on a set built
-    // before the fork; async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        })
-    }
-}
-
 /// A running `rdt-upstream`; killed and reaped on drop.
 #[derive(Debug)]
 pub struct UpstreamProcess {
@@ -208,7 +188,7 @@ fn spawn(
     // SAFETY: the closure only calls setns(2), which is async-signal-safe.
     unsafe { cmd.pre_exec(move || netns::enter(&fd)) };
     if let Some(cpu) = cpu {
-        pin_to_cpu(&mut cmd, cpu);
+        process::pin_to_cpu(&mut cmd, cpu)?;
     }
     let mut child = cmd
         .spawn()

@@ -12,17 +12,13 @@ mod oha;
 mod wrk;
 
 use std::{
-    io::Read,
     net::SocketAddrV4,
     process::{Command, Stdio},
-    thread,
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
-use redirector_tests::{
-    cgroup::TestCgroup, netns::Netns, process, tempdir::TempDir, upstream::pin_to_cpu,
-};
+use redirector_tests::{cgroup::TestCgroup, netns::Netns, process, tempdir::TempDir};
 
 use super::{
     model::{Load, LoadResult, Workload},
@@ -116,13 +112,13 @@ fn spawn(
         cgroup.configure(cmd);
     }
     netns.configure(cmd);
-    pin_to_cpu(cmd, cpu);
+    process::pin_to_cpu(cmd, cpu)?;
     let shown = format!("{cmd:?}");
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {shown} in {}", netns.name()))?;
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
+    let stdout = process::drain(child.stdout.take());
+    let stderr = process::drain(child.stderr.take());
     let limit =
         Duration::from_secs(whole_secs(duration)) + REQUEST_TIMEOUT + Duration::from_secs(20);
     let status = process::wait_timeout(&mut child, limit)?;
@@ -138,14 +134,4 @@ fn spawn(
         }
         Some(_) => Ok(stdout),
     }
-}
-
-fn drain(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut buf);
-        }
-        buf
-    })
 }

@@ -20,7 +20,6 @@ use std::{
     fs::{self, File},
     io::{Read, Write as _},
     net::{SocketAddrV4, TcpStream},
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -117,7 +116,7 @@ impl Peer {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        pin_to_cpu(cmd, cpu)?;
+        process::pin_to_cpu(cmd, cpu)?;
         netns.configure(cmd);
         let shown = format!("{cmd:?}");
         let child = cmd
@@ -214,31 +213,6 @@ impl Drop for Peer {
             }
         }
     }
-}
-
-/// `sched_setaffinity(cpu)` in the child before it execs; its threads and
-/// children inherit it.
-fn pin_to_cpu(cmd: &mut Command, cpu: u32) -> Result<()> {
-    let index = usize::try_from(cpu)?;
-    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    if index >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
-        bail!("cpu {cpu} is beyond what cpu_set_t holds");
-    }
-    // SAFETY: index is within the set, checked above.
-    unsafe { libc::CPU_SET(index, &mut set) };
-    // SAFETY: sched_setaffinity(2) is a plain syscall on a set built before
-    // the fork: async-signal-safe, no allocation.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        })
-    };
-    Ok(())
 }
 
 /// Whether a TCP connect to `addr` from inside `netns` succeeds.
