@@ -154,6 +154,13 @@ pub struct EndpointSpec {
     pub address: EndpointAddress,
     pub port: u16,
     pub locality: Locality,
+    /// Relative share of traffic within its locality and priority (Istio's
+    /// `weight`, default 1).
+    pub weight: u32,
+    /// Endpoint labels, matched by `failoverPriority`.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Istio's `network` (matched by `failoverPriority: [network]`).
+    pub network: String,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, Hash)]
@@ -174,10 +181,12 @@ impl fmt::Display for EndpointAddress {
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct TrafficPolicy {
+    pub load_balancer: LbAlgorithm,
     /// `None` without `outlierDetection`: no ejection, and (as in Istio) no
     /// locality failover either.
     pub outlier: Option<OutlierPolicy>,
     pub locality_lb: LocalityLbPolicy,
+    pub connection_pool: ConnectionPoolPolicy,
     pub tls: TlsPolicy,
 }
 
@@ -185,30 +194,128 @@ impl Default for TrafficPolicy {
     /// What applies without a DestinationRule.
     fn default() -> Self {
         TrafficPolicy {
+            load_balancer: LbAlgorithm::default(),
             outlier: None,
             locality_lb: LocalityLbPolicy {
                 enabled: true,
                 failover: Vec::new(),
+                failover_priority: Vec::new(),
+                distribute: Vec::new(),
             },
+            connection_pool: ConnectionPoolPolicy::default(),
             tls: TlsPolicy::Disable,
         }
     }
+}
+
+/// `loadBalancer.simple`. Istio's default when unset is LEAST_REQUEST.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub enum LbAlgorithm {
+    RoundRobin,
+    /// Power of two choices on active requests.
+    #[default]
+    LeastRequest,
+    Random,
+    /// No balancing: the connection goes to the address the app dialled.
+    Passthrough,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct OutlierPolicy {
     /// Consecutive failures that eject an endpoint; 0 turns ejection off.
     pub consecutive_5xx: u32,
+    /// Consecutive 502/503/504 (and, unsplit, local-origin failures) that
+    /// eject; `None` (Istio's default) turns this detector off.
+    pub consecutive_gateway: Option<u32>,
+    /// With `split_external_local_origin_errors`: consecutive connect,
+    /// reset, timeout and TLS failures that eject (Envoy default 5).
+    pub consecutive_local_origin: u32,
+    pub split_external_local_origin_errors: bool,
     #[serde(serialize_with = "duration::serialize")]
     pub interval: Duration,
     #[serde(serialize_with = "duration::serialize")]
     pub base_ejection_time: Duration,
+    /// `None`: unset, which lets one host always be ejected (see the config
+    /// reference); `Some(p)`: `100 × (ejected + 1) / hosts ≤ p` exactly.
+    pub max_ejection_percent: Option<u32>,
+    /// Panic threshold: below this % of healthy hosts in a priority, traffic
+    /// goes to all its hosts. 0 (Istio's default) turns panic mode off.
+    pub min_health_percent: u32,
+}
+
+impl Default for OutlierPolicy {
+    /// An `outlierDetection: {}` with Istio's and Envoy's defaults.
+    fn default() -> Self {
+        OutlierPolicy {
+            consecutive_5xx: 5,
+            consecutive_gateway: None,
+            consecutive_local_origin: 5,
+            split_external_local_origin_errors: false,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: None,
+            min_health_percent: 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct LocalityLbPolicy {
     pub enabled: bool,
     pub failover: Vec<Failover>,
+    /// Ordered label names (`topology.istio.io/network`, `region`, …).
+    pub failover_priority: Vec<String>,
+    pub distribute: Vec<Distribute>,
+}
+
+/// One `distribute` entry: traffic from a node in `from` (with `*`
+/// wildcards) goes to localities in `to` by weight (summing to 100).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Distribute {
+    pub from: String,
+    pub to: Vec<(String, u32)>,
+}
+
+/// `connectionPool`, with Istio's defaults (which are Envoy's).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ConnectionPoolPolicy {
+    #[serde(serialize_with = "duration::serialize")]
+    pub connect_timeout: Duration,
+    /// Upstream connections per service; Envoy's default is 2^32−1.
+    pub max_connections: u32,
+    pub tcp_keepalive: Option<TcpKeepalive>,
+    /// Requests waiting for a connection; over it, fail fast with 503.
+    pub http1_max_pending_requests: u32,
+    /// 0: unlimited.
+    pub max_requests_per_connection: u32,
+    #[serde(serialize_with = "duration::serialize")]
+    pub idle_timeout: Duration,
+    /// Retries in flight per service (Envoy's `max_retries` circuit breaker).
+    pub max_retries: u32,
+}
+
+impl Default for ConnectionPoolPolicy {
+    fn default() -> Self {
+        ConnectionPoolPolicy {
+            connect_timeout: Duration::from_secs(10),
+            max_connections: u32::MAX,
+            tcp_keepalive: None,
+            http1_max_pending_requests: u32::MAX,
+            max_requests_per_connection: 0,
+            idle_timeout: Duration::from_secs(3600),
+            max_retries: u32::MAX,
+        }
+    }
+}
+
+/// `connectionPool.tcp.tcpKeepalive`; unset parts keep the OS defaults.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct TcpKeepalive {
+    pub probes: Option<u32>,
+    #[serde(serialize_with = "duration::serialize_opt")]
+    pub time: Option<Duration>,
+    #[serde(serialize_with = "duration::serialize_opt")]
+    pub interval: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

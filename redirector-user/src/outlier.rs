@@ -218,6 +218,7 @@ mod tests {
             consecutive_5xx: n,
             interval: Duration::from_secs(interval),
             base_ejection_time: Duration::from_secs(base),
+            ..OutlierPolicy::default()
         }
     }
 

@@ -49,6 +49,9 @@ fn ep(address: &str, port: u16, locality: &str) -> EndpointSpec {
         address: EndpointAddress::Dns(address.into()),
         port,
         locality: Locality::parse(locality).expect("test locality"),
+        weight: 1,
+        labels: Default::default(),
+        network: String::new(),
     }
 }
 
@@ -57,6 +60,7 @@ fn blog_outlier() -> Option<OutlierPolicy> {
         consecutive_5xx: 1,
         interval: Duration::from_secs(15),
         base_ejection_time: Duration::from_secs(60),
+        ..OutlierPolicy::default()
     })
 }
 
@@ -163,6 +167,8 @@ fn blog_https_variant() {
     assert_eq!(
         s.policy,
         TrafficPolicy {
+            load_balancer: LbAlgorithm::LeastRequest,
+            connection_pool: Default::default(),
             outlier: blog_outlier(),
             locality_lb: LocalityLbPolicy {
                 enabled: true,
@@ -170,6 +176,8 @@ fn blog_https_variant() {
                     from: "us-east1".into(),
                     to: "us-west".into()
                 }],
+                failover_priority: Vec::new(),
+                distribute: Vec::new(),
             },
             tls: TlsPolicy::Simple {
                 sni: None,

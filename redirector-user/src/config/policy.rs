@@ -122,6 +122,7 @@ fn outlier(ctx: &mut Ctx, doc: &Doc, od: &raw::OutlierDetection) -> Option<Outli
         consecutive_5xx: consecutive_5xx?,
         interval: interval?,
         base_ejection_time: base?,
+        ..OutlierPolicy::default()
     })
 }
 

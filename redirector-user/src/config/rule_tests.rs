@@ -217,7 +217,8 @@ fn outlier_defaults_and_durations() {
         Some(OutlierPolicy {
             consecutive_5xx: 5,
             interval: Duration::from_secs(10),
-            base_ejection_time: Duration::from_secs(30)
+            base_ejection_time: Duration::from_secs(30),
+            ..OutlierPolicy::default()
         })
     );
     let c = load(&tp(
@@ -228,7 +229,8 @@ fn outlier_defaults_and_durations() {
         Some(OutlierPolicy {
             consecutive_5xx: 0,
             interval: Duration::from_millis(1500),
-            base_ejection_time: Duration::from_secs(5400)
+            base_ejection_time: Duration::from_secs(5400),
+            ..OutlierPolicy::default()
         })
     );
     let c = load(&tp(

@@ -296,6 +296,9 @@ fn dns_without_endpoints_resolves_each_host() {
         address: EndpointAddress::Dns(h.into()),
         port: 8080,
         locality: Locality::default(),
+        weight: 1,
+        labels: Default::default(),
+        network: String::new(),
     };
     assert_eq!(
         got,

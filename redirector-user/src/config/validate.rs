@@ -519,6 +519,9 @@ fn services(
                         address: EndpointAddress::Dns(host.clone()),
                         port: port.target_port,
                         locality: Default::default(),
+                        weight: 1,
+                        labels: Default::default(),
+                        network: String::new(),
                     }]
                 } else {
                     entry
@@ -532,6 +535,9 @@ fn services(
                                 .copied()
                                 .unwrap_or(port.target_port),
                             locality: ep.locality.clone(),
+                            weight: 1,
+                            labels: Default::default(),
+                            network: String::new(),
                         })
                         .collect()
                 };
