@@ -100,14 +100,23 @@ impl Resolve for Hickory {
             } else {
                 format!("{name}.")
             };
-            let lookup = self
-                .0
-                .lookup_ip(fqdn)
-                .await
-                .map_err(|e| ResolveError::Lookup {
-                    name: name.to_owned(),
-                    error: e.to_string(),
-                })?;
+            let lookup = match self.0.lookup_ip(fqdn).await {
+                Ok(lookup) => lookup,
+                // NODATA: the name exists with no A records. Reported as an
+                // empty answer, which the watcher treats like a failure.
+                Err(e) if e.is_no_records_found() && !e.is_nx_domain() => {
+                    return Ok(Answer {
+                        addrs: Vec::new(),
+                        ttl: MIN_REFRESH,
+                    });
+                }
+                Err(e) => {
+                    return Err(ResolveError::Lookup {
+                        name: name.to_owned(),
+                        error: e.to_string(),
+                    });
+                }
+            };
             let ttl = lookup
                 .valid_until()
                 .saturating_duration_since(std::time::Instant::now());
@@ -150,7 +159,7 @@ pub fn watch(
                 }
                 outcome => {
                     let why = match outcome {
-                        Ok(_) => "empty answer".to_owned(),
+                        Ok(_) => "empty answer (no A records)".to_owned(),
                         Err(e) => e.to_string(),
                     };
                     match &last {
