@@ -40,7 +40,9 @@ fn without_a_destination_rule_both_regions_answer() {
     let mut node = two_regions();
     node.start(&blog_entry(8080), "us-east1", false);
     let bodies = node.bodies(VIP, 10);
-    // Round robin over one priority: both regions, evenly.
+    // One priority; Istio's mesh default turns on locality weighted
+    // balancing, which alternates between the two equally weighted
+    // localities (LEAST_REQUEST then has one host to choose from).
     assert_eq!(count(&bodies, EAST), 5, "{bodies:?}");
     assert_eq!(count(&bodies, WEST), 5, "{bodies:?}");
 }

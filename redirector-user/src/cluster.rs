@@ -1,5 +1,6 @@
 //! A service's live endpoint set: configured endpoints, their resolved
-//! addresses, locality priorities and outlier state, behind one lock.
+//! addresses, locality priorities and weights, outlier state and the load
+//! balancer, behind one lock.
 //!
 //! Envoy calls this a cluster (`outbound|80||mydb.com`). Hosts are keyed by
 //! their logical endpoint (address as configured, port) plus resolved IP,
@@ -7,6 +8,11 @@
 //! same endpoint, where Envoy would reset it (istio#8673). Every change that
 //! `redirector endpoints` should see marks the cluster dirty for the health
 //! publisher; nothing on the connection path does I/O.
+//!
+//! The balancer (`lb`) is rebuilt whenever the hosts or their health differ
+//! from what it was built with, and otherwise keeps its round-robin state.
+//! Each host counts its requests in flight (for LEAST_REQUEST) through the
+//! guard [`Cluster::track`] returns.
 
 use std::{
     collections::HashMap,
@@ -14,7 +20,7 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -24,8 +30,8 @@ use tracing::{info, warn};
 
 use crate::{
     config::{EndpointAddress, Service},
-    lb::{self, HostView},
-    locality::{self, Locality},
+    lb::{self, Balancer, HostView},
+    locality::{self, Locality, Placement},
     outlier::{Detector, Event, Outcome},
 };
 
@@ -36,14 +42,43 @@ pub struct HostKey {
     pub ip: Ipv4Addr,
 }
 
-/// One address to connect to. Cloned per request, so the key is shared.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One address to connect to. Cloned per request, so the key and the
+/// request counter are shared.
+#[derive(Clone, Debug)]
 pub struct Host {
     pub key: Arc<HostKey>,
     pub addr: SocketAddrV4,
     /// Index into `Service::endpoints`.
     pub endpoint: usize,
     pub priority: u8,
+    /// Requests (HTTP) or connections (TCP) in flight, for LEAST_REQUEST.
+    active: Arc<AtomicU32>,
+}
+
+impl PartialEq for Host {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.key, self.addr, self.endpoint, self.priority)
+            == (&other.key, other.addr, other.endpoint, other.priority)
+    }
+}
+
+impl Eq for Host {}
+
+impl Host {
+    /// Requests or connections in flight to this host.
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one request or connection as in flight to a host until dropped.
+#[derive(Debug)]
+pub struct ActiveRequest(Arc<AtomicU32>);
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl fmt::Display for Host {
@@ -62,6 +97,9 @@ pub struct HostSnapshot {
     pub address: String,
     pub locality: Locality,
     pub priority: u8,
+    /// The endpoint's weight; 0 when `distribute` gives its locality no
+    /// traffic.
+    pub weight: u32,
     pub ejected_until: Option<SystemTime>,
     pub ejections: u32,
     pub multiplier: u32,
@@ -74,8 +112,8 @@ pub struct Cluster {
     pub service: Service,
     /// `outbound|<port>||<host>`, as Istio names clusters.
     pub name: String,
-    priorities: Vec<u8>,
-    cursor: AtomicUsize,
+    placement: Placement,
+    policy: lb::Policy,
     inner: Mutex<Inner>,
     dirty: AtomicBool,
     notify: Arc<Notify>,
@@ -84,9 +122,13 @@ pub struct Cluster {
 struct Inner {
     /// Per configured endpoint; `None` until its name resolves.
     resolved: Vec<Option<Vec<Ipv4Addr>>>,
+    /// Hosts of placed endpoints (those `distribute` does not drop).
     hosts: Vec<Host>,
     detector: Detector<HostKey>,
     last_error: HashMap<HostKey, (SystemTime, String)>,
+    /// Built for the current hosts and health; `None` after a change of
+    /// hosts.
+    balancer: Option<Balancer>,
 }
 
 impl Cluster {
@@ -95,14 +137,16 @@ impl Cluster {
         let policy = &service.policy;
         // Istio applies locality priorities only with outlier detection:
         // without it nothing would ever move traffic off a dead region.
-        let priorities = if policy.outlier.is_some() && policy.locality_lb.enabled {
-            locality::priorities(
-                node,
-                service.endpoints.iter().map(|e| &e.locality),
-                &policy.locality_lb.failover,
-            )
-        } else {
-            vec![0; service.endpoints.len()]
+        let placement = locality::place(
+            node,
+            &service.endpoints,
+            &policy.locality_lb,
+            policy.outlier.is_some(),
+        );
+        let lb_policy = lb::Policy {
+            algorithm: policy.load_balancer,
+            panic_threshold: policy.outlier.as_ref().map_or(0, |o| o.min_health_percent),
+            locality_weighted: placement.locality_weighted,
         };
         // IPs are known now; names wait for their first DNS answer (config
         // validation allows names only with `resolution: DNS`).
@@ -120,20 +164,21 @@ impl Cluster {
             id,
             service,
             name,
-            priorities,
-            cursor: AtomicUsize::new(0),
+            placement,
+            policy: lb_policy,
             inner: Mutex::new(Inner {
                 resolved,
                 hosts: Vec::new(),
                 detector,
                 last_error: HashMap::new(),
+                balancer: None,
             }),
             dirty: AtomicBool::new(true),
             notify,
         };
         cluster
             .inner()
-            .rebuild(&cluster.service, &cluster.priorities);
+            .rebuild(&cluster.service, &cluster.placement);
         cluster
     }
 
@@ -167,7 +212,7 @@ impl Cluster {
             return;
         }
         inner.resolved[endpoint] = Some(addrs);
-        inner.rebuild(&self.service, &self.priorities);
+        inner.rebuild(&self.service, &self.placement);
         drop(inner);
         self.mark_dirty();
     }
@@ -190,7 +235,14 @@ impl Cluster {
                 inner.resolved[i] = old_inner.resolved[j].clone();
             }
         }
-        inner.rebuild(&self.service, &self.priorities);
+        inner.rebuild(&self.service, &self.placement);
+        // In-flight counts carry over: the old cluster's requests are
+        // still running against the same hosts.
+        for h in &mut inner.hosts {
+            if let Some(old) = old_inner.hosts.iter().find(|o| o.key == h.key) {
+                h.active = old.active.clone();
+            }
+        }
         inner.detector.adopt(&old_inner.detector);
         for key in inner
             .hosts
@@ -206,22 +258,75 @@ impl Cluster {
         self.mark_dirty();
     }
 
-    /// Hosts in the order one new connection should try them.
+    /// Hosts in the order one new connection (or HTTP request) should try
+    /// them: the balancer's pick first.
     pub fn attempt_order(&self) -> Vec<Host> {
-        let inner = self.inner();
-        let views: Vec<HostView> = inner
+        let mut inner = self.inner();
+        let inner = &mut *inner;
+        let healthy: Vec<bool> = inner
             .hosts
             .iter()
-            .map(|h| HostView {
-                priority: h.priority,
-                healthy: !inner.detector.is_ejected(&h.key),
-            })
+            .map(|h| !inner.detector.is_ejected(&h.key))
             .collect();
-        let cursor = self.cursor.fetch_add(1, Ordering::Relaxed);
-        lb::attempt_order(&views, cursor)
+        let stale = inner
+            .balancer
+            .as_ref()
+            .is_none_or(|b| !b.health().eq(healthy.iter().copied()));
+        if stale {
+            inner.balancer = Some(self.balancer(&inner.hosts, &healthy));
+        }
+        let hosts = &inner.hosts;
+        let balancer = inner.balancer.as_mut().expect("just built");
+        balancer
+            .attempt_order(&mut rand::rng(), |i| hosts[i].active())
+            .into_iter()
+            .map(|i| hosts[i].clone())
+            .collect()
+    }
+
+    fn views(&self, hosts: &[Host], healthy: &[bool]) -> Vec<HostView> {
+        hosts
+            .iter()
+            .zip(healthy)
+            .map(|(h, &healthy)| HostView {
+                group: self.placement.endpoints[h.endpoint]
+                    .expect("only placed endpoints have hosts"),
+                healthy,
+                weight: self.service.endpoints[h.endpoint].weight,
+            })
+            .collect()
+    }
+
+    fn balancer(&self, hosts: &[Host], healthy: &[bool]) -> Balancer {
+        Balancer::new(
+            self.views(hosts, healthy),
+            &self.placement.groups,
+            self.policy,
+        )
+    }
+
+    /// `n` hosts whose proportions follow the balancer's split over healthy
+    /// hosts (see [`lb::slot_table`]), for a datapath that cannot ask the
+    /// balancer per connection.
+    pub fn slot_table(&self, n: usize) -> Vec<Host> {
+        let inner = self.inner();
+        let healthy: Vec<bool> = inner
+            .hosts
+            .iter()
+            .map(|h| !inner.detector.is_ejected(&h.key))
+            .collect();
+        let views = self.views(&inner.hosts, &healthy);
+        lb::slot_table(&views, &self.placement.groups, &self.policy, n)
             .into_iter()
             .map(|i| inner.hosts[i].clone())
             .collect()
+    }
+
+    /// Counts a request or connection to `host` as in flight until the
+    /// guard is dropped (LEAST_REQUEST balances on these counts).
+    pub fn track(&self, host: &Host) -> ActiveRequest {
+        host.active.fetch_add(1, Ordering::Relaxed);
+        ActiveRequest(host.active.clone())
     }
 
     pub fn is_ejected(&self, host: &Host) -> bool {
@@ -279,19 +384,29 @@ impl Cluster {
         let now_s = SystemTime::now();
         let mut out = Vec::new();
         for (i, ep) in self.service.endpoints.iter().enumerate() {
+            let placed = self.placement.endpoints[i].is_some();
             let base = HostSnapshot {
                 addr: None,
                 address: ep.address.to_string(),
                 locality: ep.locality.clone(),
-                priority: self.priorities[i],
+                priority: self.placement.priority(i).unwrap_or(0),
+                weight: if placed { ep.weight } else { 0 },
                 ejected_until: None,
                 ejections: 0,
                 multiplier: 0,
                 consecutive_5xx: 0,
                 last_error: None,
             };
-            if inner.resolved[i].is_none() {
+            let Some(ips) = &inner.resolved[i] else {
                 out.push(base);
+                continue;
+            };
+            if !placed {
+                // No traffic, so no hosts: show the addresses alone.
+                out.extend(ips.iter().map(|&ip| HostSnapshot {
+                    addr: Some(SocketAddrV4::new(ip, ep.port)),
+                    ..base.clone()
+                }));
                 continue;
             }
             for h in inner.hosts.iter().filter(|h| h.endpoint == i) {
@@ -316,29 +431,128 @@ impl Cluster {
 }
 
 impl Inner {
-    fn rebuild(&mut self, service: &Service, priorities: &[u8]) {
+    fn rebuild(&mut self, service: &Service, placement: &Placement) {
+        let old = std::mem::take(&mut self.hosts);
         self.hosts = service
             .endpoints
             .iter()
             .enumerate()
-            .flat_map(|(i, ep)| {
+            .filter_map(|(i, ep)| Some((i, ep, placement.priority(i)?)))
+            .flat_map(|(i, ep, priority)| {
                 let ips = self.resolved[i].clone().unwrap_or_default();
-                ips.into_iter().map(move |ip| Host {
-                    key: Arc::new(HostKey {
+                let old = &old;
+                ips.into_iter().map(move |ip| {
+                    let key = HostKey {
                         address: ep.address.clone(),
                         port: ep.port,
                         ip,
-                    }),
-                    addr: SocketAddrV4::new(ip, ep.port),
-                    endpoint: i,
-                    priority: priorities[i],
+                    };
+                    let active = old
+                        .iter()
+                        .find(|h| *h.key == key)
+                        .map_or_else(Default::default, |h| h.active.clone());
+                    Host {
+                        key: Arc::new(key),
+                        addr: SocketAddrV4::new(ip, ep.port),
+                        endpoint: i,
+                        priority,
+                        active,
+                    }
                 })
             })
             .collect();
+        self.balancer = None;
         self.detector
             .set_hosts(self.hosts.iter().map(|h| (*h.key).clone()));
         let live: std::collections::HashSet<&HostKey> =
             self.hosts.iter().map(|h| &*h.key).collect();
         self.last_error.retain(|k, _| live.contains(k));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{self, NodeSettings};
+
+    const SE: &str = "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [mydb.com]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, locality: a, weight: 3}
+  - {address: 10.0.0.2, locality: a}
+  - {address: 10.0.0.3, locality: b}
+";
+
+    fn cluster(yaml: &str, node: &str) -> Cluster {
+        let mut config = config::load_str("t.yaml", yaml, &NodeSettings::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        Cluster::new(
+            1,
+            config.services.remove(0),
+            &Locality::parse(node).unwrap(),
+            Arc::new(Notify::new()),
+        )
+    }
+
+    fn last_octet(h: &Host) -> u8 {
+        h.addr.ip().octets()[3]
+    }
+
+    #[test]
+    fn weights_and_distribute_reach_the_balancer() {
+        let dr = "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db}
+spec:
+  host: mydb.com
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+      localityLbSetting:
+        distribute:
+        - from: a
+          to: {a: 100}
+";
+        let c = cluster(&format!("{SE}{dr}"), "a");
+        let orders: Vec<Vec<u8>> = (0..8)
+            .map(|_| c.attempt_order().iter().map(last_octet).collect())
+            .collect();
+        let firsts: Vec<u8> = orders.iter().map(|o| o[0]).collect();
+        assert_eq!(firsts.iter().filter(|&&o| o == 1).count(), 6, "{firsts:?}");
+        assert_eq!(firsts.iter().filter(|&&o| o == 2).count(), 2, "{firsts:?}");
+        // Locality b gets nothing, not even as a fallback.
+        assert!(orders.iter().all(|o| !o.contains(&3)), "{orders:?}");
+        let weights: Vec<u32> = c.snapshot().iter().map(|h| h.weight).collect();
+        assert_eq!(weights, [3, 1, 0]);
+        let table = c.slot_table(8);
+        assert_eq!(table.iter().filter(|h| last_octet(h) == 1).count(), 6);
+        assert_eq!(table.iter().filter(|h| last_octet(h) == 2).count(), 2);
+    }
+
+    #[test]
+    fn track_counts_requests_in_flight() {
+        let c = cluster(SE, "a");
+        let h = c.attempt_order()[0].clone();
+        let first = c.track(&h);
+        let second = c.track(&h);
+        assert_eq!(h.active(), 2);
+        drop(first);
+        assert_eq!(h.active(), 1);
+        // Later attempt orders hand out the same counter.
+        let same = c
+            .attempt_order()
+            .into_iter()
+            .find(|x| x.key == h.key)
+            .unwrap();
+        assert_eq!(same.active(), 1);
+        drop(second);
+        assert_eq!(same.active(), 0);
     }
 }

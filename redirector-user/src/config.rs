@@ -217,6 +217,8 @@ pub enum LbAlgorithm {
     LeastRequest,
     Random,
     /// No balancing: the connection goes to the address the app dialled.
+    /// Parsed only to be refused with its reason (see `validate`), so no
+    /// loaded config holds it.
     Passthrough,
 }
 
@@ -398,6 +400,8 @@ fn display_opt<T: fmt::Display, S: Serializer>(value: &Option<T>, s: S) -> Resul
 
 #[cfg(test)]
 mod blog_tests;
+#[cfg(test)]
+mod lb_tests;
 #[cfg(test)]
 mod rule_tests;
 #[cfg(test)]

@@ -7,11 +7,20 @@
 //! and zone 1, region 2, nothing 3. A `failover` rule whose `from` is the
 //! node's region demotes every other region except its `to` to 4. Priorities
 //! are then compacted to 0..N without gaps. String matches are exact, and an
-//! empty part matches an empty part, as in Istio.
+//! empty part matches an empty part, as in Istio. `placement` adds the rest
+//! of `localityLbSetting` (`failoverPriority`, `distribute`) and the
+//! locality weights.
+
+mod placement;
 
 use std::fmt;
 
 use serde::Serialize;
+
+pub use placement::{
+    LABEL_CLUSTER, LABEL_HOSTNAME, LABEL_NETWORK, LABEL_REGION, LABEL_SUBZONE, LABEL_ZONE,
+    Placement, locality_matches, place,
+};
 
 /// `region/zone/subzone`; missing parts are empty strings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -94,28 +103,39 @@ pub fn priorities<'a>(
     endpoints: impl IntoIterator<Item = &'a Locality>,
     failover: &[Failover],
 ) -> Vec<u8> {
+    compact(raw_priorities(node, endpoints, failover))
+}
+
+/// Istio's priority before compaction: the distance 0–3, or 4 for another
+/// region than the `to` of the failover rule whose `from` is the node's
+/// region (the first such rule).
+pub fn raw_priorities<'a>(
+    node: &Locality,
+    endpoints: impl IntoIterator<Item = &'a Locality>,
+    failover: &[Failover],
+) -> Vec<u8> {
     let rule = failover.iter().find(|f| f.from == node.region);
-    let raw: Vec<u8> = endpoints
+    endpoints
         .into_iter()
         .map(|ep| match distance(node, ep) {
             3 if rule.is_some_and(|r| ep.region != r.to) => 4,
             d => d,
         })
-        .collect();
-    // Compact: the k-th distinct raw value becomes k.
-    let mut present = [false; 5];
-    for &p in &raw {
-        present[usize::from(p)] = true;
-    }
-    let mut rank = [0u8; 5];
-    let mut next = 0;
-    for (p, &is) in present.iter().enumerate() {
-        if is {
-            rank[p] = next;
-            next += 1;
-        }
-    }
-    raw.into_iter().map(|p| rank[usize::from(p)]).collect()
+        .collect()
+}
+
+/// Ranks `keys`: the k-th smallest distinct key becomes k, so priorities
+/// run 0..N without gaps, as Envoy requires.
+pub fn compact<K: Ord + Clone>(keys: Vec<K>) -> Vec<u8> {
+    let mut distinct = keys.clone();
+    distinct.sort();
+    distinct.dedup();
+    keys.iter()
+        .map(|k| {
+            let rank = distinct.binary_search(k).expect("a key of the list");
+            u8::try_from(rank).unwrap_or(u8::MAX)
+        })
+        .collect()
 }
 
 #[cfg(test)]

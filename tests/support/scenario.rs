@@ -184,6 +184,44 @@ impl Node {
     }
 }
 
+impl Node {
+    /// `rdt-load` in the app's position against `vip`:80 (Host mydb.com):
+    /// `rps` requests per second for `secs` seconds over at most
+    /// `connections` connections; (status, served_by) per request.
+    pub fn load(&self, vip: &str, rps: u32, secs: f64, connections: u32) -> Vec<(u16, String)> {
+        let bin = redirector_tests::upstream::bin_path("rdt-load").expect("rdt-load is built");
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args([
+            "--target",
+            &format!("{vip}:80"),
+            "--host",
+            "mydb.com",
+            "--rps",
+            &rps.to_string(),
+            "--duration",
+            &secs.to_string(),
+            "--connections",
+            &connections.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped());
+        self.ns.configure(&mut cmd);
+        self.cgroup.configure(&mut cmd);
+        let out = cmd.output().expect("running rdt-load");
+        assert!(out.status.success(), "rdt-load: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+                let status = v["status"].as_u64().expect("status") as u16;
+                (
+                    status,
+                    v["served_by"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
 /// Polls `cond` until true, or panics with `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

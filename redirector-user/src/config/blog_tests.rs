@@ -167,7 +167,7 @@ fn blog_https_variant() {
     assert_eq!(
         s.policy,
         TrafficPolicy {
-            load_balancer: LbAlgorithm::LeastRequest,
+            load_balancer: LbAlgorithm::RoundRobin,
             connection_pool: Default::default(),
             outlier: blog_outlier(),
             locality_lb: LocalityLbPolicy {

@@ -1,20 +1,25 @@
-//! A DestinationRule's `trafficPolicy`: outlier detection, locality load
-//! balancing and TLS origination, with Istio's and Envoy's defaults.
+//! A DestinationRule's `trafficPolicy`: outlier detection, load balancing
+//! and TLS origination, with Istio's and Envoy's defaults.
 //!
-//! Only what redirector implements with Istio's meaning is accepted. The
-//! load-balancing algorithm in particular is round robin only for now, so
-//! `simple` accepts just ROUND_ROBIN: silently using round robin for
-//! LEAST_REQUEST would look right and behave differently under load.
+//! Only what redirector implements with Istio's meaning is accepted, and
+//! settings Istio would silently ignore (failover without outlier
+//! detection, anything under `enabled: false`, `failoverPriority` next to
+//! `distribute`) are errors rather than no-ops.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
 use super::raw;
-use super::service_entry::metadata_name;
+use super::service_entry::{label_key_problem, label_value_problem, metadata_name};
 use super::validate::{Ctx, Doc};
-use super::{Failover, LocalityLbPolicy, OutlierPolicy, TlsPolicy, TrafficPolicy, duration};
+use super::{
+    Distribute, Failover, LbAlgorithm, LocalityLbPolicy, OutlierPolicy, TlsPolicy, TrafficPolicy,
+    duration,
+};
+use crate::locality::{LABEL_REGION, LABEL_SUBZONE, LABEL_ZONE};
 
 /// Envoy's defaults, which Istio leaves in place.
 pub const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
@@ -26,6 +31,9 @@ pub const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
 pub struct Checked<'a> {
     pub policy: TrafficPolicy,
     pub tls_mode: Option<&'a Spanned<String>>,
+    /// Where `loadBalancer.simple` is written (PASSTHROUGH is checked
+    /// against the ServiceEntry).
+    pub simple: Option<&'a Spanned<String>>,
 }
 
 /// Validates one DestinationRule; `None` if anything in it is wrong.
@@ -46,6 +54,7 @@ pub fn validate<'a>(
     }
     let mut policy = TrafficPolicy::default();
     let mut tls_mode = None;
+    let mut simple = None;
     if let Some(tp) = &spec.traffic_policy {
         let parent = "spec.trafficPolicy";
         for (key, v) in [
@@ -60,14 +69,21 @@ pub fn validate<'a>(
             policy.outlier = outlier(ctx, doc, &od.value);
         }
         if let Some(lb) = &tp.load_balancer {
-            policy.locality_lb = load_balancer(ctx, doc, lb);
+            let has_outlier = tp.outlier_detection.is_some();
+            (policy.load_balancer, policy.locality_lb) =
+                load_balancer(ctx, doc, parent, lb, has_outlier);
+            simple = lb.simple.as_ref();
         }
         if let Some(t) = &tp.tls {
             policy.tls = tls(ctx, doc, &t.value);
             tls_mode = t.value.mode.as_ref();
         }
     }
-    (ctx.problems.len() == before).then_some(Checked { policy, tls_mode })
+    (ctx.problems.len() == before).then_some(Checked {
+        policy,
+        tls_mode,
+        simple,
+    })
 }
 
 fn outlier(ctx: &mut Ctx, doc: &Doc, od: &raw::OutlierDetection) -> Option<OutlierPolicy> {
@@ -152,47 +168,126 @@ fn positive_duration(
     }
 }
 
-fn load_balancer(ctx: &mut Ctx, doc: &Doc, lb: &raw::LoadBalancer) -> LocalityLbPolicy {
-    let parent = "spec.trafficPolicy.loadBalancer";
+/// `loadBalancer` under `parent` (a `trafficPolicy` path): the algorithm
+/// and the locality settings. `has_outlier` says whether the same policy
+/// has `outlierDetection`, which failover needs.
+pub fn load_balancer(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    parent: &str,
+    lb: &raw::LoadBalancer,
+    has_outlier: bool,
+) -> (LbAlgorithm, LocalityLbPolicy) {
+    let parent = format!("{parent}.loadBalancer");
     for (key, v) in [
         ("consistentHash", &lb.consistent_hash),
         ("warmupDurationSecs", &lb.warmup_duration_secs),
         ("warmup", &lb.warmup),
     ] {
-        ctx.unsupported(doc, parent, key, v);
+        ctx.unsupported(doc, &parent, key, v);
     }
-    if let Some(simple) = &lb.simple {
-        let field = format!("{parent}.simple");
-        match simple.value.as_str() {
-            "ROUND_ROBIN" => {}
-            "LEAST_REQUEST" | "LEAST_CONN" | "RANDOM" | "PASSTHROUGH" | "UNSPECIFIED" => ctx.value(
-                doc,
-                simple,
-                field,
-                format!(
-                    "not implemented yet: load balancer {}; redirector balances ROUND_ROBIN only for now",
-                    simple.value
-                ),
-            ),
-            other => ctx.value(
-                doc,
-                simple,
-                field,
-                format!("unknown load balancer {other:?}; expected ROUND_ROBIN"),
-            ),
-        }
-    }
-    let mut out = TrafficPolicy::default().locality_lb;
-    let Some(setting) = &lb.locality_lb_setting else {
-        return out;
+    let algorithm = match &lb.simple {
+        None => LbAlgorithm::default(),
+        Some(simple) => match simple.value.as_str() {
+            "ROUND_ROBIN" => LbAlgorithm::RoundRobin,
+            // LEAST_CONN is Istio's deprecated name for LEAST_REQUEST;
+            // UNSPECIFIED is its default.
+            "LEAST_REQUEST" | "LEAST_CONN" | "UNSPECIFIED" => LbAlgorithm::LeastRequest,
+            "RANDOM" => LbAlgorithm::Random,
+            // Checked against the ServiceEntry's address in `validate`.
+            "PASSTHROUGH" => LbAlgorithm::Passthrough,
+            other => {
+                ctx.value(
+                    doc,
+                    simple,
+                    format!("{parent}.simple"),
+                    format!(
+                        "unknown load balancer {other:?}; expected ROUND_ROBIN, LEAST_REQUEST, RANDOM or PASSTHROUGH"
+                    ),
+                );
+                LbAlgorithm::default()
+            }
+        },
     };
-    let parent = format!("{parent}.localityLbSetting");
-    ctx.unsupported(doc, &parent, "failoverPriority", &setting.failover_priority);
-    ctx.unsupported(doc, &parent, "distribute", &setting.distribute);
+    let mut out = TrafficPolicy::default().locality_lb;
+    if let Some(setting) = &lb.locality_lb_setting {
+        locality_lb(
+            ctx,
+            doc,
+            &format!("{parent}.localityLbSetting"),
+            setting,
+            has_outlier,
+            &mut out,
+        );
+    }
+    (algorithm, out)
+}
+
+fn locality_lb(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    parent: &str,
+    setting: &raw::LocalityLbSetting,
+    has_outlier: bool,
+    out: &mut LocalityLbPolicy,
+) {
     if let Some(enabled) = &setting.enabled {
         out.enabled = enabled.value;
     }
-    for (i, f) in setting.failover.iter().flatten().enumerate() {
+    let failover = setting.failover.as_ref().filter(|f| !f.value.is_empty());
+    let priority = setting
+        .failover_priority
+        .as_ref()
+        .filter(|f| !f.value.is_empty());
+    let distribute = setting.distribute.as_ref().filter(|d| !d.value.is_empty());
+    if !out.enabled {
+        // Istio drops the whole setting: anything else written would do
+        // nothing.
+        let unused = "has no effect with enabled: false (Istio then ignores the whole localityLbSetting); remove it";
+        if let Some(v) = failover {
+            ctx.key(doc, parent, "failover", v, unused);
+        }
+        if let Some(v) = priority {
+            ctx.key(doc, parent, "failoverPriority", v, unused);
+        }
+        if let Some(v) = distribute {
+            ctx.key(doc, parent, "distribute", v, unused);
+        }
+        return;
+    }
+    if let (Some(d), Some(_)) = (distribute, failover) {
+        ctx.key(
+            doc,
+            parent,
+            "distribute",
+            d,
+            "distribute and failover cannot both be set (Istio: \"can not simultaneously specify 'distribute' and 'failover'\")",
+        );
+    }
+    if let (Some(p), Some(_)) = (priority, distribute) {
+        ctx.key(
+            doc,
+            parent,
+            "failoverPriority",
+            p,
+            "failoverPriority has no effect with distribute (Istio applies distribute and ignores failover priorities); remove one of them",
+        );
+    }
+    if !has_outlier {
+        let needs = "failover needs outlierDetection: without it Istio never moves traffic between priorities and ignores this (it only warns); add outlierDetection";
+        if let Some(v) = failover {
+            ctx.key(doc, parent, "failover", v, needs);
+        }
+        if let Some(v) = priority {
+            ctx.key(doc, parent, "failoverPriority", v, needs);
+        }
+    }
+    for (i, f) in failover
+        .map(|f| f.value.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
         let field = format!("{parent}.failover[{i}]");
         let from = region(ctx, doc, &f.value.from, f, &format!("{field}.from"));
         let to = region(ctx, doc, &f.value.to, f, &format!("{field}.to"));
@@ -211,7 +306,12 @@ fn load_balancer(ctx: &mut Ctx, doc: &Doc, lb: &raw::LoadBalancer) -> LocalityLb
         let from = from.0;
         out.failover.push(Failover { from, to });
     }
-    out
+    if let Some(p) = priority {
+        out.failover_priority = failover_priority(ctx, doc, parent, p, failover.is_some());
+    }
+    if let Some(d) = distribute {
+        out.distribute = distribute_rules(ctx, doc, parent, d);
+    }
 }
 
 /// A failover `from`/`to`: a region name, as Istio requires.
@@ -226,19 +326,202 @@ fn region<'a, T>(
         ctx.value(doc, parent, field, "required: a region name");
         return None;
     };
-    if v.value.is_empty() || v.value.contains('/') {
+    let problem = if v.value.is_empty() || v.value.contains('/') {
+        "is not a region: failover takes region names, without `/`"
+    } else if v.value.contains('*') {
+        "is not a region: failover regions take no `*` wildcard"
+    } else {
+        return Some((v.value.clone(), v));
+    };
+    ctx.value(doc, v, field, format!("{:?} {problem}", v.value));
+    None
+}
+
+/// `failoverPriority`: label names, or `label=value` to give the node's
+/// value. The node's only labels are the topology labels of its locality,
+/// so any other label needs its value written.
+fn failover_priority(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    parent: &str,
+    list: &Spanned<Vec<Spanned<String>>>,
+    with_failover: bool,
+) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, entry) in list.value.iter().enumerate() {
+        let field = format!("{parent}.failoverPriority[{i}]");
+        let (key, value) = match entry.value.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (entry.value.as_str(), None),
+        };
+        let topology = [LABEL_REGION, LABEL_ZONE, LABEL_SUBZONE].contains(&key);
+        let problem = if let Some(p) = label_key_problem(key) {
+            Some(p)
+        } else if let Some(p) = value.and_then(label_value_problem) {
+            Some(p)
+        } else if !seen.insert(key.to_owned()) {
+            Some(format!("label {key} is listed twice"))
+        } else if with_failover && topology {
+            Some(format!(
+                "cannot use the topology label {key} together with failover (Istio: \"can not simultaneously set 'failover' and topology label\"); use failover or the label"
+            ))
+        } else if value.is_none() && !topology {
+            Some(format!(
+                "the node has no label {key} (its only labels are {LABEL_REGION}, {LABEL_ZONE} and {LABEL_SUBZONE} from its locality): write {key}=<value> to prefer endpoints with that value"
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(p) => ctx.value(doc, entry, field, p),
+            None => out.push(entry.value.clone()),
+        }
+    }
+    out
+}
+
+/// `distribute`: each `from` locality (with `*`) sends its traffic to the
+/// `to` localities by weights that add up to 100, as Istio validates them.
+fn distribute_rules(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    parent: &str,
+    list: &Spanned<Vec<Spanned<raw::Distribute>>>,
+) -> Vec<Distribute> {
+    let mut out = Vec::new();
+    let mut froms: Vec<String> = Vec::new();
+    for (i, entry) in list.value.iter().enumerate() {
+        let field = format!("{parent}.distribute[{i}]");
+        let from = match &entry.value.from {
+            None => {
+                ctx.value(doc, entry, format!("{field}.from"), "required: a locality");
+                None
+            }
+            Some(f) => match locality_pattern_problem(&f.value) {
+                Some(p) => {
+                    ctx.value(doc, f, format!("{field}.from"), p);
+                    None
+                }
+                None => {
+                    if let Some(other) = froms.iter().find(|o| patterns_overlap(o, &f.value)) {
+                        ctx.value(
+                            doc,
+                            f,
+                            format!("{field}.from"),
+                            format!("{:?} overlaps {other:?} of an earlier entry: a node in both would match two rules", f.value),
+                        );
+                        None
+                    } else {
+                        froms.push(f.value.clone());
+                        Some(f.value.clone())
+                    }
+                }
+            },
+        };
+        let to = match &entry.value.to {
+            None => {
+                ctx.value(
+                    doc,
+                    entry,
+                    format!("{field}.to"),
+                    "required: localities with weights adding up to 100",
+                );
+                None
+            }
+            Some(to) => distribute_to(ctx, doc, &format!("{field}.to"), to),
+        };
+        if let (Some(from), Some(to)) = (from, to) {
+            out.push(Distribute { from, to });
+        }
+    }
+    out
+}
+
+fn distribute_to(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    field: &str,
+    to: &Spanned<BTreeMap<String, Spanned<i64>>>,
+) -> Option<Vec<(String, u32)>> {
+    let before = ctx.problems.len();
+    let mut out: Vec<(String, u32)> = Vec::new();
+    let mut total: i64 = 0;
+    for (locality, weight) in &to.value {
+        let key_at = || super::yaml::key_position(doc.text, locality, weight.referenced);
+        if let Some(p) = locality_pattern_problem(locality) {
+            ctx.at(doc, key_at(), format!("{field}[{locality:?}]"), p);
+            continue;
+        }
+        if let Some((other, _)) = out.iter().find(|(o, _)| patterns_overlap(o, locality)) {
+            ctx.at(
+                doc,
+                key_at(),
+                format!("{field}[{locality:?}]"),
+                format!("{locality:?} overlaps {other:?}: an endpoint locality would match both"),
+            );
+            continue;
+        }
+        match u32::try_from(weight.value) {
+            Ok(w @ 1..=100) => {
+                total += weight.value;
+                out.push((locality.clone(), w));
+            }
+            _ => ctx.value(
+                doc,
+                weight,
+                format!("{field}[{locality:?}]"),
+                format!("locality weight {} is out of range 1-100", weight.value),
+            ),
+        }
+    }
+    if out.is_empty() && ctx.problems.len() == before {
+        ctx.value(doc, to, field, "to must list at least one locality");
+    } else if ctx.problems.len() == before && total != 100 {
         ctx.value(
             doc,
-            v,
+            to,
             field,
-            format!(
-                "{:?} is not a region: failover takes region names, without `/`",
-                v.value
-            ),
+            format!("the weights add up to {total}; they must add up to 100"),
         );
-        return None;
     }
-    Some((v.value.clone(), v))
+    (ctx.problems.len() == before).then_some(out)
+}
+
+/// Why `p` is not a `distribute` locality: `region[/zone[/subzone]]`
+/// without empty parts, with `*` only as the whole last part (Istio
+/// accepts `us-*` but never matches it).
+fn locality_pattern_problem(p: &str) -> Option<String> {
+    let parts: Vec<&str> = p.split('/').collect();
+    if parts.len() > 3 {
+        Some(format!(
+            "locality {p:?} has more than three `/`-separated parts (region/zone/subzone)"
+        ))
+    } else if parts.iter().any(|part| part.is_empty()) {
+        Some(format!(
+            "locality {p:?} must not contain an empty region, zone or subzone"
+        ))
+    } else if parts
+        .iter()
+        .enumerate()
+        .any(|(i, part)| part.contains('*') && (*part != "*" || i + 1 != parts.len()))
+    {
+        Some(format!(
+            "locality {p:?}: `*` can only be the whole last part, as in `us-east1/*` or `*`"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Whether some locality matches both patterns (missing parts and `*`
+/// match anything).
+fn patterns_overlap(a: &str, b: &str) -> bool {
+    let part = |p: &str, i: usize| p.split('/').nth(i).unwrap_or("*").to_owned();
+    (0..3).all(|i| {
+        let (x, y) = (part(a, i), part(b, i));
+        x == "*" || y == "*" || x == y
+    })
 }
 
 fn tls(ctx: &mut Ctx, doc: &Doc, t: &raw::ClientTls) -> TlsPolicy {

@@ -126,9 +126,9 @@ pub struct WorkloadEntry {
     pub address: Option<Spanned<String>>,
     pub ports: Option<BTreeMap<String, Spanned<i64>>>,
     pub locality: Option<Spanned<String>>,
-    pub weight: Unsupported,
-    pub labels: Unsupported,
-    pub network: Unsupported,
+    pub weight: Option<Spanned<i64>>,
+    pub labels: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    pub network: Option<Spanned<String>>,
     pub service_account: Unsupported,
 }
 
@@ -184,9 +184,16 @@ pub struct LoadBalancer {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LocalityLbSetting {
     pub enabled: Option<Spanned<bool>>,
-    pub failover: Option<Vec<Spanned<Failover>>>,
-    pub failover_priority: Unsupported,
-    pub distribute: Unsupported,
+    pub failover: Option<Spanned<Vec<Spanned<Failover>>>>,
+    pub failover_priority: Option<Spanned<Vec<Spanned<String>>>>,
+    pub distribute: Option<Spanned<Vec<Spanned<Distribute>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Distribute {
+    pub from: Option<Spanned<String>>,
+    pub to: Option<Spanned<BTreeMap<String, Spanned<i64>>>>,
 }
 
 #[derive(Debug, Deserialize)]

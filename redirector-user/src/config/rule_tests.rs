@@ -63,38 +63,20 @@ fn destination_rule_rejections() {
     };
     let cases: Vec<(String, &str, &str, &str)> = vec![
         (
-            tp("    loadBalancer: {simple: LEAST_REQUEST}\n"),
-            "LEAST_REQUEST",
-            "spec.trafficPolicy.loadBalancer.simple",
-            "not implemented yet: load balancer LEAST_REQUEST",
-        ),
-        (
-            tp("    loadBalancer: {simple: RANDOM}\n"),
-            "RANDOM",
-            "spec.trafficPolicy.loadBalancer.simple",
-            "ROUND_ROBIN only",
-        ),
-        (
-            tp("    loadBalancer: {simple: PASSTHROUGH}\n"),
-            "PASSTHROUGH",
-            "spec.trafficPolicy.loadBalancer.simple",
-            "not implemented yet",
-        ),
-        (
-            tp("    loadBalancer: {simple: LEAST_CONN}\n"),
-            "LEAST_CONN",
-            "spec.trafficPolicy.loadBalancer.simple",
-            "not implemented yet",
-        ),
-        (
             tp("    loadBalancer: {simple: FASTEST}\n"),
             "FASTEST",
+            "spec.trafficPolicy.loadBalancer.simple",
+            "unknown load balancer \"FASTEST\"; expected ROUND_ROBIN, LEAST_REQUEST, RANDOM or PASSTHROUGH",
+        ),
+        (
+            tp("    loadBalancer: {simple: round_robin}\n"),
+            "round_robin",
             "spec.trafficPolicy.loadBalancer.simple",
             "unknown load balancer",
         ),
         (
             tp(
-                "    loadBalancer:\n      localityLbSetting:\n        failover: [{from: us-east1/a, to: us-west}]\n",
+                "    outlierDetection: {}\n    loadBalancer:\n      localityLbSetting:\n        failover: [{from: us-east1/a, to: us-west}]\n",
             ),
             "us-east1/a",
             "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0].from",
@@ -102,7 +84,7 @@ fn destination_rule_rejections() {
         ),
         (
             tp(
-                "    loadBalancer:\n      localityLbSetting:\n        failover: [{from: us-east1, to: us-east1}]\n",
+                "    outlierDetection: {}\n    loadBalancer:\n      localityLbSetting:\n        failover: [{from: us-east1, to: us-east1}]\n",
             ),
             "us-east1}",
             "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0].to",
@@ -110,11 +92,19 @@ fn destination_rule_rejections() {
         ),
         (
             tp(
-                "    loadBalancer:\n      localityLbSetting:\n        failover: [{from: us-east1}]\n",
+                "    outlierDetection: {}\n    loadBalancer:\n      localityLbSetting:\n        failover: [{from: us-east1}]\n",
             ),
             "{from",
             "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0].to",
             "required",
+        ),
+        (
+            tp(
+                "    outlierDetection: {}\n    loadBalancer:\n      localityLbSetting:\n        failover: [{from: \"us-*\", to: us-west}]\n",
+            ),
+            "\"us-*\"",
+            "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0].from",
+            "no `*` wildcard",
         ),
         (
             tp("    tls: {mode: MUTUAL}\n"),

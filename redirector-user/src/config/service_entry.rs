@@ -34,6 +34,10 @@ pub struct Endpoint {
     /// Port name → port, overriding the service port's `targetPort`.
     pub ports: BTreeMap<String, u16>,
     pub locality: Locality,
+    /// At least 1 (Istio reads 0 and unset as 1).
+    pub weight: u32,
+    pub labels: BTreeMap<String, String>,
+    pub network: String,
     /// Where the address is written, and the endpoint's field path.
     pub at: Pos,
     pub field: String,
@@ -412,14 +416,7 @@ fn endpoints(
     for (i, ep) in raw_endpoints.iter().enumerate() {
         let field = format!("spec.endpoints[{i}]");
         let raw = &ep.value;
-        for (key, v) in [
-            ("weight", &raw.weight),
-            ("labels", &raw.labels),
-            ("network", &raw.network),
-            ("serviceAccount", &raw.service_account),
-        ] {
-            ctx.unsupported(doc, &field, key, v);
-        }
+        ctx.unsupported(doc, &field, "serviceAccount", &raw.service_account);
         let address = match &raw.address {
             Some(a) => endpoint_address(ctx, doc, a, &format!("{field}.address"), resolution),
             None => {
@@ -461,11 +458,51 @@ fn endpoints(
             },
             None => Locality::default(),
         };
+        let weight = match &raw.weight {
+            None => 1,
+            Some(w) => match u32::try_from(w.value) {
+                // Istio treats 0 like unset: weight 1.
+                Ok(w) => w.max(1),
+                Err(_) => {
+                    ctx.value(
+                        doc,
+                        w,
+                        format!("{field}.weight"),
+                        format!(
+                            "weight {} is out of range 0-{} (0 means the default, 1)",
+                            w.value,
+                            u32::MAX
+                        ),
+                    );
+                    1
+                }
+            },
+        };
+        let mut labels = BTreeMap::new();
+        for (key, value) in raw.labels.iter().flat_map(|l| &l.value) {
+            let label_field = format!("{field}.labels.{key}");
+            if let Some(p) = label_key_problem(key) {
+                let at = super::yaml::key_position(doc.text, key, value.referenced);
+                ctx.at(doc, at, label_field, p);
+            } else if let Some(p) = label_value_problem(&value.value) {
+                ctx.value(doc, value, label_field, p);
+            } else {
+                labels.insert(key.clone(), value.value.clone());
+            }
+        }
+        let network = raw
+            .network
+            .as_ref()
+            .map(|n| n.value.clone())
+            .unwrap_or_default();
         if let (Some(address), Some(written)) = (address, &raw.address) {
             out.push(Endpoint {
                 address,
                 ports,
                 locality,
+                weight,
+                labels,
+                network,
                 at: pos(written.referenced),
                 field,
             });
@@ -503,4 +540,51 @@ fn endpoint_address(
     };
     ctx.value(doc, a, field, problem);
     None
+}
+
+/// Why `key` is not a Kubernetes label key (`[prefix/]name`: a DNS
+/// subdomain prefix, a name of 1–63 letters, digits, `-`, `_`, `.` that
+/// starts and ends with a letter or digit), as Istio checks labels.
+pub fn label_key_problem(key: &str) -> Option<String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                !l.is_empty()
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            })
+    });
+    if !prefix_ok || name.is_empty() || label_value_problem(name).is_some() {
+        Some(format!(
+            "{key:?} is not a valid label key ([prefix/]name: a name of 1-63 letters, digits, `-`, `_` \
+             and `.`, starting and ending with a letter or digit; the prefix a lowercase DNS name)"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Why `value` is not a Kubernetes label value (empty, or up to 63 letters,
+/// digits, `-`, `_`, `.` starting and ending with a letter or digit).
+pub fn label_value_problem(value: &str) -> Option<String> {
+    let ok = value.is_empty()
+        || (value.len() <= 63
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && value.ends_with(|c: char| c.is_ascii_alphanumeric()));
+    (!ok).then(|| {
+        format!(
+            "{value:?} is not a valid label value (up to 63 letters, digits, `-`, `_` and `.`, \
+             starting and ending with a letter or digit)"
+        )
+    })
 }

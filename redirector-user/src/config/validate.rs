@@ -17,8 +17,8 @@ use super::raw::{self, IgnoredAnyOr};
 use super::service_entry::{self, Entry};
 use super::yaml::{self, ReadError};
 use super::{
-    Config, ConfigError, DEFAULT_VIP_RANGE, EndpointAddress, EndpointSpec, NodeSettings, Problem,
-    Protocol, Service, TlsPolicy, TrafficPolicy, node, policy, vip,
+    Config, ConfigError, DEFAULT_VIP_RANGE, EndpointAddress, EndpointSpec, LbAlgorithm,
+    NodeSettings, Problem, Protocol, Service, TlsPolicy, TrafficPolicy, node, policy, vip,
 };
 
 pub const ISTIO_API_VERSIONS: [&str; 3] = [
@@ -417,6 +417,11 @@ fn destination_rules(
                 }
             }
         }
+        if checked.policy.load_balancer == LbAlgorithm::Passthrough
+            && let Some(simple) = checked.simple
+        {
+            passthrough(ctx, doc, simple, &entries[owner]);
+        }
         let name = qualified_name(&dr.metadata).unwrap_or_default();
         rules.insert(
             host.value.clone(),
@@ -474,6 +479,9 @@ fn services(
         }
     };
 
+    for (i, entry) in entries.iter().enumerate() {
+        locality_weight_sums(ctx, &docs.service_entries[i].0, entry);
+    }
     let mut out = Vec::new();
     let mut by_vip_port: BTreeMap<(Ipv4Addr, u16), String> = BTreeMap::new();
     // A host listed twice has been reported already; build it once.
@@ -535,9 +543,9 @@ fn services(
                                 .copied()
                                 .unwrap_or(port.target_port),
                             locality: ep.locality.clone(),
-                            weight: 1,
-                            labels: Default::default(),
-                            network: String::new(),
+                            weight: ep.weight,
+                            labels: ep.labels.clone(),
+                            network: ep.network.clone(),
                         })
                         .collect()
                 };
@@ -558,4 +566,50 @@ fn services(
     }
     out.sort_by(|a, b| (&a.host, a.port.number).cmp(&(&b.host, b.port.number)));
     out
+}
+
+/// Envoy refuses a locality whose endpoint weights add up to more than
+/// 2^32 − 1 ("The sum of weights of all upstream hosts in a locality
+/// exceeds 4294967295"); reported at the endpoint that crosses it.
+fn locality_weight_sums(ctx: &mut Ctx, doc: &Doc, entry: &Entry) {
+    let mut sums: BTreeMap<&super::Locality, u64> = BTreeMap::new();
+    for ep in &entry.endpoints {
+        let sum = sums.entry(&ep.locality).or_default();
+        let before = *sum;
+        *sum += u64::from(ep.weight);
+        if before <= u64::from(u32::MAX) && *sum > u64::from(u32::MAX) {
+            ctx.at(
+                doc,
+                ep.at,
+                format!("{}.weight", ep.field),
+                format!(
+                    "the weights of the endpoints in locality {:?} add up to more than {} (Envoy rejects that)",
+                    ep.locality.to_string(),
+                    u32::MAX
+                ),
+            );
+        }
+    }
+}
+
+/// PASSTHROUGH (Envoy's ORIGINAL_DST) connects to the address the app
+/// dialled instead of to the endpoints. With an allocated VIP that address
+/// leads nowhere; with an explicit one it would mean not redirecting the
+/// service at all, which the datapath cannot express per service yet.
+fn passthrough(ctx: &mut Ctx, doc: &Doc, simple: &Spanned<String>, entry: &Entry) {
+    let field = "spec.trafficPolicy.loadBalancer.simple";
+    let message = match entry.address {
+        None => format!(
+            "PASSTHROUGH sends each connection to the address the app dialled, but the hosts of {} have \
+             VIPs allocated by redirector, which lead nowhere: there is nothing to pass through to; use \
+             ROUND_ROBIN, LEAST_REQUEST or RANDOM",
+            entry.name
+        ),
+        Some((ip, _)) => format!(
+            "not implemented yet: PASSTHROUGH would send connections to {ip} itself, bypassing the \
+             endpoints, which means not redirecting this service at all; remove the ServiceEntry instead \
+             (or use ROUND_ROBIN, LEAST_REQUEST or RANDOM)"
+        ),
+    };
+    ctx.value(doc, simple, field, message);
 }

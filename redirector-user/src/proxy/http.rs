@@ -89,6 +89,8 @@ async fn forward(mut req: Request<Incoming>, route: &Route) -> Response<Body> {
             Ok(conn) => conn,
             Err(reply) => return fallback.unwrap_or(reply),
         };
+        // In flight until the response head (LEAST_REQUEST).
+        let _active = route.cluster.track(&host);
         match sender.try_send_request(next).await {
             Ok(mut resp) => {
                 let status = resp.status();

@@ -12,6 +12,7 @@ use super::upstream::{Route, connect_first};
 pub async fn serve(mut client: TcpStream, route: &Route) {
     match connect_first(route, true, &[]).await {
         Ok((host, mut upstream)) => {
+            let _active = route.cluster.track(&host);
             match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                 Ok((up, down)) => {
                     debug!(cluster = %route.cluster.name, endpoint = %host, up, down, "connection closed")
