@@ -290,6 +290,41 @@ fn example_config_sets_everything() {
             ca_certificates: Some("/etc/ssl/certs/ca-certificates.crt".into())
         }
     );
+    let outlier = mydb.policy.outlier.as_ref().expect("outlier detection");
+    assert_eq!(
+        (
+            outlier.consecutive_gateway,
+            outlier.max_ejection_percent,
+            outlier.min_health_percent
+        ),
+        (Some(1), Some(50), 0)
+    );
+    assert_eq!(
+        mydb.policy.connection_pool,
+        ConnectionPoolPolicy {
+            connect_timeout: Duration::from_secs(2),
+            max_connections: 100,
+            tcp_keepalive: Some(TcpKeepalive {
+                probes: Some(3),
+                time: Some(Duration::from_secs(60)),
+                interval: Some(Duration::from_secs(10)),
+            }),
+            http1_max_pending_requests: 50,
+            max_requests_per_connection: 1000,
+            idle_timeout: Duration::from_secs(300),
+            max_retries: 10,
+        }
+    );
+    // The port's entry replaced the rule's outlier detection.
+    let legacy_outlier = legacy.policy.outlier.as_ref().expect("port-level");
+    assert!(legacy_outlier.split_external_local_origin_errors);
+    assert_eq!(legacy_outlier.consecutive_local_origin, 2);
+    assert_eq!(legacy.policy.connection_pool.max_connections, 20);
+    assert_eq!(
+        legacy.destination_rule.as_deref(),
+        Some("legacy-db"),
+        "{legacy:#?}"
+    );
     // The effective config serializes (the admin port serves it).
     let json = serde_json::to_string(&c).expect("serializes");
     assert!(json.contains("\"vip_range\":\"240.240.0.0/16\""), "{json}");
