@@ -1,8 +1,9 @@
 //! Outlier detection, connection pool and per-port settings on real BPF
 //! and real servers: gateway-error ejection, `maxEjectionPercent`,
 //! `connectTimeout` against a black hole, `maxConnections` with
-//! `http1MaxPendingRequests` overflow, `maxRequestsPerConnection` as the
-//! endpoint sees it, and `portLevelSettings`.
+//! `http1MaxPendingRequests` overflow, `maxRetries`,
+//! `maxRequestsPerConnection` as the endpoint sees it, and
+//! `portLevelSettings`.
 //!
 //! Endpoints listen on loopback addresses inside the test's own namespace
 //! (the black hole is behind a veth link of its own); the client dials the VIP,
@@ -349,4 +350,43 @@ spec:
     assert_eq!(count(&bodies, WEST), 5, "{bodies:?}");
     assert_eq!(node.servers[0].connections(), 1 + 5);
     assert_eq!(node.servers[1].connections(), 5);
+}
+
+#[test]
+fn max_retries_caps_the_retries_in_flight() {
+    let (mut node, entry) = two_regions();
+    // East answers 503 at once; west, where retries go, takes its time.
+    node.servers[0].set_status(503).unwrap();
+    node.servers[1].set_delay(Duration::from_millis(1500));
+    let config = entry
+        + &rule(
+            "    outlierDetection:
+      consecutive5xxErrors: 0
+    connectionPool:
+      http: {maxRetries: 1}
+",
+        );
+    node.start(&config, "us-east1", false);
+    std::thread::scope(|s| {
+        // The first request's retry to west is the one in flight...
+        let first = s.spawn(|| node.curl(VIP));
+        scenario::wait_until(
+            "the first retry to reach west",
+            Duration::from_secs(5),
+            || node.servers[1].requests() == 1,
+        );
+        // ...so the second gets east's 503 as it is, at once.
+        let start = Instant::now();
+        assert_eq!(node.curl(VIP), Ok((503, "503 from east".into())));
+        assert!(start.elapsed() < Duration::from_millis(1000));
+        assert_eq!(node.servers[1].requests(), 1, "not retried");
+        assert_eq!(first.join().unwrap(), Ok((200, WEST.into())));
+    });
+    assert!(
+        node.log().contains("connectionPool.http.maxRetries"),
+        "the overflow is logged: {}",
+        node.log()
+    );
+    // With the retry back, the next 503 is retried again.
+    assert_eq!(node.curl(VIP), Ok((200, WEST.into())));
 }
