@@ -47,7 +47,7 @@ fn wait_for_queries(node: &Node, n: u64) {
 
 #[test]
 fn an_ejection_outlives_refreshes_that_return_the_same_addresses() {
-    let mut node = node();
+    let node = node();
     assert_eq!(count(&node.bodies(VIP, 3), EAST), 3);
     node.servers[0].stop().unwrap();
     // The first request fails over inside the proxy and ejects east.

@@ -157,14 +157,7 @@ impl Generation {
                 }));
             }
             let vip = SocketAddrV4::new(service.vip, service.port.number);
-            routes.insert(
-                vip,
-                Arc::new(Route {
-                    cluster,
-                    tls,
-                    pool: Default::default(),
-                }),
-            );
+            routes.insert(vip, Arc::new(Route::new(cluster, tls)));
         }
         for (name, users) in names {
             tasks.push(resolve::watch(resolver.clone(), name, move |addrs| {
@@ -239,6 +232,7 @@ fn log_config(config: &Config, node: &Node) {
             host = %s.host, port = s.port.number, protocol = ?s.port.protocol,
             vip = %s.vip, vip_source = if s.vip_allocated { "allocated" } else { "addresses" },
             ?endpoints, outlier_detection = ?s.policy.outlier,
+            connection_pool = ?s.policy.connection_pool,
             tls = matches!(s.policy.tls, TlsPolicy::Simple { .. }),
             "service {} -> {}:{}", s.host, s.vip, s.port.number
         );
@@ -406,6 +400,49 @@ pub fn describe(config: &Config) -> String {
                 out,
                 "  outlier detection: {} consecutive 5xx, interval {:?}, base ejection {:?}",
                 o.consecutive_5xx, o.interval, o.base_ejection_time
+            );
+            if let Some(n) = o.consecutive_gateway {
+                let _ = writeln!(out, "    {n} consecutive gateway errors (502, 503, 504)");
+            }
+            if o.split_external_local_origin_errors {
+                let _ = writeln!(
+                    out,
+                    "    local-origin failures split: {} consecutive eject",
+                    o.consecutive_local_origin
+                );
+            }
+            if let Some(p) = o.max_ejection_percent {
+                let _ = writeln!(out, "    max ejection {p}%");
+            }
+        }
+        let pool = &s.policy.connection_pool;
+        if *pool != config::ConnectionPoolPolicy::default() {
+            let limit = |n: u32| {
+                if n == u32::MAX {
+                    "unlimited".to_owned()
+                } else {
+                    n.to_string()
+                }
+            };
+            let _ = writeln!(
+                out,
+                "  connection pool: connect timeout {:?}, max connections {}, max pending {}, \
+                 max retries {}, {} requests per connection, idle timeout {:?}{}",
+                pool.connect_timeout,
+                limit(pool.max_connections),
+                limit(pool.http1_max_pending_requests),
+                limit(pool.max_retries),
+                if pool.max_requests_per_connection == 0 {
+                    "unlimited".to_owned()
+                } else {
+                    pool.max_requests_per_connection.to_string()
+                },
+                pool.idle_timeout,
+                if pool.tcp_keepalive.is_some() {
+                    ", TCP keepalive"
+                } else {
+                    ""
+                }
             );
         }
         if let TlsPolicy::Simple { sni, .. } = &s.policy.tls {

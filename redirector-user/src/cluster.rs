@@ -114,6 +114,8 @@ pub struct Cluster {
     pub name: String,
     placement: Placement,
     policy: lb::Policy,
+    /// `splitExternalLocalOriginErrors`, known without the lock.
+    split_local_origin: bool,
     inner: Mutex<Inner>,
     dirty: AtomicBool,
     notify: Arc<Notify>,
@@ -162,6 +164,7 @@ impl Cluster {
         let detector = Detector::new(policy.outlier.as_ref());
         let cluster = Self {
             id,
+            split_local_origin: detector.split_local_origin(),
             service,
             name,
             placement,
@@ -335,6 +338,11 @@ impl Cluster {
 
     /// Feeds one attempt's outcome to outlier detection.
     pub fn record(&self, host: &Host, outcome: Outcome, error: Option<&str>) {
+        // A connect under an HTTP request matters only to a split
+        // local-origin counter: skip the lock on every request otherwise.
+        if outcome == Outcome::Connected && !self.split_local_origin {
+            return;
+        }
         let mut inner = self.inner();
         let before = inner.detector.state(&host.key).map(|s| s.consecutive_5xx);
         let event = inner.detector.record(&host.key, outcome, Instant::now());
@@ -345,12 +353,18 @@ impl Cluster {
         }
         let after = inner.detector.state(&host.key).map(|s| s.consecutive_5xx);
         drop(inner);
-        if let Some(Event::Ejected { duration }) = event {
-            warn!(
+        match event {
+            Some(Event::Ejected { duration, reason }) => warn!(
                 cluster = %self.name, endpoint = %host, ejection_time = ?duration,
-                last_error = error.unwrap_or("5xx response"),
+                threshold = reason.field(), last_error = error.unwrap_or("5xx response"),
                 "endpoint ejected by outlier detection"
-            );
+            ),
+            Some(Event::EjectionOverflow { reason }) => info!(
+                cluster = %self.name, endpoint = %host, threshold = reason.field(),
+                "endpoint reached its outlier threshold but stays in: maxEjectionPercent \
+                 allows no more ejections"
+            ),
+            _ => {}
         }
         if event.is_some() || error.is_some() || before != after {
             self.mark_dirty();

@@ -408,3 +408,5 @@ mod rule_tests;
 mod service_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod traffic_policy_tests;

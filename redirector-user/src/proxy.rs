@@ -2,6 +2,7 @@
 //! out which VIP:port each was meant for, and serves it as that service's
 //! protocol says.
 
+pub mod breakers;
 pub mod http;
 pub mod pool;
 pub mod tcp;

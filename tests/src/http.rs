@@ -30,6 +30,7 @@ struct State {
     status: AtomicU16,
     delay_ms: AtomicU64,
     requests: AtomicU64,
+    connections: AtomicU64,
 }
 
 /// An HTTP server in a namespace; stopped on drop.
@@ -47,6 +48,7 @@ impl HttpServer {
             status: AtomicU16::new(200),
             delay_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
         });
         let conn_state = Arc::clone(&state);
         let acceptor = Acceptor::start(netns, addr, &format!("http {name}"), move |stream| {
@@ -87,6 +89,11 @@ impl HttpServer {
         self.state.requests.load(Ordering::SeqCst)
     }
 
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
     /// Closes the listener and every open connection: new connects are
     /// refused until [`HttpServer::restart`].
     pub fn stop(&self) -> Result<()> {
@@ -100,6 +107,7 @@ impl HttpServer {
 }
 
 async fn serve_connection(stream: tokio::net::TcpStream, state: Arc<State>) {
+    state.connections.fetch_add(1, Ordering::SeqCst);
     let service = service_fn(move |request| respond(request, Arc::clone(&state)));
     // Errors here are client resets and the like: the tests judge by what
     // the client saw.

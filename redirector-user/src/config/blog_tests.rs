@@ -264,7 +264,14 @@ fn example_config_sets_everything() {
         .iter()
         .map(|s| (s.host.as_str(), s.port.number))
         .collect();
-    assert_eq!(hosts, [("db.legacy.internal", 5432), ("mydb.com", 80)]);
+    assert_eq!(
+        hosts,
+        [
+            ("db.legacy.internal", 5432),
+            ("db.legacy.internal", 8008),
+            ("mydb.com", 80)
+        ]
+    );
     let legacy = &c.services[0];
     assert_eq!(
         (legacy.vip, legacy.vip_allocated),
@@ -276,7 +283,7 @@ fn example_config_sets_everything() {
         legacy.endpoints[0].address,
         EndpointAddress::Ip(Ipv4Addr::new(192, 168, 10, 11))
     );
-    let mydb = &c.services[1];
+    let mydb = &c.services[2];
     assert_eq!(mydb.service_entry, "storage/dynamodb");
     assert_eq!(mydb.destination_rule.as_deref(), Some("storage/dynamodb"));
     assert_eq!(
@@ -289,6 +296,50 @@ fn example_config_sets_everything() {
             sni: Some(EAST.into()),
             ca_certificates: Some("/etc/ssl/certs/ca-certificates.crt".into())
         }
+    );
+    let outlier = mydb.policy.outlier.as_ref().expect("outlier detection");
+    assert_eq!(
+        (
+            outlier.consecutive_gateway,
+            outlier.max_ejection_percent,
+            outlier.min_health_percent
+        ),
+        (Some(1), Some(50), 0)
+    );
+    assert_eq!(
+        mydb.policy.connection_pool,
+        ConnectionPoolPolicy {
+            connect_timeout: Duration::from_secs(2),
+            max_connections: 100,
+            tcp_keepalive: Some(TcpKeepalive {
+                probes: Some(3),
+                time: Some(Duration::from_secs(60)),
+                interval: Some(Duration::from_secs(10)),
+            }),
+            http1_max_pending_requests: 50,
+            max_requests_per_connection: 1000,
+            idle_timeout: Duration::from_secs(300),
+            max_retries: 10,
+        }
+    );
+    // Port 5432 has the rule's top-level policy: distribute, LEAST_REQUEST,
+    // default outlier detection.
+    assert_eq!(legacy.policy.load_balancer, LbAlgorithm::LeastRequest);
+    assert_eq!(legacy.policy.locality_lb.distribute.len(), 1);
+    assert_eq!(legacy.policy.outlier, Some(OutlierPolicy::default()));
+    // Port 8008's entry replaced the whole policy: its outlier detection and
+    // pool, defaults for the rest (no distribute).
+    let admin = &c.services[1];
+    let admin_outlier = admin.policy.outlier.as_ref().expect("port-level");
+    assert!(admin_outlier.split_external_local_origin_errors);
+    assert_eq!(admin_outlier.consecutive_local_origin, 2);
+    assert_eq!(admin.policy.connection_pool.max_connections, 20);
+    assert!(admin.policy.locality_lb.distribute.is_empty());
+    assert_eq!(legacy.policy.connection_pool.max_connections, u32::MAX);
+    assert_eq!(
+        legacy.destination_rule.as_deref(),
+        Some("legacy-db"),
+        "{legacy:#?}"
     );
     // The effective config serializes (the admin port serves it).
     let json = serde_json::to_string(&c).expect("serializes");

@@ -1,12 +1,19 @@
-//! A DestinationRule's `trafficPolicy`: outlier detection, load balancing
-//! and TLS origination, with Istio's and Envoy's defaults.
+//! A DestinationRule's `trafficPolicy`: outlier detection, connection
+//! pool, load balancing and TLS origination, with Istio's and Envoy's
+//! defaults, and `portLevelSettings`.
 //!
 //! Only what redirector implements with Istio's meaning is accepted, and
 //! settings Istio would silently ignore (failover without outlier
 //! detection, anything under `enabled: false`, `failoverPriority` next to
 //! `distribute`) are errors rather than no-ops.
+//!
+//! A port's entry in `portLevelSettings` replaces the whole policy for that
+//! port, as Istio's `GetPortLevelTrafficPolicy` does: the sub-policies it
+//! names are used, and the ones it leaves out fall back to their defaults,
+//! not to the rule's top-level ones.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,17 +21,16 @@ use serde_saphyr::Spanned;
 
 use super::raw;
 use super::service_entry::{label_key_problem, label_value_problem, metadata_name};
-use super::validate::{Ctx, Doc};
+use super::validate::{Ctx, Doc, Pos, pos};
 use super::{
-    Distribute, Failover, LbAlgorithm, LocalityLbPolicy, OutlierPolicy, TlsPolicy, TrafficPolicy,
-    duration,
+    ConnectionPoolPolicy, Distribute, Failover, LbAlgorithm, LocalityLbPolicy, OutlierPolicy,
+    TcpKeepalive, TlsPolicy, TrafficPolicy, duration,
 };
 use crate::locality::{LABEL_REGION, LABEL_SUBZONE, LABEL_ZONE};
 
-/// Envoy's defaults, which Istio leaves in place.
-pub const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
-pub const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+/// Linux's limits for `TCP_KEEPCNT` and `TCP_KEEPIDLE`/`TCP_KEEPINTVL`.
+const MAX_KEEPALIVE_PROBES: i64 = 127;
+const MAX_KEEPALIVE_SECS: u64 = 32767;
 
 /// A rule's policy, and where its TLS mode is written (for checks against
 /// the ServiceEntry's ports).
@@ -33,6 +39,21 @@ pub struct Checked<'a> {
     pub tls_mode: Option<&'a Spanned<String>>,
     /// Where `loadBalancer.simple` is written (PASSTHROUGH is checked
     /// against the ServiceEntry).
+    pub simple: Option<&'a Spanned<String>>,
+    /// `portLevelSettings`, each replacing `policy` on its port.
+    pub ports: Vec<PortPolicy<'a>>,
+}
+
+/// The policy of one `portLevelSettings` entry.
+pub struct PortPolicy<'a> {
+    pub number: u16,
+    /// Where the port number is written, and its field path.
+    pub at: Pos,
+    pub field: String,
+    pub policy: TrafficPolicy,
+    pub tls_mode: Option<&'a Spanned<String>>,
+    /// `spec.trafficPolicy.portLevelSettings[i].tls.mode`.
+    pub tls_mode_field: String,
     pub simple: Option<&'a Spanned<String>>,
 }
 
@@ -52,94 +73,487 @@ pub fn validate<'a>(
     ] {
         ctx.unsupported(doc, "spec", key, v);
     }
-    let mut policy = TrafficPolicy::default();
-    let mut tls_mode = None;
-    let mut simple = None;
+    let mut checked = Checked {
+        policy: TrafficPolicy::default(),
+        tls_mode: None,
+        simple: None,
+        ports: Vec::new(),
+    };
     if let Some(tp) = &spec.traffic_policy {
         let parent = "spec.trafficPolicy";
         for (key, v) in [
-            ("connectionPool", &tp.connection_pool),
-            ("portLevelSettings", &tp.port_level_settings),
             ("tunnel", &tp.tunnel),
             ("proxyProtocol", &tp.proxy_protocol),
         ] {
             ctx.unsupported(doc, parent, key, v);
         }
-        if let Some(od) = &tp.outlier_detection {
-            policy.outlier = outlier(ctx, doc, &od.value);
-        }
-        if let Some(lb) = &tp.load_balancer {
-            let has_outlier = tp.outlier_detection.is_some();
-            (policy.load_balancer, policy.locality_lb) =
-                load_balancer(ctx, doc, parent, lb, has_outlier);
-            simple = lb.simple.as_ref();
-        }
-        if let Some(t) = &tp.tls {
-            policy.tls = tls(ctx, doc, &t.value);
-            tls_mode = t.value.mode.as_ref();
+        (checked.policy, checked.tls_mode, checked.simple) = sub_policies(
+            ctx,
+            doc,
+            parent,
+            SubPolicies {
+                load_balancer: tp.load_balancer.as_ref(),
+                outlier_detection: tp.outlier_detection.as_ref(),
+                connection_pool: tp.connection_pool.as_ref(),
+                tls: tp.tls.as_ref(),
+            },
+        );
+        for (i, p) in tp.port_level_settings.iter().flatten().enumerate() {
+            let field = format!("{parent}.portLevelSettings[{i}]");
+            if let Some(port) = port_policy(ctx, doc, &field, p, &checked.ports) {
+                checked.ports.push(port);
+            }
         }
     }
-    (ctx.problems.len() == before).then_some(Checked {
+    (ctx.problems.len() == before).then_some(checked)
+}
+
+/// The four sub-policies a top-level or port-level policy may hold.
+struct SubPolicies<'a> {
+    load_balancer: Option<&'a raw::LoadBalancer>,
+    outlier_detection: Option<&'a Spanned<raw::OutlierDetection>>,
+    connection_pool: Option<&'a Spanned<raw::ConnectionPool>>,
+    tls: Option<&'a Spanned<raw::ClientTls>>,
+}
+
+/// A policy from its sub-policies, each missing one at its default.
+fn sub_policies<'a>(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    parent: &str,
+    subs: SubPolicies<'a>,
+) -> (
+    TrafficPolicy,
+    Option<&'a Spanned<String>>,
+    Option<&'a Spanned<String>>,
+) {
+    let mut policy = TrafficPolicy::default();
+    let mut tls_mode = None;
+    let mut simple = None;
+    if let Some(od) = subs.outlier_detection {
+        policy.outlier = outlier(ctx, doc, parent, od);
+    }
+    if let Some(cp) = subs.connection_pool
+        && let Some(pool) = connection_pool(ctx, doc, parent, cp)
+    {
+        policy.connection_pool = pool;
+    }
+    if let Some(lb) = subs.load_balancer {
+        let has_outlier = subs.outlier_detection.is_some();
+        (policy.load_balancer, policy.locality_lb) =
+            load_balancer(ctx, doc, parent, lb, has_outlier);
+        simple = lb.simple.as_ref();
+    }
+    if let Some(t) = subs.tls {
+        policy.tls = tls(ctx, doc, parent, &t.value);
+        tls_mode = t.value.mode.as_ref();
+    }
+    (policy, tls_mode, simple)
+}
+
+fn port_policy<'a>(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    field: &str,
+    p: &'a Spanned<raw::PortTrafficPolicy>,
+    earlier: &[PortPolicy],
+) -> Option<PortPolicy<'a>> {
+    let v = &p.value;
+    let number = match v.port.as_ref().map(|s| (s, &s.value.number)) {
+        None => {
+            ctx.value(
+                doc,
+                p,
+                format!("{field}.port"),
+                "required: the port this entry applies to, like `port: {number: 80}`",
+            );
+            None
+        }
+        Some((selector, None)) => {
+            ctx.value(
+                doc,
+                selector,
+                format!("{field}.port.number"),
+                "required: a port number of the ServiceEntry",
+            );
+            None
+        }
+        Some((_, Some(n))) => {
+            super::service_entry::port_number(ctx, doc, n, &format!("{field}.port.number"))
+                .map(|number| (number, n))
+        }
+    };
+    if v.load_balancer.is_none()
+        && v.connection_pool.is_none()
+        && v.outlier_detection.is_none()
+        && v.tls.is_none()
+    {
+        ctx.value(
+            doc,
+            p,
+            field,
+            "a port's settings need at least one of loadBalancer, connectionPool, \
+             outlierDetection, tls",
+        );
+    }
+    let (policy, tls_mode, simple) = sub_policies(
+        ctx,
+        doc,
+        field,
+        SubPolicies {
+            load_balancer: v.load_balancer.as_ref(),
+            outlier_detection: v.outlier_detection.as_ref(),
+            connection_pool: v.connection_pool.as_ref(),
+            tls: v.tls.as_ref(),
+        },
+    );
+    let (number, n) = number?;
+    let number_field = format!("{field}.port.number");
+    if let Some(first) = earlier.iter().find(|e| e.number == number) {
+        ctx.value(
+            doc,
+            n,
+            &number_field,
+            format!(
+                "port {number} already has settings at {}; Istio would use only the first",
+                first.field.trim_end_matches(".port.number")
+            ),
+        );
+        return None;
+    }
+    Some(PortPolicy {
+        number,
+        at: pos(n.referenced),
+        field: number_field,
         policy,
         tls_mode,
+        tls_mode_field: format!("{field}.tls.mode"),
         simple,
     })
 }
 
-fn outlier(ctx: &mut Ctx, doc: &Doc, od: &raw::OutlierDetection) -> Option<OutlierPolicy> {
-    let parent = "spec.trafficPolicy.outlierDetection";
-    for (key, v) in [
-        ("consecutiveErrors", &od.consecutive_errors),
-        ("consecutiveGatewayErrors", &od.consecutive_gateway_errors),
-        (
-            "consecutiveLocalOriginFailures",
-            &od.consecutive_local_origin_failures,
-        ),
-        (
-            "splitExternalLocalOriginErrors",
-            &od.split_external_local_origin_errors,
-        ),
-        ("maxEjectionPercent", &od.max_ejection_percent),
-        ("minHealthPercent", &od.min_health_percent),
-    ] {
-        ctx.unsupported(doc, parent, key, v);
+/// A whole number in `range`, or a problem saying `expected`.
+fn number(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    v: &Spanned<i64>,
+    field: &str,
+    range: RangeInclusive<i64>,
+    expected: &str,
+) -> Option<u32> {
+    if range.contains(&v.value) {
+        u32::try_from(v.value).ok()
+    } else {
+        ctx.value(
+            doc,
+            v,
+            field,
+            format!("{} is out of range: expected {expected}", v.value),
+        );
+        None
     }
-    let consecutive_5xx = match &od.consecutive_5xx_errors {
-        None => Some(DEFAULT_CONSECUTIVE_5XX),
-        Some(n) => u32::try_from(n.value).ok().or_else(|| {
-            ctx.value(
+}
+
+const U32_MAX: i64 = u32::MAX as i64;
+
+fn outlier(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    parent: &str,
+    od: &Spanned<raw::OutlierDetection>,
+) -> Option<OutlierPolicy> {
+    let parent = format!("{parent}.outlierDetection");
+    let od = &od.value;
+    let before = ctx.problems.len();
+    let mut out = OutlierPolicy::default();
+    let field = |key: &str| format!("{parent}.{key}");
+    // Deprecated: Istio mapped it to gateway errors only (istio/api#617),
+    // turning consecutive 5xx off unless consecutive5xxErrors is written too.
+    if let Some(v) = &od.consecutive_errors
+        && let Some(n) = number(
+            ctx,
+            doc,
+            v,
+            &field("consecutiveErrors"),
+            0..=U32_MAX,
+            "0 (unset) or more",
+        )
+        && n > 0
+    {
+        out.consecutive_gateway = Some(n);
+        out.consecutive_5xx = 0;
+    }
+    if let Some(v) = &od.consecutive_5xx_errors
+        && let Some(n) = number(
+            ctx,
+            doc,
+            v,
+            &field("consecutive5xxErrors"),
+            0..=U32_MAX,
+            &format!("0 (off) to {}", u32::MAX),
+        )
+    {
+        out.consecutive_5xx = n;
+    }
+    if let Some(v) = &od.consecutive_gateway_errors
+        && let Some(n) = number(
+            ctx,
+            doc,
+            v,
+            &field("consecutiveGatewayErrors"),
+            0..=U32_MAX,
+            &format!("0 (off) to {}", u32::MAX),
+        )
+    {
+        out.consecutive_gateway = (n > 0).then_some(n);
+    }
+    out.split_external_local_origin_errors = od
+        .split_external_local_origin_errors
+        .as_ref()
+        .is_some_and(|v| v.value);
+    if let Some(v) = &od.consecutive_local_origin_failures {
+        if !out.split_external_local_origin_errors {
+            ctx.key(
                 doc,
-                n,
-                format!("{parent}.consecutive5xxErrors"),
-                format!(
-                    "{} is out of range: expected 0 (off) to {}",
-                    n.value,
-                    u32::MAX
-                ),
+                &parent,
+                "consecutiveLocalOriginFailures",
+                v,
+                "only used with splitExternalLocalOriginErrors: true (without it, local failures \
+                 count as 5xx); set it or remove this field",
             );
-            None
-        }),
-    };
-    let interval = positive_duration(
-        ctx,
-        doc,
-        &od.interval,
-        &format!("{parent}.interval"),
-        DEFAULT_INTERVAL,
-    );
-    let base = positive_duration(
+        } else if let Some(n) = number(
+            ctx,
+            doc,
+            v,
+            &field("consecutiveLocalOriginFailures"),
+            1..=U32_MAX,
+            "1 or more (Istio ignores 0 and Envoy then uses 5)",
+        ) {
+            out.consecutive_local_origin = n;
+        }
+    }
+    if let Some(d) = positive_duration(ctx, doc, &od.interval, &field("interval"), out.interval) {
+        out.interval = d;
+    }
+    if let Some(d) = positive_duration(
         ctx,
         doc,
         &od.base_ejection_time,
-        &format!("{parent}.baseEjectionTime"),
-        DEFAULT_BASE_EJECTION_TIME,
-    );
-    Some(OutlierPolicy {
-        consecutive_5xx: consecutive_5xx?,
-        interval: interval?,
-        base_ejection_time: base?,
-        ..OutlierPolicy::default()
-    })
+        &field("baseEjectionTime"),
+        out.base_ejection_time,
+    ) {
+        out.base_ejection_time = d;
+    }
+    if let Some(v) = &od.max_ejection_percent
+        && let Some(p) = number(
+            ctx,
+            doc,
+            v,
+            &field("maxEjectionPercent"),
+            0..=100,
+            "a percentage, 0 to 100",
+        )
+    {
+        // Istio cannot tell 0 from unset and leaves Envoy's default.
+        out.max_ejection_percent = (p > 0).then_some(p);
+    }
+    if let Some(v) = &od.min_health_percent
+        && let Some(p) = number(
+            ctx,
+            doc,
+            v,
+            &field("minHealthPercent"),
+            0..=100,
+            "a percentage, 0 (panic mode off) to 100",
+        )
+    {
+        out.min_health_percent = p;
+    }
+    (ctx.problems.len() == before).then_some(out)
+}
+
+fn connection_pool(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    parent: &str,
+    cp: &Spanned<raw::ConnectionPool>,
+) -> Option<ConnectionPoolPolicy> {
+    let parent = format!("{parent}.connectionPool");
+    let before = ctx.problems.len();
+    let mut out = ConnectionPoolPolicy::default();
+    if cp.value.tcp.is_none() && cp.value.http.is_none() {
+        ctx.value(
+            doc,
+            cp,
+            &parent,
+            "a connection pool needs at least one of tcp, http",
+        );
+    }
+    // Istio cannot tell 0 from unset for these limits: 0 keeps the default.
+    let limit = |ctx: &mut Ctx, v: &Spanned<i64>, field: String, default: u32| {
+        number(
+            ctx,
+            doc,
+            v,
+            &field,
+            0..=U32_MAX,
+            &format!("0 (unset) to {}", u32::MAX),
+        )
+        .map(|n| if n == 0 { default } else { n })
+    };
+    if let Some(tcp) = &cp.value.tcp {
+        let parent = format!("{parent}.tcp");
+        let tcp = &tcp.value;
+        for (key, v) in [
+            ("maxConnectionDuration", &tcp.max_connection_duration),
+            ("idleTimeout", &tcp.idle_timeout),
+        ] {
+            ctx.unsupported(doc, &parent, key, v);
+        }
+        if let Some(v) = &tcp.max_connections
+            && let Some(n) = limit(
+                ctx,
+                v,
+                format!("{parent}.maxConnections"),
+                out.max_connections,
+            )
+        {
+            out.max_connections = n;
+        }
+        if let Some(d) = positive_duration(
+            ctx,
+            doc,
+            &tcp.connect_timeout,
+            &format!("{parent}.connectTimeout"),
+            out.connect_timeout,
+        ) {
+            out.connect_timeout = d;
+        }
+        if let Some(ka) = &tcp.tcp_keepalive {
+            out.tcp_keepalive = Some(keepalive(
+                ctx,
+                doc,
+                &format!("{parent}.tcpKeepalive"),
+                &ka.value,
+            ));
+        }
+    }
+    if let Some(http) = &cp.value.http {
+        let parent = format!("{parent}.http");
+        let http = &http.value;
+        for (key, v) in [
+            ("http2MaxRequests", &http.http2_max_requests),
+            ("maxConcurrentStreams", &http.max_concurrent_streams),
+        ] {
+            ctx.unsupported(doc, &parent, key, v);
+        }
+        if let Some(v) = &http.http1_max_pending_requests
+            && let Some(n) = limit(
+                ctx,
+                v,
+                format!("{parent}.http1MaxPendingRequests"),
+                out.http1_max_pending_requests,
+            )
+        {
+            out.http1_max_pending_requests = n;
+        }
+        if let Some(v) = &http.max_requests_per_connection
+            && let Some(n) = number(
+                ctx,
+                doc,
+                v,
+                &format!("{parent}.maxRequestsPerConnection"),
+                0..=U32_MAX,
+                &format!("0 (unlimited) to {}", u32::MAX),
+            )
+        {
+            out.max_requests_per_connection = n;
+        }
+        if let Some(v) = &http.max_retries
+            && let Some(n) = limit(ctx, v, format!("{parent}.maxRetries"), out.max_retries)
+        {
+            out.max_retries = n;
+        }
+        if let Some(d) = positive_duration(
+            ctx,
+            doc,
+            &http.idle_timeout,
+            &format!("{parent}.idleTimeout"),
+            out.idle_timeout,
+        ) {
+            out.idle_timeout = d;
+        }
+        if let Some(v) = &http.h2_upgrade_policy {
+            let field = format!("{parent}.h2UpgradePolicy");
+            match v.value.as_str() {
+                // Upstream HTTP is HTTP/1.1 here: never upgrading is what
+                // both of these ask for.
+                "DEFAULT" | "DO_NOT_UPGRADE" => {}
+                "UPGRADE" => ctx.value(
+                    doc,
+                    v,
+                    field,
+                    "not implemented yet: h2UpgradePolicy UPGRADE; redirector speaks HTTP/1.1 to \
+                     endpoints",
+                ),
+                other => ctx.value(
+                    doc,
+                    v,
+                    field,
+                    format!(
+                        "unknown h2UpgradePolicy {other:?}; expected DEFAULT, DO_NOT_UPGRADE or UPGRADE"
+                    ),
+                ),
+            }
+        }
+        // `useClientProtocol` either way means HTTP/1.1 upstream: apps
+        // speak HTTP/1.1 to redirector's HTTP ports.
+    }
+    (ctx.problems.len() == before).then_some(out)
+}
+
+fn keepalive(ctx: &mut Ctx, doc: &Doc, parent: &str, ka: &raw::TcpKeepalive) -> TcpKeepalive {
+    let mut out = TcpKeepalive::default();
+    if let Some(v) = &ka.probes {
+        // 0, like unset, keeps the OS default (Istio sets only positive ones).
+        out.probes = number(
+            ctx,
+            doc,
+            v,
+            &format!("{parent}.probes"),
+            0..=MAX_KEEPALIVE_PROBES,
+            &format!("0 (OS default) to {MAX_KEEPALIVE_PROBES}, Linux's limit"),
+        )
+        .filter(|&n| n > 0);
+    }
+    out.time = keepalive_seconds(ctx, doc, &format!("{parent}.time"), &ka.time);
+    out.interval = keepalive_seconds(ctx, doc, &format!("{parent}.interval"), &ka.interval);
+    out
+}
+
+/// A keepalive duration: whole seconds, as the kernel takes them.
+fn keepalive_seconds(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    field: &str,
+    v: &Option<Spanned<String>>,
+) -> Option<Duration> {
+    let raw = v.as_ref()?;
+    let d = positive_duration(ctx, doc, v, field, Duration::ZERO)?;
+    if d.subsec_nanos() != 0 || d.as_secs() > MAX_KEEPALIVE_SECS {
+        ctx.value(
+            doc,
+            raw,
+            field,
+            format!(
+                "{:?} is not a whole number of seconds from 1s to {MAX_KEEPALIVE_SECS}s: \
+                 the kernel counts keepalive in seconds",
+                raw.value
+            ),
+        );
+        return None;
+    }
+    Some(d)
 }
 
 fn positive_duration(
@@ -524,8 +938,9 @@ fn patterns_overlap(a: &str, b: &str) -> bool {
     })
 }
 
-fn tls(ctx: &mut Ctx, doc: &Doc, t: &raw::ClientTls) -> TlsPolicy {
-    let parent = "spec.trafficPolicy.tls";
+fn tls(ctx: &mut Ctx, doc: &Doc, parent: &str, t: &raw::ClientTls) -> TlsPolicy {
+    let parent = format!("{parent}.tls");
+    let parent = parent.as_str();
     for (key, v) in [
         ("clientCertificate", &t.client_certificate),
         ("privateKey", &t.private_key),

@@ -146,14 +146,14 @@ fn minimal_service_entry_loads_with_defaults() {
 
 #[test]
 fn display_has_every_known_part() {
-    let text = se_and_dr("    connectionPool:\n      tcp: {maxConnections: 1}\n");
+    let text = se_and_dr("    tunnel: {protocol: CONNECT}\n");
     let p = problems(&text);
     assert_eq!(p.len(), 1, "{p:#?}");
-    let (line, col) = pos_of(&text, "connectionPool", 1);
+    let (line, col) = pos_of(&text, "tunnel", 1);
     assert_eq!(
         p[0].to_string(),
         format!(
-            "t.yaml:{line}:{col}: DestinationRule \"db-rule\" (document 2): spec.trafficPolicy.connectionPool: \
+            "t.yaml:{line}:{col}: DestinationRule \"db-rule\" (document 2): spec.trafficPolicy.tunnel: \
              not implemented yet: redirector does not support this Istio field; remove it"
         )
     );
@@ -252,11 +252,11 @@ fn typo_is_unknown_but_istio_field_is_not_implemented() {
         "lists the valid names: {p}"
     );
 
-    let real = se_and_dr("    connectionPool:\n      tcp: {}\n");
+    let real = se_and_dr("    tunnel: {protocol: CONNECT}\n");
     rejects(
         &real,
-        "connectionPool",
-        "spec.trafficPolicy.connectionPool",
+        "tunnel",
+        "spec.trafficPolicy.tunnel",
         "not implemented yet",
     );
 
@@ -305,14 +305,24 @@ fn every_unimplemented_istio_field_is_rejected_with_its_line() {
     }
     let dr_cases = [
         (
-            "    connectionPool:\n      http: {}\n",
-            "connectionPool",
-            "spec.trafficPolicy.connectionPool",
+            "    connectionPool:\n      tcp: {maxConnectionDuration: 1h}\n",
+            "maxConnectionDuration",
+            "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration",
         ),
         (
-            "    portLevelSettings: []\n",
-            "portLevelSettings",
-            "spec.trafficPolicy.portLevelSettings",
+            "    connectionPool:\n      tcp: {idleTimeout: 1h}\n",
+            "idleTimeout",
+            "spec.trafficPolicy.connectionPool.tcp.idleTimeout",
+        ),
+        (
+            "    connectionPool:\n      http: {http2MaxRequests: 10}\n",
+            "http2MaxRequests",
+            "spec.trafficPolicy.connectionPool.http.http2MaxRequests",
+        ),
+        (
+            "    connectionPool:\n      http: {maxConcurrentStreams: 10}\n",
+            "maxConcurrentStreams",
+            "spec.trafficPolicy.connectionPool.http.maxConcurrentStreams",
         ),
         (
             "    tunnel: {protocol: CONNECT}\n",
@@ -323,36 +333,6 @@ fn every_unimplemented_istio_field_is_rejected_with_its_line() {
             "    proxyProtocol: {}\n",
             "proxyProtocol",
             "spec.trafficPolicy.proxyProtocol",
-        ),
-        (
-            "      consecutiveErrors: 1\n",
-            "consecutiveErrors",
-            "spec.trafficPolicy.outlierDetection.consecutiveErrors",
-        ),
-        (
-            "      consecutiveGatewayErrors: 1\n",
-            "consecutiveGatewayErrors",
-            "spec.trafficPolicy.outlierDetection.consecutiveGatewayErrors",
-        ),
-        (
-            "      consecutiveLocalOriginFailures: 1\n",
-            "consecutiveLocalOriginFailures",
-            "spec.trafficPolicy.outlierDetection.consecutiveLocalOriginFailures",
-        ),
-        (
-            "      splitExternalLocalOriginErrors: true\n",
-            "splitExternalLocalOriginErrors",
-            "spec.trafficPolicy.outlierDetection.splitExternalLocalOriginErrors",
-        ),
-        (
-            "      maxEjectionPercent: 50\n",
-            "maxEjectionPercent",
-            "spec.trafficPolicy.outlierDetection.maxEjectionPercent",
-        ),
-        (
-            "      minHealthPercent: 50\n",
-            "minHealthPercent",
-            "spec.trafficPolicy.outlierDetection.minHealthPercent",
         ),
         (
             "    loadBalancer:\n      consistentHash: {useSourceIp: true}\n",
@@ -565,7 +545,7 @@ fn problems_from_all_documents_are_reported_together_in_line_order() {
             .replace("number: 80", "number: 0"),
         DR.replace(
             "consecutive5xxErrors: 2",
-            "consecutive5xxErrors: 2\n      maxEjectionPercent: 10\n      interval: x"
+            "consecutive5xxErrors: 2\n      maxEjectionPercent: 101\n      interval: x"
         ),
         "apiVersion: nope\nkind: Nope\n",
     );
@@ -577,7 +557,7 @@ fn problems_from_all_documents_are_reported_together_in_line_order() {
     for (needle, from, message) in [
         ("NONE", 1, "resolution NONE"),
         ("number: 0", 1, "out of range"),
-        ("maxEjectionPercent", 15, "not implemented yet"),
+        ("101", 15, "out of range"),
         ("x\n", 24, "invalid duration"),
         ("Nope", 26, "unknown kind"),
     ] {

@@ -340,6 +340,9 @@ fn host_owners(ctx: &mut Ctx, docs: &Documents, entries: &[Entry]) -> BTreeMap<S
 struct Rule {
     name: String,
     policy: TrafficPolicy,
+    /// `portLevelSettings`: port number → the policy that replaces `policy`
+    /// on that port.
+    ports: BTreeMap<u16, TrafficPolicy>,
 }
 
 /// Validates DestinationRules and matches them to hosts: host → rule.
@@ -396,31 +399,83 @@ fn destination_rules(
         }
         claimed.insert(&host.value, &doc.label);
         let Some(checked) = checked else { continue };
+        let ports = &entries[owner].ports;
+        let mut ok = true;
+        // A port selector that matches nothing would silently do nothing
+        // (Istio ignores it).
+        for p in &checked.ports {
+            if !ports.iter().any(|(port, _, _)| port.number == p.number) {
+                let known: Vec<String> = ports
+                    .iter()
+                    .map(|(port, _, _)| port.number.to_string())
+                    .collect();
+                ctx.at(
+                    doc,
+                    p.at,
+                    &p.field,
+                    format!(
+                        "ServiceEntry {:?} of host {} has no port {} (its ports: {}); \
+                         portLevelSettings select ports by number",
+                        entries[owner].name,
+                        host.value,
+                        p.number,
+                        known.join(", ")
+                    ),
+                );
+                ok = false;
+            }
+        }
         // Originating TLS towards a port the app already speaks TLS on would
         // encrypt twice.
-        if let (TlsPolicy::Simple { .. }, Some(mode)) = (&checked.policy.tls, &checked.tls_mode) {
-            for (port, _, _) in &entries[owner].ports {
-                if matches!(port.protocol, Protocol::Https | Protocol::Tls) {
-                    ctx.value(
-                        doc,
-                        mode,
-                        "spec.trafficPolicy.tls.mode",
-                        format!(
-                            "tls mode SIMPLE on port {} ({}) whose protocol is {}: the app already speaks TLS \
-                             there, so originating TLS again would double-encrypt; use mode DISABLE, or declare \
-                             the port as HTTP or TCP",
-                            port.number,
-                            port.name,
-                            port.protocol
-                        ),
-                    );
-                }
+        for (port, _, _) in ports {
+            let (policy, mode, field) = match checked.ports.iter().find(|p| p.number == port.number)
+            {
+                Some(p) => (&p.policy, p.tls_mode, p.tls_mode_field.as_str()),
+                None => (
+                    &checked.policy,
+                    checked.tls_mode,
+                    "spec.trafficPolicy.tls.mode",
+                ),
+            };
+            if let (TlsPolicy::Simple { .. }, Some(mode)) = (&policy.tls, mode)
+                && matches!(port.protocol, Protocol::Https | Protocol::Tls)
+            {
+                ctx.value(
+                    doc,
+                    mode,
+                    field,
+                    format!(
+                        "tls mode SIMPLE on port {} ({}) whose protocol is {}: the app already speaks TLS \
+                         there, so originating TLS again would double-encrypt; use mode DISABLE, or declare \
+                         the port as HTTP or TCP",
+                        port.number, port.name, port.protocol
+                    ),
+                );
+                ok = false;
             }
+        }
+        if !ok {
+            continue;
         }
         if checked.policy.load_balancer == LbAlgorithm::Passthrough
             && let Some(simple) = checked.simple
         {
-            passthrough(ctx, doc, simple, &entries[owner]);
+            let field = "spec.trafficPolicy.loadBalancer.simple";
+            passthrough(ctx, doc, simple, field, &entries[owner]);
+            continue;
+        }
+        if let Some(p) = checked
+            .ports
+            .iter()
+            .find(|p| p.policy.load_balancer == LbAlgorithm::Passthrough)
+            && let Some(simple) = p.simple
+        {
+            let field = format!(
+                "{}.loadBalancer.simple",
+                p.field.trim_end_matches(".port.number")
+            );
+            passthrough(ctx, doc, simple, &field, &entries[owner]);
+            continue;
         }
         let name = qualified_name(&dr.metadata).unwrap_or_default();
         rules.insert(
@@ -428,6 +483,11 @@ fn destination_rules(
             Rule {
                 name,
                 policy: checked.policy,
+                ports: checked
+                    .ports
+                    .into_iter()
+                    .map(|p| (p.number, p.policy))
+                    .collect(),
             },
         );
     }
@@ -557,7 +617,9 @@ fn services(
                     port: port.clone(),
                     resolution: entry.resolution,
                     endpoints,
-                    policy: rule.map(|r| r.policy.clone()).unwrap_or_default(),
+                    policy: rule
+                        .map(|r| r.ports.get(&port.number).unwrap_or(&r.policy).clone())
+                        .unwrap_or_default(),
                     service_entry: entry.name.clone(),
                     destination_rule: rule.map(|r| r.name.clone()),
                 });
@@ -596,8 +658,7 @@ fn locality_weight_sums(ctx: &mut Ctx, doc: &Doc, entry: &Entry) {
 /// dialled instead of to the endpoints. With an allocated VIP that address
 /// leads nowhere; with an explicit one it would mean not redirecting the
 /// service at all, which the datapath cannot express per service yet.
-fn passthrough(ctx: &mut Ctx, doc: &Doc, simple: &Spanned<String>, entry: &Entry) {
-    let field = "spec.trafficPolicy.loadBalancer.simple";
+fn passthrough(ctx: &mut Ctx, doc: &Doc, simple: &Spanned<String>, field: &str, entry: &Entry) {
     let message = match entry.address {
         None => format!(
             "PASSTHROUGH sends each connection to the address the app dialled, but the hosts of {} have \

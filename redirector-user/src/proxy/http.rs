@@ -16,15 +16,24 @@
 //! blog's "first call fails" nor a 503 while a healthy endpoint exists.
 //! With none left it gets a 503 whose body says why, like Envoy's "no
 //! healthy upstream".
+//!
+//! The service's `connectionPool` applies as in Envoy: a request that needs
+//! a new connection while `maxConnections` are open waits for one (holding
+//! one of `http1MaxPendingRequests`), and fails at once with a 503 naming
+//! the limit when those are taken too; every retry (503, reset, or a
+//! connect moving on to the next endpoint) holds one of `maxRetries`, and
+//! without one the request is not retried; a connection that has carried
+//! `maxRequestsPerConnection` requests asks the endpoint to close it
+//! (`Connection: close`) and is not reused.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header, request};
 use http_body_util::{BodyExt as _, Either, Empty, Full, Limited};
 use hyper::{
     body::{Body as _, Incoming},
-    client::conn::http1::{self as client, SendRequest},
+    client::conn::http1 as client,
     server::conn::http1 as server,
     service::service_fn,
 };
@@ -32,7 +41,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use super::upstream::{Route, candidates, connect_in_order};
+use super::{
+    breakers::{Limit, Slot},
+    pool::Conn,
+    upstream::{Route, candidates, connect_in_order},
+};
 use crate::{
     cluster::{Host, HostKey},
     outlier::Outcome,
@@ -51,6 +64,9 @@ const RETRIES: usize = 2;
 const RESENDS: usize = 3;
 /// A 503 body kept to hand back if no other endpoint answers.
 const MAX_BUFFERED_503: usize = 64 * 1024;
+/// How often a request waiting for a connection looks again, at most (it
+/// is also woken when a connection closes or goes back to the pool).
+const MAX_WAIT_POLL: Duration = Duration::from_millis(32);
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 5] = [
@@ -82,28 +98,53 @@ async fn forward(mut req: Request<Incoming>, route: &Route) -> Response<Body> {
     let mut tried: Vec<Arc<HostKey>> = Vec::new();
     let mut fallback: Option<Response<Body>> = None;
     let (mut retries, mut resends) = (RETRIES, RESENDS);
+    // Retries in flight under `maxRetries`, held until the answer.
+    let mut retry_slots: Vec<Slot> = Vec::new();
+    let max_requests = route
+        .cluster
+        .service
+        .policy
+        .connection_pool
+        .max_requests_per_connection;
     // After a pooled connection turned out dead, connect afresh.
     let mut fresh = false;
     loop {
-        let (host, mut sender) = match open(route, &tried, fresh).await {
+        let (host, mut conn) = match open(route, &tried, fresh, &mut retry_slots).await {
             Ok(conn) => conn,
             Err(reply) => return fallback.unwrap_or(reply),
         };
+        conn.requests += 1;
+        let last = max_requests > 0 && conn.requests >= max_requests;
+        if last {
+            next.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        } else {
+            next.headers_mut().remove(header::CONNECTION);
+        }
         // In flight until the response head (LEAST_REQUEST).
         let _active = route.cluster.track(&host);
-        match sender.try_send_request(next).await {
+        match conn.sender.try_send_request(next).await {
             Ok(mut resp) => {
                 let status = resp.status();
                 route
                     .cluster
                     .record(&host, Outcome::Status(status.as_u16()), None);
                 strip_hop_by_hop(resp.headers_mut());
-                // Busy until the app has read the body; the pool skips it
-                // until then.
-                route.pool.checkin(host.key.clone(), sender);
+                if !last {
+                    // Busy until the app has read the body; the pool skips
+                    // it until then.
+                    route.pool.checkin(host.key.clone(), conn);
+                    route.breakers.notify_freed();
+                }
+                // A last request's connection closes after this answer and
+                // gives its maxConnections slot back then.
                 let Some(head) = replay.as_ref().filter(|_| status == 503 && retries > 0) else {
                     return resp.map(Either::Left);
                 };
+                let Some(slot) = route.breakers.try_take(Limit::Retries) else {
+                    return resp.map(Either::Left);
+                };
+                retry_slots.push(slot);
                 let Some(buffered) = buffer(resp).await else {
                     return local_reply(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -128,8 +169,10 @@ async fn forward(mut req: Request<Incoming>, route: &Route) -> Response<Body> {
                     // §9.2.2); without a body we still have all of it.
                     if let Some(head) = replay.as_ref().filter(|h| h.method.is_idempotent())
                         && retries > 0
+                        && let Some(slot) = route.breakers.try_take(Limit::Retries)
                     {
                         debug!(endpoint = %host, "{error}; retrying on another endpoint");
+                        retry_slots.push(slot);
                         retries -= 1;
                         tried.push(host.key);
                         next = Request::from_parts(head.clone(), Either::Right(Empty::new()));
@@ -175,31 +218,81 @@ async fn buffer(resp: Response<Incoming>) -> Option<Response<Body>> {
 
 /// An upstream HTTP/1 connection to the first endpoint (not in `exclude`)
 /// in attempt order: an idle pooled one if there is (unless `fresh`), else
-/// a new one, to the next endpoint if that one does not answer.
+/// a new one under `maxConnections`, to the next endpoint if that one does
+/// not answer (each next one a retry under `maxRetries`).
 async fn open(
     route: &Route,
     exclude: &[Arc<HostKey>],
     fresh: bool,
-) -> Result<(Host, SendRequest<UpBody>), Response<Body>> {
+    retry_slots: &mut Vec<Slot>,
+) -> Result<(Host, Conn<UpBody>), Response<Body>> {
     let order = candidates(route, exclude);
-    if !fresh
-        && let Some(first) = order.first()
-        && let Some(sender) = route.pool.checkout(&first.key)
-    {
-        return Ok((first.clone(), sender));
+    let Some(first) = order.first().cloned() else {
+        let service = &route.cluster.service;
+        warn!(cluster = %route.cluster.name, "no healthy upstream");
+        return Err(local_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "no healthy upstream for {}:{}",
+                service.host, service.port.number
+            ),
+        ));
+    };
+    if !fresh && let Some(conn) = route.pool.checkout(&first.key) {
+        route.cluster.record(&first, Outcome::Connected, None);
+        return Ok((first, conn));
     }
-    let (host, stream) = connect_in_order(route, order, false).await.map_err(|no| {
-        warn!(cluster = %route.cluster.name, "{no}");
-        local_reply(StatusCode::SERVICE_UNAVAILABLE, &no.to_string())
+    let slot = match route.breakers.try_take_quietly(Limit::Connections) {
+        Some(slot) => slot,
+        None => match wait_for_connection(route, &first, fresh).await? {
+            Waited::Pooled(conn) => {
+                route.cluster.record(&first, Outcome::Connected, None);
+                return Ok((first, conn));
+            }
+            Waited::Slot(slot) => slot,
+        },
+    };
+    let breakers = &route.breakers;
+    let mut refused = false;
+    let mut may_retry = || match breakers.try_take(Limit::Retries) {
+        Some(slot) => {
+            retry_slots.push(slot);
+            true
+        }
+        None => {
+            refused = true;
+            false
+        }
+    };
+    let connected = connect_in_order(route, order, false, &mut may_retry).await;
+    let (host, stream) = connected.map_err(|no| {
+        let mut detail = no.to_string();
+        if refused {
+            detail += &format!(
+                "; not tried further: {} retries already in flight ({})",
+                breakers.max(Limit::Retries),
+                Limit::Retries.field()
+            );
+        }
+        warn!(cluster = %route.cluster.name, "{detail}");
+        local_reply(StatusCode::SERVICE_UNAVAILABLE, &detail)
     })?;
     match client::handshake(TokioIo::new(stream)).await {
         Ok((sender, conn)) => {
             tokio::spawn(async move {
+                // The connection counts toward maxConnections until it ends.
+                let _slot = slot;
                 if let Err(e) = conn.await {
                     debug!(error = %e, "upstream connection ended with an error");
                 }
             });
-            Ok((host, sender))
+            Ok((
+                host,
+                Conn {
+                    sender,
+                    requests: 0,
+                },
+            ))
         }
         Err(e) => {
             let error = format!("HTTP/1 handshake: {e}");
@@ -209,6 +302,84 @@ async fn open(
             Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, &error))
         }
     }
+}
+
+/// What a request waiting under `maxConnections` got.
+enum Waited {
+    /// An idle connection to the host it wants.
+    Pooled(Conn<UpBody>),
+    /// Room for a new connection.
+    Slot(Slot),
+}
+
+/// Waits, as one of `http1MaxPendingRequests`, for an idle connection to
+/// `host` or room for a new one, for at most the connect timeout. Idle
+/// connections to other endpoints are closed to make room.
+async fn wait_for_connection(
+    route: &Route,
+    host: &Host,
+    fresh: bool,
+) -> Result<Waited, Response<Body>> {
+    let breakers = &route.breakers;
+    let service = &route.cluster.service;
+    let Some(_pending) = breakers.try_take(Limit::Pending) else {
+        return Err(overflow_reply(&format!(
+            "{}:{} has {} connections open ({}) and {} requests already waiting for one ({})",
+            service.host,
+            service.port.number,
+            breakers.max(Limit::Connections),
+            Limit::Connections.field(),
+            breakers.max(Limit::Pending),
+            Limit::Pending.field(),
+        )));
+    };
+    let timeout = service.policy.connection_pool.connect_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut poll = Duration::from_millis(1);
+    loop {
+        let freed = breakers.freed();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        if !fresh && let Some(conn) = route.pool.checkout(&host.key) {
+            return Ok(Waited::Pooled(conn));
+        }
+        if let Some(slot) = breakers.try_take_quietly(Limit::Connections) {
+            return Ok(Waited::Slot(slot));
+        }
+        // An idle connection elsewhere gives its slot back once closed (one
+        // to `host` that turns ready is ours to take, not to close).
+        route.pool.evict_one((!fresh).then_some(&*host.key));
+        tokio::select! {
+            _ = &mut freed => {}
+            _ = tokio::time::sleep(poll) => poll = (poll * 2).min(MAX_WAIT_POLL),
+            _ = tokio::time::sleep_until(deadline) => {
+                breakers.overflowed(Limit::Connections);
+                return Err(overflow_reply(&format!(
+                    "no connection to {}:{} became free within the connect timeout ({timeout:?}); \
+                     all {} ({}) are busy",
+                    service.host,
+                    service.port.number,
+                    breakers.max(Limit::Connections),
+                    Limit::Connections.field(),
+                )));
+            }
+        }
+    }
+}
+
+/// A 503 for a circuit breaker, marked the way Envoy marks its own.
+fn overflow_reply(detail: &str) -> Response<Body> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!(
+        "upstream overflow (circuit breaker): {detail}\n"
+    )))));
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+    resp
 }
 
 fn local_reply(status: StatusCode, detail: &str) -> Response<Body> {

@@ -9,13 +9,16 @@
 //! as nginx's `keepalive` and Envoy's connection pools do.
 //!
 //! Bounded: at most [`MAX_IDLE_PER_HOST`] idle connections per endpoint,
-//! each dropped after [`IDLE_TIMEOUT`] unused (shorter than the 60 s many
-//! servers use, so we rarely send into a connection the server is closing;
-//! when we do, the request was not sent and is retried on a fresh one).
+//! each closed once idle for the service's `connectionPool.http.idleTimeout`
+//! (Istio's default: 1 h). A sweeper closes them on time, not only when
+//! the next request looks, since an idle connection still holds one of the
+//! service's `maxConnections`. When a server closes an idle connection
+//! first, the request sent into it was not sent and goes out again on a
+//! fresh one.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
 
@@ -24,42 +27,76 @@ use hyper::client::conn::http1::SendRequest;
 use crate::cluster::HostKey;
 
 pub const MAX_IDLE_PER_HOST: usize = 128;
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An upstream connection with how many requests it has carried.
+pub struct Conn<B> {
+    pub sender: SendRequest<B>,
+    pub requests: u32,
+}
 
 /// Idle connections of one endpoint, oldest first, with when they went idle.
-type IdleList<B> = Vec<(Instant, SendRequest<B>)>;
+type IdleList<B> = Vec<(Instant, Conn<B>)>;
 
 pub struct Pool<B> {
+    idle_timeout: Duration,
     idle: Mutex<HashMap<Arc<HostKey>, IdleList<B>>>,
 }
 
-impl<B> Default for Pool<B> {
-    fn default() -> Self {
-        Self {
+impl<B: Send + 'static> Pool<B> {
+    /// A pool, and (inside a tokio runtime) a task that closes expired idle
+    /// connections until the pool is dropped.
+    pub fn new(idle_timeout: Duration) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            idle_timeout,
             idle: Mutex::new(HashMap::new()),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(sweep(Arc::downgrade(&pool)));
+        }
+        pool
+    }
+}
+
+async fn sweep<B>(weak: Weak<Pool<B>>) {
+    let Some(every) = weak.upgrade().map(|p| sweep_period(p.idle_timeout)) else {
+        return;
+    };
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        match weak.upgrade() {
+            Some(pool) => pool.purge(),
+            None => return,
         }
     }
+}
+
+/// Often enough that a connection outlives its idle timeout by at most a
+/// half, rarely enough to cost nothing.
+fn sweep_period(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(30))
 }
 
 impl<B> Pool<B> {
     /// The most recently used idle connection to `host` that can take a
     /// request now; closed and expired ones are dropped on the way.
-    pub fn checkout(&self, host: &HostKey) -> Option<SendRequest<B>> {
+    pub fn checkout(&self, host: &HostKey) -> Option<Conn<B>> {
         let mut idle = self.idle.lock().expect("pool lock");
         let list = idle.get_mut(host)?;
         let now = Instant::now();
         let mut busy = Vec::new();
         let mut found = None;
-        while let Some((since, sender)) = list.pop() {
-            if sender.is_closed() || now.duration_since(since) > IDLE_TIMEOUT {
+        while let Some((since, conn)) = list.pop() {
+            if conn.sender.is_closed() || now.duration_since(since) > self.idle_timeout {
                 continue;
             }
-            if sender.is_ready() {
-                found = Some(sender);
+            if conn.sender.is_ready() {
+                found = Some(conn);
                 break;
             }
             // Still finishing its last response; keep it for later.
-            busy.push((since, sender));
+            busy.push((since, conn));
         }
         list.extend(busy.into_iter().rev());
         found
@@ -67,14 +104,170 @@ impl<B> Pool<B> {
 
     /// Returns a connection after use; it is kept only while open and
     /// while the endpoint's idle list has room.
-    pub fn checkin(&self, host: Arc<HostKey>, sender: SendRequest<B>) {
-        if sender.is_closed() {
+    pub fn checkin(&self, host: Arc<HostKey>, conn: Conn<B>) {
+        if conn.sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().expect("pool lock");
         let list = idle.entry(host).or_default();
         if list.len() < MAX_IDLE_PER_HOST {
-            list.push((Instant::now(), sender));
+            list.push((Instant::now(), conn));
         }
+    }
+
+    /// Drops closed and expired idle connections.
+    pub fn purge(&self) {
+        let now = Instant::now();
+        let mut idle = self.idle.lock().expect("pool lock");
+        for list in idle.values_mut() {
+            list.retain(|(since, c)| {
+                !c.sender.is_closed() && now.duration_since(*since) <= self.idle_timeout
+            });
+        }
+        idle.retain(|_, list| !list.is_empty());
+    }
+
+    /// Closes the longest-idle connection that is not busy and not to
+    /// `keep`, to make room under `maxConnections` for a new connection.
+    /// Returns whether there was one.
+    pub fn evict_one(&self, keep: Option<&HostKey>) -> bool {
+        self.purge();
+        let mut idle = self.idle.lock().expect("pool lock");
+        let oldest = idle
+            .iter()
+            .filter(|(host, _)| keep != Some(&***host))
+            .flat_map(|(host, list)| {
+                list.iter()
+                    .enumerate()
+                    .filter(|(_, (_, c))| c.sender.is_ready())
+                    .map(move |(i, (since, _))| (*since, host.clone(), i))
+            })
+            .min_by_key(|(since, _, _)| *since);
+        let Some((_, host, i)) = oldest else {
+            return false;
+        };
+        if let Some(list) = idle.get_mut(&host) {
+            list.remove(i);
+        }
+        true
+    }
+
+    /// Idle connections held, over all endpoints.
+    pub fn idle_count(&self) -> usize {
+        self.idle
+            .lock()
+            .expect("pool lock")
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{convert::Infallible, net::Ipv4Addr};
+
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use hyper_util::rt::TokioIo;
+
+    use super::*;
+    use crate::config::EndpointAddress;
+
+    type B = Empty<Bytes>;
+
+    fn key(last: u8) -> Arc<HostKey> {
+        let ip = Ipv4Addr::new(127, 0, 0, last);
+        Arc::new(HostKey {
+            address: EndpointAddress::Ip(ip),
+            port: 80,
+            ip,
+        })
+    }
+
+    /// A real HTTP/1 client connection to an in-memory server, ready for a
+    /// request.
+    async fn conn() -> Conn<B> {
+        let (client, server) = tokio::io::duplex(4096);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_req| async {
+                Ok::<_, Infallible>(hyper::Response::new(Empty::<Bytes>::new()))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(server), service)
+                .await;
+        });
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(client))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        sender.ready().await.expect("ready");
+        Conn {
+            sender,
+            requests: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_checked_in_connection_is_handed_out_once() {
+        let pool = Pool::<B>::new(Duration::from_secs(60));
+        pool.checkin(key(1), conn().await);
+        assert_eq!(pool.idle_count(), 1);
+        assert!(pool.checkout(&key(2)).is_none(), "another endpoint's");
+        assert!(pool.checkout(&key(1)).is_some());
+        assert!(pool.checkout(&key(1)).is_none());
+    }
+
+    #[tokio::test]
+    async fn expired_connections_are_not_handed_out() {
+        let pool = Pool::<B>::new(Duration::from_millis(20));
+        pool.checkin(key(1), conn().await);
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(pool.checkout(&key(1)).is_none());
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_sweeper_closes_expired_connections_on_time() {
+        let pool = Pool::<B>::new(Duration::from_millis(100));
+        pool.checkin(key(1), conn().await);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert_eq!(pool.idle_count(), 1, "not yet expired");
+        // Expired at 100 ms, swept every 50 ms.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn eviction_closes_the_longest_idle_connection() {
+        let pool = Pool::<B>::new(Duration::from_secs(60));
+        assert!(!pool.evict_one(None), "nothing to evict");
+        pool.checkin(key(1), conn().await);
+        std::thread::sleep(Duration::from_millis(2));
+        pool.checkin(key(2), conn().await);
+        // The connection to the endpoint a waiting request wants is kept.
+        assert!(pool.evict_one(Some(&*key(1))));
+        assert_eq!(pool.idle_count(), 1);
+        assert!(pool.checkout(&key(2)).is_none());
+        assert!(!pool.evict_one(Some(&*key(1))), "only the kept one is left");
+        // Otherwise the longest idle goes first.
+        pool.checkin(key(2), conn().await);
+        assert!(pool.evict_one(None));
+        assert_eq!(pool.idle_count(), 1);
+        assert!(pool.checkout(&key(1)).is_none(), "the older one went");
+        assert!(pool.checkout(&key(2)).is_some());
+    }
+
+    #[test]
+    fn sweeps_at_half_the_idle_timeout_within_bounds() {
+        assert_eq!(
+            sweep_period(Duration::from_secs(3600)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(sweep_period(Duration::from_secs(2)), Duration::from_secs(1));
+        assert_eq!(
+            sweep_period(Duration::from_millis(10)),
+            Duration::from_millis(50)
+        );
     }
 }

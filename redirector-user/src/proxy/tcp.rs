@@ -1,5 +1,7 @@
 //! TCP (and TLS/HTTPS passthrough) ports: one upstream connection per app
-//! connection, bytes copied both ways as they come.
+//! connection, bytes copied both ways as they come. Each holds one of the
+//! service's `maxConnections`; over it the app's connection is reset at
+//! once, as Envoy's TCP proxy does on `upstream_cx_overflow`.
 
 use std::time::Duration;
 
@@ -7,9 +9,16 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use super::upstream::{Route, connect_first};
+use super::{
+    breakers::Limit,
+    upstream::{Route, connect_first},
+};
 
 pub async fn serve(mut client: TcpStream, route: &Route) {
+    let Some(_slot) = route.breakers.try_take(Limit::Connections) else {
+        debug!(cluster = %route.cluster.name, "maxConnections reached; resetting the app's connection");
+        return reset(client);
+    };
     match connect_first(route, true, &[]).await {
         Ok((host, mut upstream)) => {
             let _active = route.cluster.track(&host);

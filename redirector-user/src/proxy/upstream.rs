@@ -6,7 +6,10 @@
 //! timed-out or TLS-failed connect is recorded for outlier detection and the
 //! next host in attempt order is tried at once, so the app sees no error.
 //! Every upstream socket carries [`PROXY_MARK`] so connect4 never redirects
-//! the proxy's own connects back to itself.
+//! the proxy's own connects back to itself, and gets the service's
+//! `connectionPool.tcp` settings: `connectTimeout` bounds the TCP connect
+//! and TLS handshake together (Envoy counts a TLS connection as connected
+//! after its handshake), `tcpKeepalive` turns on keepalive probes.
 
 use std::{fmt, io, sync::Arc, time::Duration};
 
@@ -16,16 +19,15 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 use tracing::debug;
 
-use super::{http::UpBody, pool::Pool};
+use super::{breakers::Breakers, http::UpBody, pool::Pool};
 use crate::{
     bpf::PROXY_MARK,
     cluster::{Cluster, Host, HostKey},
+    config::TcpKeepalive,
     outlier::Outcome,
     tls::TlsOrigin,
 };
 
-/// Istio's default `connectionPool.tcp.connectTimeout`.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Distinct hosts one new connection tries before giving up.
 const MAX_ATTEMPTS: usize = 5;
 
@@ -36,7 +38,22 @@ pub struct Route {
     pub cluster: Arc<Cluster>,
     pub tls: Option<Arc<TlsOrigin>>,
     /// Idle upstream HTTP connections (HTTP ports only).
-    pub pool: Pool<UpBody>,
+    pub pool: Arc<Pool<UpBody>>,
+    /// The service's `connectionPool` limits.
+    pub breakers: Arc<Breakers>,
+}
+
+impl Route {
+    /// Must run inside the tokio runtime: the pool starts its sweeper.
+    pub fn new(cluster: Arc<Cluster>, tls: Option<Arc<TlsOrigin>>) -> Self {
+        let policy = &cluster.service.policy.connection_pool;
+        Self {
+            pool: Pool::new(policy.idle_timeout),
+            breakers: Breakers::new(&cluster.name, policy),
+            tls,
+            cluster,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,8 +78,8 @@ fn describe_tls(e: &io::Error) -> String {
 }
 
 impl ConnectError {
-    /// Envoy maps a connect failure to 503 and a timeout to 504; both count
-    /// toward consecutive 5xx.
+    /// Local-origin failures: unless split, Envoy maps a connect failure to
+    /// 503 and a timeout to 504, both 5xx and gateway errors.
     pub fn outcome(&self) -> Outcome {
         match self {
             ConnectError::Timeout(_) => Outcome::Timeout,
@@ -93,25 +110,55 @@ impl fmt::Display for NoUpstream {
 }
 
 pub async fn connect(route: &Route, host: &Host) -> Result<Stream, ConnectError> {
+    let pool = &route.cluster.service.policy.connection_pool;
     let socket = TcpSocket::new_v4().map_err(ConnectError::Io)?;
     SockRef::from(&socket)
         .set_mark(PROXY_MARK)
         .map_err(ConnectError::Io)?;
     socket.set_nodelay(true).map_err(ConnectError::Io)?;
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(host.addr.into()))
+    if let Some(ka) = &pool.tcp_keepalive {
+        set_keepalive(SockRef::from(&socket), ka).map_err(ConnectError::Io)?;
+    }
+    let timeout = pool.connect_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let tcp = tokio::time::timeout_at(deadline, socket.connect(host.addr.into()))
         .await
-        .map_err(|_| ConnectError::Timeout(CONNECT_TIMEOUT))?
+        .map_err(|_| ConnectError::Timeout(timeout))?
         .map_err(ConnectError::Io)?;
     let Some(tls) = &route.tls else {
         return Ok(Either::Left(tcp));
     };
     let name = tls.server_name(&host.key.address);
     let handshake = tls.connect(name, tcp);
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+    let stream = tokio::time::timeout_at(deadline, handshake)
         .await
-        .map_err(|_| ConnectError::Timeout(CONNECT_TIMEOUT))?
+        .map_err(|_| ConnectError::Timeout(timeout))?
         .map_err(ConnectError::Tls)?;
     Ok(Either::Right(stream))
+}
+
+/// `SO_KEEPALIVE` on, with the parts of `tcpKeepalive` that are set (the
+/// rest keep the kernel's defaults: `net.ipv4.tcp_keepalive_*`).
+pub fn set_keepalive(socket: SockRef<'_>, ka: &TcpKeepalive) -> io::Result<()> {
+    socket.set_keepalive(true)?;
+    let mut params = socket2::TcpKeepalive::new();
+    let mut any = false;
+    if let Some(time) = ka.time {
+        params = params.with_time(time);
+        any = true;
+    }
+    if let Some(interval) = ka.interval {
+        params = params.with_interval(interval);
+        any = true;
+    }
+    if let Some(probes) = ka.probes {
+        params = params.with_retries(probes);
+        any = true;
+    }
+    if any {
+        socket.set_tcp_keepalive(&params)?;
+    }
+    Ok(())
 }
 
 /// Connects to the first host that answers, in the cluster's attempt
@@ -124,7 +171,13 @@ pub async fn connect_first(
     connect_is_success: bool,
     exclude: &[Arc<HostKey>],
 ) -> Result<(Host, Stream), NoUpstream> {
-    connect_in_order(route, candidates(route, exclude), connect_is_success).await
+    connect_in_order(
+        route,
+        candidates(route, exclude),
+        connect_is_success,
+        &mut || true,
+    )
+    .await
 }
 
 /// The cluster's attempt order without the hosts in `exclude`.
@@ -135,19 +188,28 @@ pub fn candidates(route: &Route, exclude: &[Arc<HostKey>]) -> Vec<Host> {
 }
 
 /// Like [`connect_first`], over an order the caller already has.
+/// `may_retry` is asked before each host after the first (HTTP ports count
+/// these against `maxRetries`); `false` ends the attempts.
 pub async fn connect_in_order(
     route: &Route,
     order: Vec<Host>,
     connect_is_success: bool,
+    may_retry: &mut (dyn FnMut() -> bool + Send),
 ) -> Result<(Host, Stream), NoUpstream> {
     let cluster = &route.cluster;
     let mut failures = Vec::new();
     for host in order.into_iter().take(MAX_ATTEMPTS) {
+        if !failures.is_empty() && !may_retry() {
+            break;
+        }
         match connect(route, &host).await {
             Ok(stream) => {
-                if connect_is_success {
-                    cluster.record(&host, Outcome::Success, None);
-                }
+                let outcome = if connect_is_success {
+                    Outcome::Success
+                } else {
+                    Outcome::Connected
+                };
+                cluster.record(&host, outcome, None);
                 return Ok((host, stream));
             }
             Err(e) => {
@@ -161,4 +223,38 @@ pub async fn connect_in_order(
         service: format!("{}:{}", cluster.service.host, cluster.service.port.number),
         failures,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_settings_reach_the_socket() {
+        let socket = TcpSocket::new_v4().unwrap();
+        set_keepalive(
+            SockRef::from(&socket),
+            &TcpKeepalive {
+                probes: Some(4),
+                time: Some(Duration::from_secs(25)),
+                interval: Some(Duration::from_secs(7)),
+            },
+        )
+        .unwrap();
+        let s = SockRef::from(&socket);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(25));
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(7));
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
+    }
+
+    #[test]
+    fn empty_keepalive_turns_it_on_with_os_defaults() {
+        let socket = TcpSocket::new_v4().unwrap();
+        let before = SockRef::from(&socket).tcp_keepalive_time().unwrap();
+        set_keepalive(SockRef::from(&socket), &TcpKeepalive::default()).unwrap();
+        let s = SockRef::from(&socket);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), before);
+    }
 }
