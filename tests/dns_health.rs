@@ -95,7 +95,7 @@ fn a_new_address_gets_traffic_within_a_refresh_and_the_old_keeps_its_ejection() 
     assert_eq!(count(&node.bodies(VIP, 2), WEST), 2);
     assert_eq!(node.endpoint("east.test")["outlier_check"], "FAILED");
     // East's name now also answers a second, healthy address: it is a new
-    // host at the best priority, so it takes the traffic from the failover
+    // host at the best priority, so it takes traffic back from the failover
     // region within about one refresh, while the old address stays ejected.
     node.dns
         .set_a(
@@ -109,7 +109,13 @@ fn a_new_address_gets_traffic_within_a_refresh_and_the_old_keeps_its_ejection() 
         Duration::from_secs(5),
         || node.curl(VIP).is_ok_and(|(_, b)| b == "healthy: east-new"),
     );
-    assert_eq!(count(&node.bodies(VIP, 4), "healthy: east-new"), 4);
+    // One of east's two hosts is healthy: its priority is 70% healthy in
+    // Envoy's terms (1.4 × 50%), so about 70% stay in east and 30% spill
+    // over to west.
+    let bodies = node.bodies(VIP, 20);
+    let new = count(&bodies, "healthy: east-new");
+    assert!((9..20).contains(&new), "{bodies:?}");
+    assert_eq!(new + count(&bodies, WEST), 20, "{bodies:?}");
     let all = node.endpoints();
     let rows: Vec<_> = all["endpoints"]
         .as_array()
