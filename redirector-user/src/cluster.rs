@@ -62,6 +62,8 @@ pub struct HostSnapshot {
     pub address: String,
     pub locality: Locality,
     pub priority: u8,
+    /// The endpoint's `weight` from the ServiceEntry.
+    pub weight: u32,
     pub ejected_until: Option<SystemTime>,
     pub ejections: u32,
     pub multiplier: u32,
@@ -284,6 +286,7 @@ impl Cluster {
                 address: ep.address.to_string(),
                 locality: ep.locality.clone(),
                 priority: self.priorities[i],
+                weight: ep.weight,
                 ejected_until: None,
                 ejections: 0,
                 multiplier: 0,
@@ -313,6 +316,68 @@ impl Cluster {
         }
         out
     }
+
+    /// Where the kernel sends this service's connects without the proxy
+    /// (the fast path, or fail-open while the proxy is down): the healthy
+    /// hosts of the best priority that has one, each repeated `weight`
+    /// times, in host order. With no healthy host, every host of the best
+    /// priority (a guess beats a certain error, as `lb` does). Empty only
+    /// while no address is known. The table is fitted to the kernel's slot
+    /// count by `bpf::slots`.
+    pub fn kernel_slots(&self) -> Vec<SocketAddrV4> {
+        let inner = self.inner();
+        let healthy = |h: &Host| !inner.detector.is_ejected(&h.key);
+        let any_healthy = inner.hosts.iter().any(healthy);
+        let eligible = |h: &&Host| !any_healthy || healthy(h);
+        let Some(best) = inner
+            .hosts
+            .iter()
+            .filter(eligible)
+            .map(|h| h.priority)
+            .min()
+        else {
+            return Vec::new();
+        };
+        let chosen: Vec<(SocketAddrV4, u64)> = inner
+            .hosts
+            .iter()
+            .filter(eligible)
+            .filter(|h| h.priority == best)
+            .map(|h| {
+                (
+                    h.addr,
+                    u64::from(self.service.endpoints[h.endpoint].weight.max(1)),
+                )
+            })
+            .collect();
+        // Weights are u32: divide by their gcd, and scale huge ones down
+        // (keeping every host) so the list stays small.
+        const MAX_LEN: u64 = 1024;
+        let gcd = chosen.iter().fold(0, |g, &(_, w)| gcd(g, w)).max(1);
+        let total: u64 = chosen.iter().map(|&(_, w)| w / gcd).sum();
+        chosen
+            .into_iter()
+            .flat_map(|(addr, w)| {
+                let w = w / gcd;
+                let n = if total > MAX_LEN {
+                    (w * MAX_LEN / total).max(1)
+                } else {
+                    w
+                };
+                std::iter::repeat_n(addr, n as usize)
+            })
+            .collect()
+    }
+
+    /// The host at `addr`, for outcomes the kernel reports by address.
+    pub fn host_by_addr(&self, addr: SocketAddrV4) -> Option<Host> {
+        self.inner().hosts.iter().find(|h| h.addr == addr).cloned()
+    }
+
+    /// Whether some endpoint has no address yet (its name never resolved).
+    pub fn has_unresolved(&self) -> bool {
+        self.inner().resolved.iter().any(Option::is_none)
+    }
 }
 
 impl Inner {
@@ -340,5 +405,110 @@ impl Inner {
         let live: std::collections::HashSet<&HostKey> =
             self.hosts.iter().map(|h| &*h.key).collect();
         self.last_error.retain(|k, _| live.contains(k));
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+mod kernel_slot_tests {
+    use super::*;
+    use crate::config::{self, NodeSettings};
+
+    /// Endpoints in the node's region (priority 0) and one elsewhere
+    /// (priority 1), ejected after one failure.
+    fn cluster(east: &[&str]) -> Cluster {
+        let endpoints: String = east
+            .iter()
+            .map(|a| format!("  - {{address: {a}, locality: us-east1}}\n"))
+            .collect();
+        let yaml = format!(
+            "\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db}}
+spec:
+  hosts: [db.example]
+  resolution: STATIC
+  ports: [{{number: 5432, name: tcp-pg}}]
+  endpoints:
+{endpoints}  - {{address: 10.0.1.1, locality: us-west1}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: db}}
+spec:
+  host: db.example
+  trafficPolicy:
+    outlierDetection: {{consecutive5xxErrors: 1, interval: 10s, baseEjectionTime: 30s}}
+"
+        );
+        let config = config::load_str("t.yaml", &yaml, &NodeSettings::default()).unwrap();
+        let mut service = config.services[0].clone();
+        service.endpoints[0].weight = 3;
+        let node = Locality::parse("us-east1").unwrap();
+        Cluster::new(1, service, &node, Arc::new(Notify::new()))
+    }
+
+    fn ep(s: &str) -> SocketAddrV4 {
+        format!("{s}:5432").parse().unwrap()
+    }
+
+    fn fail(c: &Cluster, addr: &str) {
+        let host = c.host_by_addr(ep(addr)).unwrap();
+        c.record(&host, Outcome::ConnectFailed, Some("refused"));
+    }
+
+    #[test]
+    fn best_priority_hosts_repeated_by_weight() {
+        let c = cluster(&["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(
+            c.kernel_slots(),
+            [
+                ep("10.0.0.1"),
+                ep("10.0.0.1"),
+                ep("10.0.0.1"),
+                ep("10.0.0.2")
+            ]
+        );
+        fail(&c, "10.0.0.1");
+        assert_eq!(c.kernel_slots(), [ep("10.0.0.2")]);
+    }
+
+    #[test]
+    fn when_the_best_priority_is_ejected_the_next_takes_over() {
+        let c = cluster(&["10.0.0.1"]);
+        // One host: its weight of 3 reduces to 1.
+        assert_eq!(c.kernel_slots(), [ep("10.0.0.1")]);
+        fail(&c, "10.0.0.1");
+        assert_eq!(c.kernel_slots(), [ep("10.0.1.1")]);
+        // A success elsewhere changes nothing; un-ejection waits for a tick.
+        let west = c.host_by_addr(ep("10.0.1.1")).unwrap();
+        c.record(&west, Outcome::Success, None);
+        assert_eq!(c.kernel_slots(), [ep("10.0.1.1")]);
+        assert!(c.host_by_addr(ep("10.9.9.9")).is_none());
+    }
+
+    #[test]
+    fn huge_weights_are_reduced() {
+        let mut c = cluster(&["10.0.0.1", "10.0.0.2"]);
+        c.service.endpoints[0].weight = 3_000_000;
+        c.service.endpoints[1].weight = 1_000_000;
+        assert_eq!(
+            c.kernel_slots(),
+            [
+                ep("10.0.0.1"),
+                ep("10.0.0.1"),
+                ep("10.0.0.1"),
+                ep("10.0.0.2")
+            ]
+        );
+        c.service.endpoints[0].weight = u32::MAX;
+        c.service.endpoints[1].weight = 1;
+        let slots = c.kernel_slots();
+        assert!(slots.len() <= 1025, "{}", slots.len());
+        assert_eq!(slots.iter().filter(|a| **a == ep("10.0.0.2")).count(), 1);
     }
 }
