@@ -306,7 +306,7 @@ pub fn render_table(r: &Report) -> String {
         if r.proxy_listening {
             "listening"
         } else {
-            "NOT LISTENING: connects go straight to endpoints"
+            "NOT LISTENING: the kernel serves without it, see PATH NOW"
         },
         if r.datapath_attached {
             "attached"

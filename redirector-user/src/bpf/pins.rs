@@ -50,10 +50,11 @@ pub enum PinError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("pinning {name} at {path}: {error}")]
+    #[error("pinning {name} at {path}")]
     Pin {
         name: &'static str,
         path: PathBuf,
+        #[source]
         error: aya::pin::PinError,
     },
     #[error(
@@ -119,10 +120,11 @@ impl Pins {
         for d in [dir, versioned.as_path()] {
             fs::set_permissions(d, fs::Permissions::from_mode(0o700)).map_err(io_err(d))?;
         }
-        // Half-done link replacements of a daemon that died mid-way.
+        // Half-done link replacements (`<link>_new`) of a daemon that died
+        // mid-way.
         for entry in fs::read_dir(&versioned).map_err(io_err(&versioned))? {
             let path = entry.map_err(io_err(&versioned))?.path();
-            if path.extension().is_some_and(|e| e == "new") {
+            if path.to_string_lossy().ends_with("_new") {
                 fs::remove_file(&path).map_err(io_err(&path))?;
             }
         }
@@ -180,7 +182,8 @@ impl Pins {
     /// the program and the old link detaches as its last reference goes.
     pub(super) fn pin_link(&self, name: &'static str, link: FdLink) -> Result<(), PinError> {
         let path = self.path(name);
-        let staging = path.with_extension("new");
+        // bpffs refuses names with a dot.
+        let staging = self.path(&format!("{name}_new"));
         link.pin(&staging).map_err(|error| PinError::Pin {
             name,
             path: staging.clone(),
