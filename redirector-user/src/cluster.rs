@@ -373,11 +373,6 @@ impl Cluster {
     pub fn host_by_addr(&self, addr: SocketAddrV4) -> Option<Host> {
         self.inner().hosts.iter().find(|h| h.addr == addr).cloned()
     }
-
-    /// Whether some endpoint has no address yet (its name never resolved).
-    pub fn has_unresolved(&self) -> bool {
-        self.inner().resolved.iter().any(Option::is_none)
-    }
 }
 
 impl Inner {
