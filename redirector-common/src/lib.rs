@@ -9,25 +9,33 @@
 
 /// Bumped whenever a key or value below changes layout. Part of every map
 /// name and of the pin directory.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Map names, as declared in `redirector-ebpf` (the `#[map(name = ..)]`
 /// attribute needs a literal, so userspace checks these at load time).
 /// Kernel object names are limited to 15 bytes.
 pub mod map_names {
     /// [`super::ServiceKey`] → [`super::ServiceValue`]: the VIPs to redirect.
-    pub const SERVICES: &str = "RD_SVC_V1";
+    pub const SERVICES: &str = "RD_SVC_V2";
     /// `u32` index 0 → [`super::ProxyConfig`]: where to redirect, loop guard.
-    pub const PROXY_CONFIG: &str = "RD_CFG_V1";
+    pub const PROXY_CONFIG: &str = "RD_CFG_V2";
     /// socket cookie (`u64`) → [`super::OrigDst`], written by connect4.
-    pub const ORIG_BY_COOKIE: &str = "RD_OCOOKIE_V1";
+    pub const ORIG_BY_COOKIE: &str = "RD_OCOOKIE_V2";
     /// [`super::SockKey`] → [`super::OrigDst`], re-keyed by sock_ops once the
     /// client's source port is known; read by the proxy on accept.
-    pub const ORIG_BY_SOCK: &str = "RD_OSOCK_V1";
+    pub const ORIG_BY_SOCK: &str = "RD_OSOCK_V2";
     /// `u32` service id → [`super::ServiceInfo`]: for `redirector endpoints`.
-    pub const SERVICE_INFO: &str = "RD_SINFO_V1";
+    pub const SERVICE_INFO: &str = "RD_SINFO_V2";
     /// [`super::EndpointKey`] → [`super::EndpointHealth`]: endpoint state.
-    pub const ENDPOINTS: &str = "RD_EP_V1";
+    pub const ENDPOINTS: &str = "RD_EP_V2";
+    /// `u32` service id → [`super::SlotTable`]: where connect4 sends a
+    /// connect without the proxy (kernel fast path, or fail-open).
+    pub const SLOTS: &str = "RD_SLOTS_V2";
+    /// socket cookie (`u64`) → [`super::SlotConn`]: a connect connect4 sent
+    /// straight to an endpoint, until sock_ops learns how it ended.
+    pub const SLOT_CONNS: &str = "RD_SCONN_V2";
+    /// Ring buffer of [`super::ConnectOutcome`], read by the daemon.
+    pub const OUTCOMES: &str = "RD_OUTCOME_V2";
 }
 
 /// Program names (the Rust function names in `redirector-ebpf`).
@@ -39,8 +47,15 @@ pub mod program_names {
 pub const MAX_SERVICES: u32 = 4096;
 pub const MAX_ENDPOINTS: u32 = 16384;
 /// In-flight redirected connects (between `connect()` and the proxy's
-/// `accept()`); LRU, so a dead proxy cannot fill it.
+/// `accept()`, or between connect4 and the handshake's end on the kernel
+/// path); LRU, so a dead reader cannot fill them.
 pub const MAX_INFLIGHT: u32 = 65536;
+/// Entries of a [`SlotTable`]: endpoints repeated by weight, so a uniform
+/// pick over them is a weighted pick over endpoints.
+pub const MAX_SLOTS: usize = 64;
+/// Bytes of the [`map_names::OUTCOMES`] ring buffer (a power of two, a
+/// multiple of the page size): 16384 outcomes between two reads.
+pub const OUTCOME_RING_BYTES: u32 = 256 * 1024;
 
 /// A VIP and port an app may dial.
 #[repr(C)]
@@ -51,6 +66,16 @@ pub struct ServiceKey {
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
+
+/// [`ServiceValue::flags`]: connects go straight to an endpoint from the
+/// service's [`SlotTable`] (`redirector.dev/datapath: kernel`), not through
+/// the proxy.
+pub const SVC_KERNEL_PATH: u32 = 1;
+/// [`ServiceValue::flags`]: when the proxy is not listening, connects may
+/// go straight to an endpoint from the slot table. Cleared for services
+/// whose proxy originates TLS: plaintext to a TLS endpoint would be wrong,
+/// so their connects fail at once (`EPERM`) instead.
+pub const SVC_FAIL_OPEN: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +125,79 @@ pub struct SockKey {
 }
 const _: () = assert!(core::mem::size_of::<SockKey>() == 8);
 
+/// One endpoint address in a [`SlotTable`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Slot {
+    pub ip_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<Slot>() == 8);
+
+/// The endpoints a service's connects may go to without the proxy: the
+/// healthy hosts of the priority that takes traffic, each repeated by its
+/// weight. connect4 picks `slots[random % count]`.
+///
+/// The table names the VIP:port it was computed for, and connect4 uses it
+/// only for that VIP:port: service ids are positions in a config, so a
+/// table left by a daemon with another config can never send one service's
+/// connects to another's endpoints.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotTable {
+    pub vip_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+    /// Used entries of `slots`, 0 to [`MAX_SLOTS`].
+    pub count: u32,
+    /// The service's `connectTimeout`: how long a kernel-path connect may
+    /// go unanswered (`TCP_USER_TIMEOUT` during the handshake); 0 leaves
+    /// the kernel's SYN retries (about two minutes).
+    pub connect_timeout_ms: u32,
+    pub slots: [Slot; MAX_SLOTS],
+}
+const _: () = assert!(core::mem::size_of::<SlotTable>() == 16 + 8 * MAX_SLOTS);
+
+/// [`SlotConn::flags`]: sock_ops set `TCP_USER_TIMEOUT` for the handshake
+/// and clears it once connected.
+pub const SLOT_CONN_TIMEOUT_SET: u16 = 1;
+
+/// A connect connect4 sent to an endpoint of a slot table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotConn {
+    pub service_id: u32,
+    pub ip_be: u32,
+    pub port_be: u16,
+    pub flags: u16,
+    /// From the [`SlotTable`].
+    pub connect_timeout_ms: u32,
+}
+const _: () = assert!(core::mem::size_of::<SlotConn>() == 16);
+
+/// [`ConnectOutcome::kind`]: the handshake completed.
+pub const OUTCOME_CONNECTED: u8 = 1;
+/// [`ConnectOutcome::kind`]: the socket went from SYN_SENT to CLOSE: a
+/// reset (refused), an ICMP error, SYN retries running out, or the app
+/// giving up first.
+pub const OUTCOME_FAILED: u8 = 2;
+
+/// How a kernel-path connect ended, for outlier detection in the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectOutcome {
+    pub service_id: u32,
+    pub ip_be: u32,
+    pub port_be: u16,
+    pub kind: u8,
+    pub _pad: u8,
+    /// SYN retransmissions before the end: 0 for an answer (RST or
+    /// SYN-ACK) to the first SYN, more when SYNs went unanswered.
+    pub syn_retrans: u32,
+}
+const _: () = assert!(core::mem::size_of::<ConnectOutcome>() == 16);
+
 pub const PROTO_TCP: u8 = 1;
 pub const PROTO_HTTP: u8 = 2;
 pub const PROTO_HTTPS: u8 = 3;
@@ -109,6 +207,8 @@ pub const PROTO_TLS: u8 = 4;
 pub const SVC_VIP_AUTO: u8 = 1;
 /// [`ServiceInfo::flags`]: the proxy originates TLS to the endpoints.
 pub const SVC_TLS_ORIGINATION: u8 = 2;
+/// [`ServiceInfo::flags`]: the service uses the kernel fast path.
+pub const SVC_INFO_KERNEL_PATH: u8 = 4;
 
 pub const HOST_LEN: usize = 256;
 
@@ -158,7 +258,8 @@ pub struct EndpointHealth {
     /// Current ejection-time multiplier (Envoy's backoff).
     pub multiplier: u32,
     pub consecutive_5xx: u32,
-    pub _pad: u32,
+    /// The ServiceEntry endpoint's `weight`.
+    pub weight: u32,
     /// 0 when not ejected. Un-ejection happens on the first interval tick
     /// at or after this time.
     pub ejected_until_unix_ms: u64,
@@ -200,6 +301,9 @@ mod pod {
     unsafe impl aya::Pod for ServiceInfo {}
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for EndpointHealth {}
+    unsafe impl aya::Pod for SlotTable {}
+    unsafe impl aya::Pod for SlotConn {}
+    unsafe impl aya::Pod for ConnectOutcome {}
 }
 
 #[cfg(test)]
@@ -228,9 +332,13 @@ mod tests {
             map_names::ORIG_BY_SOCK,
             map_names::SERVICE_INFO,
             map_names::ENDPOINTS,
+            map_names::SLOTS,
+            map_names::SLOT_CONNS,
+            map_names::OUTCOMES,
         ] {
             assert!(name.len() <= 15, "{name} exceeds BPF_OBJ_NAME_LEN");
-            assert!(name.ends_with("_V1"), "{name} must carry ABI_VERSION");
+            let suffix = format!("_V{ABI_VERSION}");
+            assert!(name.ends_with(&suffix), "{name} must carry ABI_VERSION");
         }
     }
 }

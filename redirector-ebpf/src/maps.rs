@@ -1,33 +1,49 @@
 //! Map definitions. Names must equal `redirector_common::map_names` (the
 //! attribute needs a literal; userspace fails loudly on a mismatch).
+//!
+//! The daemon pins every map and a restarted daemon reuses them, so the
+//! programs it replaces and the ones it loads share one state.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap},
+    maps::{Array, HashMap, LruHashMap, RingBuf},
 };
 use redirector_common::{
-    EndpointHealth, EndpointKey, MAX_ENDPOINTS, MAX_INFLIGHT, MAX_SERVICES, OrigDst, ProxyConfig,
-    ServiceInfo, ServiceKey, ServiceValue, SockKey,
+    EndpointHealth, EndpointKey, MAX_ENDPOINTS, MAX_INFLIGHT, MAX_SERVICES, OUTCOME_RING_BYTES,
+    OrigDst, ProxyConfig, ServiceInfo, ServiceKey, ServiceValue, SlotConn, SlotTable, SockKey,
 };
 
-#[map(name = "RD_SVC_V1")]
+#[map(name = "RD_SVC_V2")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
-#[map(name = "RD_CFG_V1")]
+#[map(name = "RD_CFG_V2")]
 pub static PROXY_CONFIG: Array<ProxyConfig> = Array::with_max_entries(1, 0);
 
-#[map(name = "RD_OCOOKIE_V1")]
+#[map(name = "RD_OCOOKIE_V2")]
 pub static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 
-#[map(name = "RD_OSOCK_V1")]
+#[map(name = "RD_OSOCK_V2")]
 pub static ORIG_BY_SOCK: LruHashMap<SockKey, OrigDst> =
     LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 
-// Written by userspace only, for now; declared here so the ABI lives in one
-// object and later kernel fast paths can read endpoint health directly.
-#[map(name = "RD_SINFO_V1")]
+// Written by userspace only: display data for `redirector endpoints`.
+#[map(name = "RD_SINFO_V2")]
 pub static SERVICE_INFO: HashMap<u32, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
-#[map(name = "RD_EP_V1")]
+#[map(name = "RD_EP_V2")]
 pub static ENDPOINTS: HashMap<EndpointKey, EndpointHealth> =
     HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+// Not preallocated: an update then swaps in a new element under RCU, so
+// connect4 reads either the whole old table or the whole new one, never a
+// mix (a preallocated element can be reused while a reader still holds it).
+#[map(name = "RD_SLOTS_V2")]
+pub static SLOTS: HashMap<u32, SlotTable> =
+    HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+#[map(name = "RD_SCONN_V2")]
+pub static SLOT_CONNS: LruHashMap<u64, SlotConn> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+#[map(name = "RD_OUTCOME_V2")]
+pub static OUTCOMES: RingBuf = RingBuf::with_byte_size(OUTCOME_RING_BYTES, 0);

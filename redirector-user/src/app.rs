@@ -1,11 +1,15 @@
 //! The daemon: wire config, kernel datapath, proxy, DNS and outlier timers
 //! together, and keep them consistent across reloads.
 //!
-//! Start-up order leaves no gap: load the programs, bind the listener, fill
-//! the maps, then attach. A reload (SIGHUP) builds a complete new generation
-//! of clusters next to the old one, carries over resolved addresses and
-//! outlier state, and swaps it in; an invalid file is logged and the running
-//! config stays in force, never half-applied.
+//! Start-up order leaves no gap: load the programs (opening the maps a
+//! previous daemon pinned, if any), bind the listener, fill the maps, then
+//! attach, replacing the previous daemon's programs (see `bpf.rs`). A reload
+//! (SIGHUP) builds a complete new generation of clusters next to the old
+//! one, carries over resolved addresses and outlier state, and swaps it in;
+//! an invalid file is logged and the running config stays in force, never
+//! half-applied. SIGTERM and SIGINT stop the daemon and leave the kernel
+//! datapath attached, serving connects without the proxy, for the next
+//! daemon to take over; `redirector cleanup` removes it.
 
 use std::{
     collections::HashMap,
@@ -16,8 +20,9 @@ use std::{
 
 use anyhow::Context as _;
 use redirector_common::{
-    HOST_LEN, PROTO_HTTP, PROTO_HTTPS, PROTO_TCP, PROTO_TLS, SVC_TLS_ORIGINATION, SVC_VIP_AUTO,
-    ServiceInfo, ServiceKey, ServiceValue, write_str,
+    HOST_LEN, PROTO_HTTP, PROTO_HTTPS, PROTO_TCP, PROTO_TLS, SVC_FAIL_OPEN, SVC_INFO_KERNEL_PATH,
+    SVC_KERNEL_PATH, SVC_TLS_ORIGINATION, SVC_VIP_AUTO, ServiceInfo, ServiceKey, ServiceValue,
+    write_str,
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -29,7 +34,7 @@ use tracing::{error, info, warn};
 use crate::{
     bpf::{Datapath, DatapathOptions, ServiceMapEntry},
     cluster::Cluster,
-    config::{self, Config, NodeSettings, Protocol, Service, TlsPolicy},
+    config::{self, Config, DatapathMode, NodeSettings, Protocol, Service, TlsPolicy},
     health,
     locality::Locality,
     proxy::{self, Route, Routes},
@@ -184,6 +189,7 @@ fn service_entries(services: &[Service]) -> Vec<ServiceMapEntry> {
         .enumerate()
         .map(|(i, s)| {
             let tls = matches!(s.policy.tls, TlsPolicy::Simple { .. });
+            let kernel = s.datapath == DatapathMode::Kernel;
             let mut info = ServiceInfo {
                 vip_be: u32::from(s.vip).to_be(),
                 port_be: s.port.number.to_be(),
@@ -194,7 +200,8 @@ fn service_entries(services: &[Service]) -> Vec<ServiceMapEntry> {
                     Protocol::Tls => PROTO_TLS,
                 },
                 flags: if s.vip_allocated { SVC_VIP_AUTO } else { 0 }
-                    | if tls { SVC_TLS_ORIGINATION } else { 0 },
+                    | if tls { SVC_TLS_ORIGINATION } else { 0 }
+                    | if kernel { SVC_INFO_KERNEL_PATH } else { 0 },
                 endpoint_count: s.endpoints.len() as u32,
                 _pad: 0,
                 host: [0; HOST_LEN],
@@ -208,7 +215,12 @@ fn service_entries(services: &[Service]) -> Vec<ServiceMapEntry> {
                 },
                 value: ServiceValue {
                     service_id: i as u32 + 1,
-                    flags: 0,
+                    flags: if kernel { SVC_KERNEL_PATH } else { 0 }
+                        | if health::has_slots(s) {
+                            SVC_FAIL_OPEN
+                        } else {
+                            0
+                        },
                 },
                 info,
             }
@@ -231,7 +243,7 @@ fn log_config(config: &Config, node: &Node) {
         info!(
             host = %s.host, port = s.port.number, protocol = ?s.port.protocol,
             vip = %s.vip, vip_source = if s.vip_allocated { "allocated" } else { "addresses" },
-            ?endpoints, outlier_detection = ?s.policy.outlier,
+            ?endpoints, outlier_detection = ?s.policy.outlier, datapath = %s.datapath,
             connection_pool = ?s.policy.connection_pool,
             tls = matches!(s.policy.tls, TlsPolicy::Simple { .. }),
             "service {} -> {}:{}", s.host, s.vip, s.port.number
@@ -255,12 +267,18 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         pin_dir: node.pin_dir.clone(),
         proxy: node.listen,
     })?);
+    if let Some(pid) = datapath.previous_pid() {
+        info!(
+            "taking over the datapath pid {pid} left attached in {}",
+            node.pin_dir.display()
+        );
+    }
     let result = if opts.datapath_only {
         redirect_only(&config, &datapath).await
     } else {
         serve(&opts, config, node, &datapath).await
     };
-    datapath.shutdown();
+    datapath.release();
     result
 }
 
@@ -285,18 +303,29 @@ async fn serve(
     node: Node,
     datapath: &Arc<Datapath>,
 ) -> anyhow::Result<()> {
-    let listener = proxy::bind(node.listen.into()).await?;
     let notify = Arc::new(Notify::new());
     let mut current = Generation::build(config, node, &notify, None)?;
-    datapath.set_services(&service_entries(&current.config.services))?;
     let routes: Routes = Arc::new(RwLock::new(current.routes.clone()));
-    let publisher = tokio::spawn(health::publish(
-        datapath.clone(),
-        routes.clone(),
-        notify.clone(),
-    ));
-    let accept = tokio::spawn(proxy::serve(listener, datapath.clone(), routes.clone()));
-    let _guard = AbortOnDrop(vec![publisher, accept]);
+    // The routes exist before the listener: once it is bound, programs a
+    // previous daemon left attached send connects to it.
+    let listener = proxy::bind(current.node.listen.into()).await?;
+    datapath.set_services(&service_entries(&current.config.services))?;
+    health::publish_all(datapath, &routes);
+    let mut tasks = vec![
+        tokio::spawn(health::publish(
+            datapath.clone(),
+            routes.clone(),
+            notify.clone(),
+        )),
+        tokio::spawn(proxy::serve(listener, datapath.clone(), routes.clone())),
+    ];
+    if let Some(reader) = datapath.take_outcomes()? {
+        tasks.push(tokio::spawn(health::consume_outcomes(
+            reader,
+            routes.clone(),
+        )));
+    }
+    let _guard = AbortOnDrop(tasks);
     datapath.attach()?;
     for s in &current.config.services {
         info!(
@@ -395,6 +424,12 @@ pub fn describe(config: &Config) -> String {
                 .map(|d| format!(", DestinationRule {d}"))
                 .unwrap_or_default()
         );
+        if s.datapath == DatapathMode::Kernel {
+            let _ = writeln!(
+                out,
+                "  datapath: kernel (connects go straight to an endpoint, no proxy hop)"
+            );
+        }
         if let Some(o) = &s.policy.outlier {
             let _ = writeln!(
                 out,

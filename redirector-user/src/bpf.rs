@@ -1,16 +1,52 @@
 //! The kernel datapath: load the programs, own their maps, attach them to a
 //! cgroup, keep the maps in sync with the config and with endpoint health.
 //!
-//! Order matters for a gap-free start: programs and maps are loaded, the
-//! caller binds its proxy listener and fills the maps, and only then are the
-//! programs attached, so no connect is ever redirected to a port nobody
-//! listens on. Links are not pinned: if the daemon dies, the kernel detaches
-//! the programs with it and apps connect to the raw VIP (unroutable, so they
-//! fail fast) instead of into a dead proxy port. The maps that describe
-//! services and endpoint health are pinned, so `redirector endpoints` can
-//! read them from another process.
+//! **Everything is pinned, and the datapath outlives the daemon.** Maps and
+//! the two cgroup links live in `<pin dir>/v<ABI>/` (see `pins.rs`). When
+//! the daemon dies (`kill -9`, OOM, a crash) or stops (SIGTERM), the
+//! programs stay attached and connect4 notices per connect that nothing
+//! listens on the proxy address any more (`bpf_sk_lookup_tcp`; the kernel
+//! closed the listener with the process), so it sends new connects straight
+//! to an endpoint from the slot table the daemon last published: the
+//! healthy hosts of the priority that took traffic, ejections included.
+//! That is fail-open to the best endpoint the kernel knows, with no window:
+//! the switch happens on the first connect after the listener is gone.
+//! Services whose proxy originates TLS cannot be served in plaintext, so
+//! their connects fail at once with `EPERM` until a daemon is back.
+//! Connections the dead proxy was carrying break; nothing can save those.
+//!
+//! We chose the listener lookup over a liveness entry in a map (a dying
+//! daemon cannot clear it; a heartbeat needs a timeout, which is a window)
+//! and over a `SOCKMAP` holding the listener (the same signal, but the
+//! daemon has to register the socket, and `--datapath-only` peers would not).
+//!
+//! **Start and takeover.** A daemon opens the pinned maps of its
+//! predecessor (same ABI version; their layout is checked) instead of
+//! creating new ones, so the running programs and the new daemon share one
+//! state from the first instant. It then refreshes the maps from its config,
+//! binds its listener (from then on connect4 sends proxy-path connects to
+//! it, writing original destinations into the shared maps it reads), and
+//! attaches its own programs: each new link is pinned beside the old one and
+//! renamed over it, so the cgroup always has a program and the old one
+//! detaches when its pin goes. At no instant is a connect sent to a dead
+//! port or left unredirected. On a fresh start the same order holds: nothing
+//! is attached until the listener is up and the maps are filled.
+//!
+//! **Stop.** SIGTERM and SIGINT leave the datapath pinned and attached,
+//! like a crash but without breaking connections mid-request: service
+//! managers send SIGTERM on restart and upgrade, which must not open a
+//! window where connects fail. `redirector cleanup` detaches and unpins
+//! everything, for good. A daemon that fails before attaching removes what
+//! it pinned (unless it was taking over: then the previous datapath keeps
+//! running).
+//!
+//! The kernel fast path (`redirector.dev/datapath: kernel`) is the fail-open
+//! path used on purpose: connect4 sends every connect of the service to a
+//! slot, and sock_ops reports how each one ended into a ring buffer the
+//! daemon reads for outlier detection (see `health.rs`).
 
 mod pins;
+pub mod slots;
 
 use std::{
     collections::HashSet,
@@ -22,16 +58,21 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, MapError},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramType, SockOps},
+    maps::{Array, HashMap, MapData, MapError, RingBuf},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramType, SockOps,
+        links::{FdLink, LinkError},
+    },
 };
 use redirector_common::{
-    EndpointHealth, EndpointKey, OrigDst, PROXY_ENABLED, ProxyConfig, ServiceInfo, ServiceKey,
-    ServiceValue, SockKey, map_names, program_names,
+    ConnectOutcome, EndpointHealth, EndpointKey, MAX_ENDPOINTS, MAX_INFLIGHT, MAX_SERVICES,
+    OUTCOME_RING_BYTES, OrigDst, PROXY_ENABLED, ProxyConfig, ServiceInfo, ServiceKey, ServiceValue,
+    SlotConn, SlotTable, SockKey, map_names, program_names,
 };
-use tracing::{debug, info};
+use tokio::io::{Interest, unix::AsyncFd};
+use tracing::{debug, info, warn};
 
-pub use pins::{PinError, PinnedState};
+pub use pins::{Cleanup, PinError, PinnedState, cleanup};
 
 use crate::sys;
 
@@ -66,10 +107,12 @@ pub enum BpfError {
         error: std::io::Error,
     },
     #[error(
-        "this kernel does not support {what} programs (needs Linux ≥ 4.17 built with \
-         CONFIG_CGROUP_BPF); cannot redirect connects"
+        "this kernel does not support {what} (needs Linux ≥ {version}); cannot redirect connects"
     )]
-    ProgramTypeUnsupported { what: &'static str },
+    Unsupported {
+        what: &'static str,
+        version: &'static str,
+    },
     #[error(
         "the embedded eBPF object is empty: this binary was built with AYA_BUILD_SKIP; rebuild \
          with `cargo build -p redirector-user` after `cargo xtask setup`"
@@ -95,8 +138,15 @@ pub enum BpfError {
         cgroup: PathBuf,
         error: ProgramError,
     },
+    #[error("pinning the link of {name}: {error}")]
+    Link {
+        name: &'static str,
+        error: LinkError,
+    },
     #[error("map {name}: {error}")]
     Map { name: &'static str, error: MapError },
+    #[error("watching the outcome ring buffer: {0}")]
+    Ring(std::io::Error),
     #[error(transparent)]
     Pins(#[from] pins::PinError),
 }
@@ -115,82 +165,137 @@ pub struct ServiceMapEntry {
 }
 
 pub struct Datapath {
-    /// `None` once shut down: dropping the programs detaches them.
+    /// The programs; `None` once released.
     ebpf: Mutex<Option<Ebpf>>,
     maps: Mutex<Maps>,
     orig: Mutex<HashMap<MapData, SockKey, OrigDst>>,
+    outcomes: Mutex<Option<RingBuf<MapData>>>,
     cgroup: PathBuf,
-    proxy: SocketAddrV4,
     pins: Mutex<Option<pins::Pins>>,
+    previous_pid: Option<u32>,
 }
 
 struct Maps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
     info: HashMap<MapData, u32, ServiceInfo>,
     endpoints: HashMap<MapData, EndpointKey, EndpointHealth>,
-    config: Array<MapData, ProxyConfig>,
+    slots: HashMap<MapData, u32, SlotTable>,
     /// How many endpoint entries each service has in the map now.
     endpoint_counts: std::collections::HashMap<u32, u32>,
 }
 
+/// Every map, with the kernel layout a pinned one must have to be reused.
+fn layouts() -> [pins::Layout; 9] {
+    fn l<K, V>(name: &'static str, max_entries: u32) -> pins::Layout {
+        pins::Layout {
+            name,
+            key: size_of::<K>() as u32,
+            value: size_of::<V>() as u32,
+            max_entries,
+        }
+    }
+    [
+        l::<ServiceKey, ServiceValue>(map_names::SERVICES, MAX_SERVICES),
+        l::<u32, ProxyConfig>(map_names::PROXY_CONFIG, 1),
+        l::<u64, OrigDst>(map_names::ORIG_BY_COOKIE, MAX_INFLIGHT),
+        l::<SockKey, OrigDst>(map_names::ORIG_BY_SOCK, MAX_INFLIGHT),
+        l::<u32, ServiceInfo>(map_names::SERVICE_INFO, MAX_SERVICES),
+        l::<EndpointKey, EndpointHealth>(map_names::ENDPOINTS, MAX_ENDPOINTS),
+        l::<u32, SlotTable>(map_names::SLOTS, MAX_SERVICES),
+        l::<u64, SlotConn>(map_names::SLOT_CONNS, MAX_INFLIGHT),
+        l::<(), ()>(map_names::OUTCOMES, OUTCOME_RING_BYTES),
+    ]
+}
+
 impl Datapath {
-    /// Checks privileges and the cgroup, loads programs and maps, pins the
-    /// maps. Nothing is attached yet.
+    /// Checks privileges and the cgroup, claims the pin directory, loads
+    /// the programs and opens (or creates) the pinned maps. Nothing new is
+    /// attached yet; programs a previous daemon left attached keep running
+    /// on the same maps.
     pub fn load(opts: DatapathOptions) -> Result<Self, BpfError> {
         check_privileges()?;
         check_cgroup(&opts.cgroup)?;
-        for (ty, what) in [
-            (ProgramType::CgroupSockAddr, "cgroup/connect4"),
-            (ProgramType::SockOps, "sock_ops"),
+        for (ty, what, version) in [
+            (
+                ProgramType::CgroupSockAddr,
+                "cgroup/connect4 programs",
+                "4.17",
+            ),
+            (ProgramType::SockOps, "sock_ops programs", "4.13"),
         ] {
             if !aya::sys::is_program_supported(ty).unwrap_or(false) {
-                return Err(BpfError::ProgramTypeUnsupported { what });
+                return Err(BpfError::Unsupported { what, version });
             }
         }
-        let pins = pins::Pins::claim(&opts.pin_dir)?;
+        if !aya::sys::is_map_supported(aya::maps::MapType::RingBuf).unwrap_or(false) {
+            return Err(BpfError::Unsupported {
+                what: "BPF ring buffers",
+                version: "5.8",
+            });
+        }
         if OBJECT.is_empty() {
             return Err(BpfError::EmptyObject);
         }
-        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        let pins = pins::Pins::claim(&opts.pin_dir)?;
+        let layouts = layouts();
+        pins.check_layouts(&layouts)?;
+        let taking_over = pins.has_links();
+        let mut loader = EbpfLoader::new();
+        for l in &layouts {
+            loader.map_pin_path(l.name, pins.path(l.name));
+        }
+        let mut ebpf = loader.load(OBJECT)?;
         load_program::<CgroupSockAddr>(&mut ebpf, program_names::CONNECT4)?;
         load_program::<SockOps>(&mut ebpf, program_names::SOCKOPS)?;
 
-        // Pinned: what `redirector endpoints` reads from another process.
-        let pinned = Some(&pins);
-        let services = typed_map(&mut ebpf, map_names::SERVICES, pinned, HashMap::try_from)?;
-        let info = typed_map(
-            &mut ebpf,
-            map_names::SERVICE_INFO,
-            pinned,
-            HashMap::try_from,
-        )?;
-        let endpoints = typed_map(&mut ebpf, map_names::ENDPOINTS, pinned, HashMap::try_from)?;
+        let services = typed_map(&mut ebpf, map_names::SERVICES, HashMap::try_from)?;
+        let info = typed_map(&mut ebpf, map_names::SERVICE_INFO, HashMap::try_from)?;
+        let endpoints: HashMap<MapData, EndpointKey, EndpointHealth> =
+            typed_map(&mut ebpf, map_names::ENDPOINTS, HashMap::try_from)?;
+        let slots = typed_map(&mut ebpf, map_names::SLOTS, HashMap::try_from)?;
         let mut config: Array<MapData, ProxyConfig> =
-            typed_map(&mut ebpf, map_names::PROXY_CONFIG, pinned, Array::try_from)?;
-        let orig = typed_map(&mut ebpf, map_names::ORIG_BY_SOCK, None, HashMap::try_from)?;
+            typed_map(&mut ebpf, map_names::PROXY_CONFIG, Array::try_from)?;
+        let orig = typed_map(&mut ebpf, map_names::ORIG_BY_SOCK, HashMap::try_from)?;
+        let outcomes = typed_map(&mut ebpf, map_names::OUTCOMES, RingBuf::try_from)?;
 
-        let cfg = proxy_config(opts.proxy, 0);
-        config.set(0, cfg, 0).map_err(|error| BpfError::Map {
-            name: map_names::PROXY_CONFIG,
-            error,
-        })?;
+        let previous_pid = taking_over
+            .then(|| config.get(&0, 0).ok().map(|c| c.daemon_pid))
+            .flatten();
+        // Entries the previous daemon published, so stale ones get removed.
+        let mut endpoint_counts = std::collections::HashMap::new();
+        for key in endpoints.keys().filter_map(Result::ok) {
+            let n = endpoint_counts.entry(key.service_id).or_insert(0);
+            *n = (*n).max(key.index + 1);
+        }
+        // Enabled from the start: on a takeover the running programs must
+        // keep redirecting; on a fresh start nothing is attached yet.
+        let cfg = proxy_config(opts.proxy, PROXY_ENABLED);
+        map_op(map_names::PROXY_CONFIG, config.set(0, cfg, 0))?;
         Ok(Self {
             ebpf: Mutex::new(Some(ebpf)),
             maps: Mutex::new(Maps {
                 services,
                 info,
                 endpoints,
-                config,
-                endpoint_counts: Default::default(),
+                slots,
+                endpoint_counts,
             }),
             orig: Mutex::new(orig),
+            outcomes: Mutex::new(Some(outcomes)),
             cgroup: opts.cgroup,
-            proxy: opts.proxy,
             pins: Mutex::new(Some(pins)),
+            previous_pid,
         })
     }
 
-    /// Makes the kernel's service table equal to `entries`.
+    /// The pid of the daemon whose attached datapath this one is taking
+    /// over, if any.
+    pub fn previous_pid(&self) -> Option<u32> {
+        self.previous_pid
+    }
+
+    /// Makes the kernel's service table equal to `entries`. Slot tables
+    /// and endpoints of services that are gone are removed too.
     pub fn set_services(&self, entries: &[ServiceMapEntry]) -> Result<(), BpfError> {
         let mut maps = self.maps.lock().expect("maps lock");
         let wanted: HashSet<ServiceKey> = entries.iter().map(|e| e.key).collect();
@@ -201,11 +306,11 @@ impl Datapath {
             .filter(|k| !wanted.contains(k))
             .collect();
         for e in entries {
-            map_op(map_names::SERVICES, maps.services.insert(e.key, e.value, 0))?;
             map_op(
                 map_names::SERVICE_INFO,
                 maps.info.insert(e.value.service_id, e.info, 0),
             )?;
+            map_op(map_names::SERVICES, maps.services.insert(e.key, e.value, 0))?;
         }
         for k in stale {
             map_op(map_names::SERVICES, maps.services.remove(&k))?;
@@ -215,10 +320,15 @@ impl Datapath {
             .info
             .keys()
             .filter_map(Result::ok)
+            .chain(maps.slots.keys().filter_map(Result::ok))
+            .chain(maps.endpoint_counts.keys().copied())
             .filter(|id| !live_ids.contains(id))
+            .collect::<HashSet<_>>()
+            .into_iter()
             .collect();
         for id in stale_ids {
-            map_op(map_names::SERVICE_INFO, maps.info.remove(&id))?;
+            ignore_missing(map_names::SERVICE_INFO, maps.info.remove(&id))?;
+            ignore_missing(map_names::SLOTS, maps.slots.remove(&id))?;
             maps.set_endpoints(id, &[])?;
         }
         Ok(())
@@ -236,7 +346,14 @@ impl Datapath {
             .set_endpoints(service_id, entries)
     }
 
-    /// Attaches the programs and turns redirection on.
+    /// Replaces one service's slot table (one atomic map update).
+    pub fn set_slots(&self, service_id: u32, table: &SlotTable) -> Result<(), BpfError> {
+        let mut maps = self.maps.lock().expect("maps lock");
+        map_op(map_names::SLOTS, maps.slots.insert(service_id, table, 0))
+    }
+
+    /// Attaches this daemon's programs, replacing those of a previous
+    /// daemon without a gap, and pins the links.
     pub fn attach(&self) -> Result<(), BpfError> {
         let cgroup = File::open(&self.cgroup).map_err(|error| BpfError::CgroupIo {
             path: self.cgroup.clone(),
@@ -246,25 +363,44 @@ impl Datapath {
         let Some(ebpf) = guard.as_mut() else {
             return Ok(());
         };
+        let pins_guard = self.pins.lock().expect("pins lock");
+        let Some(pins) = pins_guard.as_ref() else {
+            return Ok(());
+        };
+        for old in pins.remove_other_versions() {
+            info!(path = %old.display(), "removed the pinned datapath of another ABI version");
+        }
         let attach_err = |name, error| BpfError::Attach {
             name,
             cgroup: self.cgroup.clone(),
             error,
         };
+        let link_err = |name| move |error| BpfError::Link { name, error };
         // BPF links (Linux ≥ 5.7) always coexist with other programs on the
         // cgroup and reject BPF_F_ALLOW_MULTI; `Single` passes flags 0.
-        let connect4: &mut CgroupSockAddr = program(ebpf, program_names::CONNECT4)?;
-        connect4
+        let name = program_names::CONNECT4;
+        let connect4: &mut CgroupSockAddr = program(ebpf, name)?;
+        let id = connect4
             .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|e| attach_err(program_names::CONNECT4, e))?;
-        let sockops: &mut SockOps = program(ebpf, program_names::SOCKOPS)?;
-        sockops
+            .map_err(|e| attach_err(name, e))?;
+        let link = connect4.take_link(id).map_err(|e| attach_err(name, e))?;
+        let link = FdLink::try_from(link).map_err(link_err(name))?;
+        pins.pin_link(pins::LINK_CONNECT4, link)?;
+        let name = program_names::SOCKOPS;
+        let sockops: &mut SockOps = program(ebpf, name)?;
+        let id = sockops
             .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|e| attach_err(program_names::SOCKOPS, e))?;
-        let mut maps = self.maps.lock().expect("maps lock");
-        let cfg = proxy_config(self.proxy, PROXY_ENABLED);
-        map_op(map_names::PROXY_CONFIG, maps.config.set(0, cfg, 0))?;
-        info!(cgroup = %self.cgroup.display(), "attached connect4 and sock_ops");
+            .map_err(|e| attach_err(name, e))?;
+        let link = sockops.take_link(id).map_err(|e| attach_err(name, e))?;
+        let link = FdLink::try_from(link).map_err(link_err(name))?;
+        pins.pin_link(pins::LINK_SOCKOPS, link)?;
+        match self.previous_pid {
+            Some(pid) => info!(
+                cgroup = %self.cgroup.display(),
+                "attached connect4 and sock_ops, replacing those of pid {pid}"
+            ),
+            None => info!(cgroup = %self.cgroup.display(), "attached connect4 and sock_ops"),
+        }
         Ok(())
     }
 
@@ -287,24 +423,64 @@ impl Datapath {
         ))
     }
 
-    /// Turns redirection off, detaches the programs and removes the pins.
+    /// The reader of kernel-path connect outcomes; there is one.
+    pub fn take_outcomes(&self) -> Result<Option<OutcomeReader>, BpfError> {
+        let Some(ring) = self.outcomes.lock().expect("outcomes lock").take() else {
+            return Ok(None);
+        };
+        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged,
+        // until it is dropped, which only the AsyncFd does.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+            .map_err(|e| BpfError::Ring(e.into_parts().1))?;
+        Ok(Some(OutcomeReader { ring }))
+    }
+
+    /// Lets go of the datapath: the programs stay attached through their
+    /// pins and serve connects without the proxy (see the module docs);
+    /// if this daemon never attached anything, its pins are removed.
     /// Idempotent.
-    pub fn shutdown(&self) {
-        if let Ok(mut maps) = self.maps.lock() {
-            let _ = maps.config.set(0, proxy_config(self.proxy, 0), 0);
-        }
-        // Dropping the programs' links detaches them.
+    pub fn release(&self) {
         self.ebpf.lock().expect("ebpf lock").take();
         if let Some(pins) = self.pins.lock().expect("pins lock").take() {
-            pins.remove();
-            info!("detached and unpinned");
+            if pins.release() {
+                info!("removed the pins: nothing was attached");
+            } else {
+                info!(
+                    "the kernel datapath stays attached and sends connects straight to endpoints \
+                     until a daemon takes it over; `redirector cleanup` removes it"
+                );
+            }
         }
     }
 }
 
 impl Drop for Datapath {
     fn drop(&mut self) {
-        self.shutdown();
+        self.release();
+    }
+}
+
+/// Connect outcomes of the kernel path, as sock_ops reported them.
+pub struct OutcomeReader {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+impl OutcomeReader {
+    /// Waits for outcomes and appends every one available to `out`.
+    pub async fn read(&mut self, out: &mut Vec<ConnectOutcome>) -> Result<(), BpfError> {
+        let mut guard = self.ring.readable_mut().await.map_err(BpfError::Ring)?;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() >= size_of::<ConnectOutcome>() {
+                // SAFETY: ConnectOutcome is plain old data, the kernel
+                // wrote one per item, and read_unaligned needs no alignment.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+            } else {
+                warn!(len = item.len(), "short item in the outcome ring buffer");
+            }
+        }
+        guard.clear_ready();
+        Ok(())
     }
 }
 
@@ -321,12 +497,15 @@ impl Maps {
             };
             map_op(map_names::ENDPOINTS, self.endpoints.insert(key, e, 0))?;
         }
-        let before = self
-            .endpoint_counts
-            .insert(service_id, entries.len() as u32);
+        let before = if entries.is_empty() {
+            self.endpoint_counts.remove(&service_id)
+        } else {
+            self.endpoint_counts
+                .insert(service_id, entries.len() as u32)
+        };
         for index in entries.len() as u32..before.unwrap_or(0) {
             let key = EndpointKey { service_id, index };
-            map_op(map_names::ENDPOINTS, self.endpoints.remove(&key))?;
+            ignore_missing(map_names::ENDPOINTS, self.endpoints.remove(&key))?;
         }
         Ok(())
     }
@@ -343,7 +522,6 @@ fn proxy_config(proxy: SocketAddrV4, flags: u32) -> ProxyConfig {
         _pad2: 0,
     }
 }
-
 /// Whether this process may load and attach the programs.
 pub fn check_privileges() -> Result<(), BpfError> {
     let caps = sys::effective_caps().map_err(BpfError::Caps)?;
@@ -428,18 +606,23 @@ impl Loadable for SockOps {
 fn typed_map<T>(
     ebpf: &mut Ebpf,
     name: &'static str,
-    pin: Option<&pins::Pins>,
     convert: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
 ) -> Result<T, BpfError> {
     let map = ebpf
         .take_map(name)
         .ok_or(BpfError::Missing { kind: "map", name })?;
-    if let Some(pins) = pin {
-        pins.pin(name, &map)?;
-    }
     convert(map).map_err(|error| BpfError::Map { name, error })
 }
 
 fn map_op(name: &'static str, r: Result<(), MapError>) -> Result<(), BpfError> {
     r.map_err(|error| BpfError::Map { name, error })
+}
+
+/// A removal of a key that is not there is not a problem.
+fn ignore_missing(name: &'static str, r: Result<(), MapError>) -> Result<(), BpfError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => map_op(name, r),
+    }
 }

@@ -33,6 +33,15 @@ pub enum Command {
     Endpoints(EndpointsArgs),
     /// Validate a config file, print what it defines, and exit.
     Check(CheckArgs),
+    /// Detach the kernel datapath a stopped daemon left attached and remove its pins.
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// bpffs directory of the daemon to remove.
+    #[arg(long, default_value = crate::app::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -108,10 +108,35 @@ pub struct Service {
     /// Endpoints with their port for this service port already chosen.
     pub endpoints: Vec<EndpointSpec>,
     pub policy: TrafficPolicy,
+    /// From the ServiceEntry's `redirector.dev/datapath` annotation.
+    pub datapath: DatapathMode,
     /// `namespace/name` of the ServiceEntry, or `name` without a namespace.
     pub service_entry: String,
     /// The DestinationRule that applies, named like `service_entry`.
     pub destination_rule: Option<String>,
+}
+
+/// How connects to a service travel: the ServiceEntry annotation
+/// `redirector.dev/datapath: proxy | kernel`.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub enum DatapathMode {
+    /// Through the node-local proxy, which retries a failed connect on the
+    /// next endpoint so the app never sees it.
+    #[default]
+    Proxy,
+    /// connect4 sends each connect straight to an endpoint (no proxy hop);
+    /// a failed connect reaches the app, and still counts for outlier
+    /// detection. TCP, TLS and HTTPS ports without TLS origination only.
+    Kernel,
+}
+
+impl fmt::Display for DatapathMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DatapathMode::Proxy => "proxy",
+            DatapathMode::Kernel => "kernel",
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -400,6 +425,8 @@ fn display_opt<T: fmt::Display, S: Serializer>(value: &Option<T>, s: S) -> Resul
 
 #[cfg(test)]
 mod blog_tests;
+#[cfg(test)]
+mod datapath_tests;
 #[cfg(test)]
 mod lb_tests;
 #[cfg(test)]

@@ -1,20 +1,38 @@
-//! Publishing endpoint health into the pinned BPF map.
+//! Endpoint health between the daemon and the kernel, both ways.
 //!
-//! Connection tasks only flip a dirty flag and wake this task; it does the
-//! map writes. So a burst of failures costs one map update per endpoint, not
-//! one syscall per request, and `redirector endpoints` (another process)
-//! still sees every ejection within milliseconds.
+//! Out: the publisher writes each changed cluster into the pinned maps:
+//! its endpoints with their outlier state (for `redirector endpoints`) and
+//! its slot table (where connect4 sends connects on the kernel fast path,
+//! and every service's connects while the proxy is down). Connection tasks
+//! only flip a dirty flag and wake the publisher, so a burst of failures
+//! costs one map update per service, not one syscall per request, and an
+//! ejection reaches the kernel within milliseconds.
+//!
+//! In: connects on the kernel path never pass through the proxy, so
+//! sock_ops reports how each one ended (handshake done, or SYN_SENT →
+//! CLOSE) into a ring buffer; [`consume_outcomes`] feeds those to the
+//! service's outlier detection exactly as the proxy feeds its own connects.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use redirector_common::{
-    EP_EJECTED, EP_HEALTHY, EP_UNRESOLVED, EndpointHealth, HOST_LEN, LAST_ERROR_LEN, LOCALITY_LEN,
-    write_str,
+    ConnectOutcome, EP_EJECTED, EP_HEALTHY, EP_UNRESOLVED, EndpointHealth, HOST_LEN,
+    LAST_ERROR_LEN, LOCALITY_LEN, OUTCOME_CONNECTED, OUTCOME_FAILED, write_str,
 };
 use tokio::sync::Notify;
-use tracing::warn;
+use tracing::{debug, warn};
 
-use crate::{bpf::Datapath, cluster::Cluster, proxy::Routes};
+use crate::{
+    bpf::{Datapath, OutcomeReader, slots},
+    cluster::Cluster,
+    config::{Service, TlsPolicy},
+    outlier::Outcome,
+    proxy::Routes,
+};
 
 pub fn entries(cluster: &Cluster) -> Vec<EndpointHealth> {
     cluster
@@ -33,7 +51,7 @@ pub fn entries(cluster: &Cluster) -> Vec<EndpointHealth> {
                 ejections: h.ejections,
                 multiplier: h.multiplier,
                 consecutive_5xx: h.consecutive_5xx,
-                _pad: 0,
+                weight: h.weight,
                 ejected_until_unix_ms: h.ejected_until.map(unix_ms).unwrap_or(0),
                 last_error_unix_ms: h.last_error.as_ref().map(|(t, _)| unix_ms(*t)).unwrap_or(0),
                 locality: [0; LOCALITY_LEN],
@@ -56,18 +74,141 @@ fn unix_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// Whether connects to `service` may skip the proxy, on the fast path or
+/// when failing open. Not when the proxy originates TLS: the endpoint
+/// expects TLS the app does not speak.
+pub fn has_slots(service: &Service) -> bool {
+    !matches!(service.policy.tls, TlsPolicy::Simple { .. })
+}
+
+/// Writes one cluster's state to the maps.
+fn publish_cluster(datapath: &Datapath, cluster: &Cluster) {
+    if let Err(e) = datapath.set_endpoints(cluster.id, &entries(cluster)) {
+        warn!(cluster = %cluster.name, error = %e, "publishing endpoint health");
+    }
+    if !has_slots(&cluster.service) {
+        return;
+    }
+    let weighted = cluster.kernel_slots();
+    // No address known (names not resolved yet): keep the table there is,
+    // maybe from the daemon before this one; the kernel checks that it
+    // belongs to this VIP:port.
+    if weighted.is_empty() {
+        return;
+    }
+    let vip = SocketAddrV4::new(cluster.service.vip, cluster.service.port.number);
+    let timeout = cluster.service.policy.connection_pool.connect_timeout;
+    if let Err(e) = datapath.set_slots(cluster.id, &slots::table(vip, &weighted, timeout)) {
+        warn!(cluster = %cluster.name, error = %e, "publishing the slot table");
+    }
+}
+
+/// Writes every cluster of `routes` now (start-up, before attaching).
+pub fn publish_all(datapath: &Datapath, routes: &Routes) {
+    let current = routes.read().expect("routes lock").clone();
+    for route in current.values() {
+        route.cluster.take_dirty();
+        publish_cluster(datapath, &route.cluster);
+    }
+}
+
 /// Writes every dirty cluster of the current routes whenever woken.
 pub async fn publish(datapath: Arc<Datapath>, routes: Routes, notify: Arc<Notify>) {
     loop {
         let current = routes.read().expect("routes lock").clone();
         for route in current.values() {
-            let cluster = &route.cluster;
-            if cluster.take_dirty()
-                && let Err(e) = datapath.set_endpoints(cluster.id, &entries(cluster))
-            {
-                warn!(cluster = %cluster.name, error = %e, "publishing endpoint health");
+            if route.cluster.take_dirty() {
+                publish_cluster(&datapath, &route.cluster);
             }
         }
         notify.notified().await;
+    }
+}
+
+/// Feeds kernel-path connect outcomes to outlier detection, forever.
+pub async fn consume_outcomes(mut reader: OutcomeReader, routes: Routes) {
+    let mut batch = Vec::new();
+    loop {
+        batch.clear();
+        if let Err(e) = reader.read(&mut batch).await {
+            warn!(error = %e, "reading kernel-path connect outcomes");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        let current = routes.read().expect("routes lock").clone();
+        for o in &batch {
+            let Some(route) = current.values().find(|r| r.cluster.id == o.service_id) else {
+                continue;
+            };
+            record(&route.cluster, o);
+        }
+    }
+}
+
+fn record(cluster: &Cluster, o: &ConnectOutcome) {
+    let addr = SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(o.ip_be)),
+        u16::from_be(o.port_be),
+    );
+    // Gone from the cluster since (DNS changed, reload): nothing to judge.
+    let Some(host) = cluster.host_by_addr(addr) else {
+        debug!(cluster = %cluster.name, %addr, "outcome for a host no longer in the cluster");
+        return;
+    };
+    let (outcome, error) = classify(o);
+    debug!(cluster = %cluster.name, endpoint = %host, ?outcome, "kernel-path connect");
+    cluster.record(&host, outcome, error.as_deref());
+}
+
+/// The outlier-detection view of a kernel-path outcome: an answer to the
+/// first SYN that ends the connect is a refusal (or an ICMP error); SYNs
+/// that went unanswered first make it a timeout.
+fn classify(o: &ConnectOutcome) -> (Outcome, Option<String>) {
+    match (o.kind, o.syn_retrans) {
+        (OUTCOME_CONNECTED, _) => (Outcome::Success, None),
+        (OUTCOME_FAILED, 0) => (
+            Outcome::ConnectFailed,
+            Some("connect failed: refused or unreachable (kernel datapath)".to_owned()),
+        ),
+        (OUTCOME_FAILED, n) => (
+            Outcome::Timeout,
+            Some(format!(
+                "connect failed after {n} SYN retransmission(s): timed out (kernel datapath)"
+            )),
+        ),
+        (kind, _) => (
+            Outcome::ConnectFailed,
+            Some(format!("unknown kernel outcome {kind}")),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(kind: u8, syn_retrans: u32) -> ConnectOutcome {
+        ConnectOutcome {
+            service_id: 1,
+            ip_be: u32::from(Ipv4Addr::new(10, 0, 0, 1)).to_be(),
+            port_be: 80u16.to_be(),
+            kind,
+            _pad: 0,
+            syn_retrans,
+        }
+    }
+
+    #[test]
+    fn kernel_outcomes_map_to_outlier_outcomes() {
+        assert_eq!(
+            classify(&outcome(OUTCOME_CONNECTED, 0)),
+            (Outcome::Success, None)
+        );
+        let (o, e) = classify(&outcome(OUTCOME_FAILED, 0));
+        assert_eq!(o, Outcome::ConnectFailed);
+        assert!(e.unwrap().contains("refused"));
+        let (o, e) = classify(&outcome(OUTCOME_FAILED, 3));
+        assert_eq!(o, Outcome::Timeout);
+        assert!(e.unwrap().contains("3 SYN retransmission"));
     }
 }

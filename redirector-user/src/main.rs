@@ -54,6 +54,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", app::describe(&config));
             Ok(())
         }
+        Command::Cleanup(args) => {
+            let done = redirector_user::bpf::cleanup(&args.pin_dir)?;
+            if !done.found {
+                println!("nothing to remove at {}", args.pin_dir.display());
+            } else {
+                println!(
+                    "detached {} program link(s) and removed {}",
+                    done.links.len(),
+                    args.pin_dir.display()
+                );
+            }
+            Ok(())
+        }
         Command::Endpoints(args) => {
             let report = endpoints::report(&args.pin_dir)?;
             match args.output {

@@ -33,6 +33,11 @@ pub fn cgroup2_root() -> Result<PathBuf> {
         .context("no cgroup2 filesystem in /proc/self/mountinfo: mount one (mount -t cgroup2 none /sys/fs/cgroup)")
 }
 
+/// `enum bpf_attach_type`: `cgroup/connect4` programs.
+pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+/// `enum bpf_attach_type`: `sock_ops` programs.
+pub const BPF_CGROUP_SOCK_OPS: u32 = 3;
+
 /// `<cgroup2 root>/rdt-<pid>-<n>`, removed on drop.
 #[derive(Debug)]
 pub struct TestCgroup {
@@ -67,6 +72,36 @@ impl TestCgroup {
         Ok(fs::metadata(&self.path)
             .with_context(|| format!("stat {}", self.path.display()))?
             .ino())
+    }
+
+    /// How many BPF programs are attached to this cgroup itself (not
+    /// inherited) for `attach_type` (a `BPF_CGROUP_*` value, such as
+    /// [`BPF_CGROUP_INET4_CONNECT`]), links included: `BPF_PROG_QUERY`.
+    pub fn attached_programs(&self, attach_type: u32) -> Result<u32> {
+        let dir = File::open(&self.path)
+            .with_context(|| format!("opening cgroup {}", self.path.display()))?;
+        // `union bpf_attr`, query member: target_fd, attach_type,
+        // query_flags, attach_flags, prog_ids (u64), prog_cnt; the rest
+        // zero. With no prog_ids buffer the kernel only writes the count.
+        let mut attr = [0u32; 32];
+        attr[0] = dir.as_raw_fd() as u32;
+        attr[1] = attach_type;
+        const BPF_PROG_QUERY: libc::c_long = 16;
+        // SAFETY: bpf(2) with a zeroed, large enough attr that outlives the
+        // call; the kernel writes only prog_cnt and attach_flags.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(&attr) as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("BPF_PROG_QUERY on {}", self.path.display()));
+        }
+        Ok(attr[6])
     }
 
     /// The path as it appears in `/proc/<pid>/cgroup` (`0::/rdt-…`).

@@ -202,7 +202,9 @@ pub fn pin_dir_for_test() -> PathBuf {
     Path::new(BPFFS).join(names::unique(names::PIN_PREFIX))
 }
 
-/// Removes a pin directory (recursively) on drop, if it exists.
+/// Removes a pin directory (recursively) on drop, if it exists. The daemon
+/// pins its cgroup links there too, and unpinning a link whose daemon is
+/// gone detaches its program, so this also leaves nothing attached.
 #[derive(Debug)]
 pub struct PinDirGuard {
     path: PathBuf,

@@ -57,6 +57,8 @@ pub fn sweep_stale() -> Result<Vec<String>> {
         }
     }
 
+    // Removing a pin directory also unpins the daemon's cgroup links,
+    // which detaches their programs.
     for dir in stale_entries(Path::new(BPFFS), names::PIN_PREFIX) {
         match fs::remove_dir_all(&dir) {
             Ok(()) => removed.push(format!("pin directory {}", dir.display())),

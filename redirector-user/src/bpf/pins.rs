@@ -1,11 +1,15 @@
-//! The bpffs directory where a daemon publishes its maps, and reading them
-//! back from another process (`redirector endpoints`).
+//! The bpffs directory that holds the datapath between daemons: every map
+//! and the two cgroup links, so the programs keep running when the daemon
+//! is gone and the next daemon takes over the same state.
 //!
 //! Pins live in `<pin dir>/v<ABI_VERSION>/`, so a build with another map
-//! layout looks in another directory and never misreads these. One daemon
-//! owns a pin directory at a time: an flock on a file in /run says which, so
-//! a second daemon fails with a sentence instead of clobbering the first.
-//! Pins a crashed daemon left behind are removed by the next one.
+//! layout looks in another directory and never misreads these; its pins are
+//! removed when a daemon of this version attaches (see
+//! [`Pins::remove_other_versions`]). One daemon owns a pin directory at a
+//! time: an flock on a file in /run says which, so a second daemon fails
+//! with a sentence instead of clobbering the first. Pins a dead daemon left
+//! are not removed: they are the running datapath, and the next daemon
+//! adopts them. `redirector cleanup` removes them.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -14,14 +18,21 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError};
+use aya::{
+    maps::{Array, HashMap, Map, MapData, MapError},
+    programs::links::FdLink,
+};
 use redirector_common::{
-    ABI_VERSION, EndpointHealth, EndpointKey, ProxyConfig, ServiceInfo, map_names,
+    ABI_VERSION, EndpointHealth, EndpointKey, ProxyConfig, ServiceInfo, SlotTable, map_names,
 };
 
 use crate::sys;
 
 const LOCK_DIR: &str = "/run/redirector";
+/// Pin names of the cgroup links, next to the maps.
+pub(super) const LINK_CONNECT4: &str = "link_connect4";
+pub(super) const LINK_SOCKOPS: &str = "link_sockops";
+const LINKS: [&str; 2] = [LINK_CONNECT4, LINK_SOCKOPS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -39,11 +50,24 @@ pub enum PinError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("pinning map {name} at {path}: {error}")]
+    #[error("pinning {name} at {path}")]
     Pin {
         name: &'static str,
         path: PathBuf,
+        #[source]
         error: aya::pin::PinError,
+    },
+    #[error(
+        "pinned map {path} has {what} {found}, this build expects {expected}: it was left by a \
+         build with another layout under the same ABI version; remove it with `redirector \
+         cleanup --pin-dir {dir}`"
+    )]
+    Layout {
+        path: PathBuf,
+        dir: PathBuf,
+        what: &'static str,
+        found: u32,
+        expected: u32,
     },
     #[error("no redirector state at {path}; is the daemon running with this --pin-dir?")]
     NotRunning {
@@ -66,13 +90,21 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PinError + '_ {
     }
 }
 
-/// `<pin dir>/v<ABI>/<map name>`.
-fn pin_path(pin_dir: &Path, map: &str) -> PathBuf {
-    pin_dir.join(format!("v{ABI_VERSION}")).join(map)
+/// `<pin dir>/v<ABI>/<name>`.
+fn pin_path(pin_dir: &Path, name: &str) -> PathBuf {
+    pin_dir.join(format!("v{ABI_VERSION}")).join(name)
 }
 
-/// A claimed pin directory. Dropping it releases the lock but leaves pins;
-/// [`Pins::remove`] removes them.
+/// What a map must look like: key and value size, max entries.
+pub(super) struct Layout {
+    pub name: &'static str,
+    pub key: u32,
+    pub value: u32,
+    pub max_entries: u32,
+}
+
+/// A claimed pin directory. Dropping it releases the lock and leaves the
+/// pins; [`Pins::release`] and [`Pins::remove`] say what happens to them.
 pub(super) struct Pins {
     dir: PathBuf,
     versioned: PathBuf,
@@ -81,27 +113,20 @@ pub(super) struct Pins {
 
 impl Pins {
     pub(super) fn claim(dir: &Path) -> Result<Self, PinError> {
-        let ancestor = dir
-            .ancestors()
-            .find(|p| p.exists())
-            .unwrap_or(Path::new("/"))
-            .to_path_buf();
-        if sys::fs_type(&ancestor).map_err(io_err(&ancestor))? != sys::BPF_FS_MAGIC {
-            return Err(PinError::NotBpffs {
-                dir: dir.into(),
-                ancestor,
-            });
-        }
+        check_bpffs(dir)?;
         let lock = lock(dir)?;
         let versioned = dir.join(format!("v{ABI_VERSION}"));
         fs::create_dir_all(&versioned).map_err(io_err(&versioned))?;
         for d in [dir, versioned.as_path()] {
             fs::set_permissions(d, fs::Permissions::from_mode(0o700)).map_err(io_err(d))?;
         }
-        // We hold the lock, so whatever is here was left by a dead daemon.
+        // Half-done link replacements (`<link>_new`) of a daemon that died
+        // mid-way.
         for entry in fs::read_dir(&versioned).map_err(io_err(&versioned))? {
             let path = entry.map_err(io_err(&versioned))?.path();
-            fs::remove_file(&path).map_err(io_err(&path))?;
+            if path.to_string_lossy().ends_with("_new") {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+            }
         }
         Ok(Self {
             dir: dir.into(),
@@ -110,18 +135,152 @@ impl Pins {
         })
     }
 
-    pub(super) fn pin(&self, name: &'static str, map: &Map) -> Result<(), PinError> {
-        let path = self.versioned.join(name);
-        map.pin(&path)
-            .map_err(|error| PinError::Pin { name, path, error })
+    pub(super) fn path(&self, name: &str) -> PathBuf {
+        self.versioned.join(name)
     }
 
+    /// Whether a previous daemon left its programs attached here.
+    pub(super) fn has_links(&self) -> bool {
+        LINKS.iter().any(|l| self.path(l).exists())
+    }
+
+    /// Fails on a pinned map whose kernel layout is not `expected`, instead
+    /// of letting the programs misread it.
+    pub(super) fn check_layouts(&self, expected: &[Layout]) -> Result<(), PinError> {
+        for l in expected {
+            let path = self.path(l.name);
+            if !path.exists() {
+                continue;
+            }
+            let info = MapData::from_pin(&path)
+                .and_then(|m| m.info())
+                .map_err(|error| PinError::Read {
+                    name: l.name,
+                    error,
+                })?;
+            for (what, found, expected) in [
+                ("key size", info.key_size(), l.key),
+                ("value size", info.value_size(), l.value),
+                ("max entries", info.max_entries(), l.max_entries),
+            ] {
+                if found != expected {
+                    return Err(PinError::Layout {
+                        path,
+                        dir: self.dir.clone(),
+                        what,
+                        found,
+                        expected,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pins `link` as `name`, replacing whatever link had that name: the new
+    /// one is pinned beside it and renamed over it, so the cgroup never lacks
+    /// the program and the old link detaches as its last reference goes.
+    pub(super) fn pin_link(&self, name: &'static str, link: FdLink) -> Result<(), PinError> {
+        let path = self.path(name);
+        // bpffs refuses names with a dot.
+        let staging = self.path(&format!("{name}_new"));
+        link.pin(&staging).map_err(|error| PinError::Pin {
+            name,
+            path: staging.clone(),
+            error,
+        })?;
+        fs::rename(&staging, &path).map_err(io_err(&path))
+    }
+
+    /// Removes pins of other ABI versions in this directory. Their programs
+    /// use maps this daemon does not fill, so they must not run beside ours.
+    pub(super) fn remove_other_versions(&self) -> Vec<PathBuf> {
+        let mine = self.versioned.file_name().map(|n| n.to_owned());
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let versioned = name
+                .to_str()
+                .and_then(|n| n.strip_prefix('v'))
+                .is_some_and(|n| n.parse::<u32>().is_ok());
+            if versioned && Some(&name) != mine.as_ref() && fs::remove_dir_all(entry.path()).is_ok()
+            {
+                removed.push(entry.path());
+            }
+        }
+        removed
+    }
+
+    /// Gives the directory up. Attached programs stay with their pins for
+    /// the next daemon (that is fail-open); without links nothing runs from
+    /// here, so the maps are removed too.
+    pub(super) fn release(self) -> bool {
+        if self.has_links() {
+            return false;
+        }
+        self.remove();
+        true
+    }
+
+    /// Removes every pin (unpinning a link detaches its program) and the
+    /// lock file.
     pub(super) fn remove(self) {
         let _ = fs::remove_dir_all(&self.versioned);
-        // Only if empty: the directory may hold other versions' pins.
+        self.remove_other_versions();
+        // Only if empty: it may hold files that are not ours.
         let _ = fs::remove_dir(&self.dir);
         let _ = fs::remove_file(lock_path(&self.dir));
     }
+}
+
+fn check_bpffs(dir: &Path) -> Result<(), PinError> {
+    let ancestor = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf();
+    if sys::fs_type(&ancestor).map_err(io_err(&ancestor))? != sys::BPF_FS_MAGIC {
+        return Err(PinError::NotBpffs {
+            dir: dir.into(),
+            ancestor,
+        });
+    }
+    Ok(())
+}
+
+/// What `redirector cleanup` removed.
+#[derive(Debug)]
+pub struct Cleanup {
+    /// Pinned links (each one detached a program).
+    pub links: Vec<PathBuf>,
+    /// Whether there was anything at all.
+    pub found: bool,
+}
+
+/// Detaches and unpins everything a daemon left in `dir`. Refuses while a
+/// daemon holds the directory.
+pub fn cleanup(dir: &Path) -> Result<Cleanup, PinError> {
+    if !dir.exists() {
+        return Ok(Cleanup {
+            links: Vec::new(),
+            found: false,
+        });
+    }
+    let pins = Pins::claim(dir)?;
+    let mut links = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
+        for l in LINKS {
+            let path = entry.path().join(l);
+            if path.exists() {
+                links.push(path);
+            }
+        }
+    }
+    pins.remove();
+    Ok(Cleanup { links, found: true })
 }
 
 fn lock_path(dir: &Path) -> PathBuf {
@@ -157,11 +316,16 @@ fn lock(dir: &Path) -> Result<File, PinError> {
     Ok(file)
 }
 
-/// The maps of a running daemon, opened from their pins.
+/// The maps of a daemon (running, or gone with its programs still
+/// attached), opened from their pins.
 pub struct PinnedState {
     pub config: ProxyConfig,
     pub services: Vec<(u32, ServiceInfo)>,
     pub endpoints: Vec<(EndpointKey, EndpointHealth)>,
+    pub slots: Vec<(u32, SlotTable)>,
+    /// Whether the programs are attached through pinned links (they stay
+    /// attached without a daemon).
+    pub attached: bool,
 }
 
 impl PinnedState {
@@ -189,10 +353,19 @@ impl PinnedState {
             .iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(read(map_names::ENDPOINTS))?;
+        let slot_map: HashMap<MapData, u32, SlotTable> =
+            HashMap::try_from(open(map_names::SLOTS)?).map_err(read(map_names::SLOTS))?;
+        let slots = slot_map
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(read(map_names::SLOTS))?;
+        let attached = LINKS.iter().all(|l| pin_path(pin_dir, l).exists());
         Ok(Self {
             config,
             services,
             endpoints,
+            slots,
+            attached,
         })
     }
 }

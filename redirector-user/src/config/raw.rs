@@ -79,8 +79,8 @@ pub struct Metadata {
     /// Accepted (checked to be string maps) for files shared with Kubernetes.
     #[serde(rename = "labels")]
     pub _labels: Option<BTreeMap<String, String>>,
-    #[serde(rename = "annotations")]
-    pub _annotations: Option<BTreeMap<String, String>>,
+    /// Ignored, except `redirector.dev/*` keys on a ServiceEntry.
+    pub annotations: Option<BTreeMap<String, Spanned<String>>>,
 }
 
 /// `redirector.dev/v1alpha1` `NodeConfig`: the node's own settings.

@@ -13,7 +13,13 @@ use serde_saphyr::Spanned;
 
 use super::raw;
 use super::validate::{Ctx, Doc, Pos, pos, qualified_name};
-use super::{EndpointAddress, Locality, Protocol, Resolution, ServicePort};
+use super::{
+    DatapathMode, EndpointAddress, Locality, Protocol, Resolution, ServicePort, TlsPolicy,
+};
+
+/// The ServiceEntry annotation that chooses the datapath.
+pub const DATAPATH_ANNOTATION: &str = "redirector.dev/datapath";
+const OUR_ANNOTATIONS: &str = "redirector.dev/";
 
 /// A validated ServiceEntry, kept even when parts of it are wrong so the
 /// cross-document checks still see its hosts.
@@ -27,6 +33,9 @@ pub struct Entry {
     pub resolution: Resolution,
     /// Empty for DNS without endpoints: each host is then its own endpoint.
     pub endpoints: Vec<Endpoint>,
+    pub datapath: DatapathMode,
+    /// Where `redirector.dev/datapath` is written, if it is.
+    pub datapath_at: Option<Pos>,
 }
 
 pub struct Endpoint {
@@ -71,7 +80,10 @@ pub fn validate(ctx: &mut Ctx, doc: &Doc, se: &raw::Document<raw::ServiceEntrySp
         }
     }
     let resolution = resolution(ctx, doc, se);
+    let (datapath, datapath_at) = annotations(ctx, doc, se);
     Entry {
+        datapath,
+        datapath_at,
         name,
         hosts: hosts(ctx, doc, &spec.hosts),
         address: address(ctx, doc, &spec.addresses),
@@ -94,6 +106,74 @@ pub fn metadata_name<S>(ctx: &mut Ctx, doc: &Doc, d: &raw::Document<S>) -> Strin
             String::new()
         }
     }
+}
+
+/// `redirector.dev/*` annotations: the datapath, nothing else. Other
+/// annotations belong to other tools and are ignored.
+fn annotations(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    se: &raw::Document<raw::ServiceEntrySpec>,
+) -> (DatapathMode, Option<Pos>) {
+    let mut out = (DatapathMode::Proxy, None);
+    let annotations = se
+        .metadata
+        .as_ref()
+        .and_then(|m| m.value.annotations.as_ref());
+    for (key, value) in annotations.into_iter().flatten() {
+        let field = format!("metadata.annotations.{key}");
+        if key == DATAPATH_ANNOTATION {
+            match value.value.as_str() {
+                "proxy" => out = (DatapathMode::Proxy, Some(pos(value.referenced))),
+                "kernel" => out = (DatapathMode::Kernel, Some(pos(value.referenced))),
+                other => ctx.value(
+                    doc,
+                    value,
+                    field,
+                    format!("unknown datapath {other:?}; expected proxy or kernel"),
+                ),
+            }
+        } else if key.starts_with(OUR_ANNOTATIONS) {
+            let at = super::yaml::key_position(doc.text, key, value.referenced);
+            ctx.at(
+                doc,
+                at,
+                field,
+                format!(
+                    "unknown redirector annotation {key:?}; the only one is {DATAPATH_ANNOTATION}"
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// Why a service port cannot use the kernel datapath, if it cannot.
+/// `rule` names the DestinationRule whose `tls` applies.
+pub fn kernel_datapath_problem(
+    port: &ServicePort,
+    tls: &TlsPolicy,
+    rule: Option<&str>,
+) -> Option<String> {
+    if port.protocol == Protocol::Http {
+        return Some(format!(
+            "datapath kernel cannot serve port {} ({}): it is HTTP, and the kernel hands whole \
+             connections to one endpoint, while HTTP needs the proxy to balance and retry each \
+             request and to count 5xx answers for outlier detection; use proxy, or declare the \
+             port TCP",
+            port.number, port.name
+        ));
+    }
+    if matches!(tls, TlsPolicy::Simple { .. }) {
+        return Some(format!(
+            "datapath kernel cannot serve port {} ({}): DestinationRule {} originates TLS \
+             (tls.mode SIMPLE), which only the proxy can do; use proxy",
+            port.number,
+            port.name,
+            rule.unwrap_or("?")
+        ));
+    }
+    None
 }
 
 fn resolution(

@@ -610,6 +610,23 @@ fn services(
                         .collect()
                 };
                 let rule = rules.get(host);
+                // A port's own settings replace the rule's whole policy.
+                let policy = rule
+                    .map(|r| r.ports.get(&port.number).unwrap_or(&r.policy).clone())
+                    .unwrap_or_default();
+                if let (super::DatapathMode::Kernel, Some(at)) = (entry.datapath, entry.datapath_at)
+                    && let Some(why) = service_entry::kernel_datapath_problem(
+                        port,
+                        &policy.tls,
+                        rule.map(|r| r.name.as_str()),
+                    )
+                {
+                    let field = format!(
+                        "metadata.annotations.{}",
+                        service_entry::DATAPATH_ANNOTATION
+                    );
+                    ctx.at(doc, at, field, why);
+                }
                 out.push(Service {
                     host: host.clone(),
                     vip,
@@ -617,9 +634,8 @@ fn services(
                     port: port.clone(),
                     resolution: entry.resolution,
                     endpoints,
-                    policy: rule
-                        .map(|r| r.ports.get(&port.number).unwrap_or(&r.policy).clone())
-                        .unwrap_or_default(),
+                    policy,
+                    datapath: entry.datapath,
                     service_entry: entry.name.clone(),
                     destination_rule: rule.map(|r| r.name.clone()),
                 });

@@ -1,0 +1,134 @@
+//! Fitting a weighted endpoint list into a service's fixed-size slot table.
+//!
+//! The cluster hands over endpoints repeated by weight (weights 3 and 1 give
+//! `[a, a, a, b]`); connect4 picks an entry uniformly, so repetition is
+//! weight. When the list is longer than [`MAX_SLOTS`], shares are scaled
+//! down by largest remainder, and every endpoint keeps at least one slot as
+//! long as there are fewer endpoints than slots (past that, the first
+//! [`MAX_SLOTS`] endpoints, one slot each).
+
+use std::{net::SocketAddrV4, time::Duration};
+
+use redirector_common::{MAX_SLOTS, Slot, SlotTable};
+
+/// The table connect4 reads for connects to `vip`.
+pub fn table(vip: SocketAddrV4, weighted: &[SocketAddrV4], connect_timeout: Duration) -> SlotTable {
+    let mut t = SlotTable {
+        vip_be: u32::from(*vip.ip()).to_be(),
+        port_be: vip.port().to_be(),
+        _pad: 0,
+        count: 0,
+        connect_timeout_ms: connect_timeout.as_millis().try_into().unwrap_or(u32::MAX),
+        slots: [Slot::default(); MAX_SLOTS],
+    };
+    let entries = fit(weighted);
+    for (slot, addr) in t.slots.iter_mut().zip(&entries) {
+        *slot = Slot {
+            ip_be: u32::from(*addr.ip()).to_be(),
+            port_be: addr.port().to_be(),
+            _pad: 0,
+        };
+    }
+    t.count = entries.len() as u32;
+    t
+}
+
+/// The table's entries, at most [`MAX_SLOTS`].
+pub fn fit(weighted: &[SocketAddrV4]) -> Vec<SocketAddrV4> {
+    if weighted.len() <= MAX_SLOTS {
+        return weighted.to_vec();
+    }
+    // Distinct endpoints in order of first appearance, with their counts.
+    let mut counts: Vec<(SocketAddrV4, u64)> = Vec::new();
+    for a in weighted {
+        match counts.iter_mut().find(|(b, _)| b == a) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((*a, 1)),
+        }
+    }
+    if counts.len() >= MAX_SLOTS {
+        return counts.iter().take(MAX_SLOTS).map(|(a, _)| *a).collect();
+    }
+    let total = weighted.len() as u64;
+    let spare = (MAX_SLOTS - counts.len()) as u64;
+    let mut shares: Vec<(u64, u64)> = counts
+        .iter()
+        .map(|(_, n)| (1 + n * spare / total, n * spare % total))
+        .collect();
+    let mut left = MAX_SLOTS as u64 - shares.iter().map(|(s, _)| s).sum::<u64>();
+    let mut by_remainder: Vec<usize> = (0..shares.len()).collect();
+    by_remainder.sort_by_key(|&i| std::cmp::Reverse(shares[i].1));
+    for i in by_remainder {
+        if left == 0 {
+            break;
+        }
+        shares[i].0 += 1;
+        left -= 1;
+    }
+    counts
+        .iter()
+        .zip(&shares)
+        .flat_map(|((a, _), (s, _))| std::iter::repeat_n(*a, *s as usize))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(last: u8) -> SocketAddrV4 {
+        SocketAddrV4::new([10, 0, 0, last].into(), 80)
+    }
+
+    fn count(v: &[SocketAddrV4], a: SocketAddrV4) -> usize {
+        v.iter().filter(|x| **x == a).count()
+    }
+
+    #[test]
+    fn short_lists_are_kept_as_they_are() {
+        let list = [ep(1), ep(1), ep(1), ep(2)];
+        assert_eq!(fit(&list), list);
+        let vip = SocketAddrV4::new([240, 240, 0, 1].into(), 5432);
+        let t = table(vip, &list, Duration::from_secs(10));
+        assert_eq!(t.count, 4);
+        assert_eq!(t.connect_timeout_ms, 10_000);
+        assert_eq!(u16::from_be(t.port_be), 5432);
+        assert_eq!(u16::from_be(t.slots[3].port_be), 80);
+        assert_eq!(
+            std::net::Ipv4Addr::from(u32::from_be(t.slots[3].ip_be)),
+            *ep(2).ip()
+        );
+    }
+
+    #[test]
+    fn long_lists_are_scaled_to_the_table_keeping_every_endpoint() {
+        // Weights 1000 and 1: the light one keeps a slot.
+        let mut list = vec![ep(1); 1000];
+        list.push(ep(2));
+        let fitted = fit(&list);
+        assert_eq!(fitted.len(), MAX_SLOTS);
+        assert_eq!(count(&fitted, ep(2)), 1);
+        assert_eq!(count(&fitted, ep(1)), MAX_SLOTS - 1);
+        // Weights 3:1 over 128 entries: 48 and 16.
+        let mut list = vec![ep(1); 96];
+        list.extend(vec![ep(2); 32]);
+        let fitted = fit(&list);
+        assert_eq!(count(&fitted, ep(1)), 48);
+        assert_eq!(count(&fitted, ep(2)), 16);
+    }
+
+    #[test]
+    fn more_endpoints_than_slots_take_one_each() {
+        let list: Vec<SocketAddrV4> = (0..100).flat_map(|i| [ep(i), ep(i)]).collect();
+        let fitted = fit(&list);
+        assert_eq!(fitted.len(), MAX_SLOTS);
+        assert_eq!(fitted[0], ep(0));
+        assert_eq!(count(&fitted, ep(0)), 1);
+    }
+
+    #[test]
+    fn empty_is_empty() {
+        assert!(fit(&[]).is_empty());
+        assert_eq!(table(ep(9), &[], Duration::ZERO).count, 0);
+    }
+}

@@ -1,0 +1,509 @@
+//! The kernel's own datapath: the fast path that skips the proxy, fail-open
+//! when the daemon is killed, takeover by the next daemon with no failed
+//! connect in between, and `redirector cleanup`.
+
+#[path = "support/scenario.rs"]
+mod scenario;
+
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use redirector_tests::{
+    cgroup, client, daemon::redirector_bin, pki::TestCa, process, tcp::TcpServer,
+};
+use scenario::{Node, TIMEOUT, tcp_client, wait_until};
+use serde_json::Value;
+
+const VIP: &str = "240.240.0.30";
+const PORT: u16 = 5432;
+/// Concurrent load clients in the kill test.
+const CLIENTS: usize = 4;
+
+/// A TCP service with one endpoint per `(ip, region)`, all on port 9000,
+/// optionally on the kernel datapath, with outlier detection ejecting after
+/// `consecutive` failures for 5 minutes.
+fn tcp_service(endpoints: &[(&str, &str)], kernel: bool, consecutive: u32) -> String {
+    let annotation = if kernel {
+        "  annotations:\n    redirector.dev/datapath: kernel\n"
+    } else {
+        ""
+    };
+    let endpoints: String = endpoints
+        .iter()
+        .map(|(ip, region)| format!("  - {{address: {ip}, locality: {region}}}\n"))
+        .collect();
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: pg
+{annotation}spec:
+  hosts: [pg.example]
+  addresses: [{VIP}]
+  resolution: STATIC
+  ports:
+  - {{number: {PORT}, name: tcp-pg, targetPort: 9000}}
+  endpoints:
+{endpoints}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: pg
+spec:
+  host: pg.example
+  trafficPolicy:
+    outlierDetection:
+      consecutive5xxErrors: {consecutive}
+      interval: 1s
+      baseEjectionTime: 5m
+"
+    )
+}
+
+fn vip() -> std::net::SocketAddr {
+    format!("{VIP}:{PORT}").parse().unwrap()
+}
+
+/// What `rdt-client --repeat` reported.
+#[derive(Debug)]
+struct Load {
+    ok: u64,
+    connect_failed: u64,
+    broken: u64,
+    replies: Value,
+    summary: Value,
+}
+
+impl Load {
+    fn replies_from(&self, name: &str) -> u64 {
+        self.replies[format!("hello from {name}")]
+            .as_u64()
+            .unwrap_or(0)
+    }
+}
+
+/// Starts `rounds` new connections to the VIP, one at a time,
+/// `interval_ms` apart, stopping early once `until` exists; returns at once.
+fn spawn_load(node: &Node, rounds: u64, interval_ms: u64, until: Option<&Path>) -> Child {
+    let mut cmd = Command::new(client::rdt_client_bin());
+    cmd.args(["tcp", &vip().to_string(), "--send", "ping"])
+        .args(["--repeat", &rounds.to_string()])
+        .args(["--interval-ms", &interval_ms.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(p) = until {
+        cmd.arg("--until").arg(p);
+    }
+    node.cgroup.configure(&mut cmd);
+    node.ns.configure(&mut cmd);
+    cmd.spawn().expect("starting rdt-client")
+}
+
+/// Waits for a [`spawn_load`] client and reads its summary.
+fn finish_load(mut child: Child, node: &Node) -> Load {
+    let status = process::wait_timeout(&mut child, Duration::from_secs(120)).unwrap();
+    if status.is_none() {
+        process::kill_and_reap(&mut child);
+        panic!("rdt-client did not finish\n{}", node.log());
+    }
+    let out = child.wait_with_output().unwrap();
+    let summary: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "rdt-client printed no summary ({e}): {out:?}\n{}",
+            node.log()
+        )
+    });
+    Load {
+        ok: summary["ok"].as_u64().unwrap(),
+        connect_failed: summary["connect_failed"].as_u64().unwrap(),
+        broken: summary["broken"].as_u64().unwrap(),
+        replies: summary["replies"].clone(),
+        summary,
+    }
+}
+
+fn load(node: &Node, rounds: u64, interval_ms: u64) -> Load {
+    finish_load(spawn_load(node, rounds, interval_ms, None), node)
+}
+
+/// `redirector endpoints --output json` in the node's namespace, where the
+/// apps are: with the daemon dead, that is where it looks for a listener.
+fn endpoints(node: &Node) -> Value {
+    let pin_dir = node.pins.path().display().to_string();
+    let (ok, out, err) = run_redirector(
+        node,
+        &["endpoints", "--output", "json", "--pin-dir", &pin_dir],
+    );
+    assert!(ok, "redirector endpoints failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("endpoints JSON ({e}): {out}"))
+}
+
+fn service(eps: &Value) -> &Value {
+    &eps["services"][0]
+}
+
+fn slot_endpoints(eps: &Value) -> Vec<String> {
+    service(eps)["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["endpoint"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// (connect4, sock_ops) programs attached to the node's cgroup.
+fn attached(node: &Node) -> (u32, u32) {
+    (
+        node.cgroup
+            .attached_programs(cgroup::BPF_CGROUP_INET4_CONNECT)
+            .unwrap(),
+        node.cgroup
+            .attached_programs(cgroup::BPF_CGROUP_SOCK_OPS)
+            .unwrap(),
+    )
+}
+
+fn kill_daemon(node: &mut Node) {
+    let daemon = node.daemon.as_mut().expect("a daemon");
+    let status = daemon.kill().expect("killing the daemon");
+    assert!(!status.success(), "{status}");
+}
+
+/// Runs `redirector <args>` in the node's namespace; (success, stdout,
+/// stderr).
+fn run_redirector(node: &Node, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(redirector_bin());
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    node.ns.configure(&mut cmd);
+    let out = cmd.output().expect("running redirector");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Like [`run_redirector`], with stdout and stderr together.
+fn redirector(node: &Node, args: &[&str]) -> (bool, String) {
+    let (ok, out, err) = run_redirector(node, args);
+    (ok, out + &err)
+}
+
+#[test]
+fn the_kernel_path_skips_the_proxy_and_ejects_a_refusing_endpoint() {
+    let mut node = Node::new();
+    let east = TcpServer::start(&node.ns, "127.0.40.1:9000".parse().unwrap(), "east").unwrap();
+    let _west = TcpServer::start(&node.ns, "127.0.40.2:9000".parse().unwrap(), "west").unwrap();
+    node.start(
+        &tcp_service(
+            &[("127.0.40.1", "us-east1"), ("127.0.40.2", "us-east1")],
+            true,
+            2,
+        ),
+        "us-east1",
+        false,
+    );
+    let eps = endpoints(&node);
+    assert_eq!(service(&eps)["datapath"], "kernel", "{eps:#}");
+    assert_eq!(service(&eps)["path_now"], "kernel", "{eps:#}");
+    assert_eq!(
+        slot_endpoints(&eps),
+        ["127.0.40.1:9000", "127.0.40.2:9000"],
+        "{eps:#}"
+    );
+
+    // Spread over both, and never through the proxy.
+    let before = load(&node, 40, 5);
+    assert_eq!(before.ok, 40, "{before:?}");
+    assert!(
+        before.replies_from("east") > 0 && before.replies_from("west") > 0,
+        "{before:?}"
+    );
+    assert!(
+        !node.log().contains("accepted"),
+        "a kernel-path connect reached the proxy:\n{}",
+        node.log()
+    );
+
+    // East refuses. The kernel cannot retry, so the app sees the refusals
+    // until the daemon, told by sock_ops, ejects east.
+    east.stop().unwrap();
+    let during = load(&node, 60, 20);
+    assert!(
+        during.connect_failed >= 2,
+        "east's refusals reach the app on the kernel path: {during:?}"
+    );
+    wait_until("east's ejection", TIMEOUT, || {
+        node.endpoint("127.0.40.1")["outlier_check"] == "FAILED"
+    });
+    let east_row = node.endpoint("127.0.40.1");
+    assert!(
+        east_row["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("kernel datapath"),
+        "{east_row:#}"
+    );
+    assert_eq!(slot_endpoints(&endpoints(&node)), ["127.0.40.2:9000"]);
+
+    let after = load(&node, 40, 5);
+    assert_eq!(after.connect_failed, 0, "{after:?}");
+    assert_eq!(after.replies_from("west"), 40, "{after:?}");
+}
+
+#[test]
+fn kill_9_under_load_fails_no_new_connection_and_a_restart_takes_over() {
+    let mut node = Node::new();
+    let _east = TcpServer::start(&node.ns, "127.0.41.1:9000".parse().unwrap(), "east").unwrap();
+    let _west = TcpServer::start(&node.ns, "127.0.41.2:9000".parse().unwrap(), "west").unwrap();
+    let config = tcp_service(
+        &[("127.0.41.1", "us-east1"), ("127.0.41.2", "us-west1")],
+        false,
+        5,
+    );
+    node.start(&config, "us-east1", false);
+    let eps = endpoints(&node);
+    assert_eq!(service(&eps)["path_now"], "proxy", "{eps:#}");
+    assert_eq!(eps["proxy_listening"], true, "{eps:#}");
+    let first_pid = node.daemon.as_ref().unwrap().pid();
+
+    let stop = node.dir.path().join("stop-load");
+    // Four clients, each one connection at a time.
+    let clients: Vec<Child> = (0..CLIENTS)
+        .map(|_| spawn_load(&node, 100_000, 1, Some(&stop)))
+        .collect();
+    thread::sleep(Duration::from_secs(1));
+    kill_daemon(&mut node);
+    // Dead: the kernel serves on its own, from the published slots.
+    thread::sleep(Duration::from_millis(300));
+    let eps = endpoints(&node);
+    assert_eq!(eps["daemon_running"], false, "{eps:#}");
+    assert_eq!(eps["datapath_attached"], true, "{eps:#}");
+    assert_eq!(attached(&node), (1, 1));
+    assert_eq!(eps["proxy_listening"], false, "{eps:#}");
+    assert_eq!(service(&eps)["path_now"], "kernel (fail-open)", "{eps:#}");
+    thread::sleep(Duration::from_secs(1));
+    node.start(&config, "us-east1", false);
+    thread::sleep(Duration::from_secs(1));
+    std::fs::write(&stop, "").unwrap();
+    let results: Vec<Load> = clients.into_iter().map(|c| finish_load(c, &node)).collect();
+    let second = node.daemon.as_ref().unwrap();
+    assert!(
+        second
+            .log()
+            .contains(&format!("taking over the datapath pid {first_pid}")),
+        "{}",
+        second.log()
+    );
+    assert!(
+        second
+            .log()
+            .contains(&format!("replacing those of pid {first_pid}")),
+        "{}",
+        second.log()
+    );
+    for result in &results {
+        eprintln!("load across kill -9 and restart: {}", result.summary);
+        assert_eq!(
+            result.connect_failed, 0,
+            "new connections failed: {:?}",
+            result.summary
+        );
+        // One connection at a time: at most the one in flight at the kill.
+        assert!(result.broken <= 1, "{:?}", result.summary);
+        assert!(
+            result.ok > 300,
+            "too little load to prove much: {:?}",
+            result.summary
+        );
+        assert_eq!(
+            result.replies_from("east"),
+            result.ok,
+            "the local region answers throughout: {:?}",
+            result.summary
+        );
+    }
+    // The first daemon's programs are gone, not running beside the new ones.
+    wait_until("the old programs to detach", TIMEOUT, || {
+        attached(&node) == (1, 1)
+    });
+    let eps = endpoints(&node);
+    assert_eq!(service(&eps)["path_now"], "proxy", "{eps:#}");
+    // The second daemon serves: its proxy is in the path again.
+    let out = tcp_client(&node, vip());
+    assert!(out.status.success(), "{out:?}");
+    wait_until("the new proxy to carry a connection", TIMEOUT, || {
+        node.log().contains("accepted")
+    });
+}
+
+#[test]
+fn a_dead_daemons_last_ejections_steer_fail_open_connects() {
+    let mut node = Node::new();
+    // East, the local region, is down; west answers.
+    node.http("127.0.42.2:80", "west");
+    let config = scenario::service_entry(
+        Some("240.240.0.42"),
+        ("127.0.42.1", "us-east1", 80),
+        ("127.0.42.2", "us-west1", 80),
+    ) + &scenario::destination_rule(1, "1s", "5m");
+    node.start(&config, "us-east1", false);
+    let eps = endpoints(&node);
+    assert_eq!(slot_endpoints(&eps), ["127.0.42.1:80"], "{eps:#}");
+    // Through the proxy, the refusal is retried on west and ejects east.
+    assert_eq!(node.bodies("240.240.0.42", 1), ["healthy: west"]);
+    wait_until("east's ejection", TIMEOUT, || {
+        node.endpoint("127.0.42.1")["outlier_check"] == "FAILED"
+    });
+    let eps = endpoints(&node);
+    assert_eq!(slot_endpoints(&eps), ["127.0.42.2:80"], "{eps:#}");
+
+    kill_daemon(&mut node);
+    let eps = endpoints(&node);
+    assert_eq!(service(&eps)["path_now"], "kernel (fail-open)", "{eps:#}");
+    // The ejection outlives the daemon: HTTP goes straight to west.
+    assert_eq!(node.bodies("240.240.0.42", 5), ["healthy: west"; 5]);
+
+    // A second daemon takes over; while one runs, cleanup refuses.
+    node.start(&config, "us-east1", false);
+    assert_eq!(node.bodies("240.240.0.42", 2), ["healthy: west"; 2]);
+    let pin_dir = node.pins.path().display().to_string();
+    let (ok, out) = redirector(&node, &["cleanup", "--pin-dir", &pin_dir]);
+    assert!(!ok && out.contains("in use by another redirector"), "{out}");
+    // Its outlier state started fresh: east was tried, and ejected again.
+    wait_until("east's ejection by the second daemon", TIMEOUT, || {
+        node.endpoint("127.0.42.1")["outlier_check"] == "FAILED"
+    });
+
+    // SIGTERM leaves the datapath serving, as a kill does.
+    let status = node.daemon.as_mut().unwrap().terminate().unwrap();
+    assert!(status.success(), "{status}\n{}", node.log());
+    assert!(
+        node.log().contains("the kernel datapath stays attached"),
+        "{}",
+        node.log()
+    );
+    let eps = endpoints(&node);
+    assert_eq!(eps["datapath_attached"], true, "{eps:#}");
+    assert_eq!(service(&eps)["path_now"], "kernel (fail-open)", "{eps:#}");
+    // What the second daemon published before it stopped.
+    assert_eq!(slot_endpoints(&eps), ["127.0.42.2:80"], "{eps:#}");
+    assert_eq!(node.bodies("240.240.0.42", 3), ["healthy: west"; 3]);
+
+    // cleanup detaches: the VIP is not redirected any more.
+    let (ok, out) = redirector(&node, &["cleanup", "--pin-dir", &pin_dir]);
+    assert!(ok, "{out}");
+    assert!(out.contains("detached 2 program link(s)"), "{out}");
+    assert!(!node.pins.path().exists());
+    wait_until("the programs to detach", TIMEOUT, || {
+        attached(&node) == (0, 0)
+    });
+    wait_until("the VIP to be left alone", TIMEOUT, || {
+        node.curl("240.240.0.42").is_err()
+    });
+    let (ok, out) = redirector(&node, &["cleanup", "--pin-dir", &pin_dir]);
+    assert!(ok && out.contains("nothing to remove"), "{out}");
+}
+
+#[test]
+fn without_a_proxy_tls_origination_fails_fast_instead_of_falling_back_to_plaintext() {
+    let mut node = Node::new();
+    let _plain = TcpServer::start(&node.ns, "127.0.43.1:9000".parse().unwrap(), "plain").unwrap();
+    let ca = TestCa::new();
+    let ca_file = ca.write_ca(node.dir.path());
+    let config = tcp_service(&[("127.0.43.1", "us-east1")], false, 5)
+        + &format!(
+            "    tls:\n      mode: SIMPLE\n      sni: pg.example\n      caCertificates: {}\n",
+            ca_file.display()
+        );
+    node.start(&config, "us-east1", false);
+    let eps = endpoints(&node);
+    assert_eq!(service(&eps)["tls_origination"], true, "{eps:#}");
+    assert!(slot_endpoints(&eps).is_empty(), "{eps:#}");
+    kill_daemon(&mut node);
+    let eps = endpoints(&node);
+    assert_eq!(service(&eps)["path_now"], "rejected", "{eps:#}");
+    let started = std::time::Instant::now();
+    let out = tcp_client(&node, vip());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(stderr.contains("Operation not permitted"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_black_holed_endpoint_on_the_kernel_path_times_out_at_the_connect_timeout() {
+    let mut node = Node::new();
+    let _west = TcpServer::start(&node.ns, "127.0.45.2:9000".parse().unwrap(), "west").unwrap();
+    // 10.99.0.3 is on a link, but its neighbour entry points at a MAC
+    // nobody has: SYNs leave and nothing ever answers.
+    let hole = redirector_tests::netns::Netns::new("hole").unwrap();
+    let link =
+        redirector_tests::netns::link(&node.ns, "10.99.0.1/24", &hole, "10.99.0.2/24").unwrap();
+    node.ns
+        .ip([
+            "neigh",
+            "replace",
+            "10.99.0.3",
+            "lladdr",
+            "02:00:00:00:00:01",
+            "dev",
+            &link.a_dev,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    node.start(
+        &tcp_service(
+            &[("10.99.0.3", "us-east1"), ("127.0.45.2", "us-west1")],
+            true,
+            1,
+        ),
+        "us-east1",
+        false,
+    );
+    assert_eq!(slot_endpoints(&endpoints(&node)), ["10.99.0.3:9000"]);
+    // The app would wait 30 s; the service's connect timeout (10 s,
+    // Istio's default) ends the handshake first.
+    let started = std::time::Instant::now();
+    let out = client::Client::new(&node.ns, client::rdt_client_bin())
+        .args(["tcp", &vip().to_string(), "--connect-timeout-ms", "30000"])
+        .cgroup(&node.cgroup)
+        .timeout(Duration::from_secs(60))
+        .run()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(stderr.contains("timed out"), "{stderr}");
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(20),
+        "the connect took {took:?}"
+    );
+    wait_until("the black hole's ejection", TIMEOUT, || {
+        node.endpoint("10.99.0.3")["outlier_check"] == "FAILED"
+    });
+    let row = node.endpoint("10.99.0.3");
+    assert!(
+        row["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out (kernel datapath)"),
+        "{row:#}"
+    );
+    let out = tcp_client(&node, vip());
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello from west"
+    );
+}
