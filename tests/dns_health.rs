@@ -79,6 +79,12 @@ fn an_empty_answer_or_a_servfail_keeps_the_last_good_addresses() {
     let east = node.endpoint("east.test");
     assert_eq!(east["endpoint"], "127.0.11.1:8080", "{east}");
     assert_eq!(east["status"], "HEALTHY", "{east}");
+    // The failures are counted per endpoint name; west's refreshes all
+    // answered, and recently.
+    assert!(east["dns_failures"].as_u64().unwrap() >= 2, "{east}");
+    let west = node.endpoint("west.test");
+    assert_eq!(west["dns_failures"], 0, "{west}");
+    assert!(west["dns_answer_secs_ago"].as_u64().unwrap() <= 3, "{west}");
     let log = node.log();
     assert!(
         log.contains("error=empty answer") && log.contains("Server Failure"),

@@ -260,6 +260,12 @@ pub struct EndpointHealth {
     pub consecutive_5xx: u32,
     /// The ServiceEntry endpoint's `weight`.
     pub weight: u32,
+    /// DNS endpoints: refreshes that failed or came back empty (the last
+    /// good answer was kept) since the daemon started.
+    pub dns_failures: u32,
+    pub _pad: u32,
+    /// When the name last resolved; 0 for IP endpoints and never.
+    pub dns_answer_unix_ms: u64,
     /// 0 when not ejected. Un-ejection happens on the first interval tick
     /// at or after this time.
     pub ejected_until_unix_ms: u64,
@@ -271,7 +277,7 @@ pub struct EndpointHealth {
     pub last_error: [u8; LAST_ERROR_LEN],
 }
 const _: () = assert!(
-    core::mem::size_of::<EndpointHealth>() == 40 + LOCALITY_LEN + HOST_LEN + LAST_ERROR_LEN
+    core::mem::size_of::<EndpointHealth>() == 56 + LOCALITY_LEN + HOST_LEN + LAST_ERROR_LEN
 );
 
 /// Copies `s` into a NUL-padded field, truncating on a char boundary.

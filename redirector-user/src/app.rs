@@ -165,9 +165,16 @@ impl Generation {
             routes.insert(vip, Arc::new(Route::new(cluster, tls)));
         }
         for (name, users) in names {
-            tasks.push(resolve::watch(resolver.clone(), name, move |addrs| {
+            tasks.push(resolve::watch(resolver.clone(), name, move |refresh| {
                 for (cluster, idx) in &users {
-                    cluster.set_resolved(*idx, addrs.clone());
+                    match &refresh {
+                        resolve::Refresh::Changed(addrs) => {
+                            cluster.set_resolved(*idx, addrs.clone());
+                            cluster.dns_refreshed(*idx, true);
+                        }
+                        resolve::Refresh::Unchanged => cluster.dns_refreshed(*idx, true),
+                        resolve::Refresh::Failed => cluster.dns_refreshed(*idx, false),
+                    }
                 }
             }));
         }

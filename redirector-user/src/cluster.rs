@@ -105,6 +105,16 @@ pub struct HostSnapshot {
     pub multiplier: u32,
     pub consecutive_5xx: u32,
     pub last_error: Option<(SystemTime, String)>,
+    /// DNS endpoints: refreshes that failed or came back empty (the last
+    /// good answer was kept), and when the name last resolved.
+    pub dns: DnsStats,
+}
+
+/// How one endpoint name's DNS refreshes went, since the daemon started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsStats {
+    pub failures: u32,
+    pub last_answer: Option<SystemTime>,
 }
 
 pub struct Cluster {
@@ -124,6 +134,8 @@ pub struct Cluster {
 struct Inner {
     /// Per configured endpoint; `None` until its name resolves.
     resolved: Vec<Option<Vec<Ipv4Addr>>>,
+    /// Per configured endpoint; stays default for IP endpoints.
+    dns: Vec<DnsStats>,
     /// Hosts of placed endpoints (those `distribute` does not drop).
     hosts: Vec<Host>,
     detector: Detector<HostKey>,
@@ -152,7 +164,7 @@ impl Cluster {
         };
         // IPs are known now; names wait for their first DNS answer (config
         // validation allows names only with `resolution: DNS`).
-        let resolved = service
+        let resolved: Vec<Option<Vec<Ipv4Addr>>> = service
             .endpoints
             .iter()
             .map(|e| match &e.address {
@@ -170,6 +182,7 @@ impl Cluster {
             placement,
             policy: lb_policy,
             inner: Mutex::new(Inner {
+                dns: vec![DnsStats::default(); resolved.len()],
                 resolved,
                 hosts: Vec::new(),
                 detector,
@@ -207,6 +220,20 @@ impl Cluster {
     }
 
     /// New addresses for one endpoint (a DNS answer).
+    /// Counts one DNS refresh of an endpoint name: a good answer (changed
+    /// or not), or a failure or empty answer that kept the last good one.
+    pub fn dns_refreshed(&self, endpoint: usize, ok: bool) {
+        let mut inner = self.inner();
+        let stats = &mut inner.dns[endpoint];
+        if ok {
+            stats.last_answer = Some(SystemTime::now());
+        } else {
+            stats.failures = stats.failures.saturating_add(1);
+        }
+        drop(inner);
+        self.mark_dirty();
+    }
+
     pub fn set_resolved(&self, endpoint: usize, mut addrs: Vec<Ipv4Addr>) {
         addrs.sort_unstable();
         addrs.dedup();
@@ -236,6 +263,7 @@ impl Cluster {
                 .position(|o| o.address == ep.address)
             {
                 inner.resolved[i] = old_inner.resolved[j].clone();
+                inner.dns[i] = old_inner.dns[j];
             }
         }
         inner.rebuild(&self.service, &self.placement);
@@ -410,6 +438,7 @@ impl Cluster {
                 multiplier: 0,
                 consecutive_5xx: 0,
                 last_error: None,
+                dns: inner.dns[i],
             };
             let Some(ips) = &inner.resolved[i] else {
                 out.push(base);

@@ -89,6 +89,12 @@ pub struct EndpointRow {
     pub last_error: String,
     /// Entries of the service's slot table that point here.
     pub kernel_slots: u32,
+    /// DNS endpoints: refreshes that failed or came back empty since the
+    /// daemon started (each kept the last good answer).
+    pub dns_failures: u32,
+    /// Seconds since the name last resolved; `None` for IP endpoints or a
+    /// name that never resolved.
+    pub dns_answer_secs_ago: Option<u64>,
 }
 
 pub fn report(pin_dir: &Path) -> Result<Report, PinError> {
@@ -280,6 +286,11 @@ fn endpoint_row(cluster: String, e: &EndpointHealth, now: SystemTime) -> Endpoin
         ejected_for_secs,
         last_error: read_str(&e.last_error).to_owned(),
         kernel_slots: 0,
+        dns_failures: e.dns_failures,
+        dns_answer_secs_ago: (e.dns_answer_unix_ms != 0).then(|| {
+            let at = UNIX_EPOCH + Duration::from_millis(e.dns_answer_unix_ms);
+            now.duration_since(at).unwrap_or_default().as_secs()
+        }),
     }
 }
 
@@ -445,6 +456,9 @@ mod tests {
             multiplier: 1,
             consecutive_5xx: 0,
             weight: 3,
+            dns_failures: 2,
+            _pad: 0,
+            dns_answer_unix_ms: 0,
             ejected_until_unix_ms: 0,
             last_error_unix_ms: 0,
             locality: [0; LOCALITY_LEN],
@@ -466,6 +480,7 @@ mod tests {
         assert!(matches!(row.ejected_for_secs, Some(41 | 42)));
         assert!(row.ejected);
         assert_eq!(row.weight, 3);
+        assert_eq!((row.dns_failures, row.dns_answer_secs_ago), (2, None));
         let report = Report {
             daemon_pid: 1,
             daemon_running: true,

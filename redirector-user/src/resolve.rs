@@ -132,12 +132,23 @@ impl Resolve for Hickory {
     }
 }
 
-/// Resolves `name` now and on every TTL expiry, calling `update` with each
-/// new non-empty answer. Runs until aborted.
+/// What one refresh of a name came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refresh {
+    /// A non-empty answer that differs from the last one.
+    Changed(Vec<Ipv4Addr>),
+    /// The same addresses again.
+    Unchanged,
+    /// A failure or an empty answer; the last good answer stays.
+    Failed,
+}
+
+/// Resolves `name` now and on every TTL expiry, telling `update` how each
+/// refresh went. Runs until aborted.
 pub fn watch(
     resolver: Arc<dyn Resolve>,
     name: String,
-    update: impl Fn(Vec<Ipv4Addr>) + Send + 'static,
+    update: impl Fn(Refresh) + Send + 'static,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut last: Option<Vec<Ipv4Addr>> = None;
@@ -149,10 +160,11 @@ pub fn watch(
                     addrs.sort_unstable();
                     if last.as_ref() != Some(&addrs) {
                         info!(%name, ?addrs, ttl = ?answer.ttl, "resolved endpoint");
-                        update(addrs.clone());
+                        update(Refresh::Changed(addrs.clone()));
                         last = Some(addrs);
                     } else {
                         debug!(%name, ttl = ?answer.ttl, "endpoint addresses unchanged");
+                        update(Refresh::Unchanged);
                     }
                     retry = RETRY;
                     answer.ttl.clamp(MIN_REFRESH, MAX_REFRESH)
@@ -170,6 +182,7 @@ pub fn watch(
                             warn!(%name, error = %why, "DNS lookup failed; endpoint has no address yet")
                         }
                     }
+                    update(Refresh::Failed);
                     let wait = retry;
                     retry = (retry * 2).min(MAX_RETRY);
                     wait
@@ -233,8 +246,10 @@ mod tests {
         let resolver: Arc<dyn Resolve> = Arc::new(Scripted(Mutex::new(script)));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
-        let task = watch(resolver, "db.test".into(), move |a| {
-            s.lock().unwrap().push(a)
+        let task = watch(resolver, "db.test".into(), move |r| {
+            if let Refresh::Changed(a) = r {
+                s.lock().unwrap().push(a)
+            }
         });
         tokio::time::sleep(Duration::from_millis(1)).await;
         let first = vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)];
