@@ -31,32 +31,13 @@ fn node_with(names: &[&str]) -> Node {
 /// mappings without the address and port), then `rule`'s trafficPolicy
 /// (YAML at four spaces; empty for no DestinationRule).
 fn config(endpoints: &[(&str, &str)], rule: &str) -> String {
-    let mut out = format!(
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: db}}
-spec:
-  hosts: [mydb.com]
-  addresses: [{VIP}]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
-  resolution: DNS
-  endpoints:
-"
-    );
-    for (name, extra) in endpoints {
-        out += &format!("  - {{address: {name}.test, {extra}}}\n");
-    }
+    let lines: String = endpoints
+        .iter()
+        .map(|(name, extra)| format!("  - {{address: {name}.test, {extra}}}\n"))
+        .collect();
+    let mut out = scenario::mydb_entry(VIP, "DNS", &lines);
     if !rule.is_empty() {
-        out += &format!(
-            "---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: db}}
-spec:
-  host: mydb.com
-  trafficPolicy:
-{rule}"
-        );
+        out += &scenario::mydb_rule(rule);
     }
     out
 }

@@ -28,33 +28,13 @@ fn static_entry(endpoints: &[(&str, &str)]) -> String {
         .iter()
         .map(|(address, locality)| format!("  - {{address: {address}, locality: {locality}}}\n"))
         .collect();
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: db}}
-spec:
-  hosts: [mydb.com]
-  addresses: [{VIP}]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
-  resolution: STATIC
-  endpoints:
-{endpoints}"
-    )
+    scenario::mydb_entry(VIP, "STATIC", &endpoints)
 }
 
 /// A DestinationRule for `mydb.com` with `traffic_policy` (indented four
 /// spaces) under `trafficPolicy`.
 fn rule(traffic_policy: &str) -> String {
-    format!(
-        "---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: db}}
-spec:
-  host: mydb.com
-  trafficPolicy:
-{traffic_policy}"
-    )
+    scenario::mydb_rule(traffic_policy)
 }
 
 /// East (the node's region) and west, both answering.

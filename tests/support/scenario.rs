@@ -301,3 +301,35 @@ spec:
 pub fn count(bodies: &[String], needle: &str) -> usize {
     bodies.iter().filter(|b| b.as_str() == needle).count()
 }
+
+/// `mydb.com` at `vip`, HTTP port 80 → 8080, with `resolution` and the
+/// already indented `endpoints` lines (each `  - {...}`).
+pub fn mydb_entry(vip: &str, resolution: &str, endpoints: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db}}
+spec:
+  hosts: [mydb.com]
+  addresses: [{vip}]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+  resolution: {resolution}
+  endpoints:
+{endpoints}"
+    )
+}
+
+/// A DestinationRule for `mydb.com` with `traffic_policy` (indented four
+/// spaces) under `trafficPolicy`.
+pub fn mydb_rule(traffic_policy: &str) -> String {
+    format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: db}}
+spec:
+  host: mydb.com
+  trafficPolicy:
+{traffic_policy}"
+    )
+}
