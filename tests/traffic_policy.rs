@@ -284,6 +284,27 @@ fn max_requests_per_connection_is_seen_by_the_server() {
 }
 
 #[test]
+fn idle_timeout_closes_pooled_connections() {
+    let mut node = Node::new();
+    node.http("127.0.10.1:8080", "east");
+    let config = static_entry(&[("127.0.10.1", "us-east1")])
+        + &rule(
+            "    connectionPool:
+      http: {idleTimeout: 1s}
+",
+        );
+    node.start(&config, "us-east1", false);
+    // Back to back, the pooled connection is reused.
+    assert_eq!(count(&node.bodies(VIP, 3), EAST), 3);
+    assert_eq!(node.servers[0].connections(), 1);
+    // Idle for longer than idleTimeout, it is closed: the next request
+    // needs a new one.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(count(&node.bodies(VIP, 1), EAST), 1);
+    assert_eq!(node.servers[0].connections(), 2);
+}
+
+#[test]
 fn port_level_settings_apply_a_different_policy_to_a_second_port() {
     let (mut node, _) = two_regions();
     let config = format!(
