@@ -121,6 +121,18 @@ pub fn run(bed: &Bed, system: &System, plan: &Plan) -> Result<FailOpenRun> {
         );
     }
     let mut run = analyze(&records, &moments, proxy);
+    if run.new_connection_errors() + run.broken_in_flight > 0 {
+        // What the new daemon said about them (e.g. no endpoint resolved
+        // yet).
+        for line in system
+            .log()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(10)
+        {
+            eprintln!("bench fail-open {}: new daemon: {line}", system.id);
+        }
+    }
     run.system = system.id;
     run.rps = plan.rps;
     Ok(run)
