@@ -7,10 +7,13 @@
 //! interleaves them (A B C … A B C …) for every workload and repetition,
 //! samples CPU and memory from /proc around each run, drops runs disturbed
 //! by steal or foreign CPU, then runs the failover faults through each
-//! proxy. Results go to `bench/results/` as JSON, markdown and an SVG plot.
+//! proxy and the fail-open run (`kill -9` of the daemon, then a takeover)
+//! through the redirector and its kernel fast path. Results go to
+//! `bench/results/` as JSON, markdown and an SVG plot.
 //! See `bench/model.rs` for the vocabulary and README.md for the latest
 //! table.
 
+mod failopen;
 mod failover;
 mod install;
 mod load;
@@ -57,6 +60,9 @@ pub struct Args {
     /// Skip the failover runs
     #[arg(long)]
     pub no_failover: bool,
+    /// Skip the fail-open runs (kill -9 of the redirector's daemons)
+    #[arg(long)]
+    pub no_fail_open: bool,
     /// Where to write the results [default: bench/results]
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -162,21 +168,19 @@ fn bench(
     systems: &[SystemId],
     settings: RunSettings,
 ) -> Result<()> {
-    let runnable: Vec<SystemId> = systems
-        .iter()
-        .copied()
-        .filter(|s| *s != SystemId::RedirectorFastPath)
-        .collect();
-    eprintln!("bench: starting {} systems", runnable.len());
+    eprintln!("bench: starting {} systems", systems.len());
     let bed = Bed::new(&BedOptions {
         tools,
-        systems: &runnable,
+        systems,
         body_bytes: BODY_BYTES as usize,
         client_cpu: CLIENT_CPU,
         sut_cpu: SUT_CPU,
     })?;
     for system in &bed.systems {
         for upstream in [Upstream::Plain, Upstream::Tls] {
+            if system.id == SystemId::RedirectorFastPath && upstream == Upstream::Tls {
+                continue;
+            }
             let body = bed.probe(system, upstream).with_context(|| {
                 format!(
                     "{} ({upstream:?}) does not answer\n{}",
@@ -200,22 +204,36 @@ fn bench(
     if !args.workloads.is_empty() {
         workloads.retain(|w| args.workloads.iter().any(|f| w.key().contains(f.as_str())));
     }
-    if systems.contains(&SystemId::RedirectorFastPath) {
+    for system in systems {
         for w in &workloads {
-            report.not_available.push(NotAvailable {
-                system: SystemId::RedirectorFastPath,
-                workload: *w,
-                reason: "the kernel fast path (issue 4) does not exist yet".into(),
-            });
+            if let Some(reason) = system.unavailable(w) {
+                report.not_available.push(NotAvailable {
+                    system: *system,
+                    workload: *w,
+                    reason: reason.into(),
+                });
+            }
         }
     }
     let cell = Duration::from_secs_f64(settings.cell_secs);
     let warmup = Duration::from_secs_f64(settings.warmup_secs);
-    let total = settings.reps as usize * workloads.len() * bed.systems.len();
+    let total = settings.reps as usize
+        * workloads
+            .iter()
+            .map(|w| {
+                bed.systems
+                    .iter()
+                    .filter(|s| s.id.unavailable(w).is_none())
+                    .count()
+            })
+            .sum::<usize>();
     let mut done = 0;
     for rep in 0..settings.reps {
         for workload in &workloads {
             for system in &bed.systems {
+                if system.id.unavailable(workload).is_some() {
+                    continue;
+                }
                 done += 1;
                 let (target, host, https) = system.target(workload.upstream);
                 let spec = |duration| load::LoadSpec {
@@ -272,6 +290,9 @@ fn bench(
     if !args.no_failover {
         report.failover = failovers(&bed, settings.quick)?;
     }
+    if !args.no_fail_open {
+        report.fail_open = fail_opens(&bed, settings.quick)?;
+    }
     report.machine = machine::info(tools)?;
     let out = args
         .out
@@ -309,7 +330,14 @@ fn failovers(bed: &Bed, quick: bool) -> Result<Vec<model::FailoverRun>> {
         }
     };
     let mut runs = Vec::new();
-    for system in bed.systems.iter().filter(|s| s.id.is_proxy()) {
+    // Not the fast path: these faults measure retries and 5xx ejection,
+    // which the kernel path does not do by design (it cannot retry a
+    // connect nor see an HTTP status; docs/config-reference.md).
+    for system in bed
+        .systems
+        .iter()
+        .filter(|s| s.id.is_proxy() && s.id != SystemId::RedirectorFastPath)
+    {
         for fault in [Fault::Status503, Fault::Killed, Fault::BlackHoled] {
             // The smoke run does one fault per peer and all of them for us.
             if quick && system.id != SystemId::Redirector && fault != Fault::Status503 {
@@ -329,6 +357,49 @@ fn failovers(bed: &Bed, quick: bool) -> Result<Vec<model::FailoverRun>> {
             );
             runs.push(run);
         }
+    }
+    Ok(runs)
+}
+
+/// `kill -9` of each of the redirector's daemons under new-connection
+/// load, and a new daemon taking over a few seconds later.
+fn fail_opens(bed: &Bed, quick: bool) -> Result<Vec<model::FailOpenRun>> {
+    let plan = if quick {
+        failopen::Plan {
+            rps: 200,
+            duration: Duration::from_secs(4),
+            kill_at: Duration::from_secs(1),
+            restart_at: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
+        }
+    } else {
+        failopen::Plan {
+            rps: 500,
+            duration: Duration::from_secs(10),
+            kill_at: Duration::from_secs(2),
+            restart_at: Duration::from_secs(5),
+            timeout: Duration::from_secs(15),
+        }
+    };
+    let mut runs = Vec::new();
+    for system in bed.systems.iter().filter(|s| s.id.is_redirector()) {
+        let run = failopen::run(bed, system, &plan)
+            .with_context(|| format!("fail-open through {}", system.id))?;
+        eprintln!(
+            "bench fail-open {}: {} failed connects, {} broken in flight, {} broken after the kill, {} other errors of {} requests; served while down {:?}; restart → ready {:.0} ms, → proxy serving {:?} ms; worst latency after the kill {:.1} ms (before {:.1})",
+            system.id,
+            run.failed_connects,
+            run.broken_in_flight,
+            run.broken_after_kill,
+            run.other_errors,
+            run.requests,
+            run.served_while_down,
+            run.ready_at_ms - run.restart_at_ms,
+            run.restart_to_proxy_ms.map(|v| v.round()),
+            run.worst_latency_after_kill_ms,
+            run.worst_latency_before_kill_ms,
+        );
+        runs.push(run);
     }
     Ok(runs)
 }

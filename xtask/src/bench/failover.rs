@@ -17,7 +17,7 @@ use redirector_tests::{process, upstream::bin_path};
 use serde::Deserialize;
 
 use super::{
-    model::{FailoverRun, Fault, Upstream},
+    model::{FailoverRun, Fault, SystemId, Upstream},
     topology::{Bed, System},
 };
 
@@ -38,44 +38,139 @@ pub struct Record {
     pub latency_ms: f64,
     pub status: u16,
     pub served_by: String,
+    /// What went wrong, if anything.
+    #[serde(default)]
+    pub error: String,
+    /// When it finished or was given up, on the wall clock.
+    #[serde(default)]
+    pub done_unix_ms: f64,
+    /// When its connection called `connect()` (the connect hook chose its
+    /// way then), on the wall clock; None if it did not.
+    #[serde(default)]
+    pub connect_unix_ms: Option<f64>,
+    /// When its connection was established, on the wall clock; None if it
+    /// never was.
+    #[serde(default)]
+    pub connected_unix_ms: Option<f64>,
+    /// That connection's peer address ("" if none).
+    #[serde(default)]
+    pub peer: String,
 }
 
 impl Record {
-    fn ok(&self) -> bool {
+    pub fn ok(&self) -> bool {
         (200..300).contains(&self.status)
+    }
+}
+
+/// How `rdt-load` is run.
+pub struct LoadPlan {
+    pub rps: u32,
+    pub duration: Duration,
+    pub timeout: Duration,
+    /// A new connection per request (`--new-connections`).
+    pub new_connections: bool,
+}
+
+/// `rdt-load` running as the app of `system`, writing to `out_path`.
+pub struct Load {
+    child: std::process::Child,
+    out_path: std::path::PathBuf,
+    limit: Duration,
+    system: SystemId,
+    /// When it was started.
+    pub start: Instant,
+}
+
+impl Load {
+    pub fn start(
+        bed: &Bed,
+        system: &System,
+        plan: &LoadPlan,
+        out_path: std::path::PathBuf,
+    ) -> Result<Load> {
+        let out = File::create(&out_path)?;
+        let (target, host, _) = system.target(Upstream::Plain);
+        let mut cmd = Command::new(bin_path("rdt-load")?);
+        cmd.args([
+            "--target",
+            &target.to_string(),
+            "--host",
+            host,
+            "--rps",
+            &plan.rps.to_string(),
+            "--duration",
+            &plan.duration.as_secs_f64().to_string(),
+            "--timeout",
+            &plan.timeout.as_secs_f64().to_string(),
+        ])
+        .stdout(out)
+        .stderr(Stdio::inherit());
+        if plan.new_connections {
+            cmd.arg("--new-connections");
+        }
+        bed.bench.configure(&mut cmd);
+        if let Some(cg) = &system.cgroup {
+            cg.configure(&mut cmd);
+        }
+        let start = Instant::now();
+        let child = cmd.spawn().context("starting rdt-load")?;
+        Ok(Load {
+            child,
+            out_path,
+            limit: plan.duration + plan.timeout + Duration::from_secs(10),
+            system: system.id,
+            start,
+        })
+    }
+
+    /// Waits for the client to finish and reads its records.
+    pub fn finish(mut self) -> Result<Vec<Record>> {
+        let status = process::wait_timeout(&mut self.child, self.limit)?;
+        if status.is_none() {
+            process::kill_and_reap(&mut self.child);
+        }
+        ensure!(
+            status.is_some_and(|s| s.success()),
+            "rdt-load through {} failed ({status:?})",
+            self.system
+        );
+        let text = std::fs::read_to_string(&self.out_path)?;
+        let records: Vec<Record> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("parsing {}", self.out_path.display()))?;
+        ensure!(!records.is_empty(), "rdt-load produced no requests");
+        Ok(records)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        // Unless finished: a fault that failed must not leave it running.
+        process::kill_and_reap(&mut self.child);
     }
 }
 
 pub fn run(bed: &Bed, system: &System, fault: Fault, plan: &Plan) -> Result<FailoverRun> {
     heal(bed)?;
     wait_for_primary(bed, system)?;
-    let out_path = bed
-        .dir
-        .path()
-        .join(format!("failover-{}-{fault:?}.jsonl", system.id));
-    let out = File::create(&out_path)?;
-    let (target, host, _) = system.target(Upstream::Plain);
-    let mut cmd = Command::new(bin_path("rdt-load")?);
-    cmd.args([
-        "--target",
-        &target.to_string(),
-        "--host",
-        host,
-        "--rps",
-        &plan.rps.to_string(),
-        "--duration",
-        &plan.duration.as_secs_f64().to_string(),
-        "--timeout",
-        &plan.timeout.as_secs_f64().to_string(),
-    ])
-    .stdout(out)
-    .stderr(Stdio::inherit());
-    bed.bench.configure(&mut cmd);
-    if let Some(cg) = &system.cgroup {
-        cg.configure(&mut cmd);
-    }
-    let start = Instant::now();
-    let mut child = cmd.spawn().context("starting rdt-load")?;
+    let load = Load::start(
+        bed,
+        system,
+        &LoadPlan {
+            rps: plan.rps,
+            duration: plan.duration,
+            timeout: plan.timeout,
+            new_connections: false,
+        },
+        bed.dir
+            .path()
+            .join(format!("failover-{}-{fault:?}.jsonl", system.id)),
+    )?;
+    let start = load.start;
     // The moments of the fault and the restore, on the wall clock the
     // client stamps its requests with.
     let result = (|| -> Result<(f64, f64)> {
@@ -87,27 +182,9 @@ pub fn run(bed: &Bed, system: &System, fault: Fault, plan: &Plan) -> Result<Fail
         restore(bed, fault)?;
         Ok((fault_at, restore_at))
     })();
-    let status = process::wait_timeout(
-        &mut child,
-        plan.duration + plan.timeout + Duration::from_secs(10),
-    )?;
-    if status.is_none() {
-        process::kill_and_reap(&mut child);
-    }
+    let records = load.finish();
     let (fault_at, restore_at) = result?;
-    ensure!(
-        status.is_some_and(|s| s.success()),
-        "rdt-load through {} failed ({status:?})",
-        system.id
-    );
-    let text = std::fs::read_to_string(&out_path)?;
-    let records: Vec<Record> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing {}", out_path.display()))?;
-    ensure!(!records.is_empty(), "rdt-load produced no requests");
+    let records = records?;
     let mut run = analyze(&records, fault_at, restore_at);
     run.system = system.id;
     run.fault = fault;
@@ -115,7 +192,7 @@ pub fn run(bed: &Bed, system: &System, fault: Fault, plan: &Plan) -> Result<Fail
     Ok(run)
 }
 
-fn unix_ms() -> f64 {
+pub fn unix_ms() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -123,7 +200,7 @@ fn unix_ms() -> f64 {
         * 1000.0
 }
 
-fn sleep_until(start: Instant, at: Duration) {
+pub fn sleep_until(start: Instant, at: Duration) {
     if let Some(left) = at.checked_sub(start.elapsed()) {
         thread::sleep(left);
     }
@@ -153,7 +230,7 @@ fn restore(bed: &Bed, fault: Fault) -> Result<()> {
 
 /// Before a run: the primary answers 200 and is reachable, whatever an
 /// earlier, aborted run left behind.
-fn heal(bed: &Bed) -> Result<()> {
+pub fn heal(bed: &Bed) -> Result<()> {
     bed.upstreams
         .east_plain
         .lock()
@@ -166,7 +243,7 @@ fn heal(bed: &Bed) -> Result<()> {
 
 /// Waits until the system sends traffic to the primary again (it may
 /// still have it ejected from the previous run).
-fn wait_for_primary(bed: &Bed, system: &System) -> Result<()> {
+pub fn wait_for_primary(bed: &Bed, system: &System) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut streak = 0;
     while streak < 3 {
@@ -231,7 +308,7 @@ pub fn analyze(records: &[Record], fault_unix_ms: f64, restore_unix_ms: f64) -> 
         }
     }
     FailoverRun {
-        system: super::model::SystemId::Redirector,
+        system: SystemId::Redirector,
         fault: Fault::Status503,
         rps: 0,
         requests: records.len() as u64,
@@ -279,6 +356,11 @@ mod tests {
             latency_ms,
             status,
             served_by: served_by.into(),
+            error: String::new(),
+            done_unix_ms: T0 + t_ms + latency_ms,
+            connect_unix_ms: None,
+            connected_unix_ms: None,
+            peer: String::new(),
         }
     }
 

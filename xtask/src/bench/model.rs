@@ -18,7 +18,9 @@ pub enum SystemId {
     DirectSutCore,
     /// The redirector: connect hook → node-local proxy.
     Redirector,
-    /// The redirector's kernel fast path (no proxy hop): not built yet.
+    /// The redirector's kernel fast path (`redirector.dev/datapath:
+    /// kernel`): connect4 rewrites the VIP straight to an endpoint, no
+    /// proxy hop.
     RedirectorFastPath,
     Envoy,
     Nginx,
@@ -53,7 +55,25 @@ impl SystemId {
     pub fn is_proxy(self) -> bool {
         !matches!(self, SystemId::DirectBeside | SystemId::DirectSutCore)
     }
+
+    /// The redirector's own daemons, which can be killed and taken over
+    /// (the fail-open run); the peers have no such mode.
+    pub fn is_redirector(self) -> bool {
+        matches!(self, SystemId::Redirector | SystemId::RedirectorFastPath)
+    }
+
+    /// Why this system cannot run `w` at all, if it cannot.
+    pub fn unavailable(self, w: &Workload) -> Option<&'static str> {
+        match (self, w.upstream) {
+            (SystemId::RedirectorFastPath, Upstream::Tls) => Some(FAST_PATH_NO_TLS),
+            _ => None,
+        }
+    }
 }
+
+/// Why the fast path has no plain→HTTPS cells.
+pub const FAST_PATH_NO_TLS: &str = "the kernel path cannot originate TLS; the app would have to \
+     speak TLS itself (the config rejects `redirector.dev/datapath: kernel` with `tls.mode: SIMPLE`)";
 
 impl fmt::Display for SystemId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -234,6 +254,65 @@ pub struct FailoverRun {
     pub timeline: Vec<(u32, u32, u32)>,
 }
 
+/// One fail-open run: a constant-rate client opening a new connection per
+/// request to the VIP of one of the redirector's systems; its daemon gets
+/// SIGKILL at `kill_at_ms` and a new daemon is started on the same pinned
+/// state (a takeover) at `restart_at_ms`. Times count from the client's
+/// first request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FailOpenRun {
+    pub system: SystemId,
+    pub rps: u32,
+    pub requests: u64,
+    /// SIGKILL sent.
+    pub kill_at_ms: f64,
+    /// The killed daemon reaped: its listener is closed.
+    pub dead_at_ms: f64,
+    /// The new daemon started.
+    pub restart_at_ms: f64,
+    /// The new daemon logged ready (its programs attached).
+    pub ready_at_ms: f64,
+    /// Requests whose connect failed or timed out: the app's `connect()`
+    /// saw the daemon's death.
+    pub failed_connects: u64,
+    /// Requests whose connection connect4 sent to the proxy before the kill
+    /// (`connect()` was called before it), left without an answer: the
+    /// in-flight ones nothing can save.
+    pub broken_in_flight: u64,
+    /// Requests whose connection connect4 sent to the killed proxy after
+    /// the kill, left without an answer. The kernel closes a killed
+    /// process's sockets only as it tears the process down, and until then
+    /// connect4 sees a listener: new connections that failed, though their
+    /// `connect()` may have succeeded.
+    #[serde(default)]
+    pub broken_after_kill: u64,
+    /// Every other request without a 2xx answer: connected, then broken or
+    /// answered with an error.
+    pub other_errors: u64,
+    /// 2xx answers to requests sent between the kill and the new daemon's
+    /// ready, by `path/upstream`: `kernel/east` (connect4 went straight to
+    /// an endpoint), `proxy/east` (a daemon's proxy carried it).
+    pub served_while_down: BTreeMap<String, u64>,
+    /// From the restart until the first 2xx on a connection to the new
+    /// daemon's proxy; None if none came (the fast path never uses it).
+    pub restart_to_proxy_ms: Option<f64>,
+    /// Worst latency of requests sent before the kill (the ordinary tail).
+    pub worst_latency_before_kill_ms: f64,
+    /// Worst latency of requests sent from the kill on.
+    pub worst_latency_after_kill_ms: f64,
+    /// Per 100 ms bucket from the start: (2xx through a proxy, 2xx straight
+    /// from the kernel, errors).
+    pub timeline: Vec<(u32, u32, u32)>,
+}
+
+impl FailOpenRun {
+    /// What the target counts: every error of a connection opened from
+    /// the kill on (everything but `broken_in_flight`).
+    pub fn new_connection_errors(&self) -> u64 {
+        self.failed_connects + self.broken_after_kill + self.other_errors
+    }
+}
+
 /// Where and with what the numbers were taken.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MachineInfo {
@@ -274,4 +353,6 @@ pub struct BenchReport {
     pub cells: Vec<CellRun>,
     pub not_available: Vec<NotAvailable>,
     pub failover: Vec<FailoverRun>,
+    #[serde(default)]
+    pub fail_open: Vec<FailOpenRun>,
 }

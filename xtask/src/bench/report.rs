@@ -36,7 +36,7 @@ use anyhow::{Context, Result};
 
 pub use self::targets::{Verdict, targets};
 use super::{
-    model::{BenchReport, CellRun, Fault, Load, SystemId, Workload},
+    model::{BenchReport, CellRun, FailOpenRun, Fault, Load, SystemId, Workload},
     plot,
 };
 
@@ -429,6 +429,7 @@ fn markdown_with_plot(report: &BenchReport, plot_file: Option<&str>) -> String {
     workload_tables(report, &aggs, &mut notes, &mut out);
     ratio_tables(report, &mut out);
     failover_table(report, &mut out);
+    fail_open_table(report, &mut out);
     targets_table(report, &mut out);
     noise_line(report, &aggs, &mut out);
     notes.render(&mut out);
@@ -606,6 +607,9 @@ fn ratio_tables(report: &BenchReport, out: &mut String) {
         let _ = writeln!(out, "|---|---|--:|--:|--:|--:|--:|--:|--:|");
         out.push_str(&rows);
         out.push('\n');
+        if all.iter().any(|r| r.system == SystemId::RedirectorFastPath) {
+            let _ = writeln!(out, "{FAST_PATH_NOTE}\n");
+        }
     }
     let peers: Vec<&Ratio> = all
         .iter()
@@ -672,6 +676,77 @@ fn failover_table(report: &BenchReport, out: &mut String) {
             ms(r.worst_latency_first_100ms_ms),
             ms(r.worst_latency_before_fault_ms),
             opt_ms(r.time_to_fail_back_ms),
+        );
+    }
+    out.push('\n');
+}
+
+/// Under the ratios against direct, when the fast path ran.
+const FAST_PATH_NOTE: &str = "redirector-fast-path has no process in the path: its \
+CPU/1000 rps is its daemon's (publishing slots, reading connect outcomes), while connect4 \
+and sock_ops run inside the client's `connect()` and are charged to the client, so its whole \
+cost shows only in machine CPU ÷ direct-beside. Its baseline is direct-beside: its \
+connections reach the same upstream process (east :80, on the client's core) with nothing in \
+between, while direct-sut-core's upstream sits on the proxies' core, which the fast path \
+never touches.";
+
+fn fail_open_table(report: &BenchReport, out: &mut String) {
+    if report.fail_open.is_empty() {
+        return;
+    }
+    let mut runs: Vec<&FailOpenRun> = report.fail_open.iter().collect();
+    runs.sort_by_key(|r| r.system);
+    let _ = writeln!(out, "## Fail-open (kill -9 of the daemon)\n");
+    let _ = writeln!(
+        out,
+        "A constant-rate client opening a new connection per request to the VIP; the \
+         daemon gets SIGKILL at the kill, and a new daemon is started on the same pinned \
+         state at the restart (a takeover). Failed connects: the app's `connect()` failed; \
+         broken in flight: requests whose `connect()` was sent to the proxy before the kill \
+         and got no answer (nothing can save those); broken after the kill: requests whose \
+         `connect()` came after the kill and was still sent to the killed proxy (the kernel \
+         closes a killed process's sockets only as it tears it down, and until then connect4 \
+         sees a listener), left without an answer; other errors: every other request without a \
+         2xx. The target counts all but the broken in flight. Served while \
+         down: 2xx answers to requests sent between the kill and the new daemon's ready, \
+         by path (`kernel`: connect4 sent the connect straight to the endpoint; `proxy`: a \
+         daemon's proxy carried it) and upstream. Envoy, nginx and HAProxy have no such \
+         mode (with their process gone nothing answers) and are not run.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| system | rate (rps) | requests | failed connects | broken in flight | broken after the kill | other errors | served while down | kill → restart | restart → ready | restart → first answer through the proxy | worst latency after the kill | … before the kill |"
+    );
+    let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|---|--:|--:|--:|--:|--:|");
+    for r in runs {
+        let served = if r.served_while_down.is_empty() {
+            "none".to_string()
+        } else {
+            r.served_while_down
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let proxy = match (r.restart_to_proxy_ms, r.system) {
+            (Some(t), _) => ms(t),
+            (None, SystemId::RedirectorFastPath) => "– (kernel path)".into(),
+            (None, _) => "never".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {served} | {} | {} | {proxy} | {} | {} |",
+            r.system,
+            r.rps,
+            r.requests,
+            r.failed_connects,
+            r.broken_in_flight,
+            r.broken_after_kill,
+            r.other_errors,
+            ms(r.restart_at_ms - r.kill_at_ms),
+            ms(r.ready_at_ms - r.restart_at_ms),
+            ms(r.worst_latency_after_kill_ms),
+            ms(r.worst_latency_before_kill_ms),
         );
     }
     out.push('\n');

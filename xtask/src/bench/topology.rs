@@ -16,13 +16,23 @@
 //! redirector pointing at the peer's listener for Envoy, nginx and HAProxy.
 //! So every system pays the same connect-time rewrite and only the proxy
 //! differs. The client is placed in the cgroup of the system it measures.
+//!
+//! The fast path is a second redirector daemon with its own cgroup and
+//! config, in which the plain service is a `TCP` port annotated
+//! `redirector.dev/datapath: kernel` (the annotation is refused on `HTTP`
+//! ports, which need the proxy per request; the HTTP load works over TCP,
+//! bytes go end to end). Its connects go from the client straight to east
+//! :80 on the client's core, the very upstream process direct-beside
+//! reaches, so direct-beside is its baseline. It has no TLS service: the
+//! kernel cannot originate TLS.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     process::Command,
-    sync::Mutex,
-    time::Duration,
+    sync::{Mutex, MutexGuard},
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -53,6 +63,11 @@ const PLAIN_PORT: u16 = 80;
 const TLS_PORT: u16 = 443;
 const CORE_PLAIN_PORT: u16 = 8080;
 const CORE_TLS_PORT: u16 = 8443;
+/// Listen ports of the redirector's daemons (the fast path's proxy carries
+/// nothing, but every daemon has one: it is what connect4 checks to know
+/// the daemon is alive).
+const REDIRECTOR_PORT: u16 = 15001;
+const FAST_PATH_PORT: u16 = 15002;
 
 /// Outlier timings shared by every system, short enough for the failover
 /// runs to see ejection and return within seconds.
@@ -75,9 +90,14 @@ pub struct Upstreams {
 
 enum Kind {
     Direct,
+    /// The redirector or its fast path: a daemon that the fail-open run
+    /// kills and replaces, so it sits behind a lock.
     Redirector {
-        daemon: Daemon,
-        _pins: PinDirGuard,
+        daemon: Mutex<Daemon>,
+        config: PathBuf,
+        port: u16,
+        cpu: u32,
+        pins: PinDirGuard,
     },
     Peer {
         // Field order is drop order: the redirect goes before the proxy.
@@ -100,7 +120,7 @@ impl System {
     pub fn pids(&self) -> Vec<u32> {
         match &self.kind {
             Kind::Direct => Vec::new(),
-            Kind::Redirector { daemon, .. } => vec![daemon.pid()],
+            Kind::Redirector { daemon, .. } => vec![lock(daemon).pid()],
             Kind::Peer { peer, .. } => peer.pids(),
         }
     }
@@ -132,10 +152,37 @@ impl System {
     pub fn log(&self) -> String {
         match &self.kind {
             Kind::Direct => String::new(),
-            Kind::Redirector { daemon, .. } => daemon.log(),
+            Kind::Redirector { daemon, .. } => lock(daemon).log(),
             Kind::Peer { peer, .. } => peer.log(),
         }
     }
+
+    /// Where the redirector's proxy listens: the peer address a client's
+    /// connection has when connect4 sent it to the proxy.
+    pub fn proxy_addr(&self) -> Option<SocketAddrV4> {
+        match &self.kind {
+            Kind::Redirector { port, .. } => Some(SocketAddrV4::new(Ipv4Addr::LOCALHOST, *port)),
+            _ => None,
+        }
+    }
+
+    /// SIGKILL to the redirector's daemon, returning once it is reaped (its
+    /// sockets closed). The pinned datapath stays attached.
+    pub fn kill_daemon(&self) -> Result<()> {
+        let Kind::Redirector { daemon, .. } = &self.kind else {
+            bail!("{} has no redirector daemon to kill", self.id);
+        };
+        let status = lock(daemon).kill()?;
+        if status.success() {
+            bail!("{}'s daemon had exited on its own before the kill", self.id);
+        }
+        Ok(())
+    }
+}
+
+fn lock(daemon: &Mutex<Daemon>) -> MutexGuard<'_, Daemon> {
+    // A panic while holding it cannot leave a daemon half-replaced.
+    daemon.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Everything the bench runs in. Field order is drop order.
@@ -203,6 +250,8 @@ impl Bed {
         dns.set_a("west.test", &[WEST_IP], 300)?;
         let config = dir.path().join("redirector.yaml");
         std::fs::write(&config, redirector_config(&ca_file))?;
+        let fast_path_config = dir.path().join("redirector-fast-path.yaml");
+        std::fs::write(&fast_path_config, fast_path_config_text())?;
 
         let mut bed = Bed {
             systems: Vec::new(),
@@ -217,7 +266,12 @@ impl Bed {
             dir,
         };
         for &id in o.systems {
-            let system = bed.start_system(id, o, &config)?;
+            let config = if id == SystemId::RedirectorFastPath {
+                &fast_path_config
+            } else {
+                &config
+            };
+            let system = bed.start_system(id, o, config)?;
             bed.systems.push(system);
         }
         Ok(bed)
@@ -232,19 +286,31 @@ impl Bed {
                     kind: Kind::Direct,
                 });
             }
-            SystemId::RedirectorFastPath => bail!("the kernel fast path does not exist yet"),
-            SystemId::Redirector => {
+            SystemId::Redirector | SystemId::RedirectorFastPath => {
+                let (port, path) = if id == SystemId::Redirector {
+                    (REDIRECTOR_PORT, "proxy")
+                } else {
+                    (FAST_PATH_PORT, "kernel")
+                };
                 let cgroup = TestCgroup::new()?;
                 let pins = PinDirGuard::for_test();
-                let daemon = self.redirector(config, &cgroup, &pins, 15001, o.sut_cpu, false)?;
-                return Ok(System {
+                let daemon = self.redirector(config, &cgroup, &pins, port, o.sut_cpu, false)?;
+                let system = System {
                     id,
                     cgroup: Some(cgroup),
                     kind: Kind::Redirector {
-                        daemon,
-                        _pins: pins,
+                        daemon: Mutex::new(daemon),
+                        config: config.to_owned(),
+                        port,
+                        cpu: o.sut_cpu,
+                        pins,
                     },
-                });
+                };
+                // A DNS service has no slot table until its names resolve,
+                // and until then even a kernel-path service goes through
+                // the proxy: wait, so no cell measures that.
+                self.wait_for_path(&system, path)?;
+                return Ok(system);
             }
             SystemId::Envoy | SystemId::Nginx | SystemId::Haproxy => id,
         };
@@ -336,6 +402,70 @@ impl Bed {
                 ready_timeout: Duration::from_secs(30),
             },
         )
+    }
+
+    /// Starts a new daemon for the redirector `system` on the pinned state
+    /// of the one that was killed (a takeover), returning once it is ready.
+    pub fn restart_daemon(&self, system: &System) -> Result<()> {
+        let Kind::Redirector {
+            daemon,
+            config,
+            port,
+            cpu,
+            pins,
+        } = &system.kind
+        else {
+            bail!("{} has no redirector daemon to restart", system.id);
+        };
+        let cgroup = system
+            .cgroup
+            .as_ref()
+            .context("a redirector has a cgroup")?;
+        let new = self.redirector(config, cgroup, pins, *port, *cpu, false)?;
+        // The old one is dead and reaped; dropping it only frees its log.
+        *lock(daemon) = new;
+        Ok(())
+    }
+
+    /// Where a new connect to the plain VIP goes now, as `redirector
+    /// endpoints` reads it from the system's pinned maps: `proxy`,
+    /// `kernel`, `kernel (fail-open)`, `rejected`.
+    pub fn path_now(&self, system: &System) -> Result<String> {
+        let Kind::Redirector { pins, .. } = &system.kind else {
+            bail!("{} is not a redirector", system.id);
+        };
+        let mut cmd = Command::new(redirector_bin());
+        cmd.args(["endpoints", "--output", "json", "--pin-dir"])
+            .arg(pins.path());
+        self.bench.configure(&mut cmd);
+        let out = process::run_checked(&mut cmd)?;
+        let report: serde_json::Value =
+            serde_json::from_str(&out).with_context(|| format!("redirector endpoints: {out}"))?;
+        let vip = VIP_PLAIN.ip().to_string();
+        report["services"]
+            .as_array()
+            .and_then(|services| services.iter().find(|s| s["vip"] == vip.as_str()))
+            .and_then(|s| s["path_now"].as_str())
+            .map(str::to_owned)
+            .with_context(|| format!("no service at {vip} in {report:#}"))
+    }
+
+    fn wait_for_path(&self, system: &System, want: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.path_now(system)?;
+            if now == want {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{}: connects to {VIP_PLAIN} still take the {now:?} path, not {want:?}, after 30 s\n{}",
+                    system.id,
+                    system.log()
+                );
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Packets to the primary vanish: its neighbour entry points nowhere.
@@ -439,4 +569,49 @@ spec:
         + &service("tls", HOST_TLS, VIP_TLS, TLS_PORT)
         + &rule("plain", HOST_PLAIN, "")
         + &rule("tls", HOST_TLS, &tls)
+}
+
+/// The fast path's config: the same plain service, endpoints and outlier
+/// detection, as a `TCP` port on the kernel datapath (no load-balancer
+/// setting: the kernel picks at random from the slot table).
+fn fast_path_config_text() -> String {
+    format!(
+        "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: plain
+  annotations:
+    redirector.dev/datapath: kernel
+spec:
+  hosts: [{HOST_PLAIN}]
+  addresses: [{ip}]
+  ports: [{{number: {port}, name: tcp, protocol: TCP, targetPort: {PLAIN_PORT}}}]
+  resolution: DNS
+  endpoints:
+  - {{address: east.test, locality: us-east1}}
+  - {{address: west.test, locality: us-west}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: plain}}
+spec:
+  host: {HOST_PLAIN}
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting:
+        enabled: true
+        failover:
+        - {{from: us-east1, to: us-west}}
+    outlierDetection:
+      consecutive5xxErrors: {n}
+      interval: {i}s
+      baseEjectionTime: {b}s
+",
+        ip = VIP_PLAIN.ip(),
+        port = VIP_PLAIN.port(),
+        n = OUTLIER.consecutive_5xx,
+        i = OUTLIER.interval.as_secs(),
+        b = OUTLIER.base_ejection.as_secs(),
+    )
 }

@@ -4,9 +4,10 @@
 
 use std::{collections::BTreeMap, fs, path::PathBuf};
 
-use super::*;
+use super::{targets::Target, *};
 use crate::bench::model::{
-    Conn, FailoverRun, LoadResult, MachineInfo, NotAvailable, RunSettings, Sample, Upstream,
+    Conn, FAST_PATH_NO_TLS, FailOpenRun, FailoverRun, LoadResult, MachineInfo, NotAvailable,
+    RunSettings, Sample, Upstream,
 };
 
 pub(crate) const KA_PLAIN: Workload = Workload {
@@ -123,6 +124,33 @@ fn failover(
     }
 }
 
+fn fail_open(
+    system: SystemId,
+    failed_connects: u64,
+    broken: u64,
+    served: &[(&str, u64)],
+    proxy: Option<f64>,
+) -> FailOpenRun {
+    FailOpenRun {
+        system,
+        rps: 500,
+        requests: 5000,
+        kill_at_ms: 2000.0,
+        dead_at_ms: 2001.5,
+        restart_at_ms: 5000.0,
+        ready_at_ms: 5210.0,
+        failed_connects,
+        broken_in_flight: broken,
+        broken_after_kill: 0,
+        other_errors: 0,
+        served_while_down: served.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
+        restart_to_proxy_ms: proxy,
+        worst_latency_before_kill_ms: 0.8,
+        worst_latency_after_kill_ms: 1.5,
+        timeline: vec![(50, 0, 0), (0, 50, 0)],
+    }
+}
+
 pub(crate) fn synthetic() -> BenchReport {
     let mut cells = Vec::new();
     // Interleaved as the harness runs them: rep, workload, system.
@@ -205,6 +233,22 @@ pub(crate) fn synthetic() -> BenchReport {
                 Some(10_000.0),
             ),
             failover(SystemId::Nginx, Fault::Killed, 4, None, 5.2, None),
+        ],
+        fail_open: vec![
+            fail_open(
+                SystemId::Redirector,
+                0,
+                1,
+                &[("kernel/east", 1585), ("proxy/east", 20)],
+                Some(42.0),
+            ),
+            fail_open(
+                SystemId::RedirectorFastPath,
+                0,
+                0,
+                &[("kernel/east", 1605)],
+                None,
+            ),
         ],
     }
 }
@@ -439,6 +483,16 @@ fn targets_pass_miss_and_na() {
             "redirector, killed",
             Pass,
         ),
+        (
+            "fail-open: zero new-connection errors across kill -9 and restart",
+            "redirector",
+            Pass,
+        ),
+        (
+            "fail-open: zero new-connection errors across kill -9 and restart",
+            "redirector-fast-path",
+            Pass,
+        ),
     ];
     assert_eq!(got, want);
     assert_eq!(
@@ -458,6 +512,46 @@ fn targets_pass_miss_and_na() {
     assert_eq!(
         ts[11].measured,
         "1.90 ms (first 100 ms 0.950 ms; before the fault 0.500 ms)"
+    );
+    assert_eq!(
+        ts[12].measured,
+        "0 of 5000 requests (0 failed connects, 0 broken after the kill, 0 other); 1 broken in flight, not counted"
+    );
+}
+
+#[test]
+fn fail_open_counts_new_connections_not_the_broken_in_flight() {
+    let mut r = synthetic();
+    let get = |r: &BenchReport, system: &str| {
+        targets(r)
+            .into_iter()
+            .find(|t| t.target.starts_with("fail-open") && t.scope == system)
+            .unwrap()
+    };
+    // Many in flight, no new connection failed: still a pass.
+    r.fail_open[0].broken_in_flight = 12;
+    assert_eq!(get(&r, "redirector").verdict, Verdict::Pass);
+    // One refused connect, or one connection the dying proxy took, or one
+    // that connected and then got no answer, is a miss.
+    r.fail_open[0].failed_connects = 1;
+    assert_eq!(get(&r, "redirector").verdict, Verdict::Miss);
+    r.fail_open[0].failed_connects = 0;
+    r.fail_open[0].broken_after_kill = 1;
+    assert_eq!(get(&r, "redirector").verdict, Verdict::Miss);
+    r.fail_open[0].broken_after_kill = 0;
+    r.fail_open[1].other_errors = 2;
+    let t = get(&r, "redirector-fast-path");
+    assert_eq!(t.verdict, Verdict::Miss);
+    assert_eq!(
+        t.measured,
+        "2 of 5000 requests (0 failed connects, 0 broken after the kill, 2 other); 0 broken in flight, not counted"
+    );
+    r.fail_open
+        .retain(|f| f.system != SystemId::RedirectorFastPath);
+    let t = get(&r, "redirector-fast-path");
+    assert_eq!(
+        (t.verdict, t.measured.as_str()),
+        (Verdict::NotAvailable, "not run")
     );
 }
 
@@ -518,34 +612,82 @@ fn targets_miss_on_failover_errors_latency_and_memory() {
     );
 }
 
-#[test]
-fn fast_path_is_checked_once_it_exists() {
+/// The synthetic report with fast-path cells copied from direct-beside's
+/// plain ones, latency × `slower`, machine CPU × `busier`; its TLS cells are
+/// not available, as in a real run.
+fn with_fast_path(slower: f64, busier: f64) -> BenchReport {
     let mut r = synthetic();
-    r.not_available.clear();
+    r.not_available = vec![NotAvailable {
+        system: SystemId::RedirectorFastPath,
+        workload: KA_TLS,
+        reason: FAST_PATH_NO_TLS.into(),
+    }];
     let extra: Vec<CellRun> = r
         .cells
         .iter()
-        .filter(|c| c.system == SystemId::DirectBeside)
+        .filter(|c| c.system == SystemId::DirectBeside && c.workload == KA_PLAIN)
         .map(|c| {
             let mut c = c.clone();
             c.system = SystemId::RedirectorFastPath;
-            let slower = if c.workload == KA_PLAIN { 1.04 } else { 1.10 };
             c.load.p50_ms *= slower;
             c.load.p99_ms *= slower;
+            c.sample.machine_busy_secs *= busier;
             c.sample.sut_cpu_secs = Some(0.0);
             c
         })
         .collect();
     r.cells.extend(extra);
-    let ts = targets(&r);
-    let fp: Vec<_> = ts
-        .iter()
+    r
+}
+
+fn fast_path_targets(r: &BenchReport) -> Vec<Target> {
+    targets(r)
+        .into_iter()
         .filter(|t| t.target.starts_with("redirector-fast-path"))
-        .collect();
-    assert_eq!(fp.len(), 2);
+        .collect()
+}
+
+#[test]
+fn fast_path_is_checked_against_direct_beside_on_plain_workloads() {
+    let fp = fast_path_targets(&with_fast_path(1.04, 1.0));
+    // No row for TLS: the fast path cannot originate it, by design.
+    assert_eq!(fp.len(), 1, "{fp:?}");
+    assert_eq!(fp[0].scope, KA_PLAIN.key());
     assert_eq!(fp[0].verdict, Verdict::Pass);
-    assert_eq!(fp[0].measured, "p50 ×1.04, p99 ×1.04");
-    assert_eq!(fp[1].verdict, Verdict::Miss);
+    assert_eq!(
+        fp[0].measured,
+        "p50 ×1.04, p99 ×1.04, machine CPU/1000 rps ×1.00"
+    );
+    let fp = fast_path_targets(&with_fast_path(1.10, 1.0));
+    assert_eq!(fp[0].verdict, Verdict::Miss);
+}
+
+#[test]
+fn fast_path_misses_on_the_clients_cpu() {
+    // Latency as direct, but the machine works 8% more per request: the
+    // hook's cost, charged to the client, is a miss too.
+    let fp = fast_path_targets(&with_fast_path(1.0, 1.08));
+    assert_eq!(fp[0].verdict, Verdict::Miss);
+    assert_eq!(
+        fp[0].measured,
+        "p50 ×1.00, p99 ×1.00, machine CPU/1000 rps ×1.08"
+    );
+}
+
+#[test]
+fn markdown_explains_the_fast_path_and_its_tls_gap() {
+    let md = markdown(&with_fast_path(1.02, 1.01));
+    assert!(md.contains(FAST_PATH_NOTE), "{md}");
+    assert!(
+        md.contains("| redirector-fast-path | n/a[^na1] | n/a |"),
+        "{md}"
+    );
+    assert!(
+        md.contains(&format!("[^na1]: {}", FAST_PATH_NO_TLS)),
+        "{md}"
+    );
+    // Without fast-path cells, no note.
+    assert!(!markdown(&synthetic()).contains(FAST_PATH_NOTE));
 }
 
 #[test]
@@ -578,8 +720,11 @@ fn markdown_has_the_tables() {
         "| redirector | killed | 500 | 5000 | 0 | 1.10 ms | 1.90 ms | 0.950 ms | 0.500 ms | never |",
         "| redirector | black-holed | 500 | 5000 | 0 | never | 1000 ms | 500 ms | 0.500 ms | 2100 ms |",
         "| nginx | killed | 500 | 5000 | 4 | never | 5.20 ms | 2.60 ms | 0.500 ms | never |",
+        "## Fail-open (kill -9 of the daemon)",
+        "| redirector | 500 | 5000 | 0 | 1 | 0 | 0 | kernel/east 1585, proxy/east 20 | 3000 ms | 210 ms | 42.0 ms | 1.50 ms | 0.800 ms |",
+        "| redirector-fast-path | 500 | 5000 | 0 | 0 | 0 | 0 | kernel/east 1605 | 3000 ms | 210 ms | – (kernel path) | 1.50 ms | 0.800 ms |",
         "## Targets",
-        "8 pass, 2 miss, 2 n/a.",
+        "10 pass, 2 miss, 2 n/a.",
         "| CPU/1000 rps: redirector ≤ nginx (keep-alive, TLS) | keep-alive/tls/open-1000rps | redirector 0.150 vCPU, nginx 0.140 vCPU; ratio 1.07 | **miss** |",
         "| redirector-fast-path within 5% of direct-beside | all workloads | redirector-fast-path: the kernel fast path is not built yet | n/a |",
         "Noise: 1 of 50 repetitions noisy, 1 dropped from medians (threshold 10.0% of one core); worst steal 4.00% and worst foreign CPU 35.0% of one core.",
@@ -651,9 +796,16 @@ fn write_produces_dated_files_and_latest_copies() {
             &back.machine,
             &back.settings,
             &back.not_available,
-            &back.failover
+            &back.failover,
+            &back.fail_open
         ),
-        (&r.machine, &r.settings, &r.not_available, &r.failover)
+        (
+            &r.machine,
+            &r.settings,
+            &r.not_available,
+            &r.failover,
+            &r.fail_open
+        )
     );
     assert_eq!(markdown(&back), markdown(&r));
     let md = fs::read_to_string(&w.markdown).unwrap();

@@ -1,0 +1,381 @@
+//! The fail-open run: a constant-rate client opening a new connection per
+//! request to the VIP, the redirector's daemon killed with SIGKILL at a
+//! known time and a new one started on the same pinned state a few seconds
+//! later, and what the client saw.
+//!
+//! New connections per request, because that is what fail-open promises:
+//! while no daemon runs, connect4 sends new connects straight to an
+//! endpoint from the slot table the dead daemon published, and the new
+//! daemon takes over without a moment where a connect fails. Connections
+//! the proxy was carrying when it died break, and nothing can save them;
+//! they are counted apart from the new connections that failed, which is
+//! what the target counts. `rdt-load` records each connection's peer
+//! address, which tells apart a request the proxy carried (the peer is its
+//! listener) from one the kernel sent straight to an endpoint.
+//!
+//! It runs for the redirector (proxy datapath) and its kernel fast path
+//! (which should not notice). The peers have no such mode: with their
+//! process gone, nothing answers.
+
+use std::{collections::BTreeMap, net::SocketAddrV4, time::Duration};
+
+use anyhow::{Context, Result};
+
+use super::{
+    failover::{self, Load, LoadPlan, Record, sleep_until, unix_ms},
+    model::{FailOpenRun, SystemId},
+    topology::{Bed, System},
+};
+
+pub struct Plan {
+    pub rps: u32,
+    pub duration: Duration,
+    pub kill_at: Duration,
+    pub restart_at: Duration,
+    /// Per-request timeout of the client.
+    pub timeout: Duration,
+}
+
+/// The moments of one run on the wall clock (unix ms), as the client
+/// stamps its requests.
+#[derive(Clone, Copy, Debug)]
+pub struct Moments {
+    pub kill: f64,
+    pub dead: f64,
+    pub restart: f64,
+    pub ready: f64,
+}
+
+pub fn run(bed: &Bed, system: &System, plan: &Plan) -> Result<FailOpenRun> {
+    failover::heal(bed)?;
+    failover::wait_for_primary(bed, system)?;
+    let proxy = system
+        .proxy_addr()
+        .with_context(|| format!("{} has no daemon of its own", system.id))?;
+    let load = Load::start(
+        bed,
+        system,
+        &LoadPlan {
+            rps: plan.rps,
+            duration: plan.duration,
+            timeout: plan.timeout,
+            new_connections: true,
+        },
+        bed.dir
+            .path()
+            .join(format!("fail-open-{}.jsonl", system.id)),
+    )?;
+    let start = load.start;
+    let moments = (|| -> Result<(Moments, String)> {
+        sleep_until(start, plan.kill_at);
+        let kill = unix_ms();
+        system.kill_daemon()?;
+        let dead = unix_ms();
+        // What `redirector endpoints` says while no daemon runs, for the log.
+        let path = bed.path_now(system)?;
+        sleep_until(start, plan.restart_at);
+        let restart = unix_ms();
+        bed.restart_daemon(system)?;
+        let ready = unix_ms();
+        Ok((
+            Moments {
+                kill,
+                dead,
+                restart,
+                ready,
+            },
+            path,
+        ))
+    })();
+    let records = load.finish();
+    let (moments, path) =
+        moments.with_context(|| format!("killing and restarting\n{}", system.log()))?;
+    let records = records?;
+    eprintln!(
+        "bench fail-open {}: with the daemon dead, `redirector endpoints` said the path is {path:?}",
+        system.id
+    );
+    // The failures themselves, for whoever has to explain them.
+    let origin = records
+        .iter()
+        .map(|r| r.at_unix_ms)
+        .fold(f64::INFINITY, f64::min);
+    let since_kill = |t: f64| t - moments.kill;
+    for r in records.iter().filter(|r| !r.ok()).take(10) {
+        eprintln!(
+            "bench fail-open {}: failed request due {:.1} ms after the kill (kill at {:.0} ms, reaped +{:.1}, restart +{:.1}, ready +{:.1}), connect() {}, connected {}, done +{:.1} ms, peer {:?}, status {}: {}",
+            system.id,
+            since_kill(r.at_unix_ms),
+            moments.kill - origin,
+            since_kill(moments.dead),
+            since_kill(moments.restart),
+            since_kill(moments.ready),
+            r.connect_unix_ms
+                .map_or_else(|| "never".into(), |c| format!("+{:.1} ms", since_kill(c))),
+            r.connected_unix_ms
+                .map_or_else(|| "never".into(), |c| format!("+{:.1} ms", since_kill(c))),
+            since_kill(r.done_unix_ms),
+            r.peer,
+            r.status,
+            r.error
+        );
+    }
+    let mut run = analyze(&records, &moments, proxy);
+    if run.new_connection_errors() + run.broken_in_flight > 0 {
+        // What the new daemon said about them (e.g. no endpoint resolved
+        // yet).
+        for line in system
+            .log()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+            .take(10)
+        {
+            eprintln!("bench fail-open {}: new daemon: {line}", system.id);
+        }
+    }
+    run.system = system.id;
+    run.rps = plan.rps;
+    Ok(run)
+}
+
+/// Which way a request's connection went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    /// To a daemon's proxy listener.
+    Proxy,
+    /// Straight to an endpoint: connect4 rewrote the VIP to it.
+    Kernel,
+    /// Nowhere: the connect failed.
+    None,
+}
+
+fn via(r: &Record, proxy: SocketAddrV4) -> Via {
+    if r.connected_unix_ms.is_none() || r.peer.is_empty() {
+        Via::None
+    } else if r.peer == proxy.to_string() {
+        Via::Proxy
+    } else {
+        Via::Kernel
+    }
+}
+
+/// The figures of one run from its per-request records. Times in the
+/// result count from the client's first request.
+pub fn analyze(records: &[Record], m: &Moments, proxy: SocketAddrV4) -> FailOpenRun {
+    let origin = records
+        .iter()
+        .map(|r| r.at_unix_ms)
+        .fold(f64::INFINITY, f64::min);
+    let mut failed_connects = 0;
+    let mut broken_in_flight = 0;
+    let mut broken_after_kill = 0;
+    let mut other_errors = 0;
+    let mut served_while_down = BTreeMap::new();
+    let mut first_proxy_after_restart: Option<f64> = None;
+    let (mut worst_before, mut worst_after) = (0.0f64, 0.0f64);
+    let end = records
+        .iter()
+        .map(|r| r.at_unix_ms - origin)
+        .fold(0.0, f64::max);
+    let mut timeline = vec![(0u32, 0u32, 0u32); (end / 100.0) as usize + 1];
+    for r in records {
+        let path = via(r, proxy);
+        let bucket = &mut timeline[((r.at_unix_ms - origin) / 100.0) as usize];
+        if r.at_unix_ms < m.kill {
+            worst_before = worst_before.max(r.latency_ms);
+        } else {
+            worst_after = worst_after.max(r.latency_ms);
+        }
+        if r.ok() {
+            match path {
+                Via::Proxy => bucket.0 += 1,
+                _ => bucket.1 += 1,
+            }
+            if (m.kill..m.ready).contains(&r.at_unix_ms) {
+                let name = match path {
+                    Via::Proxy => "proxy",
+                    _ => "kernel",
+                };
+                *served_while_down
+                    .entry(format!("{name}/{}", r.served_by))
+                    .or_insert(0) += 1;
+            }
+            if path == Via::Proxy
+                && let Some(c) = r.connected_unix_ms
+                && c >= m.restart
+            {
+                let served = c - m.restart;
+                first_proxy_after_restart =
+                    Some(first_proxy_after_restart.map_or(served, |f| f.min(served)));
+            }
+            continue;
+        }
+        bucket.2 += 1;
+        // When connect4 chose the way: at the `connect()` call.
+        let decided = r.connect_unix_ms.or(r.connected_unix_ms);
+        match (path, decided) {
+            (Via::None, _) | (_, None) => failed_connects += 1,
+            // Sent to the proxy before the kill, and still waiting then.
+            (Via::Proxy, Some(d)) if d < m.kill && r.done_unix_ms >= m.kill && r.status == 0 => {
+                broken_in_flight += 1;
+            }
+            // Sent after the kill to the killed proxy, whose listener the
+            // kernel had not closed yet (the new daemon was not started).
+            (Via::Proxy, Some(d)) if (m.kill..m.restart).contains(&d) && r.status == 0 => {
+                broken_after_kill += 1;
+            }
+            _ => other_errors += 1,
+        }
+    }
+    FailOpenRun {
+        system: SystemId::Redirector,
+        rps: 0,
+        requests: records.len() as u64,
+        kill_at_ms: m.kill - origin,
+        dead_at_ms: m.dead - origin,
+        restart_at_ms: m.restart - origin,
+        ready_at_ms: m.ready - origin,
+        failed_connects,
+        broken_in_flight,
+        broken_after_kill,
+        other_errors,
+        served_while_down,
+        restart_to_proxy_ms: first_proxy_after_restart,
+        worst_latency_before_kill_ms: worst_before,
+        worst_latency_after_kill_ms: worst_after,
+        timeline,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    /// The client started at unix time 1e12 ms.
+    const T0: f64 = 1e12;
+    const PROXY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15001);
+    const EAST: &str = "10.213.1.2:80";
+
+    /// A request due at `t_ms`, issued 0.5 ms late (the client's timer),
+    /// calling `connect()` then and connected `connected` ms after it was
+    /// due, to `peer` (None: the connect failed).
+    fn rec(t_ms: f64, latency_ms: f64, status: u16, connected: Option<(f64, &str)>) -> Record {
+        Record {
+            at_unix_ms: T0 + t_ms,
+            latency_ms,
+            status,
+            served_by: if status == 200 {
+                "east".into()
+            } else {
+                "".into()
+            },
+            error: String::new(),
+            done_unix_ms: T0 + t_ms + 0.5 + latency_ms,
+            connect_unix_ms: Some(T0 + t_ms + 0.5),
+            connected_unix_ms: connected.map(|(c, _)| T0 + t_ms + c),
+            peer: connected.map(|(_, p)| p.to_owned()).unwrap_or_default(),
+        }
+    }
+
+    fn moments() -> Moments {
+        Moments {
+            kill: T0 + 1000.0,
+            dead: T0 + 1005.0,
+            restart: T0 + 3000.0,
+            ready: T0 + 3200.0,
+        }
+    }
+
+    #[test]
+    fn the_proxy_path_across_kill_and_restart() {
+        let records = vec![
+            rec(0.0, 0.3, 200, Some((0.1, "127.0.0.1:15001"))),
+            // Broken through the proxy long before the kill: not in flight.
+            rec(500.0, 0.3, 0, Some((0.1, "127.0.0.1:15001"))),
+            // Connected to the proxy before the kill, broken by it.
+            rec(999.0, 6.0, 0, Some((0.1, "127.0.0.1:15001"))),
+            // The same, though due time plus latency falls before the kill
+            // and it was established after: the client's timer was late,
+            // and it called connect() before the kill.
+            rec(998.5, 1.3, 0, Some((1.6, "127.0.0.1:15001"))),
+            // Sent to the dying proxy after the signal: its listener still
+            // took the connect, then closed. A new connection that failed,
+            // not an in-flight one.
+            rec(1001.0, 4.5, 0, Some((0.1, "127.0.0.1:15001"))),
+            // Dead: the kernel serves.
+            rec(1010.0, 0.2, 200, Some((0.05, EAST))),
+            rec(2000.0, 0.2, 200, Some((0.05, EAST))),
+            // Refused: a failed connect.
+            rec(2500.0, 0.1, 0, None),
+            // The new daemon's proxy serves before it logs ready.
+            rec(3100.0, 0.4, 200, Some((0.1, "127.0.0.1:15001"))),
+            rec(3300.0, 0.3, 200, Some((0.1, "127.0.0.1:15001"))),
+            // A 503 answered through the new proxy.
+            rec(3400.0, 0.3, 503, Some((0.1, "127.0.0.1:15001"))),
+        ];
+        let run = analyze(&records, &moments(), PROXY);
+        assert_eq!(run.requests, 11);
+        assert_eq!(run.kill_at_ms, 1000.0);
+        assert_eq!(run.dead_at_ms, 1005.0);
+        assert_eq!(run.restart_at_ms, 3000.0);
+        assert_eq!(run.ready_at_ms, 3200.0);
+        assert_eq!(run.failed_connects, 1);
+        assert_eq!(run.broken_in_flight, 2);
+        assert_eq!(run.broken_after_kill, 1);
+        assert_eq!(run.other_errors, 2);
+        assert_eq!(run.new_connection_errors(), 4);
+        assert_eq!(
+            run.served_while_down,
+            BTreeMap::from([("kernel/east".to_owned(), 2), ("proxy/east".to_owned(), 1)])
+        );
+        // Unix ms near 1e12 carry about 1e-4 ms of precision.
+        assert!((run.restart_to_proxy_ms.unwrap() - 100.1).abs() < 1e-3);
+        assert_eq!(run.worst_latency_before_kill_ms, 6.0);
+        assert_eq!(run.worst_latency_after_kill_ms, 4.5);
+        assert_eq!(run.timeline.len(), 35);
+        assert_eq!(run.timeline[0], (1, 0, 0));
+        assert_eq!(run.timeline[5], (0, 0, 1));
+        assert_eq!(run.timeline[9], (0, 0, 2));
+        assert_eq!(run.timeline[10], (0, 1, 1));
+        assert_eq!(run.timeline[25], (0, 0, 1));
+        assert_eq!(run.timeline[31], (1, 0, 0));
+        assert_eq!(run.timeline[34], (0, 0, 1));
+    }
+
+    #[test]
+    fn the_kernel_path_never_reaches_the_proxy() {
+        let records: Vec<Record> = (0..50)
+            .map(|i| rec(f64::from(i) * 100.0, 0.2, 200, Some((0.05, EAST))))
+            .collect();
+        let run = analyze(&records, &moments(), PROXY);
+        assert_eq!(run.new_connection_errors(), 0);
+        assert_eq!(run.broken_in_flight, 0);
+        // Due in [1000, 3200): 22 requests.
+        assert_eq!(
+            run.served_while_down,
+            BTreeMap::from([("kernel/east".to_owned(), 22)])
+        );
+        assert_eq!(run.restart_to_proxy_ms, None);
+        assert!(run.timeline.iter().all(|b| *b == (0, 1, 0)));
+    }
+
+    #[test]
+    fn a_kernel_path_connection_broken_at_the_kill_is_not_in_flight_through_the_proxy() {
+        // The daemon's death cannot break a connection it never carried.
+        let records = vec![
+            rec(999.0, 8.0, 0, Some((0.1, EAST))),
+            rec(1001.0, 8.0, 0, Some((0.1, EAST))),
+        ];
+        let run = analyze(&records, &moments(), PROXY);
+        assert_eq!(
+            (
+                run.broken_in_flight,
+                run.broken_after_kill,
+                run.other_errors
+            ),
+            (0, 0, 2)
+        );
+    }
+}
