@@ -16,6 +16,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -304,6 +305,10 @@ async fn redirect_only(config: &Config, datapath: &Datapath) -> anyhow::Result<(
     Ok(())
 }
 
+/// The longest start-up waits for endpoint names' first DNS answers
+/// (resolver timeouts are shorter, so a dead resolver fails well before).
+const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(5);
+
 async fn serve(
     opts: &RunOptions,
     config: Config,
@@ -313,6 +318,19 @@ async fn serve(
     let notify = Arc::new(Notify::new());
     let mut current = Generation::build(config, node, &notify, None)?;
     let routes: Routes = Arc::new(RwLock::new(current.routes.clone()));
+    // Endpoint names get their first answer (or failure) before the
+    // listener opens: during a takeover the kernel keeps failing open to the
+    // previous daemon's slot tables meanwhile, where a listening proxy
+    // would answer "no healthy upstream" for names it has not resolved yet.
+    let deadline = tokio::time::Instant::now() + FIRST_ANSWER_WAIT;
+    while current
+        .routes
+        .values()
+        .any(|r| r.cluster.awaiting_first_answer())
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // The routes exist before the listener: once it is bound, programs a
     // previous daemon left attached send connects to it.
     let listener = proxy::bind(current.node.listen.into()).await?;

@@ -466,10 +466,19 @@ pub struct OutcomeReader {
 }
 
 impl OutcomeReader {
-    /// Waits for outcomes and appends every one available to `out`.
-    pub async fn read(&mut self, out: &mut Vec<ConnectOutcome>) -> Result<(), BpfError> {
-        let mut guard = self.ring.readable_mut().await.map_err(BpfError::Ring)?;
-        let ring = guard.get_inner_mut();
+    /// Waits for a wakeup (sock_ops sends one with every failure) or at
+    /// most `poll` (successes are written without one), then appends every
+    /// outcome available to `out`.
+    pub async fn read(
+        &mut self,
+        out: &mut Vec<ConnectOutcome>,
+        poll: std::time::Duration,
+    ) -> Result<(), BpfError> {
+        if let Ok(guard) = tokio::time::timeout(poll, self.ring.readable_mut()).await {
+            // Cleared before draining, so a wakeup during the drain is kept.
+            guard.map_err(BpfError::Ring)?.clear_ready();
+        }
+        let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
             if item.len() >= size_of::<ConnectOutcome>() {
                 // SAFETY: ConnectOutcome is plain old data, the kernel
@@ -479,7 +488,6 @@ impl OutcomeReader {
                 warn!(len = item.len(), "short item in the outcome ring buffer");
             }
         }
-        guard.clear_ready();
         Ok(())
     }
 }

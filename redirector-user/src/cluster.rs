@@ -220,6 +220,17 @@ impl Cluster {
     }
 
     /// New addresses for one endpoint (a DNS answer).
+    /// Whether an endpoint name has had no answer and no failure yet (its
+    /// first lookup is still out).
+    pub fn awaiting_first_answer(&self) -> bool {
+        let inner = self.inner();
+        self.service.endpoints.iter().enumerate().any(|(i, ep)| {
+            matches!(ep.address, EndpointAddress::Dns(_))
+                && inner.resolved[i].is_none()
+                && inner.dns[i] == DnsStats::default()
+        })
+    }
+
     /// Counts one DNS refresh of an endpoint name: a good answer (changed
     /// or not), or a failure or empty answer that kept the last good one.
     pub fn dns_refreshed(&self, endpoint: usize, ok: bool) {
@@ -594,6 +605,28 @@ spec:
         let table = c.slot_table(8);
         assert_eq!(table.iter().filter(|h| last_octet(h) == 1).count(), 6);
         assert_eq!(table.iter().filter(|h| last_octet(h) == 2).count(), 2);
+    }
+
+    #[test]
+    fn a_name_awaits_its_first_answer_until_resolved_or_failed() {
+        let se = SE.replace("resolution: STATIC", "resolution: DNS")
+            .replace("10.0.0.1", "a.test")
+            .replace("10.0.0.2", "b.test")
+            .replace("10.0.0.3", "c.test");
+        let c = cluster(&se, "a");
+        assert!(c.awaiting_first_answer());
+        c.set_resolved(0, vec![Ipv4Addr::new(10, 0, 0, 1)]);
+        c.dns_refreshed(0, true);
+        c.dns_refreshed(1, false);
+        // c.test has had neither.
+        assert!(c.awaiting_first_answer());
+        c.dns_refreshed(2, false);
+        assert!(!c.awaiting_first_answer());
+        let snap = c.snapshot();
+        assert_eq!(snap.iter().map(|h| h.dns.failures).sum::<u32>(), 2);
+        assert!(snap[0].dns.last_answer.is_some());
+        // IP endpoints never wait.
+        assert!(!cluster(SE, "a").awaiting_first_answer());
     }
 
     #[test]
