@@ -609,7 +609,8 @@ spec:
 
     #[test]
     fn a_name_awaits_its_first_answer_until_resolved_or_failed() {
-        let se = SE.replace("resolution: STATIC", "resolution: DNS")
+        let se = SE
+            .replace("resolution: STATIC", "resolution: DNS")
             .replace("10.0.0.1", "a.test")
             .replace("10.0.0.2", "b.test")
             .replace("10.0.0.3", "c.test");
