@@ -278,10 +278,13 @@ mod tests {
         assert_eq!(s.sut_cpu_secs, None);
         let child = after - before;
         assert!(child >= 0.1, "the child burned only {child} s");
-        // The child's CPU is ours: busy minus foreign covers it (tick
-        // rounding aside), however busy the rest of the machine was.
+        // The child's CPU is ours: busy minus foreign covers it, however
+        // busy the rest of the machine was. /proc/stat counts in ticks and
+        // the kernel's per-task times are precise, so under load the two
+        // drift apart by a few percent (seen: 0.68 s of busy-minus-foreign
+        // for a 0.71 s child); uncounted children would leave ~0.
         assert!(
-            s.machine_busy_secs - s.foreign_cpu_secs >= child - 0.03,
+            s.machine_busy_secs - s.foreign_cpu_secs >= child * 0.9 - 0.03,
             "child {child} s, {s:?}"
         );
     }
