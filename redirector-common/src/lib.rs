@@ -209,6 +209,9 @@ pub const SVC_VIP_AUTO: u8 = 1;
 pub const SVC_TLS_ORIGINATION: u8 = 2;
 /// [`ServiceInfo::flags`]: the service uses the kernel fast path.
 pub const SVC_INFO_KERNEL_PATH: u8 = 4;
+/// [`ServiceInfo::flags`], with [`SVC_TLS_ORIGINATION`]: mutual TLS (the
+/// proxy presents a client certificate).
+pub const SVC_TLS_MUTUAL: u8 = 8;
 
 pub const HOST_LEN: usize = 256;
 

@@ -22,8 +22,8 @@ use std::{
 use anyhow::Context as _;
 use redirector_common::{
     HOST_LEN, PROTO_HTTP, PROTO_HTTPS, PROTO_TCP, PROTO_TLS, SVC_FAIL_OPEN, SVC_INFO_KERNEL_PATH,
-    SVC_KERNEL_PATH, SVC_TLS_ORIGINATION, SVC_VIP_AUTO, ServiceInfo, ServiceKey, ServiceValue,
-    write_str,
+    SVC_KERNEL_PATH, SVC_TLS_MUTUAL, SVC_TLS_ORIGINATION, SVC_VIP_AUTO, ServiceInfo, ServiceKey,
+    ServiceValue, write_str,
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -35,7 +35,7 @@ use tracing::{error, info, warn};
 use crate::{
     bpf::{Datapath, DatapathOptions, ServiceMapEntry},
     cluster::Cluster,
-    config::{self, Config, DatapathMode, NodeSettings, Protocol, Service, TlsPolicy},
+    config::{self, Config, DatapathMode, NodeSettings, Protocol, Service},
     health,
     locality::Locality,
     proxy::{self, Route, Routes},
@@ -196,7 +196,7 @@ fn service_entries(services: &[Service]) -> Vec<ServiceMapEntry> {
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let tls = matches!(s.policy.tls, TlsPolicy::Simple { .. });
+            let tls = s.policy.tls.origination();
             let kernel = s.datapath == DatapathMode::Kernel;
             let mut info = ServiceInfo {
                 vip_be: u32::from(s.vip).to_be(),
@@ -208,7 +208,11 @@ fn service_entries(services: &[Service]) -> Vec<ServiceMapEntry> {
                     Protocol::Tls => PROTO_TLS,
                 },
                 flags: if s.vip_allocated { SVC_VIP_AUTO } else { 0 }
-                    | if tls { SVC_TLS_ORIGINATION } else { 0 }
+                    | match tls {
+                        None => 0,
+                        Some(o) if o.client.is_some() => SVC_TLS_ORIGINATION | SVC_TLS_MUTUAL,
+                        Some(_) => SVC_TLS_ORIGINATION,
+                    }
                     | if kernel { SVC_INFO_KERNEL_PATH } else { 0 },
                 endpoint_count: s.endpoints.len() as u32,
                 _pad: 0,
@@ -253,10 +257,27 @@ fn log_config(config: &Config, node: &Node) {
             vip = %s.vip, vip_source = if s.vip_allocated { "allocated" } else { "addresses" },
             ?endpoints, outlier_detection = ?s.policy.outlier, datapath = %s.datapath,
             connection_pool = ?s.policy.connection_pool,
-            tls = matches!(s.policy.tls, TlsPolicy::Simple { .. }),
+            tls = s.policy.tls.origination().map_or("DISABLE", |o| o.mode()),
             "service {} -> {}:{}", s.host, s.vip, s.port.number
         );
     }
+}
+
+/// What `redirector check` adds to validation: the TLS files each service
+/// names, read and parsed as the daemon would, every problem at once.
+pub fn check_tls_files(config: &Config) -> anyhow::Result<()> {
+    let mut problems: Vec<String> = Vec::new();
+    for s in &config.services {
+        if let Err(e) = TlsOrigin::new(&s.policy.tls, s.port.protocol == Protocol::Http) {
+            let e = e.to_string();
+            // Ports of one host share their rule's files.
+            if !problems.contains(&e) {
+                problems.push(e);
+            }
+        }
+    }
+    anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
+    Ok(())
 }
 
 fn load(path: &Path, overrides: &NodeSettings) -> anyhow::Result<(Config, Node)> {
@@ -505,11 +526,36 @@ pub fn describe(config: &Config) -> String {
                 }
             );
         }
-        if let TlsPolicy::Simple { sni, .. } = &s.policy.tls {
+        if let Some(o) = s.policy.tls.origination() {
+            let verify = if o.insecure_skip_verify {
+                "NOT VERIFIED (insecureSkipVerify)".to_owned()
+            } else {
+                let names = match (&o.subject_alt_names[..], &o.sni) {
+                    ([], Some(sni)) => sni.clone(),
+                    ([], None) => "each endpoint's own name".to_owned(),
+                    (sans, _) => format!("one of {}", sans.join(", ")),
+                };
+                let roots = o
+                    .ca_certificates
+                    .as_ref()
+                    .map_or("the system roots".to_owned(), |f| f.to_string());
+                let crl = o
+                    .ca_crl
+                    .as_ref()
+                    .map(|f| format!(", revocation from {f}"))
+                    .unwrap_or_default();
+                format!("verified against {roots}{crl} for {names}")
+            };
+            let client = o
+                .client
+                .as_ref()
+                .map(|c| format!(", client certificate {}", c.certificate))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  TLS origination: SIMPLE, SNI {}",
-                sni.as_deref().unwrap_or("<endpoint name>")
+                "  TLS origination: {}, SNI {}, {verify}{client}",
+                o.mode(),
+                o.sni.as_deref().unwrap_or("<endpoint name>")
             );
         }
         for e in &s.endpoints {

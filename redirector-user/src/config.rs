@@ -12,6 +12,7 @@
 //! column, document and field, because a user fixing a config wants the whole
 //! list, not one error per attempt.
 
+mod client_tls;
 mod duration;
 mod node;
 mod policy;
@@ -349,12 +350,76 @@ pub struct TcpKeepalive {
 pub enum TlsPolicy {
     /// The app's bytes go to the endpoint as they are.
     Disable,
-    /// Originate TLS, verifying the endpoint against `ca_certificates` (a PEM
-    /// file) or the system roots.
-    Simple {
-        sni: Option<String>,
-        ca_certificates: Option<PathBuf>,
-    },
+    /// `SIMPLE` or `MUTUAL`: the app speaks plain text to the VIP, the proxy
+    /// speaks TLS to the endpoint.
+    Originate(Box<TlsOrigination>),
+}
+
+impl TlsPolicy {
+    /// The origination settings, when the proxy originates TLS.
+    pub fn origination(&self) -> Option<&TlsOrigination> {
+        match self {
+            TlsPolicy::Disable => None,
+            TlsPolicy::Originate(o) => Some(o),
+        }
+    }
+
+    pub fn originates(&self) -> bool {
+        self.origination().is_some()
+    }
+}
+
+/// Istio's `ClientTLSSettings` for `SIMPLE` and `MUTUAL`, checked.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct TlsOrigination {
+    /// Sent as SNI and verified instead of each endpoint's own name.
+    pub sni: Option<String>,
+    /// PEM trust anchors; the system's root store when unset.
+    pub ca_certificates: Option<ConfigFile>,
+    /// PEM certificate revocation lists checked against the whole chain.
+    pub ca_crl: Option<ConfigFile>,
+    /// `MUTUAL`: what the proxy presents; `None` for `SIMPLE`.
+    pub client: Option<ClientIdentity>,
+    /// Names one of which the certificate must carry, replacing the check of
+    /// the endpoint's name: the rule's, or else the ServiceEntry's.
+    pub subject_alt_names: Vec<String>,
+    /// Accept any certificate (an explicit, logged opt-in).
+    pub insecure_skip_verify: bool,
+}
+
+impl TlsOrigination {
+    /// Istio's name for the mode.
+    pub fn mode(&self) -> &'static str {
+        if self.client.is_some() {
+            "MUTUAL"
+        } else {
+            "SIMPLE"
+        }
+    }
+}
+
+/// `clientCertificate` and `privateKey` of `tls.mode: MUTUAL`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ClientIdentity {
+    /// PEM certificate chain, leaf first.
+    pub certificate: ConfigFile,
+    pub private_key: ConfigFile,
+}
+
+/// A file named in the config. It is read when the proxy is built, so a
+/// problem with its contents is reported then, located by `at`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    /// `file:line:column: document: field` of the config field naming it.
+    #[serde(skip)]
+    pub at: String,
+}
+
+impl fmt::Display for ConfigFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())
+    }
 }
 
 /// Everything wrong with a config file.
@@ -395,20 +460,27 @@ impl Problem {
     }
 }
 
-/// `source:line:column: document: field: message`, leaving out what is unknown.
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.source)?;
+impl Problem {
+    /// `source:line:column: document: field`, leaving out what is unknown.
+    pub fn location(&self) -> String {
+        let mut out = self.source.clone();
         if let Some(line) = self.line {
-            write!(f, ":{line}")?;
+            out += &format!(":{line}");
             if let Some(column) = self.column {
-                write!(f, ":{column}")?;
+                out += &format!(":{column}");
             }
         }
         for part in [&self.document, &self.field].into_iter().flatten() {
-            write!(f, ": {part}")?;
+            out += &format!(": {part}");
         }
-        write!(f, ": {}", self.message)
+        out
+    }
+}
+
+/// `source:line:column: document: field: message`, leaving out what is unknown.
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location(), self.message)
     }
 }
 
@@ -435,5 +507,7 @@ mod rule_tests;
 mod service_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
 #[cfg(test)]
 mod traffic_policy_tests;

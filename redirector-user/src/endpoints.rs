@@ -19,8 +19,8 @@ use std::{
 
 use redirector_common::{
     EP_EJECTED, EP_UNRESOLVED, EndpointHealth, PROTO_HTTP, PROTO_HTTPS, PROTO_TCP, PROTO_TLS,
-    PROXY_ENABLED, SVC_INFO_KERNEL_PATH, SVC_TLS_ORIGINATION, SVC_VIP_AUTO, ServiceInfo, SlotTable,
-    read_str,
+    PROXY_ENABLED, SVC_INFO_KERNEL_PATH, SVC_TLS_MUTUAL, SVC_TLS_ORIGINATION, SVC_VIP_AUTO,
+    ServiceInfo, SlotTable, read_str,
 };
 use serde::Serialize;
 
@@ -50,6 +50,8 @@ pub struct ServiceRow {
     pub protocol: &'static str,
     pub vip_source: &'static str,
     pub tls_origination: bool,
+    /// `DISABLE`, `SIMPLE` or `MUTUAL`.
+    pub tls_mode: &'static str,
     pub cluster: String,
     /// As configured: `proxy` or `kernel`.
     pub datapath: &'static str,
@@ -180,6 +182,14 @@ pub fn report(pin_dir: &Path) -> Result<Report, PinError> {
                         "addresses"
                     },
                     tls_origination: s.flags & SVC_TLS_ORIGINATION != 0,
+                    tls_mode: match (
+                        s.flags & SVC_TLS_ORIGINATION != 0,
+                        s.flags & SVC_TLS_MUTUAL != 0,
+                    ) {
+                        (false, _) => "DISABLE",
+                        (true, false) => "SIMPLE",
+                        (true, true) => "MUTUAL",
+                    },
                     cluster: cluster_of(*id),
                     datapath: if s.flags & SVC_INFO_KERNEL_PATH != 0 {
                         "kernel"
@@ -341,7 +351,7 @@ pub fn render_table(r: &Report) -> String {
                 s.port.to_string(),
                 s.protocol.into(),
                 s.vip_source.into(),
-                if s.tls_origination { "SIMPLE" } else { "-" }.into(),
+                if s.tls_origination { s.tls_mode } else { "-" }.into(),
                 s.datapath.into(),
                 s.path_now.into(),
                 if slots.is_empty() {

@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 use crate::{
     bpf::{Datapath, OutcomeReader, slots},
     cluster::Cluster,
-    config::{Service, TlsPolicy},
+    config::Service,
     outlier::Outcome,
     proxy::Routes,
 };
@@ -81,7 +81,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 /// when failing open. Not when the proxy originates TLS: the endpoint
 /// expects TLS the app does not speak.
 pub fn has_slots(service: &Service) -> bool {
-    !matches!(service.policy.tls, TlsPolicy::Simple { .. })
+    !service.policy.tls.originates()
 }
 
 /// Writes one cluster's state to the maps.

@@ -51,6 +51,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check(args) => {
             let config = config::load_file(&args.config, &args.node.to_settings())?;
+            app::check_tls_files(&config)?;
             print!("{}", app::describe(&config));
             Ok(())
         }

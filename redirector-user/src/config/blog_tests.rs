@@ -179,10 +179,7 @@ fn blog_https_variant() {
                 failover_priority: Vec::new(),
                 distribute: Vec::new(),
             },
-            tls: TlsPolicy::Simple {
-                sni: None,
-                ca_certificates: None
-            },
+            tls: TlsPolicy::Originate(Default::default()),
         }
     );
     assert!(s.vip_allocated && DEFAULT_VIP_RANGE.contains(&s.vip));
@@ -290,13 +287,13 @@ fn example_config_sets_everything() {
         mydb.endpoints.iter().map(|e| e.port).collect::<Vec<_>>(),
         [443, 443]
     );
+    let tls = mydb.policy.tls.origination().expect("originates TLS");
+    assert_eq!(tls.sni.as_deref(), Some(EAST));
     assert_eq!(
-        mydb.policy.tls,
-        TlsPolicy::Simple {
-            sni: Some(EAST.into()),
-            ca_certificates: Some("/etc/ssl/certs/ca-certificates.crt".into())
-        }
+        tls.ca_certificates.as_ref().map(|f| f.path.clone()),
+        Some("/etc/ssl/certs/ca-certificates.crt".into())
     );
+    assert!(tls.client.is_none() && !tls.insecure_skip_verify);
     let outlier = mydb.policy.outlier.as_ref().expect("outlier detection");
     assert_eq!(
         (

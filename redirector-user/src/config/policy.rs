@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_saphyr::Spanned;
@@ -24,7 +23,7 @@ use super::service_entry::{label_key_problem, label_value_problem, metadata_name
 use super::validate::{Ctx, Doc, Pos, pos};
 use super::{
     ConnectionPoolPolicy, Distribute, Failover, LbAlgorithm, LocalityLbPolicy, OutlierPolicy,
-    TcpKeepalive, TlsPolicy, TrafficPolicy, duration,
+    TcpKeepalive, TrafficPolicy, duration,
 };
 use crate::locality::{LABEL_REGION, LABEL_SUBZONE, LABEL_ZONE};
 
@@ -145,7 +144,7 @@ fn sub_policies<'a>(
         simple = lb.simple.as_ref();
     }
     if let Some(t) = subs.tls {
-        policy.tls = tls(ctx, doc, parent, &t.value);
+        policy.tls = super::client_tls::validate(ctx, doc, parent, &t.value);
         tls_mode = t.value.mode.as_ref();
     }
     (policy, tls_mode, simple)
@@ -936,93 +935,4 @@ fn patterns_overlap(a: &str, b: &str) -> bool {
         let (x, y) = (part(a, i), part(b, i));
         x == "*" || y == "*" || x == y
     })
-}
-
-fn tls(ctx: &mut Ctx, doc: &Doc, parent: &str, t: &raw::ClientTls) -> TlsPolicy {
-    let parent = format!("{parent}.tls");
-    let parent = parent.as_str();
-    for (key, v) in [
-        ("clientCertificate", &t.client_certificate),
-        ("privateKey", &t.private_key),
-        ("subjectAltNames", &t.subject_alt_names),
-        ("insecureSkipVerify", &t.insecure_skip_verify),
-        ("credentialName", &t.credential_name),
-        ("caCrl", &t.ca_crl),
-    ] {
-        ctx.unsupported(doc, parent, key, v);
-    }
-    let mode_field = format!("{parent}.mode");
-    let simple = match &t.mode {
-        None => false,
-        Some(m) => match m.value.as_str() {
-            "DISABLE" => false,
-            "SIMPLE" => true,
-            "MUTUAL" => {
-                ctx.value(
-                    doc,
-                    m,
-                    mode_field,
-                    "not implemented yet: tls mode MUTUAL; use SIMPLE",
-                );
-                false
-            }
-            "ISTIO_MUTUAL" => {
-                ctx.value(
-                    doc,
-                    m,
-                    mode_field,
-                    "tls mode ISTIO_MUTUAL is not supported: there is no mesh identity outside a mesh; use SIMPLE",
-                );
-                false
-            }
-            other => {
-                ctx.value(
-                    doc,
-                    m,
-                    mode_field,
-                    format!("unknown tls mode {other:?}; expected DISABLE or SIMPLE"),
-                );
-                false
-            }
-        },
-    };
-    if let Some(sni) = &t.sni {
-        if sni.value.parse::<std::net::IpAddr>().is_ok() {
-            ctx.value(
-                doc,
-                sni,
-                format!("{parent}.sni"),
-                "sni must be a host name, never an IP address",
-            );
-        } else if let Some(p) = super::service_entry::dns_name_problem(&sni.value) {
-            ctx.value(doc, sni, format!("{parent}.sni"), p);
-        }
-    }
-    if let Some(ca) = &t.ca_certificates
-        && ca.value.is_empty()
-    {
-        ctx.value(
-            doc,
-            ca,
-            format!("{parent}.caCertificates"),
-            "caCertificates must be a file path",
-        );
-    }
-    if !simple {
-        // Without origination these would silently do nothing.
-        if t.mode.as_ref().is_none_or(|m| m.value == "DISABLE") {
-            let unused = "only used with tls mode SIMPLE; set mode: SIMPLE or remove it";
-            if let Some(v) = &t.sni {
-                ctx.key(doc, parent, "sni", v, unused);
-            }
-            if let Some(v) = &t.ca_certificates {
-                ctx.key(doc, parent, "caCertificates", v, unused);
-            }
-        }
-        return TlsPolicy::Disable;
-    }
-    TlsPolicy::Simple {
-        sni: t.sni.as_ref().map(|s| s.value.clone()),
-        ca_certificates: t.ca_certificates.as_ref().map(|c| PathBuf::from(&c.value)),
-    }
 }

@@ -106,7 +106,7 @@ pub struct ServiceEntrySpec {
     pub resolution: Option<Spanned<String>>,
     pub endpoints: Option<Vec<Spanned<WorkloadEntry>>>,
     pub export_to: Unsupported,
-    pub subject_alt_names: Unsupported,
+    pub subject_alt_names: Option<Spanned<Vec<Spanned<String>>>>,
     pub workload_selector: Unsupported,
 }
 
@@ -271,10 +271,10 @@ pub struct ClientTls {
     pub mode: Option<Spanned<String>>,
     pub sni: Option<Spanned<String>>,
     pub ca_certificates: Option<Spanned<String>>,
-    pub client_certificate: Unsupported,
-    pub private_key: Unsupported,
-    pub subject_alt_names: Unsupported,
-    pub insecure_skip_verify: Unsupported,
+    pub client_certificate: Option<Spanned<String>>,
+    pub private_key: Option<Spanned<String>>,
+    pub subject_alt_names: Option<Spanned<Vec<Spanned<String>>>>,
+    pub insecure_skip_verify: Option<Spanned<bool>>,
     pub credential_name: Unsupported,
-    pub ca_crl: Unsupported,
+    pub ca_crl: Option<Spanned<String>>,
 }

@@ -110,13 +110,13 @@ fn destination_rule_rejections() {
             tp("    tls: {mode: MUTUAL}\n"),
             "MUTUAL",
             "spec.trafficPolicy.tls.mode",
-            "not implemented yet: tls mode MUTUAL",
+            "tls mode MUTUAL needs clientCertificate and privateKey",
         ),
         (
             tp("    tls: {mode: ISTIO_MUTUAL}\n"),
             "ISTIO_MUTUAL",
             "spec.trafficPolicy.tls.mode",
-            "no mesh identity",
+            "there is no mesh here",
         ),
         (
             tp("    tls: {mode: simple}\n"),
@@ -134,13 +134,13 @@ fn destination_rule_rejections() {
             tp("    tls: {sni: a.com}\n"),
             "sni",
             "spec.trafficPolicy.tls.sni",
-            "only used with tls mode SIMPLE",
+            "only used when originating TLS",
         ),
         (
             tp("    tls: {mode: DISABLE, caCertificates: /ca.pem}\n"),
             "caCertificates",
             "spec.trafficPolicy.tls.caCertificates",
-            "only used with tls mode SIMPLE",
+            "only used when originating TLS",
         ),
         (
             tp("    outlierDetection: {consecutive5xxErrors: -1}\n"),

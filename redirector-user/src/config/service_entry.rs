@@ -36,6 +36,9 @@ pub struct Entry {
     pub datapath: DatapathMode,
     /// Where `redirector.dev/datapath` is written, if it is.
     pub datapath_at: Option<Pos>,
+    /// `subjectAltNames`, for ports whose DestinationRule originates TLS
+    /// without names of its own; where the key is written.
+    pub subject_alt_names: Option<(Vec<String>, Pos)>,
 }
 
 pub struct Endpoint {
@@ -57,7 +60,6 @@ pub fn validate(ctx: &mut Ctx, doc: &Doc, se: &raw::Document<raw::ServiceEntrySp
     let name = metadata_name(ctx, doc, se);
     for (key, v) in [
         ("exportTo", &spec.export_to),
-        ("subjectAltNames", &spec.subject_alt_names),
         ("workloadSelector", &spec.workload_selector),
     ] {
         ctx.unsupported(doc, "spec", key, v);
@@ -90,6 +92,12 @@ pub fn validate(ctx: &mut Ctx, doc: &Doc, se: &raw::Document<raw::ServiceEntrySp
         ports: ports(ctx, doc, &spec.ports),
         endpoints: endpoints(ctx, doc, spec, resolution),
         resolution: resolution.unwrap_or(Resolution::Dns),
+        subject_alt_names: spec.subject_alt_names.as_ref().map(|list| {
+            let field = "spec.subjectAltNames";
+            let names = super::client_tls::subject_alt_names(ctx, doc, field, list);
+            let at = super::yaml::key_position(doc.text, "subjectAltNames", list.referenced);
+            (names, at)
+        }),
     }
 }
 
@@ -164,13 +172,14 @@ pub fn kernel_datapath_problem(
             port.number, port.name
         ));
     }
-    if matches!(tls, TlsPolicy::Simple { .. }) {
+    if let Some(o) = tls.origination() {
         return Some(format!(
             "datapath kernel cannot serve port {} ({}): DestinationRule {} originates TLS \
-             (tls.mode SIMPLE), which only the proxy can do; use proxy",
+             (tls.mode {}), which only the proxy can do; use proxy",
             port.number,
             port.name,
-            rule.unwrap_or("?")
+            rule.unwrap_or("?"),
+            o.mode()
         ));
     }
     None

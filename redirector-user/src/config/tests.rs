@@ -282,11 +282,6 @@ fn every_unimplemented_istio_field_is_rejected_with_its_line() {
     let se_cases = [
         ("  exportTo: [\".\"]\n", "exportTo", "spec.exportTo"),
         (
-            "  subjectAltNames: [a]\n",
-            "subjectAltNames",
-            "spec.subjectAltNames",
-        ),
-        (
             "  workloadSelector:\n    labels: {app: x}\n",
             "workloadSelector",
             "spec.workloadSelector",
@@ -343,36 +338,6 @@ fn every_unimplemented_istio_field_is_rejected_with_its_line() {
             "    loadBalancer:\n      warmupDurationSecs: 10s\n",
             "warmupDurationSecs",
             "spec.trafficPolicy.loadBalancer.warmupDurationSecs",
-        ),
-        (
-            "    tls: {mode: SIMPLE, clientCertificate: /c.pem}\n",
-            "clientCertificate",
-            "spec.trafficPolicy.tls.clientCertificate",
-        ),
-        (
-            "    tls: {mode: SIMPLE, privateKey: /k.pem}\n",
-            "privateKey",
-            "spec.trafficPolicy.tls.privateKey",
-        ),
-        (
-            "    tls: {mode: SIMPLE, subjectAltNames: [a]}\n",
-            "subjectAltNames",
-            "spec.trafficPolicy.tls.subjectAltNames",
-        ),
-        (
-            "    tls: {mode: SIMPLE, insecureSkipVerify: true}\n",
-            "insecureSkipVerify",
-            "spec.trafficPolicy.tls.insecureSkipVerify",
-        ),
-        (
-            "    tls: {mode: SIMPLE, credentialName: c}\n",
-            "credentialName",
-            "spec.trafficPolicy.tls.credentialName",
-        ),
-        (
-            "    tls: {mode: SIMPLE, caCrl: /crl.pem}\n",
-            "caCrl",
-            "spec.trafficPolicy.tls.caCrl",
         ),
     ];
     for (tail, key, field) in dr_cases {

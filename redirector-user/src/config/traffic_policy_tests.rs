@@ -416,10 +416,10 @@ fn each_port_entry_takes_every_sub_policy() {
     assert!(!p80.policy.locality_lb.enabled);
     assert_eq!(
         p80.policy.tls,
-        TlsPolicy::Simple {
+        TlsPolicy::Originate(Box::new(TlsOrigination {
             sni: Some("other.example".into()),
-            ca_certificates: None
-        }
+            ..Default::default()
+        }))
     );
     assert_eq!(p80.policy.connection_pool, ConnectionPoolPolicy::default());
     // The other port is untouched.
@@ -489,7 +489,7 @@ fn port_level_tls_is_checked_against_its_own_port() {
         "    tls: {mode: SIMPLE}\n    portLevelSettings:\n    - port: {number: 443}\n      tls: {mode: DISABLE}\n",
     );
     let c = load(&format!("{se}---\n{dr}"));
-    assert!(matches!(c.services[0].policy.tls, TlsPolicy::Simple { .. }));
+    assert!(c.services[0].policy.tls.originates());
     assert_eq!(c.services[1].policy.tls, TlsPolicy::Disable);
     // The other way round, SIMPLE on the HTTPS port itself is refused where
     // the port entry says it.

@@ -79,6 +79,20 @@ impl Ctx<'_> {
         });
     }
 
+    /// Where a value is written, as a problem about it would say.
+    pub fn locate<T>(&self, doc: &Doc, v: &Spanned<T>, field: &str) -> String {
+        let (line, column) = pos(v.referenced);
+        Problem {
+            source: self.source.to_owned(),
+            line,
+            column,
+            document: Some(doc.label.clone()),
+            field: Some(field.to_owned()),
+            message: String::new(),
+        }
+        .location()
+    }
+
     /// A problem with a value, located at the value.
     pub fn value<T>(
         &mut self,
@@ -437,7 +451,7 @@ fn destination_rules(
                     "spec.trafficPolicy.tls.mode",
                 ),
             };
-            if let (TlsPolicy::Simple { .. }, Some(mode)) = (&policy.tls, mode)
+            if let (Some(o), Some(mode)) = (policy.tls.origination(), mode)
                 && matches!(port.protocol, Protocol::Https | Protocol::Tls)
             {
                 ctx.value(
@@ -445,10 +459,10 @@ fn destination_rules(
                     mode,
                     field,
                     format!(
-                        "tls mode SIMPLE on port {} ({}) whose protocol is {}: the app already speaks TLS \
+                        "tls mode {} on port {} ({}) whose protocol is {}: the app already speaks TLS \
                          there, so originating TLS again would double-encrypt; use mode DISABLE, or declare \
                          the port as HTTP or TCP",
-                        port.number, port.name, port.protocol
+                        o.mode(), port.number, port.name, port.protocol
                     ),
                 );
                 ok = false;
@@ -548,6 +562,7 @@ fn services(
     let mut seen = BTreeSet::new();
     for (i, entry) in entries.iter().enumerate() {
         let doc = &docs.service_entries[i].0;
+        let mut sans_used = false;
         for (host, _, _) in &entry.hosts {
             if !seen.insert(host) {
                 continue;
@@ -611,9 +626,20 @@ fn services(
                 };
                 let rule = rules.get(host);
                 // A port's own settings replace the rule's whole policy.
-                let policy = rule
+                let mut policy = rule
                     .map(|r| r.ports.get(&port.number).unwrap_or(&r.policy).clone())
                     .unwrap_or_default();
+                // Istio: the ServiceEntry's subjectAltNames verify the
+                // endpoints when the rule's TLS settings name none.
+                if let TlsPolicy::Originate(o) = &mut policy.tls {
+                    sans_used = true;
+                    if o.subject_alt_names.is_empty()
+                        && !o.insecure_skip_verify
+                        && let Some((names, _)) = &entry.subject_alt_names
+                    {
+                        o.subject_alt_names = names.clone();
+                    }
+                }
                 if let (super::DatapathMode::Kernel, Some(at)) = (entry.datapath, entry.datapath_at)
                     && let Some(why) = service_entry::kernel_datapath_problem(
                         port,
@@ -640,6 +666,19 @@ fn services(
                     destination_rule: rule.map(|r| r.name.clone()),
                 });
             }
+        }
+        if let Some((names, at)) = &entry.subject_alt_names
+            && !names.is_empty()
+            && !sans_used
+        {
+            ctx.at(
+                doc,
+                *at,
+                "spec.subjectAltNames",
+                "used only to verify endpoint certificates where a DestinationRule originates TLS \
+                 (tls mode SIMPLE or MUTUAL), and no port of this ServiceEntry has one that does; \
+                 remove it or set tls in the host's DestinationRule",
+            );
         }
     }
     out.sort_by(|a, b| (&a.host, a.port.number).cmp(&(&b.host, b.port.number)));

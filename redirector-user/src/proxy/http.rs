@@ -161,7 +161,10 @@ async fn forward(mut req: Request<Incoming>, route: &Route) -> Response<Body> {
                 let Some(unsent) = e.take_message() else {
                     // It left and the connection broke before a response:
                     // Envoy's "upstream reset", a 5xx for outlier detection.
-                    let error = format!("upstream reset before response: {}", e.error());
+                    let error = format!(
+                        "upstream reset before response: {}",
+                        crate::tls::explain(e.error()).unwrap_or_else(|| e.error().to_string())
+                    );
                     route
                         .cluster
                         .record(&host, Outcome::ConnectFailed, Some(&error));

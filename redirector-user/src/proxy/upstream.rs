@@ -62,19 +62,8 @@ pub enum ConnectError {
     Io(io::Error),
     #[error("connect: timed out after {0:?}")]
     Timeout(Duration),
-    #[error("TLS: {}", describe_tls(.0))]
+    #[error("TLS: {}", crate::tls::explain(.0).unwrap_or_else(|| .0.to_string()))]
     Tls(io::Error),
-}
-
-/// rustls' words for "this is not TLS at all" are cryptic; say it plainly.
-fn describe_tls(e: &io::Error) -> String {
-    use rustls::{Error, InvalidMessage};
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) {
-        Some(Error::InvalidMessage(InvalidMessage::InvalidContentType)) => {
-            format!("the endpoint does not speak TLS (plain text on a TLS port?): {e}")
-        }
-        _ => e.to_string(),
-    }
 }
 
 impl ConnectError {
