@@ -22,9 +22,10 @@ use std::{
 
 use anyhow::{Context, Result};
 use rustls::{
-    ServerConfig,
+    HandshakeKind, RootCertStore, ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    server::Acceptor as HelloReader,
+    server::{Acceptor as HelloReader, ResolvesServerCertUsingSni, WebPkiClientVerifier},
+    sign::CertifiedKey,
 };
 use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
@@ -45,7 +46,19 @@ struct State {
     accepted: AtomicU64,
     hellos: AtomicU64,
     handshakes: AtomicU64,
+    resumed: AtomicU64,
+    client_certificates: AtomicU64,
     last_hello: Mutex<Option<Hello>>,
+}
+
+/// What the server demands beyond a TLS client.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    /// PEM root: demand a client certificate it signed (mutual TLS).
+    pub client_ca: Option<String>,
+    /// Serve the certificate only to a hello whose SNI is one of its DNS
+    /// names; refuse other hellos (with or without SNI).
+    pub require_sni: Option<Vec<String>>,
 }
 
 /// An HTTPS server in a namespace; stopped on drop.
@@ -67,8 +80,20 @@ impl HttpsServer {
         cert_pem: &str,
         key_pem: &str,
     ) -> Result<HttpsServer> {
-        let config = server_config(cert_pem, key_pem)
-            .with_context(|| format!("https {name}: the certificate or key"))?;
+        Self::start_with(netns, addr, name, cert_pem, key_pem, &TlsOptions::default())
+    }
+
+    /// Like [`HttpsServer::start`], demanding what `options` say.
+    pub fn start_with(
+        netns: &Netns,
+        addr: SocketAddr,
+        name: &str,
+        cert_pem: &str,
+        key_pem: &str,
+        options: &TlsOptions,
+    ) -> Result<HttpsServer> {
+        let config = server_config(cert_pem, key_pem, options)
+            .with_context(|| format!("https {name}: the certificate, key or options"))?;
         let http = HttpServer::start(netns, (Ipv4Addr::LOCALHOST, 0).into(), name)?;
         let state = Arc::new(State {
             config,
@@ -76,6 +101,8 @@ impl HttpsServer {
             accepted: AtomicU64::new(0),
             hellos: AtomicU64::new(0),
             handshakes: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
+            client_certificates: AtomicU64::new(0),
             last_hello: Mutex::new(None),
         });
         let conn_state = Arc::clone(&state);
@@ -113,6 +140,17 @@ impl HttpsServer {
     /// Handshakes that completed: the client accepted the certificate.
     pub fn handshakes(&self) -> u64 {
         self.state.handshakes.load(Ordering::SeqCst)
+    }
+
+    /// Completed handshakes that resumed an earlier session (no certificate
+    /// exchanged, no full key exchange).
+    pub fn resumed(&self) -> u64 {
+        self.state.resumed.load(Ordering::SeqCst)
+    }
+
+    /// Completed handshakes in which the client presented a certificate.
+    pub fn client_certificates(&self) -> u64 {
+        self.state.client_certificates.load(Ordering::SeqCst)
     }
 
     /// The server name (SNI) the last client hello sent; `None` before any
@@ -161,18 +199,41 @@ impl HttpsServer {
     }
 }
 
-fn server_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>> {
+fn server_config(cert_pem: &str, key_pem: &str, options: &TlsOptions) -> Result<Arc<ServerConfig>> {
     let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .context("reading the certificate PEM")?;
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).context("reading the key PEM")?;
     // Our own provider, so no process-wide default has to be installed.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("the key does not fit the certificate")?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match &options.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_slice(ca.as_bytes()).context("the client CA PEM")?)?;
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = match &options.require_sni {
+        None => builder
+            .with_single_cert(chain, key)
+            .context("the key does not fit the certificate")?,
+        Some(names) => {
+            let certified = CertifiedKey::from_der(chain, key, &provider)
+                .context("the key does not fit the certificate")?;
+            let mut by_name = ResolvesServerCertUsingSni::new();
+            for name in names {
+                by_name.add(name, certified.clone())?;
+            }
+            builder.with_cert_resolver(Arc::new(by_name))
+        }
+    };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -201,6 +262,13 @@ async fn terminate(stream: TcpStream, state: Arc<State>) {
         return;
     };
     state.handshakes.fetch_add(1, Ordering::SeqCst);
+    let conn = tls.get_ref().1;
+    if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+        state.resumed.fetch_add(1, Ordering::SeqCst);
+    }
+    if conn.peer_certificates().is_some_and(|c| !c.is_empty()) {
+        state.client_certificates.fetch_add(1, Ordering::SeqCst);
+    }
     let Ok(mut backend) = TcpStream::connect(state.backend).await else {
         eprintln!(
             "testbed: https: cannot reach the HTTP backend {}",
