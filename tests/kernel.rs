@@ -441,6 +441,30 @@ fn without_a_proxy_tls_origination_fails_fast_instead_of_falling_back_to_plainte
 }
 
 #[test]
+fn a_reload_that_turns_on_tls_origination_drops_the_services_slot_table() {
+    let mut node = Node::new();
+    let _plain = TcpServer::start(&node.ns, "127.0.43.1:9000".parse().unwrap(), "plain").unwrap();
+    let plain = tcp_service(&[("127.0.43.1", "us-east1")], false, 5);
+    node.start(&plain, "us-east1", false);
+    assert!(!slot_endpoints(&endpoints(&node)).is_empty());
+    let ca_file = TestCa::new().write_ca(node.dir.path());
+    node.write_config(&format!(
+        "{plain}    tls:\n      mode: SIMPLE\n      sni: pg.example\n      caCertificates: {}\n",
+        ca_file.display()
+    ));
+    let pid = node.daemon.as_ref().unwrap().pid();
+    process::signal(pid, libc::SIGHUP).unwrap();
+    wait_until("the reload", TIMEOUT, || {
+        node.log().contains("config reloaded")
+    });
+    // A table left behind would send a failing-open connect in plain text
+    // to an endpoint that now expects TLS; it must be gone, not just unused.
+    let eps = endpoints(&node);
+    assert_eq!(service(&eps)["tls_origination"], true, "{eps:#}");
+    assert!(slot_endpoints(&eps).is_empty(), "{eps:#}");
+}
+
+#[test]
 fn a_black_holed_endpoint_on_the_kernel_path_times_out_at_the_connect_timeout() {
     let mut node = Node::new();
     let _west = TcpServer::start(&node.ns, "127.0.45.2:9000".parse().unwrap(), "west").unwrap();

@@ -66,8 +66,8 @@ use aya::{
 };
 use redirector_common::{
     ConnectOutcome, EndpointHealth, EndpointKey, MAX_ENDPOINTS, MAX_INFLIGHT, MAX_SERVICES,
-    OUTCOME_RING_BYTES, OrigDst, PROXY_ENABLED, ProxyConfig, ServiceInfo, ServiceKey, ServiceValue,
-    SlotConn, SlotTable, SockKey, map_names, program_names,
+    OUTCOME_RING_BYTES, OrigDst, PROXY_ENABLED, ProxyConfig, SVC_FAIL_OPEN, SVC_KERNEL_PATH,
+    ServiceInfo, ServiceKey, ServiceValue, SlotConn, SlotTable, SockKey, map_names, program_names,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{debug, info, warn};
@@ -295,7 +295,9 @@ impl Datapath {
     }
 
     /// Makes the kernel's service table equal to `entries`. Slot tables
-    /// and endpoints of services that are gone are removed too.
+    /// and endpoints of services that are gone are removed too, and so are
+    /// slot tables of services that no longer use one (a reload that turns
+    /// on TLS origination).
     pub fn set_services(&self, entries: &[ServiceMapEntry]) -> Result<(), BpfError> {
         let mut maps = self.maps.lock().expect("maps lock");
         let wanted: HashSet<ServiceKey> = entries.iter().map(|e| e.key).collect();
@@ -330,6 +332,14 @@ impl Datapath {
             ignore_missing(map_names::SERVICE_INFO, maps.info.remove(&id))?;
             ignore_missing(map_names::SLOTS, maps.slots.remove(&id))?;
             maps.set_endpoints(id, &[])?;
+        }
+        let unslotted: Vec<u32> = entries
+            .iter()
+            .filter(|e| e.value.flags & (SVC_FAIL_OPEN | SVC_KERNEL_PATH) == 0)
+            .map(|e| e.value.service_id)
+            .collect();
+        for id in unslotted {
+            ignore_missing(map_names::SLOTS, maps.slots.remove(&id))?;
         }
         Ok(())
     }
