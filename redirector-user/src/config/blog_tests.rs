@@ -233,6 +233,15 @@ fn demo_configs_use_the_demo_names() {
         only_service(&down).endpoints,
         [ep(east, 81, "us-central1"), ep(west, 80, "us-west")]
     );
+    let https = load("demo-https.yaml");
+    let s = only_service(&https);
+    assert_eq!(
+        s.endpoints,
+        [ep(east, 443, "us-east1"), ep(west, 443, "us-west")]
+    );
+    let tls = s.policy.tls.origination().expect("originates TLS");
+    assert_eq!(tls.sni, None, "each endpoint's own name");
+    assert!(tls.ca_certificates.is_some());
 }
 
 #[test]
