@@ -288,6 +288,26 @@ fn new_upstream_connections_resume_the_tls_session() {
 }
 
 #[test]
+fn a_pooled_connection_the_endpoint_closed_is_replaced_without_an_error() {
+    let (mut node, ca, ca_file) = node();
+    let east = https(&node, EAST_TLS, "east", ca.leaf(&["east.test"]));
+    let _west = https(&node, WEST_TLS, "west", ca.leaf(&["west.test"]));
+    node.start(&two_regions(&ca_file, None), "us-east1", false);
+    assert_eq!(count(&node.bodies(VIP, 3), EAST), 3);
+    assert_eq!(east.accepted(), 1, "one pooled connection");
+    // The endpoint closes every connection (as on its idle timeout or a
+    // restart) and listens again: the pooled one is dead.
+    east.stop().unwrap();
+    east.restart().unwrap();
+    assert_eq!(count(&node.bodies(VIP, 3), EAST), 3);
+    assert_eq!(east.accepted(), 2, "one new connection");
+    assert_eq!(east.resumed(), 1, "which resumed the session");
+    let row = node.endpoint("east.test");
+    assert_eq!(row["outlier_check"], "OK", "{row:#}");
+    assert_eq!(row["last_error"], "", "not the endpoint's fault: {row:#}");
+}
+
+#[test]
 fn bad_tls_files_fail_check_with_their_line_and_a_reload_keeps_the_running_config() {
     let (mut node, ca, ca_file) = node();
     let _east = https(&node, EAST_TLS, "east", ca.leaf(&["east.test"]));
