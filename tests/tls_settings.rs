@@ -288,6 +288,38 @@ fn new_upstream_connections_resume_the_tls_session() {
 }
 
 #[test]
+fn a_tcp_port_originates_tls_without_alpn() {
+    let (mut node, ca, ca_file) = node();
+    let east = https(&node, EAST_TLS, "east", ca.leaf(&["east.test"]));
+    let _west = https(&node, WEST_TLS, "west", ca.leaf(&["west.test"]));
+    // The app's bytes are opaque on a TCP port; here they happen to be HTTP.
+    let config = replace_once(
+        &two_regions(&ca_file, None),
+        "   name: http-port\n   protocol: HTTP\n",
+        "   name: tcp-port\n   protocol: TCP\n",
+    )
+    .replace("http-port: 443", "tcp-port: 443");
+    node.start(&config, "us-east1", false);
+    let resolve = format!("mydb.com:80:{VIP}");
+    let out = node.client(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "10",
+            "--resolve",
+            &resolve,
+            "http://mydb.com/",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}\n{}", node.log());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), EAST);
+    assert_eq!(east.last_sni().as_deref(), Some("east.test"));
+    assert!(east.last_alpn().is_empty(), "{:?}", east.last_alpn());
+    assert_eq!(node.endpoints()["services"][0]["protocol"], "TCP");
+}
+
+#[test]
 fn a_pooled_connection_the_endpoint_closed_is_replaced_without_an_error() {
     let (mut node, ca, ca_file) = node();
     let east = https(&node, EAST_TLS, "east", ca.leaf(&["east.test"]));
