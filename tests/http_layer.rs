@@ -453,8 +453,26 @@ fn an_upgrade_the_endpoint_declines_is_an_ordinary_response() {
     let unasked = received(&node, &["-H", "Upgrade: websocket"], "/plain");
     assert!(unasked.header("upgrade").is_empty(), "{unasked:?}");
     assert!(unasked.header("connection").is_empty(), "{unasked:?}");
-    // The declined upgrade's connection was not pooled; the next one was.
+    // h2c's settings are for the next hop only: a plain request, as in
+    // Envoy.
+    let h2c = received(
+        &node,
+        &[
+            "-H",
+            "Connection: Upgrade, HTTP2-Settings",
+            "-H",
+            "Upgrade: h2c",
+            "-H",
+            "HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA",
+        ],
+        "/h2c",
+    );
+    for name in ["upgrade", "connection", "http2-settings"] {
+        assert!(h2c.header(name).is_empty(), "{name}: {h2c:?}");
+    }
+    // The declined upgrade's connection was not pooled; the others were.
     let again = received(&node, &[], "/again");
+    assert_eq!(h2c.connection, unasked.connection);
     assert_eq!(again.connection, unasked.connection);
     assert_ne!(asked.connection, unasked.connection);
     assert_eq!(echo.connections(), 2);

@@ -21,6 +21,8 @@ pub struct Requested {
 }
 
 /// The `Upgrade` value, when `Connection` lists `upgrade` (RFC 9110 §7.8).
+/// Not `h2c`: its settings travel in a header only the next hop may read,
+/// so, as Envoy does, the request goes on as plain HTTP/1.1.
 pub fn protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let listed = headers
         .get_all(header::CONNECTION)
@@ -28,11 +30,11 @@ pub fn protocol(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    if listed {
-        headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+    let protocol = headers.get(header::UPGRADE).filter(|_| listed)?;
+    let h2c = protocol
+        .to_str()
+        .is_ok_and(|p| p.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c")));
+    (!h2c).then(|| protocol.clone())
 }
 
 impl Requested {
@@ -108,8 +110,13 @@ mod tests {
         let split = headers(&[
             ("connection", "keep-alive"),
             ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(protocol(&split).unwrap(), "websocket");
+        let h2c = headers(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
             ("upgrade", "h2c"),
         ]);
-        assert_eq!(protocol(&split).unwrap(), "h2c");
+        assert!(protocol(&h2c).is_none());
     }
 }
