@@ -202,6 +202,10 @@ async fn forward(mut req: Request<Incoming>, route: &Route) -> Response<Body> {
                 debug!(endpoint = %host, "{e}");
                 return Local::new(StatusCode::BAD_REQUEST, e.to_string()).into_response();
             }
+            Err(e @ ResponseError::Unsendable(_)) => {
+                warn!(endpoint = %host, "{e}");
+                return Local::new(StatusCode::BAD_GATEWAY, e.to_string()).into_response();
+            }
             Err(e) => {
                 // It left and no usable response came back: Envoy's
                 // "upstream reset" (protocol errors included), a

@@ -8,6 +8,8 @@
 //! be retried and no other endpoint answered, a 503) saying plainly what
 //! was wrong, never the endpoint's bytes.
 
+use std::error::Error as _;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{Either, Full};
@@ -43,14 +45,21 @@ pub enum ResponseError {
     /// Not the endpoint's fault: the app's body broke off or was malformed.
     #[error("the request body could not be read: {0}")]
     AppBody(String),
+    /// Not the endpoint's fault either: hyper would not send the request.
+    #[error("the request could not be sent: {0}")]
+    Unsendable(String),
 }
 
 impl ResponseError {
     /// What went wrong with a request that left, from hyper's error.
     pub fn classify(e: &hyper::Error) -> Self {
         if e.is_user() {
-            // The only user error a forwarded request can hit is its body's.
-            ResponseError::AppBody(chain(e))
+            // hyper keeps the body's own error as the cause.
+            if e.source().is_some() {
+                ResponseError::AppBody(chain(e))
+            } else {
+                ResponseError::Unsendable(chain(e))
+            }
         } else if e.is_parse_too_large() {
             ResponseError::TooLarge
         } else if e.is_parse() || e.is_parse_status() {
