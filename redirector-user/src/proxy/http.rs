@@ -25,6 +25,32 @@
 //! without one the request is not retried; a connection that has carried
 //! `maxRequestsPerConnection` requests asks the endpoint to close it
 //! (`Connection: close`) and is not reused.
+//!
+//! The app should not be able to tell the proxy from the endpoint, and
+//! neither side should be able to hurt the other through it:
+//! - Bodies are never buffered whole: each frame goes on when the other
+//!   side takes it, so a slow reader holds the writer back through TCP.
+//! - `Host` and the other end-to-end headers go on as the app sent them;
+//!   hop-by-hop ones stop here, except an upgrade's (`upgrade.rs`).
+//! - `Expect: 100-continue` is answered here once an endpoint is connected
+//!   and the body is about to be read, and not sent on (Envoy's default):
+//!   the app's wait ends as soon as the body can flow.
+//! - Heads are limited as Envoy limits them (100 headers, 60 KiB): the
+//!   app gets hyper's 431, an endpoint's oversized head is its failure.
+//! - Ambiguous framing is refused where it can be seen: hyper answers 400
+//!   to two different `Content-Length`s or a non-chunked
+//!   `Transfer-Encoding`, and a response with both `Content-Length` and
+//!   `Transfer-Encoding` is a malformed one. A request with both is read
+//!   as chunked, sent on without its `Content-Length`, and its connection
+//!   closed after the answer (RFC 9112 §6.3), so nothing smuggled behind
+//!   it is ever read. Envoy rejects such a request with 400; hyper drops
+//!   the `Content-Length` before the request reaches us, so we cannot.
+//! - Whatever an endpoint sends, the app gets a response the proxy can
+//!   vouch for or a clean error (`reply.rs`, `watch.rs`).
+
+mod reply;
+mod upgrade;
+mod watch;
 
 use std::{sync::Arc, time::Duration};
 
@@ -41,6 +67,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
+use reply::{Local, MAX_HEAD_BYTES, ResponseError};
+use watch::Watched;
+
 use super::{
     breakers::{Limit, Slot},
     pool::Conn,
@@ -52,7 +81,7 @@ use crate::{
 };
 
 /// What the app receives: the upstream's streamed body or one we made.
-type Body = Either<Incoming, Full<Bytes>>;
+type Body = Either<Watched, Full<Bytes>>;
 /// What the endpoint receives: the app's streamed body, or none on a retry.
 pub type UpBody = Either<Incoming, Empty<Bytes>>;
 
@@ -82,8 +111,13 @@ pub async fn serve(client: TcpStream, route: Arc<Route>) {
         let route = route.clone();
         async move { Ok::<_, std::convert::Infallible>(forward(req, &route).await) }
     });
-    if let Err(e) = server::Builder::new()
+    // Too many or too large request headers get hyper's 431; the count
+    // limit is hyper's default (setting it moves the parse to the heap).
+    let mut builder = server::Builder::new();
+    builder.max_header_size(MAX_HEAD_BYTES);
+    if let Err(e) = builder
         .serve_connection(TokioIo::new(client), service)
+        .with_upgrades()
         .await
     {
         debug!(error = %e, "app connection ended with an error");
@@ -91,12 +125,18 @@ pub async fn serve(client: TcpStream, route: Arc<Route>) {
 }
 
 async fn forward(mut req: Request<Incoming>, route: &Route) -> Response<Body> {
+    let mut upgrade = upgrade::Requested::take(&mut req);
     strip_hop_by_hop(req.headers_mut());
+    // hyper's server answers `100 Continue` itself when the body is first
+    // read, i.e. once an endpoint is connected (Envoy's default).
+    req.headers_mut().remove(header::EXPECT);
     // Only a request without a body can be sent again after it left.
     let replay: Option<request::Parts> = req.body().is_end_stream().then(|| head_of(&req));
     let mut next: Request<UpBody> = req.map(Either::Left);
     let mut tried: Vec<Arc<HostKey>> = Vec::new();
     let mut fallback: Option<Response<Body>> = None;
+    // Why the request is being retried, for the app if nothing else answers.
+    let mut retrying_after: Option<String> = None;
     let (mut retries, mut resends) = (RETRIES, RESENDS);
     // Retries in flight under `maxRetries`, held until the answer.
     let mut retry_slots: Vec<Slot> = Vec::new();
@@ -111,11 +151,18 @@ async fn forward(mut req: Request<Incoming>, route: &Route) -> Response<Body> {
     loop {
         let (host, mut conn) = match open(route, &tried, fresh, &mut retry_slots).await {
             Ok(conn) => conn,
-            Err(reply) => return fallback.unwrap_or(reply),
+            Err(mut local) => {
+                if let Some(why) = &retrying_after {
+                    local.detail += &format!(" (retried after {why})");
+                }
+                return fallback.unwrap_or_else(|| local.into_response());
+            }
         };
         conn.requests += 1;
         let last = max_requests > 0 && conn.requests >= max_requests;
-        if last {
+        if let Some(upgrade) = &upgrade {
+            upgrade.ask(next.headers_mut());
+        } else if last {
             next.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         } else {
@@ -123,78 +170,110 @@ async fn forward(mut req: Request<Incoming>, route: &Route) -> Response<Body> {
         }
         // In flight until the response head (LEAST_REQUEST).
         let _active = route.cluster.track(&host);
-        match conn.sender.try_send_request(next).await {
-            Ok(mut resp) => {
-                let status = resp.status();
+        let answer = match conn.sender.try_send_request(next).await {
+            Ok(resp) => match ResponseError::check_framing(resp.headers()) {
+                Err(e) => Err(e),
+                Ok(()) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() => {
+                    Err(ResponseError::UnaskedUpgrade)
+                }
+                Ok(()) => Ok(resp),
+            },
+            Err(mut e) => match e.take_message() {
+                None => Err(ResponseError::classify(e.error())),
+                Some(unsent) => {
+                    debug!(endpoint = %host, error = %e.error(), "upstream connection was not usable; resending");
+                    resends -= 1;
+                    if resends == 0 {
+                        return Local::unavailable(
+                            "upstream connections kept closing before the request could be sent",
+                        )
+                        .into_response();
+                    }
+                    fresh = true;
+                    next = unsent;
+                    continue;
+                }
+            },
+        };
+        let mut resp = match answer {
+            Ok(resp) => resp,
+            Err(e @ ResponseError::AppBody(_)) => {
+                // The app's fault: the endpoint is not blamed.
+                debug!(endpoint = %host, "{e}");
+                return Local::new(StatusCode::BAD_REQUEST, e.to_string()).into_response();
+            }
+            Err(e @ ResponseError::Unsendable(_)) => {
+                warn!(endpoint = %host, "{e}");
+                return Local::new(StatusCode::BAD_GATEWAY, e.to_string()).into_response();
+            }
+            Err(e) => {
+                // It left and no usable response came back: Envoy's
+                // "upstream reset" (protocol errors included), a
+                // local-origin failure for outlier detection.
+                let error = e.to_string();
                 route
                     .cluster
-                    .record(&host, Outcome::Status(status.as_u16()), None);
-                strip_hop_by_hop(resp.headers_mut());
-                if !last {
-                    // Busy until the app has read the body; the pool skips
-                    // it until then.
-                    route.pool.checkin(host.key.clone(), conn);
-                    route.breakers.notify_freed();
+                    .record(&host, Outcome::ConnectFailed, Some(&error));
+                // Sending an idempotent request again is safe (RFC 9110
+                // §9.2.2); without a body we still have all of it.
+                if let Some(head) = replay.as_ref().filter(|h| h.method.is_idempotent())
+                    && retries > 0
+                    && let Some(slot) = route.breakers.try_take(Limit::Retries)
+                {
+                    debug!(endpoint = %host, "{error}; retrying on another endpoint");
+                    retry_slots.push(slot);
+                    retries -= 1;
+                    tried.push(host.key.clone());
+                    retrying_after = Some(format!("{host}: {error}"));
+                    next = Request::from_parts(head.clone(), Either::Right(Empty::new()));
+                    continue;
                 }
-                // A last request's connection closes after this answer and
-                // gives its maxConnections slot back then.
-                let Some(head) = replay.as_ref().filter(|_| status == 503 && retries > 0) else {
-                    return resp.map(Either::Left);
-                };
-                let Some(slot) = route.breakers.try_take(Limit::Retries) else {
-                    return resp.map(Either::Left);
-                };
-                retry_slots.push(slot);
-                let Some(buffered) = buffer(resp).await else {
-                    return local_reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        &format!("{host} answered 503 and its body could not be read"),
-                    );
-                };
-                debug!(endpoint = %host, "503; retrying on another endpoint");
-                retries -= 1;
-                tried.push(host.key);
-                fallback = Some(buffered);
-                next = Request::from_parts(head.clone(), Either::Right(Empty::new()));
+                warn!(endpoint = %host, "{error}");
+                return Local::new(StatusCode::BAD_GATEWAY, format!("{host}: {error}"))
+                    .into_response();
             }
-            Err(mut e) => {
-                let Some(unsent) = e.take_message() else {
-                    // It left and the connection broke before a response:
-                    // Envoy's "upstream reset", a 5xx for outlier detection.
-                    let error = format!(
-                        "upstream reset before response: {}",
-                        crate::tls::explain(e.error()).unwrap_or_else(|| e.error().to_string())
-                    );
-                    route
-                        .cluster
-                        .record(&host, Outcome::ConnectFailed, Some(&error));
-                    // Sending an idempotent request again is safe (RFC 9110
-                    // §9.2.2); without a body we still have all of it.
-                    if let Some(head) = replay.as_ref().filter(|h| h.method.is_idempotent())
-                        && retries > 0
-                        && let Some(slot) = route.breakers.try_take(Limit::Retries)
-                    {
-                        debug!(endpoint = %host, "{error}; retrying on another endpoint");
-                        retry_slots.push(slot);
-                        retries -= 1;
-                        tried.push(host.key);
-                        next = Request::from_parts(head.clone(), Either::Right(Empty::new()));
-                        continue;
-                    }
-                    return local_reply(StatusCode::BAD_GATEWAY, &format!("{host}: {error}"));
-                };
-                debug!(endpoint = %host, error = %e.error(), "upstream connection was not usable; resending");
-                resends -= 1;
-                if resends == 0 {
-                    return local_reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "upstream connections kept closing before the request could be sent",
-                    );
-                }
-                fresh = true;
-                next = unsent;
-            }
+        };
+        let status = resp.status();
+        route
+            .cluster
+            .record(&host, Outcome::Status(status.as_u16()), None);
+        let protocol = resp.headers().get(header::UPGRADE).cloned();
+        strip_hop_by_hop(resp.headers_mut());
+        if upgrade.is_none() && !last {
+            // Busy until the app has read the body; the pool skips it
+            // until then.
+            route.pool.checkin(host.key.clone(), conn);
+            route.breakers.notify_freed();
         }
+        // A last request's connection (or one asked to upgrade) closes
+        // after this answer and gives its maxConnections slot back then.
+        if status == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(upgrade) = upgrade.take()
+        {
+            debug!(endpoint = %host, "switching protocols");
+            return upgrade
+                .accept(resp, protocol)
+                .map(|body| Either::Left(Watched::new(body, route.cluster.clone(), host)));
+        }
+        let Some(head) = replay.as_ref().filter(|_| status == 503 && retries > 0) else {
+            return resp.map(|body| Either::Left(Watched::new(body, route.cluster.clone(), host)));
+        };
+        let Some(slot) = route.breakers.try_take(Limit::Retries) else {
+            return resp.map(|body| Either::Left(Watched::new(body, route.cluster.clone(), host)));
+        };
+        retry_slots.push(slot);
+        let Some(buffered) = buffer(resp).await else {
+            return Local::unavailable(format!(
+                "{host} answered 503 and its body could not be read"
+            ))
+            .into_response();
+        };
+        debug!(endpoint = %host, "503; retrying on another endpoint");
+        retries -= 1;
+        tried.push(host.key);
+        fallback = Some(buffered);
+        retrying_after = None;
+        next = Request::from_parts(head.clone(), Either::Right(Empty::new()));
     }
 }
 
@@ -228,18 +307,15 @@ async fn open(
     exclude: &[Arc<HostKey>],
     fresh: bool,
     retry_slots: &mut Vec<Slot>,
-) -> Result<(Host, Conn<UpBody>), Response<Body>> {
+) -> Result<(Host, Conn<UpBody>), Local> {
     let order = candidates(route, exclude);
     let Some(first) = order.first().cloned() else {
         let service = &route.cluster.service;
         warn!(cluster = %route.cluster.name, "no healthy upstream");
-        return Err(local_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!(
-                "no healthy upstream for {}:{}",
-                service.host, service.port.number
-            ),
-        ));
+        return Err(Local::unavailable(format!(
+            "no healthy upstream for {}:{}",
+            service.host, service.port.number
+        )));
     };
     if !fresh && let Some(conn) = route.pool.checkout(&first.key) {
         route.cluster.record(&first, Outcome::Connected, None);
@@ -278,14 +354,19 @@ async fn open(
             );
         }
         warn!(cluster = %route.cluster.name, "{detail}");
-        local_reply(StatusCode::SERVICE_UNAVAILABLE, &detail)
+        Local::unavailable(detail)
     })?;
-    match client::handshake(TokioIo::new(stream)).await {
+    // A response head over the limits is an error, like a malformed one.
+    let handshake = client::Builder::new()
+        .max_header_size(MAX_HEAD_BYTES)
+        .handshake(TokioIo::new(stream));
+    match handshake.await {
         Ok((sender, conn)) => {
             tokio::spawn(async move {
-                // The connection counts toward maxConnections until it ends.
+                // The connection counts toward maxConnections until it ends
+                // (or is handed over after a `101`).
                 let _slot = slot;
-                if let Err(e) = conn.await {
+                if let Err(e) = conn.with_upgrades().await {
                     debug!(error = %e, "upstream connection ended with an error");
                 }
             });
@@ -302,7 +383,7 @@ async fn open(
             route
                 .cluster
                 .record(&host, Outcome::ConnectFailed, Some(&error));
-            Err(local_reply(StatusCode::SERVICE_UNAVAILABLE, &error))
+            Err(Local::unavailable(error))
         }
     }
 }
@@ -318,15 +399,11 @@ enum Waited {
 /// Waits, as one of `http1MaxPendingRequests`, for an idle connection to
 /// `host` or room for a new one, for at most the connect timeout. Idle
 /// connections to other endpoints are closed to make room.
-async fn wait_for_connection(
-    route: &Route,
-    host: &Host,
-    fresh: bool,
-) -> Result<Waited, Response<Body>> {
+async fn wait_for_connection(route: &Route, host: &Host, fresh: bool) -> Result<Waited, Local> {
     let breakers = &route.breakers;
     let service = &route.cluster.service;
     let Some(_pending) = breakers.try_take(Limit::Pending) else {
-        return Err(overflow_reply(&format!(
+        return Err(Local::overflow(format!(
             "{}:{} has {} connections open ({}) and {} requests already waiting for one ({})",
             service.host,
             service.port.number,
@@ -357,7 +434,7 @@ async fn wait_for_connection(
             _ = tokio::time::sleep(poll) => poll = (poll * 2).min(MAX_WAIT_POLL),
             _ = tokio::time::sleep_until(deadline) => {
                 breakers.overflowed(Limit::Connections);
-                return Err(overflow_reply(&format!(
+                return Err(Local::overflow(format!(
                     "no connection to {}:{} became free within the connect timeout ({timeout:?}); \
                      all {} ({}) are busy",
                     service.host,
@@ -368,37 +445,6 @@ async fn wait_for_connection(
             }
         }
     }
-}
-
-/// A 503 for a circuit breaker, marked the way Envoy marks its own.
-fn overflow_reply(detail: &str) -> Response<Body> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!(
-        "upstream overflow (circuit breaker): {detail}\n"
-    )))));
-    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    let headers = resp.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert("x-envoy-overloaded", HeaderValue::from_static("true"));
-    resp
-}
-
-fn local_reply(status: StatusCode, detail: &str) -> Response<Body> {
-    let what = match status {
-        StatusCode::SERVICE_UNAVAILABLE => "no healthy upstream",
-        _ => "upstream error",
-    };
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!(
-        "{what}: {detail}\n"
-    )))));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {

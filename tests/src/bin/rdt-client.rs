@@ -12,6 +12,11 @@
 //! "errors": [first 20]}`. `connect_failed` means `connect()` itself failed
 //! (what fail-open must prevent); `broken` means the connection was made
 //! but died before the first line (a connection a dying proxy held).
+//!
+//! `raw`, `upload` and `websocket` speak HTTP (see `rdt-client/http.rs`).
+
+#[path = "rdt-client/http.rs"]
+mod http;
 
 use std::{
     collections::BTreeMap,
@@ -184,6 +189,9 @@ fn json_string(s: &str) -> String {
 }
 
 fn main() -> ExitCode {
+    if let Some("raw" | "upload" | "websocket") = std::env::args().nth(1).as_deref() {
+        return http::main(std::env::args().skip(1));
+    }
     let args = match parse(std::env::args().skip(1)) {
         Ok(a) => a,
         Err(err) => {
