@@ -667,24 +667,30 @@ fn handshake_table(report: &BenchReport, aggs: &[Aggregate], out: &mut String) {
     let idle: u64 = counts.iter().map(|c| c.idle_handshakes()).sum();
     let failed: u64 = counts.iter().map(|c| c.failed).sum();
     let retries: u64 = counts.iter().map(|c| c.hello_retries).sum();
+    let rate = |n: u64| {
+        if wall > 0.0 {
+            format!(" ({}/s)", sig3(n as f64 / wall))
+        } else {
+            String::new()
+        }
+    };
     let _ = write!(
         out,
-        "Left out: {idle} handshakes of connections that carried no request"
+        "Left out, over the TLS runs: {idle} completed handshakes{} and {failed} failed or \
+         abandoned ones{} of connections that carried no request",
+        rate(idle),
+        rate(failed),
     );
-    if wall > 0.0 {
-        let _ = write!(out, " ({}/s over the TLS runs)", sig3(idle as f64 / wall));
-    }
-    if report.cells.iter().any(|c| c.system == SystemId::Haproxy) {
-        let _ = write!(
-            out,
-            "; HAProxy's TLS health checks of both regions are such connections, and run \
-             whichever system is measured"
-        );
-    }
+    let haproxy = if report.cells.iter().any(|c| c.system == SystemId::Haproxy) {
+        "HAProxy's TLS health checks of both regions (which run whichever system is \
+         measured) and "
+    } else {
+        ""
+    };
     let _ = writeln!(
         out,
-        ". Failed or abandoned handshakes: {failed}; full handshakes with a \
-         HelloRetryRequest: {retries}.\n"
+        ", such as {haproxy}the handshakes a load generator leaves in flight when its run \
+         ends. Full handshakes with a HelloRetryRequest: {retries}.\n"
     );
 }
 

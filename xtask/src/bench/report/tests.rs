@@ -740,8 +740,9 @@ fn markdown_has_the_tables() {
         "## Upstream TLS handshakes per 1000 requests\n",
         "| workload | direct-beside | direct-sut-core | redirector | envoy | nginx |\n|---|--:|--:|--:|--:|--:|\n",
         "| keep-alive/tls/open-1000rps | 3.20 / 0 | 3.20 / 0 | 0 / 0.400 | 1.00 / 0 | 0 / 1.00 |\n",
-        "Left out: 50 handshakes of connections that carried no request (0.400/s over the TLS runs). \
-         Failed or abandoned handshakes: 0; full handshakes with a HelloRetryRequest: 0.",
+        "Left out, over the TLS runs: 50 completed handshakes (0.400/s) and 0 failed or abandoned \
+         ones (0/s) of connections that carried no request, such as the handshakes a load \
+         generator leaves in flight when its run ends. Full handshakes with a HelloRetryRequest: 0.",
         "## Ratios",
         "| keep-alive/plain/open-1000rps | redirector | 1.00 | 1.75 | 1.93 |",
         "### redirector ÷ peers",
@@ -839,6 +840,26 @@ fn handshakes_are_medians_of_the_runs_used() {
     assert!(
         md.contains(
             "| keep-alive/tls/open-1000rps | 3.20 / 0 | 3.20 / 0 | 0 / 0.300 | – | 0 / 1.00 |\n"
+        ),
+        "{md}"
+    );
+    assert!(!md.contains("HAProxy's TLS health checks"), "{md}");
+
+    // With HAProxy in the run, the note names its health checks.
+    let mut haproxy = cell(SystemId::Nginx, KA_TLS, 0);
+    haproxy.system = SystemId::Haproxy;
+    r.cells.push(haproxy);
+    let md = markdown(&r);
+    assert!(
+        md.contains(
+            "| workload | direct-beside | direct-sut-core | redirector | envoy | nginx | haproxy |"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "such as HAProxy's TLS health checks of both regions (which run whichever system is \
+             measured) and the handshakes"
         ),
         "{md}"
     );
