@@ -615,8 +615,9 @@ fn handshake_table(report: &BenchReport, aggs: &[Aggregate], out: &mut String) {
          per 1000 requests they answered; medians over the repetitions used (per-run \
          counts are in the JSON). Through a proxy these are the handshakes of its upstream \
          connections; in the direct rows the load generator speaks TLS itself, so they are \
-         its own (oha in open loop, wrk in closed loop). Only connections that carried a \
-         request count.\n"
+         its own (oha in open loop, wrk in closed loop; a new process every run, so even \
+         with keep-alive its connections' handshakes fall in every run, more of them per \
+         1000 requests the shorter the run). Only connections that carried a request count.\n"
     );
     let _ = writeln!(
         out,
