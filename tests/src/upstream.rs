@@ -8,12 +8,19 @@
 //! [`UpstreamProcess`] does not borrow the [`Netns`] and can restart on its
 //! own) and is pinned to its CPU there too. [`UpstreamProcess::start`]
 //! returns once the child printed `listening on <addr>`.
+//! [`UpstreamProcess::stats`] reads its counters (connections, TLS
+//! handshakes full and resumed, requests) from its `--stats` socket.
+
+mod stats;
 
 use std::{
     ffi::OsString,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
     net::SocketAddr,
-    os::{fd::OwnedFd, unix::process::CommandExt},
+    os::{
+        fd::OwnedFd,
+        unix::{net::UnixStream, process::CommandExt},
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, mpsc},
@@ -23,14 +30,18 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+pub use self::stats::UpstreamStats;
 use crate::{
     names,
     netns::{self, Netns},
     process,
+    tempdir::TempDir,
 };
 
 /// How long a starting upstream may take to print its `listening` line.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long reading the counters may take.
+const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A binary of this package: `$<NAME>_BIN` (`rdt-upstream` →
 /// `RDT_UPSTREAM_BIN`), else `target/<profile>/<name>` next to the running
@@ -63,6 +74,8 @@ pub struct UpstreamProcess {
     netns_name: String,
     netns_fd: Arc<OwnedFd>,
     cpu: Option<u32>,
+    /// Holds the `--stats` socket; removed after the child is killed.
+    stats_dir: TempDir,
 }
 
 impl UpstreamProcess {
@@ -88,6 +101,8 @@ impl UpstreamProcess {
         if let Some((cert, key)) = tls {
             args.extend(["--cert".into(), cert.into(), "--key".into(), key.into()]);
         }
+        let stats_dir = TempDir::new("upstream")?;
+        args.extend(["--stats".into(), stats_dir.path().join("stats.sock").into()]);
         let program = bin_path("rdt-upstream")?;
         let netns_fd = Arc::clone(netns.fd());
         let (child, addr) = spawn(&program, &args, netns.name(), &netns_fd, cpu, name)?;
@@ -100,6 +115,7 @@ impl UpstreamProcess {
             netns_name: netns.name().to_owned(),
             netns_fd,
             cpu,
+            stats_dir,
         })
     }
 
@@ -132,6 +148,28 @@ impl UpstreamProcess {
         }
         process::signal(self.pid(), signal)
             .with_context(|| format!("signalling upstream {} (pid {})", self.name, self.pid()))
+    }
+
+    /// Its counters since it (last) started.
+    pub fn stats(&self) -> Result<UpstreamStats> {
+        let path = self.stats_dir.path().join("stats.sock");
+        let read = || -> std::io::Result<String> {
+            let mut stream = UnixStream::connect(&path)?;
+            stream.set_read_timeout(Some(STATS_TIMEOUT))?;
+            let mut line = String::new();
+            stream.read_to_string(&mut line)?;
+            Ok(line)
+        };
+        let line = read().with_context(|| {
+            format!(
+                "reading the counters of upstream {} (pid {}) from {}",
+                self.name,
+                self.pid(),
+                path.display()
+            )
+        })?;
+        UpstreamStats::parse(&line)
+            .with_context(|| format!("the counters of upstream {}", self.name))
     }
 
     /// SIGKILL and reap: connections reset, connects refused until
@@ -307,6 +345,14 @@ mod tests {
             assert!((line.t_ms - i as f64 * 5.0).abs() < 1e-6, "{i}: {line:?}");
             assert!(line.latency_ms < 100.0, "{i}: {line:?}");
         }
+        let stats = up.stats().expect("the counters");
+        assert_eq!(stats.requests, 400, "{stats:?}");
+        assert!(stats.connections >= 1, "{stats:?}");
+        assert_eq!(
+            (stats.tls_full, stats.tls_resumed, stats.tls_failed),
+            (0, 0, 0),
+            "plain HTTP: {stats:?}"
+        );
 
         // 503 from halfway: one switch from 200 to 503, near 1 s.
         let lines = timeline(&netns, target, |started| {
@@ -349,6 +395,12 @@ mod tests {
         }
         assert!(lines[..150].iter().all(ok), "{lines:?}");
         assert!(lines[360..].iter().all(ok), "no recovery: {lines:?}");
+        // The new process counts from zero, on the same socket path.
+        let stats = up.stats().expect("the restarted upstream's counters");
+        assert!(
+            (40..400).contains(&stats.requests),
+            "only what came after the restart: {stats:?}"
+        );
         eprintln!(
             "killed: {} of 400 failed, first {:?}",
             failed.len(),
@@ -396,6 +448,50 @@ mod tests {
         assert!(stdout.ends_with("\n200 1024 1.1"), "{stdout}");
         let status = std::fs::read_to_string(format!("/proc/{}/status", up.pid())).unwrap();
         assert!(status.contains("Cpus_allowed_list:\t0\n"), "{status}");
+        let first = up.stats().expect("the counters");
+        assert_eq!(
+            (
+                first.connections,
+                first.tls_full,
+                first.tls_resumed,
+                first.requests
+            ),
+            (1, 1, 0, 1),
+            "{first:?}"
+        );
+
+        // One curl, three connections (the server closes each): curl
+        // resumes its session on the second and third.
+        let out = Client::new(&netns, "curl")
+            .args(["-sS", "--cacert"])
+            .args([&ca_path])
+            .args(["--resolve", &resolve, "-H", "Connection: close"])
+            .args(["-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null"])
+            .args([&url, &url, &url])
+            .run()
+            .expect("curl runs");
+        assert!(out.status.success(), "{out:?}");
+        // Plain HTTP to the TLS port: a failed handshake.
+        let plain = format!("http://tls.test:{}/", up.addr().port());
+        let out = Client::new(&netns, "curl")
+            .args(["-sS", "--max-time", "5", "--resolve", &resolve, &plain])
+            .run()
+            .expect("curl runs");
+        assert!(!out.status.success(), "{out:?}");
+        let stats = up.stats().expect("the counters").since(&first);
+        assert_eq!(
+            stats,
+            UpstreamStats {
+                connections: 4,
+                tls_failed: 1,
+                tls_full: 1,
+                tls_hello_retry: 0,
+                tls_resumed: 2,
+                tls_full_used: 1,
+                tls_resumed_used: 2,
+                requests: 3,
+            }
+        );
 
         let err = UpstreamProcess::start(&netns, any, "a-long-name", 8, None, None).unwrap_err();
         assert!(format!("{err:#}").contains("did not start"), "{err:#}");

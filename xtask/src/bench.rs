@@ -31,8 +31,9 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::{Context, Result, bail};
 use model::{
     BenchReport, CellRun, Conn, Fault, Load, NotAvailable, RunSettings, SystemId, Upstream,
-    Workload,
+    UpstreamTls, Workload,
 };
+use redirector_tests::upstream::UpstreamStats;
 use topology::{Bed, BedOptions};
 
 use crate::{
@@ -247,10 +248,20 @@ fn bench(
                 if !warmup.is_zero() {
                     load::observe(tools, &spec(warmup), &bed.bench, cgroup, CLIENT_CPU)?;
                 }
+                // The HTTPS upstreams' counters around the measured run:
+                // the handshakes this system made (or, direct, the load
+                // generator made) with its pool warmed up.
+                let tls_before = (workload.upstream == Upstream::Tls)
+                    .then(|| bed.upstreams.tls_stats())
+                    .transpose()?;
                 let probe = sample::Probe::start(&system.pids())?;
                 let observed = load::observe(tools, &spec(cell), &bed.bench, cgroup, CLIENT_CPU)
                     .with_context(|| format!("{} {workload}\n{}", system.id, system.log()))?;
                 let sample = probe.finish()?;
+                let upstream_tls = match tls_before {
+                    Some(before) => Some(upstream_tls(&bed.upstreams.tls_stats()?.since(&before))),
+                    None => None,
+                };
                 // Every system must carry the whole 1 KiB body (wrk also
                 // counts the status line and headers).
                 if let Some(bytes) = observed.bytes_per_response
@@ -263,8 +274,17 @@ fn bench(
                 }
                 let result = observed.result;
                 let noisy = sample::is_noisy(&sample, settings.noise_threshold);
+                let handshakes = upstream_tls
+                    .as_ref()
+                    .and_then(UpstreamTls::per_krequests)
+                    .map(|(full, resumed)| {
+                        format!(
+                            ", upstream TLS handshakes/1000 req {full:.2} full {resumed:.2} resumed"
+                        )
+                    })
+                    .unwrap_or_default();
                 eprintln!(
-                    "bench [{done}/{total}] rep {rep} {workload} {}: {:.0} rps, p50 {:.3} ms, p99 {:.3} ms, {} errors, cpu/krps {}{}",
+                    "bench [{done}/{total}] rep {rep} {workload} {}: {:.0} rps, p50 {:.3} ms, p99 {:.3} ms, {} errors, cpu/krps {}{handshakes}{}",
                     system.id,
                     result.rps,
                     result.p50_ms,
@@ -283,6 +303,7 @@ fn bench(
                     load: result,
                     sample,
                     noisy,
+                    upstream_tls,
                 });
             }
         }
@@ -307,6 +328,20 @@ fn bench(
         written.plot.display()
     );
     Ok(())
+}
+
+/// The report's view of the HTTPS upstreams' counters over one run.
+fn upstream_tls(d: &UpstreamStats) -> UpstreamTls {
+    UpstreamTls {
+        requests: d.requests,
+        connections: d.connections,
+        full: d.tls_full_used,
+        resumed: d.tls_resumed_used,
+        all_full: d.tls_full,
+        all_resumed: d.tls_resumed,
+        hello_retries: d.tls_hello_retry,
+        failed: d.tls_failed,
+    }
 }
 
 fn failovers(bed: &Bed, quick: bool) -> Result<Vec<model::FailoverRun>> {

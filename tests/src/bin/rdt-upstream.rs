@@ -1,7 +1,7 @@
 //! `rdt-upstream --listen <ip:port> --name <name> [--body-bytes 1024]
-//! [--cert <pem> --key <pem>]`: the benchmark's upstream, the same server
-//! behind every system under test, so differences between rows are the
-//! systems' own.
+//! [--cert <pem> --key <pem>] [--stats <socket path>]`: the benchmark's
+//! upstream, the same server behind every system under test, so
+//! differences between rows are the systems' own.
 //!
 //! HTTP/1.1 with keep-alive (hyper) on one thread; with `--cert`/`--key`
 //! it speaks HTTPS (rustls, ALPN `http/1.1`). Every request gets `200` and
@@ -11,15 +11,25 @@
 //! back to `200`: the "primary answers 503" fault without a restart. Both
 //! bodies are built once and shared as `Bytes`, so a request allocates
 //! nothing beyond what hyper needs. Prints `listening on <addr>` once bound.
+//!
+//! It counts connections, TLS handshakes (full or resumed, as rustls's
+//! `handshake_kind()` says, and again at each connection's first request,
+//! so handshakes of connections that carried traffic can be told from
+//! health checks) and requests, in atomics: a request costs one increment.
+//! Whoever connects to the `--stats` Unix socket gets one line with every
+//! counter ([`UpstreamStats`]) and the socket closed. The TLS settings are
+//! rustls's defaults, session cache and TLS 1.3 tickets included: what a
+//! client gets resumed is what it earns against a stock rustls server.
 
 use std::{
+    cell::Cell,
     convert::Infallible,
     net::SocketAddr,
     path::PathBuf,
     process::ExitCode,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -30,13 +40,14 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::{server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
+use redirector_tests::upstream::UpstreamStats;
 use rustls::{
-    ServerConfig,
+    HandshakeKind, ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
 };
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpListener,
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, UnixListener},
     signal::unix::{SignalKind, signal},
 };
 use tokio_rustls::TlsAcceptor;
@@ -59,13 +70,67 @@ struct Args {
     /// Private key (PEM) for --cert
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
+    /// Unix socket that answers every connection with the counters
+    #[arg(long)]
+    stats: Option<PathBuf>,
 }
 
-/// What every connection shares: the two prepared bodies and the switch.
+/// The counters behind `--stats`; see [`UpstreamStats`] for each one.
+#[derive(Default)]
+struct Counters {
+    connections: AtomicU64,
+    tls_failed: AtomicU64,
+    tls_full: AtomicU64,
+    tls_hello_retry: AtomicU64,
+    tls_resumed: AtomicU64,
+    tls_full_used: AtomicU64,
+    tls_resumed_used: AtomicU64,
+    requests: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    /// A completed handshake (`used`: at its connection's first request).
+    fn handshake(&self, kind: HandshakeKind, used: bool) {
+        match (kind, used) {
+            (HandshakeKind::Resumed, false) => bump(&self.tls_resumed),
+            (HandshakeKind::Resumed, true) => bump(&self.tls_resumed_used),
+            (HandshakeKind::Full, false) => bump(&self.tls_full),
+            (HandshakeKind::FullWithHelloRetryRequest, false) => {
+                bump(&self.tls_full);
+                bump(&self.tls_hello_retry);
+            }
+            (HandshakeKind::Full | HandshakeKind::FullWithHelloRetryRequest, true) => {
+                bump(&self.tls_full_used)
+            }
+        }
+    }
+
+    fn snapshot(&self) -> UpstreamStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        UpstreamStats {
+            connections: get(&self.connections),
+            tls_failed: get(&self.tls_failed),
+            tls_full: get(&self.tls_full),
+            tls_hello_retry: get(&self.tls_hello_retry),
+            tls_resumed: get(&self.tls_resumed),
+            tls_full_used: get(&self.tls_full_used),
+            tls_resumed_used: get(&self.tls_resumed_used),
+            requests: get(&self.requests),
+        }
+    }
+}
+
+/// What every connection shares: the two prepared bodies, the switch and
+/// the counters.
 struct Answers {
     healthy: Bytes,
     unavailable: Bytes,
     failing: AtomicBool,
+    counters: Counters,
 }
 
 impl Answers {
@@ -86,6 +151,7 @@ impl Answers {
             healthy: pad(format!("healthy: {name}\n"))?,
             unavailable: pad(format!("503 from {name}\n"))?,
             failing: AtomicBool::new(false),
+            counters: Counters::default(),
         })
     }
 
@@ -116,11 +182,18 @@ fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-async fn serve<S>(io: S, answers: Arc<Answers>)
+/// Serves HTTP/1.1 on `io`; `handshake`: how its TLS session began, counted
+/// again at the first request.
+async fn serve<S>(io: S, answers: Arc<Answers>, handshake: Option<HandshakeKind>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let first = Cell::new(handshake);
     let service = service_fn(move |_request| {
+        if let Some(kind) = first.take() {
+            answers.counters.handshake(kind, true);
+        }
+        bump(&answers.counters.requests);
         let response = answers.respond();
         async move { Ok::<_, Infallible>(response) }
     });
@@ -144,6 +217,31 @@ async fn watch_signals(answers: Arc<Answers>) -> std::io::Result<()> {
     }
 }
 
+/// Answers every connection to `listener` with the counters, one line.
+async fn serve_stats(listener: UnixListener, answers: Arc<Answers>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let line = format!("{}\n", answers.counters.snapshot());
+        tokio::spawn(async move {
+            let _ = stream.write_all(line.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+fn bind_stats(path: &PathBuf) -> Result<UnixListener, String> {
+    // A restarted upstream finds its predecessor's socket file.
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("removing {}: {e}", path.display())),
+    }
+    UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let answers = Arc::new(Answers::new(&args.name, args.body_bytes)?);
     let tls = match (&args.cert, &args.key) {
@@ -158,6 +256,16 @@ async fn run(args: Args) -> Result<(), String> {
     let local = listener
         .local_addr()
         .map_err(|e| format!("local address: {e}"))?;
+    let stats_listener = match &args.stats {
+        Some(path) => Some(bind_stats(path)?),
+        None => None,
+    };
+    let stats = async {
+        match stats_listener {
+            Some(listener) => serve_stats(listener, Arc::clone(&answers)).await,
+            None => std::future::pending().await,
+        }
+    };
     println!("listening on {local}");
     let accept = async {
         loop {
@@ -171,16 +279,24 @@ async fn run(args: Args) -> Result<(), String> {
                 }
             };
             let _ = stream.set_nodelay(true);
+            bump(&answers.counters.connections);
             let answers = Arc::clone(&answers);
             match &tls {
                 None => {
-                    tokio::spawn(serve(stream, answers));
+                    tokio::spawn(serve(stream, answers, None));
                 }
                 Some(tls) => {
                     let handshake = tls.accept(stream);
                     tokio::spawn(async move {
-                        if let Ok(stream) = handshake.await {
-                            serve(stream, answers).await;
+                        match handshake.await {
+                            Ok(stream) => {
+                                let kind = stream.get_ref().1.handshake_kind();
+                                if let Some(kind) = kind {
+                                    answers.counters.handshake(kind, false);
+                                }
+                                serve(stream, answers, kind).await;
+                            }
+                            Err(_) => bump(&answers.counters.tls_failed),
                         }
                     });
                 }
@@ -190,6 +306,7 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::select! {
         result = signals => result.map_err(|e| format!("installing signal handlers: {e}")),
         () = accept => Ok(()),
+        () = stats => Ok(()),
     }
 }
 

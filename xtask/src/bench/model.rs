@@ -190,6 +190,53 @@ impl Sample {
     }
 }
 
+/// What the HTTPS upstreams (`rdt-upstream`, rustls with its default
+/// session cache and TLS 1.3 tickets) counted during one run of a TLS
+/// cell: differences of their counters from just before to just after the
+/// measured run (not the warm-up), summed over every HTTPS upstream (east
+/// and west :443, east :8443). Through a proxy these are the proxy's
+/// upstream connections; in the direct rows, the load generator's own.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamTls {
+    /// HTTP requests the HTTPS upstreams answered.
+    pub requests: u64,
+    /// TCP connections they accepted.
+    pub connections: u64,
+    /// Full handshakes of connections whose first request came in the run:
+    /// the connections that carried the traffic.
+    pub full: u64,
+    /// Resumed handshakes of such connections.
+    pub resumed: u64,
+    /// Every completed full handshake, whether or not its connection
+    /// carried a request (HAProxy's TLS health checks of both regions
+    /// handshake and leave, whichever system is measured).
+    pub all_full: u64,
+    /// Every completed resumed handshake.
+    pub all_resumed: u64,
+    /// Of `all_full`, those that needed a HelloRetryRequest.
+    pub hello_retries: u64,
+    /// Handshakes that failed or were abandoned.
+    pub failed: u64,
+}
+
+impl UpstreamTls {
+    /// (full, resumed) handshakes of connections that carried requests, per
+    /// 1000 requests the upstreams answered; None without requests.
+    pub fn per_krequests(&self) -> Option<(f64, f64)> {
+        (self.requests > 0).then(|| {
+            let k = self.requests as f64 / 1000.0;
+            (self.full as f64 / k, self.resumed as f64 / k)
+        })
+    }
+
+    /// Handshakes whose connection carried no request in the run (at least
+    /// 0: a connection opened in the warm-up may carry its first request in
+    /// the run).
+    pub fn idle_handshakes(&self) -> u64 {
+        (self.all_full + self.all_resumed).saturating_sub(self.full + self.resumed)
+    }
+}
+
 /// One repetition of one (system, workload) cell.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CellRun {
@@ -200,6 +247,9 @@ pub struct CellRun {
     pub sample: Sample,
     /// Dropped from medians: steal or foreign CPU above the threshold.
     pub noisy: bool,
+    /// The HTTPS upstreams' counters over the run (TLS cells only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_tls: Option<UpstreamTls>,
 }
 
 /// A cell the system cannot run yet, and why.

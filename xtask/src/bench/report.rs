@@ -17,6 +17,12 @@
 //!   drift (thermal, neighbours) that a ratio of medians would keep.
 //! - Peak RSS is the maximum over every repetition, noisy or not: CPU
 //!   noise does not inflate memory, and the target is an upper bound.
+//! - Upstream TLS handshakes are per 1000 requests the upstreams answered
+//!   (not the client's count), so each run's ratio is of two counters read
+//!   at the same instants; only handshakes of connections that carried
+//!   requests count, so health checks (HAProxy's run whatever system is
+//!   measured) are not charged to the system. They are left out and
+//!   counted apart, in the note under the table.
 //! - Everything here is a pure function of the report, so it is unit-tested
 //!   with a synthetic report and can be re-run on an old JSON file.
 
@@ -101,6 +107,10 @@ pub struct Aggregate {
     pub peak_rss_kib: Option<u64>,
     /// Largest RSS sampled while the load ran, max over all repetitions, KiB.
     pub rss_under_load_kib: Option<u64>,
+    /// Full upstream TLS handshakes per 1000 requests (TLS cells).
+    pub tls_full_per_krequests: Option<Stat>,
+    /// Resumed upstream TLS handshakes per 1000 requests (TLS cells).
+    pub tls_resumed_per_krequests: Option<Stat>,
 }
 
 impl Aggregate {
@@ -131,8 +141,17 @@ impl Aggregate {
             ),
             peak_rss_kib: runs.iter().filter_map(|r| r.sample.sut_peak_rss_kib).max(),
             rss_under_load_kib: runs.iter().filter_map(|r| r.sample.sut_rss_kib).max(),
+            tls_full_per_krequests: Stat::of(handshakes(&used).map(|(full, _)| full)),
+            tls_resumed_per_krequests: Stat::of(handshakes(&used).map(|(_, resumed)| resumed)),
         })
     }
+}
+
+/// (full, resumed) upstream TLS handshakes per 1000 requests of each run
+/// that counted them.
+fn handshakes<'a>(runs: &'a [&'a CellRun]) -> impl Iterator<Item = (f64, f64)> + 'a {
+    runs.iter()
+        .filter_map(|r| r.upstream_tls.as_ref()?.per_krequests())
 }
 
 fn count(n: usize) -> u32 {
@@ -427,6 +446,7 @@ fn markdown_with_plot(report: &BenchReport, plot_file: Option<&str>) -> String {
     }
     let aggs = aggregate(report);
     workload_tables(report, &aggs, &mut notes, &mut out);
+    handshake_table(report, &aggs, &mut out);
     ratio_tables(report, &mut out);
     failover_table(report, &mut out);
     fail_open_table(report, &mut out);
@@ -562,6 +582,117 @@ fn workload_tables(
         }
         out.push('\n');
     }
+}
+
+/// Upstream TLS handshakes per 1000 requests, TLS cell × system.
+fn handshake_table(report: &BenchReport, aggs: &[Aggregate], out: &mut String) {
+    let counted: Vec<&Aggregate> = aggs
+        .iter()
+        .filter(|a| a.tls_full_per_krequests.is_some())
+        .collect();
+    if counted.is_empty() {
+        return;
+    }
+    let mut workloads: Vec<Workload> = counted.iter().map(|a| a.workload).collect();
+    workloads.dedup();
+    // Every system that ran these cells, so one without counts shows "–".
+    let systems: Vec<SystemId> = SystemId::ALL
+        .into_iter()
+        .filter(|s| {
+            aggs.iter()
+                .any(|a| a.system == *s && workloads.contains(&a.workload))
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "## Upstream TLS handshakes per 1000 requests
+"
+    );
+    let _ = writeln!(
+        out,
+        "Full / resumed, counted by the HTTPS upstreams (rustls with its default session \
+         cache and TLS 1.3 tickets) over the measured part of each run, after the warm-up, \
+         per 1000 requests they answered; medians over the repetitions used (per-run \
+         counts are in the JSON). Through a proxy these are the handshakes of its upstream \
+         connections; in the direct rows the load generator speaks TLS itself, so they are \
+         its own (oha in open loop, wrk in closed loop; a new process every run, so even \
+         with keep-alive its connections' handshakes fall in every run, more of them per \
+         1000 requests the shorter the run). Only connections that carried a request count.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| workload | {} |",
+        systems
+            .iter()
+            .map(|s| s.key())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(out, "|---|{}", "--:|".repeat(systems.len()));
+    for w in workloads {
+        let cells: Vec<String> = systems
+            .iter()
+            .map(|&s| {
+                let a = counted.iter().find(|a| a.workload == w && a.system == s);
+                match a
+                    .and_then(|a| Some((a.tls_full_per_krequests?, a.tls_resumed_per_krequests?)))
+                {
+                    Some((full, resumed)) => {
+                        format!("{} / {}", sig3(full.median), sig3(resumed.median))
+                    }
+                    None if report
+                        .not_available
+                        .iter()
+                        .any(|n| n.workload == w && n.system == s) =>
+                    {
+                        "n/a".into()
+                    }
+                    None => "–".into(),
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "| {w} | {} |", cells.join(" | "));
+    }
+    out.push('\n');
+    let counts: Vec<&super::model::UpstreamTls> = report
+        .cells
+        .iter()
+        .filter_map(|c| c.upstream_tls.as_ref())
+        .collect();
+    let wall: f64 = report
+        .cells
+        .iter()
+        .filter(|c| c.upstream_tls.is_some())
+        .map(|c| c.sample.wall_secs)
+        .sum();
+    let idle: u64 = counts.iter().map(|c| c.idle_handshakes()).sum();
+    let failed: u64 = counts.iter().map(|c| c.failed).sum();
+    let retries: u64 = counts.iter().map(|c| c.hello_retries).sum();
+    let rate = |n: u64| {
+        if wall > 0.0 {
+            format!(" ({}/s)", sig3(n as f64 / wall))
+        } else {
+            String::new()
+        }
+    };
+    let _ = write!(
+        out,
+        "Left out, over the TLS runs: {idle} completed handshakes{} and {failed} failed or \
+         abandoned ones{} of connections that carried no request",
+        rate(idle),
+        rate(failed),
+    );
+    let haproxy = if report.cells.iter().any(|c| c.system == SystemId::Haproxy) {
+        "HAProxy's TLS health checks of both regions (which run whichever system is \
+         measured) and "
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        ", such as {haproxy}the handshakes a load generator leaves in flight when its run \
+         ends. Full handshakes with a HelloRetryRequest: {retries}.\n"
+    );
 }
 
 fn ratio_tables(report: &BenchReport, out: &mut String) {

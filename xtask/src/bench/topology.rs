@@ -44,7 +44,7 @@ use redirector_tests::{
     pki::TestCa,
     process,
     tempdir::TempDir,
-    upstream::UpstreamProcess,
+    upstream::{UpstreamProcess, UpstreamStats},
 };
 
 use super::{
@@ -83,9 +83,23 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Upstreams {
     /// The primary of the failover runs; faults mutate it.
     pub east_plain: Mutex<UpstreamProcess>,
-    /// The rest only need to run: east TLS, west plain and TLS, and the
-    /// pair pinned to the SUT's core for the direct-on-SUT-core row.
+    /// Every HTTPS upstream (east, west, east on the SUT's core), whose
+    /// handshake counters the TLS cells read.
+    tls: Vec<UpstreamProcess>,
+    /// The rest only need to run: west plain and east plain on the SUT's
+    /// core.
     _others: Vec<UpstreamProcess>,
+}
+
+impl Upstreams {
+    /// The counters of every HTTPS upstream, summed.
+    pub fn tls_stats(&self) -> Result<UpstreamStats> {
+        self.tls
+            .iter()
+            .try_fold(UpstreamStats::default(), |sum, up| {
+                Ok(sum.plus(&up.stats()?))
+            })
+    }
 }
 
 enum Kind {
@@ -237,12 +251,14 @@ impl Bed {
         };
         let upstreams = Upstreams {
             east_plain: Mutex::new(up(&east, EAST_IP, PLAIN_PORT, "east", None, o.client_cpu)?),
-            _others: vec![
+            tls: vec![
                 up(&east, EAST_IP, TLS_PORT, "east", tls, o.client_cpu)?,
-                up(&west, WEST_IP, PLAIN_PORT, "west", None, o.client_cpu)?,
                 up(&west, WEST_IP, TLS_PORT, "west", tls, o.client_cpu)?,
-                up(&east, EAST_IP, CORE_PLAIN_PORT, "east", None, o.sut_cpu)?,
                 up(&east, EAST_IP, CORE_TLS_PORT, "east", tls, o.sut_cpu)?,
+            ],
+            _others: vec![
+                up(&west, WEST_IP, PLAIN_PORT, "west", None, o.client_cpu)?,
+                up(&east, EAST_IP, CORE_PLAIN_PORT, "east", None, o.sut_cpu)?,
             ],
         };
         let dns = DnsServer::start(&bench, "127.0.0.1:53".parse()?)?;

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, fs, path::PathBuf};
 use super::{targets::Target, *};
 use crate::bench::model::{
     Conn, FAST_PATH_NO_TLS, FailOpenRun, FailoverRun, LoadResult, MachineInfo, NotAvailable,
-    RunSettings, Sample, Upstream,
+    RunSettings, Sample, Upstream, UpstreamTls,
 };
 
 pub(crate) const KA_PLAIN: Workload = Workload {
@@ -61,6 +61,31 @@ pub(crate) const SYSTEMS: [SystemId; 5] = [
     SystemId::Nginx,
 ];
 
+/// What the HTTPS upstreams counted in a TLS cell: 5000 requests; direct
+/// makes 16 full handshakes (3.20 per 1000), the redirector `rep` resumed
+/// ones (median 0.400), Envoy 5 full (1.00), nginx 5 resumed (1.00); every
+/// run also sees 2 health-check handshakes that carried no request.
+fn upstream_tls(system: SystemId, rep: u32) -> UpstreamTls {
+    use SystemId::*;
+    let (full, resumed) = match system {
+        DirectBeside | DirectSutCore => (16, 0),
+        Redirector => (0, u64::from(rep)),
+        Envoy => (5, 0),
+        Nginx => (0, 5),
+        _ => unreachable!("no TLS cells for {system}"),
+    };
+    UpstreamTls {
+        requests: 5000,
+        connections: full + resumed + 2,
+        full,
+        resumed,
+        all_full: full + 2,
+        all_resumed: resumed,
+        hello_retries: 0,
+        failed: 0,
+    }
+}
+
 fn cell(system: SystemId, workload: Workload, rep: u32) -> CellRun {
     let (p50, p99, p999, cpu, rss) = base(system, workload);
     let f = factor(rep);
@@ -96,6 +121,7 @@ fn cell(system: SystemId, workload: Workload, rep: u32) -> CellRun {
             wall_secs: WALL,
         },
         noisy: false,
+        upstream_tls: (workload.upstream == Upstream::Tls).then(|| upstream_tls(system, rep)),
     }
 }
 
@@ -711,6 +737,12 @@ fn markdown_has_the_tables() {
         "| envoy | 999 (998–1000) | 0.380 (0.372–0.388) | 0.800 (0.784–0.816) | 2.00 (1.96–2.04) | 3 (0.0120%) |",
         "| redirector-fast-path | n/a[^na1] | n/a |",
         "[^na1]: the kernel fast path is not built yet\n",
+        "## Upstream TLS handshakes per 1000 requests\n",
+        "| workload | direct-beside | direct-sut-core | redirector | envoy | nginx |\n|---|--:|--:|--:|--:|--:|\n",
+        "| keep-alive/tls/open-1000rps | 3.20 / 0 | 3.20 / 0 | 0 / 0.400 | 1.00 / 0 | 0 / 1.00 |\n",
+        "Left out, over the TLS runs: 50 completed handshakes (0.400/s) and 0 failed or abandoned \
+         ones (0/s) of connections that carried no request, such as the handshakes a load \
+         generator leaves in flight when its run ends. Full handshakes with a HelloRetryRequest: 0.",
         "## Ratios",
         "| keep-alive/plain/open-1000rps | redirector | 1.00 | 1.75 | 1.93 |",
         "### redirector ÷ peers",
@@ -743,6 +775,144 @@ fn markdown_has_the_tables() {
     assert!(pos("redirector-fast-path") < pos("envoy"));
     assert!(pos("envoy") < pos("nginx"));
     assert!(!md.contains("| haproxy |"));
+}
+
+#[test]
+fn handshakes_are_medians_of_the_runs_used() {
+    let mut r = synthetic();
+    let aggs = aggregate(&r);
+    let redirector = agg(&aggs, SystemId::Redirector, KA_TLS);
+    // 0, 0.2, 0.4, 0.6, 0.8 per 1000 requests.
+    let resumed = redirector.tls_resumed_per_krequests.unwrap();
+    assert_close(resumed.median, 0.4);
+    assert_close(resumed.min, 0.0);
+    assert_close(resumed.max, 0.8);
+    assert_eq!(
+        redirector.tls_full_per_krequests,
+        Some(Stat {
+            median: 0.0,
+            min: 0.0,
+            max: 0.0
+        })
+    );
+    let direct = agg(&aggs, SystemId::DirectBeside, KA_TLS);
+    assert_close(direct.tls_full_per_krequests.unwrap().median, 3.2);
+    // Plain cells count nothing.
+    let plain = agg(&aggs, SystemId::Redirector, KA_PLAIN);
+    assert_eq!(plain.tls_full_per_krequests, None);
+    assert_eq!(plain.tls_resumed_per_krequests, None);
+
+    // A noisy repetition with a burst of handshakes is left out, like its
+    // latency: the median is over 0, 0.2, 0.4, 0.6.
+    let noisy = r
+        .cells
+        .iter_mut()
+        .find(|c| c.system == SystemId::Redirector && c.workload == KA_TLS && c.rep == 4)
+        .unwrap();
+    noisy.noisy = true;
+    noisy.upstream_tls.as_mut().unwrap().resumed = 5000;
+    let aggs = aggregate(&r);
+    let resumed = agg(&aggs, SystemId::Redirector, KA_TLS)
+        .tls_resumed_per_krequests
+        .unwrap();
+    assert_close(resumed.median, 0.3);
+    assert_close(resumed.max, 0.6);
+
+    // A run whose upstreams answered nothing has no ratio, and a cell
+    // with no counts at all (an older JSON) shows "–".
+    for c in r
+        .cells
+        .iter_mut()
+        .filter(|c| c.system == SystemId::Envoy && c.workload == KA_TLS)
+    {
+        if c.rep == 0 {
+            c.upstream_tls.as_mut().unwrap().requests = 0;
+        } else {
+            c.upstream_tls = None;
+        }
+    }
+    let aggs = aggregate(&r);
+    assert_eq!(
+        agg(&aggs, SystemId::Envoy, KA_TLS).tls_full_per_krequests,
+        None
+    );
+    let md = markdown(&r);
+    assert!(
+        md.contains(
+            "| keep-alive/tls/open-1000rps | 3.20 / 0 | 3.20 / 0 | 0 / 0.300 | – | 0 / 1.00 |\n"
+        ),
+        "{md}"
+    );
+    assert!(!md.contains("HAProxy's TLS health checks"), "{md}");
+
+    // With HAProxy in the run, the note names its health checks.
+    let mut haproxy = cell(SystemId::Nginx, KA_TLS, 0);
+    haproxy.system = SystemId::Haproxy;
+    r.cells.push(haproxy);
+    let md = markdown(&r);
+    assert!(
+        md.contains(
+            "| workload | direct-beside | direct-sut-core | redirector | envoy | nginx | haproxy |"
+        ),
+        "{md}"
+    );
+    assert!(
+        md.contains(
+            "such as HAProxy's TLS health checks of both regions (which run whichever system is \
+             measured) and the handshakes"
+        ),
+        "{md}"
+    );
+}
+
+#[test]
+fn upstream_tls_ratios_and_idle_handshakes() {
+    let none = UpstreamTls::default();
+    assert_eq!(none.per_krequests(), None);
+    assert_eq!(none.idle_handshakes(), 0);
+    let t = UpstreamTls {
+        requests: 2000,
+        full: 1,
+        resumed: 3,
+        all_full: 4,
+        all_resumed: 3,
+        ..Default::default()
+    };
+    assert_eq!(t.per_krequests(), Some((0.5, 1.5)));
+    assert_eq!(t.idle_handshakes(), 3);
+    // A connection opened in the warm-up carried its first request in the
+    // run: more used than completed, which is not a negative idle count.
+    let warm = UpstreamTls {
+        requests: 10,
+        resumed: 1,
+        ..Default::default()
+    };
+    assert_eq!(warm.idle_handshakes(), 0);
+}
+
+#[test]
+fn json_without_handshake_counts_still_reads() {
+    let r = synthetic();
+    let json = serde_json::to_string(&r).unwrap();
+    assert!(
+        json.contains("\"upstream_tls\":{\"requests\":5000,"),
+        "{json}"
+    );
+    // Floats may come back 1 ULP off (see below); the counts are integers.
+    let back: BenchReport = serde_json::from_str(&json).unwrap();
+    let counts = |r: &BenchReport| -> Vec<Option<UpstreamTls>> {
+        r.cells.iter().map(|c| c.upstream_tls.clone()).collect()
+    };
+    assert_eq!(counts(&back), counts(&r));
+    // Plain cells leave the field out; a report written before it existed
+    // has it nowhere.
+    let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for cell in old["cells"].as_array_mut().unwrap() {
+        cell.as_object_mut().unwrap().remove("upstream_tls");
+    }
+    let old: BenchReport = serde_json::from_value(old).unwrap();
+    assert!(old.cells.iter().all(|c| c.upstream_tls.is_none()));
+    assert!(!markdown(&old).contains("## Upstream TLS handshakes"));
 }
 
 #[test]
