@@ -299,6 +299,7 @@ fn datapath_only_mode_hands_vips_to_another_listener() {
         cgroup: None,
         args,
         ready_timeout: scenario::TIMEOUT,
+        env: Vec::new(),
     })
     .expect("starting the daemon");
     node.daemon = Some(daemon);

@@ -417,6 +417,7 @@ fn daemon_harness() {
             cgroup: Some(&cgroup),
             args: vec!["-c".into(), script.into()],
             ready_timeout: TIMEOUT,
+            env: Vec::new(),
         },
     )
     .expect("starting the fake daemon");
@@ -445,6 +446,7 @@ fn daemon_harness() {
                 cgroup: None,
                 args: vec!["-c".into(), script.into()],
                 ready_timeout,
+                env: Vec::new(),
             },
         )
     };

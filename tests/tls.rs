@@ -21,7 +21,7 @@ use redirector_tests::{
     client,
     pki::{TestCa, untrusted_leaf},
 };
-use scenario::{TIMEOUT, count};
+use scenario::{Node, TIMEOUT, count};
 
 #[test]
 fn test_bed_https_server_answers_curl_and_records_sni() {
@@ -145,6 +145,57 @@ fn blog_https_documents_work_against_a_test_ca() {
     assert_eq!(west.accepted(), 0);
     assert_eq!(node.endpoint("east.test")["endpoint"], EAST_TLS);
     assert_eq!(node.endpoint("west.test")["priority"], 1);
+}
+
+/// The blog's HTTPS documents with only the endpoint names changed: no
+/// `caCertificates`, so the endpoints are verified against the system's
+/// root store. The daemon's store is made of `roots` through
+/// `SSL_CERT_FILE`, the variable every TLS stack reads (rustls-native-certs
+/// included), so the test controls what "the system" trusts.
+fn blog_https_verbatim(node: &mut Node, roots: &Path) {
+    let se = include_str!("../config/blog/04-https-service-entry.yaml");
+    let dr = include_str!("../config/blog/05-https-destination-rule.yaml");
+    let se = replace_once(se, "dynamodb.us-east-1.amazonaws.com", "east.test");
+    let se = replace_once(&se, "dynamodb.us-west-1.amazonaws.com", "west.test");
+    let roots = roots.display().to_string();
+    node.start_with_env(
+        &format!("{se}---\n{dr}"),
+        "us-east1",
+        false,
+        &[("SSL_CERT_FILE", &roots), ("SSL_CERT_DIR", "")],
+    );
+}
+
+#[test]
+fn blog_https_documents_verbatim_verify_against_the_system_roots() {
+    let (mut node, ca, ca_file) = node();
+    let east = https(&node, EAST_TLS, "east", ca.leaf(&["east.test"]));
+    let _west = https(&node, WEST_TLS, "west", ca.leaf(&["west.test"]));
+    blog_https_verbatim(&mut node, &ca_file);
+    let vip = node.vip("mydb.com");
+    assert_eq!(count(&node.bodies(&vip, 5), EAST), 5);
+    assert_eq!(east.last_sni().as_deref(), Some("east.test"));
+    assert_eq!(node.endpoint("east.test")["outlier_check"], "OK");
+}
+
+#[test]
+fn blog_https_documents_verbatim_refuse_endpoints_the_system_does_not_trust() {
+    let (mut node, ca, _ca_file) = node();
+    let east = https(&node, EAST_TLS, "east", ca.leaf(&["east.test"]));
+    let west = https(&node, WEST_TLS, "west", ca.leaf(&["west.test"]));
+    // The system trusts some other CA: verification is on by default.
+    let other = TestCa::new().write_ca(node.dir.path());
+    blog_https_verbatim(&mut node, &other);
+    let vip = node.vip("mydb.com");
+    let (status, body) = node.curl(&vip).expect("an HTTP answer");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("UnknownIssuer"), "{body}");
+    assert_eq!(
+        (east.requests(), west.requests()),
+        (0, 0),
+        "nothing in plain text or unverified"
+    );
+    assert_eq!(east.accepted(), east.hellos());
 }
 
 #[test]

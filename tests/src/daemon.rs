@@ -64,6 +64,8 @@ pub struct DaemonOptions<'a> {
     pub args: Vec<String>,
     /// How long to wait for [`READY_LINE`].
     pub ready_timeout: Duration,
+    /// Environment variables set for the daemon, on top of the test's own.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running daemon; killed and reaped on drop.
@@ -93,6 +95,7 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log fd")?)
             .stderr(log);
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         if let Some(cgroup) = opts.cgroup {
             cgroup.configure(&mut cmd);
         }

@@ -96,12 +96,27 @@ impl Node {
     /// Starts the daemon with `yaml`; the daemon process stays outside the
     /// attached cgroup unless `in_cgroup`.
     pub fn start(&mut self, yaml: &str, locality: &str, in_cgroup: bool) {
+        self.start_with_env(yaml, locality, in_cgroup, &[]);
+    }
+
+    /// Like [`Node::start`], with environment variables for the daemon.
+    pub fn start_with_env(
+        &mut self,
+        yaml: &str,
+        locality: &str,
+        in_cgroup: bool,
+        env: &[(&str, &str)],
+    ) {
         self.write_config(yaml);
         let daemon = Daemon::start(DaemonOptions {
             netns: &self.ns,
             cgroup: in_cgroup.then_some(&self.cgroup),
             args: self.args(locality),
             ready_timeout: TIMEOUT,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         })
         .unwrap_or_else(|e| panic!("starting the daemon: {e:#}"));
         self.daemon = Some(daemon);

@@ -161,6 +161,7 @@ fn demo() -> Result<()> {
             stage.pins.path().display().to_string(),
         ],
         ready_timeout: Duration::from_secs(30),
+        env: Vec::new(),
     })?);
     let vip = service_vip(&stage)?;
     println!("redirector: mydb.com -> VIP {vip} (allocated from 240.240.0.0/16)");

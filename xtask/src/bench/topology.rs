@@ -416,6 +416,7 @@ impl Bed {
                 cgroup: None,
                 args,
                 ready_timeout: Duration::from_secs(30),
+                env: Vec::new(),
             },
         )
     }
