@@ -448,15 +448,13 @@ fn a_reload_that_turns_on_tls_origination_drops_the_services_slot_table() {
     node.start(&plain, "us-east1", false);
     assert!(!slot_endpoints(&endpoints(&node)).is_empty());
     let ca_file = TestCa::new().write_ca(node.dir.path());
-    node.write_config(&format!(
-        "{plain}    tls:\n      mode: SIMPLE\n      sni: pg.example\n      caCertificates: {}\n",
-        ca_file.display()
-    ));
-    let pid = node.daemon.as_ref().unwrap().pid();
-    process::signal(pid, libc::SIGHUP).unwrap();
-    wait_until("the reload", TIMEOUT, || {
-        node.log().contains("config reloaded")
-    });
+    node.reload(
+        &format!(
+            "{plain}    tls:\n      mode: SIMPLE\n      sni: pg.example\n      caCertificates: {}\n",
+            ca_file.display()
+        ),
+        "config reloaded",
+    );
     // A table left behind would send a failing-open connect in plain text
     // to an endpoint that now expects TLS; it must be gone, not just unused.
     let eps = endpoints(&node);

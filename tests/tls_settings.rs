@@ -13,11 +13,11 @@ mod origination;
 #[path = "support/scenario.rs"]
 mod scenario;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, process::Command};
 
 use origination::*;
-use redirector_tests::{daemon::redirector_bin, https::TlsOptions, pki::TestCa, process};
-use scenario::{Node, count, wait_until};
+use redirector_tests::{daemon::redirector_bin, https::TlsOptions, pki::TestCa};
+use scenario::{Node, count};
 
 /// `caCertificates: <ca_file>` as `rule_with` writes it.
 fn ca_line(ca_file: &Path) -> String {
@@ -258,12 +258,10 @@ fn an_ip_endpoint_behind_a_server_that_demands_sni_needs_tls_sni() {
     assert!(body.contains("TLS: ") && body.contains("alert"), "{body}");
     assert_eq!((east.last_sni(), east.handshakes()), (None, 0));
     // With `sni`, it gets the name and answers.
-    node.write_config(&(only_east + &rule(&ca_file, Some("east.test"))));
-    let pid = node.daemon.as_ref().unwrap().pid();
-    process::signal(pid, libc::SIGHUP).unwrap();
-    wait_until("the reload", Duration::from_secs(10), || {
-        node.log().contains("config reloaded")
-    });
+    node.reload(
+        &(only_east + &rule(&ca_file, Some("east.test"))),
+        "config reloaded",
+    );
     assert_eq!(count(&node.bodies(VIP, 3), EAST), 3);
     assert_eq!(east.last_sni().as_deref(), Some("east.test"));
 }
@@ -375,7 +373,8 @@ fn bad_tls_files_fail_check_with_their_line_and_a_reload_keeps_the_running_confi
         )
         .replace("host: mydb.com", "host: other.com")
         .replace("name: mydynamodb", "name: other");
-    node.write_config(&format!("{bad}---\n{other}"));
+    let bad = format!("{bad}---\n{other}");
+    node.write_config(&bad);
     let text = std::fs::read_to_string(node.config_path()).unwrap();
     let path = node.config_path().display().to_string();
     let ca_problem = format!(
@@ -405,11 +404,7 @@ fn bad_tls_files_fail_check_with_their_line_and_a_reload_keeps_the_running_confi
         "expected {key_problem:?} in:\n{stderr}"
     );
     // The daemon refuses it as a whole and keeps serving the old config.
-    let pid = node.daemon.as_ref().unwrap().pid();
-    process::signal(pid, libc::SIGHUP).unwrap();
-    wait_until("the rejection", Duration::from_secs(10), || {
-        node.log().contains("config reload rejected")
-    });
+    node.reload(&bad, "config reload rejected");
     assert!(node.log().contains(&ca_problem), "{}", node.log());
     assert_eq!(count(&node.bodies(VIP, 3), EAST), 3);
 }

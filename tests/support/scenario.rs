@@ -122,6 +122,19 @@ impl Node {
         self.daemon = Some(daemon);
     }
 
+    /// Writes `yaml` as the config and has the daemon reload it (SIGHUP);
+    /// waits for the daemon to log `outcome` (`config reloaded` or
+    /// `config reload rejected`) once more than before.
+    pub fn reload(&self, yaml: &str, outcome: &str) {
+        let before = self.log().matches(outcome).count();
+        self.write_config(yaml);
+        let pid = self.daemon.as_ref().expect("a running daemon").pid();
+        redirector_tests::process::signal(pid, libc::SIGHUP).expect("sending SIGHUP");
+        wait_until(outcome, TIMEOUT, || {
+            self.log().matches(outcome).count() > before
+        });
+    }
+
     pub fn log(&self) -> String {
         self.daemon.as_ref().map(|d| d.log()).unwrap_or_default()
     }
