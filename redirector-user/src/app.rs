@@ -4,10 +4,12 @@
 //! Start-up order leaves no gap: load the programs (opening the maps a
 //! previous daemon pinned, if any), bind the listener, fill the maps, then
 //! attach, replacing the previous daemon's programs (see `bpf.rs`). A reload
-//! (SIGHUP) builds a complete new generation of clusters next to the old
-//! one, carries over resolved addresses and outlier state, and swaps it in;
-//! an invalid file is logged and the running config stays in force, never
-//! half-applied. SIGTERM and SIGINT stop the daemon and leave the kernel
+//! (the config file changed, see `watch.rs`, or SIGHUP) builds a complete
+//! new generation of clusters next to the old one, carries over resolved
+//! addresses, outlier state, and (where the settings allow) TLS sessions
+//! and pooled connections, and swaps it in; requests on open app
+//! connections follow it from their next request on. An invalid file is
+//! logged and the running config stays in force, never half-applied. SIGTERM and SIGINT stop the daemon and leave the kernel
 //! datapath attached, serving connects without the proxy, for the next
 //! daemon to take over; `redirector cleanup` removes it.
 
@@ -42,6 +44,7 @@ use crate::{
     resolve::{self, Resolve},
     sys,
     tls::TlsOrigin,
+    watch,
 };
 
 pub const DEFAULT_LISTEN_PORT: u16 = 15001;
@@ -107,6 +110,24 @@ impl Drop for Generation {
 }
 
 impl Generation {
+    /// Takes over from `previous`, now that `self` is in force: each route
+    /// its predecessor's pooled connections (see `Route::take_over`), and
+    /// services that are gone close theirs.
+    fn take_over(&self, previous: &Generation) {
+        let key = |r: &Route| {
+            (
+                r.cluster.service.host.clone(),
+                r.cluster.service.port.number,
+            )
+        };
+        for old in previous.routes.values() {
+            match self.routes.values().find(|r| key(r) == key(old)) {
+                Some(new) => new.take_over(old),
+                None => old.pool.hand_over(None, |_| false),
+            }
+        }
+    }
+
     fn build(
         config: Config,
         node: Node,
@@ -116,18 +137,13 @@ impl Generation {
         let resolver: Arc<dyn Resolve> = Arc::new(
             resolve::Hickory::new(&node.nameservers).context("setting up the DNS resolver")?,
         );
-        let old: HashMap<(&str, u16), &Arc<Cluster>> = previous
+        let old: HashMap<(&str, u16), &Arc<Route>> = previous
             .map(|p| {
                 p.routes
                     .values()
                     .map(|r| {
-                        (
-                            (
-                                r.cluster.service.host.as_str(),
-                                r.cluster.service.port.number,
-                            ),
-                            &r.cluster,
-                        )
+                        let s = &r.cluster.service;
+                        ((s.host.as_str(), s.port.number), r)
                     })
                     .collect()
             })
@@ -137,16 +153,25 @@ impl Generation {
         // DNS name → every (cluster, endpoint index) that uses it.
         let mut names: HashMap<String, Vec<(Arc<Cluster>, usize)>> = HashMap::new();
         for (i, service) in config.services.iter().enumerate() {
-            let tls = TlsOrigin::new(&service.policy.tls, service.port.protocol == Protocol::Http)
-                .with_context(|| format!("service {}:{}", service.host, service.port.number))?;
+            let before = old.get(&(service.host.as_str(), service.port.number));
+            let mut tls =
+                TlsOrigin::new(&service.policy.tls, service.port.protocol == Protocol::Http)
+                    .with_context(|| format!("service {}:{}", service.host, service.port.number))?;
+            // Unchanged TLS keeps its session cache, and so its pooled
+            // connections (see Route::succeeding).
+            if let (Some(new), Some(prev)) = (&tls, before.and_then(|r| r.tls.as_ref()))
+                && new.same_as(prev)
+            {
+                tls = Some(prev.clone());
+            }
             let cluster = Arc::new(Cluster::new(
                 i as u32 + 1,
                 service.clone(),
                 &node.locality,
                 notify.clone(),
             ));
-            if let Some(prev) = old.get(&(service.host.as_str(), service.port.number)) {
-                cluster.adopt(prev);
+            if let Some(prev) = before {
+                cluster.adopt(&prev.cluster);
             }
             for (idx, name) in cluster.dns_endpoints() {
                 names.entry(name).or_default().push((cluster.clone(), idx));
@@ -163,7 +188,10 @@ impl Generation {
                 }));
             }
             let vip = SocketAddrV4::new(service.vip, service.port.number);
-            routes.insert(vip, Arc::new(Route::new(cluster, tls)));
+            routes.insert(
+                vip,
+                Arc::new(Route::succeeding(cluster, tls, before.map(|r| &***r))),
+            );
         }
         for (name, users) in names {
             tasks.push(resolve::watch(resolver.clone(), name, move |refresh| {
@@ -384,29 +412,63 @@ async fn serve(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let (changed_tx, mut changed) = tokio::sync::mpsc::channel(1);
+    let mut _watching = watch_files(opts, &current, &changed_tx);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => {
-                match reload(opts, &current, &notify) {
-                    Ok(next) => {
-                        // Routes first, so a newly published VIP always has one.
-                        *routes.write().expect("routes lock") = next.routes.clone();
-                        if let Err(e) = datapath.set_services(&service_entries(&next.config.services)) {
-                            error!("publishing the reloaded services to the kernel: {e}");
-                        }
-                        current = next;
-                        notify.notify_one();
-                        info!(services = current.config.services.len(), "config reloaded");
-                    }
-                    Err(e) => error!("config reload rejected, keeping the running config: {e:#}"),
+            _ = hup.recv() => info!("SIGHUP: reloading {}", opts.config.display()),
+            Some(path) = changed.recv() => info!("{} changed: reloading", path.display()),
+        }
+        match reload(opts, &current, &notify) {
+            Ok(next) => {
+                next.take_over(&current);
+                // Routes first, so a newly published VIP always has one.
+                *routes.write().expect("routes lock") = next.routes.clone();
+                if let Err(e) = datapath.set_services(&service_entries(&next.config.services)) {
+                    error!("publishing the reloaded services to the kernel: {e}");
                 }
+                current = next;
+                notify.notify_one();
+                // What was just read is in force: watch from there, with
+                // the TLS files the new config names.
+                _watching = watch_files(opts, &current, &changed_tx);
+                while changed.try_recv().is_ok() {}
+                info!(services = current.config.services.len(), "config reloaded");
             }
+            Err(e) => error!("config reload rejected, keeping the running config: {e:#}"),
         }
     }
     info!("shutting down");
     Ok(())
+}
+
+/// Watches the config file and the TLS files `generation` was built from;
+/// a change of any reloads (the task stops when the guard is dropped).
+fn watch_files(
+    opts: &RunOptions,
+    generation: &Generation,
+    changed: &tokio::sync::mpsc::Sender<PathBuf>,
+) -> AbortOnDrop {
+    let tls_files = generation
+        .config
+        .services
+        .iter()
+        .filter_map(|s| s.policy.tls.origination())
+        .flat_map(|o| {
+            let client = o
+                .client
+                .iter()
+                .flat_map(|c| [&c.certificate, &c.private_key]);
+            o.ca_certificates.iter().chain(&o.ca_crl).chain(client)
+        })
+        .map(|f| f.path.clone());
+    let files = std::iter::once(opts.config.clone()).chain(tls_files);
+    AbortOnDrop(vec![tokio::spawn(watch::run(
+        watch::Watch::new(files),
+        changed.clone(),
+    ))])
 }
 
 fn reload(

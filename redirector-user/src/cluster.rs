@@ -499,6 +499,11 @@ impl Cluster {
     pub fn host_by_addr(&self, addr: SocketAddrV4) -> Option<Host> {
         self.inner().hosts.iter().find(|h| h.addr == addr).cloned()
     }
+
+    /// Whether `key` is one of the cluster's hosts now.
+    pub fn has_host(&self, key: &HostKey) -> bool {
+        self.inner().hosts.iter().any(|h| *h.key == *key)
+    }
 }
 
 impl Inner {

@@ -14,3 +14,4 @@ pub mod proxy;
 pub mod resolve;
 pub mod sys;
 pub mod tls;
+pub mod watch;

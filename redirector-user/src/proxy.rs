@@ -83,7 +83,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, datapath: &Datapath, routes
     };
     debug!(%peer, %orig, cluster = %route.cluster.name, "accepted");
     match route.cluster.service.port.protocol {
-        Protocol::Http => http::serve(stream, route).await,
+        Protocol::Http => http::serve(stream, routes.clone(), orig, route).await,
         Protocol::Tcp | Protocol::Https | Protocol::Tls => tcp::serve(stream, &route).await,
     }
 }

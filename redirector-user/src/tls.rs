@@ -18,7 +18,9 @@
 //! tickets, TLS 1.2 session ids) instead of a full handshake.
 
 use std::{
-    fmt, io,
+    fmt,
+    hash::{DefaultHasher, Hash as _, Hasher as _},
+    io,
     net::IpAddr,
     path::{Path, PathBuf},
     sync::{Arc, OnceLock},
@@ -41,7 +43,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
 use tracing::warn;
 
-use crate::config::{ConfigFile, EndpointAddress, TlsPolicy};
+use crate::config::{ConfigFile, EndpointAddress, TlsOrigination, TlsPolicy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -79,6 +81,10 @@ pub enum TlsError {
 pub struct TlsOrigin {
     connector: TlsConnector,
     sni: Option<ServerName<'static>>,
+    /// The settings and the bytes of every file read: two origins with the
+    /// same fingerprint verify and present exactly the same, so a reload
+    /// may keep the old one, its session cache and its connections.
+    fingerprint: u64,
 }
 
 impl TlsOrigin {
@@ -88,6 +94,7 @@ impl TlsOrigin {
         let Some(o) = policy.origination() else {
             return Ok(None);
         };
+        let mut files = Reader::new(o, http);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier: Arc<dyn ServerCertVerifier> = if o.insecure_skip_verify {
             warn!(
@@ -97,12 +104,12 @@ impl TlsOrigin {
             Arc::new(AnyCertificate(provider.signature_verification_algorithms))
         } else {
             let roots = match &o.ca_certificates {
-                Some(file) => Arc::new(load_roots(file)?),
+                Some(file) => Arc::new(load_roots(file, &files.read(file)?)?),
                 None => system_roots()?,
             };
             let mut builder = WebPkiServerVerifier::builder_with_provider(roots, provider.clone());
             if let Some(file) = &o.ca_crl {
-                builder = builder.with_crls(load_crls(file)?);
+                builder = builder.with_crls(load_crls(file, &files.read(file)?)?);
             }
             let webpki = builder.build().map_err(|e| match &o.ca_crl {
                 Some(file) => TlsError::Crl {
@@ -130,8 +137,12 @@ impl TlsOrigin {
         let mut config = match &o.client {
             None => builder.with_no_client_auth(),
             Some(client) => {
-                let chain = load_certs(&client.certificate, "certificate")?;
-                let key = load_key(&client.private_key)?;
+                let chain = load_certs(
+                    &client.certificate,
+                    &files.read(&client.certificate)?,
+                    "certificate",
+                )?;
+                let key = load_key(&client.private_key, &files.read(&client.private_key)?)?;
                 builder
                     .with_client_auth_cert(chain, key)
                     .map_err(|error| TlsError::ClientKey {
@@ -152,7 +163,14 @@ impl TlsOrigin {
         Ok(Some(Arc::new(Self {
             connector: TlsConnector::from(Arc::new(config)),
             sni,
+            fingerprint: files.hasher.finish(),
         })))
+    }
+
+    /// Whether `self` and `other` were built from the same settings and
+    /// file contents.
+    pub fn same_as(&self, other: &TlsOrigin) -> bool {
+        self.fingerprint == other.fingerprint
     }
 
     /// The name to verify (and send as SNI, unless an IP) for an endpoint.
@@ -401,13 +419,41 @@ fn read_error(file: &ConfigFile, e: impl fmt::Display) -> TlsError {
     }
 }
 
-/// Every PEM certificate in `file`; at least one.
+/// Reads the files a policy names, hashing them with the settings that
+/// shape the connection (see [`TlsOrigin::same_as`]).
+struct Reader {
+    hasher: DefaultHasher,
+}
+
+impl Reader {
+    fn new(o: &TlsOrigination, http: bool) -> Reader {
+        let mut hasher = DefaultHasher::new();
+        (
+            &o.sni,
+            &o.subject_alt_names,
+            o.insecure_skip_verify,
+            o.mode(),
+            http,
+        )
+            .hash(&mut hasher);
+        Reader { hasher }
+    }
+
+    fn read(&mut self, file: &ConfigFile) -> Result<Vec<u8>, TlsError> {
+        let bytes = std::fs::read(&file.path).map_err(|e| read_error(file, e))?;
+        (&file.path, &bytes).hash(&mut self.hasher);
+        Ok(bytes)
+    }
+}
+
+/// Every PEM certificate in `pem` (read from `file`); at least one.
 fn load_certs(
     file: &ConfigFile,
+    pem: &[u8],
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(&file.path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| read_error(file, pem_error(&file.path, e)))?;
     if certs.is_empty() {
         return Err(TlsError::Empty {
@@ -418,8 +464,8 @@ fn load_certs(
     Ok(certs)
 }
 
-fn load_roots(file: &ConfigFile) -> Result<RootCertStore, TlsError> {
-    let certs = load_certs(file, "certificate")?;
+fn load_roots(file: &ConfigFile, pem: &[u8]) -> Result<RootCertStore, TlsError> {
+    let certs = load_certs(file, pem, "certificate")?;
     let count = certs.len();
     let mut store = RootCertStore::empty();
     store.add_parsable_certificates(certs);
@@ -432,9 +478,12 @@ fn load_roots(file: &ConfigFile) -> Result<RootCertStore, TlsError> {
     Ok(store)
 }
 
-fn load_crls(file: &ConfigFile) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    let crls = CertificateRevocationListDer::pem_file_iter(&file.path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+fn load_crls(
+    file: &ConfigFile,
+    pem: &[u8],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let crls = CertificateRevocationListDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| read_error(file, pem_error(&file.path, e)))?;
     if crls.is_empty() {
         return Err(TlsError::Empty {
@@ -445,8 +494,8 @@ fn load_crls(file: &ConfigFile) -> Result<Vec<CertificateRevocationListDer<'stat
     Ok(crls)
 }
 
-fn load_key(file: &ConfigFile) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(&file.path).map_err(|e| match e {
+fn load_key(file: &ConfigFile, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => TlsError::Empty {
             file: file.clone(),
             what: "private key",

@@ -52,7 +52,7 @@ mod reply;
 mod upgrade;
 mod watch;
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddrV4, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header, request};
@@ -71,6 +71,7 @@ use reply::{Local, MAX_HEAD_BYTES, ResponseError};
 use watch::Watched;
 
 use super::{
+    Routes,
     breakers::{Limit, Slot},
     pool::Conn,
     upstream::{Route, candidates, connect_in_order},
@@ -106,9 +107,15 @@ const HOP_BY_HOP: [HeaderName; 5] = [
     header::UPGRADE,
 ];
 
-pub async fn serve(client: TcpStream, route: Arc<Route>) {
+/// Serves one app connection to `orig`. Each request goes by the route
+/// the current config has for `orig`, so a reload applies to keep-alive
+/// connections from their next request on; `accepted` (the route when the
+/// connection came in) serves it if a reload removed the service, until
+/// the app closes it.
+pub async fn serve(client: TcpStream, routes: Routes, orig: SocketAddrV4, accepted: Arc<Route>) {
     let service = service_fn(move |req| {
-        let route = route.clone();
+        let current = routes.read().expect("routes lock").get(&orig).cloned();
+        let route = current.unwrap_or_else(|| accepted.clone());
         async move { Ok::<_, std::convert::Infallible>(forward(req, &route).await) }
     });
     // Too many or too large request headers get hyper's 431; the count

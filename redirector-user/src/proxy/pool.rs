@@ -18,7 +18,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, Weak},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -40,6 +43,8 @@ type IdleList<B> = Vec<(Instant, Conn<B>)>;
 pub struct Pool<B> {
     idle_timeout: Duration,
     idle: Mutex<HashMap<Arc<HostKey>, IdleList<B>>>,
+    /// Replaced by a reload: takes no connection back.
+    retired: AtomicBool,
 }
 
 impl<B: Send + 'static> Pool<B> {
@@ -49,6 +54,7 @@ impl<B: Send + 'static> Pool<B> {
         let pool = Arc::new(Self {
             idle_timeout,
             idle: Mutex::new(HashMap::new()),
+            retired: AtomicBool::new(false),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(sweep(Arc::downgrade(&pool)));
@@ -105,13 +111,29 @@ impl<B> Pool<B> {
     /// Returns a connection after use; it is kept only while open and
     /// while the endpoint's idle list has room.
     pub fn checkin(&self, host: Arc<HostKey>, conn: Conn<B>) {
-        if conn.sender.is_closed() {
+        if conn.sender.is_closed() || self.retired.load(Ordering::Relaxed) {
             return;
         }
         let mut idle = self.idle.lock().expect("pool lock");
         let list = idle.entry(host).or_default();
         if list.len() < MAX_IDLE_PER_HOST {
             list.push((Instant::now(), conn));
+        }
+    }
+
+    /// A reload replaces this pool with `to`: the idle connections to hosts
+    /// `keep` accepts move there, the others close, and from now on this
+    /// pool takes nothing back, so a connection busy with an answer closes
+    /// once it is done (an endpoint the reload removed drains that way).
+    pub fn hand_over(&self, to: Option<&Pool<B>>, keep: impl Fn(&HostKey) -> bool) {
+        self.retired.store(true, Ordering::SeqCst);
+        let idle = std::mem::take(&mut *self.idle.lock().expect("pool lock"));
+        let Some(to) = to else { return };
+        let mut target = to.idle.lock().expect("pool lock");
+        for (host, list) in idle {
+            if keep(&host) {
+                target.entry(host).or_default().extend(list);
+            }
         }
     }
 
@@ -256,6 +278,24 @@ mod tests {
         assert_eq!(pool.idle_count(), 1);
         assert!(pool.checkout(&key(1)).is_none(), "the older one went");
         assert!(pool.checkout(&key(2)).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_pool_keeps_what_is_kept_and_takes_nothing_back() {
+        let (old, new) = (
+            Pool::<B>::new(Duration::from_secs(60)),
+            Pool::<B>::new(Duration::from_secs(60)),
+        );
+        old.checkin(key(1), conn().await);
+        old.checkin(key(2), conn().await);
+        let busy = conn().await;
+        old.hand_over(Some(&new), |k| *k == *key(1));
+        assert_eq!((old.idle_count(), new.idle_count()), (0, 1));
+        assert!(new.checkout(&key(1)).is_some(), "kept and moved");
+        assert!(new.checkout(&key(2)).is_none(), "removed: closed");
+        // A connection that was busy during the reload is not taken back.
+        old.checkin(key(1), busy);
+        assert_eq!(old.idle_count(), 0);
     }
 
     #[test]

@@ -46,12 +46,59 @@ pub struct Route {
 impl Route {
     /// Must run inside the tokio runtime: the pool starts its sweeper.
     pub fn new(cluster: Arc<Cluster>, tls: Option<Arc<TlsOrigin>>) -> Self {
+        Self::succeeding(cluster, tls, None)
+    }
+
+    /// A route for `cluster` that, after a reload, succeeds `previous`
+    /// (the same service in the config before), sharing its limits when
+    /// [`Route::continues`] it. Nothing of `previous` changes until
+    /// [`Route::take_over`]: a reload that is rejected later leaves the
+    /// running routes as they were.
+    pub fn succeeding(
+        cluster: Arc<Cluster>,
+        tls: Option<Arc<TlsOrigin>>,
+        previous: Option<&Route>,
+    ) -> Self {
         let policy = &cluster.service.policy.connection_pool;
-        Self {
+        let mut route = Self {
             pool: Pool::new(policy.idle_timeout),
             breakers: Breakers::new(&cluster.name, policy),
             tls,
             cluster,
+        };
+        if let Some(p) = previous.filter(|p| route.continues(p)) {
+            route.breakers = p.breakers.clone();
+        }
+        route
+    }
+
+    /// Whether `previous`'s connections are as good as new ones of this
+    /// route: made with the same TLS origin (the caller of `succeeding`
+    /// passes `previous.tls` itself when nothing changed there), under the
+    /// same `connectionPool` settings, for the same protocol.
+    fn continues(&self, previous: &Route) -> bool {
+        let same_tls = match (&self.tls, &previous.tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        same_tls
+            && previous.cluster.service.policy.connection_pool
+                == self.cluster.service.policy.connection_pool
+            && previous.cluster.service.port.protocol == self.cluster.service.port.protocol
+    }
+
+    /// Once the reload is in force: takes `previous`'s idle connections to
+    /// endpoints still there when it [`continues`](Route::continues) it;
+    /// whatever is not taken over closes once idle (see
+    /// [`Pool::hand_over`]).
+    pub fn take_over(&self, previous: &Route) {
+        if self.continues(previous) {
+            previous
+                .pool
+                .hand_over(Some(&self.pool), |key| self.cluster.has_host(key));
+        } else {
+            previous.pool.hand_over(None, |_| false);
         }
     }
 }
