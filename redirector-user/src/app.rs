@@ -57,6 +57,8 @@ pub struct RunOptions {
     /// Attach the redirect but leave the listener to another proxy (the
     /// benchmark puts Envoy, nginx and HAProxy behind the same hook).
     pub datapath_only: bool,
+    /// How long a stopping daemon lets open connections finish.
+    pub drain_timeout: Duration,
 }
 
 /// Node settings with every default filled in.
@@ -385,14 +387,18 @@ async fn serve(
     let listener = proxy::bind(current.node.listen.into()).await?;
     datapath.set_services(&service_entries(&current.config.services))?;
     health::publish_all(datapath, &routes);
-    let mut tasks = vec![
-        tokio::spawn(health::publish(
-            datapath.clone(),
-            routes.clone(),
-            notify.clone(),
-        )),
-        tokio::spawn(proxy::serve(listener, datapath.clone(), routes.clone())),
-    ];
+    let drain = proxy::Drain::default();
+    let accept = AbortOnDrop(vec![tokio::spawn(proxy::serve(
+        listener,
+        datapath.clone(),
+        routes.clone(),
+        drain.clone(),
+    ))]);
+    let mut tasks = vec![tokio::spawn(health::publish(
+        datapath.clone(),
+        routes.clone(),
+        notify.clone(),
+    ))];
     if let Some(reader) = datapath.take_outcomes()? {
         tasks.push(tokio::spawn(health::consume_outcomes(
             reader,
@@ -440,8 +446,55 @@ async fn serve(
             Err(e) => error!("config reload rejected, keeping the running config: {e:#}"),
         }
     }
-    info!("shutting down");
+    stop(opts, &current, datapath, accept, drain).await;
     Ok(())
+}
+
+/// How long the listener keeps accepting after new connects stopped coming
+/// to it: connects the kernel had already sent it are in its queue.
+const ACCEPT_GRACE: Duration = Duration::from_millis(200);
+
+/// SIGTERM/SIGINT: new connects stop coming to the proxy (every service
+/// that can skip it goes straight to an endpoint from its slot table, as
+/// when no daemon runs; a TLS-originating one cannot, and its connects are
+/// refused until the next daemon listens), the listener closes once what
+/// was already queued is accepted, HTTP connections finish the request in
+/// flight and close, and TCP connections run on; after
+/// `--drain-timeout` whatever is still open is closed with the process.
+/// The kernel datapath stays attached, for the next daemon to take over.
+async fn stop(
+    opts: &RunOptions,
+    current: &Generation,
+    datapath: &Datapath,
+    accept: AbortOnDrop,
+    drain: proxy::Drain,
+) {
+    let mut entries = service_entries(&current.config.services);
+    for e in &mut entries {
+        if e.value.flags & SVC_FAIL_OPEN != 0 {
+            e.value.flags |= SVC_KERNEL_PATH;
+        }
+    }
+    if let Err(e) = datapath.set_services(&entries) {
+        warn!("sending new connects past the stopping proxy: {e}");
+    }
+    tokio::time::sleep(ACCEPT_GRACE).await;
+    drop(accept);
+    drain.tracker.close();
+    drain.stop.cancel();
+    let open = drain.tracker.len();
+    info!(
+        open_connections = open,
+        timeout = ?opts.drain_timeout,
+        "stopping: listener closed, draining open connections"
+    );
+    match tokio::time::timeout(opts.drain_timeout, drain.tracker.wait()).await {
+        Ok(()) => info!("drained; exiting"),
+        Err(_) => warn!(
+            still_open = drain.tracker.len(),
+            "drain timeout reached; closing the remaining connections"
+        ),
+    }
 }
 
 /// Watches the config file and the TLS files `generation` was built from;

@@ -57,6 +57,9 @@ pub struct RunArgs {
     /// Only attach the redirect to --listen-port, where another proxy listens (benchmarks).
     #[arg(long, hide = true)]
     pub datapath_only: bool,
+    /// On SIGTERM, how long open connections may finish before the daemon exits (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub drain_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +118,10 @@ impl NodeFlags {
             pin_dir: self.pin_dir.clone(),
         }
     }
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(s)
 }
 
 fn parse_locality(s: &str) -> Result<Locality, String> {

@@ -35,6 +35,16 @@ pub use crate::locality::{Failover, Locality};
 pub const DEFAULT_VIP_RANGE: ipnet::Ipv4Net =
     ipnet::Ipv4Net::new_assert(Ipv4Addr::new(240, 240, 0, 0), 16);
 
+/// A non-negative Go-style duration (`15s`, `1m30s`, `500ms`), as durations
+/// are written in the config, for flags that take one.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = duration::parse(text)?;
+    if d.negative {
+        return Err(format!("{text:?}: a duration must not be negative"));
+    }
+    Ok(d.magnitude)
+}
+
 /// Reads and validates the config file at `path`. `overrides` (from flags)
 /// win over the file's `NodeConfig`.
 pub fn load_file(path: &Path, overrides: &NodeSettings) -> Result<Config, ConfigError> {

@@ -47,6 +47,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config: args.config,
                 overrides: args.node.to_settings(),
                 datapath_only: args.datapath_only,
+                drain_timeout: args.drain_timeout,
             }))
         }
         Command::Check(args) => {

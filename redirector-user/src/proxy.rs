@@ -16,6 +16,7 @@ use std::{
 };
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, warn};
 
 use crate::{bpf::Datapath, config::Protocol};
@@ -48,8 +49,18 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
     })
 }
 
+/// The app connections being served, for a graceful stop: every
+/// connection task runs on `tracker`, and `stop` asks them to finish.
+#[derive(Clone, Default)]
+pub struct Drain {
+    pub tracker: TaskTracker,
+    /// Cancelled when the daemon stops: HTTP connections finish the
+    /// request in flight and close; TCP connections run on.
+    pub stop: CancellationToken,
+}
+
 /// Accepts until the task is dropped.
-pub async fn serve(listener: TcpListener, datapath: Arc<Datapath>, routes: Routes) {
+pub async fn serve(listener: TcpListener, datapath: Arc<Datapath>, routes: Routes, drain: Drain) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -62,11 +73,20 @@ pub async fn serve(listener: TcpListener, datapath: Arc<Datapath>, routes: Route
         };
         let datapath = datapath.clone();
         let routes = routes.clone();
-        tokio::spawn(async move { handle(stream, peer, &datapath, &routes).await });
+        let stop = drain.stop.clone();
+        drain
+            .tracker
+            .spawn(async move { handle(stream, peer, &datapath, &routes, stop).await });
     }
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, datapath: &Datapath, routes: &Routes) {
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    datapath: &Datapath,
+    routes: &Routes,
+    stop: CancellationToken,
+) {
     let _ = stream.set_nodelay(true);
     let SocketAddr::V4(peer) = peer else {
         return tcp::reset(stream);
@@ -83,7 +103,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, datapath: &Datapath, routes
     };
     debug!(%peer, %orig, cluster = %route.cluster.name, "accepted");
     match route.cluster.service.port.protocol {
-        Protocol::Http => http::serve(stream, routes.clone(), orig, route).await,
+        Protocol::Http => http::serve(stream, routes.clone(), orig, route, stop).await,
         Protocol::Tcp | Protocol::Https | Protocol::Tls => tcp::serve(stream, &route).await,
     }
 }

@@ -65,6 +65,7 @@ use hyper::{
 };
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use reply::{Local, MAX_HEAD_BYTES, ResponseError};
@@ -112,7 +113,13 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 /// connections from their next request on; `accepted` (the route when the
 /// connection came in) serves it if a reload removed the service, until
 /// the app closes it.
-pub async fn serve(client: TcpStream, routes: Routes, orig: SocketAddrV4, accepted: Arc<Route>) {
+pub async fn serve(
+    client: TcpStream,
+    routes: Routes,
+    orig: SocketAddrV4,
+    accepted: Arc<Route>,
+    stop: CancellationToken,
+) {
     let service = service_fn(move |req| {
         let current = routes.read().expect("routes lock").get(&orig).cloned();
         let route = current.unwrap_or_else(|| accepted.clone());
@@ -122,11 +129,20 @@ pub async fn serve(client: TcpStream, routes: Routes, orig: SocketAddrV4, accept
     // limit is hyper's default (setting it moves the parse to the heap).
     let mut builder = server::Builder::new();
     builder.max_header_size(MAX_HEAD_BYTES);
-    if let Err(e) = builder
+    let conn = builder
         .serve_connection(TokioIo::new(client), service)
-        .with_upgrades()
-        .await
-    {
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stop.cancelled() => {
+            // The daemon stops: the request in flight gets its answer
+            // (with `Connection: close`), an idle connection closes now.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         debug!(error = %e, "app connection ended with an error");
     }
 }

@@ -1,0 +1,215 @@
+//! Stopping and restarting the daemon on real BPF: SIGTERM lets requests
+//! in flight finish (a long transfer completes), sends new connects past
+//! the stopping proxy (the kernel datapath serves them), closes what
+//! outlives `--drain-timeout`, and a restart under steady load loses no
+//! request.
+
+#[path = "support/scenario.rs"]
+mod scenario;
+
+use std::{process::Command, thread, time::Duration};
+
+use redirector_tests::{
+    cgroup::TestCgroup,
+    client::Client,
+    daemon::{Daemon, DaemonOptions},
+    netns::Netns,
+    tcp::TcpServer,
+    upstream::bin_path,
+};
+use scenario::{Node, TIMEOUT, mydb_entry, wait_until};
+
+const VIP: &str = "240.240.0.70";
+
+fn one_endpoint() -> String {
+    mydb_entry(
+        VIP,
+        "STATIC",
+        "  - {address: 127.0.10.1, locality: us-east1}\n",
+    )
+}
+
+#[test]
+fn sigterm_lets_a_request_in_flight_finish_and_new_connects_bypass_the_proxy() {
+    let mut node = Node::new();
+    let east = node.http("127.0.10.1:8080", "east");
+    node.start(&one_endpoint(), "us-east1", false);
+    node.servers[east].set_delay(Duration::from_millis(2000));
+    let answer = thread::scope(|s| {
+        let request = s.spawn(|| node.curl(VIP));
+        wait_until("the request to reach east", TIMEOUT, || {
+            node.servers[east].requests() == 1
+        });
+        let pid = node.daemon.as_ref().unwrap().pid();
+        redirector_tests::process::signal(pid, libc::SIGTERM).unwrap();
+        wait_until("the drain to start", TIMEOUT, || {
+            node.log().contains("draining open connections")
+        });
+        // While the daemon drains, a new connect goes straight to east.
+        node.servers[east].set_delay(Duration::ZERO);
+        let during = node.curl(VIP);
+        assert_eq!(
+            during,
+            Ok((200, "healthy: east".to_owned())),
+            "{}",
+            node.log()
+        );
+        request.join().expect("the request in flight")
+    });
+    let status = node.daemon.as_mut().unwrap().terminate().unwrap();
+    assert_eq!(
+        answer,
+        Ok((200, "healthy: east".to_owned())),
+        "{}",
+        node.log()
+    );
+    assert!(status.success(), "{status}\n{}", node.log());
+    let log = node.log();
+    assert!(log.contains("open_connections=1"), "{log}");
+    assert!(log.contains("drained; exiting"), "{log}");
+    assert_eq!(node.servers[east].requests(), 2);
+}
+
+#[test]
+fn sigterm_closes_what_outlives_the_drain_timeout() {
+    let mut node = Node::new();
+    let _east = TcpServer::start(&node.ns, "127.0.10.1:9000".parse().unwrap(), "east").unwrap();
+    let config = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: pg}}
+spec:
+  hosts: [pg.example]
+  addresses: [{VIP}]
+  resolution: STATIC
+  ports: [{{number: 5432, name: tcp-pg, targetPort: 9000}}]
+  endpoints: [{{address: 127.0.10.1, locality: us-east1}}]
+"
+    );
+    node.write_config(&config);
+    let mut args = node.args("us-east1");
+    args.extend(["--drain-timeout".into(), "1s".into()]);
+    node.daemon = Some(start(&node.ns, args));
+    // An app holds a TCP connection open and reads until it ends.
+    let script = format!(
+        "
+import socket
+s = socket.create_connection(('{VIP}', 5432), timeout=30)
+f = s.makefile('rb')
+print(f.readline().decode().strip())
+open('{ready}', 'w').close()
+print('ended' if f.readline() == b'' else 'data')
+",
+        ready = node.dir.path().join("ready").display()
+    );
+    let out = thread::scope(|s| {
+        let app = s.spawn(|| {
+            Client::new(&node.ns, "python3")
+                .args(["-c", &script])
+                .cgroup(&node.cgroup)
+                .timeout(TIMEOUT)
+                .run()
+                .expect("running the app")
+        });
+        wait_until("the app's connection", TIMEOUT, || {
+            node.dir.path().join("ready").exists()
+        });
+        let status = node.daemon.as_mut().unwrap().terminate().unwrap();
+        assert!(status.success(), "{status}\n{}", node.log());
+        app.join().expect("the app")
+    });
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        ["hello from east", "ended"],
+        "{out:?}"
+    );
+    assert!(
+        node.log().contains("drain timeout reached"),
+        "{}",
+        node.log()
+    );
+}
+
+fn start(ns: &Netns, args: Vec<String>) -> Daemon {
+    Daemon::start(DaemonOptions {
+        netns: ns,
+        cgroup: None,
+        args,
+        ready_timeout: TIMEOUT,
+        env: Vec::new(),
+    })
+    .expect("starting the daemon")
+}
+
+/// `rdt-load` in the app's position with a new connection per request:
+/// the status of every request.
+fn new_connections_load(ns: &Netns, cgroup: &TestCgroup, rps: u32, secs: u32) -> Vec<u64> {
+    let bin = bin_path("rdt-load").expect("rdt-load is built");
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--target",
+        &format!("{VIP}:80"),
+        "--host",
+        "mydb.com",
+        "--rps",
+        &rps.to_string(),
+        "--duration",
+        &secs.to_string(),
+        "--new-connections",
+    ]);
+    ns.configure(&mut cmd);
+    cgroup.configure(&mut cmd);
+    let out = cmd.output().expect("running rdt-load");
+    assert!(out.status.success(), "rdt-load: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+            v["status"].as_u64().expect("status")
+        })
+        .collect()
+}
+
+#[test]
+fn a_restart_under_steady_load_loses_no_request() {
+    let mut node = Node::new();
+    let east = node.http("127.0.10.1:8080", "east");
+    node.start(&one_endpoint(), "us-east1", false);
+    // Each request takes a while, so some are always in flight.
+    node.servers[east].set_delay(Duration::from_millis(20));
+    let args = node.args("us-east1");
+    let statuses = {
+        let Node {
+            ns, cgroup, daemon, ..
+        } = &mut node;
+        let (ns, cgroup) = (&*ns, &*cgroup);
+        thread::scope(|s| {
+            let load = s.spawn(|| new_connections_load(ns, cgroup, 200, 6));
+            thread::sleep(Duration::from_secs(2));
+            let status = daemon.as_mut().unwrap().terminate().unwrap();
+            assert!(status.success(), "{status}");
+            thread::sleep(Duration::from_millis(500));
+            *daemon = Some(start(ns, args));
+            load.join().expect("the load")
+        })
+    };
+    let failed: Vec<(usize, u64)> = statuses
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, s)| *s != 200)
+        .collect();
+    assert_eq!(statuses.len(), 1200);
+    assert!(
+        failed.is_empty(),
+        "failed requests (index, status): {failed:?}\n{}",
+        node.log()
+    );
+    assert!(
+        node.log().contains("taking over the datapath"),
+        "{}",
+        node.log()
+    );
+}
