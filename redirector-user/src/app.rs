@@ -38,7 +38,7 @@ use crate::{
     bpf::{Datapath, DatapathOptions, ServiceMapEntry},
     cluster::Cluster,
     config::{self, Config, DatapathMode, NodeSettings, Protocol, Service},
-    health,
+    health, kube,
     locality::Locality,
     proxy::{self, Route, Routes},
     resolve::{self, Resolve},
@@ -65,6 +65,9 @@ pub struct RunOptions {
 #[derive(Clone, Debug, PartialEq)]
 struct Node {
     locality: Locality,
+    /// The locality the node's Kubernetes labels gave at start, used when
+    /// neither a flag nor the file sets one.
+    cluster_locality: Option<Locality>,
     cgroup: PathBuf,
     listen: SocketAddrV4,
     pin_dir: PathBuf,
@@ -72,7 +75,10 @@ struct Node {
 }
 
 impl Node {
-    fn resolve(settings: &NodeSettings) -> anyhow::Result<Self> {
+    fn resolve(
+        settings: &NodeSettings,
+        cluster_locality: Option<Locality>,
+    ) -> anyhow::Result<Self> {
         let cgroup = match &settings.cgroup {
             Some(c) => c.clone(),
             None => {
@@ -80,7 +86,12 @@ impl Node {
             }
         };
         Ok(Self {
-            locality: settings.locality.clone().unwrap_or_default(),
+            locality: settings
+                .locality
+                .clone()
+                .or_else(|| cluster_locality.clone())
+                .unwrap_or_default(),
+            cluster_locality,
             cgroup,
             listen: SocketAddrV4::new(
                 Ipv4Addr::LOCALHOST,
@@ -310,16 +321,39 @@ pub fn check_tls_files(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load(path: &Path, overrides: &NodeSettings) -> anyhow::Result<(Config, Node)> {
+fn load(
+    path: &Path,
+    overrides: &NodeSettings,
+    cluster_locality: Option<Locality>,
+) -> anyhow::Result<(Config, Node)> {
     let config = config::load_file(path, overrides)?;
-    let node = Node::resolve(&config.node)?;
+    let node = Node::resolve(&config.node, cluster_locality)?;
     Ok((config, node))
+}
+
+/// The node's locality from its Kubernetes labels, when running in a
+/// cluster and the config sets none (flags and `NodeConfig` win).
+async fn cluster_locality(config: &Config) -> anyhow::Result<Option<Locality>> {
+    if config.node.locality.is_some() {
+        return Ok(None);
+    }
+    let found = kube::node_locality(&kube::ProcessEnv).await.context(
+        "reading this node's locality from its Kubernetes labels (or set it with --locality)",
+    )?;
+    Ok(found.map(|n| {
+        info!(
+            node = %n.node, locality = %n.locality,
+            "locality from the node's labels (topology.kubernetes.io/region, zone, topology.istio.io/subzone)"
+        );
+        n.locality
+    }))
 }
 
 pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     // The most basic problem first: without privileges nothing else matters.
     crate::bpf::check_privileges()?;
-    let (config, node) = load(&opts.config, &opts.overrides)?;
+    let config = config::load_file(&opts.config, &opts.overrides)?;
+    let node = Node::resolve(&config.node, cluster_locality(&config).await?)?;
     log_config(&config, &node);
     let datapath = Arc::new(Datapath::load(DatapathOptions {
         cgroup: node.cgroup.clone(),
@@ -529,7 +563,11 @@ fn reload(
     current: &Generation,
     notify: &Arc<Notify>,
 ) -> anyhow::Result<Generation> {
-    let (config, mut node) = load(&opts.config, &opts.overrides)?;
+    let (config, mut node) = load(
+        &opts.config,
+        &opts.overrides,
+        current.node.cluster_locality.clone(),
+    )?;
     // These are bound to kernel objects and sockets made at start.
     for (what, changed) in [
         ("cgroup", node.cgroup != current.node.cgroup),

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod endpoints;
 pub mod health;
+pub mod kube;
 pub mod lb;
 pub mod locality;
 pub mod outlier;

@@ -14,6 +14,7 @@ pub mod dns;
 pub mod echo;
 pub mod http;
 pub mod https;
+pub mod kubeapi;
 pub mod mounts;
 pub mod names;
 pub mod netns;

@@ -8,7 +8,9 @@
 //! - Debian packages: LLVM 22 and friends for bpf-linker, iproute2 and curl
 //!   for the tests (from bookworm-security, hence `apt-get update`);
 //! - bpf-linker 0.13.0 built against LLVM 22;
-//! - bpffs mounted at `/sys/fs/bpf` (pins live there).
+//! - bpffs mounted at `/sys/fs/bpf` (pins live there);
+//! - `kubernetes-validate` (PyPI, with the Kubernetes schemas bundled) in a
+//!   venv at [`TOOLS_VENV`], for checking `deploy/` offline.
 
 use std::{path::Path, time::Instant};
 
@@ -24,6 +26,9 @@ const PACKAGES: [&str; 5] = [
     "curl",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Where the Python test tools live (the deploy tests run them from here).
+pub const TOOLS_VENV: &str = "/opt/redirector-tools/venv";
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 const BPFFS: &str = "/sys/fs/bpf";
 
 pub fn run() -> Result<()> {
@@ -34,6 +39,7 @@ pub fn run() -> Result<()> {
     packages()?;
     bpf_linker()?;
     bpffs()?;
+    kubernetes_validate()?;
     eprintln!("setup: done in {:.1} s", start.elapsed().as_secs_f64());
     Ok(())
 }
@@ -179,5 +185,26 @@ fn bpffs() -> Result<()> {
         cmd::run(command("mount").args(["-t", "bpf", "bpf", BPFFS]))?;
     }
     report(&item, !mounted);
+    Ok(())
+}
+
+fn kubernetes_validate() -> Result<()> {
+    let bin = format!("{TOOLS_VENV}/bin/kubernetes-validate");
+    let version = KUBERNETES_VALIDATE.split("==").nth(1).unwrap_or_default();
+    let ok = || probe(command(&bin).arg("--version")).is_some_and(|v| v.trim().ends_with(version));
+    if ok() {
+        report(KUBERNETES_VALIDATE, false);
+        return Ok(());
+    }
+    cmd::run(command("python3").args(["-m", "venv", TOOLS_VENV]))?;
+    cmd::run(command(&format!("{TOOLS_VENV}/bin/pip")).args([
+        "install",
+        "--quiet",
+        KUBERNETES_VALIDATE,
+    ]))?;
+    if !ok() {
+        bail!("{KUBERNETES_VALIDATE} installed in {TOOLS_VENV} but `{bin} --version` disagrees");
+    }
+    report(KUBERNETES_VALIDATE, true);
     Ok(())
 }
