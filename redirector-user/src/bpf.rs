@@ -2,7 +2,7 @@
 //! cgroup, keep the maps in sync with the config and with endpoint health.
 //!
 //! **Everything is pinned, and the datapath outlives the daemon.** Maps and
-//! the two cgroup links live in `<pin dir>/v<ABI>/` (see `pins.rs`). When
+//! the cgroup links live in `<pin dir>/v<ABI>/` (see `pins.rs`). When
 //! the daemon dies (`kill -9`, OOM, a crash) or stops (SIGTERM), the
 //! programs stay attached and connect4 notices per connect that nothing
 //! listens on the proxy address any more (`bpf_sk_lookup_tcp`; the kernel
@@ -39,6 +39,12 @@
 //! everything, for good. A daemon that fails before attaching removes what
 //! it pinned (unless it was taking over: then the previous datapath keeps
 //! running).
+//!
+//! **DNS capture** (see `dns.rs`) adds sendmsg4, recvmsg4 and an egress
+//! program, attached only while capture is on, and DNS fails open the same
+//! way: with no responder listening, port-53 traffic is left alone.
+//! getpeername4 is always attached: every redirect is recorded in socket
+//! storage, so apps see the address they dialled.
 //!
 //! The kernel fast path (`redirector.dev/datapath: kernel`) is the fail-open
 //! path used on purpose: connect4 sends every connect of the service to a
