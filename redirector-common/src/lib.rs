@@ -36,12 +36,27 @@ pub mod map_names {
     pub const SLOT_CONNS: &str = "RD_SCONN_V2";
     /// Ring buffer of [`super::ConnectOutcome`], read by the daemon.
     pub const OUTCOMES: &str = "RD_OUTCOME_V2";
+    /// `u32` index 0 → [`super::DnsConfig`]: where the DNS responder
+    /// listens, and whether port-53 traffic goes to it.
+    pub const DNS_CONFIG: &str = "RD_DNSCFG_V2";
+    /// [`super::SockKey`] (an app's UDP socket, as the DNS responder sees
+    /// its peer) → [`super::OrigDst`] (the nameserver it asked), written by
+    /// sendmsg4 and the egress program; read by the UDP responder.
+    pub const DNS_BY_SOCK: &str = "RD_DNSSOCK_V2";
+    /// Socket storage ([`super::SockOrig`]): what a socket the hooks
+    /// redirected asked for, for as long as the socket lives.
+    pub const SOCK_ORIG: &str = "RD_SKORIG_V2";
 }
 
 /// Program names (the Rust function names in `redirector-ebpf`).
 pub mod program_names {
     pub const CONNECT4: &str = "connect4";
     pub const SOCKOPS: &str = "rd_sockops";
+    pub const SENDMSG4: &str = "sendmsg4";
+    pub const RECVMSG4: &str = "recvmsg4";
+    pub const GETPEERNAME4: &str = "getpeername4";
+    /// `cgroup_skb/egress`.
+    pub const EGRESS: &str = "rd_egress";
 }
 
 pub const MAX_SERVICES: u32 = 4096;
@@ -198,6 +213,44 @@ pub struct ConnectOutcome {
 }
 const _: () = assert!(core::mem::size_of::<ConnectOutcome>() == 16);
 
+/// [`DnsConfig::flags`]: port-53 traffic goes to the responder (while it
+/// listens). Cleared, DNS goes where the app sent it.
+pub const DNS_ENABLED: u32 = 1;
+
+/// Where the daemon's DNS responder listens (UDP and TCP, same port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsConfig {
+    pub responder_ip_be: u32,
+    pub responder_port_be: u16,
+    pub _pad: u16,
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<DnsConfig>() == 12);
+
+/// [`SockOrig::kind`]: a connect to a service VIP:port, sent to the proxy
+/// or (kernel path, fail-open) to an endpoint.
+pub const ORIG_SERVICE: u8 = 1;
+/// [`SockOrig::kind`]: DNS to a nameserver, sent to the DNS responder.
+pub const ORIG_DNS: u8 = 2;
+
+/// Per-socket record of a redirect (socket storage, so it lives and dies
+/// with the socket): the address the app asked for and the one the hook
+/// put in its place. getpeername4 and recvmsg4 show the app `orig` where
+/// the kernel would show `to`, so the redirect stays invisible.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOrig {
+    pub orig_ip_be: u32,
+    pub orig_port_be: u16,
+    pub kind: u8,
+    pub _pad: u8,
+    pub to_ip_be: u32,
+    pub to_port_be: u16,
+    pub _pad2: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockOrig>() == 16);
+
 pub const PROTO_TCP: u8 = 1;
 pub const PROTO_HTTP: u8 = 2;
 pub const PROTO_HTTPS: u8 = 3;
@@ -313,6 +366,8 @@ mod pod {
     unsafe impl aya::Pod for SlotTable {}
     unsafe impl aya::Pod for SlotConn {}
     unsafe impl aya::Pod for ConnectOutcome {}
+    unsafe impl aya::Pod for DnsConfig {}
+    unsafe impl aya::Pod for SockOrig {}
 }
 
 #[cfg(test)]
@@ -344,6 +399,9 @@ mod tests {
             map_names::SLOTS,
             map_names::SLOT_CONNS,
             map_names::OUTCOMES,
+            map_names::DNS_CONFIG,
+            map_names::DNS_BY_SOCK,
+            map_names::SOCK_ORIG,
         ] {
             assert!(name.len() <= 15, "{name} exceeds BPF_OBJ_NAME_LEN");
             let suffix = format!("_V{ABI_VERSION}");

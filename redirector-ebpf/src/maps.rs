@@ -6,12 +6,14 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, RingBuf},
 };
 use redirector_common::{
-    EndpointHealth, EndpointKey, MAX_ENDPOINTS, MAX_INFLIGHT, MAX_SERVICES, OUTCOME_RING_BYTES,
-    OrigDst, ProxyConfig, ServiceInfo, ServiceKey, ServiceValue, SlotConn, SlotTable, SockKey,
+    DnsConfig, EndpointHealth, EndpointKey, MAX_ENDPOINTS, MAX_INFLIGHT, MAX_SERVICES,
+    OUTCOME_RING_BYTES, OrigDst, ProxyConfig, ServiceInfo, ServiceKey, ServiceValue, SlotConn,
+    SlotTable, SockKey, SockOrig,
 };
 
 #[map(name = "RD_SVC_V2")]
@@ -47,3 +49,15 @@ pub static SLOT_CONNS: LruHashMap<u64, SlotConn> = LruHashMap::with_max_entries(
 
 #[map(name = "RD_OUTCOME_V2")]
 pub static OUTCOMES: RingBuf = RingBuf::with_byte_size(OUTCOME_RING_BYTES, 0);
+
+#[map(name = "RD_DNSCFG_V2")]
+pub static DNS_CONFIG: Array<DnsConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "RD_DNSSOCK_V2")]
+pub static DNS_BY_SOCK: LruHashMap<SockKey, OrigDst> =
+    LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+// Socket storage needs BTF for its value type, hence a BTF map. The kernel
+// frees an entry with its socket, so nothing here can go stale or fill up.
+#[btf_map(name = "RD_SKORIG_V2")]
+pub static SOCK_ORIG: SkStorage<SockOrig> = SkStorage::new();

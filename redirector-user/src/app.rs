@@ -38,7 +38,7 @@ use crate::{
     bpf::{Datapath, DatapathOptions, ServiceMapEntry},
     cluster::Cluster,
     config::{self, Config, DatapathMode, NodeSettings, Protocol, Service},
-    health, kube,
+    dns, health, kube,
     locality::Locality,
     proxy::{self, Route, Routes},
     resolve::{self, Resolve},
@@ -48,6 +48,7 @@ use crate::{
 };
 
 pub const DEFAULT_LISTEN_PORT: u16 = 15001;
+pub const DEFAULT_DNS_PORT: u16 = 15053;
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/redirector";
 
 pub struct RunOptions {
@@ -70,6 +71,8 @@ struct Node {
     cluster_locality: Option<Locality>,
     cgroup: PathBuf,
     listen: SocketAddrV4,
+    /// The DNS responder; `None` when capture is off (`dnsPort: 0`).
+    dns: Option<SocketAddrV4>,
     pin_dir: PathBuf,
     nameservers: Vec<SocketAddr>,
 }
@@ -85,6 +88,13 @@ impl Node {
                 sys::cgroup2_root().context("finding the default cgroup (the cgroup v2 root)")?
             }
         };
+        let listen_port = settings.listen_port.unwrap_or(DEFAULT_LISTEN_PORT);
+        let dns_port = settings.dns_port.unwrap_or(DEFAULT_DNS_PORT);
+        anyhow::ensure!(
+            dns_port != listen_port,
+            "the DNS responder and the proxy cannot share port {dns_port} (TCP): change \
+             --dns-port or --listen-port"
+        );
         Ok(Self {
             locality: settings
                 .locality
@@ -93,10 +103,8 @@ impl Node {
                 .unwrap_or_default(),
             cluster_locality,
             cgroup,
-            listen: SocketAddrV4::new(
-                Ipv4Addr::LOCALHOST,
-                settings.listen_port.unwrap_or(DEFAULT_LISTEN_PORT),
-            ),
+            listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, listen_port),
+            dns: (dns_port != 0).then(|| SocketAddrV4::new(Ipv4Addr::LOCALHOST, dns_port)),
             pin_dir: settings
                 .pin_dir
                 .clone()
@@ -284,6 +292,7 @@ fn service_entries(services: &[Service]) -> Vec<ServiceMapEntry> {
 fn log_config(config: &Config, node: &Node) {
     info!(
         locality = %node.locality, cgroup = %node.cgroup.display(), listen = %node.listen,
+        dns = %node.dns.map_or("off".to_owned(), |d| d.to_string()),
         pin_dir = %node.pin_dir.display(), vip_range = %config.vip_range,
         nameservers = ?node.nameservers, services = config.services.len(), "effective config"
     );
@@ -359,6 +368,8 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         cgroup: node.cgroup.clone(),
         pin_dir: node.pin_dir.clone(),
         proxy: node.listen,
+        // With no responder of ours, DNS is left alone.
+        dns: node.dns.filter(|_| !opts.datapath_only),
     })?);
     if let Some(pid) = datapath.previous_pid() {
         info!(
@@ -419,6 +430,11 @@ async fn serve(
     // The routes exist before the listener: once it is bound, programs a
     // previous daemon left attached send connects to it.
     let listener = proxy::bind(current.node.listen.into()).await?;
+    // Likewise the DNS responder: bound, programs send DNS to it.
+    let responder = match current.node.dns {
+        Some(addr) => Some(dns::serve::bind(addr).await?),
+        None => None,
+    };
     datapath.set_services(&service_entries(&current.config.services))?;
     health::publish_all(datapath, &routes);
     let drain = proxy::Drain::default();
@@ -433,6 +449,14 @@ async fn serve(
         routes.clone(),
         notify.clone(),
     ))];
+    if let Some(responder) = responder {
+        let hosts = Arc::new(dns::HostTable::new(routes.clone()));
+        tasks.push(tokio::spawn(dns::serve::serve(
+            responder,
+            datapath.clone(),
+            hosts,
+        )));
+    }
     if let Some(reader) = datapath.take_outcomes()? {
         tasks.push(tokio::spawn(health::consume_outcomes(
             reader,
@@ -445,6 +469,12 @@ async fn serve(
         info!(
             "{}:{} is served at VIP {}:{}",
             s.host, s.port.number, s.vip, s.port.number
+        );
+    }
+    if let Some(addr) = current.node.dns {
+        info!(
+            "DNS capture on: configured hosts resolve to their VIPs, other names go to the \
+             nameserver each app asked (responder {addr})"
         );
     }
     info!(pid = std::process::id(), "redirector ready");
@@ -572,6 +602,7 @@ fn reload(
     for (what, changed) in [
         ("cgroup", node.cgroup != current.node.cgroup),
         ("listenPort", node.listen != current.node.listen),
+        ("dnsPort", node.dns != current.node.dns),
         ("pinDir", node.pin_dir != current.node.pin_dir),
     ] {
         if changed {
@@ -580,6 +611,7 @@ fn reload(
     }
     node.cgroup = current.node.cgroup.clone();
     node.listen = current.node.listen;
+    node.dns = current.node.dns;
     node.pin_dir = current.node.pin_dir.clone();
     log_config(&config, &node);
     Generation::build(config, node, notify, Some(current))

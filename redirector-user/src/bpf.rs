@@ -2,7 +2,7 @@
 //! cgroup, keep the maps in sync with the config and with endpoint health.
 //!
 //! **Everything is pinned, and the datapath outlives the daemon.** Maps and
-//! the two cgroup links live in `<pin dir>/v<ABI>/` (see `pins.rs`). When
+//! the cgroup links live in `<pin dir>/v<ABI>/` (see `pins.rs`). When
 //! the daemon dies (`kill -9`, OOM, a crash) or stops (SIGTERM), the
 //! programs stay attached and connect4 notices per connect that nothing
 //! listens on the proxy address any more (`bpf_sk_lookup_tcp`; the kernel
@@ -40,6 +40,12 @@
 //! it pinned (unless it was taking over: then the previous datapath keeps
 //! running).
 //!
+//! **DNS capture** (see `dns.rs`) adds sendmsg4, recvmsg4 and an egress
+//! program, attached only while capture is on, and DNS fails open the same
+//! way: with no responder listening, port-53 traffic is left alone.
+//! getpeername4 is always attached: every redirect is recorded in socket
+//! storage, so apps see the address they dialled.
+//!
 //! The kernel fast path (`redirector.dev/datapath: kernel`) is the fail-open
 //! path used on purpose: connect4 sends every connect of the service to a
 //! slot, and sock_ops reports how each one ended into a ring buffer the
@@ -60,14 +66,16 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError, ProgramType, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
+        ProgramType, SockOps,
         links::{FdLink, LinkError},
     },
 };
 use redirector_common::{
-    ConnectOutcome, EndpointHealth, EndpointKey, MAX_ENDPOINTS, MAX_INFLIGHT, MAX_SERVICES,
-    OUTCOME_RING_BYTES, OrigDst, PROXY_ENABLED, ProxyConfig, SVC_FAIL_OPEN, SVC_KERNEL_PATH,
-    ServiceInfo, ServiceKey, ServiceValue, SlotConn, SlotTable, SockKey, map_names, program_names,
+    ConnectOutcome, DNS_ENABLED, DnsConfig, EndpointHealth, EndpointKey, MAX_ENDPOINTS,
+    MAX_INFLIGHT, MAX_SERVICES, OUTCOME_RING_BYTES, OrigDst, PROXY_ENABLED, ProxyConfig,
+    SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceInfo, ServiceKey, ServiceValue, SlotConn, SlotTable,
+    SockKey, SockOrig, map_names, program_names,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{debug, info, warn};
@@ -155,6 +163,8 @@ pub struct DatapathOptions {
     pub cgroup: PathBuf,
     pub pin_dir: PathBuf,
     pub proxy: SocketAddrV4,
+    /// The DNS responder (UDP and TCP); `None` leaves DNS alone.
+    pub dns: Option<SocketAddrV4>,
 }
 
 /// One service's entry in the kernel: the key apps dial, and display data.
@@ -169,8 +179,10 @@ pub struct Datapath {
     ebpf: Mutex<Option<Ebpf>>,
     maps: Mutex<Maps>,
     orig: Mutex<HashMap<MapData, SockKey, OrigDst>>,
+    dns_by_sock: Mutex<HashMap<MapData, SockKey, OrigDst>>,
     outcomes: Mutex<Option<RingBuf<MapData>>>,
     cgroup: PathBuf,
+    dns: Option<SocketAddrV4>,
     pins: Mutex<Option<pins::Pins>>,
     previous_pid: Option<u32>,
 }
@@ -185,7 +197,10 @@ struct Maps {
 }
 
 /// Every map, with the kernel layout a pinned one must have to be reused.
-fn layouts() -> [pins::Layout; 9] {
+/// A pin directory of an earlier build may lack the maps added since (the
+/// DNS ones): the loader creates those, so an upgrade takes over without a
+/// gap.
+fn layouts() -> [pins::Layout; 12] {
     fn l<K, V>(name: &'static str, max_entries: u32) -> pins::Layout {
         pins::Layout {
             name,
@@ -204,7 +219,55 @@ fn layouts() -> [pins::Layout; 9] {
         l::<u32, SlotTable>(map_names::SLOTS, MAX_SERVICES),
         l::<u64, SlotConn>(map_names::SLOT_CONNS, MAX_INFLIGHT),
         l::<(), ()>(map_names::OUTCOMES, OUTCOME_RING_BYTES),
+        l::<u32, DnsConfig>(map_names::DNS_CONFIG, 1),
+        l::<SockKey, OrigDst>(map_names::DNS_BY_SOCK, MAX_INFLIGHT),
+        // Socket storage: the key is the socket (an fd, `int`), and the
+        // kernel sizes it by socket, not by max_entries.
+        l::<i32, SockOrig>(map_names::SOCK_ORIG, 0),
     ]
+}
+
+/// The cgroup hooks: program, attach point, pinned link name, and whether
+/// it serves only DNS capture (attached only while capture is on).
+const HOOKS: [(&str, Hook, &str, bool); 6] = [
+    (
+        program_names::CONNECT4,
+        Hook::SockAddr,
+        pins::LINK_CONNECT4,
+        false,
+    ),
+    (
+        program_names::SOCKOPS,
+        Hook::SockOps,
+        pins::LINK_SOCKOPS,
+        false,
+    ),
+    (
+        program_names::GETPEERNAME4,
+        Hook::SockAddr,
+        pins::LINK_GETPEERNAME4,
+        false,
+    ),
+    (
+        program_names::SENDMSG4,
+        Hook::SockAddr,
+        pins::LINK_SENDMSG4,
+        true,
+    ),
+    (
+        program_names::RECVMSG4,
+        Hook::SockAddr,
+        pins::LINK_RECVMSG4,
+        true,
+    ),
+    (program_names::EGRESS, Hook::Egress, pins::LINK_EGRESS, true),
+];
+
+#[derive(Clone, Copy)]
+enum Hook {
+    SockAddr,
+    SockOps,
+    Egress,
 }
 
 impl Datapath {
@@ -222,16 +285,19 @@ impl Datapath {
                 "4.17",
             ),
             (ProgramType::SockOps, "sock_ops programs", "4.13"),
+            (ProgramType::CgroupSkb, "cgroup_skb programs", "4.10"),
         ] {
             if !aya::sys::is_program_supported(ty).unwrap_or(false) {
                 return Err(BpfError::Unsupported { what, version });
             }
         }
-        if !aya::sys::is_map_supported(aya::maps::MapType::RingBuf).unwrap_or(false) {
-            return Err(BpfError::Unsupported {
-                what: "BPF ring buffers",
-                version: "5.8",
-            });
+        for (ty, what, version) in [
+            (aya::maps::MapType::RingBuf, "BPF ring buffers", "5.8"),
+            (aya::maps::MapType::SkStorage, "BPF socket storage", "5.2"),
+        ] {
+            if !aya::sys::is_map_supported(ty).unwrap_or(false) {
+                return Err(BpfError::Unsupported { what, version });
+            }
         }
         if OBJECT.is_empty() {
             return Err(BpfError::EmptyObject);
@@ -245,8 +311,13 @@ impl Datapath {
             loader.map_pin_path(l.name, pins.path(l.name));
         }
         let mut ebpf = loader.load(OBJECT)?;
-        load_program::<CgroupSockAddr>(&mut ebpf, program_names::CONNECT4)?;
-        load_program::<SockOps>(&mut ebpf, program_names::SOCKOPS)?;
+        for (name, hook, _, _) in HOOKS {
+            match hook {
+                Hook::SockAddr => load_program::<CgroupSockAddr>(&mut ebpf, name)?,
+                Hook::SockOps => load_program::<SockOps>(&mut ebpf, name)?,
+                Hook::Egress => load_program::<CgroupSkb>(&mut ebpf, name)?,
+            }
+        }
 
         let services = typed_map(&mut ebpf, map_names::SERVICES, HashMap::try_from)?;
         let info = typed_map(&mut ebpf, map_names::SERVICE_INFO, HashMap::try_from)?;
@@ -256,6 +327,9 @@ impl Datapath {
         let mut config: Array<MapData, ProxyConfig> =
             typed_map(&mut ebpf, map_names::PROXY_CONFIG, Array::try_from)?;
         let orig = typed_map(&mut ebpf, map_names::ORIG_BY_SOCK, HashMap::try_from)?;
+        let dns_by_sock = typed_map(&mut ebpf, map_names::DNS_BY_SOCK, HashMap::try_from)?;
+        let mut dns_config: Array<MapData, DnsConfig> =
+            typed_map(&mut ebpf, map_names::DNS_CONFIG, Array::try_from)?;
         let outcomes = typed_map(&mut ebpf, map_names::OUTCOMES, RingBuf::try_from)?;
 
         let previous_pid = taking_over
@@ -271,6 +345,12 @@ impl Datapath {
         // keep redirecting; on a fresh start nothing is attached yet.
         let cfg = proxy_config(opts.proxy, PROXY_ENABLED);
         map_op(map_names::PROXY_CONFIG, config.set(0, cfg, 0))?;
+        // Likewise: sendmsg4 and connect4 send DNS to the responder only
+        // while it listens, so this is safe before it does.
+        map_op(
+            map_names::DNS_CONFIG,
+            dns_config.set(0, dns_config_value(opts.dns), 0),
+        )?;
         Ok(Self {
             ebpf: Mutex::new(Some(ebpf)),
             maps: Mutex::new(Maps {
@@ -281,8 +361,10 @@ impl Datapath {
                 endpoint_counts,
             }),
             orig: Mutex::new(orig),
+            dns_by_sock: Mutex::new(dns_by_sock),
             outcomes: Mutex::new(Some(outcomes)),
             cgroup: opts.cgroup,
+            dns: opts.dns,
             pins: Mutex::new(Some(pins)),
             previous_pid,
         })
@@ -386,30 +468,51 @@ impl Datapath {
             error,
         };
         let link_err = |name| move |error| BpfError::Link { name, error };
-        // BPF links (Linux ≥ 5.7) always coexist with other programs on the
-        // cgroup and reject BPF_F_ALLOW_MULTI; `Single` passes flags 0.
-        let name = program_names::CONNECT4;
-        let connect4: &mut CgroupSockAddr = program(ebpf, name)?;
-        let id = connect4
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|e| attach_err(name, e))?;
-        let link = connect4.take_link(id).map_err(|e| attach_err(name, e))?;
-        let link = FdLink::try_from(link).map_err(link_err(name))?;
-        pins.pin_link(pins::LINK_CONNECT4, link)?;
-        let name = program_names::SOCKOPS;
-        let sockops: &mut SockOps = program(ebpf, name)?;
-        let id = sockops
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|e| attach_err(name, e))?;
-        let link = sockops.take_link(id).map_err(|e| attach_err(name, e))?;
-        let link = FdLink::try_from(link).map_err(link_err(name))?;
-        pins.pin_link(pins::LINK_SOCKOPS, link)?;
+        let mut attached = Vec::new();
+        for (name, hook, pin, dns_only) in HOOKS {
+            if dns_only && self.dns.is_none() {
+                // Capture off: a previous daemon's DNS hooks go (unpinning
+                // a link whose owner is gone detaches its program).
+                pins.unpin_link(pin)?;
+                continue;
+            }
+            // BPF links (Linux ≥ 5.7) always coexist with other programs on
+            // the cgroup and reject BPF_F_ALLOW_MULTI; `Single` passes flags 0.
+            let mode = CgroupAttachMode::Single;
+            let link = match hook {
+                Hook::SockAddr => {
+                    let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+                    let id = prog
+                        .attach(&cgroup, mode)
+                        .map_err(|e| attach_err(name, e))?;
+                    FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
+                }
+                Hook::SockOps => {
+                    let prog: &mut SockOps = program(ebpf, name)?;
+                    let id = prog
+                        .attach(&cgroup, mode)
+                        .map_err(|e| attach_err(name, e))?;
+                    FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
+                }
+                Hook::Egress => {
+                    let prog: &mut CgroupSkb = program(ebpf, name)?;
+                    let id = prog
+                        .attach(&cgroup, CgroupSkbAttachType::Egress, mode)
+                        .map_err(|e| attach_err(name, e))?;
+                    FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
+                }
+            }
+            .map_err(link_err(name))?;
+            pins.pin_link(pin, link)?;
+            attached.push(name);
+        }
+        let attached = attached.join(", ");
         match self.previous_pid {
             Some(pid) => info!(
                 cgroup = %self.cgroup.display(),
-                "attached connect4 and sock_ops, replacing those of pid {pid}"
+                "attached {attached}, replacing those of pid {pid}"
             ),
-            None => info!(cgroup = %self.cgroup.display(), "attached connect4 and sock_ops"),
+            None => info!(cgroup = %self.cgroup.display(), "attached {attached}"),
         }
         Ok(())
     }
@@ -430,6 +533,27 @@ impl Datapath {
         Some(SocketAddrV4::new(
             Ipv4Addr::from(u32::from_be(orig.vip_be)),
             u16::from_be(orig.port_be),
+        ))
+    }
+
+    /// The nameserver the app socket at `peer` sent its DNS query to, as
+    /// sendmsg4 or the egress program recorded it. Not consumed: a socket
+    /// sends many queries (the LRU map forgets sockets long gone).
+    pub fn dns_nameserver(&self, peer: SocketAddrV4) -> Option<SocketAddrV4> {
+        let key = SockKey {
+            ip_be: u32::from(*peer.ip()).to_be(),
+            port_be: peer.port().to_be(),
+            _pad: 0,
+        };
+        let ns = self
+            .dns_by_sock
+            .lock()
+            .expect("dns lock")
+            .get(&key, 0)
+            .ok()?;
+        Some(SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(ns.vip_be)),
+            u16::from_be(ns.port_be),
         ))
     }
 
@@ -529,6 +653,15 @@ impl Maps {
     }
 }
 
+fn dns_config_value(responder: Option<SocketAddrV4>) -> DnsConfig {
+    DnsConfig {
+        responder_ip_be: responder.map_or(0, |r| u32::from(*r.ip()).to_be()),
+        responder_port_be: responder.map_or(0, |r| r.port().to_be()),
+        _pad: 0,
+        flags: if responder.is_some() { DNS_ENABLED } else { 0 },
+    }
+}
+
 fn proxy_config(proxy: SocketAddrV4, flags: u32) -> ProxyConfig {
     ProxyConfig {
         proxy_ip_be: u32::from(*proxy.ip()).to_be(),
@@ -606,7 +739,7 @@ where
         .map_err(|error| BpfError::Program { name, error })
 }
 
-/// The two program kinds share `load()` but no trait for it.
+/// The program kinds share `load()` but no trait for it.
 trait Loadable {
     fn load_program(&mut self) -> Result<(), ProgramError>;
 }
@@ -616,6 +749,11 @@ impl Loadable for CgroupSockAddr {
     }
 }
 impl Loadable for SockOps {
+    fn load_program(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
+impl Loadable for CgroupSkb {
     fn load_program(&mut self) -> Result<(), ProgramError> {
         self.load()
     }

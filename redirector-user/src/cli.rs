@@ -99,6 +99,9 @@ pub struct NodeFlags {
     /// Proxy listener port on 127.0.0.1 [default: 15001].
     #[arg(long)]
     pub listen_port: Option<u16>,
+    /// DNS responder port on 127.0.0.1 (UDP and TCP), where apps' DNS is captured; 0 turns capture off [default: 15053].
+    #[arg(long)]
+    pub dns_port: Option<u16>,
     /// Range for VIPs of ServiceEntries without `addresses` [default: 240.240.0.0/16].
     #[arg(long)]
     pub vip_range: Option<ipnet::Ipv4Net>,
@@ -114,6 +117,7 @@ impl NodeFlags {
             cgroup: self.cgroup.clone(),
             nameservers: self.nameservers.clone(),
             listen_port: self.listen_port,
+            dns_port: self.dns_port,
             vip_range: self.vip_range,
             pin_dir: self.pin_dir.clone(),
         }

@@ -83,6 +83,9 @@ pub struct NodeSettings {
     /// Empty means unset.
     pub nameservers: Vec<SocketAddr>,
     pub listen_port: Option<u16>,
+    /// The DNS responder's port on 127.0.0.1; `Some(0)` turns DNS capture
+    /// off.
+    pub dns_port: Option<u16>,
     #[serde(serialize_with = "display_opt")]
     pub vip_range: Option<ipnet::Ipv4Net>,
     pub pin_dir: Option<PathBuf>,
@@ -100,6 +103,7 @@ impl NodeSettings {
                 overrides.nameservers.clone()
             },
             listen_port: overrides.listen_port.or(self.listen_port),
+            dns_port: overrides.dns_port.or(self.dns_port),
             vip_range: overrides.vip_range.or(self.vip_range),
             pin_dir: overrides.pin_dir.clone().or_else(|| self.pin_dir.clone()),
         }

@@ -5,6 +5,7 @@ pub mod bpf;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod dns;
 pub mod endpoints;
 pub mod health;
 pub mod kube;

@@ -22,8 +22,11 @@ use tracing::{debug, warn};
 use crate::{bpf::Datapath, config::Protocol};
 pub use upstream::Route;
 
+/// VIP:port → what serves it.
+pub type RouteMap = HashMap<SocketAddrV4, Arc<Route>>;
+
 /// The current routing table, swapped as a whole on config reload.
-pub type Routes = Arc<RwLock<Arc<HashMap<SocketAddrV4, Arc<Route>>>>>;
+pub type Routes = Arc<RwLock<Arc<RouteMap>>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {

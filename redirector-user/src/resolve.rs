@@ -5,7 +5,10 @@
 //! at most Istio's 60 s default refresh). A failure or an empty answer keeps
 //! the last good addresses: a flaky resolver must not take healthy
 //! endpoints away. hickory sits behind [`Resolve`] so tests and later
-//! features can swap the lookup.
+//! features can swap the lookup. Its sockets carry the proxy's mark
+//! (`marked.rs`), so DNS capture never catches the daemon's own lookups.
+
+mod marked;
 
 use std::{
     future::Future,
@@ -16,11 +19,10 @@ use std::{
 };
 
 use hickory_resolver::{
-    TokioResolver,
+    Resolver,
     config::{
         ConnectionConfig, LookupIpStrategy, NameServerConfig, ProtocolConfig, ResolverConfig,
     },
-    net::runtime::TokioRuntimeProvider,
 };
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -50,15 +52,14 @@ pub trait Resolve: Send + Sync + 'static {
     fn lookup_ipv4<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Answer, ResolveError>>;
 }
 
-pub struct Hickory(TokioResolver);
+pub struct Hickory(Resolver<marked::MarkedRuntime>);
 
 impl Hickory {
     /// `nameservers` empty: the system's (`/etc/resolv.conf`).
     pub fn new(nameservers: &[SocketAddr]) -> Result<Self, ResolveError> {
-        let provider = TokioRuntimeProvider::default();
+        let provider = marked::MarkedRuntime::default();
         let mut builder = if nameservers.is_empty() {
-            TokioResolver::builder(provider)
-                .map_err(|e| ResolveError::SystemConfig(e.to_string()))?
+            Resolver::builder(provider).map_err(|e| ResolveError::SystemConfig(e.to_string()))?
         } else {
             let servers = nameservers
                 .iter()
@@ -75,7 +76,7 @@ impl Hickory {
                     )
                 })
                 .collect();
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+            Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
         };
         let opts = builder.options_mut();
         opts.ip_strategy = LookupIpStrategy::Ipv4Only;

@@ -58,7 +58,7 @@ pub struct Client<'a> {
     program: OsString,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
-    nameserver: Option<IpAddr>,
+    resolv_conf: Option<String>,
     timeout: Duration,
 }
 
@@ -71,7 +71,7 @@ impl<'a> Client<'a> {
             program: program.as_ref().to_owned(),
             args: Vec::new(),
             env: Vec::new(),
-            nameserver: None,
+            resolv_conf: None,
             timeout: Duration::from_secs(10),
         }
     }
@@ -103,7 +103,12 @@ impl<'a> Client<'a> {
     /// Gives the child a private `/etc/resolv.conf` naming only this
     /// nameserver (port 53).
     pub fn nameserver(&mut self, ip: IpAddr) -> &mut Self {
-        self.nameserver = Some(ip);
+        self.resolv_conf(&format!("nameserver {ip}\noptions timeout:2 attempts:2\n"))
+    }
+
+    /// Gives the child a private `/etc/resolv.conf` with this text.
+    pub fn resolv_conf(&mut self, text: &str) -> &mut Self {
+        self.resolv_conf = Some(text.to_owned());
         self
     }
 
@@ -127,8 +132,8 @@ impl<'a> Client<'a> {
             cgroup.configure(&mut cmd);
         }
         self.netns.configure(&mut cmd);
-        let _resolv_dir = match self.nameserver {
-            Some(ip) => Some(private_resolv_conf(&mut cmd, ip)?),
+        let _resolv_dir = match &self.resolv_conf {
+            Some(text) => Some(private_resolv_conf(&mut cmd, text)?),
             None => None,
         };
 
@@ -162,16 +167,12 @@ impl<'a> Client<'a> {
     }
 }
 
-/// Writes a resolv.conf naming `ip` and makes the child bind-mount it over
+/// Writes `text` as a resolv.conf and makes the child bind-mount it over
 /// `/etc/resolv.conf` in a mount namespace of its own.
-fn private_resolv_conf(cmd: &mut Command, ip: IpAddr) -> Result<TempDir> {
+fn private_resolv_conf(cmd: &mut Command, text: &str) -> Result<TempDir> {
     let dir = TempDir::new("resolv")?;
     let file = dir.path().join("resolv.conf");
-    std::fs::write(
-        &file,
-        format!("nameserver {ip}\noptions timeout:2 attempts:2\n"),
-    )
-    .with_context(|| format!("writing {}", file.display()))?;
+    std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
     let source = CString::new(file.as_os_str().as_bytes()).context("temp path with NUL")?;
     let target = c"/etc/resolv.conf";
     // SAFETY: unshare(2) and mount(2) are plain syscalls, async-signal-safe;
@@ -218,26 +219,44 @@ pub fn http_get(
     vip: &str,
     timeout: Duration,
 ) -> Result<std::result::Result<(u16, String), String>> {
-    let resolve = format!("{host}:80:{vip}");
+    let mut client = Client::new(netns, "curl");
+    client.args(["--resolve", &format!("{host}:80:{vip}")]);
+    if let Some(cgroup) = cgroup {
+        client.cgroup(cgroup);
+    }
+    curl(&mut client, host, timeout)
+}
+
+/// `curl http://<host>/` exactly as an app runs it: the name is resolved
+/// by curl (glibc) through a private resolv.conf naming `nameserver`, so
+/// with DNS capture the redirector's responder answers it. Results as for
+/// [`http_get`].
+pub fn http_get_by_name(
+    netns: &Netns,
+    cgroup: Option<&TestCgroup>,
+    host: &str,
+    nameserver: IpAddr,
+    timeout: Duration,
+) -> Result<std::result::Result<(u16, String), String>> {
+    let mut client = Client::new(netns, "curl");
+    client.nameserver(nameserver);
+    if let Some(cgroup) = cgroup {
+        client.cgroup(cgroup);
+    }
+    curl(&mut client, host, timeout)
+}
+
+fn curl(
+    client: &mut Client<'_>,
+    host: &str,
+    timeout: Duration,
+) -> Result<std::result::Result<(u16, String), String>> {
     let url = format!("http://{host}/");
     let max_time = timeout.as_secs().max(1).to_string();
-    let args = [
-        "-sS",
-        "--max-time",
-        &max_time,
-        "--resolve",
-        &resolve,
-        "-w",
-        "\n%{http_code}",
-        &url,
-    ];
-    let out = run(
-        netns,
-        cgroup,
-        "curl",
-        &args,
-        timeout + Duration::from_secs(5),
-    )?;
+    client
+        .args(["-sS", "--max-time", &max_time, "-w", "\n%{http_code}", &url])
+        .timeout(timeout + Duration::from_secs(5));
+    let out = client.run()?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         return Ok(Err(format!(

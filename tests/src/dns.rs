@@ -8,7 +8,8 @@
 //! are here: [`DnsServer::set_servfail`], an empty answer (`set_a(name,
 //! &[], ttl)`) and changed IPs. Negative answers carry an SOA with TTL 0 so
 //! no resolver caches them. Answered by ordinary stub resolvers (glibc,
-//! hickory-resolver).
+//! hickory-resolver). Every query is logged ([`DnsServer::log`]): who
+//! asked what, over which transport.
 
 use std::{
     collections::HashMap,
@@ -49,6 +50,20 @@ enum Entry {
 struct Zone {
     entries: Mutex<HashMap<LowerName, Entry>>,
     queries: AtomicU64,
+    log: Mutex<Vec<Seen>>,
+}
+
+/// One query the server received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// Lower case, with the trailing dot.
+    pub name: String,
+    /// `A`, `AAAA`, …
+    pub qtype: String,
+    /// The sender's address and port.
+    pub src: SocketAddr,
+    /// Over TCP (else UDP).
+    pub tcp: bool,
 }
 
 impl Zone {
@@ -145,6 +160,21 @@ impl DnsServer {
     pub fn queries(&self) -> u64 {
         self.zone.queries.load(Ordering::SeqCst)
     }
+
+    /// Every query with a question received so far, in order.
+    pub fn log(&self) -> Vec<Seen> {
+        self.zone
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The logged queries for `name` (any case, with or without the dot).
+    pub fn seen(&self, name: &str) -> Vec<Seen> {
+        let name = format!("{}.", name.trim_end_matches('.').to_ascii_lowercase());
+        self.log().into_iter().filter(|s| s.name == name).collect()
+    }
 }
 
 struct Handler {
@@ -183,6 +213,16 @@ impl RequestHandler for Handler {
             }
         };
 
+        self.zone
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Seen {
+                name: query.name().to_string().to_ascii_lowercase(),
+                qtype: query.query_type().to_string(),
+                src: request.src(),
+                tcp: request.protocol() == hickory_server::net::xfer::Protocol::Tcp,
+            });
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.authoritative = true;
         let name = Name::from(query.name().clone());

@@ -5,7 +5,9 @@
 //! links; a real DNS server resolves their names; the redirector runs in a
 //! node namespace whose only routes lead to those two, so a connect the
 //! kernel did not redirect cannot leave the machine. The app is curl in
-//! that namespace and in the cgroup the redirector attached to. The config
+//! that namespace and in the cgroup the redirector attached to, resolving
+//! `mydb.com` through the demo's DNS server, which does not know the name:
+//! the redirector's DNS capture answers it with the VIP. The config
 //! moves through the blog's three documents (`config/demo-*.yaml`) with
 //! SIGHUP reloads, and each phase checks that it behaved as the blog says,
 //! except that phase (c) must show zero failed requests where the blog
@@ -46,6 +48,8 @@ const WEST: &str = "dynamodb.us-west-1.demo.test";
 const EAST_IP: [u8; 4] = [10, 213, 1, 2];
 const WEST_IP: [u8; 4] = [10, 213, 2, 2];
 const REQUESTS: usize = 5;
+/// The node's nameserver, as the app's resolv.conf names it.
+const DNS_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::LOCALHOST;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -105,7 +109,7 @@ fn demo() -> Result<()> {
         HttpServer::start(&east, (EAST_IP, 80).into(), EAST)?,
         HttpServer::start(&west, (WEST_IP, 80).into(), WEST)?,
     ];
-    let dns = DnsServer::start(&node, "127.0.0.1:53".parse()?)?;
+    let dns = DnsServer::start(&node, (DNS_IP, 53).into())?;
     dns.set_a(EAST, &[EAST_IP.into()], 30)?;
     dns.set_a(WEST, &[WEST_IP.into()], 30)?;
     let mut stage = Stage {
@@ -132,7 +136,10 @@ fn demo() -> Result<()> {
         std::net::Ipv4Addr::from(WEST_IP),
         stage._regions[1].name()
     );
-    println!("DNS: a real server on 127.0.0.1:53 in the node namespace\n");
+    println!(
+        "DNS: a real server on 127.0.0.1:53 in the node namespace, the app's only nameserver; \
+         it knows the endpoints' names, not mydb.com\n"
+    );
     check_interrupt()?;
 
     // (a) ServiceEntry only.
@@ -165,7 +172,19 @@ fn demo() -> Result<()> {
     })?);
     let vip = service_vip(&stage)?;
     println!("redirector: mydb.com -> VIP {vip} (allocated from 240.240.0.0/16)");
-    let (bodies, errors) = loop_requests(&stage, &vip)?;
+    println!("$ getent hosts mydb.com");
+    let out = client::Client::new(&stage.node, "getent")
+        .args(["hosts", "mydb.com"])
+        .cgroup(&stage.cgroup)
+        .nameserver(DNS_IP.into())
+        .run()?;
+    let answer = String::from_utf8_lossy(&out.stdout);
+    print!("{answer}");
+    ensure!(
+        out.status.success() && answer.split_whitespace().next() == Some(vip.as_str()),
+        "DNS capture should answer mydb.com with {vip}: {out:?}"
+    );
+    let (bodies, errors) = loop_requests(&stage)?;
     let (e, w) = (count(&bodies, EAST), count(&bodies, WEST));
     ensure!(
         errors == 0 && e > 0 && w > 0,
@@ -183,7 +202,7 @@ fn demo() -> Result<()> {
         "config/demo.yaml",
     );
     reload(&mut stage, &repo, "config/demo.yaml", &config)?;
-    let (bodies, errors) = loop_requests(&stage, &vip)?;
+    let (bodies, errors) = loop_requests(&stage)?;
     ensure!(
         errors == 0 && count(&bodies, EAST) == REQUESTS,
         "phase (b): expected only {EAST}, got {bodies:?} with {errors} errors"
@@ -198,7 +217,7 @@ fn demo() -> Result<()> {
         "config/demo-primary-down.yaml",
     );
     reload(&mut stage, &repo, "config/demo-primary-down.yaml", &config)?;
-    let (bodies, errors) = loop_requests(&stage, &vip)?;
+    let (bodies, errors) = loop_requests(&stage)?;
     ensure!(
         errors == 0 && count(&bodies, WEST) == REQUESTS,
         "phase (c): expected only {WEST} and no errors, got {bodies:?} with {errors} errors"
@@ -221,7 +240,7 @@ fn demo() -> Result<()> {
     println!(
         "\n-> the primary's outlier check is FAILED, as `istioctl pc endpoints` shows in the blog.\n"
     );
-    https_variant(&mut stage, &repo, &config, &vip)?;
+    https_variant(&mut stage, &repo, &config)?;
     println!("\ndemo passed; removing namespaces, cgroup and pins.");
     Ok(())
 }
@@ -230,7 +249,7 @@ fn demo() -> Result<()> {
 /// mydb.com:80, the redirector originates TLS to each endpoint's :443,
 /// verified against a CA made here, with each endpoint's own name as SNI.
 /// Then the primary's TLS listener goes away.
-fn https_variant(stage: &mut Stage, repo: &Path, config: &Path, vip: &str) -> Result<()> {
+fn https_variant(stage: &mut Stage, repo: &Path, config: &Path) -> Result<()> {
     let file = "config/demo-https.yaml";
     phase_header(
         "(d)",
@@ -262,7 +281,7 @@ fn https_variant(stage: &mut Stage, repo: &Path, config: &Path, vip: &str) -> Re
         &text.replace(placeholder, &ca_file.display().to_string()),
         config,
     )?;
-    let (bodies, errors) = loop_requests(stage, vip)?;
+    let (bodies, errors) = loop_requests(stage)?;
     let east = &stage.tls[0];
     ensure!(
         errors == 0 && count(&bodies, EAST) == REQUESTS,
@@ -283,7 +302,7 @@ fn https_variant(stage: &mut Stage, repo: &Path, config: &Path, vip: &str) -> Re
     );
     println!("== (e) the primary's TLS listener stops ==");
     east.stop()?;
-    let (bodies, errors) = loop_requests(stage, vip)?;
+    let (bodies, errors) = loop_requests(stage)?;
     ensure!(
         errors == 0 && count(&bodies, WEST) == REQUESTS,
         "phase (e): expected only {WEST} and no errors, got {bodies:?} with {errors} errors"
@@ -340,19 +359,20 @@ fn reload_text(stage: &mut Stage, text: &str, config: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The blog's loop: `for i in {1..5}; do curl -sS http://mydb.com; echo; done`.
-/// curl is given the VIP for mydb.com (DNS capture is a later feature).
-fn loop_requests(stage: &Stage, vip: &str) -> Result<(Vec<String>, usize)> {
+/// The blog's loop: `for i in {1..5}; do curl -sS http://mydb.com; echo; done`,
+/// as written: curl resolves mydb.com through the node's nameserver, and
+/// the redirector's DNS capture answers with the VIP.
+fn loop_requests(stage: &Stage) -> Result<(Vec<String>, usize)> {
     println!("$ for i in {{1..{REQUESTS}}}; do curl -sS http://mydb.com; echo; done");
     let mut bodies = Vec::new();
     let mut errors = 0;
     for _ in 0..REQUESTS {
         check_interrupt()?;
-        let reply = client::http_get(
+        let reply = client::http_get_by_name(
             &stage.node,
             Some(&stage.cgroup),
             "mydb.com",
-            vip,
+            DNS_IP.into(),
             Duration::from_secs(15),
         )?;
         match reply {

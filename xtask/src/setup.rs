@@ -5,8 +5,9 @@
 //! - nightly with `rust-src` (aya-build builds the kernel programs with
 //!   `-Z build-std=core`) and `clippy` (the eBPF crate is linted with it);
 //! - stable `rustfmt` and `clippy` (`cargo xtask test` runs both);
-//! - Debian packages: LLVM 22 and friends for bpf-linker, iproute2 and curl
-//!   for the tests (from bookworm-security, hence `apt-get update`);
+//! - Debian packages: LLVM 22 and friends for bpf-linker, iproute2, curl,
+//!   dig (bind9-dnsutils) and python3 for the tests (from
+//!   bookworm-security, hence `apt-get update`);
 //! - bpf-linker 0.13.0 built against LLVM 22;
 //! - bpffs mounted at `/sys/fs/bpf` (pins live there);
 //! - `kubernetes-validate` (PyPI, with the Kubernetes schemas bundled) in a
@@ -18,12 +19,15 @@ use anyhow::{Result, bail};
 
 use crate::cmd::{self, command, probe};
 
-const PACKAGES: [&str; 5] = [
+const PACKAGES: [&str; 7] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "iproute2",
     "curl",
+    // DNS capture's tests: `dig` (UDP and TCP) and Python's resolver calls.
+    "bind9-dnsutils",
+    "python3",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Where the Python test tools live (the deploy tests run them from here).

@@ -1,5 +1,5 @@
 //! The bpffs directory that holds the datapath between daemons: every map
-//! and the two cgroup links, so the programs keep running when the daemon
+//! and the cgroup links, so the programs keep running when the daemon
 //! is gone and the next daemon takes over the same state.
 //!
 //! Pins live in `<pin dir>/v<ABI_VERSION>/`, so a build with another map
@@ -32,7 +32,21 @@ const LOCK_DIR: &str = "/run/redirector";
 /// Pin names of the cgroup links, next to the maps.
 pub(super) const LINK_CONNECT4: &str = "link_connect4";
 pub(super) const LINK_SOCKOPS: &str = "link_sockops";
-const LINKS: [&str; 2] = [LINK_CONNECT4, LINK_SOCKOPS];
+pub(super) const LINK_GETPEERNAME4: &str = "link_getpeername4";
+pub(super) const LINK_SENDMSG4: &str = "link_sendmsg4";
+pub(super) const LINK_RECVMSG4: &str = "link_recvmsg4";
+pub(super) const LINK_EGRESS: &str = "link_egress";
+const LINKS: [&str; 6] = [
+    LINK_CONNECT4,
+    LINK_SOCKOPS,
+    LINK_GETPEERNAME4,
+    LINK_SENDMSG4,
+    LINK_RECVMSG4,
+    LINK_EGRESS,
+];
+/// The links every daemon attaches (the others came later, or serve DNS
+/// capture only): with these the redirect is in place.
+const REDIRECT_LINKS: [&str; 2] = [LINK_CONNECT4, LINK_SOCKOPS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -190,6 +204,16 @@ impl Pins {
             error,
         })?;
         fs::rename(&staging, &path).map_err(io_err(&path))
+    }
+
+    /// Removes the link pinned as `name`, if any; its program detaches once
+    /// no daemon holds the link.
+    pub(super) fn unpin_link(&self, name: &'static str) -> Result<(), PinError> {
+        let path = self.path(name);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&path)(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Removes pins of other ABI versions in this directory. Their programs
@@ -359,7 +383,7 @@ impl PinnedState {
             .iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(read(map_names::SLOTS))?;
-        let attached = LINKS.iter().all(|l| pin_path(pin_dir, l).exists());
+        let attached = REDIRECT_LINKS.iter().all(|l| pin_path(pin_dir, l).exists());
         Ok(Self {
             config,
             services,

@@ -261,6 +261,7 @@ fn example_config_sets_everything() {
                 "10.0.0.3:5353".parse().expect("addr")
             ],
             listen_port: Some(15001),
+            dns_port: Some(15053),
             vip_range: Some("240.240.0.0/16".parse().expect("net")),
             pin_dir: Some("/sys/fs/bpf/redirector".into()),
         }

@@ -58,10 +58,30 @@ pub fn settings(ctx: &mut Ctx, nodes: &[(Doc, raw::NodeDocument)]) -> NodeSettin
     if let Some(p) = &spec.listen_port {
         out.listen_port = port_number(ctx, doc, p, "spec.listenPort");
     }
+    if let Some(p) = &spec.dns_port {
+        out.dns_port = dns_port(ctx, doc, p);
+    }
     if let Some(r) = &spec.vip_range {
         out.vip_range = vip_range(ctx, doc, r);
     }
     out
+}
+
+/// 1–65535, or 0 for no DNS capture.
+fn dns_port(ctx: &mut Ctx, doc: &Doc, n: &Spanned<i64>) -> Option<u16> {
+    let port = u16::try_from(n.value).ok();
+    if port.is_none() {
+        ctx.value(
+            doc,
+            n,
+            "spec.dnsPort",
+            format!(
+                "port {} is out of range 1-65535 (0 turns DNS capture off)",
+                n.value
+            ),
+        );
+    }
+    port
 }
 
 fn path(ctx: &mut Ctx, doc: &Doc, v: &Option<Spanned<String>>, field: &str) -> Option<PathBuf> {

@@ -91,6 +91,7 @@ pub struct NodeConfigSpec {
     pub cgroup: Option<Spanned<String>>,
     pub nameservers: Option<Vec<Spanned<String>>>,
     pub listen_port: Option<Spanned<i64>>,
+    pub dns_port: Option<Spanned<i64>>,
     pub vip_range: Option<Spanned<String>>,
     pub pin_dir: Option<Spanned<String>>,
 }

@@ -376,6 +376,7 @@ spec:
   cgroup: /sys/fs/cgroup/app
   nameservers: [10.0.0.2, \"10.0.0.3:5353\", \"[::1]:53\"]
   listenPort: 15001
+  dnsPort: 5353
   vipRange: 10.99.0.0/24
   pinDir: /sys/fs/bpf/r
 ---
@@ -389,6 +390,7 @@ spec:
     assert_eq!(c.node.nameservers.len(), 3);
     assert_eq!(c.node.nameservers[0], "10.0.0.2:53".parse().expect("addr"));
     assert_eq!(c.node.listen_port, Some(15001));
+    assert_eq!(c.node.dns_port, Some(5353));
     assert_eq!(c.vip_range, "10.99.0.0/24".parse().expect("net"));
     assert!(c.vip_range.contains(&c.services[0].vip));
 
@@ -443,6 +445,12 @@ fn node_config_rejections() {
             "0",
             "spec.listenPort",
             "out of range",
+        ),
+        (
+            node("  dnsPort: 65536\n"),
+            "65536",
+            "spec.dnsPort",
+            "0 turns DNS capture off",
         ),
         (
             node("  vipRange: 240.240.1.0/16\n"),

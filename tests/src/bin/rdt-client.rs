@@ -14,6 +14,10 @@
 //! but died before the first line (a connection a dying proxy held).
 //!
 //! `raw`, `upload` and `websocket` speak HTTP (see `rdt-client/http.rs`).
+//!
+//! `rdt-client peer <ip:port>` connects and prints what the app sees of the
+//! connection: `peer <getpeername()>` and `local <getsockname()>`, one per
+//! line.
 
 #[path = "rdt-client/http.rs"]
 mod http;
@@ -188,9 +192,37 @@ fn json_string(s: &str) -> String {
     out
 }
 
+/// `peer <ip:port>`: connect, print both ends as the socket calls give them.
+fn peer(mut argv: impl Iterator<Item = String>) -> Result<(), String> {
+    let addr: SocketAddr = argv
+        .next()
+        .ok_or("usage: rdt-client peer <ip:port>")?
+        .parse()
+        .map_err(|e| format!("bad address: {e}"))?;
+    let stream =
+        TcpStream::connect_timeout(&addr, TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
+    let peer = stream
+        .peer_addr()
+        .map_err(|e| format!("getpeername: {e}"))?;
+    let local = stream
+        .local_addr()
+        .map_err(|e| format!("getsockname: {e}"))?;
+    println!("peer {peer}\nlocal {local}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     if let Some("raw" | "upload" | "websocket") = std::env::args().nth(1).as_deref() {
         return http::main(std::env::args().skip(1));
+    }
+    if std::env::args().nth(1).as_deref() == Some("peer") {
+        return match peer(std::env::args().skip(2)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("rdt-client: {err}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let args = match parse(std::env::args().skip(1)) {
         Ok(a) => a,

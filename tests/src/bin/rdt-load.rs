@@ -32,9 +32,11 @@
 //! got to connect), "connected_unix_ms" (when the
 //! request's connection was established, on the wall clock; null if it
 //! never was: the connect failed or timed out), "peer" (that connection's
-//! peer address as `getpeername` gives it: with the redirector's connect
-//! hook, the proxy's listener or the endpoint the kernel chose; "" if
-//! none)}`.
+//! peer address as `getpeername` gives it: the VIP:port the app dialled,
+//! whichever way the redirector sent it; "" if none), "local" (its local
+//! address, `getsockname`: a loopback address when the connect hook sent
+//! it to a proxy's listener, the namespace's own address when the kernel
+//! sent it straight to an endpoint; "" if none)}`.
 
 use std::{
     io::Write,
@@ -93,6 +95,8 @@ struct Connection {
     sender: Sender,
     /// Its peer address (`getpeername`), "" if unknown.
     peer: String,
+    /// Its local address (`getsockname`), "" if unknown.
+    local: String,
     /// When `connect()` was called (and so the connect hook decided where
     /// it goes), on the wall clock (unix ms).
     connect_unix_ms: f64,
@@ -125,6 +129,7 @@ struct Outcome {
     /// When its connection was established (None: it never was).
     connected_unix_ms: Option<f64>,
     peer: String,
+    local: String,
 }
 
 impl Pool {
@@ -157,6 +162,10 @@ impl Pool {
             .peer_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
+        let local = stream
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         let _ = stream.set_nodelay(true);
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
@@ -168,6 +177,7 @@ impl Pool {
         Ok(Connection {
             sender,
             peer,
+            local,
             connect_unix_ms,
             connected_unix_ms,
         })
@@ -211,6 +221,7 @@ impl Pool {
             connect_unix_ms: Some(conn.connect_unix_ms),
             connected_unix_ms: Some(conn.connected_unix_ms),
             peer: conn.peer.clone(),
+            local: conn.local.clone(),
         };
         let mut request = Request::get("/").header(header::HOST, &self.host);
         if self.new_connections {
@@ -262,6 +273,7 @@ fn failure(error: String) -> Outcome {
         connect_unix_ms: None,
         connected_unix_ms: None,
         peer: String::new(),
+        local: String::new(),
     }
 }
 
@@ -300,6 +312,7 @@ fn line(
         "connect_unix_ms": outcome.connect_unix_ms,
         "connected_unix_ms": outcome.connected_unix_ms,
         "peer": outcome.peer,
+        "local": outcome.local,
     })
     .to_string()
 }

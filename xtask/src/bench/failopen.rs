@@ -9,9 +9,11 @@
 //! daemon takes over without a moment where a connect fails. Connections
 //! the proxy was carrying when it died break, and nothing can save them;
 //! they are counted apart from the new connections that failed, which is
-//! what the target counts. `rdt-load` records each connection's peer
-//! address, which tells apart a request the proxy carried (the peer is its
-//! listener) from one the kernel sent straight to an endpoint.
+//! what the target counts. `rdt-load` records each connection's local
+//! address, which tells apart a request the proxy carried (the app's end
+//! is on loopback, like the listener it reached) from one the kernel sent
+//! straight to an endpoint (the namespace's own address). Its peer address
+//! cannot: getpeername4 shows the app the VIP either way.
 //!
 //! It runs for the redirector (proxy datapath) and its kernel fast path
 //! (which should not notice). The peers have no such mode: with their
@@ -103,7 +105,7 @@ pub fn run(bed: &Bed, system: &System, plan: &Plan) -> Result<FailOpenRun> {
     let since_kill = |t: f64| t - moments.kill;
     for r in records.iter().filter(|r| !r.ok()).take(10) {
         eprintln!(
-            "bench fail-open {}: failed request due {:.1} ms after the kill (kill at {:.0} ms, reaped +{:.1}, restart +{:.1}, ready +{:.1}), connect() {}, connected {}, done +{:.1} ms, peer {:?}, status {}: {}",
+            "bench fail-open {}: failed request due {:.1} ms after the kill (kill at {:.0} ms, reaped +{:.1}, restart +{:.1}, ready +{:.1}), connect() {}, connected {}, done +{:.1} ms, peer {:?} from {:?}, status {}: {}",
             system.id,
             since_kill(r.at_unix_ms),
             moments.kill - origin,
@@ -116,6 +118,7 @@ pub fn run(bed: &Bed, system: &System, plan: &Plan) -> Result<FailOpenRun> {
                 .map_or_else(|| "never".into(), |c| format!("+{:.1} ms", since_kill(c))),
             since_kill(r.done_unix_ms),
             r.peer,
+            r.local,
             r.status,
             r.error
         );
@@ -150,12 +153,12 @@ enum Via {
 }
 
 fn via(r: &Record, proxy: SocketAddrV4) -> Via {
-    if r.connected_unix_ms.is_none() || r.peer.is_empty() {
-        Via::None
-    } else if r.peer == proxy.to_string() {
-        Via::Proxy
-    } else {
-        Via::Kernel
+    match r.local.parse::<SocketAddrV4>() {
+        Err(_) => Via::None,
+        _ if r.connected_unix_ms.is_none() => Via::None,
+        // A connect to the listener leaves from the listener's address.
+        Ok(local) if local.ip() == proxy.ip() => Via::Proxy,
+        Ok(_) => Via::Kernel,
     }
 }
 
@@ -256,11 +259,14 @@ mod tests {
     /// The client started at unix time 1e12 ms.
     const T0: f64 = 1e12;
     const PROXY: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15001);
-    const EAST: &str = "10.213.1.2:80";
+    /// The app's end of a connection to the proxy's listener.
+    const VIA_PROXY: &str = "127.0.0.1:40000";
+    /// The app's end of a connection connect4 sent to an endpoint.
+    const VIA_KERNEL: &str = "10.213.1.1:40000";
 
     /// A request due at `t_ms`, issued 0.5 ms late (the client's timer),
     /// calling `connect()` then and connected `connected` ms after it was
-    /// due, to `peer` (None: the connect failed).
+    /// due, from the local address `local` (None: the connect failed).
     fn rec(t_ms: f64, latency_ms: f64, status: u16, connected: Option<(f64, &str)>) -> Record {
         Record {
             at_unix_ms: T0 + t_ms,
@@ -275,7 +281,11 @@ mod tests {
             done_unix_ms: T0 + t_ms + 0.5 + latency_ms,
             connect_unix_ms: Some(T0 + t_ms + 0.5),
             connected_unix_ms: connected.map(|(c, _)| T0 + t_ms + c),
-            peer: connected.map(|(_, p)| p.to_owned()).unwrap_or_default(),
+            // What getpeername4 shows the app, whatever the path.
+            peer: connected
+                .map(|_| "240.240.151.69:80".to_owned())
+                .unwrap_or_default(),
+            local: connected.map(|(_, l)| l.to_owned()).unwrap_or_default(),
         }
     }
 
@@ -291,29 +301,29 @@ mod tests {
     #[test]
     fn the_proxy_path_across_kill_and_restart() {
         let records = vec![
-            rec(0.0, 0.3, 200, Some((0.1, "127.0.0.1:15001"))),
+            rec(0.0, 0.3, 200, Some((0.1, VIA_PROXY))),
             // Broken through the proxy long before the kill: not in flight.
-            rec(500.0, 0.3, 0, Some((0.1, "127.0.0.1:15001"))),
+            rec(500.0, 0.3, 0, Some((0.1, VIA_PROXY))),
             // Connected to the proxy before the kill, broken by it.
-            rec(999.0, 6.0, 0, Some((0.1, "127.0.0.1:15001"))),
+            rec(999.0, 6.0, 0, Some((0.1, VIA_PROXY))),
             // The same, though due time plus latency falls before the kill
             // and it was established after: the client's timer was late,
             // and it called connect() before the kill.
-            rec(998.5, 1.3, 0, Some((1.6, "127.0.0.1:15001"))),
+            rec(998.5, 1.3, 0, Some((1.6, VIA_PROXY))),
             // Sent to the dying proxy after the signal: its listener still
             // took the connect, then closed. A new connection that failed,
             // not an in-flight one.
-            rec(1001.0, 4.5, 0, Some((0.1, "127.0.0.1:15001"))),
+            rec(1001.0, 4.5, 0, Some((0.1, VIA_PROXY))),
             // Dead: the kernel serves.
-            rec(1010.0, 0.2, 200, Some((0.05, EAST))),
-            rec(2000.0, 0.2, 200, Some((0.05, EAST))),
+            rec(1010.0, 0.2, 200, Some((0.05, VIA_KERNEL))),
+            rec(2000.0, 0.2, 200, Some((0.05, VIA_KERNEL))),
             // Refused: a failed connect.
             rec(2500.0, 0.1, 0, None),
             // The new daemon's proxy serves before it logs ready.
-            rec(3100.0, 0.4, 200, Some((0.1, "127.0.0.1:15001"))),
-            rec(3300.0, 0.3, 200, Some((0.1, "127.0.0.1:15001"))),
+            rec(3100.0, 0.4, 200, Some((0.1, VIA_PROXY))),
+            rec(3300.0, 0.3, 200, Some((0.1, VIA_PROXY))),
             // A 503 answered through the new proxy.
-            rec(3400.0, 0.3, 503, Some((0.1, "127.0.0.1:15001"))),
+            rec(3400.0, 0.3, 503, Some((0.1, VIA_PROXY))),
         ];
         let run = analyze(&records, &moments(), PROXY);
         assert_eq!(run.requests, 11);
@@ -347,7 +357,7 @@ mod tests {
     #[test]
     fn the_kernel_path_never_reaches_the_proxy() {
         let records: Vec<Record> = (0..50)
-            .map(|i| rec(f64::from(i) * 100.0, 0.2, 200, Some((0.05, EAST))))
+            .map(|i| rec(f64::from(i) * 100.0, 0.2, 200, Some((0.05, VIA_KERNEL))))
             .collect();
         let run = analyze(&records, &moments(), PROXY);
         assert_eq!(run.new_connection_errors(), 0);
@@ -365,8 +375,8 @@ mod tests {
     fn a_kernel_path_connection_broken_at_the_kill_is_not_in_flight_through_the_proxy() {
         // The daemon's death cannot break a connection it never carried.
         let records = vec![
-            rec(999.0, 8.0, 0, Some((0.1, EAST))),
-            rec(1001.0, 8.0, 0, Some((0.1, EAST))),
+            rec(999.0, 8.0, 0, Some((0.1, VIA_KERNEL))),
+            rec(1001.0, 8.0, 0, Some((0.1, VIA_KERNEL))),
         ];
         let run = analyze(&records, &moments(), PROXY);
         assert_eq!(

@@ -52,9 +52,12 @@ pub struct Record {
     /// never was.
     #[serde(default)]
     pub connected_unix_ms: Option<f64>,
-    /// That connection's peer address ("" if none).
+    /// That connection's peer address as the app sees it ("" if none).
     #[serde(default)]
     pub peer: String,
+    /// That connection's local address ("" if none).
+    #[serde(default)]
+    pub local: String,
 }
 
 impl Record {
@@ -361,6 +364,7 @@ mod tests {
             connect_unix_ms: None,
             connected_unix_ms: None,
             peer: String::new(),
+            local: String::new(),
         }
     }
 

@@ -69,6 +69,18 @@ const CORE_TLS_PORT: u16 = 8443;
 const REDIRECTOR_PORT: u16 = 15001;
 const FAST_PATH_PORT: u16 = 15002;
 
+/// The DNS responder's port of the daemon listening on `port`: the two
+/// redirector daemons share the bench namespace, so they need a port each
+/// (DNS capture stays on, as by default, so its hooks are measured too).
+/// `--datapath-only` daemons have no responder.
+fn dns_port(port: u16) -> u16 {
+    match port {
+        REDIRECTOR_PORT => 15053,
+        FAST_PATH_PORT => 15054,
+        _ => 0,
+    }
+}
+
 /// Outlier timings shared by every system, short enough for the failover
 /// runs to see ejection and return within seconds.
 pub const OUTLIER: OutlierTiming = OutlierTiming {
@@ -400,6 +412,8 @@ impl Bed {
             pins.path().display().to_string(),
             "--listen-port".into(),
             port.to_string(),
+            "--dns-port".into(),
+            dns_port(port).to_string(),
             "--workers".into(),
             "1".into(),
             "--log-level".into(),

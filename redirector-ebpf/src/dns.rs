@@ -1,0 +1,31 @@
+//! Port-53 traffic and the daemon's DNS responder, shared by connect4
+//! (TCP DNS, connected UDP sockets) and sendmsg4 (unconnected UDP).
+
+use aya_ebpf::programs::SockAddrContext;
+use redirector_common::{DNS_ENABLED, DnsConfig};
+
+use crate::{
+    listener,
+    maps::{DNS_CONFIG, PROXY_CONFIG},
+};
+
+/// Port 53 as the hooks see it (network order).
+pub const DNS_PORT_BE: u16 = 53u16.to_be();
+
+/// The responder, if this socket's port-53 traffic should go to it: capture
+/// is on, the socket is not one of the daemon's own (its upstream queries
+/// carry the proxy's mark), and the responder is there to answer in this
+/// socket's network namespace. Otherwise DNS goes where the app sent it,
+/// so a dead daemon costs apps their configured names, nothing more.
+pub fn responder(ctx: &SockAddrContext, tcp: bool) -> Option<DnsConfig> {
+    let cfg = *DNS_CONFIG.get(0)?;
+    if cfg.flags & DNS_ENABLED == 0 {
+        return None;
+    }
+    let mark = PROXY_CONFIG.get(0)?.mark;
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    if sk.is_null() || unsafe { (*sk).mark } == mark {
+        return None;
+    }
+    listener::listening(ctx, cfg.responder_ip_be, cfg.responder_port_be, tcp).then_some(cfg)
+}

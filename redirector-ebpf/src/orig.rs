@@ -1,0 +1,52 @@
+//! The per-socket record of a redirect ([`SockOrig`] in socket storage):
+//! written where a hook rewrites a destination (connect4, sendmsg4), read
+//! where the kernel would show the app the rewritten address (getpeername4,
+//! recvmsg4) and by the egress program. The kernel frees it with the
+//! socket, so it can never describe another socket.
+
+use aya_ebpf::programs::SockAddrContext;
+use redirector_common::SockOrig;
+
+use crate::maps::SOCK_ORIG;
+
+/// Remembers that this socket asked for `orig` and was sent to `to`
+/// (addresses and ports in network order). Replaces an earlier record: a
+/// socket is redirected again on every connect or datagram.
+pub fn record(
+    ctx: &SockAddrContext,
+    kind: u8,
+    (orig_ip_be, orig_port_be): (u32, u16),
+    (to_ip_be, to_port_be): (u32, u16),
+) -> Result<(), i64> {
+    let mut value = SockOrig {
+        orig_ip_be,
+        orig_port_be,
+        kind,
+        _pad: 0,
+        to_ip_be,
+        to_port_be,
+        _pad2: 0,
+    };
+    let p = unsafe { SOCK_ORIG.get_or_insert_ptr_mut(ctx, Some(&mut value)) };
+    if p.is_null() {
+        return Err(-1);
+    }
+    unsafe { *p = value };
+    Ok(())
+}
+
+/// If the address in `ctx` (a peer, or a datagram's source) is where this
+/// socket was redirected to, puts back the one it asked for.
+pub fn restore(ctx: &SockAddrContext) {
+    let p = unsafe { SOCK_ORIG.get_ptr_mut(ctx) };
+    if p.is_null() {
+        return;
+    }
+    let rec = unsafe { *p };
+    let sa = unsafe { &mut *ctx.sock_addr };
+    // user_port holds the port in network order in its low 16 bits.
+    if sa.user_ip4 == rec.to_ip_be && sa.user_port as u16 == rec.to_port_be {
+        sa.user_ip4 = rec.orig_ip_be;
+        sa.user_port = u32::from(rec.orig_port_be);
+    }
+}

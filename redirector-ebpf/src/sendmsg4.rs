@@ -1,0 +1,75 @@
+//! `cgroup/sendmsg4`: a datagram an unconnected UDP socket sends to port 53
+//! goes to the daemon's DNS responder instead, while it listens.
+//!
+//! The responder must know which nameserver the app asked, and only sees
+//! the datagram's source address. That is known here (the kernel binds an
+//! unbound socket before this hook runs), so the nameserver is stored under
+//! it ([`DNS_BY_SOCK`]), and in the socket's storage for recvmsg4, which
+//! shows the responder's reply as coming from that nameserver. A socket
+//! that talks to several nameservers is matched with the last one it asked.
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use redirector_common::{ORIG_DNS, OrigDst, SockKey};
+
+use crate::{
+    dns::{self, DNS_PORT_BE},
+    maps::DNS_BY_SOCK,
+    orig,
+};
+
+/// Let the datagram go (rewritten or not).
+const PROCEED: i32 = 1;
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    // Whatever goes wrong, the datagram goes where the app sent it.
+    try_sendmsg4(&ctx).unwrap_or(PROCEED)
+}
+
+fn try_sendmsg4(ctx: &SockAddrContext) -> Result<i32, i64> {
+    let sa = unsafe { &mut *ctx.sock_addr };
+    // user_port holds the port in network order in its low 16 bits.
+    if sa.user_port as u16 != DNS_PORT_BE {
+        return Ok(PROCEED);
+    }
+    let Some(dns) = dns::responder(ctx, false) else {
+        return Ok(PROCEED);
+    };
+    let sk = unsafe { sa.__bindgen_anon_1.sk };
+    if sk.is_null() {
+        return Ok(PROCEED);
+    }
+    // Host order in bpf_sock.
+    let src_port = unsafe { (*sk).src_port } as u16;
+    if src_port == 0 {
+        return Ok(PROCEED);
+    }
+    // The source the datagram will carry: one the app chose (bound address
+    // or IP_PKTINFO), else what the kernel picks towards the responder's
+    // loopback address, which is that address.
+    let src_ip = if sa.msg_src_ip4 != 0 {
+        sa.msg_src_ip4
+    } else {
+        dns.responder_ip_be
+    };
+    let key = SockKey {
+        ip_be: src_ip,
+        port_be: src_port.to_be(),
+        _pad: 0,
+    };
+    let nameserver = OrigDst {
+        vip_be: sa.user_ip4,
+        port_be: DNS_PORT_BE,
+        _pad: 0,
+    };
+    DNS_BY_SOCK.insert(&key, &nameserver, 0)?;
+    orig::record(
+        ctx,
+        ORIG_DNS,
+        (sa.user_ip4, DNS_PORT_BE),
+        (dns.responder_ip_be, dns.responder_port_be),
+    )?;
+    sa.user_ip4 = dns.responder_ip_be;
+    sa.user_port = u32::from(dns.responder_port_be);
+    Ok(PROCEED)
+}

@@ -1,0 +1,183 @@
+//! DNS capture: apps in the attached cgroup resolve ServiceEntry hosts to
+//! their VIPs without any change to the app, its image or `/etc/hosts`.
+//!
+//! The kernel sends port-53 traffic of the cgroup to this responder (UDP
+//! and TCP on 127.0.0.1, `--dns-port`): sendmsg4 for datagrams of
+//! unconnected sockets, connect4 for TCP DNS and for UDP sockets a resolver
+//! connects first (glibc does), each recording the nameserver the app
+//! asked. recvmsg4 shows the replies as coming from that nameserver, which
+//! stub resolvers check. The responder decides per query ([`reply`]):
+//!
+//! - A standard query (opcode QUERY, one question, class IN) for a
+//!   configured host, matched exactly, in any letter case, with or without
+//!   the trailing dot, is answered here and never forwarded: `A` with the
+//!   host's VIP (TTL [`ANSWER_TTL`]), any other type with NOERROR and no
+//!   records (NODATA; there are no IPv6 VIPs yet, and Istio's DNS proxy
+//!   answers AAAA the same way then).
+//! - Anything else, other names (search-domain expansions such as
+//!   `mydb.com.svc.cluster.local` included), other opcodes, messages we
+//!   cannot parse, goes byte for byte to the nameserver the app asked,
+//!   over the transport it used, and its answer comes back unchanged (so
+//!   with the app's transaction id). See `dns/serve.rs`.
+//!
+//! The host table is derived from the proxy's routes, so a config reload,
+//! which swaps the routes, changes the answers with no step of its own:
+//! a name resolves to a VIP exactly when the proxy serves that VIP.
+//!
+//! The responder's upstream sockets, like the resolver's for endpoint names
+//! (`resolve.rs`), carry the proxy's mark, and the kernel programs leave
+//! marked sockets alone, so the daemon's own DNS is never captured.
+
+pub mod serve;
+
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+};
+
+use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, ResponseCode},
+    rr::{DNSClass, RData, Record, RecordType, rdata::A},
+};
+
+use crate::proxy::{RouteMap, Routes};
+
+/// TTL of the answers for configured hosts: short, so a reload that moves
+/// a VIP reaches apps within half a minute, as Istio's DNS proxy does.
+pub const ANSWER_TTL: u32 = 30;
+
+/// The EDNS payload size we announce (the DNS flag day's 1232 bytes).
+const EDNS_PAYLOAD: u16 = 1232;
+
+/// Configured hosts and their VIPs, by lower-case name without the
+/// trailing dot.
+#[derive(Debug, Default, PartialEq)]
+pub struct Hosts(HashMap<String, Vec<Ipv4Addr>>);
+
+impl Hosts {
+    pub fn new<'a>(entries: impl IntoIterator<Item = (&'a str, Ipv4Addr)>) -> Self {
+        let mut map: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
+        for (host, vip) in entries {
+            let vips = map.entry(normalize(host)).or_default();
+            if !vips.contains(&vip) {
+                vips.push(vip);
+            }
+        }
+        for vips in map.values_mut() {
+            vips.sort_unstable();
+        }
+        Self(map)
+    }
+
+    /// Every service the proxy routes: its host and its VIP.
+    pub fn from_routes(routes: &RouteMap) -> Self {
+        Self::new(routes.values().map(|r| {
+            let s = &r.cluster.service;
+            (s.host.as_str(), s.vip)
+        }))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&[Ipv4Addr]> {
+        self.0.get(&normalize(name)).map(Vec::as_slice)
+    }
+}
+
+fn normalize(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// The current [`Hosts`], rebuilt when a reload swaps the routes.
+pub struct HostTable {
+    routes: Routes,
+    cache: Mutex<(Arc<RouteMap>, Arc<Hosts>)>,
+}
+
+impl HostTable {
+    pub fn new(routes: Routes) -> Self {
+        let current = routes.read().expect("routes lock").clone();
+        let hosts = Arc::new(Hosts::from_routes(&current));
+        Self {
+            routes,
+            cache: Mutex::new((current, hosts)),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Hosts> {
+        let routes = self.routes.read().expect("routes lock").clone();
+        let mut cache = self.cache.lock().expect("host table lock");
+        if !Arc::ptr_eq(&cache.0, &routes) {
+            let hosts = Arc::new(Hosts::from_routes(&routes));
+            *cache = (routes, hosts);
+        }
+        cache.1.clone()
+    }
+}
+
+/// What to do with a query.
+#[derive(Debug, PartialEq)]
+pub enum Reply {
+    /// Answer with these bytes.
+    Local(Vec<u8>),
+    /// Send it, unchanged, to the nameserver the app asked.
+    Forward,
+}
+
+/// Decides a query from its wire bytes; see the module docs.
+pub fn reply(query: &[u8], hosts: &Hosts) -> Reply {
+    let Ok(msg) = Message::from_vec(query) else {
+        return Reply::Forward;
+    };
+    let [question] = msg.queries.as_slice() else {
+        return Reply::Forward;
+    };
+    if msg.metadata.message_type != MessageType::Query
+        || msg.metadata.op_code != OpCode::Query
+        || question.query_class() != DNSClass::IN
+    {
+        return Reply::Forward;
+    }
+    let Some(vips) = hosts.get(&question.name().to_ascii()) else {
+        return Reply::Forward;
+    };
+    let mut response = Message::response(msg.metadata.id, OpCode::Query);
+    response.metadata.authoritative = true;
+    response.metadata.recursion_desired = msg.metadata.recursion_desired;
+    // We stand in for a recursive nameserver; stub resolvers expect RA.
+    response.metadata.recursion_available = true;
+    response.metadata.checking_disabled = msg.metadata.checking_disabled;
+    response.add_query(question.clone());
+    if question.query_type() == RecordType::A {
+        for vip in vips {
+            response.add_answer(Record::from_rdata(
+                question.name().clone(),
+                ANSWER_TTL,
+                RData::A(A(*vip)),
+            ));
+        }
+    }
+    if msg.edns.is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(EDNS_PAYLOAD);
+        response.set_edns(edns);
+    }
+    match response.to_vec() {
+        Ok(bytes) => Reply::Local(bytes),
+        // Cannot happen for names that parsed; the nameserver can answer.
+        Err(_) => Reply::Forward,
+    }
+}
+
+/// REFUSED for `query`, when it cannot be forwarded (nobody said where
+/// to); `None` if the query does not even parse.
+pub fn refused(query: &[u8]) -> Option<Vec<u8>> {
+    let msg = Message::from_vec(query).ok()?;
+    let mut response =
+        Message::error_msg(msg.metadata.id, msg.metadata.op_code, ResponseCode::Refused);
+    response.metadata.recursion_desired = msg.metadata.recursion_desired;
+    response.add_queries(msg.queries);
+    response.to_vec().ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,252 @@
+//! The responder's sockets: UDP and TCP on one loopback port, and the
+//! forwarding of queries it does not answer itself.
+//!
+//! UDP: each datagram is answered from the host table, or forwarded from a
+//! fresh socket of its own (a random source port per query, as a resolver
+//! would use) to the nameserver the kernel recorded for the sender, with a
+//! timeout; the first reply carrying the query's id goes back to the app.
+//! At most [`MAX_FORWARDS`] queries are upstream at once; past that a query
+//! is dropped, and the app's resolver retries as for any lost datagram.
+//!
+//! TCP: one task per app connection. The nameserver is the connection's
+//! original destination (connect4 and sock_ops record it as for a proxied
+//! connect); a connection to it is opened on the first query to forward
+//! and kept for the app connection's life. Queries are handled in order.
+//!
+//! A query that must be forwarded but has no recorded nameserver (someone
+//! dialled the responder directly) is answered REFUSED.
+
+use std::{
+    io,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    sync::Arc,
+    time::Duration,
+};
+
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpSocket, TcpStream, UdpSocket},
+    sync::Semaphore,
+    time::timeout,
+};
+use tracing::{debug, warn};
+
+use super::{HostTable, Reply, refused, reply};
+use crate::bpf::{Datapath, PROXY_MARK};
+
+/// How long the nameserver has to answer a forwarded query (glibc's own
+/// timeout per try is 5 s; it retries with a new query meanwhile).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// An app's TCP connection with no query for this long is closed.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// UDP queries upstream at once.
+const MAX_FORWARDS: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error(
+        "DNS responder address {addr} is already in use (choose another port with --dns-port, \
+         or 0 to turn DNS capture off)"
+    )]
+    PortInUse { addr: SocketAddrV4 },
+    #[error("DNS responder on {addr}: {error}")]
+    Listen {
+        addr: SocketAddrV4,
+        error: io::Error,
+    },
+}
+
+/// The responder's two sockets, bound.
+pub struct Responder {
+    udp: UdpSocket,
+    tcp: TcpListener,
+}
+
+pub async fn bind(addr: SocketAddrV4) -> Result<Responder, DnsError> {
+    let err = |error: io::Error| {
+        if error.kind() == io::ErrorKind::AddrInUse {
+            DnsError::PortInUse { addr }
+        } else {
+            DnsError::Listen { addr, error }
+        }
+    };
+    let udp = UdpSocket::bind(addr).await.map_err(err)?;
+    let tcp = TcpListener::bind(addr).await.map_err(err)?;
+    Ok(Responder { udp, tcp })
+}
+
+/// Serves both sockets until the task is dropped.
+pub async fn serve(responder: Responder, datapath: Arc<Datapath>, hosts: Arc<HostTable>) {
+    let Responder { udp, tcp } = responder;
+    tokio::join!(
+        serve_udp(udp, datapath.clone(), hosts.clone()),
+        serve_tcp(tcp, datapath, hosts)
+    );
+}
+
+async fn serve_udp(udp: UdpSocket, datapath: Arc<Datapath>, hosts: Arc<HostTable>) {
+    let udp = Arc::new(udp);
+    let upstream = Arc::new(Semaphore::new(MAX_FORWARDS));
+    let mut buf = vec![0u8; 65535];
+    loop {
+        let (n, peer) = match udp.recv_from(&mut buf).await {
+            Ok((n, SocketAddr::V4(peer))) => (n, peer),
+            Ok(_) => continue,
+            Err(e) => {
+                warn!(error = %e, "DNS responder: receive failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let query = &buf[..n];
+        let nameserver = match reply(query, &hosts.current()) {
+            Reply::Local(answer) => {
+                debug!(%peer, "DNS: answered a configured host");
+                let _ = udp.send_to(&answer, peer).await;
+                continue;
+            }
+            Reply::Forward => datapath.dns_nameserver(peer),
+        };
+        let Some(nameserver) = nameserver else {
+            debug!(%peer, "DNS: no nameserver recorded for this sender; REFUSED");
+            if let Some(answer) = refused(query) {
+                let _ = udp.send_to(&answer, peer).await;
+            }
+            continue;
+        };
+        let Ok(permit) = upstream.clone().try_acquire_owned() else {
+            debug!(%peer, "DNS: too many queries upstream; dropping one");
+            continue;
+        };
+        let query = query.to_vec();
+        let udp = udp.clone();
+        tokio::spawn(async move {
+            match forward_udp(&query, nameserver).await {
+                Ok(answer) => {
+                    debug!("DNS: relayed an answer from {nameserver} to {peer}");
+                    let _ = udp.send_to(&answer, peer).await;
+                }
+                Err(e) => debug!(%peer, %nameserver, error = %e, "DNS: forwarding failed"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Sends `query` to `nameserver` from a marked socket of its own and
+/// returns the first reply with the query's id.
+async fn forward_udp(query: &[u8], nameserver: SocketAddrV4) -> io::Result<Vec<u8>> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_mark(PROXY_MARK)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
+    let socket = UdpSocket::from_std(socket.into())?;
+    socket.connect(nameserver).await?;
+    socket.send(query).await?;
+    let mut buf = vec![0u8; 65535];
+    timeout(FORWARD_TIMEOUT, async {
+        loop {
+            let n = socket.recv(&mut buf).await?;
+            if n >= 2 && query.len() >= 2 && buf[..2] == query[..2] {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+        }
+    })
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))?
+}
+
+async fn serve_tcp(listener: TcpListener, datapath: Arc<Datapath>, hosts: Arc<HostTable>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(error = %e, "DNS responder: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let SocketAddr::V4(peer) = peer else {
+            continue;
+        };
+        // Taken now, as the proxy does: each connection is accepted once.
+        let nameserver = datapath.take_original_destination(peer);
+        let hosts = hosts.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_tcp_conn(stream, nameserver, &hosts).await {
+                debug!(%peer, error = %e, "DNS over TCP: connection ended");
+            }
+        });
+    }
+}
+
+async fn serve_tcp_conn(
+    mut app: TcpStream,
+    nameserver: Option<SocketAddrV4>,
+    hosts: &HostTable,
+) -> io::Result<()> {
+    let mut upstream: Option<TcpStream> = None;
+    loop {
+        let Ok(query) = timeout(TCP_IDLE, read_message(&mut app)).await else {
+            return Ok(());
+        };
+        let Some(query) = query? else {
+            return Ok(());
+        };
+        let answer = match (reply(&query, &hosts.current()), nameserver) {
+            (Reply::Local(answer), _) => answer,
+            (Reply::Forward, Some(nameserver)) => {
+                let conn = match &mut upstream {
+                    Some(conn) => conn,
+                    None => upstream.insert(connect_marked(nameserver).await?),
+                };
+                debug!("DNS over TCP: forwarding a query to {nameserver}");
+                write_message(conn, &query).await?;
+                timeout(FORWARD_TIMEOUT, read_message(conn))
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))??
+                    .ok_or_else(|| io::Error::other("the nameserver closed the connection"))?
+            }
+            (Reply::Forward, None) => match refused(&query) {
+                Some(answer) => answer,
+                None => return Ok(()),
+            },
+        };
+        write_message(&mut app, &answer).await?;
+    }
+}
+
+async fn connect_marked(nameserver: SocketAddrV4) -> io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    // Before connect(), where the kernel would redirect it.
+    SockRef::from(&socket).set_mark(PROXY_MARK)?;
+    socket.set_nodelay(true)?;
+    timeout(FORWARD_TIMEOUT, socket.connect(nameserver.into()))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// One length-prefixed DNS message (RFC 1035 §4.2.2); `None` at a clean
+/// end of stream.
+async fn read_message(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 2];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut message = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut message).await?;
+    Ok(Some(message))
+}
+
+async fn write_message(stream: &mut TcpStream, message: &[u8]) -> io::Result<()> {
+    let len = u16::try_from(message.len())
+        .map_err(|_| io::Error::other("DNS message longer than 65535 bytes"))?;
+    let mut framed = Vec::with_capacity(message.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(message);
+    stream.write_all(&framed).await
+}

@@ -1,0 +1,161 @@
+use std::{net::Ipv4Addr, str::FromStr};
+
+use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
+    rr::{DNSClass, Name, RData, RecordType, rdata::A},
+};
+
+use super::*;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(240, 240, 151, 69);
+
+fn hosts() -> Hosts {
+    Hosts::new([
+        ("mydb.com", VIP),
+        // A second port of the same host: one VIP.
+        ("mydb.com", VIP),
+        ("Other.Example", Ipv4Addr::new(240, 240, 0, 9)),
+        ("absolute.test.", Ipv4Addr::new(240, 240, 0, 10)),
+    ])
+}
+
+fn query(name: &str, ty: RecordType) -> Message {
+    let mut msg = Message::new(0xbeef, MessageType::Query, OpCode::Query);
+    msg.metadata.recursion_desired = true;
+    msg.add_query(Query::query(Name::from_str(name).expect("name"), ty));
+    msg
+}
+
+fn local(msg: &Message) -> Message {
+    match reply(&msg.to_vec().expect("encode"), &hosts()) {
+        Reply::Local(bytes) => Message::from_vec(&bytes).expect("a DNS message"),
+        Reply::Forward => panic!("{msg:?} was forwarded"),
+    }
+}
+
+fn forwarded(msg: &Message) -> bool {
+    reply(&msg.to_vec().expect("encode"), &hosts()) == Reply::Forward
+}
+
+#[test]
+fn a_for_a_configured_host_is_its_vip() {
+    // Names on the wire are absolute; letter case is the app's.
+    for name in ["mydb.com.", "MyDB.Com.", "MYDB.COM."] {
+        let q = query(name, RecordType::A);
+        let r = local(&q);
+        assert_eq!(r.metadata.id, 0xbeef, "{name}: the app's transaction id");
+        assert_eq!(r.metadata.message_type, MessageType::Response);
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert!(r.metadata.authoritative && r.metadata.recursion_desired);
+        assert!(r.metadata.recursion_available);
+        assert_eq!(r.queries, q.queries, "{name}: question echoed as asked");
+        let [answer] = r.answers.as_slice() else {
+            panic!("{name}: one answer expected, got {:?}", r.answers)
+        };
+        assert_eq!(answer.data, RData::A(A(VIP)));
+        assert_eq!(answer.ttl, ANSWER_TTL);
+        assert_eq!(answer.name, q.queries[0].name().clone());
+    }
+}
+
+#[test]
+fn other_types_of_a_configured_host_are_nodata_and_not_forwarded() {
+    for ty in [
+        RecordType::AAAA,
+        RecordType::MX,
+        RecordType::HTTPS,
+        RecordType::TXT,
+    ] {
+        let r = local(&query("mydb.com.", ty));
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError, "{ty}");
+        assert!(r.answers.is_empty(), "{ty}: {:?}", r.answers);
+    }
+}
+
+#[test]
+fn other_names_and_search_expansions_are_forwarded() {
+    for name in [
+        "example.org.",
+        "mydb.com.svc.cluster.local.",
+        "www.mydb.com.",
+        "mydb.co.",
+        "db.com.",
+    ] {
+        assert!(forwarded(&query(name, RecordType::A)), "{name}");
+        assert!(forwarded(&query(name, RecordType::AAAA)), "{name}");
+    }
+}
+
+#[test]
+fn anything_but_one_standard_in_question_is_forwarded() {
+    let mut two = query("mydb.com.", RecordType::A);
+    two.add_query(Query::query(
+        Name::from_str("mydb.com.").unwrap(),
+        RecordType::AAAA,
+    ));
+    assert!(forwarded(&two), "two questions");
+
+    let none = Message::new(1, MessageType::Query, OpCode::Query);
+    assert!(forwarded(&none), "no question");
+
+    let mut chaos = query("mydb.com.", RecordType::A);
+    let q = chaos.queries[0]
+        .clone()
+        .set_query_class(DNSClass::CH)
+        .clone();
+    chaos.queries = vec![q];
+    assert!(forwarded(&chaos), "class CH");
+
+    let mut notify = query("mydb.com.", RecordType::A);
+    notify.metadata.op_code = OpCode::Notify;
+    assert!(forwarded(&notify), "NOTIFY");
+
+    let mut response = query("mydb.com.", RecordType::A);
+    response.metadata.message_type = MessageType::Response;
+    assert!(forwarded(&response), "a response is nobody's question");
+
+    assert_eq!(reply(b"\x12\x34 not dns", &hosts()), Reply::Forward);
+    assert_eq!(reply(b"", &hosts()), Reply::Forward);
+}
+
+#[test]
+fn edns_in_the_query_gets_edns_in_the_answer() {
+    let r = local(&query("mydb.com.", RecordType::A));
+    assert!(r.edns.is_none());
+    let mut q = query("mydb.com.", RecordType::A);
+    let mut edns = Edns::new();
+    edns.set_max_payload(4096);
+    q.set_edns(edns);
+    let r = local(&q);
+    assert_eq!(r.edns.expect("an OPT record").max_payload(), 1232);
+}
+
+#[test]
+fn hosts_match_exactly_whatever_the_case() {
+    let h = hosts();
+    assert_eq!(h.get("mydb.com"), Some(&[VIP][..]), "one VIP per host");
+    assert_eq!(
+        h.get("other.example."),
+        Some(&[Ipv4Addr::new(240, 240, 0, 9)][..])
+    );
+    assert_eq!(
+        h.get("absolute.test"),
+        Some(&[Ipv4Addr::new(240, 240, 0, 10)][..])
+    );
+    assert_eq!(
+        h.get("ABSOLUTE.test."),
+        Some(&[Ipv4Addr::new(240, 240, 0, 10)][..])
+    );
+    assert_eq!(h.get("mydb.com.."), None);
+    assert_eq!(h.get("com"), None);
+}
+
+#[test]
+fn refused_keeps_the_id_and_question() {
+    let q = query("example.org.", RecordType::A);
+    let r = Message::from_vec(&refused(&q.to_vec().unwrap()).expect("an answer")).unwrap();
+    assert_eq!(r.metadata.id, 0xbeef);
+    assert_eq!(r.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(r.queries, q.queries);
+    assert_eq!(refused(b"junk"), None);
+}
