@@ -31,7 +31,17 @@ pub fn record(
     if p.is_null() {
         return Err(-1);
     }
-    unsafe { *p = value };
+    // Field by field: a whole-struct store from a value that was also
+    // handed to the helper compiles to a memmove, whose pointer
+    // subtraction the verifier refuses without CAP_PERFMON (the DaemonSet
+    // grants CAP_BPF and CAP_NET_ADMIN only).
+    unsafe {
+        (*p).orig_ip_be = orig_ip_be;
+        (*p).orig_port_be = orig_port_be;
+        (*p).kind = kind;
+        (*p).to_ip_be = to_ip_be;
+        (*p).to_port_be = to_port_be;
+    }
     Ok(())
 }
 
