@@ -251,7 +251,10 @@ fn start_up_errors_name_the_problem() {
         ),
         &[],
     );
-    assert!(err.contains("in use by another redirector"), "{err}");
+    assert!(
+        err.contains("in use by another redirector") && err.contains("--take-over"),
+        "{err}"
+    );
     assert_eq!(
         node.bodies(VIP, 1),
         ["healthy: east"],

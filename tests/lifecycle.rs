@@ -2,8 +2,12 @@
 //! in flight finish (a long transfer completes), sends new connects past
 //! the stopping proxy (the kernel datapath serves them), closes what
 //! outlives `--drain-timeout`, and a restart under steady load loses no
-//! request.
+//! request; a successor started with `--take-over` gets the listeners
+//! handed over, and not one request or DNS lookup fails, even for a
+//! TLS-originating service (which cannot fail open).
 
+#[path = "support/origination.rs"]
+mod origination;
 #[path = "support/scenario.rs"]
 mod scenario;
 
@@ -145,12 +149,18 @@ fn start(ns: &Netns, args: Vec<String>) -> Daemon {
 
 /// `rdt-load` in the app's position with a new connection per request:
 /// the status of every request.
-fn new_connections_load(ns: &Netns, cgroup: &TestCgroup, rps: u32, secs: u32) -> Vec<u64> {
+fn new_connections_load(
+    ns: &Netns,
+    cgroup: &TestCgroup,
+    vip: &str,
+    rps: u32,
+    secs: u32,
+) -> Vec<u64> {
     let bin = bin_path("rdt-load").expect("rdt-load is built");
     let mut cmd = Command::new(bin);
     cmd.args([
         "--target",
-        &format!("{VIP}:80"),
+        &format!("{vip}:80"),
         "--host",
         "mydb.com",
         "--rps",
@@ -186,7 +196,7 @@ fn a_restart_under_steady_load_loses_no_request() {
         } = &mut node;
         let (ns, cgroup) = (&*ns, &*cgroup);
         thread::scope(|s| {
-            let load = s.spawn(|| new_connections_load(ns, cgroup, 200, 6));
+            let load = s.spawn(|| new_connections_load(ns, cgroup, VIP, 200, 6));
             thread::sleep(Duration::from_secs(2));
             let status = daemon.as_mut().unwrap().terminate().unwrap();
             assert!(status.success(), "{status}");
@@ -212,4 +222,124 @@ fn a_restart_under_steady_load_loses_no_request() {
         "{}",
         node.log()
     );
+}
+
+/// `getaddrinfo("mydb.com")` in a loop for `secs` seconds, as an app of
+/// the cgroup whose resolver asks the node's nameserver once, with no
+/// retry: (lookups that gave `vip`, the others with what went wrong).
+fn lookups(ns: &Netns, cgroup: &TestCgroup, vip: &str, secs: u32) -> (u64, Vec<String>) {
+    let script = format!(
+        "
+import socket, time
+ok, bad, end = 0, [], time.time() + {secs}
+while time.time() < end:
+    try:
+        got = {{a[4][0] for a in socket.getaddrinfo('mydb.com', 80, socket.AF_INET)}}
+        if got == {{'{vip}'}}:
+            ok += 1
+        else:
+            bad.append('answered %s' % sorted(got))
+    except Exception as e:
+        bad.append('failed: %s' % e)
+    time.sleep(0.01)
+print(ok)
+for b in bad:
+    print(b)
+"
+    );
+    let out = Client::new(ns, "python3")
+        .args(["-c", &script])
+        .cgroup(cgroup)
+        .resolv_conf("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        .timeout(TIMEOUT + Duration::from_secs(u64::from(secs)))
+        .run()
+        .expect("running the lookups");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let ok = lines.next().and_then(|l| l.parse().ok()).expect("a count");
+    (ok, lines.map(str::to_owned).collect())
+}
+
+#[test]
+fn a_take_over_under_load_fails_no_request_and_no_lookup_even_with_tls_origination() {
+    let (mut node, ca, ca_file) = origination::node();
+    let east = origination::https(
+        &node,
+        origination::EAST_TLS,
+        "east",
+        ca.leaf(&["east.test"]),
+    );
+    let vip = origination::VIP;
+    node.start(
+        &(origination::entry(&[("east.test", "us-east1")]) + &origination::rule(&ca_file, None)),
+        "us-east1",
+        false,
+    );
+    let first = node.daemon.as_ref().unwrap().pid();
+    let mut args = node.args("us-east1");
+    args.push("--take-over".into());
+    let Node {
+        ns, cgroup, daemon, ..
+    } = &mut node;
+    let (ns, cgroup) = (&*ns, &*cgroup);
+    let (statuses, (resolved, unresolved), second) = thread::scope(|s| {
+        let load = s.spawn(|| new_connections_load(ns, cgroup, vip, 100, 6));
+        let dns = s.spawn(|| lookups(ns, cgroup, vip, 6));
+        thread::sleep(Duration::from_millis(1500));
+        let second = start(ns, args);
+        let old = daemon.as_mut().unwrap();
+        let handed = format!(
+            "handed the listeners and the datapath over to pid {}",
+            second.pid()
+        );
+        wait_until("the old daemon's handover", TIMEOUT, || {
+            old.log().contains(&handed)
+        });
+        // Kubernetes deletes the old pod once the new one is ready.
+        thread::sleep(Duration::from_millis(1500));
+        let status = old.terminate().unwrap();
+        assert!(status.success(), "{status}\n{}", old.log());
+        (
+            load.join().expect("the load"),
+            dns.join().expect("the lookups"),
+            second,
+        )
+    });
+    let old_log = node.log();
+    node.daemon = Some(second);
+    let failed: Vec<(usize, u64)> = statuses
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, s)| *s != 200)
+        .collect();
+    assert_eq!(statuses.len(), 600);
+    assert!(
+        failed.is_empty(),
+        "failed requests (index, status): {failed:?}\nold daemon:\n{old_log}\nnew daemon:\n{}",
+        node.log()
+    );
+    assert!(
+        unresolved.is_empty() && resolved > 50,
+        "{resolved} lookups gave the VIP; the others: {unresolved:?}\n{old_log}"
+    );
+    assert!(old_log.contains("exiting"), "{old_log}");
+    let log = node.log();
+    for line in [
+        format!("pid {first} holds"),
+        "took over the listeners".to_owned(),
+        format!("replacing those of pid {first}"),
+    ] {
+        assert!(log.contains(&line), "{line:?} in:\n{log}");
+    }
+    // The successor serves on its own now: through its proxy, over TLS.
+    let accepted = log.matches(": accepted ").count();
+    assert_eq!(node.curl(vip), Ok((200, "healthy: east".to_owned())));
+    let log = node.log();
+    assert!(log.matches(": accepted ").count() > accepted, "{log}");
+    assert!(east.accepted() > 0);
+    let eps = node.endpoints();
+    assert_eq!(eps["daemon_running"], true, "{eps:#}");
+    assert_eq!(eps["proxy_listening"], true, "{eps:#}");
 }

@@ -16,6 +16,7 @@
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
     time::Duration,
@@ -35,10 +36,10 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    bpf::{Datapath, DatapathOptions, ServiceMapEntry},
+    bpf::{self, BpfError, Datapath, DatapathOptions, PinError, ServiceMapEntry},
     cluster::Cluster,
     config::{self, Config, DatapathMode, NodeSettings, Protocol, Service},
-    dns, health, kube,
+    dns, handover, health, kube,
     locality::Locality,
     proxy::{self, Route, Routes},
     resolve::{self, Resolve},
@@ -60,6 +61,9 @@ pub struct RunOptions {
     pub datapath_only: bool,
     /// How long a stopping daemon lets open connections finish.
     pub drain_timeout: Duration,
+    /// When another daemon holds the pin directory, ask it to hand over
+    /// its listeners (see `handover.rs`) instead of failing.
+    pub take_over: bool,
 }
 
 /// Node settings with every default filled in.
@@ -364,26 +368,61 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let config = config::load_file(&opts.config, &opts.overrides)?;
     let node = Node::resolve(&config.node, cluster_locality(&config).await?)?;
     log_config(&config, &node);
-    let datapath = Arc::new(Datapath::load(DatapathOptions {
+    if opts.datapath_only {
+        let (datapath, _) = load_datapath(&opts, &node).await?;
+        let result = redirect_only(&config, &datapath).await;
+        datapath.release();
+        return result;
+    }
+    serve(&opts, config, node).await
+}
+
+/// Loads the datapath, claiming the pin directory; with `--take-over`, a
+/// daemon holding it is asked for its listeners first (`handover.rs`), and
+/// those come back too.
+async fn load_datapath(
+    opts: &RunOptions,
+    node: &Node,
+) -> anyhow::Result<(Datapath, Option<handover::Handed>)> {
+    let options = || DatapathOptions {
         cgroup: node.cgroup.clone(),
         pin_dir: node.pin_dir.clone(),
         proxy: node.listen,
         // With no responder of ours, DNS is left alone.
         dns: node.dns.filter(|_| !opts.datapath_only),
-    })?);
+    };
+    let (datapath, handed) = match Datapath::load(options()) {
+        Err(BpfError::Pins(PinError::InUse { pid, .. })) if opts.take_over => {
+            let path = bpf::handover_path(&node.pin_dir);
+            info!(
+                "pid {pid} holds {}: asking it to hand its listeners over ({})",
+                node.pin_dir.display(),
+                path.display()
+            );
+            let handed = tokio::task::spawn_blocking(move || handover::request(&path))
+                .await
+                .context("the handover task")?
+                .with_context(|| {
+                    format!(
+                        "pid {pid} holds {} and did not hand over",
+                        node.pin_dir.display()
+                    )
+                })?;
+            info!(
+                from = handed.pid, sockets = ?handed.describe(),
+                "took over the listeners; the previous daemon stopped accepting"
+            );
+            (Datapath::load(options())?, Some(handed))
+        }
+        other => (other?, None),
+    };
     if let Some(pid) = datapath.previous_pid() {
         info!(
             "taking over the datapath pid {pid} left attached in {}",
             node.pin_dir.display()
         );
     }
-    let result = if opts.datapath_only {
-        redirect_only(&config, &datapath).await
-    } else {
-        serve(&opts, config, node, &datapath).await
-    };
-    datapath.release();
-    result
+    Ok((datapath, handed))
 }
 
 /// `--datapath-only`: the kernel side alone, redirecting the config's VIPs
@@ -405,14 +444,9 @@ async fn redirect_only(config: &Config, datapath: &Datapath) -> anyhow::Result<(
 /// (resolver timeouts are shorter, so a dead resolver fails well before).
 const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(5);
 
-async fn serve(
-    opts: &RunOptions,
-    config: Config,
-    node: Node,
-    datapath: &Arc<Datapath>,
-) -> anyhow::Result<()> {
+async fn serve(opts: &RunOptions, config: Config, node: Node) -> anyhow::Result<()> {
     let notify = Arc::new(Notify::new());
-    let mut current = Generation::build(config, node, &notify, None)?;
+    let current = Generation::build(config, node, &notify, None)?;
     let routes: Routes = Arc::new(RwLock::new(current.routes.clone()));
     // Endpoint names get their first answer (or failure) before the
     // listener opens: during a takeover the kernel keeps failing open to the
@@ -427,14 +461,71 @@ async fn serve(
     {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Routes and first answers are ready before the pin directory is
+    // claimed: a daemon handing over stops accepting only once this one is
+    // about to.
+    let (datapath, mut handed) = load_datapath(opts, &current.node).await?;
+    let datapath = Arc::new(datapath);
+    let result = serve_on(opts, current, routes, notify, &datapath, &mut handed).await;
+    datapath.release();
+    result
+}
+
+async fn serve_on(
+    opts: &RunOptions,
+    mut current: Generation,
+    routes: Routes,
+    notify: Arc<Notify>,
+    datapath: &Arc<Datapath>,
+    handed: &mut Option<handover::Handed>,
+) -> anyhow::Result<()> {
     // The routes exist before the listener: once it is bound, programs a
-    // previous daemon left attached send connects to it.
-    let listener = proxy::bind(current.node.listen.into()).await?;
+    // previous daemon left attached send connects to it. A predecessor's
+    // listener, handed over, never stopped listening.
+    let mut handed_socket = |kind, addr: SocketAddrV4| -> anyhow::Result<Option<OwnedFd>> {
+        let Some(fd) = handed.as_mut().and_then(|h| h.take(kind, addr.into())) else {
+            return Ok(None);
+        };
+        handover::check(kind, &fd, addr.into()).context("adopting a handed-over socket")?;
+        Ok(Some(fd))
+    };
+    let listener = match handed_socket(handover::Kind::Proxy, current.node.listen)? {
+        Some(fd) => tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd))
+            .context("adopting the handed-over proxy listener")?,
+        None => proxy::bind(current.node.listen.into()).await?,
+    };
     // Likewise the DNS responder: bound, programs send DNS to it.
     let responder = match current.node.dns {
-        Some(addr) => Some(dns::serve::bind(addr).await?),
+        Some(addr) => {
+            let udp = handed_socket(handover::Kind::DnsUdp, addr)?;
+            let tcp = handed_socket(handover::Kind::DnsTcp, addr)?;
+            Some(match (udp, tcp) {
+                (Some(udp), Some(tcp)) => dns::serve::Responder::adopt(udp.into(), tcp.into())
+                    .context("adopting the handed-over DNS responder")?,
+                // Half a responder is none: bind both afresh.
+                (udp, tcp) => {
+                    drop((udp, tcp));
+                    dns::serve::bind(addr).await?
+                }
+            })
+        }
         None => None,
     };
+    // What was handed and is not wanted here (the ports changed) closes.
+    handed.take();
+    // Duplicates of the listening sockets, for a successor.
+    let mut listening = handover::Listening::default();
+    listening
+        .add(handover::Kind::Proxy, listener.as_fd())
+        .context("keeping the proxy listener for a handover")?;
+    if let Some(r) = &responder {
+        let (udp, tcp) = r.fds();
+        listening
+            .add(handover::Kind::DnsUdp, udp)
+            .and_then(|()| listening.add(handover::Kind::DnsTcp, tcp))
+            .context("keeping the DNS responder for a handover")?;
+    }
+    let successors = handover::Server::bind(bpf::handover_path(&current.node.pin_dir))?;
     datapath.set_services(&service_entries(&current.config.services))?;
     health::publish_all(datapath, &routes);
     let drain = proxy::Drain::default();
@@ -463,7 +554,7 @@ async fn serve(
             routes.clone(),
         )));
     }
-    let _guard = AbortOnDrop(tasks);
+    let guard = AbortOnDrop(tasks);
     datapath.attach()?;
     for s in &current.config.services {
         info!(
@@ -483,13 +574,27 @@ async fn serve(
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let (changed_tx, mut changed) = tokio::sync::mpsc::channel(1);
-    let mut _watching = watch_files(opts, &current, &changed_tx);
+    let mut watching = watch_files(opts, &current, &changed_tx);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => info!("SIGHUP: reloading {}", opts.config.display()),
             Some(path) = changed.recv() => info!("{} changed: reloading", path.display()),
+            successor = successors.next() => {
+                let pid = successor.pid;
+                info!("pid {pid} asks for the listeners: handing over");
+                if let Err(e) = successor.offer(&listening) {
+                    error!("handing over to pid {pid} failed, serving on: {e}");
+                    continue;
+                }
+                // Nothing of ours writes the maps from here on, and the
+                // successor may claim them once the connection closes.
+                drop((accept, guard, watching));
+                datapath.hand_over();
+                drop(successor);
+                return handed_over(opts, pid, drain).await;
+            }
         }
         match reload(opts, &current, &notify) {
             Ok(next) => {
@@ -503,7 +608,7 @@ async fn serve(
                 notify.notify_one();
                 // What was just read is in force: watch from there, with
                 // the TLS files the new config names.
-                _watching = watch_files(opts, &current, &changed_tx);
+                watching = watch_files(opts, &current, &changed_tx);
                 while changed.try_recv().is_ok() {}
                 info!(services = current.config.services.len(), "config reloaded");
             }
@@ -511,6 +616,48 @@ async fn serve(
         }
     }
     stop(opts, &current, datapath, accept, drain).await;
+    Ok(())
+}
+
+/// After a handover: the successor accepts everything new; connections
+/// open here finish (HTTP ones after their request in flight, as on
+/// SIGTERM), and the process waits for SIGTERM to exit, so that a
+/// supervisor does not restart it (a Kubernetes rolling update with
+/// `maxSurge` deletes the old pod once the new one is ready).
+async fn handed_over(opts: &RunOptions, successor: u32, drain: proxy::Drain) -> anyhow::Result<()> {
+    drain.tracker.close();
+    drain.stop.cancel();
+    info!(
+        successor,
+        open_connections = drain.tracker.len(),
+        "handed the listeners and the datapath over to pid {successor}; draining, then waiting \
+         for SIGTERM"
+    );
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let signalled = async {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    tokio::pin!(signalled);
+    tokio::select! {
+        () = drain.tracker.wait() => {
+            info!("drained; waiting for SIGTERM");
+            signalled.await;
+        }
+        () = &mut signalled => {
+            match tokio::time::timeout(opts.drain_timeout, drain.tracker.wait()).await {
+                Ok(()) => info!("drained"),
+                Err(_) => warn!(
+                    still_open = drain.tracker.len(),
+                    "drain timeout reached; closing the remaining connections"
+                ),
+            }
+        }
+    }
+    info!("exiting");
     Ok(())
 }
 

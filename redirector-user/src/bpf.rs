@@ -80,7 +80,7 @@ use redirector_common::{
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{debug, info, warn};
 
-pub use pins::{Cleanup, PinError, PinnedState, cleanup};
+pub use pins::{Cleanup, PinError, PinnedState, cleanup, handover_path};
 
 use crate::sys;
 
@@ -567,6 +567,15 @@ impl Datapath {
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(|e| BpfError::Ring(e.into_parts().1))?;
         Ok(Some(OutcomeReader { ring }))
+    }
+
+    /// Gives the pin directory to a successor that took this daemon's
+    /// listeners: the lock is released and nothing is removed (the pins
+    /// are the successor's now). The maps stay open for connections in
+    /// flight, but nothing may write them any more.
+    pub fn hand_over(&self) {
+        self.pins.lock().expect("pins lock").take();
+        self.ebpf.lock().expect("ebpf lock").take();
     }
 
     /// Lets go of the datapath: the programs stay attached through their

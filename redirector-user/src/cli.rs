@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// On SIGTERM, how long open connections may finish before the daemon exits (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: std::time::Duration,
+    /// If a daemon already holds the pin dir, take its listening sockets and datapath over
+    /// without a gap (it stops accepting, drains and waits for SIGTERM) instead of failing.
+    #[arg(long, env = "REDIRECTOR_TAKE_OVER")]
+    pub take_over: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod endpoints;
+pub mod handover;
 pub mod health;
 pub mod kube;
 pub mod lb;

@@ -48,6 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 overrides: args.node.to_settings(),
                 datapath_only: args.datapath_only,
                 drain_timeout: args.drain_timeout,
+                take_over: args.take_over,
             }))
         }
         Command::Check(args) => {

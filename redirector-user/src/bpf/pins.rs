@@ -56,7 +56,8 @@ pub enum PinError {
     )]
     NotBpffs { dir: PathBuf, ancestor: PathBuf },
     #[error(
-        "pin dir {dir} is in use by another redirector (pid {pid}); stop it or use another --pin-dir"
+        "pin dir {dir} is in use by another redirector (pid {pid}); stop it, use another \
+         --pin-dir, or start this one with --take-over to have it hand over"
     )]
     InUse { dir: PathBuf, pid: String },
     #[error("pin dir {path}: {error}")]
@@ -257,6 +258,7 @@ impl Pins {
         // Only if empty: it may hold files that are not ours.
         let _ = fs::remove_dir(&self.dir);
         let _ = fs::remove_file(lock_path(&self.dir));
+        let _ = fs::remove_file(handover_path(&self.dir));
     }
 }
 
@@ -305,6 +307,12 @@ pub fn cleanup(dir: &Path) -> Result<Cleanup, PinError> {
     }
     pins.remove();
     Ok(Cleanup { links, found: true })
+}
+
+/// Where the daemon holding `dir` takes handover requests (see
+/// `handover.rs`), beside the lock.
+pub fn handover_path(dir: &Path) -> PathBuf {
+    lock_path(dir).with_extension("handover")
 }
 
 fn lock_path(dir: &Path) -> PathBuf {

@@ -19,6 +19,7 @@
 use std::{
     io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    os::fd::{AsFd as _, BorrowedFd},
     sync::Arc,
     time::Duration,
 };
@@ -74,6 +75,22 @@ pub async fn bind(addr: SocketAddrV4) -> Result<Responder, DnsError> {
     let udp = UdpSocket::bind(addr).await.map_err(err)?;
     let tcp = TcpListener::bind(addr).await.map_err(err)?;
     Ok(Responder { udp, tcp })
+}
+
+impl Responder {
+    /// A responder on sockets a previous daemon handed over (see
+    /// `handover.rs`), bound and listening already.
+    pub fn adopt(udp: std::net::UdpSocket, tcp: std::net::TcpListener) -> io::Result<Self> {
+        Ok(Self {
+            udp: UdpSocket::from_std(udp)?,
+            tcp: TcpListener::from_std(tcp)?,
+        })
+    }
+
+    /// The two sockets, to be kept for a successor.
+    pub fn fds(&self) -> (BorrowedFd<'_>, BorrowedFd<'_>) {
+        (self.udp.as_fd(), self.tcp.as_fd())
+    }
 }
 
 /// Serves both sockets until the task is dropped.
