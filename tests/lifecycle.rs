@@ -182,6 +182,21 @@ fn new_connections_load(
         .collect()
 }
 
+/// Every one of the `expected` requests got a 200.
+fn assert_all_ok(statuses: &[u64], expected: usize, logs: &str) {
+    let failed: Vec<(usize, u64)> = statuses
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, s)| *s != 200)
+        .collect();
+    assert_eq!(statuses.len(), expected);
+    assert!(
+        failed.is_empty(),
+        "failed requests (index, status): {failed:?}\n{logs}"
+    );
+}
+
 #[test]
 fn a_restart_under_steady_load_loses_no_request() {
     let mut node = Node::new();
@@ -205,18 +220,7 @@ fn a_restart_under_steady_load_loses_no_request() {
             load.join().expect("the load")
         })
     };
-    let failed: Vec<(usize, u64)> = statuses
-        .iter()
-        .copied()
-        .enumerate()
-        .filter(|(_, s)| *s != 200)
-        .collect();
-    assert_eq!(statuses.len(), 1200);
-    assert!(
-        failed.is_empty(),
-        "failed requests (index, status): {failed:?}\n{}",
-        node.log()
-    );
+    assert_all_ok(&statuses, 1200, &node.log());
     assert!(
         node.log().contains("taking over the datapath"),
         "{}",
@@ -308,17 +312,10 @@ fn a_take_over_under_load_fails_no_request_and_no_lookup_even_with_tls_originati
     });
     let old_log = node.log();
     node.daemon = Some(second);
-    let failed: Vec<(usize, u64)> = statuses
-        .iter()
-        .copied()
-        .enumerate()
-        .filter(|(_, s)| *s != 200)
-        .collect();
-    assert_eq!(statuses.len(), 600);
-    assert!(
-        failed.is_empty(),
-        "failed requests (index, status): {failed:?}\nold daemon:\n{old_log}\nnew daemon:\n{}",
-        node.log()
+    assert_all_ok(
+        &statuses,
+        600,
+        &format!("old daemon:\n{old_log}\nnew daemon:\n{}", node.log()),
     );
     assert!(
         unresolved.is_empty() && resolved > 50,
