@@ -1,7 +1,8 @@
 //! `sock_ops`: two jobs on client sockets of the attached cgroup.
 //!
 //! Proxy path: when a redirected socket sends its SYN, its source port is
-//! known; re-key the original destination by that address so the proxy,
+//! known; re-key the original destination by that address (IPv4 or IPv6,
+//! in a map per family) so the proxy,
 //! which only sees its peer address on accept, can find it.
 //! `TCP_CONNECT_CB` runs inside `connect()` before the SYN leaves, so the
 //! entry exists before the proxy can possibly accept the connection.
@@ -32,12 +33,13 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use redirector_common::{
-    ConnectOutcome, OUTCOME_CONNECTED, OUTCOME_FAILED, SLOT_CONN_TIMEOUT_SET, SockKey,
+    ConnectOutcome, OUTCOME_CONNECTED, OUTCOME_FAILED, SLOT_CONN_TIMEOUT_SET, SockAddr6, SockKey,
 };
 
-use crate::maps::{ORIG_BY_COOKIE, ORIG_BY_SOCK, OUTCOMES, SLOT_CONNS};
+use crate::maps::{ORIG_BY_COOKIE, ORIG_BY_SOCK, ORIG_BY_SOCK6, OUTCOMES, SLOT_CONNS};
 
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 const SOL_TCP: i32 = 6;
 const TCP_USER_TIMEOUT: i32 = 18;
 
@@ -49,7 +51,8 @@ pub fn rd_sockops(ctx: SockOpsContext) -> u32 {
 }
 
 fn try_sockops(ctx: &SockOpsContext) -> Result<(), i64> {
-    if ctx.family() != AF_INET {
+    let family = ctx.family();
+    if family != AF_INET && family != AF_INET6 {
         return Ok(());
     }
     match ctx.op() {
@@ -70,13 +73,25 @@ fn on_connect(ctx: &SockOpsContext) -> Result<(), i64> {
     let cookie = cookie(ctx);
     if let Some(orig) = unsafe { ORIG_BY_COOKIE.get(&cookie) } {
         let orig = *orig;
-        let key = SockKey {
-            ip_be: ctx.local_ip4(),
-            // local_port is in host order, unlike every other port in the ctx.
-            port_be: (ctx.local_port() as u16).to_be(),
-            _pad: 0,
-        };
-        ORIG_BY_SOCK.insert(&key, &orig, 0)?;
+        // local_port is in host order, unlike every other port in the ctx.
+        let port_be = (ctx.local_port() as u16).to_be();
+        if ctx.family() == AF_INET6 {
+            // connect6 recorded it: an IPv6 client of the proxy's [::1]
+            // listener.
+            let key = SockAddr6 {
+                ip6_be: local_ip6(ctx),
+                port_be,
+                _pad: 0,
+            };
+            ORIG_BY_SOCK6.insert(&key, &orig, 0)?;
+        } else {
+            let key = SockKey {
+                ip_be: ctx.local_ip4(),
+                port_be,
+                _pad: 0,
+            };
+            ORIG_BY_SOCK.insert(&key, &orig, 0)?;
+        }
         ORIG_BY_COOKIE.remove(&cookie)?;
         return Ok(());
     }
@@ -93,6 +108,22 @@ fn on_connect(ctx: &SockOpsContext) -> Result<(), i64> {
         }
     }
     Ok(())
+}
+
+/// The socket's IPv6 address, word by word: the verifier allows only
+/// 32-bit loads at constant offsets of the context, and a copy of the
+/// whole array (`SockOpsContext::local_ip6`) compiles to a load through a
+/// moved context pointer, which it refuses.
+fn local_ip6(ctx: &SockOpsContext) -> [u32; 4] {
+    let ops = ctx.ops;
+    unsafe {
+        [
+            core::ptr::read_volatile(&raw const (*ops).local_ip6[0]),
+            core::ptr::read_volatile(&raw const (*ops).local_ip6[1]),
+            core::ptr::read_volatile(&raw const (*ops).local_ip6[2]),
+            core::ptr::read_volatile(&raw const (*ops).local_ip6[3]),
+        ]
+    }
 }
 
 fn user_timeout(ctx: &SockOpsContext) -> Option<i32> {

@@ -15,7 +15,7 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
     time::Duration,
@@ -25,7 +25,7 @@ use anyhow::Context as _;
 use redirector_common::{
     HOST_LEN, PROTO_HTTP, PROTO_HTTPS, PROTO_TCP, PROTO_TLS, SVC_FAIL_OPEN, SVC_INFO_KERNEL_PATH,
     SVC_KERNEL_PATH, SVC_TLS_MUTUAL, SVC_TLS_ORIGINATION, SVC_VIP_AUTO, ServiceInfo, ServiceKey,
-    ServiceValue, write_str,
+    ServiceKey6, ServiceValue, write_str,
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -274,6 +274,11 @@ fn service_entries(services: &[Service]) -> Vec<ServiceMapEntry> {
                     port_be: info.port_be,
                     _pad: 0,
                 },
+                key6: ServiceKey6 {
+                    vip6_be: crate::bpf::ip6_words(s.vip6),
+                    port_be: info.port_be,
+                    _pad: 0,
+                },
                 value: ServiceValue {
                     service_id: i as u32 + 1,
                     flags: if kernel { SVC_KERNEL_PATH } else { 0 }
@@ -370,6 +375,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         proxy: node.listen,
         // With no responder of ours, DNS is left alone.
         dns: node.dns.filter(|_| !opts.datapath_only),
+        proxy6: Some(Ipv6Addr::LOCALHOST),
     })?);
     if let Some(pid) = datapath.previous_pid() {
         info!(
@@ -430,6 +436,8 @@ async fn serve(
     // The routes exist before the listener: once it is bound, programs a
     // previous daemon left attached send connects to it.
     let listener = proxy::bind(current.node.listen.into()).await?;
+    let listen6 = SocketAddrV6::new(Ipv6Addr::LOCALHOST, current.node.listen.port(), 0, 0);
+    let listener6 = proxy::bind_optional(listen6.into()).await?;
     // Likewise the DNS responder: bound, programs send DNS to it.
     let responder = match current.node.dns {
         Some(addr) => Some(dns::serve::bind(addr).await?),
@@ -438,12 +446,21 @@ async fn serve(
     datapath.set_services(&service_entries(&current.config.services))?;
     health::publish_all(datapath, &routes);
     let drain = proxy::Drain::default();
-    let accept = AbortOnDrop(vec![tokio::spawn(proxy::serve(
+    let mut accept = vec![tokio::spawn(proxy::serve(
         listener,
         datapath.clone(),
         routes.clone(),
         drain.clone(),
-    ))]);
+    ))];
+    if let Some(listener6) = listener6 {
+        accept.push(tokio::spawn(proxy::serve(
+            listener6,
+            datapath.clone(),
+            routes.clone(),
+            drain.clone(),
+        )));
+    }
+    let accept = AbortOnDrop(accept);
     let mut tasks = vec![tokio::spawn(health::publish(
         datapath.clone(),
         routes.clone(),
@@ -467,8 +484,8 @@ async fn serve(
     datapath.attach()?;
     for s in &current.config.services {
         info!(
-            "{}:{} is served at VIP {}:{}",
-            s.host, s.port.number, s.vip, s.port.number
+            "{}:{} is served at VIP {}:{} and [{}]:{}",
+            s.host, s.port.number, s.vip, s.port.number, s.vip6, s.port.number
         );
     }
     if let Some(addr) = current.node.dns {

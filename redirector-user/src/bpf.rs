@@ -57,7 +57,7 @@ pub mod slots;
 use std::{
     collections::HashSet,
     fs::File,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -72,10 +72,11 @@ use aya::{
     },
 };
 use redirector_common::{
-    ConnectOutcome, DNS_ENABLED, DnsConfig, EndpointHealth, EndpointKey, MAX_ENDPOINTS,
+    Config6, ConnectOutcome, DNS_ENABLED, DnsConfig, EndpointHealth, EndpointKey, MAX_ENDPOINTS,
     MAX_INFLIGHT, MAX_SERVICES, OUTCOME_RING_BYTES, OrigDst, PROXY_ENABLED, ProxyConfig,
-    SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceInfo, ServiceKey, ServiceValue, SlotConn, SlotTable,
-    SockKey, SockOrig, map_names, program_names,
+    SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceInfo, ServiceKey, ServiceKey6, ServiceValue,
+    ServiceValue6, SlotConn, SlotTable, SockAddr6, SockKey, SockOrig, SockOrig6, map_names,
+    program_names,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{debug, info, warn};
@@ -165,12 +166,18 @@ pub struct DatapathOptions {
     pub proxy: SocketAddrV4,
     /// The DNS responder (UDP and TCP); `None` leaves DNS alone.
     pub dns: Option<SocketAddrV4>,
+    /// The proxy's IPv6 listener (same port), where connect6 sends
+    /// connects to IPv6 VIPs; `None` (no IPv6 on the node) leaves them to
+    /// fail open.
+    pub proxy6: Option<Ipv6Addr>,
 }
 
-/// One service's entry in the kernel: the key apps dial, and display data.
+/// One service's entry in the kernel: the keys apps dial, and display data.
 pub struct ServiceMapEntry {
     pub key: ServiceKey,
     pub value: ServiceValue,
+    /// The IPv6 VIP:port, for connect6.
+    pub key6: ServiceKey6,
     pub info: ServiceInfo,
 }
 
@@ -179,6 +186,7 @@ pub struct Datapath {
     ebpf: Mutex<Option<Ebpf>>,
     maps: Mutex<Maps>,
     orig: Mutex<HashMap<MapData, SockKey, OrigDst>>,
+    orig6: Mutex<HashMap<MapData, SockAddr6, OrigDst>>,
     dns_by_sock: Mutex<HashMap<MapData, SockKey, OrigDst>>,
     outcomes: Mutex<Option<RingBuf<MapData>>>,
     cgroup: PathBuf,
@@ -189,6 +197,7 @@ pub struct Datapath {
 
 struct Maps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
+    services6: HashMap<MapData, ServiceKey6, ServiceValue6>,
     info: HashMap<MapData, u32, ServiceInfo>,
     endpoints: HashMap<MapData, EndpointKey, EndpointHealth>,
     slots: HashMap<MapData, u32, SlotTable>,
@@ -199,8 +208,8 @@ struct Maps {
 /// Every map, with the kernel layout a pinned one must have to be reused.
 /// A pin directory of an earlier build may lack the maps added since (the
 /// DNS ones): the loader creates those, so an upgrade takes over without a
-/// gap.
-fn layouts() -> [pins::Layout; 12] {
+/// gap; the IPv6 ones were added the same way, so the ABI stayed v2.
+fn layouts() -> [pins::Layout; 16] {
     fn l<K, V>(name: &'static str, max_entries: u32) -> pins::Layout {
         pins::Layout {
             name,
@@ -224,12 +233,16 @@ fn layouts() -> [pins::Layout; 12] {
         // Socket storage: the key is the socket (an fd, `int`), and the
         // kernel sizes it by socket, not by max_entries.
         l::<i32, SockOrig>(map_names::SOCK_ORIG, 0),
+        l::<ServiceKey6, ServiceValue6>(map_names::SERVICES6, MAX_SERVICES),
+        l::<u32, Config6>(map_names::CONFIG6, 1),
+        l::<SockAddr6, OrigDst>(map_names::ORIG_BY_SOCK6, MAX_INFLIGHT),
+        l::<i32, SockOrig6>(map_names::SOCK_ORIG6, 0),
     ]
 }
 
 /// The cgroup hooks: program, attach point, pinned link name, and whether
 /// it serves only DNS capture (attached only while capture is on).
-const HOOKS: [(&str, Hook, &str, bool); 6] = [
+const HOOKS: [(&str, Hook, &str, bool); 8] = [
     (
         program_names::CONNECT4,
         Hook::SockAddr,
@@ -261,6 +274,18 @@ const HOOKS: [(&str, Hook, &str, bool); 6] = [
         true,
     ),
     (program_names::EGRESS, Hook::Egress, pins::LINK_EGRESS, true),
+    (
+        program_names::CONNECT6,
+        Hook::SockAddr,
+        pins::LINK_CONNECT6,
+        false,
+    ),
+    (
+        program_names::GETPEERNAME6,
+        Hook::SockAddr,
+        pins::LINK_GETPEERNAME6,
+        false,
+    ),
 ];
 
 #[derive(Clone, Copy)]
@@ -320,6 +345,10 @@ impl Datapath {
         }
 
         let services = typed_map(&mut ebpf, map_names::SERVICES, HashMap::try_from)?;
+        let services6 = typed_map(&mut ebpf, map_names::SERVICES6, HashMap::try_from)?;
+        let orig6 = typed_map(&mut ebpf, map_names::ORIG_BY_SOCK6, HashMap::try_from)?;
+        let mut config6: Array<MapData, Config6> =
+            typed_map(&mut ebpf, map_names::CONFIG6, Array::try_from)?;
         let info = typed_map(&mut ebpf, map_names::SERVICE_INFO, HashMap::try_from)?;
         let endpoints: HashMap<MapData, EndpointKey, EndpointHealth> =
             typed_map(&mut ebpf, map_names::ENDPOINTS, HashMap::try_from)?;
@@ -345,6 +374,11 @@ impl Datapath {
         // keep redirecting; on a fresh start nothing is attached yet.
         let cfg = proxy_config(opts.proxy, PROXY_ENABLED);
         map_op(map_names::PROXY_CONFIG, config.set(0, cfg, 0))?;
+        let cfg6 = Config6 {
+            proxy_ip6_be: opts.proxy6.map_or([0; 4], ip6_words),
+            responder_ip6_be: [0; 4],
+        };
+        map_op(map_names::CONFIG6, config6.set(0, cfg6, 0))?;
         // Likewise: sendmsg4 and connect4 send DNS to the responder only
         // while it listens, so this is safe before it does.
         map_op(
@@ -355,12 +389,14 @@ impl Datapath {
             ebpf: Mutex::new(Some(ebpf)),
             maps: Mutex::new(Maps {
                 services,
+                services6,
                 info,
                 endpoints,
                 slots,
                 endpoint_counts,
             }),
             orig: Mutex::new(orig),
+            orig6: Mutex::new(orig6),
             dns_by_sock: Mutex::new(dns_by_sock),
             outcomes: Mutex::new(Some(outcomes)),
             cgroup: opts.cgroup,
@@ -398,6 +434,29 @@ impl Datapath {
         }
         for k in stale {
             map_op(map_names::SERVICES, maps.services.remove(&k))?;
+        }
+        // The IPv6 VIPs: their entry names the IPv4 VIP the proxy routes
+        // by, so each is written after its IPv4 one and removed with it.
+        let wanted6: HashSet<ServiceKey6> = entries.iter().map(|e| e.key6).collect();
+        let stale6: Vec<ServiceKey6> = maps
+            .services6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted6.contains(k))
+            .collect();
+        for e in entries {
+            let value = ServiceValue6 {
+                service_id: e.value.service_id,
+                flags: e.value.flags,
+                vip4_be: e.key.vip_be,
+            };
+            map_op(
+                map_names::SERVICES6,
+                maps.services6.insert(e.key6, value, 0),
+            )?;
+        }
+        for k in stale6 {
+            map_op(map_names::SERVICES6, maps.services6.remove(&k))?;
         }
         let live_ids: HashSet<u32> = entries.iter().map(|e| e.value.service_id).collect();
         let stale_ids: Vec<u32> = maps
@@ -536,6 +595,26 @@ impl Datapath {
         ))
     }
 
+    /// [`Self::take_original_destination`] for a client of the proxy's
+    /// IPv6 listener: the service's IPv4 VIP:port, which the routes are
+    /// keyed by (connect6 recorded it; the app dialled the IPv6 VIP).
+    pub fn take_original_destination6(&self, peer: SocketAddrV6) -> Option<SocketAddrV4> {
+        let key = SockAddr6 {
+            ip6_be: ip6_words(*peer.ip()),
+            port_be: peer.port().to_be(),
+            _pad: 0,
+        };
+        let mut map = self.orig6.lock().expect("orig6 lock");
+        let orig = map.get(&key, 0).ok()?;
+        if let Err(e) = map.remove(&key) {
+            debug!(%peer, error = %e, "removing original-destination entry");
+        }
+        Some(SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(orig.vip_be)),
+            u16::from_be(orig.port_be),
+        ))
+    }
+
     /// The nameserver the app socket at `peer` sent its DNS query to, as
     /// sendmsg4 or the egress program recorded it. Not consumed: a socket
     /// sends many queries (the LRU map forgets sockets long gone).
@@ -660,6 +739,14 @@ fn dns_config_value(responder: Option<SocketAddrV4>) -> DnsConfig {
         _pad: 0,
         flags: if responder.is_some() { DNS_ENABLED } else { 0 },
     }
+}
+
+/// An IPv6 address as the kernel's `user_ip6` words (network order).
+pub fn ip6_words(ip: Ipv6Addr) -> [u32; 4] {
+    let o = ip.octets();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
 }
 
 fn proxy_config(proxy: SocketAddrV4, flags: u32) -> ProxyConfig {

@@ -1,0 +1,162 @@
+//! `cgroup/connect6`: connect4 for IPv6 sockets. A TCP connect to a
+//! service's IPv6 VIP:port goes, in connect4's order, to the kernel path's
+//! slot, the proxy's IPv6 listener, or (the proxy is not listening) a slot
+//! to fail open, else `EPERM`.
+//!
+//! Everything past the lookup is shared with IPv4: the service's IPv4
+//! VIP:port ([`ServiceValue6::vip4_be`]) is what the proxy routes by and
+//! what the slot table is checked against, so it is the original
+//! destination recorded under the socket cookie (sock_ops re-keys it by
+//! the socket's IPv6 address). Slot tables hold IPv4 endpoints, reached
+//! from an IPv6 socket at their IPv4-mapped address (`::ffff:a.b.c.d`),
+//! as Cilium's socket load balancer does; a socket with `IPV6_V6ONLY`
+//! cannot reach those, and gets the kernel's `ENETUNREACH` on those two
+//! paths (never on the proxy path, which is why the proxy listens on
+//! `[::1]` rather than at `::ffff:127.0.0.1`).
+//!
+//! Port-53 traffic of IPv6 sockets is left alone (see the README's
+//! "not yet").
+
+use aya_ebpf::{
+    bindings::bpf_sock_addr, helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use redirector_common::{
+    ORIG_SERVICE, OrigDst, PROXY_ENABLED, SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceKey, ServiceKey6,
+    ServiceValue6, Slot, SlotConn, v4_mapped,
+};
+
+use crate::{
+    listener,
+    maps::{CONFIG6, ORIG_BY_COOKIE, PROXY_CONFIG, SERVICES6, SLOT_CONNS},
+    orig, slots,
+};
+
+/// Let the connect go ahead (rewritten or not).
+const PROCEED: i32 = 1;
+/// Fail the connect with `EPERM`.
+const REJECT: i32 = 0;
+const IPPROTO_TCP: u32 = 6;
+
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    // Whatever goes wrong, the connect proceeds as the app asked.
+    try_connect6(&ctx).unwrap_or(PROCEED)
+}
+
+fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i64> {
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.protocol != IPPROTO_TCP {
+        return Ok(PROCEED);
+    }
+    let key = ServiceKey6 {
+        vip6_be: [
+            sa.user_ip6[0],
+            sa.user_ip6[1],
+            sa.user_ip6[2],
+            sa.user_ip6[3],
+        ],
+        // user_port holds the port in network order in its low 16 bits.
+        port_be: sa.user_port as u16,
+        _pad: 0,
+    };
+    let Some(svc) = (unsafe { SERVICES6.get(&key) }) else {
+        return Ok(PROCEED);
+    };
+    let svc = *svc;
+    service(ctx, sa, &key, &svc)
+}
+
+fn service(
+    ctx: &SockAddrContext,
+    sa: &mut bpf_sock_addr,
+    key: &ServiceKey6,
+    svc: &ServiceValue6,
+) -> Result<i32, i64> {
+    let Some(cfg) = PROXY_CONFIG.get(0) else {
+        return Ok(PROCEED);
+    };
+    let cfg = *cfg;
+    if cfg.flags & PROXY_ENABLED == 0 {
+        return Ok(PROCEED);
+    }
+    let sk = unsafe { sa.__bindgen_anon_1.sk };
+    if !sk.is_null() && unsafe { (*sk).mark } == cfg.mark {
+        return Ok(PROCEED);
+    }
+    let route = ServiceKey {
+        vip_be: svc.vip4_be,
+        port_be: key.port_be,
+        _pad: 0,
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    if svc.flags & SVC_KERNEL_PATH != 0
+        && let Some(slot) = slots::pick(svc.service_id, &route)
+    {
+        return Ok(to_endpoint(ctx, sa, key, cookie, svc.service_id, slot));
+    }
+    let proxy_ip6 = CONFIG6.get(0).map(|c| c.proxy_ip6_be);
+    if let Some(proxy_ip6) = proxy_ip6
+        && proxy_ip6 != [0; 4]
+        && listener::listening6(ctx, proxy_ip6, cfg.proxy_port_be, true)
+    {
+        let orig = OrigDst {
+            vip_be: route.vip_be,
+            port_be: route.port_be,
+            _pad: 0,
+        };
+        ORIG_BY_COOKIE.insert(&cookie, &orig, 0)?;
+        // Best effort: without it only getpeername() shows the proxy.
+        let _ = orig::record6(
+            ctx,
+            ORIG_SERVICE,
+            (key.vip6_be, key.port_be),
+            (proxy_ip6, cfg.proxy_port_be),
+        );
+        set_dst(sa, proxy_ip6, cfg.proxy_port_be);
+        return Ok(PROCEED);
+    }
+    if svc.flags & SVC_FAIL_OPEN != 0
+        && let Some(slot) = slots::pick(svc.service_id, &route)
+    {
+        return Ok(to_endpoint(ctx, sa, key, cookie, svc.service_id, slot));
+    }
+    Ok(REJECT)
+}
+
+fn to_endpoint(
+    ctx: &SockAddrContext,
+    sa: &mut bpf_sock_addr,
+    key: &ServiceKey6,
+    cookie: u64,
+    service_id: u32,
+    (slot, connect_timeout_ms): (Slot, u32),
+) -> i32 {
+    let conn = SlotConn {
+        service_id,
+        ip_be: slot.ip_be,
+        port_be: slot.port_be,
+        flags: 0,
+        connect_timeout_ms,
+    };
+    // Best effort: without the entry the connect still goes, unreported.
+    let _ = SLOT_CONNS.insert(&cookie, &conn, 0);
+    let to = v4_mapped(slot.ip_be);
+    let _ = orig::record6(
+        ctx,
+        ORIG_SERVICE,
+        (key.vip6_be, key.port_be),
+        (to, slot.port_be),
+    );
+    set_dst(sa, to, slot.port_be);
+    PROCEED
+}
+
+fn set_dst(sa: &mut bpf_sock_addr, ip6_be: [u32; 4], port_be: u16) {
+    // One 32-bit store per word: the only access the verifier allows.
+    sa.user_ip6[0] = ip6_be[0];
+    sa.user_ip6[1] = ip6_be[1];
+    sa.user_ip6[2] = ip6_be[2];
+    sa.user_ip6[3] = ip6_be[3];
+    sa.user_port = u32::from(port_be);
+}
