@@ -438,6 +438,7 @@ async fn serve(
     let listener = proxy::bind(current.node.listen.into()).await?;
     let listen6 = SocketAddrV6::new(Ipv6Addr::LOCALHOST, current.node.listen.port(), 0, 0);
     let listener6 = proxy::bind_optional(listen6.into()).await?;
+    let ipv6 = listener6.is_some();
     // Likewise the DNS responder: bound, programs send DNS to it.
     let responder = match current.node.dns {
         Some(addr) => Some(dns::serve::bind(addr).await?),
@@ -467,7 +468,7 @@ async fn serve(
         notify.clone(),
     ))];
     if let Some(responder) = responder {
-        let hosts = Arc::new(dns::HostTable::new(routes.clone()));
+        let hosts = Arc::new(dns::HostTable::new(routes.clone(), ipv6));
         tasks.push(tokio::spawn(dns::serve::serve(
             responder,
             datapath.clone(),
