@@ -3,7 +3,8 @@
 //! connect6 sends to the proxy's `[::1]` listener, or straight to an
 //! endpoint on the kernel path and when the daemon is dead; the DNS
 //! responder answers AAAA with it, so dual-stack apps reach the service
-//! whichever family they pick.
+//! whichever family they pick. DNS sent over IPv6 sockets is captured by
+//! sendmsg6, connect6 and the egress program, like IPv4's.
 //!
 //! The bed is scenario.rs's node: one namespace with only `lo` (IPv6 on
 //! for it), a real DNS server on 127.0.0.1:53 the apps' resolv.conf names,
@@ -21,6 +22,8 @@ use std::{
 
 use redirector_tests::{
     client::{self, Client},
+    daemon::{Daemon, DaemonOptions},
+    dns::DnsServer,
     tcp::TcpServer,
 };
 use scenario::{Node, TIMEOUT, count, destination_rule, tcp_client};
@@ -363,4 +366,152 @@ fn kernel_path_and_fail_open_carry_ipv6_vips_to_ipv4_endpoints() {
     let (peer_addr, local) = peer(&node, SocketAddr::new(vip6.into(), 80));
     assert_eq!(peer_addr, format!("[{vip6}]:80"), "still the VIP");
     assert!(local.starts_with("[::ffff:127.0.0."), "{local}");
+}
+
+/// glibc, Python and dig talking DNS to a nameserver at `[::1]:53`: the
+/// responder's `[::1]` sockets answer configured hosts, other names reach
+/// that nameserver from the responder's own sockets, over UDP (connected
+/// and not) and TCP. The daemon lives in the attached cgroup and resolves
+/// its endpoint name through the same nameserver: its marked sockets are
+/// left alone, or the name (also a configured host) would resolve to its
+/// own VIP.
+#[test]
+fn dns_over_ipv6_sockets_is_captured_and_other_names_forwarded() {
+    let mut node = node();
+    let ns6 = DnsServer::start(&node.ns, "[::1]:53".parse().unwrap()).expect("DNS on [::1]:53");
+    ns6.set_a("other.test", &[Ipv4Addr::new(127, 0, 0, 9)], 30)
+        .expect("A record");
+    ns6.set_a("db.test", &[Ipv4Addr::new(127, 0, 0, 2)], 1)
+        .expect("A record");
+    node.http("127.0.0.2:8080", "east");
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db}}
+spec:
+  hosts: [mydb.com]
+  addresses: [{VIP4}]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+  resolution: DNS
+  endpoints:
+  - address: db.test
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: also}}
+spec:
+  hosts: [db.test]
+  ports: [{{number: 9000, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints:
+  - address: 127.0.0.5
+"
+    );
+    node.write_config(&yaml);
+    let args: Vec<String> = node
+        .args("us-east1/a")
+        .into_iter()
+        .map(|a| {
+            if a == "127.0.0.1:53" {
+                "[::1]:53".into()
+            } else {
+                a
+            }
+        })
+        .collect();
+    let daemon = Daemon::start(DaemonOptions {
+        netns: &node.ns,
+        cgroup: Some(&node.cgroup),
+        args,
+        ready_timeout: TIMEOUT,
+        env: Vec::new(),
+    })
+    .unwrap_or_else(|e| panic!("starting the daemon: {e:#}"));
+    node.daemon = Some(daemon);
+    let vip6 = vip6(&node, "mydb.com", 80);
+
+    let app6 = |program: &str, args: &[&str]| {
+        Client::new(&node.ns, program)
+            .args(args)
+            .cgroup(&node.cgroup)
+            .resolv_conf("nameserver ::1\noptions timeout:2 attempts:2\n")
+            .timeout(TIMEOUT)
+            .run()
+            .unwrap_or_else(|e| panic!("running {program} {args:?}: {e:#}"))
+    };
+    let first_words = |out: &Output| -> std::collections::BTreeSet<String> {
+        stdout(out)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    // glibc connects its UDP socket to [::1]:53 (connect6, then egress).
+    let out = app6("getent", &["ahosts", "mydb.com"]);
+    assert_eq!(
+        first_words(&out),
+        [VIP4.to_owned(), vip6.to_string()].into(),
+        "{out:?}\n{}",
+        node.log()
+    );
+    let out = app6("getent", &["ahosts", "other.test"]);
+    assert_eq!(
+        first_words(&out),
+        ["127.0.0.9".to_owned()].into(),
+        "{out:?}"
+    );
+    assert!(
+        node.log().contains("relayed an answer from [::1]:53"),
+        "forwarded to the nameserver the app asked; log:\n{}",
+        node.log()
+    );
+    // curl by name, nameserver over IPv6.
+    let out = app6("curl", &["-sS", "--max-time", "10", "http://mydb.com/"]);
+    assert_eq!(stdout(&out), "healthy: east", "{out:?}\n{}", node.log());
+
+    // An unconnected socket (sendmsg6 per datagram), from a known port.
+    let script = "import socket, struct
+def query(name, qtype):
+    q = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0)
+    for label in name.split('.'):
+        q += bytes([len(label)]) + label.encode()
+    return q + b'\\x00' + struct.pack('>HH', qtype, 1)
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.bind(('::', 45455))
+for name, qtype in [('mydb.com', 28), ('other.test', 1)]:
+    s.sendto(query(name, qtype), ('::1', 53))
+    data, src = s.recvfrom(512)
+    ancount = struct.unpack('>H', data[6:8])[0]
+    addr = data[-16:] if qtype == 28 else data[-4:]
+    fam = socket.AF_INET6 if qtype == 28 else socket.AF_INET
+    print(src[:2], data[:2] == b'\\x12\\x34', ancount, socket.inet_ntop(fam, addr))
+";
+    let out = app6("python3", &["-c", script]);
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("('::1', 53) True 1 {vip6}\n('::1', 53) True 1 127.0.0.9"),
+        "answers appear to come from the nameserver asked: {out:?}\n{}",
+        node.log()
+    );
+    // TCP over IPv6 (connect6, then sock_ops).
+    let out = app6(
+        "dig",
+        &["+tcp", "+short", "+tries=1", "@::1", "mydb.com", "AAAA"],
+    );
+    assert_eq!(stdout(&out).trim(), vip6.to_string(), "{out:?}");
+    let out = app6("dig", &["+tcp", "+short", "+tries=1", "@::1", "other.test"]);
+    assert_eq!(stdout(&out).trim(), "127.0.0.9", "{out:?}\n{}", node.log());
+
+    assert_eq!(ns6.seen("mydb.com"), vec![], "answered locally");
+    let seen = ns6.seen("other.test");
+    assert!(
+        seen.iter().all(|s| s.src.port() != 45455) && seen.iter().any(|s| s.tcp),
+        "forwarded by the responder, over the app's transport: {seen:#?}"
+    );
+    assert!(
+        node.dns.seen("other.test").is_empty(),
+        "not the IPv4 nameserver"
+    );
+    // The daemon's own lookups of db.test reached the nameserver.
+    assert!(!ns6.seen("db.test").is_empty(), "{:#?}", ns6.log());
 }

@@ -58,6 +58,15 @@ pub mod map_names {
     /// Socket storage ([`super::SockOrig6`]): what an IPv6 socket the hooks
     /// redirected asked for.
     pub const SOCK_ORIG6: &str = "RD_SKORIG6_V2";
+    /// [`super::SockAddr6`] (an app's IPv6 DNS socket, as the responder
+    /// sees its peer) → [`super::SockAddr6`] (the nameserver it asked):
+    /// written by sendmsg6 and the egress program (UDP) and by sock_ops
+    /// (TCP, from [`DNS_BY_COOKIE6`]); read by the responder.
+    pub const DNS_BY_SOCK6: &str = "RD_DNSSOCK6_V2";
+    /// socket cookie (`u64`) → [`super::SockAddr6`]: the nameserver of a
+    /// TCP DNS connect connect6 sent to the responder, until sock_ops
+    /// knows the source port.
+    pub const DNS_BY_COOKIE6: &str = "RD_DCOOKIE6_V2";
 }
 
 /// Program names (the Rust function names in `redirector-ebpf`).
@@ -69,6 +78,8 @@ pub mod program_names {
     pub const GETPEERNAME4: &str = "getpeername4";
     pub const CONNECT6: &str = "connect6";
     pub const GETPEERNAME6: &str = "getpeername6";
+    pub const SENDMSG6: &str = "sendmsg6";
+    pub const RECVMSG6: &str = "recvmsg6";
     /// `cgroup_skb/egress`.
     pub const EGRESS: &str = "rd_egress";
 }
@@ -503,6 +514,8 @@ mod tests {
             map_names::CONFIG6,
             map_names::ORIG_BY_SOCK6,
             map_names::SOCK_ORIG6,
+            map_names::DNS_BY_SOCK6,
+            map_names::DNS_BY_COOKIE6,
         ] {
             assert!(name.len() <= 15, "{name} exceeds BPF_OBJ_NAME_LEN");
             let suffix = format!("_V{ABI_VERSION}");

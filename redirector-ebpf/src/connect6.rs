@@ -14,21 +14,24 @@
 //! paths (never on the proxy path, which is why the proxy listens on
 //! `[::1]` rather than at `::ffff:127.0.0.1`).
 //!
-//! Port-53 traffic of IPv6 sockets is left alone (see the README's
-//! "not yet").
+//! Any other connect to port 53 goes to the DNS responder's `[::1]`
+//! sockets while they listen, as in connect4: a connected UDP socket is
+//! re-keyed by the egress program, a TCP one by sock_ops (from
+//! [`DNS_BY_COOKIE6`], since the cookie map's values are IPv4).
 
 use aya_ebpf::{
     bindings::bpf_sock_addr, helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use redirector_common::{
-    ORIG_SERVICE, OrigDst, PROXY_ENABLED, SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceKey, ServiceKey6,
-    ServiceValue6, Slot, SlotConn, v4_mapped,
+    ORIG_DNS, ORIG_SERVICE, OrigDst, PROXY_ENABLED, SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceKey,
+    ServiceKey6, ServiceValue6, Slot, SlotConn, SockAddr6, v4_mapped,
 };
 
 use crate::{
+    dns::{self, DNS_PORT_BE},
     listener,
-    maps::{CONFIG6, ORIG_BY_COOKIE, PROXY_CONFIG, SERVICES6, SLOT_CONNS},
+    maps::{CONFIG6, DNS_BY_COOKIE6, ORIG_BY_COOKIE, PROXY_CONFIG, SERVICES6, SLOT_CONNS},
     orig, slots,
 };
 
@@ -37,6 +40,7 @@ const PROCEED: i32 = 1;
 /// Fail the connect with `EPERM`.
 const REJECT: i32 = 0;
 const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
@@ -46,9 +50,11 @@ pub fn connect6(ctx: SockAddrContext) -> i32 {
 
 fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i64> {
     let sa = unsafe { &mut *ctx.sock_addr };
-    if sa.protocol != IPPROTO_TCP {
-        return Ok(PROCEED);
-    }
+    let tcp = match sa.protocol {
+        IPPROTO_TCP => true,
+        IPPROTO_UDP => false,
+        _ => return Ok(PROCEED),
+    };
     let key = ServiceKey6 {
         vip6_be: [
             sa.user_ip6[0],
@@ -60,11 +66,42 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i64> {
         port_be: sa.user_port as u16,
         _pad: 0,
     };
-    let Some(svc) = (unsafe { SERVICES6.get(&key) }) else {
+    if tcp && let Some(svc) = unsafe { SERVICES6.get(&key) } {
+        let svc = *svc;
+        return service(ctx, sa, &key, &svc);
+    }
+    if key.port_be == DNS_PORT_BE {
+        return to_dns(ctx, sa, &key, tcp);
+    }
+    Ok(PROCEED)
+}
+
+/// A connect to port 53: to the DNS responder, if it is there to answer.
+fn to_dns(
+    ctx: &SockAddrContext,
+    sa: &mut bpf_sock_addr,
+    key: &ServiceKey6,
+    tcp: bool,
+) -> Result<i32, i64> {
+    let Some(to) = dns::responder6(ctx, tcp) else {
         return Ok(PROCEED);
     };
-    let svc = *svc;
-    service(ctx, sa, &key, &svc)
+    let nameserver = (key.vip6_be, DNS_PORT_BE);
+    if tcp {
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        let ns = SockAddr6 {
+            ip6_be: key.vip6_be,
+            port_be: DNS_PORT_BE,
+            _pad: 0,
+        };
+        DNS_BY_COOKIE6.insert(&cookie, &ns, 0)?;
+        let _ = orig::record6(ctx, ORIG_DNS, nameserver, to);
+    } else {
+        // The egress program learns the nameserver from this record.
+        orig::record6(ctx, ORIG_DNS, nameserver, to)?;
+    }
+    set_dst(sa, to.0, to.1);
+    Ok(PROCEED)
 }
 
 fn service(

@@ -4,8 +4,8 @@
 //!
 //! The kernel does the minimum (look up, rewrite, record); every decision
 //! about endpoints and names stays in userspace. One file per hook
-//! (`connect4`, `connect6`, `sendmsg4`, `recvmsg4`, `getpeername4`,
-//! `getpeername6`, `sockops`, `egress`); `dns`, `listener`, `orig` and
+//! (`connect4`, `connect6`, `sendmsg4`, `sendmsg6`, `recvmsg4`,
+//! `recvmsg6`, `getpeername4`, `getpeername6`, `sockops`, `egress`); `dns`, `listener`, `orig` and
 //! `slots` are shared by several.
 #![no_std]
 #![no_main]
@@ -20,7 +20,9 @@ mod listener;
 mod maps;
 mod orig;
 mod recvmsg4;
+mod recvmsg6;
 mod sendmsg4;
+mod sendmsg6;
 mod slots;
 mod sockops;
 

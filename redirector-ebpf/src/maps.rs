@@ -77,5 +77,13 @@ pub static CONFIG6: Array<Config6> = Array::with_max_entries(1, 0);
 pub static ORIG_BY_SOCK6: LruHashMap<SockAddr6, OrigDst> =
     LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 
+#[map(name = "RD_DNSSOCK6_V2")]
+pub static DNS_BY_SOCK6: LruHashMap<SockAddr6, SockAddr6> =
+    LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+#[map(name = "RD_DCOOKIE6_V2")]
+pub static DNS_BY_COOKIE6: LruHashMap<u64, SockAddr6> =
+    LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
 #[btf_map(name = "RD_SKORIG6_V2")]
 pub static SOCK_ORIG6: SkStorage<SockOrig6> = SkStorage::new();

@@ -36,7 +36,9 @@ use redirector_common::{
     ConnectOutcome, OUTCOME_CONNECTED, OUTCOME_FAILED, SLOT_CONN_TIMEOUT_SET, SockAddr6, SockKey,
 };
 
-use crate::maps::{ORIG_BY_COOKIE, ORIG_BY_SOCK, ORIG_BY_SOCK6, OUTCOMES, SLOT_CONNS};
+use crate::maps::{
+    DNS_BY_COOKIE6, DNS_BY_SOCK6, ORIG_BY_COOKIE, ORIG_BY_SOCK, ORIG_BY_SOCK6, OUTCOMES, SLOT_CONNS,
+};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -93,6 +95,21 @@ fn on_connect(ctx: &SockOpsContext) -> Result<(), i64> {
             ORIG_BY_SOCK.insert(&key, &orig, 0)?;
         }
         ORIG_BY_COOKIE.remove(&cookie)?;
+        return Ok(());
+    }
+    if ctx.family() == AF_INET6
+        && let Some(ns) = unsafe { DNS_BY_COOKIE6.get(&cookie) }
+    {
+        // TCP DNS over IPv6 (connect6): the responder looks the
+        // nameserver up by its peer address.
+        let ns = *ns;
+        let key = SockAddr6 {
+            ip6_be: local_ip6(ctx),
+            port_be: (ctx.local_port() as u16).to_be(),
+            _pad: 0,
+        };
+        DNS_BY_SOCK6.insert(&key, &ns, 0)?;
+        DNS_BY_COOKIE6.remove(&cookie)?;
         return Ok(());
     }
     let Some(conn) = (unsafe { SLOT_CONNS.get(&cookie) }) else {

@@ -376,6 +376,7 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
         // With no responder of ours, DNS is left alone.
         dns: node.dns.filter(|_| !opts.datapath_only),
         proxy6: Some(Ipv6Addr::LOCALHOST),
+        dns6: Some(Ipv6Addr::LOCALHOST),
     })?);
     if let Some(pid) = datapath.previous_pid() {
         info!(
@@ -444,6 +445,12 @@ async fn serve(
         Some(addr) => Some(dns::serve::bind(addr).await?),
         None => None,
     };
+    let responder6 = match current.node.dns {
+        Some(addr) if ipv6 => {
+            dns::serve::bind6(SocketAddrV6::new(Ipv6Addr::LOCALHOST, addr.port(), 0, 0)).await?
+        }
+        _ => None,
+    };
     datapath.set_services(&service_entries(&current.config.services))?;
     health::publish_all(datapath, &routes);
     let drain = proxy::Drain::default();
@@ -469,6 +476,13 @@ async fn serve(
     ))];
     if let Some(responder) = responder {
         let hosts = Arc::new(dns::HostTable::new(routes.clone(), ipv6));
+        if let Some(responder6) = responder6 {
+            tasks.push(tokio::spawn(dns::serve::serve(
+                responder6,
+                datapath.clone(),
+                hosts.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(dns::serve::serve(
             responder,
             datapath.clone(),

@@ -57,7 +57,7 @@ pub mod slots;
 use std::{
     collections::HashSet,
     fs::File,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -170,6 +170,9 @@ pub struct DatapathOptions {
     /// connects to IPv6 VIPs; `None` (no IPv6 on the node) leaves them to
     /// fail open.
     pub proxy6: Option<Ipv6Addr>,
+    /// The DNS responder's IPv6 address (same port as `dns`), where
+    /// connect6 and sendmsg6 send DNS of IPv6 sockets.
+    pub dns6: Option<Ipv6Addr>,
 }
 
 /// One service's entry in the kernel: the keys apps dial, and display data.
@@ -188,6 +191,7 @@ pub struct Datapath {
     orig: Mutex<HashMap<MapData, SockKey, OrigDst>>,
     orig6: Mutex<HashMap<MapData, SockAddr6, OrigDst>>,
     dns_by_sock: Mutex<HashMap<MapData, SockKey, OrigDst>>,
+    dns_by_sock6: Mutex<HashMap<MapData, SockAddr6, SockAddr6>>,
     outcomes: Mutex<Option<RingBuf<MapData>>>,
     cgroup: PathBuf,
     dns: Option<SocketAddrV4>,
@@ -209,7 +213,7 @@ struct Maps {
 /// A pin directory of an earlier build may lack the maps added since (the
 /// DNS ones): the loader creates those, so an upgrade takes over without a
 /// gap; the IPv6 ones were added the same way, so the ABI stayed v2.
-fn layouts() -> [pins::Layout; 16] {
+fn layouts() -> [pins::Layout; 18] {
     fn l<K, V>(name: &'static str, max_entries: u32) -> pins::Layout {
         pins::Layout {
             name,
@@ -237,12 +241,14 @@ fn layouts() -> [pins::Layout; 16] {
         l::<u32, Config6>(map_names::CONFIG6, 1),
         l::<SockAddr6, OrigDst>(map_names::ORIG_BY_SOCK6, MAX_INFLIGHT),
         l::<i32, SockOrig6>(map_names::SOCK_ORIG6, 0),
+        l::<SockAddr6, SockAddr6>(map_names::DNS_BY_SOCK6, MAX_INFLIGHT),
+        l::<u64, SockAddr6>(map_names::DNS_BY_COOKIE6, MAX_INFLIGHT),
     ]
 }
 
 /// The cgroup hooks: program, attach point, pinned link name, and whether
 /// it serves only DNS capture (attached only while capture is on).
-const HOOKS: [(&str, Hook, &str, bool); 8] = [
+const HOOKS: [(&str, Hook, &str, bool); 10] = [
     (
         program_names::CONNECT4,
         Hook::SockAddr,
@@ -285,6 +291,18 @@ const HOOKS: [(&str, Hook, &str, bool); 8] = [
         Hook::SockAddr,
         pins::LINK_GETPEERNAME6,
         false,
+    ),
+    (
+        program_names::SENDMSG6,
+        Hook::SockAddr,
+        pins::LINK_SENDMSG6,
+        true,
+    ),
+    (
+        program_names::RECVMSG6,
+        Hook::SockAddr,
+        pins::LINK_RECVMSG6,
+        true,
     ),
 ];
 
@@ -357,6 +375,7 @@ impl Datapath {
             typed_map(&mut ebpf, map_names::PROXY_CONFIG, Array::try_from)?;
         let orig = typed_map(&mut ebpf, map_names::ORIG_BY_SOCK, HashMap::try_from)?;
         let dns_by_sock = typed_map(&mut ebpf, map_names::DNS_BY_SOCK, HashMap::try_from)?;
+        let dns_by_sock6 = typed_map(&mut ebpf, map_names::DNS_BY_SOCK6, HashMap::try_from)?;
         let mut dns_config: Array<MapData, DnsConfig> =
             typed_map(&mut ebpf, map_names::DNS_CONFIG, Array::try_from)?;
         let outcomes = typed_map(&mut ebpf, map_names::OUTCOMES, RingBuf::try_from)?;
@@ -376,7 +395,10 @@ impl Datapath {
         map_op(map_names::PROXY_CONFIG, config.set(0, cfg, 0))?;
         let cfg6 = Config6 {
             proxy_ip6_be: opts.proxy6.map_or([0; 4], ip6_words),
-            responder_ip6_be: [0; 4],
+            responder_ip6_be: opts
+                .dns6
+                .filter(|_| opts.dns.is_some())
+                .map_or([0; 4], ip6_words),
         };
         map_op(map_names::CONFIG6, config6.set(0, cfg6, 0))?;
         // Likewise: sendmsg4 and connect4 send DNS to the responder only
@@ -398,6 +420,7 @@ impl Datapath {
             orig: Mutex::new(orig),
             orig6: Mutex::new(orig6),
             dns_by_sock: Mutex::new(dns_by_sock),
+            dns_by_sock6: Mutex::new(dns_by_sock6),
             outcomes: Mutex::new(Some(outcomes)),
             cgroup: opts.cgroup,
             dns: opts.dns,
@@ -636,6 +659,29 @@ impl Datapath {
         ))
     }
 
+    /// [`Self::dns_nameserver`] for an app's IPv6 DNS socket (sendmsg6,
+    /// the egress program, or for TCP sock_ops recorded it); `take`
+    /// removes the entry (TCP: each connection is accepted once). An
+    /// IPv4-mapped nameserver comes back as IPv4.
+    pub fn dns_nameserver6(&self, peer: SocketAddrV6, take: bool) -> Option<SocketAddr> {
+        let key = SockAddr6 {
+            ip6_be: ip6_words(*peer.ip()),
+            port_be: peer.port().to_be(),
+            _pad: 0,
+        };
+        let mut map = self.dns_by_sock6.lock().expect("dns6 lock");
+        let ns = map.get(&key, 0).ok()?;
+        if take && let Err(e) = map.remove(&key) {
+            debug!(%peer, error = %e, "removing a DNS nameserver entry");
+        }
+        let ip = ip6_from_words(ns.ip6_be);
+        let port = u16::from_be(ns.port_be);
+        Some(match ip.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, port)),
+            None => SocketAddr::from((ip, port)),
+        })
+    }
+
     /// The reader of kernel-path connect outcomes; there is one.
     pub fn take_outcomes(&self) -> Result<Option<OutcomeReader>, BpfError> {
         let Some(ring) = self.outcomes.lock().expect("outcomes lock").take() else {
@@ -747,6 +793,15 @@ pub fn ip6_words(ip: Ipv6Addr) -> [u32; 4] {
     std::array::from_fn(|i| {
         u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
     })
+}
+
+/// The inverse of [`ip6_words`].
+pub fn ip6_from_words(words: [u32; 4]) -> Ipv6Addr {
+    let mut octets = [0u8; 16];
+    for (chunk, w) in octets.chunks_mut(4).zip(words) {
+        chunk.copy_from_slice(&w.to_ne_bytes());
+    }
+    Ipv6Addr::from(octets)
 }
 
 fn proxy_config(proxy: SocketAddrV4, flags: u32) -> ProxyConfig {
@@ -867,5 +922,24 @@ fn ignore_missing(name: &'static str, r: Result<(), MapError>) -> Result<(), Bpf
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         r => map_op(name, r),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_words_are_the_kernels_network_order_and_round_trip() {
+        let ip: Ipv6Addr = "2001:2::630f:247f:524b:4833".parse().unwrap();
+        let words = ip6_words(ip);
+        // user_ip6[0] holds the first four bytes as they are on the wire.
+        assert_eq!(words[0].to_ne_bytes(), [0x20, 0x01, 0x00, 0x02]);
+        assert_eq!(ip6_from_words(words), ip);
+        let mapped = Ipv4Addr::new(127, 0, 0, 4).to_ipv6_mapped();
+        assert_eq!(
+            ip6_words(mapped),
+            redirector_common::v4_mapped(u32::from(Ipv4Addr::new(127, 0, 0, 4)).to_be())
+        );
     }
 }
