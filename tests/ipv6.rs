@@ -4,7 +4,9 @@
 //! endpoint on the kernel path and when the daemon is dead; the DNS
 //! responder answers AAAA with it, so dual-stack apps reach the service
 //! whichever family they pick. DNS sent over IPv6 sockets is captured by
-//! sendmsg6, connect6 and the egress program, like IPv4's.
+//! sendmsg6, connect6 and the egress program, like IPv4's. Endpoints may
+//! be IPv6 too (literals, or names with only AAAA records), reached by the
+//! proxy over a veth with ULA addresses inside the test's namespaces.
 //!
 //! The bed is scenario.rs's node: one namespace with only `lo` (IPv6 on
 //! for it), a real DNS server on 127.0.0.1:53 the apps' resolv.conf names,
@@ -24,6 +26,8 @@ use redirector_tests::{
     client::{self, Client},
     daemon::{Daemon, DaemonOptions},
     dns::DnsServer,
+    http::HttpServer,
+    netns::{self, Netns},
     tcp::TcpServer,
 };
 use scenario::{Node, TIMEOUT, count, destination_rule, tcp_client};
@@ -514,4 +518,81 @@ for name, qtype in [('mydb.com', 28), ('other.test', 1)]:
     );
     // The daemon's own lookups of db.test reached the nameserver.
     assert!(!ns6.seen("db.test").is_empty(), "{:#?}", ns6.log());
+}
+
+/// IPv6 endpoints behind the proxy, whichever VIP the app dials: east is
+/// an IPv6 literal, west a name with only AAAA records (resolution DNS
+/// takes AAAA when a name has no A records, Envoy's V4_PREFERRED). Both
+/// live in a "remote" namespace joined to the node by a veth with ULA
+/// addresses. When east answers 503 it is ejected and west serves.
+#[test]
+fn ipv6_endpoints_serve_and_fail_over() {
+    let mut node = node();
+    let remote = Netns::new("remote").expect("creating the remote namespace");
+    let mut cmd = Command::new("sysctl");
+    cmd.args(["-qw", "net.ipv6.conf.all.disable_ipv6=0"]);
+    remote.configure(&mut cmd);
+    assert!(cmd.status().expect("sysctl").success());
+    let link =
+        netns::link(&node.ns, "fd00:7::1/64", &remote, "fd00:7::2/64").expect("linking the veth");
+    remote
+        .ip(["addr", "add", "fd00:7::3/64", "dev", &link.b_dev, "nodad"])
+        .expect("a second remote address");
+    let east = HttpServer::start(&remote, "[fd00:7::2]:8080".parse().unwrap(), "east")
+        .expect("starting east");
+    let _west = HttpServer::start(&remote, "[fd00:7::3]:8080".parse().unwrap(), "west")
+        .expect("starting west");
+    node.dns
+        .set_aaaa("west.v6.test", &["fd00:7::3".parse().unwrap()], 30)
+        .expect("AAAA record");
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db}}
+spec:
+  hosts: [mydb.com]
+  addresses: [{VIP4}]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
+  resolution: DNS
+  endpoints:
+  - {{address: \"fd00:7::2\", locality: us-east1/a}}
+  - {{address: west.v6.test, locality: us-west1/a}}
+{}",
+        destination_rule(1, "1s", "1m")
+    );
+    node.start(&yaml, "us-east1/a", false);
+    let vip6 = vip6(&node, "mydb.com", 80);
+    let v6_host = format!("[{vip6}]");
+
+    for host in [v6_host.as_str(), VIP4] {
+        assert_eq!(
+            curl(&node, &[], host),
+            Ok((200, "healthy: east".into())),
+            "via {host}; log:\n{}",
+            node.log()
+        );
+    }
+    east.set_status(503).expect("east answers 503");
+    let bodies: Vec<String> = (0..5)
+        .map(|_| curl(&node, &[], &v6_host).expect("an answer").1)
+        .collect();
+    assert_eq!(
+        count(&bodies[1..], "healthy: west"),
+        4,
+        "{bodies:?}; log:\n{}",
+        node.log()
+    );
+    assert_eq!(curl(&node, &[], VIP4), Ok((200, "healthy: west".into())));
+    let out = Command::new(redirector_tests::daemon::redirector_bin())
+        .args(["endpoints", "--pin-dir"])
+        .arg(node.pins.path())
+        .output()
+        .expect("redirector endpoints");
+    let table = stdout(&out);
+    assert!(
+        table.contains("[fd00:7::2]:8080") && table.contains("west.v6.test (IPv6):8080"),
+        "{table}"
+    );
+    // The daemon goes before the remote namespace its endpoints live in.
+    drop(node);
 }

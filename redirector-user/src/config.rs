@@ -220,7 +220,8 @@ pub struct EndpointSpec {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, Hash)]
 pub enum EndpointAddress {
-    Ip(Ipv4Addr),
+    /// IPv4 or IPv6.
+    Ip(std::net::IpAddr),
     /// Resolved at run time (resolution DNS).
     Dns(String),
 }

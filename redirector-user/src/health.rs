@@ -14,7 +14,7 @@
 //! service's outlier detection exactly as the proxy feeds its own connects.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -40,7 +40,13 @@ pub fn entries(cluster: &Cluster) -> Vec<EndpointHealth> {
         .into_iter()
         .map(|h| {
             let mut e = EndpointHealth {
-                addr_be: h.addr.map(|a| u32::from(*a.ip()).to_be()).unwrap_or(0),
+                // IPv4 only in this layout: 0 for an IPv6 host, which
+                // `redirector endpoints` then shows by its configured
+                // address.
+                addr_be: match h.addr {
+                    Some(SocketAddr::V4(a)) => u32::from(*a.ip()).to_be(),
+                    _ => 0,
+                },
                 port_be: h.addr.map(|a| a.port().to_be()).unwrap_or(0),
                 priority: h.priority,
                 status: match (h.addr, h.ejected_until) {
@@ -154,10 +160,10 @@ pub async fn consume_outcomes(mut reader: OutcomeReader, routes: Routes) {
 }
 
 fn record(cluster: &Cluster, o: &ConnectOutcome) {
-    let addr = SocketAddrV4::new(
+    let addr = SocketAddr::from(SocketAddrV4::new(
         Ipv4Addr::from(u32::from_be(o.ip_be)),
         u16::from_be(o.port_be),
-    );
+    ));
     // Gone from the cluster since (DNS changed, reload): nothing to judge.
     let Some(host) = cluster.host_by_addr(addr) else {
         debug!(cluster = %cluster.name, %addr, "outcome for a host no longer in the cluster");

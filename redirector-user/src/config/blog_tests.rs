@@ -289,7 +289,7 @@ fn example_config_sets_everything() {
     assert_eq!(legacy.resolution, Resolution::Static);
     assert_eq!(
         legacy.endpoints[0].address,
-        EndpointAddress::Ip(Ipv4Addr::new(192, 168, 10, 11))
+        EndpointAddress::Ip(Ipv4Addr::new(192, 168, 10, 11).into())
     );
     let mydb = &c.services[2];
     assert_eq!(mydb.service_entry, "storage/dynamodb");

@@ -639,14 +639,13 @@ fn endpoint_address(
         "unix domain socket endpoints are not supported: redirector proxies to network endpoints"
             .to_owned()
     } else if let Ok(ip) = text.parse::<IpAddr>() {
-        match ip {
-            IpAddr::V4(ip) => return Some(EndpointAddress::Ip(ip)),
-            IpAddr::V6(_) => format!(
-                "not implemented yet: IPv6 endpoint {text:?}; use an IPv4 address or a DNS name"
-            ),
+        if ip.is_unspecified() || ip.is_multicast() {
+            format!("{ip} cannot be an endpoint address")
+        } else {
+            return Some(EndpointAddress::Ip(ip));
         }
     } else if let Some(p) = dns_name_problem(text) {
-        format!("endpoint address must be an IPv4 address or a DNS name: {p}")
+        format!("endpoint address must be an IP address or a DNS name: {p}")
     } else if resolution == Some(Resolution::Static) {
         format!(
             "resolution STATIC needs IP addresses, but {text:?} is a DNS name; use resolution: DNS"

@@ -173,16 +173,16 @@ fn service_entry_rejections() {
             "unix domain socket",
         ),
         (
-            with("east.example", "\"2001:db8::2\""),
-            "\"2001",
+            with("east.example", "\"ff02::1\""),
+            "\"ff02",
             "spec.endpoints[0].address",
-            "not implemented yet: IPv6 endpoint",
+            "ff02::1 cannot be an endpoint address",
         ),
         (
             with("east.example", "not..valid"),
             "not..valid",
             "spec.endpoints[0].address",
-            "IPv4 address or a DNS name",
+            "IP address or a DNS name",
         ),
         (
             with("locality: us-east1", "locality: a/b/c/d"),
@@ -262,7 +262,7 @@ fn static_needs_endpoints_and_ips() {
     assert_eq!(c.services[0].resolution, Resolution::Static);
     assert_eq!(
         c.services[0].endpoints[0].address,
-        EndpointAddress::Ip(Ipv4Addr::new(10, 1, 0, 1))
+        EndpointAddress::Ip(Ipv4Addr::new(10, 1, 0, 1).into())
     );
 
     let text = SE.replace("resolution: DNS", "resolution: STATIC").replace(
@@ -524,6 +524,28 @@ fn ipv6_vips_come_from_addresses_or_the_ipv6_range_and_stay_put() {
     assert!(
         p.iter()
             .any(|p| p.message.contains("[2001:db8::9]:80 is used by both")),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn ipv6_endpoints_load_and_must_not_be_their_own_vip() {
+    let text = SE
+        .replace("resolution: DNS", "resolution: STATIC")
+        .replace("east.example", "\"fd00::2\"")
+        .replace("west.example", "10.0.0.3");
+    let c = load(&text);
+    assert_eq!(
+        c.services[0].endpoints[0].address,
+        EndpointAddress::Ip("fd00::2".parse().unwrap())
+    );
+    let looping = named_se("a", "[a.example]", "  addresses: [\"2001:db8::7\"]\n")
+        .replace("east.example", "\"2001:db8::7\"");
+    let p = problems(&looping);
+    assert!(
+        p.iter().any(|p| p
+            .message
+            .contains("2001:db8::7 is the VIP of a.example itself")),
         "{p:#?}"
     );
 }

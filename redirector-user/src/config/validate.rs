@@ -592,7 +592,13 @@ fn services(
                 None => (allocated6[host], true),
             };
             for ep in &entry.endpoints {
-                if ep.address == EndpointAddress::Ip(vip) {
+                if ep.address == EndpointAddress::Ip(vip.into())
+                    || ep.address == EndpointAddress::Ip(vip6.into())
+                {
+                    let vip = match &ep.address {
+                        EndpointAddress::Ip(ip) => *ip,
+                        EndpointAddress::Dns(_) => vip.into(),
+                    };
                     ctx.at(
                         doc,
                         ep.at,
