@@ -40,11 +40,16 @@
 //! it pinned (unless it was taking over: then the previous datapath keeps
 //! running).
 //!
-//! **DNS capture** (see `dns.rs`) adds sendmsg4, recvmsg4 and an egress
-//! program, attached only while capture is on, and DNS fails open the same
-//! way: with no responder listening, port-53 traffic is left alone.
-//! getpeername4 is always attached: every redirect is recorded in socket
-//! storage, so apps see the address they dialled.
+//! **DNS capture** (see `dns.rs`) adds sendmsg4, recvmsg4 (and sendmsg6,
+//! recvmsg6) and an egress program, attached only while capture is on, and
+//! DNS fails open the same way: with no responder listening, port-53
+//! traffic is left alone. getpeername4 and getpeername6 are always
+//! attached: every redirect is recorded in socket storage, so apps see the
+//! address they dialled.
+//!
+//! **IPv6**: connect6 does connect4's job for IPv6 VIPs, with maps of its
+//! own beside the IPv4 ones (see ARCHITECTURE.md); the proxy's `[::1]`
+//! listener is its target, and `RD_CFG6_V2` says where that is.
 //!
 //! The kernel fast path (`redirector.dev/datapath: kernel`) is the fail-open
 //! path used on purpose: connect4 sends every connect of the service to a
