@@ -299,6 +299,7 @@ fn log_config(config: &Config, node: &Node) {
         locality = %node.locality, cgroup = %node.cgroup.display(), listen = %node.listen,
         dns = %node.dns.map_or("off".to_owned(), |d| d.to_string()),
         pin_dir = %node.pin_dir.display(), vip_range = %config.vip_range,
+        vip_range6 = %config.vip_range6,
         nameservers = ?node.nameservers, services = config.services.len(), "effective config"
     );
     for s in &config.services {
@@ -310,6 +311,7 @@ fn log_config(config: &Config, node: &Node) {
         info!(
             host = %s.host, port = s.port.number, protocol = ?s.port.protocol,
             vip = %s.vip, vip_source = if s.vip_allocated { "allocated" } else { "addresses" },
+            vip6 = %s.vip6,
             ?endpoints, outlier_detection = ?s.policy.outlier, datapath = %s.datapath,
             connection_pool = ?s.policy.connection_pool,
             tls = s.policy.tls.origination().map_or("DISABLE", |o| o.mode()),
@@ -664,9 +666,10 @@ impl Drop for AbortOnDrop {
 pub fn describe(config: &Config) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
-        "config OK: {} service(s), VIP range {}\n",
+        "config OK: {} service(s), VIP ranges {} and {}\n",
         config.services.len(),
-        config.vip_range
+        config.vip_range,
+        config.vip_range6
     );
     for s in &config.services {
         let _ = writeln!(
@@ -686,6 +689,17 @@ pub fn describe(config: &Config) -> String {
                 .as_ref()
                 .map(|d| format!(", DestinationRule {d}"))
                 .unwrap_or_default()
+        );
+        let _ = writeln!(
+            out,
+            "  IPv6 VIP [{}]:{} ({})",
+            s.vip6,
+            s.port.number,
+            if s.vip6_allocated {
+                "allocated"
+            } else {
+                "addresses"
+            }
         );
         if s.datapath == DatapathMode::Kernel {
             let _ = writeln!(
