@@ -593,6 +593,119 @@ spec:
         table.contains("[fd00:7::2]:8080") && table.contains("west.v6.test (IPv6):8080"),
         "{table}"
     );
+    // The daemon dies: connect6 fails open to the IPv6 slot table, which
+    // holds west only (east is ejected). The IPv4 table cannot hold IPv6
+    // endpoints, so the IPv4 VIP has none to fail open to: EPERM at once.
+    node.daemon
+        .as_mut()
+        .expect("a daemon")
+        .kill()
+        .expect("kill -9");
+    assert_eq!(
+        curl(&node, &[], &v6_host),
+        Ok((200, "healthy: west".into())),
+        "fail-open to an IPv6 endpoint"
+    );
+    let failed = curl(&node, &[], VIP4).expect_err("no IPv4 slot table");
+    assert!(
+        failed.contains("Operation not permitted") || failed.contains("(7)"),
+        "{failed}"
+    );
+    // The daemon goes before the remote namespace its endpoints live in.
+    drop(node);
+}
+
+/// The kernel path to IPv6 endpoints: connect6 picks from the service's
+/// IPv6 slot table, sock_ops reports each outcome (an IPv6 record in the
+/// outcome ring), and a refusing endpoint is ejected from the table. A
+/// socket with IPV6_V6ONLY reaches IPv6 endpoints too.
+#[test]
+fn the_kernel_path_reaches_ipv6_endpoints_and_ejects_a_refusing_one() {
+    let mut node = node();
+    let remote = Netns::new("remote").expect("creating the remote namespace");
+    let mut cmd = Command::new("sysctl");
+    cmd.args(["-qw", "net.ipv6.conf.all.disable_ipv6=0"]);
+    remote.configure(&mut cmd);
+    assert!(cmd.status().expect("sysctl").success());
+    let link =
+        netns::link(&node.ns, "fd00:8::1/64", &remote, "fd00:8::2/64").expect("linking the veth");
+    remote
+        .ip(["addr", "add", "fd00:8::3/64", "dev", &link.b_dev, "nodad"])
+        .expect("a second remote address");
+    // fd00:8::3 has nothing listening: connects to it are refused.
+    let _up = TcpServer::start(&remote, "[fd00:8::2]:9000".parse().unwrap(), "up")
+        .expect("starting the endpoint");
+    let vip6: Ipv6Addr = "fd00:5::20".parse().unwrap();
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: pg
+  annotations: {{redirector.dev/datapath: kernel}}
+spec:
+  hosts: [pg.test]
+  addresses: [{FAST4}, \"{vip6}\"]
+  ports: [{{number: {FAST_PORT}, name: tcp, protocol: TCP, targetPort: 9000}}]
+  resolution: STATIC
+  endpoints:
+  - address: \"fd00:8::2\"
+  - address: \"fd00:8::3\"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: pg}}
+spec:
+  host: pg.test
+  trafficPolicy:
+    outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 5m}}
+"
+    );
+    node.start(&yaml, "us-east1/a", false);
+    let vip = SocketAddr::new(vip6.into(), FAST_PORT);
+
+    // Half the slots refuse until the refusal is reported and ejects.
+    let mut refused = 0;
+    for _ in 0..30 {
+        let out = tcp_client(&node, vip);
+        if out.status.success() {
+            assert_eq!(stdout(&out).trim(), "hello from up");
+        } else {
+            refused += 1;
+            break;
+        }
+    }
+    assert_eq!(refused, 1, "no connect reached the refusing endpoint");
+    scenario::wait_until("the refusing endpoint to be ejected", TIMEOUT, || {
+        node.log().contains("ejected") && node.log().contains("[fd00:8::3]:9000")
+    });
+    for _ in 0..10 {
+        let out = tcp_client(&node, vip);
+        assert!(out.status.success(), "{out:?}\n{}", node.log());
+        assert_eq!(stdout(&out).trim(), "hello from up");
+    }
+    assert!(
+        !node.log().contains("accepted"),
+        "the proxy carried a kernel-path connect:\n{}",
+        node.log()
+    );
+    let (peer_addr, local) = peer(&node, vip);
+    assert_eq!(peer_addr, format!("[{vip6}]:{FAST_PORT}"));
+    assert!(
+        local.starts_with("[fd00:8::1]:"),
+        "straight to the endpoint: {local}"
+    );
+    let reply = python(
+        &node,
+        &format!(
+            "import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+s.settimeout(10)
+s.connect(('{vip6}', {FAST_PORT}))
+print(s.recv(64).decode().strip())"
+        ),
+    );
+    assert_eq!(reply, "hello from up", "an IPV6_V6ONLY socket, kernel path");
     // The daemon goes before the remote namespace its endpoints live in.
     drop(node);
 }

@@ -67,6 +67,13 @@ pub mod map_names {
     /// TCP DNS connect connect6 sent to the responder, until sock_ops
     /// knows the source port.
     pub const DNS_BY_COOKIE6: &str = "RD_DCOOKIE6_V2";
+    /// `u32` service id → [`super::SlotTable6`]: where connect6 sends a
+    /// connect without the proxy; IPv6 endpoints, and IPv4 ones at their
+    /// IPv4-mapped address.
+    pub const SLOTS6: &str = "RD_SLOTS6_V2";
+    /// socket cookie (`u64`) → [`super::SlotConn6`]: a connect connect6
+    /// sent straight to an endpoint, until sock_ops learns how it ended.
+    pub const SLOT_CONNS6: &str = "RD_SCONN6_V2";
 }
 
 /// Program names (the Rust function names in `redirector-ebpf`).
@@ -336,6 +343,59 @@ pub struct SockOrig6 {
 }
 const _: () = assert!(core::mem::size_of::<SockOrig6>() == 40);
 
+/// One endpoint address in a [`SlotTable6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Slot6 {
+    pub ip6_be: [u32; 4],
+    pub port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<Slot6>() == 20);
+
+/// [`SlotTable`] for connect6: the same proportions over every endpoint,
+/// IPv6 ones as they are and IPv4 ones at their IPv4-mapped address. It
+/// names the service's IPv4 VIP:port ([`ServiceValue6::vip4_be`]), which
+/// connect6 checks as connect4 checks its table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotTable6 {
+    pub vip_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+    pub count: u32,
+    pub connect_timeout_ms: u32,
+    pub slots: [Slot6; MAX_SLOTS],
+}
+const _: () = assert!(core::mem::size_of::<SlotTable6>() == 16 + 20 * MAX_SLOTS);
+
+/// [`SlotConn`] for a connect connect6 sent to an entry of a
+/// [`SlotTable6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotConn6 {
+    pub service_id: u32,
+    pub ip6_be: [u32; 4],
+    pub port_be: u16,
+    pub flags: u16,
+    pub connect_timeout_ms: u32,
+}
+const _: () = assert!(core::mem::size_of::<SlotConn6>() == 28);
+
+/// [`ConnectOutcome`] of a [`SlotConn6`]. Shares the outcome ring; the
+/// reader tells the two apart by size (16 and 28 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectOutcome6 {
+    pub service_id: u32,
+    pub ip6_be: [u32; 4],
+    pub port_be: u16,
+    pub kind: u8,
+    pub _pad: u8,
+    pub syn_retrans: u32,
+}
+const _: () = assert!(core::mem::size_of::<ConnectOutcome6>() == 28);
+
 /// The IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) of `ip_be`, as
 /// `user_ip6` words: how connect6 sends a dual-stack socket to an IPv4
 /// endpoint.
@@ -465,6 +525,8 @@ mod pod {
     unsafe impl aya::Pod for Config6 {}
     unsafe impl aya::Pod for SockAddr6 {}
     unsafe impl aya::Pod for SockOrig6 {}
+    unsafe impl aya::Pod for SlotTable6 {}
+    unsafe impl aya::Pod for SlotConn6 {}
 }
 
 #[cfg(test)]
@@ -516,6 +578,8 @@ mod tests {
             map_names::SOCK_ORIG6,
             map_names::DNS_BY_SOCK6,
             map_names::DNS_BY_COOKIE6,
+            map_names::SLOTS6,
+            map_names::SLOT_CONNS6,
         ] {
             assert!(name.len() <= 15, "{name} exceeds BPF_OBJ_NAME_LEN");
             let suffix = format!("_V{ABI_VERSION}");

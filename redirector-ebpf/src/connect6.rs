@@ -3,16 +3,16 @@
 //! slot, the proxy's IPv6 listener, or (the proxy is not listening) a slot
 //! to fail open, else `EPERM`.
 //!
-//! Everything past the lookup is shared with IPv4: the service's IPv4
-//! VIP:port ([`ServiceValue6::vip4_be`]) is what the proxy routes by and
-//! what the slot table is checked against, so it is the original
-//! destination recorded under the socket cookie (sock_ops re-keys it by
-//! the socket's IPv6 address). Slot tables hold IPv4 endpoints, reached
-//! from an IPv6 socket at their IPv4-mapped address (`::ffff:a.b.c.d`),
-//! as Cilium's socket load balancer does; a socket with `IPV6_V6ONLY`
-//! cannot reach those, and gets the kernel's `ENETUNREACH` on those two
-//! paths (never on the proxy path, which is why the proxy listens on
-//! `[::1]` rather than at `::ffff:127.0.0.1`).
+//! The service's IPv4 VIP:port ([`ServiceValue6::vip4_be`]) is what the
+//! proxy routes by and what the slot table is checked against, so it is
+//! the original destination recorded under the socket cookie (sock_ops
+//! re-keys it by the socket's IPv6 address). The slot table is the
+//! service's IPv6 one (`RD_SLOTS6_V2`): IPv6 endpoints, and IPv4 ones at
+//! their IPv4-mapped address (`::ffff:a.b.c.d`), as Cilium's socket load
+//! balancer does; a socket with `IPV6_V6ONLY` cannot reach those, and gets
+//! the kernel's `ENETUNREACH` (never on the proxy path, which is why the
+//! proxy listens on `[::1]` rather than at `::ffff:127.0.0.1`). Kernel-path
+//! connects are remembered in `RD_SCONN6_V2` for sock_ops' outcome report.
 //!
 //! Any other connect to port 53 goes to the DNS responder's `[::1]`
 //! sockets while they listen, as in connect4: a connected UDP socket is
@@ -25,13 +25,13 @@ use aya_ebpf::{
 };
 use redirector_common::{
     ORIG_DNS, ORIG_SERVICE, OrigDst, PROXY_ENABLED, SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceKey,
-    ServiceKey6, ServiceValue6, Slot, SlotConn, SockAddr6, v4_mapped,
+    ServiceKey6, ServiceValue6, Slot6, SlotConn6, SockAddr6,
 };
 
 use crate::{
     dns::{self, DNS_PORT_BE},
     listener,
-    maps::{CONFIG6, DNS_BY_COOKIE6, ORIG_BY_COOKIE, PROXY_CONFIG, SERVICES6, SLOT_CONNS},
+    maps::{CONFIG6, DNS_BY_COOKIE6, ORIG_BY_COOKIE, PROXY_CONFIG, SERVICES6, SLOT_CONNS6},
     orig, slots,
 };
 
@@ -128,7 +128,7 @@ fn service(
     };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     if svc.flags & SVC_KERNEL_PATH != 0
-        && let Some(slot) = slots::pick(svc.service_id, &route)
+        && let Some(slot) = slots::pick6(svc.service_id, &route)
     {
         return Ok(to_endpoint(ctx, sa, key, cookie, svc.service_id, slot));
     }
@@ -154,7 +154,7 @@ fn service(
         return Ok(PROCEED);
     }
     if svc.flags & SVC_FAIL_OPEN != 0
-        && let Some(slot) = slots::pick(svc.service_id, &route)
+        && let Some(slot) = slots::pick6(svc.service_id, &route)
     {
         return Ok(to_endpoint(ctx, sa, key, cookie, svc.service_id, slot));
     }
@@ -167,25 +167,24 @@ fn to_endpoint(
     key: &ServiceKey6,
     cookie: u64,
     service_id: u32,
-    (slot, connect_timeout_ms): (Slot, u32),
+    (slot, connect_timeout_ms): (Slot6, u32),
 ) -> i32 {
-    let conn = SlotConn {
+    let conn = SlotConn6 {
         service_id,
-        ip_be: slot.ip_be,
+        ip6_be: slot.ip6_be,
         port_be: slot.port_be,
         flags: 0,
         connect_timeout_ms,
     };
     // Best effort: without the entry the connect still goes, unreported.
-    let _ = SLOT_CONNS.insert(&cookie, &conn, 0);
-    let to = v4_mapped(slot.ip_be);
+    let _ = SLOT_CONNS6.insert(&cookie, &conn, 0);
     let _ = orig::record6(
         ctx,
         ORIG_SERVICE,
         (key.vip6_be, key.port_be),
-        (to, slot.port_be),
+        (slot.ip6_be, slot.port_be),
     );
-    set_dst(sa, to, slot.port_be);
+    set_dst(sa, slot.ip6_be, slot.port_be);
     PROCEED
 }
 

@@ -13,7 +13,8 @@ use aya_ebpf::{
 use redirector_common::{
     Config6, DnsConfig, EndpointHealth, EndpointKey, MAX_ENDPOINTS, MAX_INFLIGHT, MAX_SERVICES,
     OUTCOME_RING_BYTES, OrigDst, ProxyConfig, ServiceInfo, ServiceKey, ServiceKey6, ServiceValue,
-    ServiceValue6, SlotConn, SlotTable, SockAddr6, SockKey, SockOrig, SockOrig6,
+    ServiceValue6, SlotConn, SlotConn6, SlotTable, SlotTable6, SockAddr6, SockKey, SockOrig,
+    SockOrig6,
 };
 
 #[map(name = "RD_SVC_V2")]
@@ -84,6 +85,14 @@ pub static DNS_BY_SOCK6: LruHashMap<SockAddr6, SockAddr6> =
 #[map(name = "RD_DCOOKIE6_V2")]
 pub static DNS_BY_COOKIE6: LruHashMap<u64, SockAddr6> =
     LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+// Not preallocated, as RD_SLOTS_V2: updates swap whole tables.
+#[map(name = "RD_SLOTS6_V2")]
+pub static SLOTS6: HashMap<u32, SlotTable6> =
+    HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+#[map(name = "RD_SCONN6_V2")]
+pub static SLOT_CONNS6: LruHashMap<u64, SlotConn6> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 
 #[btf_map(name = "RD_SKORIG6_V2")]
 pub static SOCK_ORIG6: SkStorage<SockOrig6> = SkStorage::new();

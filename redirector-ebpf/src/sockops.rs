@@ -33,11 +33,13 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use redirector_common::{
-    ConnectOutcome, OUTCOME_CONNECTED, OUTCOME_FAILED, SLOT_CONN_TIMEOUT_SET, SockAddr6, SockKey,
+    ConnectOutcome, ConnectOutcome6, OUTCOME_CONNECTED, OUTCOME_FAILED, SLOT_CONN_TIMEOUT_SET,
+    SockAddr6, SockKey,
 };
 
 use crate::maps::{
-    DNS_BY_COOKIE6, DNS_BY_SOCK6, ORIG_BY_COOKIE, ORIG_BY_SOCK, ORIG_BY_SOCK6, OUTCOMES, SLOT_CONNS,
+    DNS_BY_COOKIE6, DNS_BY_SOCK6, ORIG_BY_COOKIE, ORIG_BY_SOCK, ORIG_BY_SOCK6, OUTCOMES,
+    SLOT_CONNS, SLOT_CONNS6,
 };
 
 const AF_INET: u32 = 2;
@@ -112,6 +114,20 @@ fn on_connect(ctx: &SockOpsContext) -> Result<(), i64> {
         DNS_BY_COOKIE6.remove(&cookie)?;
         return Ok(());
     }
+    if ctx.family() == AF_INET6
+        && let Some(conn) = unsafe { SLOT_CONNS6.get(&cookie) }
+    {
+        let mut conn = *conn;
+        ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)?;
+        if conn.connect_timeout_ms != 0 && user_timeout(ctx) == Some(0) {
+            let ms = conn.connect_timeout_ms.min(i32::MAX as u32) as i32;
+            if set_user_timeout(ctx, ms) {
+                conn.flags |= SLOT_CONN_TIMEOUT_SET;
+                SLOT_CONNS6.insert(&cookie, &conn, 0)?;
+            }
+        }
+        return Ok(());
+    }
     let Some(conn) = (unsafe { SLOT_CONNS.get(&cookie) }) else {
         return Ok(());
     };
@@ -173,6 +189,27 @@ fn set_user_timeout(ctx: &SockOpsContext, ms: i32) -> bool {
 
 fn on_end(ctx: &SockOpsContext, kind: u8) -> Result<(), i64> {
     let cookie = cookie(ctx);
+    let syn_retrans = if kind == OUTCOME_FAILED {
+        unsafe { (*ctx.ops).total_retrans }
+    } else {
+        0
+    };
+    if ctx.family() == AF_INET6
+        && let Some(conn) = unsafe { SLOT_CONNS6.get(&cookie) }
+    {
+        let conn = *conn;
+        SLOT_CONNS6.remove(&cookie)?;
+        let outcome = ConnectOutcome6 {
+            service_id: conn.service_id,
+            ip6_be: conn.ip6_be,
+            port_be: conn.port_be,
+            kind,
+            _pad: 0,
+            syn_retrans,
+        };
+        let _ = OUTCOMES.output::<ConnectOutcome6>(&outcome, u64::from(wakeup(kind)));
+        return after_outcome(ctx, kind, conn.flags);
+    }
     let Some(conn) = (unsafe { SLOT_CONNS.get(&cookie) }) else {
         return Ok(());
     };
@@ -184,25 +221,28 @@ fn on_end(ctx: &SockOpsContext, kind: u8) -> Result<(), i64> {
         port_be: conn.port_be,
         kind,
         _pad: 0,
-        syn_retrans: if kind == OUTCOME_FAILED {
-            unsafe { (*ctx.ops).total_retrans }
-        } else {
-            0
-        },
+        syn_retrans,
     };
-    // A full ring (the daemon is gone or behind) loses the outcome, never
-    // the connection. A success only resets counters, so it waits for the
-    // daemon's next poll: waking the daemon per connect costs an interrupt
-    // (a hypervisor exit on a VM) and halved new-connection throughput in
-    // the benchmark. A failure may eject, so it wakes the daemon at once.
-    let wakeup = if kind == OUTCOME_CONNECTED {
+    let _ = OUTCOMES.output::<ConnectOutcome>(&outcome, u64::from(wakeup(kind)));
+    after_outcome(ctx, kind, conn.flags)
+}
+
+/// A full ring (the daemon is gone or behind) loses the outcome, never
+/// the connection. A success only resets counters, so it waits for the
+/// daemon's next poll: waking the daemon per connect costs an interrupt
+/// (a hypervisor exit on a VM) and halved new-connection throughput in
+/// the benchmark. A failure may eject, so it wakes the daemon at once.
+fn wakeup(kind: u8) -> u32 {
+    if kind == OUTCOME_CONNECTED {
         BPF_RB_NO_WAKEUP
     } else {
         BPF_RB_FORCE_WAKEUP
-    };
-    let _ = OUTCOMES.output::<ConnectOutcome>(&outcome, u64::from(wakeup));
+    }
+}
+
+fn after_outcome(ctx: &SockOpsContext, kind: u8, flags: u16) -> Result<(), i64> {
     if kind == OUTCOME_CONNECTED {
-        if conn.flags & SLOT_CONN_TIMEOUT_SET != 0 {
+        if flags & SLOT_CONN_TIMEOUT_SET != 0 {
             set_user_timeout(ctx, 0);
         }
         // Nothing more to learn from this socket's state changes.

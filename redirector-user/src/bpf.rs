@@ -77,11 +77,11 @@ use aya::{
     },
 };
 use redirector_common::{
-    Config6, ConnectOutcome, DNS_ENABLED, DnsConfig, EndpointHealth, EndpointKey, MAX_ENDPOINTS,
-    MAX_INFLIGHT, MAX_SERVICES, OUTCOME_RING_BYTES, OrigDst, PROXY_ENABLED, ProxyConfig,
-    SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceInfo, ServiceKey, ServiceKey6, ServiceValue,
-    ServiceValue6, SlotConn, SlotTable, SockAddr6, SockKey, SockOrig, SockOrig6, map_names,
-    program_names,
+    Config6, ConnectOutcome, ConnectOutcome6, DNS_ENABLED, DnsConfig, EndpointHealth, EndpointKey,
+    MAX_ENDPOINTS, MAX_INFLIGHT, MAX_SERVICES, OUTCOME_RING_BYTES, OrigDst, PROXY_ENABLED,
+    ProxyConfig, SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceInfo, ServiceKey, ServiceKey6,
+    ServiceValue, ServiceValue6, SlotConn, SlotConn6, SlotTable, SlotTable6, SockAddr6, SockKey,
+    SockOrig, SockOrig6, map_names, program_names,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{debug, info, warn};
@@ -210,6 +210,7 @@ struct Maps {
     info: HashMap<MapData, u32, ServiceInfo>,
     endpoints: HashMap<MapData, EndpointKey, EndpointHealth>,
     slots: HashMap<MapData, u32, SlotTable>,
+    slots6: HashMap<MapData, u32, SlotTable6>,
     /// How many endpoint entries each service has in the map now.
     endpoint_counts: std::collections::HashMap<u32, u32>,
 }
@@ -218,7 +219,7 @@ struct Maps {
 /// A pin directory of an earlier build may lack the maps added since (the
 /// DNS ones): the loader creates those, so an upgrade takes over without a
 /// gap; the IPv6 ones were added the same way, so the ABI stayed v2.
-fn layouts() -> [pins::Layout; 18] {
+fn layouts() -> [pins::Layout; 20] {
     fn l<K, V>(name: &'static str, max_entries: u32) -> pins::Layout {
         pins::Layout {
             name,
@@ -248,6 +249,8 @@ fn layouts() -> [pins::Layout; 18] {
         l::<i32, SockOrig6>(map_names::SOCK_ORIG6, 0),
         l::<SockAddr6, SockAddr6>(map_names::DNS_BY_SOCK6, MAX_INFLIGHT),
         l::<u64, SockAddr6>(map_names::DNS_BY_COOKIE6, MAX_INFLIGHT),
+        l::<u32, SlotTable6>(map_names::SLOTS6, MAX_SERVICES),
+        l::<u64, SlotConn6>(map_names::SLOT_CONNS6, MAX_INFLIGHT),
     ]
 }
 
@@ -376,6 +379,7 @@ impl Datapath {
         let endpoints: HashMap<MapData, EndpointKey, EndpointHealth> =
             typed_map(&mut ebpf, map_names::ENDPOINTS, HashMap::try_from)?;
         let slots = typed_map(&mut ebpf, map_names::SLOTS, HashMap::try_from)?;
+        let slots6 = typed_map(&mut ebpf, map_names::SLOTS6, HashMap::try_from)?;
         let mut config: Array<MapData, ProxyConfig> =
             typed_map(&mut ebpf, map_names::PROXY_CONFIG, Array::try_from)?;
         let orig = typed_map(&mut ebpf, map_names::ORIG_BY_SOCK, HashMap::try_from)?;
@@ -420,6 +424,7 @@ impl Datapath {
                 info,
                 endpoints,
                 slots,
+                slots6,
                 endpoint_counts,
             }),
             orig: Mutex::new(orig),
@@ -492,6 +497,7 @@ impl Datapath {
             .keys()
             .filter_map(Result::ok)
             .chain(maps.slots.keys().filter_map(Result::ok))
+            .chain(maps.slots6.keys().filter_map(Result::ok))
             .chain(maps.endpoint_counts.keys().copied())
             .filter(|id| !live_ids.contains(id))
             .collect::<HashSet<_>>()
@@ -500,6 +506,7 @@ impl Datapath {
         for id in stale_ids {
             ignore_missing(map_names::SERVICE_INFO, maps.info.remove(&id))?;
             ignore_missing(map_names::SLOTS, maps.slots.remove(&id))?;
+            ignore_missing(map_names::SLOTS6, maps.slots6.remove(&id))?;
             maps.set_endpoints(id, &[])?;
         }
         let unslotted: Vec<u32> = entries
@@ -509,6 +516,7 @@ impl Datapath {
             .collect();
         for id in unslotted {
             ignore_missing(map_names::SLOTS, maps.slots.remove(&id))?;
+            ignore_missing(map_names::SLOTS6, maps.slots6.remove(&id))?;
         }
         Ok(())
     }
@@ -529,6 +537,12 @@ impl Datapath {
     pub fn set_slots(&self, service_id: u32, table: &SlotTable) -> Result<(), BpfError> {
         let mut maps = self.maps.lock().expect("maps lock");
         map_op(map_names::SLOTS, maps.slots.insert(service_id, table, 0))
+    }
+
+    /// Replaces one service's IPv6 slot table (connect6's).
+    pub fn set_slots6(&self, service_id: u32, table: &SlotTable6) -> Result<(), BpfError> {
+        let mut maps = self.maps.lock().expect("maps lock");
+        map_op(map_names::SLOTS6, maps.slots6.insert(service_id, table, 0))
     }
 
     /// Attaches this daemon's programs, replacing those of a previous
@@ -724,6 +738,47 @@ impl Drop for Datapath {
     }
 }
 
+/// A kernel-path connect outcome, either family (from a
+/// [`ConnectOutcome`] or a [`ConnectOutcome6`]; an IPv4-mapped endpoint
+/// address comes back as IPv4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOutcome {
+    pub service_id: u32,
+    pub addr: SocketAddr,
+    pub kind: u8,
+    pub syn_retrans: u32,
+}
+
+impl From<ConnectOutcome> for KernelOutcome {
+    fn from(o: ConnectOutcome) -> Self {
+        KernelOutcome {
+            service_id: o.service_id,
+            addr: SocketAddr::from((
+                Ipv4Addr::from(u32::from_be(o.ip_be)),
+                u16::from_be(o.port_be),
+            )),
+            kind: o.kind,
+            syn_retrans: o.syn_retrans,
+        }
+    }
+}
+
+impl From<ConnectOutcome6> for KernelOutcome {
+    fn from(o: ConnectOutcome6) -> Self {
+        let ip = ip6_from_words(o.ip6_be);
+        let port = u16::from_be(o.port_be);
+        KernelOutcome {
+            service_id: o.service_id,
+            addr: match ip.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::from((v4, port)),
+                None => SocketAddr::from((ip, port)),
+            },
+            kind: o.kind,
+            syn_retrans: o.syn_retrans,
+        }
+    }
+}
+
 /// Connect outcomes of the kernel path, as sock_ops reported them.
 pub struct OutcomeReader {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -735,7 +790,7 @@ impl OutcomeReader {
     /// outcome available to `out`.
     pub async fn read(
         &mut self,
-        out: &mut Vec<ConnectOutcome>,
+        out: &mut Vec<KernelOutcome>,
         poll: std::time::Duration,
     ) -> Result<(), BpfError> {
         if let Ok(guard) = tokio::time::timeout(poll, self.ring.readable_mut()).await {
@@ -744,12 +799,20 @@ impl OutcomeReader {
         }
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
-            if item.len() >= size_of::<ConnectOutcome>() {
-                // SAFETY: ConnectOutcome is plain old data, the kernel
-                // wrote one per item, and read_unaligned needs no alignment.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+            // The two record types differ in size (16 and 28 bytes).
+            // SAFETY: both are plain old data, the kernel wrote one per
+            // item, and read_unaligned needs no alignment.
+            if item.len() == size_of::<ConnectOutcome6>() {
+                let o: ConnectOutcome6 = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                out.push(o.into());
+            } else if item.len() == size_of::<ConnectOutcome>() {
+                let o: ConnectOutcome = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                out.push(o.into());
             } else {
-                warn!(len = item.len(), "short item in the outcome ring buffer");
+                warn!(
+                    len = item.len(),
+                    "unexpected item in the outcome ring buffer"
+                );
             }
         }
         Ok(())

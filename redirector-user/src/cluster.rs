@@ -17,7 +17,7 @@
 use std::{
     collections::HashMap,
     fmt,
-    net::{IpAddr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -496,6 +496,19 @@ impl Cluster {
             .filter_map(|h| match h.addr {
                 SocketAddr::V4(a) => Some(a),
                 SocketAddr::V6(_) => None,
+            })
+            .collect()
+    }
+
+    /// connect6's slot table: the same proportions over every host, IPv4
+    /// ones at their IPv4-mapped address (which a dual-stack IPv6 socket
+    /// reaches over IPv4).
+    pub fn kernel_slots6(&self) -> Vec<SocketAddrV6> {
+        self.slot_table(redirector_common::MAX_SLOTS)
+            .into_iter()
+            .map(|h| match h.addr {
+                SocketAddr::V4(a) => SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0),
+                SocketAddr::V6(a) => a,
             })
             .collect()
     }
