@@ -693,7 +693,7 @@ fn a_pin_dir_from_before_dns_capture_is_taken_over() {
         .kill()
         .expect("kill -9");
     // What the previous build leaves: its nine maps and two links, none of
-    // the DNS capture objects.
+    // the DNS capture objects (nor IPv6's, which came later).
     for pin in [
         "RD_DNSCFG_V2",
         "RD_DNSSOCK_V2",
@@ -702,6 +702,18 @@ fn a_pin_dir_from_before_dns_capture_is_taken_over() {
         "link_sendmsg4",
         "link_recvmsg4",
         "link_egress",
+        "RD_SVC6_V2",
+        "RD_CFG6_V2",
+        "RD_OSOCK6_V2",
+        "RD_SKORIG6_V2",
+        "RD_DNSSOCK6_V2",
+        "RD_DCOOKIE6_V2",
+        "RD_SLOTS6_V2",
+        "RD_SCONN6_V2",
+        "link_connect6",
+        "link_getpeername6",
+        "link_sendmsg6",
+        "link_recvmsg6",
     ] {
         fs::remove_file(bed.pins.path().join("v2").join(pin))
             .unwrap_or_else(|e| panic!("removing {pin}: {e}"));

@@ -709,3 +709,51 @@ print(s.recv(64).decode().strip())"
     // The daemon goes before the remote namespace its endpoints live in.
     drop(node);
 }
+
+/// A pin directory of the build before IPv6 (same ABI, v2) lacks IPv6's
+/// eight maps and four links: a new daemon takes it over, creating them,
+/// and both VIPs work at once.
+#[test]
+fn a_pin_dir_from_before_ipv6_is_taken_over() {
+    let mut node = node();
+    start(&mut node, &mydb());
+    node.daemon
+        .as_mut()
+        .expect("a daemon")
+        .kill()
+        .expect("kill -9");
+    let v2 = node.pins.path().join("v2");
+    for pin in [
+        "RD_SVC6_V2",
+        "RD_CFG6_V2",
+        "RD_OSOCK6_V2",
+        "RD_SKORIG6_V2",
+        "RD_DNSSOCK6_V2",
+        "RD_DCOOKIE6_V2",
+        "RD_SLOTS6_V2",
+        "RD_SCONN6_V2",
+        "link_connect6",
+        "link_getpeername6",
+        "link_sendmsg6",
+        "link_recvmsg6",
+    ] {
+        std::fs::remove_file(v2.join(pin)).unwrap_or_else(|e| panic!("removing {pin}: {e}"));
+    }
+    assert!(v2.join("link_connect4").exists() && v2.join("RD_SVC_V2").exists());
+
+    node.start(&mydb(), "us-east1/a", false);
+    assert!(node.log().contains("taking over"), "{}", node.log());
+    for pin in [
+        "RD_SVC6_V2",
+        "RD_SLOTS6_V2",
+        "link_connect6",
+        "link_sendmsg6",
+    ] {
+        assert!(v2.join(pin).exists(), "{pin} is pinned again");
+    }
+    let vip6 = vip6(&node, "mydb.com", 80);
+    for host in [format!("[{vip6}]"), VIP4.to_owned(), "mydb.com".to_owned()] {
+        let reply = curl(&node, &[], &host);
+        assert!(served(reply.clone()), "{host}: {reply:?}\n{}", node.log());
+    }
+}
