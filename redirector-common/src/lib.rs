@@ -339,7 +339,10 @@ pub struct SockOrig6 {
     pub orig_port_be: u16,
     pub to_port_be: u16,
     pub kind: u8,
-    pub _pad: [u8; 3],
+    // Scalars, not `[u8; 3]`: zeroing an array compiles to a byte loop
+    // whose pointer arithmetic the verifier refuses without CAP_PERFMON.
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 const _: () = assert!(core::mem::size_of::<SockOrig6>() == 40);
 

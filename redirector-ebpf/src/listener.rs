@@ -46,18 +46,20 @@ pub fn listening(ctx: &SockAddrContext, ip_be: u32, port_be: u16, tcp: bool) -> 
 
 /// [`listening`] on an IPv6 address (`user_ip6` words).
 pub fn listening6(ctx: &SockAddrContext, ip6_be: [u32; 4], port_be: u16, tcp: bool) -> bool {
-    let mut tuple = Ipv6Tuple {
-        saddr: [0; 4],
-        daddr: ip6_be,
-        sport: 0,
-        dport: port_be,
-    };
-    lookup(
-        ctx,
-        (&raw mut tuple).cast(),
-        core::mem::size_of::<Ipv6Tuple>() as u32,
-        tcp,
-    )
+    // Written word by word: a zeroed array literal compiles to a memset
+    // loop whose pointer arithmetic the verifier refuses without
+    // CAP_PERFMON (the DaemonSet grants CAP_BPF and CAP_NET_ADMIN only).
+    let mut tuple = core::mem::MaybeUninit::<Ipv6Tuple>::uninit();
+    let t = tuple.as_mut_ptr();
+    unsafe {
+        for (i, word) in ip6_be.into_iter().enumerate() {
+            core::ptr::write_volatile(&raw mut (*t).saddr[i], 0);
+            core::ptr::write_volatile(&raw mut (*t).daddr[i], word);
+        }
+        core::ptr::write_volatile(&raw mut (*t).sport, 0);
+        core::ptr::write_volatile(&raw mut (*t).dport, port_be);
+    }
+    lookup(ctx, t.cast(), core::mem::size_of::<Ipv6Tuple>() as u32, tcp)
 }
 
 #[inline(always)]

@@ -75,7 +75,8 @@ pub fn record6(
         orig_port_be,
         to_port_be,
         kind,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     };
     let p = unsafe { SOCK_ORIG6.get_or_insert_ptr_mut(ctx, Some(&mut value)) };
     if p.is_null() {
