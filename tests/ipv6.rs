@@ -232,6 +232,33 @@ print(data.split(b'\\r\\n')[0].decode(), data.split(b'\\r\\n\\r\\n', 1)[1].decod
         ),
     );
     assert!(reply.starts_with("HTTP/1.1 200 OK healthy: "), "{reply}");
+    // The IPv4 VIP dialled from a dual-stack IPv6 socket at its mapped
+    // address, as Java dials every IPv4 destination: connect4 never runs
+    // for it; connect6 serves it.
+    let reply = python(
+        &node,
+        &format!(
+            "import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect(('::ffff:{VIP4}', 80))
+print(s.getpeername()[:2])
+s.sendall(b'GET / HTTP/1.1\\r\\nHost: mydb.com\\r\\nConnection: close\\r\\n\\r\\n')
+data = b''
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+print(data.split(b'\\r\\n')[0].decode())"
+        ),
+    );
+    assert_eq!(
+        reply,
+        format!("('::ffff:{VIP4}', 80)\nHTTP/1.1 200 OK"),
+        "{}",
+        node.log()
+    );
     // Another port of the VIP is nobody's: untouched, and with no route
     // there it fails rather than leaving the node.
     let out = app(
@@ -349,6 +376,16 @@ fn kernel_path_and_fail_open_carry_ipv6_vips_to_ipv4_endpoints() {
     let out = tcp_client(&node, fast);
     assert!(out.status.success(), "{out:?}\n{}", node.log());
     assert_eq!(stdout(&out).trim(), "hello from fast");
+    // Its IPv4 VIP from an IPv6 socket, at the mapped address.
+    let mapped = SocketAddr::new(
+        FAST4.parse::<Ipv4Addr>().unwrap().to_ipv6_mapped().into(),
+        FAST_PORT,
+    );
+    let out = tcp_client(&node, mapped);
+    assert!(out.status.success(), "{out:?}\n{}", node.log());
+    assert_eq!(stdout(&out).trim(), "hello from fast");
+    let (peer_addr, _) = peer(&node, mapped);
+    assert_eq!(peer_addr, format!("[::ffff:{FAST4}]:{FAST_PORT}"));
     let (peer_addr, local) = peer(&node, fast);
     assert_eq!(peer_addr, format!("[{fast6}]:{FAST_PORT}"));
     assert!(local.starts_with("[::ffff:127.0.0."), "{local}");

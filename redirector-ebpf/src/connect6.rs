@@ -14,6 +14,10 @@
 //! proxy listens on `[::1]` rather than at `::ffff:127.0.0.1`). Kernel-path
 //! connects are remembered in `RD_SCONN6_V2` for sock_ops' outcome report.
 //!
+//! A connect to an IPv4 VIP at its IPv4-mapped address (`::ffff:a.b.c.d`,
+//! a dual-stack socket, as Java's are) is served the same way from the
+//! IPv4 service map: the kernel runs no connect4 for it.
+//!
 //! Any other connect to port 53 goes to the DNS responder's `[::1]`
 //! sockets while they listen, as in connect4: a connected UDP socket is
 //! re-keyed by the egress program, a TCP one by sock_ops (from
@@ -25,13 +29,15 @@ use aya_ebpf::{
 };
 use redirector_common::{
     ORIG_DNS, ORIG_SERVICE, OrigDst, PROXY_ENABLED, SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceKey,
-    ServiceKey6, ServiceValue6, Slot6, SlotConn6, SockAddr6,
+    ServiceKey6, ServiceValue6, Slot6, SlotConn6, SockAddr6, v4_mapped,
 };
 
 use crate::{
     dns::{self, DNS_PORT_BE},
     listener,
-    maps::{CONFIG6, DNS_BY_COOKIE6, ORIG_BY_COOKIE, PROXY_CONFIG, SERVICES6, SLOT_CONNS6},
+    maps::{
+        CONFIG6, DNS_BY_COOKIE6, ORIG_BY_COOKIE, PROXY_CONFIG, SERVICES, SERVICES6, SLOT_CONNS6,
+    },
     orig, slots,
 };
 
@@ -41,19 +47,27 @@ const PROCEED: i32 = 1;
 const REJECT: i32 = 0;
 const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
+/// The first three words of an IPv4-mapped address (`::ffff:0:0/96`).
+const V4_MAPPED_PREFIX: [u32; 3] = {
+    let m = v4_mapped(0);
+    [m[0], m[1], m[2]]
+};
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    // Whatever goes wrong, the connect proceeds as the app asked.
-    try_connect6(&ctx).unwrap_or(PROCEED)
+    try_connect6(&ctx)
 }
 
-fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i64> {
+// Whatever goes wrong, the connect proceeds as the app asked. These return
+// the verdict itself rather than connect4's `Result`: returned through the
+// stack, its unused payload counts as an uninitialised read for a verifier
+// without CAP_PERFMON.
+fn try_connect6(ctx: &SockAddrContext) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
     let tcp = match sa.protocol {
         IPPROTO_TCP => true,
         IPPROTO_UDP => false,
-        _ => return Ok(PROCEED),
+        _ => return PROCEED,
     };
     let key = ServiceKey6 {
         vip6_be: [
@@ -70,21 +84,35 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i64> {
         let svc = *svc;
         return service(ctx, sa, &key, &svc);
     }
+    // An IPv4 VIP dialled from a dual-stack IPv6 socket at its
+    // IPv4-mapped address (Java does this for every IPv4 destination):
+    // connect4 never runs for such a connect, so it is served here, the
+    // same way, proxy at [::1] included (the socket is not IPV6_V6ONLY).
+    if tcp && key.vip6_be[..3] == V4_MAPPED_PREFIX {
+        let route = ServiceKey {
+            vip_be: key.vip6_be[3],
+            port_be: key.port_be,
+            _pad: 0,
+        };
+        if let Some(svc) = unsafe { SERVICES.get(&route) } {
+            let svc = ServiceValue6 {
+                service_id: svc.service_id,
+                flags: svc.flags,
+                vip4_be: route.vip_be,
+            };
+            return service(ctx, sa, &key, &svc);
+        }
+    }
     if key.port_be == DNS_PORT_BE {
         return to_dns(ctx, sa, &key, tcp);
     }
-    Ok(PROCEED)
+    PROCEED
 }
 
 /// A connect to port 53: to the DNS responder, if it is there to answer.
-fn to_dns(
-    ctx: &SockAddrContext,
-    sa: &mut bpf_sock_addr,
-    key: &ServiceKey6,
-    tcp: bool,
-) -> Result<i32, i64> {
+fn to_dns(ctx: &SockAddrContext, sa: &mut bpf_sock_addr, key: &ServiceKey6, tcp: bool) -> i32 {
     let Some(to) = dns::responder6(ctx, tcp) else {
-        return Ok(PROCEED);
+        return PROCEED;
     };
     let nameserver = (key.vip6_be, DNS_PORT_BE);
     if tcp {
@@ -94,14 +122,16 @@ fn to_dns(
             port_be: DNS_PORT_BE,
             _pad: 0,
         };
-        DNS_BY_COOKIE6.insert(&cookie, &ns, 0)?;
+        if DNS_BY_COOKIE6.insert(&cookie, &ns, 0).is_err() {
+            return PROCEED;
+        }
         let _ = orig::record6(ctx, ORIG_DNS, nameserver, to);
-    } else {
+    } else if orig::record6(ctx, ORIG_DNS, nameserver, to).is_err() {
         // The egress program learns the nameserver from this record.
-        orig::record6(ctx, ORIG_DNS, nameserver, to)?;
+        return PROCEED;
     }
     set_dst(sa, to.0, to.1);
-    Ok(PROCEED)
+    PROCEED
 }
 
 fn service(
@@ -109,17 +139,17 @@ fn service(
     sa: &mut bpf_sock_addr,
     key: &ServiceKey6,
     svc: &ServiceValue6,
-) -> Result<i32, i64> {
+) -> i32 {
     let Some(cfg) = PROXY_CONFIG.get(0) else {
-        return Ok(PROCEED);
+        return PROCEED;
     };
     let cfg = *cfg;
     if cfg.flags & PROXY_ENABLED == 0 {
-        return Ok(PROCEED);
+        return PROCEED;
     }
     let sk = unsafe { sa.__bindgen_anon_1.sk };
     if !sk.is_null() && unsafe { (*sk).mark } == cfg.mark {
-        return Ok(PROCEED);
+        return PROCEED;
     }
     let route = ServiceKey {
         vip_be: svc.vip4_be,
@@ -130,7 +160,7 @@ fn service(
     if svc.flags & SVC_KERNEL_PATH != 0
         && let Some(slot) = slots::pick6(svc.service_id, &route)
     {
-        return Ok(to_endpoint(ctx, sa, key, cookie, svc.service_id, slot));
+        return to_endpoint(ctx, sa, key, cookie, svc.service_id, slot);
     }
     let proxy_ip6 = CONFIG6.get(0).map(|c| c.proxy_ip6_be);
     if let Some(proxy_ip6) = proxy_ip6
@@ -142,7 +172,9 @@ fn service(
             port_be: route.port_be,
             _pad: 0,
         };
-        ORIG_BY_COOKIE.insert(&cookie, &orig, 0)?;
+        if ORIG_BY_COOKIE.insert(&cookie, &orig, 0).is_err() {
+            return PROCEED;
+        }
         // Best effort: without it only getpeername() shows the proxy.
         let _ = orig::record6(
             ctx,
@@ -151,14 +183,14 @@ fn service(
             (proxy_ip6, cfg.proxy_port_be),
         );
         set_dst(sa, proxy_ip6, cfg.proxy_port_be);
-        return Ok(PROCEED);
+        return PROCEED;
     }
     if svc.flags & SVC_FAIL_OPEN != 0
         && let Some(slot) = slots::pick6(svc.service_id, &route)
     {
-        return Ok(to_endpoint(ctx, sa, key, cookie, svc.service_id, slot));
+        return to_endpoint(ctx, sa, key, cookie, svc.service_id, slot);
     }
-    Ok(REJECT)
+    REJECT
 }
 
 fn to_endpoint(
