@@ -155,10 +155,11 @@ impl Bed {
         self.app_with("", program, args)
     }
 
-    /// `getent hosts <name>` (glibc's resolver): the address, or `None`
-    /// if it did not resolve.
+    /// `getent ahostsv4 <name>` (glibc's resolver, IPv4: `getent hosts`
+    /// asks AAAA first, and configured hosts have an IPv6 VIP too; see
+    /// ipv6.rs): the first address, or `None` if it did not resolve.
     fn getent_with(&self, resolv_extra: &str, name: &str) -> Option<String> {
-        let out = self.app_with(resolv_extra, "getent", &["hosts", name]);
+        let out = self.app_with(resolv_extra, "getent", &["ahostsv4", name]);
         out.status.success().then(|| {
             stdout(&out)
                 .split_whitespace()
@@ -310,9 +311,9 @@ fn real_resolvers_get_the_vip_of_a_configured_host() {
         "any letter case, absolute or not"
     );
     let addrs = bed.python(
-        "import socket; print(sorted({a[4][0] for a in socket.getaddrinfo('mydb.com', 80)}))",
+        "import socket; print(sorted({a[4][0] for a in socket.getaddrinfo('mydb.com', 80, socket.AF_INET)}))",
     );
-    assert_eq!(addrs, format!("['{vip}']"), "getaddrinfo(AF_UNSPEC)");
+    assert_eq!(addrs, format!("['{vip}']"), "getaddrinfo(AF_INET)");
     assert_eq!(
         bed.curl("mydb.com"),
         Ok((200, format!("healthy: {DB_NAME}"))),
@@ -406,20 +407,35 @@ show(*s.recvfrom(512))
 }
 
 #[test]
-fn aaaa_of_a_configured_host_is_empty_and_stays_local() {
+fn aaaa_of_a_configured_host_is_its_ipv6_vip_and_stays_local() {
     let mut bed = Bed::new();
     bed.start(&mydb(""), &[], false);
     let vip = bed.vip("mydb.com");
 
     let out = bed.dig(&["mydb.com", "AAAA"]);
     assert!(out.contains("status: NOERROR"), "{out}");
-    assert!(out.contains("ANSWER: 0,"), "{out}");
+    assert!(out.contains("ANSWER: 1,"), "{out}");
+    let vip6: std::net::Ipv6Addr = bed
+        .dig(&["+short", "mydb.com", "AAAA"])
+        .trim()
+        .parse()
+        .expect("an IPv6 address");
+    assert_eq!(
+        vip6.segments()[..3],
+        [0x2001, 2, 0],
+        "allocated from 2001:2::/48"
+    );
     assert_eq!(bed.dig(&["+short", "mydb.com", "A"]).trim(), vip);
     let v6 = bed.python(
-        "import socket\ntry:\n  print(socket.getaddrinfo('mydb.com', 80, socket.AF_INET6))\n\
-         except socket.gaierror:\n  print('no address')",
+        "import socket; print({a[4][0] for a in socket.getaddrinfo('mydb.com', 80, socket.AF_INET6)})",
     );
-    assert!(v6.starts_with("no address"), "{v6}");
+    assert_eq!(v6, format!("{{'{vip6}'}}"));
+    // Other types are NODATA, also answered here.
+    let out = bed.dig(&["mydb.com", "MX"]);
+    assert!(
+        out.contains("status: NOERROR") && out.contains("ANSWER: 0,"),
+        "{out}"
+    );
     assert_eq!(bed.dns.seen("mydb.com"), vec![], "{:#?}", bed.dns.log());
 }
 
@@ -566,11 +582,16 @@ fn getpeername_shows_what_the_app_dialled() {
     let out = peer(format!("{fast}:7000"));
     assert!(out.contains(&format!("peer {fast}:7000\n")), "{out}");
     assert!(out.contains(&format!("local {NODE_IP}:")), "{out}");
-    // Python, by name.
+    // Python, by name: whichever family it picks (both resolve), the
+    // peer is that family's VIP.
+    let vip6 = bed.dig(&["+short", "mydb.com", "AAAA"]).trim().to_owned();
     let got = bed.python(
-        "import socket; s = socket.create_connection(('mydb.com', 80)); print(s.getpeername())",
+        "import socket; s = socket.create_connection(('mydb.com', 80)); print(s.getpeername()[:2])",
     );
-    assert_eq!(got, format!("('{vip}', 80)"));
+    assert!(
+        got == format!("('{vip}', 80)") || got == format!("('{vip6}', 80)"),
+        "{got}"
+    );
 
     // A connected UDP DNS socket (glibc's way) sees the nameserver as its
     // peer and as the source of the answer, which carries the VIP.
@@ -672,7 +693,7 @@ fn a_pin_dir_from_before_dns_capture_is_taken_over() {
         .kill()
         .expect("kill -9");
     // What the previous build leaves: its nine maps and two links, none of
-    // the DNS capture objects.
+    // the DNS capture objects (nor IPv6's, which came later).
     for pin in [
         "RD_DNSCFG_V2",
         "RD_DNSSOCK_V2",
@@ -681,6 +702,18 @@ fn a_pin_dir_from_before_dns_capture_is_taken_over() {
         "link_sendmsg4",
         "link_recvmsg4",
         "link_egress",
+        "RD_SVC6_V2",
+        "RD_CFG6_V2",
+        "RD_OSOCK6_V2",
+        "RD_SKORIG6_V2",
+        "RD_DNSSOCK6_V2",
+        "RD_DCOOKIE6_V2",
+        "RD_SLOTS6_V2",
+        "RD_SCONN6_V2",
+        "link_connect6",
+        "link_getpeername6",
+        "link_sendmsg6",
+        "link_recvmsg6",
     ] {
         fs::remove_file(bed.pins.path().join("v2").join(pin))
             .unwrap_or_else(|e| panic!("removing {pin}: {e}"));

@@ -46,6 +46,34 @@ pub mod map_names {
     /// Socket storage ([`super::SockOrig`]): what a socket the hooks
     /// redirected asked for, for as long as the socket lives.
     pub const SOCK_ORIG: &str = "RD_SKORIG_V2";
+    /// [`super::ServiceKey6`] → [`super::ServiceValue6`]: the IPv6 VIPs to
+    /// redirect (connect6). Added beside the IPv4 maps, so the ABI stays.
+    pub const SERVICES6: &str = "RD_SVC6_V2";
+    /// `u32` index 0 → [`super::Config6`]: the daemon's IPv6 listeners.
+    pub const CONFIG6: &str = "RD_CFG6_V2";
+    /// [`super::SockAddr6`] (an IPv6 client socket, as the proxy sees its
+    /// peer) → [`super::OrigDst`] (the service's IPv4 VIP:port, the proxy's
+    /// route key), re-keyed by sock_ops from [`ORIG_BY_COOKIE`].
+    pub const ORIG_BY_SOCK6: &str = "RD_OSOCK6_V2";
+    /// Socket storage ([`super::SockOrig6`]): what an IPv6 socket the hooks
+    /// redirected asked for.
+    pub const SOCK_ORIG6: &str = "RD_SKORIG6_V2";
+    /// [`super::SockAddr6`] (an app's IPv6 DNS socket, as the responder
+    /// sees its peer) → [`super::SockAddr6`] (the nameserver it asked):
+    /// written by sendmsg6 and the egress program (UDP) and by sock_ops
+    /// (TCP, from [`DNS_BY_COOKIE6`]); read by the responder.
+    pub const DNS_BY_SOCK6: &str = "RD_DNSSOCK6_V2";
+    /// socket cookie (`u64`) → [`super::SockAddr6`]: the nameserver of a
+    /// TCP DNS connect connect6 sent to the responder, until sock_ops
+    /// knows the source port.
+    pub const DNS_BY_COOKIE6: &str = "RD_DCOOKIE6_V2";
+    /// `u32` service id → [`super::SlotTable6`]: where connect6 sends a
+    /// connect without the proxy; IPv6 endpoints, and IPv4 ones at their
+    /// IPv4-mapped address.
+    pub const SLOTS6: &str = "RD_SLOTS6_V2";
+    /// socket cookie (`u64`) → [`super::SlotConn6`]: a connect connect6
+    /// sent straight to an endpoint, until sock_ops learns how it ended.
+    pub const SLOT_CONNS6: &str = "RD_SCONN6_V2";
 }
 
 /// Program names (the Rust function names in `redirector-ebpf`).
@@ -55,6 +83,10 @@ pub mod program_names {
     pub const SENDMSG4: &str = "sendmsg4";
     pub const RECVMSG4: &str = "recvmsg4";
     pub const GETPEERNAME4: &str = "getpeername4";
+    pub const CONNECT6: &str = "connect6";
+    pub const GETPEERNAME6: &str = "getpeername6";
+    pub const SENDMSG6: &str = "sendmsg6";
+    pub const RECVMSG6: &str = "recvmsg6";
     /// `cgroup_skb/egress`.
     pub const EGRESS: &str = "rd_egress";
 }
@@ -251,6 +283,129 @@ pub struct SockOrig {
 }
 const _: () = assert!(core::mem::size_of::<SockOrig>() == 16);
 
+/// An IPv6 VIP and port an app may dial (connect6).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey6 {
+    /// The address's 16 bytes in network order, as `bpf_sock_addr.user_ip6`.
+    pub vip6_be: [u32; 4],
+    pub port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey6>() == 20);
+
+/// A service as connect6 sees it. Every service has an IPv4 VIP too, and
+/// the proxy's routes and the slot tables are keyed by it: connect6 records
+/// `vip4_be` and the port as the original destination, and uses the
+/// IPv4 slot table (endpoints as IPv4-mapped addresses) on the kernel path
+/// and to fail open.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceValue6 {
+    pub service_id: u32,
+    /// As [`ServiceValue::flags`].
+    pub flags: u32,
+    pub vip4_be: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue6>() == 12);
+
+/// The daemon's IPv6 listeners (ports as in [`ProxyConfig`] and
+/// [`DnsConfig`]). All zero: nothing listens on IPv6, connect6 fails open.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config6 {
+    pub proxy_ip6_be: [u32; 4],
+    pub responder_ip6_be: [u32; 4],
+}
+const _: () = assert!(core::mem::size_of::<Config6>() == 32);
+
+/// An IPv6 socket address: a client socket as the proxy sees its peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockAddr6 {
+    pub ip6_be: [u32; 4],
+    pub port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockAddr6>() == 20);
+
+/// [`SockOrig`] for IPv6 sockets (getpeername6). `to` may be an
+/// IPv4-mapped address (kernel path and fail-open to IPv4 endpoints).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockOrig6 {
+    pub orig_ip6_be: [u32; 4],
+    pub to_ip6_be: [u32; 4],
+    pub orig_port_be: u16,
+    pub to_port_be: u16,
+    pub kind: u8,
+    // Scalars, not `[u8; 3]`: zeroing an array compiles to a byte loop
+    // whose pointer arithmetic the verifier refuses without CAP_PERFMON.
+    pub _pad: u8,
+    pub _pad2: u16,
+}
+const _: () = assert!(core::mem::size_of::<SockOrig6>() == 40);
+
+/// One endpoint address in a [`SlotTable6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Slot6 {
+    pub ip6_be: [u32; 4],
+    pub port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<Slot6>() == 20);
+
+/// [`SlotTable`] for connect6: the same proportions over every endpoint,
+/// IPv6 ones as they are and IPv4 ones at their IPv4-mapped address. It
+/// names the service's IPv4 VIP:port ([`ServiceValue6::vip4_be`]), which
+/// connect6 checks as connect4 checks its table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotTable6 {
+    pub vip_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+    pub count: u32,
+    pub connect_timeout_ms: u32,
+    pub slots: [Slot6; MAX_SLOTS],
+}
+const _: () = assert!(core::mem::size_of::<SlotTable6>() == 16 + 20 * MAX_SLOTS);
+
+/// [`SlotConn`] for a connect connect6 sent to an entry of a
+/// [`SlotTable6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotConn6 {
+    pub service_id: u32,
+    pub ip6_be: [u32; 4],
+    pub port_be: u16,
+    pub flags: u16,
+    pub connect_timeout_ms: u32,
+}
+const _: () = assert!(core::mem::size_of::<SlotConn6>() == 28);
+
+/// [`ConnectOutcome`] of a [`SlotConn6`]. Shares the outcome ring; the
+/// reader tells the two apart by size (16 and 28 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectOutcome6 {
+    pub service_id: u32,
+    pub ip6_be: [u32; 4],
+    pub port_be: u16,
+    pub kind: u8,
+    pub _pad: u8,
+    pub syn_retrans: u32,
+}
+const _: () = assert!(core::mem::size_of::<ConnectOutcome6>() == 28);
+
+/// The IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) of `ip_be`, as
+/// `user_ip6` words: how connect6 sends a dual-stack socket to an IPv4
+/// endpoint.
+pub const fn v4_mapped(ip_be: u32) -> [u32; 4] {
+    [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), ip_be]
+}
+
 pub const PROTO_TCP: u8 = 1;
 pub const PROTO_HTTP: u8 = 2;
 pub const PROTO_HTTPS: u8 = 3;
@@ -368,6 +523,13 @@ mod pod {
     unsafe impl aya::Pod for ConnectOutcome {}
     unsafe impl aya::Pod for DnsConfig {}
     unsafe impl aya::Pod for SockOrig {}
+    unsafe impl aya::Pod for ServiceKey6 {}
+    unsafe impl aya::Pod for ServiceValue6 {}
+    unsafe impl aya::Pod for Config6 {}
+    unsafe impl aya::Pod for SockAddr6 {}
+    unsafe impl aya::Pod for SockOrig6 {}
+    unsafe impl aya::Pod for SlotTable6 {}
+    unsafe impl aya::Pod for SlotConn6 {}
 }
 
 #[cfg(test)]
@@ -388,6 +550,17 @@ mod tests {
     }
 
     #[test]
+    fn v4_mapped_is_the_rfc4291_layout() {
+        let ip = core::net::Ipv4Addr::new(10, 1, 2, 3);
+        let words = v4_mapped(u32::from(ip).to_be());
+        let mut bytes = [0u8; 16];
+        for (chunk, w) in bytes.chunks_mut(4).zip(words) {
+            chunk.copy_from_slice(&w.to_ne_bytes());
+        }
+        assert_eq!(core::net::Ipv6Addr::from(bytes), ip.to_ipv6_mapped());
+    }
+
+    #[test]
     fn map_names_fit_the_kernel_limit() {
         for name in [
             map_names::SERVICES,
@@ -402,6 +575,14 @@ mod tests {
             map_names::DNS_CONFIG,
             map_names::DNS_BY_SOCK,
             map_names::SOCK_ORIG,
+            map_names::SERVICES6,
+            map_names::CONFIG6,
+            map_names::ORIG_BY_SOCK6,
+            map_names::SOCK_ORIG6,
+            map_names::DNS_BY_SOCK6,
+            map_names::DNS_BY_COOKIE6,
+            map_names::SLOTS6,
+            map_names::SLOT_CONNS6,
         ] {
             assert!(name.len() <= 15, "{name} exceeds BPF_OBJ_NAME_LEN");
             let suffix = format!("_V{ABI_VERSION}");

@@ -35,9 +35,7 @@
 //! heartbeat to expire and nothing for the dying daemon to do.
 
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
-    helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie},
-    macros::cgroup_sock_addr,
+    bindings::bpf_sock_addr, helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use redirector_common::{
@@ -48,8 +46,8 @@ use redirector_common::{
 use crate::{
     dns::{self, DNS_PORT_BE},
     listener,
-    maps::{ORIG_BY_COOKIE, PROXY_CONFIG, SERVICES, SLOT_CONNS, SLOTS},
-    orig,
+    maps::{ORIG_BY_COOKIE, PROXY_CONFIG, SERVICES, SLOT_CONNS},
+    orig, slots,
 };
 
 /// Let the connect go ahead (rewritten or not).
@@ -107,7 +105,7 @@ fn service(
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     if svc.flags & SVC_KERNEL_PATH != 0
-        && let Some(slot) = pick(svc.service_id, key)
+        && let Some(slot) = slots::pick(svc.service_id, key)
     {
         return Ok(to_endpoint(ctx, sa, key, cookie, svc.service_id, slot));
     }
@@ -130,7 +128,7 @@ fn service(
         return Ok(PROCEED);
     }
     if svc.flags & SVC_FAIL_OPEN != 0
-        && let Some(slot) = pick(svc.service_id, key)
+        && let Some(slot) = slots::pick(svc.service_id, key)
     {
         return Ok(to_endpoint(ctx, sa, key, cookie, svc.service_id, slot));
     }
@@ -160,19 +158,6 @@ fn to_dns(ctx: &SockAddrContext, sa: &mut bpf_sock_addr, tcp: bool) -> Result<i3
     sa.user_ip4 = to.0;
     sa.user_port = u32::from(to.1);
     Ok(PROCEED)
-}
-
-/// A random entry of the service's slot table, if it has one for this
-/// VIP:port, with the service's connect timeout.
-fn pick(service_id: u32, key: &ServiceKey) -> Option<(Slot, u32)> {
-    let table = unsafe { SLOTS.get(&service_id) }?;
-    let count = table.count;
-    if table.vip_be != key.vip_be || table.port_be != key.port_be || count == 0 {
-        return None;
-    }
-    let i = unsafe { bpf_get_prandom_u32() } % count;
-    let slot = table.slots.get(i as usize).copied()?;
-    Some((slot, table.connect_timeout_ms))
 }
 
 fn to_endpoint(

@@ -1,12 +1,13 @@
-//! Port-53 traffic and the daemon's DNS responder, shared by connect4
-//! (TCP DNS, connected UDP sockets) and sendmsg4 (unconnected UDP).
+//! Port-53 traffic and the daemon's DNS responder, shared by connect4 and
+//! connect6 (TCP DNS, connected UDP sockets) and sendmsg4 and sendmsg6
+//! (unconnected UDP).
 
 use aya_ebpf::programs::SockAddrContext;
 use redirector_common::{DNS_ENABLED, DnsConfig};
 
 use crate::{
     listener,
-    maps::{DNS_CONFIG, PROXY_CONFIG},
+    maps::{CONFIG6, DNS_CONFIG, PROXY_CONFIG},
 };
 
 /// Port 53 as the hooks see it (network order).
@@ -28,4 +29,24 @@ pub fn responder(ctx: &SockAddrContext, tcp: bool) -> Option<DnsConfig> {
         return None;
     }
     listener::listening(ctx, cfg.responder_ip_be, cfg.responder_port_be, tcp).then_some(cfg)
+}
+
+/// [`responder`] for an IPv6 socket: the responder's `[::1]` address and
+/// port, if it listens there.
+pub fn responder6(ctx: &SockAddrContext, tcp: bool) -> Option<([u32; 4], u16)> {
+    let cfg = *DNS_CONFIG.get(0)?;
+    if cfg.flags & DNS_ENABLED == 0 {
+        return None;
+    }
+    let ip6 = CONFIG6.get(0)?.responder_ip6_be;
+    if ip6 == [0; 4] {
+        return None;
+    }
+    let mark = PROXY_CONFIG.get(0)?.mark;
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    if sk.is_null() || unsafe { (*sk).mark } == mark {
+        return None;
+    }
+    listener::listening6(ctx, ip6, cfg.responder_port_be, tcp)
+        .then_some((ip6, cfg.responder_port_be))
 }

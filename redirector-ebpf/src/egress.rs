@@ -1,5 +1,6 @@
 //! `cgroup_skb/egress`: re-keys a connected UDP DNS socket by its source
-//! address, as sock_ops does for TCP.
+//! address, as sock_ops does for TCP; IPv4 sockets connect4 sent to the
+//! responder, and IPv6 ones connect6 sent to its `[::1]` socket.
 //!
 //! glibc connects its UDP socket to the nameserver, and connect4 sends it
 //! to the responder before the kernel picks its source port; sending on a
@@ -19,13 +20,14 @@ use aya_ebpf::{
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
-use redirector_common::{DNS_ENABLED, ORIG_DNS, OrigDst, SockKey, SockOrig};
+use redirector_common::{DNS_ENABLED, ORIG_DNS, OrigDst, SockAddr6, SockKey, SockOrig, SockOrig6};
 
-use crate::maps::{DNS_BY_SOCK, DNS_CONFIG, SOCK_ORIG};
+use crate::maps::{CONFIG6, DNS_BY_SOCK, DNS_BY_SOCK6, DNS_CONFIG, SOCK_ORIG, SOCK_ORIG6};
 
 /// Let the packet go; this program never drops anything.
 const PASS: i32 = 1;
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 const IPPROTO_UDP: u32 = 17;
 
 #[cgroup_skb(egress)]
@@ -41,6 +43,9 @@ fn try_egress(ctx: &SkBuffContext) -> Result<(), i64> {
     };
     // remote_port: the socket's peer port in network order, in the upper
     // 16 bits (the kernel's __sk_buff quirk on little-endian).
+    if skb.family == AF_INET6 && (skb.remote_port >> 16) as u16 == cfg.responder_port_be {
+        return egress6(skb, cfg.flags);
+    }
     if skb.remote_ip4 != cfg.responder_ip_be
         || (skb.remote_port >> 16) as u16 != cfg.responder_port_be
         || cfg.flags & DNS_ENABLED == 0
@@ -78,5 +83,66 @@ fn try_egress(ctx: &SkBuffContext) -> Result<(), i64> {
         _pad: 0,
     };
     DNS_BY_SOCK.insert(&key, &nameserver, 0)?;
+    Ok(())
+}
+
+/// The IPv6 case: a socket connect6 sent to the responder's `[::1]`.
+fn egress6(skb: &__sk_buff, flags: u32) -> Result<(), i64> {
+    if flags & DNS_ENABLED == 0 {
+        return Ok(());
+    }
+    let Some(cfg6) = CONFIG6.get(0) else {
+        return Ok(());
+    };
+    // Word by word: the verifier allows only 32-bit loads of these.
+    let remote = unsafe {
+        [
+            core::ptr::read_volatile(&raw const skb.remote_ip6[0]),
+            core::ptr::read_volatile(&raw const skb.remote_ip6[1]),
+            core::ptr::read_volatile(&raw const skb.remote_ip6[2]),
+            core::ptr::read_volatile(&raw const skb.remote_ip6[3]),
+        ]
+    };
+    if remote != cfg6.responder_ip6_be || remote == [0; 4] {
+        return Ok(());
+    }
+    let sk = unsafe { skb.__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return Ok(());
+    }
+    let sk = unsafe { bpf_sk_fullsock(sk) };
+    if sk.is_null() || unsafe { (*sk).protocol } != IPPROTO_UDP {
+        return Ok(());
+    }
+    let map = (&raw const SOCK_ORIG6).cast_mut().cast();
+    let rec =
+        unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) }.cast::<SockOrig6>();
+    if rec.is_null() {
+        return Ok(());
+    }
+    let rec = unsafe { *rec };
+    if rec.kind != ORIG_DNS {
+        return Ok(());
+    }
+    let local = unsafe {
+        [
+            core::ptr::read_volatile(&raw const skb.local_ip6[0]),
+            core::ptr::read_volatile(&raw const skb.local_ip6[1]),
+            core::ptr::read_volatile(&raw const skb.local_ip6[2]),
+            core::ptr::read_volatile(&raw const skb.local_ip6[3]),
+        ]
+    };
+    let key = SockAddr6 {
+        ip6_be: local,
+        // Host order, unlike remote_port.
+        port_be: (skb.local_port as u16).to_be(),
+        _pad: 0,
+    };
+    let nameserver = SockAddr6 {
+        ip6_be: rec.orig_ip6_be,
+        port_be: rec.orig_port_be,
+        _pad: 0,
+    };
+    DNS_BY_SOCK6.insert(&key, &nameserver, 0)?;
     Ok(())
 }

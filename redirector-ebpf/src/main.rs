@@ -4,20 +4,26 @@
 //!
 //! The kernel does the minimum (look up, rewrite, record); every decision
 //! about endpoints and names stays in userspace. One file per hook
-//! (`connect4`, `sendmsg4`, `recvmsg4`, `getpeername4`, `sockops`,
-//! `egress`); `dns`, `listener` and `orig` are shared by several.
+//! (`connect4`, `connect6`, `sendmsg4`, `sendmsg6`, `recvmsg4`,
+//! `recvmsg6`, `getpeername4`, `getpeername6`, `sockops`, `egress`); `dns`, `listener`, `orig` and
+//! `slots` are shared by several.
 #![no_std]
 #![no_main]
 
 mod connect4;
+mod connect6;
 mod dns;
 mod egress;
 mod getpeername4;
+mod getpeername6;
 mod listener;
 mod maps;
 mod orig;
 mod recvmsg4;
+mod recvmsg6;
 mod sendmsg4;
+mod sendmsg6;
+mod slots;
 mod sockops;
 
 #[cfg(not(test))]

@@ -11,9 +11,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, RingBuf},
 };
 use redirector_common::{
-    DnsConfig, EndpointHealth, EndpointKey, MAX_ENDPOINTS, MAX_INFLIGHT, MAX_SERVICES,
-    OUTCOME_RING_BYTES, OrigDst, ProxyConfig, ServiceInfo, ServiceKey, ServiceValue, SlotConn,
-    SlotTable, SockKey, SockOrig,
+    Config6, DnsConfig, EndpointHealth, EndpointKey, MAX_ENDPOINTS, MAX_INFLIGHT, MAX_SERVICES,
+    OUTCOME_RING_BYTES, OrigDst, ProxyConfig, ServiceInfo, ServiceKey, ServiceKey6, ServiceValue,
+    ServiceValue6, SlotConn, SlotConn6, SlotTable, SlotTable6, SockAddr6, SockKey, SockOrig,
+    SockOrig6,
 };
 
 #[map(name = "RD_SVC_V2")]
@@ -61,3 +62,37 @@ pub static DNS_BY_SOCK: LruHashMap<SockKey, OrigDst> =
 // frees an entry with its socket, so nothing here can go stale or fill up.
 #[btf_map(name = "RD_SKORIG_V2")]
 pub static SOCK_ORIG: SkStorage<SockOrig> = SkStorage::new();
+
+// IPv6: maps of their own beside the IPv4 ones, whose layouts stay as
+// they are. The cookie map, the slot tables, the slot connects and the
+// outcome ring are shared: they hold no address of the app's family.
+
+#[map(name = "RD_SVC6_V2")]
+pub static SERVICES6: HashMap<ServiceKey6, ServiceValue6> =
+    HashMap::with_max_entries(MAX_SERVICES, 0);
+
+#[map(name = "RD_CFG6_V2")]
+pub static CONFIG6: Array<Config6> = Array::with_max_entries(1, 0);
+
+#[map(name = "RD_OSOCK6_V2")]
+pub static ORIG_BY_SOCK6: LruHashMap<SockAddr6, OrigDst> =
+    LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+#[map(name = "RD_DNSSOCK6_V2")]
+pub static DNS_BY_SOCK6: LruHashMap<SockAddr6, SockAddr6> =
+    LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+#[map(name = "RD_DCOOKIE6_V2")]
+pub static DNS_BY_COOKIE6: LruHashMap<u64, SockAddr6> =
+    LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+// Not preallocated, as RD_SLOTS_V2: updates swap whole tables.
+#[map(name = "RD_SLOTS6_V2")]
+pub static SLOTS6: HashMap<u32, SlotTable6> =
+    HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+#[map(name = "RD_SCONN6_V2")]
+pub static SLOT_CONNS6: LruHashMap<u64, SlotConn6> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+
+#[btf_map(name = "RD_SKORIG6_V2")]
+pub static SOCK_ORIG6: SkStorage<SockOrig6> = SkStorage::new();

@@ -5,9 +5,9 @@
 //! socket, so it can never describe another socket.
 
 use aya_ebpf::programs::SockAddrContext;
-use redirector_common::SockOrig;
+use redirector_common::{SockOrig, SockOrig6};
 
-use crate::maps::SOCK_ORIG;
+use crate::maps::{SOCK_ORIG, SOCK_ORIG6};
 
 /// Remembers that this socket asked for `orig` and was sent to `to`
 /// (addresses and ports in network order). Replaces an earlier record: a
@@ -57,6 +57,66 @@ pub fn restore(ctx: &SockAddrContext) {
     // user_port holds the port in network order in its low 16 bits.
     if sa.user_ip4 == rec.to_ip_be && sa.user_port as u16 == rec.to_port_be {
         sa.user_ip4 = rec.orig_ip_be;
+        sa.user_port = u32::from(rec.orig_port_be);
+    }
+}
+
+/// [`record`] for an IPv6 socket (connect6): 16-byte addresses as
+/// `user_ip6` words.
+pub fn record6(
+    ctx: &SockAddrContext,
+    kind: u8,
+    (orig_ip6_be, orig_port_be): ([u32; 4], u16),
+    (to_ip6_be, to_port_be): ([u32; 4], u16),
+) -> Result<(), i64> {
+    let mut value = SockOrig6 {
+        orig_ip6_be,
+        to_ip6_be,
+        orig_port_be,
+        to_port_be,
+        kind,
+        _pad: 0,
+        _pad2: 0,
+    };
+    let p = unsafe { SOCK_ORIG6.get_or_insert_ptr_mut(ctx, Some(&mut value)) };
+    if p.is_null() {
+        return Err(-1);
+    }
+    // Field by field, as in `record`.
+    unsafe {
+        (*p).orig_ip6_be[0] = orig_ip6_be[0];
+        (*p).orig_ip6_be[1] = orig_ip6_be[1];
+        (*p).orig_ip6_be[2] = orig_ip6_be[2];
+        (*p).orig_ip6_be[3] = orig_ip6_be[3];
+        (*p).to_ip6_be[0] = to_ip6_be[0];
+        (*p).to_ip6_be[1] = to_ip6_be[1];
+        (*p).to_ip6_be[2] = to_ip6_be[2];
+        (*p).to_ip6_be[3] = to_ip6_be[3];
+        (*p).orig_port_be = orig_port_be;
+        (*p).to_port_be = to_port_be;
+        (*p).kind = kind;
+    }
+    Ok(())
+}
+
+/// [`restore`] for an IPv6 socket (getpeername6).
+pub fn restore6(ctx: &SockAddrContext) {
+    let p = unsafe { SOCK_ORIG6.get_ptr_mut(ctx) };
+    if p.is_null() {
+        return;
+    }
+    let rec = unsafe { *p };
+    let sa = unsafe { &mut *ctx.sock_addr };
+    if sa.user_port as u16 == rec.to_port_be
+        && sa.user_ip6[0] == rec.to_ip6_be[0]
+        && sa.user_ip6[1] == rec.to_ip6_be[1]
+        && sa.user_ip6[2] == rec.to_ip6_be[2]
+        && sa.user_ip6[3] == rec.to_ip6_be[3]
+    {
+        sa.user_ip6[0] = rec.orig_ip6_be[0];
+        sa.user_ip6[1] = rec.orig_ip6_be[1];
+        sa.user_ip6[2] = rec.orig_ip6_be[2];
+        sa.user_ip6[3] = rec.orig_ip6_be[3];
         sa.user_port = u32::from(rec.orig_port_be);
     }
 }

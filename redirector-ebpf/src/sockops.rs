@@ -1,7 +1,8 @@
 //! `sock_ops`: two jobs on client sockets of the attached cgroup.
 //!
 //! Proxy path: when a redirected socket sends its SYN, its source port is
-//! known; re-key the original destination by that address so the proxy,
+//! known; re-key the original destination by that address (IPv4 or IPv6,
+//! in a map per family) so the proxy,
 //! which only sees its peer address on accept, can find it.
 //! `TCP_CONNECT_CB` runs inside `connect()` before the SYN leaves, so the
 //! entry exists before the proxy can possibly accept the connection.
@@ -32,12 +33,17 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use redirector_common::{
-    ConnectOutcome, OUTCOME_CONNECTED, OUTCOME_FAILED, SLOT_CONN_TIMEOUT_SET, SockKey,
+    ConnectOutcome, ConnectOutcome6, OUTCOME_CONNECTED, OUTCOME_FAILED, SLOT_CONN_TIMEOUT_SET,
+    SockAddr6, SockKey,
 };
 
-use crate::maps::{ORIG_BY_COOKIE, ORIG_BY_SOCK, OUTCOMES, SLOT_CONNS};
+use crate::maps::{
+    DNS_BY_COOKIE6, DNS_BY_SOCK6, ORIG_BY_COOKIE, ORIG_BY_SOCK, ORIG_BY_SOCK6, OUTCOMES,
+    SLOT_CONNS, SLOT_CONNS6,
+};
 
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 const SOL_TCP: i32 = 6;
 const TCP_USER_TIMEOUT: i32 = 18;
 
@@ -49,7 +55,8 @@ pub fn rd_sockops(ctx: SockOpsContext) -> u32 {
 }
 
 fn try_sockops(ctx: &SockOpsContext) -> Result<(), i64> {
-    if ctx.family() != AF_INET {
+    let family = ctx.family();
+    if family != AF_INET && family != AF_INET6 {
         return Ok(());
     }
     match ctx.op() {
@@ -70,14 +77,55 @@ fn on_connect(ctx: &SockOpsContext) -> Result<(), i64> {
     let cookie = cookie(ctx);
     if let Some(orig) = unsafe { ORIG_BY_COOKIE.get(&cookie) } {
         let orig = *orig;
-        let key = SockKey {
-            ip_be: ctx.local_ip4(),
-            // local_port is in host order, unlike every other port in the ctx.
+        // local_port is in host order, unlike every other port in the ctx.
+        let port_be = (ctx.local_port() as u16).to_be();
+        if ctx.family() == AF_INET6 {
+            // connect6 recorded it: an IPv6 client of the proxy's [::1]
+            // listener.
+            let key = SockAddr6 {
+                ip6_be: local_ip6(ctx),
+                port_be,
+                _pad: 0,
+            };
+            ORIG_BY_SOCK6.insert(&key, &orig, 0)?;
+        } else {
+            let key = SockKey {
+                ip_be: ctx.local_ip4(),
+                port_be,
+                _pad: 0,
+            };
+            ORIG_BY_SOCK.insert(&key, &orig, 0)?;
+        }
+        ORIG_BY_COOKIE.remove(&cookie)?;
+        return Ok(());
+    }
+    if ctx.family() == AF_INET6
+        && let Some(ns) = unsafe { DNS_BY_COOKIE6.get(&cookie) }
+    {
+        // TCP DNS over IPv6 (connect6): the responder looks the
+        // nameserver up by its peer address.
+        let ns = *ns;
+        let key = SockAddr6 {
+            ip6_be: local_ip6(ctx),
             port_be: (ctx.local_port() as u16).to_be(),
             _pad: 0,
         };
-        ORIG_BY_SOCK.insert(&key, &orig, 0)?;
-        ORIG_BY_COOKIE.remove(&cookie)?;
+        DNS_BY_SOCK6.insert(&key, &ns, 0)?;
+        DNS_BY_COOKIE6.remove(&cookie)?;
+        return Ok(());
+    }
+    if ctx.family() == AF_INET6
+        && let Some(conn) = unsafe { SLOT_CONNS6.get(&cookie) }
+    {
+        let mut conn = *conn;
+        ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)?;
+        if conn.connect_timeout_ms != 0 && user_timeout(ctx) == Some(0) {
+            let ms = conn.connect_timeout_ms.min(i32::MAX as u32) as i32;
+            if set_user_timeout(ctx, ms) {
+                conn.flags |= SLOT_CONN_TIMEOUT_SET;
+                SLOT_CONNS6.insert(&cookie, &conn, 0)?;
+            }
+        }
         return Ok(());
     }
     let Some(conn) = (unsafe { SLOT_CONNS.get(&cookie) }) else {
@@ -93,6 +141,22 @@ fn on_connect(ctx: &SockOpsContext) -> Result<(), i64> {
         }
     }
     Ok(())
+}
+
+/// The socket's IPv6 address, word by word: the verifier allows only
+/// 32-bit loads at constant offsets of the context, and a copy of the
+/// whole array (`SockOpsContext::local_ip6`) compiles to a load through a
+/// moved context pointer, which it refuses.
+fn local_ip6(ctx: &SockOpsContext) -> [u32; 4] {
+    let ops = ctx.ops;
+    unsafe {
+        [
+            core::ptr::read_volatile(&raw const (*ops).local_ip6[0]),
+            core::ptr::read_volatile(&raw const (*ops).local_ip6[1]),
+            core::ptr::read_volatile(&raw const (*ops).local_ip6[2]),
+            core::ptr::read_volatile(&raw const (*ops).local_ip6[3]),
+        ]
+    }
 }
 
 fn user_timeout(ctx: &SockOpsContext) -> Option<i32> {
@@ -125,6 +189,27 @@ fn set_user_timeout(ctx: &SockOpsContext, ms: i32) -> bool {
 
 fn on_end(ctx: &SockOpsContext, kind: u8) -> Result<(), i64> {
     let cookie = cookie(ctx);
+    let syn_retrans = if kind == OUTCOME_FAILED {
+        unsafe { (*ctx.ops).total_retrans }
+    } else {
+        0
+    };
+    if ctx.family() == AF_INET6
+        && let Some(conn) = unsafe { SLOT_CONNS6.get(&cookie) }
+    {
+        let conn = *conn;
+        SLOT_CONNS6.remove(&cookie)?;
+        let outcome = ConnectOutcome6 {
+            service_id: conn.service_id,
+            ip6_be: conn.ip6_be,
+            port_be: conn.port_be,
+            kind,
+            _pad: 0,
+            syn_retrans,
+        };
+        let _ = OUTCOMES.output::<ConnectOutcome6>(&outcome, u64::from(wakeup(kind)));
+        return after_outcome(ctx, kind, conn.flags);
+    }
     let Some(conn) = (unsafe { SLOT_CONNS.get(&cookie) }) else {
         return Ok(());
     };
@@ -136,25 +221,28 @@ fn on_end(ctx: &SockOpsContext, kind: u8) -> Result<(), i64> {
         port_be: conn.port_be,
         kind,
         _pad: 0,
-        syn_retrans: if kind == OUTCOME_FAILED {
-            unsafe { (*ctx.ops).total_retrans }
-        } else {
-            0
-        },
+        syn_retrans,
     };
-    // A full ring (the daemon is gone or behind) loses the outcome, never
-    // the connection. A success only resets counters, so it waits for the
-    // daemon's next poll: waking the daemon per connect costs an interrupt
-    // (a hypervisor exit on a VM) and halved new-connection throughput in
-    // the benchmark. A failure may eject, so it wakes the daemon at once.
-    let wakeup = if kind == OUTCOME_CONNECTED {
+    let _ = OUTCOMES.output::<ConnectOutcome>(&outcome, u64::from(wakeup(kind)));
+    after_outcome(ctx, kind, conn.flags)
+}
+
+/// A full ring (the daemon is gone or behind) loses the outcome, never
+/// the connection. A success only resets counters, so it waits for the
+/// daemon's next poll: waking the daemon per connect costs an interrupt
+/// (a hypervisor exit on a VM) and halved new-connection throughput in
+/// the benchmark. A failure may eject, so it wakes the daemon at once.
+fn wakeup(kind: u8) -> u32 {
+    if kind == OUTCOME_CONNECTED {
         BPF_RB_NO_WAKEUP
     } else {
         BPF_RB_FORCE_WAKEUP
-    };
-    let _ = OUTCOMES.output::<ConnectOutcome>(&outcome, u64::from(wakeup));
+    }
+}
+
+fn after_outcome(ctx: &SockOpsContext, kind: u8, flags: u16) -> Result<(), i64> {
     if kind == OUTCOME_CONNECTED {
-        if conn.flags & SLOT_CONN_TIMEOUT_SET != 0 {
+        if flags & SLOT_CONN_TIMEOUT_SET != 0 {
             set_user_timeout(ctx, 0);
         }
         // Nothing more to learn from this socket's state changes.

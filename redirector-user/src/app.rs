@@ -15,7 +15,7 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
@@ -26,7 +26,7 @@ use anyhow::Context as _;
 use redirector_common::{
     HOST_LEN, PROTO_HTTP, PROTO_HTTPS, PROTO_TCP, PROTO_TLS, SVC_FAIL_OPEN, SVC_INFO_KERNEL_PATH,
     SVC_KERNEL_PATH, SVC_TLS_MUTUAL, SVC_TLS_ORIGINATION, SVC_VIP_AUTO, ServiceInfo, ServiceKey,
-    ServiceValue, write_str,
+    ServiceKey6, ServiceValue, write_str,
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -278,6 +278,11 @@ fn service_entries(services: &[Service]) -> Vec<ServiceMapEntry> {
                     port_be: info.port_be,
                     _pad: 0,
                 },
+                key6: ServiceKey6 {
+                    vip6_be: crate::bpf::ip6_words(s.vip6),
+                    port_be: info.port_be,
+                    _pad: 0,
+                },
                 value: ServiceValue {
                     service_id: i as u32 + 1,
                     flags: if kernel { SVC_KERNEL_PATH } else { 0 }
@@ -298,6 +303,7 @@ fn log_config(config: &Config, node: &Node) {
         locality = %node.locality, cgroup = %node.cgroup.display(), listen = %node.listen,
         dns = %node.dns.map_or("off".to_owned(), |d| d.to_string()),
         pin_dir = %node.pin_dir.display(), vip_range = %config.vip_range,
+        vip_range6 = %config.vip_range6,
         nameservers = ?node.nameservers, services = config.services.len(), "effective config"
     );
     for s in &config.services {
@@ -309,6 +315,7 @@ fn log_config(config: &Config, node: &Node) {
         info!(
             host = %s.host, port = s.port.number, protocol = ?s.port.protocol,
             vip = %s.vip, vip_source = if s.vip_allocated { "allocated" } else { "addresses" },
+            vip6 = %s.vip6,
             ?endpoints, outlier_detection = ?s.policy.outlier, datapath = %s.datapath,
             connection_pool = ?s.policy.connection_pool,
             tls = s.policy.tls.origination().map_or("DISABLE", |o| o.mode()),
@@ -390,6 +397,8 @@ async fn load_datapath(
         proxy: node.listen,
         // With no responder of ours, DNS is left alone.
         dns: node.dns.filter(|_| !opts.datapath_only),
+        proxy6: Some(Ipv6Addr::LOCALHOST),
+        dns6: Some(Ipv6Addr::LOCALHOST),
     };
     let (datapath, handed) = match Datapath::load(options()) {
         Err(BpfError::Pins(PinError::InUse { pid, .. })) if opts.take_over => {
@@ -481,44 +490,43 @@ async fn serve_on(
 ) -> anyhow::Result<()> {
     // The routes exist before the listener: once it is bound, programs a
     // previous daemon left attached send connects to it. A predecessor's
-    // listener, handed over, never stopped listening.
-    let mut handed_socket = |kind, addr: SocketAddrV4| -> anyhow::Result<Option<OwnedFd>> {
-        let Some(fd) = handed.as_mut().and_then(|h| h.take(kind, addr.into())) else {
-            return Ok(None);
-        };
-        handover::check(kind, &fd, addr.into()).context("adopting a handed-over socket")?;
-        Ok(Some(fd))
-    };
-    let listener = match handed_socket(handover::Kind::Proxy, current.node.listen)? {
-        Some(fd) => tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd))
-            .context("adopting the handed-over proxy listener")?,
+    // listeners, handed over, never stopped listening.
+    let listen6: SocketAddr =
+        SocketAddrV6::new(Ipv6Addr::LOCALHOST, current.node.listen.port(), 0, 0).into();
+    let listener = match handed_socket(handed, handover::Kind::Proxy, current.node.listen.into())? {
+        Some(fd) => adopt_listener(fd)?,
         None => proxy::bind(current.node.listen.into()).await?,
     };
+    let listener6 = match handed_socket(handed, handover::Kind::Proxy, listen6)? {
+        Some(fd) => Some(adopt_listener(fd)?),
+        None => proxy::bind_optional(listen6).await?,
+    };
+    let ipv6 = listener6.is_some();
     // Likewise the DNS responder: bound, programs send DNS to it.
     let responder = match current.node.dns {
-        Some(addr) => {
-            let udp = handed_socket(handover::Kind::DnsUdp, addr)?;
-            let tcp = handed_socket(handover::Kind::DnsTcp, addr)?;
-            Some(match (udp, tcp) {
-                (Some(udp), Some(tcp)) => dns::serve::Responder::adopt(udp.into(), tcp.into())
-                    .context("adopting the handed-over DNS responder")?,
-                // Half a responder is none: bind both afresh.
-                (udp, tcp) => {
-                    drop((udp, tcp));
-                    dns::serve::bind(addr).await?
-                }
-            })
-        }
+        Some(addr) => adopt_or_bind_responder(handed, addr.into()).await?,
         None => None,
+    };
+    let responder6 = match current.node.dns {
+        Some(addr) if ipv6 => {
+            adopt_or_bind_responder(
+                handed,
+                SocketAddrV6::new(Ipv6Addr::LOCALHOST, addr.port(), 0, 0).into(),
+            )
+            .await?
+        }
+        _ => None,
     };
     // What was handed and is not wanted here (the ports changed) closes.
     handed.take();
     // Duplicates of the listening sockets, for a successor.
     let mut listening = handover::Listening::default();
-    listening
-        .add(handover::Kind::Proxy, listener.as_fd())
-        .context("keeping the proxy listener for a handover")?;
-    if let Some(r) = &responder {
+    for l in std::iter::once(&listener).chain(&listener6) {
+        listening
+            .add(handover::Kind::Proxy, l.as_fd())
+            .context("keeping the proxy listener for a handover")?;
+    }
+    for r in responder.iter().chain(&responder6) {
         let (udp, tcp) = r.fds();
         listening
             .add(handover::Kind::DnsUdp, udp)
@@ -529,19 +537,35 @@ async fn serve_on(
     datapath.set_services(&service_entries(&current.config.services))?;
     health::publish_all(datapath, &routes);
     let drain = proxy::Drain::default();
-    let accept = AbortOnDrop(vec![tokio::spawn(proxy::serve(
+    let mut accept = vec![tokio::spawn(proxy::serve(
         listener,
         datapath.clone(),
         routes.clone(),
         drain.clone(),
-    ))]);
+    ))];
+    if let Some(listener6) = listener6 {
+        accept.push(tokio::spawn(proxy::serve(
+            listener6,
+            datapath.clone(),
+            routes.clone(),
+            drain.clone(),
+        )));
+    }
+    let accept = AbortOnDrop(accept);
     let mut tasks = vec![tokio::spawn(health::publish(
         datapath.clone(),
         routes.clone(),
         notify.clone(),
     ))];
     if let Some(responder) = responder {
-        let hosts = Arc::new(dns::HostTable::new(routes.clone()));
+        let hosts = Arc::new(dns::HostTable::new(routes.clone(), ipv6));
+        if let Some(responder6) = responder6 {
+            tasks.push(tokio::spawn(dns::serve::serve(
+                responder6,
+                datapath.clone(),
+                hosts.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(dns::serve::serve(
             responder,
             datapath.clone(),
@@ -558,8 +582,8 @@ async fn serve_on(
     datapath.attach()?;
     for s in &current.config.services {
         info!(
-            "{}:{} is served at VIP {}:{}",
-            s.host, s.port.number, s.vip, s.port.number
+            "{}:{} is served at VIP {}:{} and [{}]:{}",
+            s.host, s.port.number, s.vip, s.port.number, s.vip6, s.port.number
         );
     }
     if let Some(addr) = current.node.dns {
@@ -617,6 +641,49 @@ async fn serve_on(
     }
     stop(opts, &current, datapath, accept, drain).await;
     Ok(())
+}
+
+/// A socket of `kind` on `addr` a predecessor handed over, checked.
+fn handed_socket(
+    handed: &mut Option<handover::Handed>,
+    kind: handover::Kind,
+    addr: SocketAddr,
+) -> anyhow::Result<Option<OwnedFd>> {
+    let Some(fd) = handed.as_mut().and_then(|h| h.take(kind, addr)) else {
+        return Ok(None);
+    };
+    handover::check(kind, &fd, addr)
+        .with_context(|| format!("adopting the handed-over {kind:?} socket on {addr}"))?;
+    Ok(Some(fd))
+}
+
+fn adopt_listener(fd: OwnedFd) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::from_std(std::net::TcpListener::from(fd))
+        .context("adopting the handed-over proxy listener")
+}
+
+/// The DNS responder on `addr`: the predecessor's two sockets if it handed
+/// both over, else bound afresh (on `[::1]` only if the node has IPv6).
+async fn adopt_or_bind_responder(
+    handed: &mut Option<handover::Handed>,
+    addr: SocketAddr,
+) -> anyhow::Result<Option<dns::serve::Responder>> {
+    let udp = handed_socket(handed, handover::Kind::DnsUdp, addr)?;
+    let tcp = handed_socket(handed, handover::Kind::DnsTcp, addr)?;
+    match (udp, tcp) {
+        (Some(udp), Some(tcp)) => {
+            return Ok(Some(
+                dns::serve::Responder::adopt(udp.into(), tcp.into())
+                    .context("adopting the handed-over DNS responder")?,
+            ));
+        }
+        // Half a responder is none: it closes here, and both are bound afresh.
+        _ => {}
+    }
+    Ok(match addr {
+        SocketAddr::V4(a) => Some(dns::serve::bind(a).await?),
+        SocketAddr::V6(a) => dns::serve::bind6(a).await?,
+    })
 }
 
 /// After a handover: the successor accepts everything new; connections
@@ -779,9 +846,10 @@ impl Drop for AbortOnDrop {
 pub fn describe(config: &Config) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
-        "config OK: {} service(s), VIP range {}\n",
+        "config OK: {} service(s), VIP ranges {} and {}\n",
         config.services.len(),
-        config.vip_range
+        config.vip_range,
+        config.vip_range6
     );
     for s in &config.services {
         let _ = writeln!(
@@ -801,6 +869,17 @@ pub fn describe(config: &Config) -> String {
                 .as_ref()
                 .map(|d| format!(", DestinationRule {d}"))
                 .unwrap_or_default()
+        );
+        let _ = writeln!(
+            out,
+            "  IPv6 VIP [{}]:{} ({})",
+            s.vip6,
+            s.port.number,
+            if s.vip6_allocated {
+                "allocated"
+            } else {
+                "addresses"
+            }
         );
         if s.datapath == DatapathMode::Kernel {
             let _ = writeln!(

@@ -40,11 +40,16 @@
 //! it pinned (unless it was taking over: then the previous datapath keeps
 //! running).
 //!
-//! **DNS capture** (see `dns.rs`) adds sendmsg4, recvmsg4 and an egress
-//! program, attached only while capture is on, and DNS fails open the same
-//! way: with no responder listening, port-53 traffic is left alone.
-//! getpeername4 is always attached: every redirect is recorded in socket
-//! storage, so apps see the address they dialled.
+//! **DNS capture** (see `dns.rs`) adds sendmsg4, recvmsg4 (and sendmsg6,
+//! recvmsg6) and an egress program, attached only while capture is on, and
+//! DNS fails open the same way: with no responder listening, port-53
+//! traffic is left alone. getpeername4 and getpeername6 are always
+//! attached: every redirect is recorded in socket storage, so apps see the
+//! address they dialled.
+//!
+//! **IPv6**: connect6 does connect4's job for IPv6 VIPs, with maps of its
+//! own beside the IPv4 ones (see ARCHITECTURE.md); the proxy's `[::1]`
+//! listener is its target, and `RD_CFG6_V2` says where that is.
 //!
 //! The kernel fast path (`redirector.dev/datapath: kernel`) is the fail-open
 //! path used on purpose: connect4 sends every connect of the service to a
@@ -57,7 +62,7 @@ pub mod slots;
 use std::{
     collections::HashSet,
     fs::File,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -72,10 +77,11 @@ use aya::{
     },
 };
 use redirector_common::{
-    ConnectOutcome, DNS_ENABLED, DnsConfig, EndpointHealth, EndpointKey, MAX_ENDPOINTS,
-    MAX_INFLIGHT, MAX_SERVICES, OUTCOME_RING_BYTES, OrigDst, PROXY_ENABLED, ProxyConfig,
-    SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceInfo, ServiceKey, ServiceValue, SlotConn, SlotTable,
-    SockKey, SockOrig, map_names, program_names,
+    Config6, ConnectOutcome, ConnectOutcome6, DNS_ENABLED, DnsConfig, EndpointHealth, EndpointKey,
+    MAX_ENDPOINTS, MAX_INFLIGHT, MAX_SERVICES, OUTCOME_RING_BYTES, OrigDst, PROXY_ENABLED,
+    ProxyConfig, SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceInfo, ServiceKey, ServiceKey6,
+    ServiceValue, ServiceValue6, SlotConn, SlotConn6, SlotTable, SlotTable6, SockAddr6, SockKey,
+    SockOrig, SockOrig6, map_names, program_names,
 };
 use tokio::io::{Interest, unix::AsyncFd};
 use tracing::{debug, info, warn};
@@ -165,12 +171,21 @@ pub struct DatapathOptions {
     pub proxy: SocketAddrV4,
     /// The DNS responder (UDP and TCP); `None` leaves DNS alone.
     pub dns: Option<SocketAddrV4>,
+    /// The proxy's IPv6 listener (same port), where connect6 sends
+    /// connects to IPv6 VIPs; `None` (no IPv6 on the node) leaves them to
+    /// fail open.
+    pub proxy6: Option<Ipv6Addr>,
+    /// The DNS responder's IPv6 address (same port as `dns`), where
+    /// connect6 and sendmsg6 send DNS of IPv6 sockets.
+    pub dns6: Option<Ipv6Addr>,
 }
 
-/// One service's entry in the kernel: the key apps dial, and display data.
+/// One service's entry in the kernel: the keys apps dial, and display data.
 pub struct ServiceMapEntry {
     pub key: ServiceKey,
     pub value: ServiceValue,
+    /// The IPv6 VIP:port, for connect6.
+    pub key6: ServiceKey6,
     pub info: ServiceInfo,
 }
 
@@ -179,7 +194,9 @@ pub struct Datapath {
     ebpf: Mutex<Option<Ebpf>>,
     maps: Mutex<Maps>,
     orig: Mutex<HashMap<MapData, SockKey, OrigDst>>,
+    orig6: Mutex<HashMap<MapData, SockAddr6, OrigDst>>,
     dns_by_sock: Mutex<HashMap<MapData, SockKey, OrigDst>>,
+    dns_by_sock6: Mutex<HashMap<MapData, SockAddr6, SockAddr6>>,
     outcomes: Mutex<Option<RingBuf<MapData>>>,
     cgroup: PathBuf,
     dns: Option<SocketAddrV4>,
@@ -189,9 +206,11 @@ pub struct Datapath {
 
 struct Maps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
+    services6: HashMap<MapData, ServiceKey6, ServiceValue6>,
     info: HashMap<MapData, u32, ServiceInfo>,
     endpoints: HashMap<MapData, EndpointKey, EndpointHealth>,
     slots: HashMap<MapData, u32, SlotTable>,
+    slots6: HashMap<MapData, u32, SlotTable6>,
     /// How many endpoint entries each service has in the map now.
     endpoint_counts: std::collections::HashMap<u32, u32>,
 }
@@ -199,8 +218,8 @@ struct Maps {
 /// Every map, with the kernel layout a pinned one must have to be reused.
 /// A pin directory of an earlier build may lack the maps added since (the
 /// DNS ones): the loader creates those, so an upgrade takes over without a
-/// gap.
-fn layouts() -> [pins::Layout; 12] {
+/// gap; the IPv6 ones were added the same way, so the ABI stayed v2.
+fn layouts() -> [pins::Layout; 20] {
     fn l<K, V>(name: &'static str, max_entries: u32) -> pins::Layout {
         pins::Layout {
             name,
@@ -224,12 +243,20 @@ fn layouts() -> [pins::Layout; 12] {
         // Socket storage: the key is the socket (an fd, `int`), and the
         // kernel sizes it by socket, not by max_entries.
         l::<i32, SockOrig>(map_names::SOCK_ORIG, 0),
+        l::<ServiceKey6, ServiceValue6>(map_names::SERVICES6, MAX_SERVICES),
+        l::<u32, Config6>(map_names::CONFIG6, 1),
+        l::<SockAddr6, OrigDst>(map_names::ORIG_BY_SOCK6, MAX_INFLIGHT),
+        l::<i32, SockOrig6>(map_names::SOCK_ORIG6, 0),
+        l::<SockAddr6, SockAddr6>(map_names::DNS_BY_SOCK6, MAX_INFLIGHT),
+        l::<u64, SockAddr6>(map_names::DNS_BY_COOKIE6, MAX_INFLIGHT),
+        l::<u32, SlotTable6>(map_names::SLOTS6, MAX_SERVICES),
+        l::<u64, SlotConn6>(map_names::SLOT_CONNS6, MAX_INFLIGHT),
     ]
 }
 
 /// The cgroup hooks: program, attach point, pinned link name, and whether
 /// it serves only DNS capture (attached only while capture is on).
-const HOOKS: [(&str, Hook, &str, bool); 6] = [
+const HOOKS: [(&str, Hook, &str, bool); 10] = [
     (
         program_names::CONNECT4,
         Hook::SockAddr,
@@ -261,6 +288,30 @@ const HOOKS: [(&str, Hook, &str, bool); 6] = [
         true,
     ),
     (program_names::EGRESS, Hook::Egress, pins::LINK_EGRESS, true),
+    (
+        program_names::CONNECT6,
+        Hook::SockAddr,
+        pins::LINK_CONNECT6,
+        false,
+    ),
+    (
+        program_names::GETPEERNAME6,
+        Hook::SockAddr,
+        pins::LINK_GETPEERNAME6,
+        false,
+    ),
+    (
+        program_names::SENDMSG6,
+        Hook::SockAddr,
+        pins::LINK_SENDMSG6,
+        true,
+    ),
+    (
+        program_names::RECVMSG6,
+        Hook::SockAddr,
+        pins::LINK_RECVMSG6,
+        true,
+    ),
 ];
 
 #[derive(Clone, Copy)]
@@ -320,14 +371,20 @@ impl Datapath {
         }
 
         let services = typed_map(&mut ebpf, map_names::SERVICES, HashMap::try_from)?;
+        let services6 = typed_map(&mut ebpf, map_names::SERVICES6, HashMap::try_from)?;
+        let orig6 = typed_map(&mut ebpf, map_names::ORIG_BY_SOCK6, HashMap::try_from)?;
+        let mut config6: Array<MapData, Config6> =
+            typed_map(&mut ebpf, map_names::CONFIG6, Array::try_from)?;
         let info = typed_map(&mut ebpf, map_names::SERVICE_INFO, HashMap::try_from)?;
         let endpoints: HashMap<MapData, EndpointKey, EndpointHealth> =
             typed_map(&mut ebpf, map_names::ENDPOINTS, HashMap::try_from)?;
         let slots = typed_map(&mut ebpf, map_names::SLOTS, HashMap::try_from)?;
+        let slots6 = typed_map(&mut ebpf, map_names::SLOTS6, HashMap::try_from)?;
         let mut config: Array<MapData, ProxyConfig> =
             typed_map(&mut ebpf, map_names::PROXY_CONFIG, Array::try_from)?;
         let orig = typed_map(&mut ebpf, map_names::ORIG_BY_SOCK, HashMap::try_from)?;
         let dns_by_sock = typed_map(&mut ebpf, map_names::DNS_BY_SOCK, HashMap::try_from)?;
+        let dns_by_sock6 = typed_map(&mut ebpf, map_names::DNS_BY_SOCK6, HashMap::try_from)?;
         let mut dns_config: Array<MapData, DnsConfig> =
             typed_map(&mut ebpf, map_names::DNS_CONFIG, Array::try_from)?;
         let outcomes = typed_map(&mut ebpf, map_names::OUTCOMES, RingBuf::try_from)?;
@@ -345,6 +402,14 @@ impl Datapath {
         // keep redirecting; on a fresh start nothing is attached yet.
         let cfg = proxy_config(opts.proxy, PROXY_ENABLED);
         map_op(map_names::PROXY_CONFIG, config.set(0, cfg, 0))?;
+        let cfg6 = Config6 {
+            proxy_ip6_be: opts.proxy6.map_or([0; 4], ip6_words),
+            responder_ip6_be: opts
+                .dns6
+                .filter(|_| opts.dns.is_some())
+                .map_or([0; 4], ip6_words),
+        };
+        map_op(map_names::CONFIG6, config6.set(0, cfg6, 0))?;
         // Likewise: sendmsg4 and connect4 send DNS to the responder only
         // while it listens, so this is safe before it does.
         map_op(
@@ -355,13 +420,17 @@ impl Datapath {
             ebpf: Mutex::new(Some(ebpf)),
             maps: Mutex::new(Maps {
                 services,
+                services6,
                 info,
                 endpoints,
                 slots,
+                slots6,
                 endpoint_counts,
             }),
             orig: Mutex::new(orig),
+            orig6: Mutex::new(orig6),
             dns_by_sock: Mutex::new(dns_by_sock),
+            dns_by_sock6: Mutex::new(dns_by_sock6),
             outcomes: Mutex::new(Some(outcomes)),
             cgroup: opts.cgroup,
             dns: opts.dns,
@@ -399,12 +468,36 @@ impl Datapath {
         for k in stale {
             map_op(map_names::SERVICES, maps.services.remove(&k))?;
         }
+        // The IPv6 VIPs: their entry names the IPv4 VIP the proxy routes
+        // by, so each is written after its IPv4 one and removed with it.
+        let wanted6: HashSet<ServiceKey6> = entries.iter().map(|e| e.key6).collect();
+        let stale6: Vec<ServiceKey6> = maps
+            .services6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !wanted6.contains(k))
+            .collect();
+        for e in entries {
+            let value = ServiceValue6 {
+                service_id: e.value.service_id,
+                flags: e.value.flags,
+                vip4_be: e.key.vip_be,
+            };
+            map_op(
+                map_names::SERVICES6,
+                maps.services6.insert(e.key6, value, 0),
+            )?;
+        }
+        for k in stale6 {
+            map_op(map_names::SERVICES6, maps.services6.remove(&k))?;
+        }
         let live_ids: HashSet<u32> = entries.iter().map(|e| e.value.service_id).collect();
         let stale_ids: Vec<u32> = maps
             .info
             .keys()
             .filter_map(Result::ok)
             .chain(maps.slots.keys().filter_map(Result::ok))
+            .chain(maps.slots6.keys().filter_map(Result::ok))
             .chain(maps.endpoint_counts.keys().copied())
             .filter(|id| !live_ids.contains(id))
             .collect::<HashSet<_>>()
@@ -413,6 +506,7 @@ impl Datapath {
         for id in stale_ids {
             ignore_missing(map_names::SERVICE_INFO, maps.info.remove(&id))?;
             ignore_missing(map_names::SLOTS, maps.slots.remove(&id))?;
+            ignore_missing(map_names::SLOTS6, maps.slots6.remove(&id))?;
             maps.set_endpoints(id, &[])?;
         }
         let unslotted: Vec<u32> = entries
@@ -422,6 +516,7 @@ impl Datapath {
             .collect();
         for id in unslotted {
             ignore_missing(map_names::SLOTS, maps.slots.remove(&id))?;
+            ignore_missing(map_names::SLOTS6, maps.slots6.remove(&id))?;
         }
         Ok(())
     }
@@ -442,6 +537,12 @@ impl Datapath {
     pub fn set_slots(&self, service_id: u32, table: &SlotTable) -> Result<(), BpfError> {
         let mut maps = self.maps.lock().expect("maps lock");
         map_op(map_names::SLOTS, maps.slots.insert(service_id, table, 0))
+    }
+
+    /// Replaces one service's IPv6 slot table (connect6's).
+    pub fn set_slots6(&self, service_id: u32, table: &SlotTable6) -> Result<(), BpfError> {
+        let mut maps = self.maps.lock().expect("maps lock");
+        map_op(map_names::SLOTS6, maps.slots6.insert(service_id, table, 0))
     }
 
     /// Attaches this daemon's programs, replacing those of a previous
@@ -536,6 +637,26 @@ impl Datapath {
         ))
     }
 
+    /// [`Self::take_original_destination`] for a client of the proxy's
+    /// IPv6 listener: the service's IPv4 VIP:port, which the routes are
+    /// keyed by (connect6 recorded it; the app dialled the IPv6 VIP).
+    pub fn take_original_destination6(&self, peer: SocketAddrV6) -> Option<SocketAddrV4> {
+        let key = SockAddr6 {
+            ip6_be: ip6_words(*peer.ip()),
+            port_be: peer.port().to_be(),
+            _pad: 0,
+        };
+        let mut map = self.orig6.lock().expect("orig6 lock");
+        let orig = map.get(&key, 0).ok()?;
+        if let Err(e) = map.remove(&key) {
+            debug!(%peer, error = %e, "removing original-destination entry");
+        }
+        Some(SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(orig.vip_be)),
+            u16::from_be(orig.port_be),
+        ))
+    }
+
     /// The nameserver the app socket at `peer` sent its DNS query to, as
     /// sendmsg4 or the egress program recorded it. Not consumed: a socket
     /// sends many queries (the LRU map forgets sockets long gone).
@@ -555,6 +676,29 @@ impl Datapath {
             Ipv4Addr::from(u32::from_be(ns.vip_be)),
             u16::from_be(ns.port_be),
         ))
+    }
+
+    /// [`Self::dns_nameserver`] for an app's IPv6 DNS socket (sendmsg6,
+    /// the egress program, or for TCP sock_ops recorded it); `take`
+    /// removes the entry (TCP: each connection is accepted once). An
+    /// IPv4-mapped nameserver comes back as IPv4.
+    pub fn dns_nameserver6(&self, peer: SocketAddrV6, take: bool) -> Option<SocketAddr> {
+        let key = SockAddr6 {
+            ip6_be: ip6_words(*peer.ip()),
+            port_be: peer.port().to_be(),
+            _pad: 0,
+        };
+        let mut map = self.dns_by_sock6.lock().expect("dns6 lock");
+        let ns = map.get(&key, 0).ok()?;
+        if take && let Err(e) = map.remove(&key) {
+            debug!(%peer, error = %e, "removing a DNS nameserver entry");
+        }
+        let ip = ip6_from_words(ns.ip6_be);
+        let port = u16::from_be(ns.port_be);
+        Some(match ip.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, port)),
+            None => SocketAddr::from((ip, port)),
+        })
     }
 
     /// The reader of kernel-path connect outcomes; there is one.
@@ -603,6 +747,47 @@ impl Drop for Datapath {
     }
 }
 
+/// A kernel-path connect outcome, either family (from a
+/// [`ConnectOutcome`] or a [`ConnectOutcome6`]; an IPv4-mapped endpoint
+/// address comes back as IPv4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOutcome {
+    pub service_id: u32,
+    pub addr: SocketAddr,
+    pub kind: u8,
+    pub syn_retrans: u32,
+}
+
+impl From<ConnectOutcome> for KernelOutcome {
+    fn from(o: ConnectOutcome) -> Self {
+        KernelOutcome {
+            service_id: o.service_id,
+            addr: SocketAddr::from((
+                Ipv4Addr::from(u32::from_be(o.ip_be)),
+                u16::from_be(o.port_be),
+            )),
+            kind: o.kind,
+            syn_retrans: o.syn_retrans,
+        }
+    }
+}
+
+impl From<ConnectOutcome6> for KernelOutcome {
+    fn from(o: ConnectOutcome6) -> Self {
+        let ip = ip6_from_words(o.ip6_be);
+        let port = u16::from_be(o.port_be);
+        KernelOutcome {
+            service_id: o.service_id,
+            addr: match ip.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::from((v4, port)),
+                None => SocketAddr::from((ip, port)),
+            },
+            kind: o.kind,
+            syn_retrans: o.syn_retrans,
+        }
+    }
+}
+
 /// Connect outcomes of the kernel path, as sock_ops reported them.
 pub struct OutcomeReader {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -614,7 +799,7 @@ impl OutcomeReader {
     /// outcome available to `out`.
     pub async fn read(
         &mut self,
-        out: &mut Vec<ConnectOutcome>,
+        out: &mut Vec<KernelOutcome>,
         poll: std::time::Duration,
     ) -> Result<(), BpfError> {
         if let Ok(guard) = tokio::time::timeout(poll, self.ring.readable_mut()).await {
@@ -623,12 +808,20 @@ impl OutcomeReader {
         }
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
-            if item.len() >= size_of::<ConnectOutcome>() {
-                // SAFETY: ConnectOutcome is plain old data, the kernel
-                // wrote one per item, and read_unaligned needs no alignment.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+            // The two record types differ in size (16 and 28 bytes).
+            // SAFETY: both are plain old data, the kernel wrote one per
+            // item, and read_unaligned needs no alignment.
+            if item.len() == size_of::<ConnectOutcome6>() {
+                let o: ConnectOutcome6 = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                out.push(o.into());
+            } else if item.len() == size_of::<ConnectOutcome>() {
+                let o: ConnectOutcome = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                out.push(o.into());
             } else {
-                warn!(len = item.len(), "short item in the outcome ring buffer");
+                warn!(
+                    len = item.len(),
+                    "unexpected item in the outcome ring buffer"
+                );
             }
         }
         Ok(())
@@ -669,6 +862,23 @@ fn dns_config_value(responder: Option<SocketAddrV4>) -> DnsConfig {
         _pad: 0,
         flags: if responder.is_some() { DNS_ENABLED } else { 0 },
     }
+}
+
+/// An IPv6 address as the kernel's `user_ip6` words (network order).
+pub fn ip6_words(ip: Ipv6Addr) -> [u32; 4] {
+    let o = ip.octets();
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
+}
+
+/// The inverse of [`ip6_words`].
+pub fn ip6_from_words(words: [u32; 4]) -> Ipv6Addr {
+    let mut octets = [0u8; 16];
+    for (chunk, w) in octets.chunks_mut(4).zip(words) {
+        chunk.copy_from_slice(&w.to_ne_bytes());
+    }
+    Ipv6Addr::from(octets)
 }
 
 fn proxy_config(proxy: SocketAddrV4, flags: u32) -> ProxyConfig {
@@ -789,5 +999,24 @@ fn ignore_missing(name: &'static str, r: Result<(), MapError>) -> Result<(), Bpf
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         r => map_op(name, r),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_words_are_the_kernels_network_order_and_round_trip() {
+        let ip: Ipv6Addr = "2001:2::630f:247f:524b:4833".parse().unwrap();
+        let words = ip6_words(ip);
+        // user_ip6[0] holds the first four bytes as they are on the wire.
+        assert_eq!(words[0].to_ne_bytes(), [0x20, 0x01, 0x00, 0x02]);
+        assert_eq!(ip6_from_words(words), ip);
+        let mapped = Ipv4Addr::new(127, 0, 0, 4).to_ipv6_mapped();
+        assert_eq!(
+            ip6_words(mapped),
+            redirector_common::v4_mapped(u32::from(Ipv4Addr::new(127, 0, 0, 4)).to_be())
+        );
     }
 }

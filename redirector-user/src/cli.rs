@@ -109,6 +109,9 @@ pub struct NodeFlags {
     /// Range for VIPs of ServiceEntries without `addresses` [default: 240.240.0.0/16].
     #[arg(long)]
     pub vip_range: Option<ipnet::Ipv4Net>,
+    /// Range for IPv6 VIPs of ServiceEntries without an IPv6 address in `addresses` [default: 2001:2::/48].
+    #[arg(long)]
+    pub vip_range6: Option<ipnet::Ipv6Net>,
     /// bpffs directory for pinned maps [default: /sys/fs/bpf/redirector].
     #[arg(long)]
     pub pin_dir: Option<PathBuf>,
@@ -123,6 +126,7 @@ impl NodeFlags {
             listen_port: self.listen_port,
             dns_port: self.dns_port,
             vip_range: self.vip_range,
+            vip_range6: self.vip_range6,
             pin_dir: self.pin_dir.clone(),
         }
     }

@@ -17,7 +17,7 @@
 use std::{
     collections::HashMap,
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU32, Ordering},
@@ -39,7 +39,7 @@ use crate::{
 pub struct HostKey {
     pub address: EndpointAddress,
     pub port: u16,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
 }
 
 /// One address to connect to. Cloned per request, so the key and the
@@ -47,7 +47,7 @@ pub struct HostKey {
 #[derive(Clone, Debug)]
 pub struct Host {
     pub key: Arc<HostKey>,
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     /// Index into `Service::endpoints`.
     pub endpoint: usize,
     pub priority: u8,
@@ -93,7 +93,7 @@ impl fmt::Display for Host {
 /// What `redirector endpoints` shows for one host (or one unresolved name).
 #[derive(Clone, Debug)]
 pub struct HostSnapshot {
-    pub addr: Option<SocketAddrV4>,
+    pub addr: Option<SocketAddr>,
     pub address: String,
     pub locality: Locality,
     pub priority: u8,
@@ -133,7 +133,7 @@ pub struct Cluster {
 
 struct Inner {
     /// Per configured endpoint; `None` until its name resolves.
-    resolved: Vec<Option<Vec<Ipv4Addr>>>,
+    resolved: Vec<Option<Vec<IpAddr>>>,
     /// Per configured endpoint; stays default for IP endpoints.
     dns: Vec<DnsStats>,
     /// Hosts of placed endpoints (those `distribute` does not drop).
@@ -164,7 +164,7 @@ impl Cluster {
         };
         // IPs are known now; names wait for their first DNS answer (config
         // validation allows names only with `resolution: DNS`).
-        let resolved: Vec<Option<Vec<Ipv4Addr>>> = service
+        let resolved: Vec<Option<Vec<IpAddr>>> = service
             .endpoints
             .iter()
             .map(|e| match &e.address {
@@ -245,7 +245,7 @@ impl Cluster {
         self.mark_dirty();
     }
 
-    pub fn set_resolved(&self, endpoint: usize, mut addrs: Vec<Ipv4Addr>) {
+    pub fn set_resolved(&self, endpoint: usize, mut addrs: Vec<IpAddr>) {
         addrs.sort_unstable();
         addrs.dedup();
         let mut inner = self.inner();
@@ -414,7 +414,7 @@ impl Cluster {
     pub fn tick(&self) {
         let events = self.inner().detector.tick(Instant::now());
         for (key, _) in &events {
-            info!(cluster = %self.name, endpoint = %SocketAddrV4::new(key.ip, key.port),
+            info!(cluster = %self.name, endpoint = %SocketAddr::new(key.ip, key.port),
                   "endpoint returned to service");
         }
         // The multiplier may have decayed, which `endpoints` shows.
@@ -458,7 +458,7 @@ impl Cluster {
             if !placed {
                 // No traffic, so no hosts: show the addresses alone.
                 out.extend(ips.iter().map(|&ip| HostSnapshot {
-                    addr: Some(SocketAddrV4::new(ip, ep.port)),
+                    addr: Some(SocketAddr::new(ip, ep.port)),
                     ..base.clone()
                 }));
                 continue;
@@ -487,16 +487,34 @@ impl Cluster {
     /// the proportions the balancer would send traffic in (priority load
     /// with spillover, locality and endpoint weights, healthy hosts only, or
     /// every host when none is healthy). Empty when the service has no
-    /// hosts.
+    /// hosts. IPv4 hosts only: the table's layout holds IPv4 addresses
+    /// (connect6 reaches them at their IPv4-mapped address), so IPv6 hosts'
+    /// shares are left out and the rest keep their proportions.
     pub fn kernel_slots(&self) -> Vec<SocketAddrV4> {
         self.slot_table(redirector_common::MAX_SLOTS)
             .into_iter()
-            .map(|h| h.addr)
+            .filter_map(|h| match h.addr {
+                SocketAddr::V4(a) => Some(a),
+                SocketAddr::V6(_) => None,
+            })
+            .collect()
+    }
+
+    /// connect6's slot table: the same proportions over every host, IPv4
+    /// ones at their IPv4-mapped address (which a dual-stack IPv6 socket
+    /// reaches over IPv4).
+    pub fn kernel_slots6(&self) -> Vec<SocketAddrV6> {
+        self.slot_table(redirector_common::MAX_SLOTS)
+            .into_iter()
+            .map(|h| match h.addr {
+                SocketAddr::V4(a) => SocketAddrV6::new(a.ip().to_ipv6_mapped(), a.port(), 0, 0),
+                SocketAddr::V6(a) => a,
+            })
             .collect()
     }
 
     /// The host at `addr`, for outcomes the kernel reports by address.
-    pub fn host_by_addr(&self, addr: SocketAddrV4) -> Option<Host> {
+    pub fn host_by_addr(&self, addr: SocketAddr) -> Option<Host> {
         self.inner().hosts.iter().find(|h| h.addr == addr).cloned()
     }
 
@@ -529,7 +547,7 @@ impl Inner {
                         .map_or_else(Default::default, |h| h.active.clone());
                     Host {
                         key: Arc::new(key),
-                        addr: SocketAddrV4::new(ip, ep.port),
+                        addr: SocketAddr::new(ip, ep.port),
                         endpoint: i,
                         priority,
                         active,
@@ -577,7 +595,10 @@ spec:
     }
 
     fn last_octet(h: &Host) -> u8 {
-        h.addr.ip().octets()[3]
+        match h.addr.ip() {
+            IpAddr::V4(ip) => ip.octets()[3],
+            IpAddr::V6(ip) => ip.octets()[15],
+        }
     }
 
     #[test]
@@ -621,7 +642,7 @@ spec:
             .replace("10.0.0.3", "c.test");
         let c = cluster(&se, "a");
         assert!(c.awaiting_first_answer());
-        c.set_resolved(0, vec![Ipv4Addr::new(10, 0, 0, 1)]);
+        c.set_resolved(0, vec![std::net::Ipv4Addr::new(10, 0, 0, 1).into()]);
         c.dns_refreshed(0, true);
         c.dns_refreshed(1, false);
         // c.test has had neither.
@@ -701,7 +722,7 @@ spec:
     }
 
     fn fail(c: &Cluster, addr: &str) {
-        let host = c.host_by_addr(ep(addr)).unwrap();
+        let host = c.host_by_addr(ep(addr).into()).unwrap();
         c.record(&host, Outcome::ConnectFailed, Some("refused"));
     }
 
@@ -738,9 +759,9 @@ spec:
         fail(&c, "10.0.0.1");
         assert_eq!(share(&c.kernel_slots(), "10.0.1.1"), 64);
         // A success elsewhere changes nothing; un-ejection waits for a tick.
-        let west = c.host_by_addr(ep("10.0.1.1")).unwrap();
+        let west = c.host_by_addr(ep("10.0.1.1").into()).unwrap();
         c.record(&west, Outcome::Success, None);
         assert_eq!(share(&c.kernel_slots(), "10.0.1.1"), 64);
-        assert!(c.host_by_addr(ep("10.9.9.9")).is_none());
+        assert!(c.host_by_addr(ep("10.9.9.9").into()).is_none());
     }
 }

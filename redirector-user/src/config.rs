@@ -23,7 +23,7 @@ mod vip;
 mod yaml;
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -34,6 +34,10 @@ pub use crate::locality::{Failover, Locality};
 /// The range Istio's DNS proxy allocates IPv4 VIPs from.
 pub const DEFAULT_VIP_RANGE: ipnet::Ipv4Net =
     ipnet::Ipv4Net::new_assert(Ipv4Addr::new(240, 240, 0, 0), 16);
+
+/// The range Istio's DNS proxy allocates IPv6 VIPs from.
+pub const DEFAULT_VIP_RANGE6: ipnet::Ipv6Net =
+    ipnet::Ipv6Net::new_assert(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0), 48);
 
 /// A non-negative Go-style duration (`15s`, `1m30s`, `500ms`), as durations
 /// are written in the config, for flags that take one.
@@ -71,6 +75,10 @@ pub struct Config {
     /// Where VIPs are allocated from: `node.vip_range` or [`DEFAULT_VIP_RANGE`].
     #[serde(serialize_with = "display")]
     pub vip_range: ipnet::Ipv4Net,
+    /// Where IPv6 VIPs are allocated from: `node.vip_range6` or
+    /// [`DEFAULT_VIP_RANGE6`].
+    #[serde(serialize_with = "display")]
+    pub vip_range6: ipnet::Ipv6Net,
     /// One per (ServiceEntry host, port), sorted by host then port number.
     pub services: Vec<Service>,
 }
@@ -88,6 +96,8 @@ pub struct NodeSettings {
     pub dns_port: Option<u16>,
     #[serde(serialize_with = "display_opt")]
     pub vip_range: Option<ipnet::Ipv4Net>,
+    #[serde(serialize_with = "display_opt")]
+    pub vip_range6: Option<ipnet::Ipv6Net>,
     pub pin_dir: Option<PathBuf>,
 }
 
@@ -105,6 +115,7 @@ impl NodeSettings {
             listen_port: overrides.listen_port.or(self.listen_port),
             dns_port: overrides.dns_port.or(self.dns_port),
             vip_range: overrides.vip_range.or(self.vip_range),
+            vip_range6: overrides.vip_range6.or(self.vip_range6),
             pin_dir: overrides.pin_dir.clone().or_else(|| self.pin_dir.clone()),
         }
     }
@@ -118,6 +129,10 @@ pub struct Service {
     /// True when the VIP was allocated from the range rather than written in
     /// the ServiceEntry's `addresses`.
     pub vip_allocated: bool,
+    /// The IPv6 VIP (connect6, AAAA answers): from `addresses`, or
+    /// allocated from the IPv6 range when they list none.
+    pub vip6: Ipv6Addr,
+    pub vip6_allocated: bool,
     pub port: ServicePort,
     pub resolution: Resolution,
     /// Endpoints with their port for this service port already chosen.
@@ -205,7 +220,8 @@ pub struct EndpointSpec {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, Hash)]
 pub enum EndpointAddress {
-    Ip(Ipv4Addr),
+    /// IPv4 or IPv6.
+    Ip(std::net::IpAddr),
     /// Resolved at run time (resolution DNS).
     Dns(String),
 }

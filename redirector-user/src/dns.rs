@@ -11,9 +11,13 @@
 //! - A standard query (opcode QUERY, one question, class IN) for a
 //!   configured host, matched exactly, in any letter case, with or without
 //!   the trailing dot, is answered here and never forwarded: `A` with the
-//!   host's VIP (TTL [`ANSWER_TTL`]), any other type with NOERROR and no
-//!   records (NODATA; there are no IPv6 VIPs yet, and Istio's DNS proxy
-//!   answers AAAA the same way then).
+//!   host's IPv4 VIP, `AAAA` with its IPv6 VIP (TTL [`ANSWER_TTL`]), any
+//!   other type with NOERROR and no records (NODATA). Every host has a VIP
+//!   of each family, so dual-stack resolvers (`getaddrinfo` with
+//!   `AF_UNSPEC`, which asks both) get both, and the app reaches the
+//!   service whichever it dials. On a node without IPv6 (the proxy could
+//!   not listen on `[::1]`) AAAA gets NODATA, as Istio's DNS proxy
+//!   answers when the proxy is not dual-stack.
 //! - Anything else, other names (search-domain expansions such as
 //!   `mydb.com.svc.cluster.local` included), other opcodes, messages we
 //!   cannot parse, goes byte for byte to the nameserver the app asked,
@@ -32,13 +36,16 @@ pub mod serve;
 
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
 };
 
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, ResponseCode},
-    rr::{DNSClass, RData, Record, RecordType, rdata::A},
+    rr::{
+        DNSClass, RData, Record, RecordType,
+        rdata::{A, AAAA},
+    },
 };
 
 use crate::proxy::{RouteMap, Routes};
@@ -53,33 +60,54 @@ const EDNS_PAYLOAD: u16 = 1232;
 /// Configured hosts and their VIPs, by lower-case name without the
 /// trailing dot.
 #[derive(Debug, Default, PartialEq)]
-pub struct Hosts(HashMap<String, Vec<Ipv4Addr>>);
+pub struct Hosts(HashMap<String, Vips>);
+
+/// A host's VIPs, sorted (one of each family, unless several ServiceEntry
+/// documents disagree).
+#[derive(Debug, Default, PartialEq)]
+pub struct Vips {
+    pub v4: Vec<Ipv4Addr>,
+    pub v6: Vec<Ipv6Addr>,
+}
 
 impl Hosts {
-    pub fn new<'a>(entries: impl IntoIterator<Item = (&'a str, Ipv4Addr)>) -> Self {
-        let mut map: HashMap<String, Vec<Ipv4Addr>> = HashMap::new();
-        for (host, vip) in entries {
+    pub fn new<'a>(entries: impl IntoIterator<Item = (&'a str, Ipv4Addr, Ipv6Addr)>) -> Self {
+        let mut map: HashMap<String, Vips> = HashMap::new();
+        for (host, vip, vip6) in entries {
             let vips = map.entry(normalize(host)).or_default();
-            if !vips.contains(&vip) {
-                vips.push(vip);
+            if !vips.v4.contains(&vip) {
+                vips.v4.push(vip);
+            }
+            if !vips.v6.contains(&vip6) {
+                vips.v6.push(vip6);
             }
         }
         for vips in map.values_mut() {
-            vips.sort_unstable();
+            vips.v4.sort_unstable();
+            vips.v6.sort_unstable();
         }
         Self(map)
     }
 
-    /// Every service the proxy routes: its host and its VIP.
-    pub fn from_routes(routes: &RouteMap) -> Self {
-        Self::new(routes.values().map(|r| {
+    /// Every service the proxy routes: its host and its VIPs; without
+    /// `ipv6` (the proxy has no IPv6 listener: the node has no `::1`), no
+    /// IPv6 VIPs, so AAAA questions get NODATA as before IPv6 support, and
+    /// apps use IPv4.
+    pub fn from_routes(routes: &RouteMap, ipv6: bool) -> Self {
+        let mut hosts = Self::new(routes.values().map(|r| {
             let s = &r.cluster.service;
-            (s.host.as_str(), s.vip)
-        }))
+            (s.host.as_str(), s.vip, s.vip6)
+        }));
+        if !ipv6 {
+            for vips in hosts.0.values_mut() {
+                vips.v6.clear();
+            }
+        }
+        hosts
     }
 
-    pub fn get(&self, name: &str) -> Option<&[Ipv4Addr]> {
-        self.0.get(&normalize(name)).map(Vec::as_slice)
+    pub fn get(&self, name: &str) -> Option<&Vips> {
+        self.0.get(&normalize(name))
     }
 }
 
@@ -90,15 +118,18 @@ fn normalize(name: &str) -> String {
 /// The current [`Hosts`], rebuilt when a reload swaps the routes.
 pub struct HostTable {
     routes: Routes,
+    ipv6: bool,
     cache: Mutex<(Arc<RouteMap>, Arc<Hosts>)>,
 }
 
 impl HostTable {
-    pub fn new(routes: Routes) -> Self {
+    /// `ipv6`: whether to answer AAAA (see [`Hosts::from_routes`]).
+    pub fn new(routes: Routes, ipv6: bool) -> Self {
         let current = routes.read().expect("routes lock").clone();
-        let hosts = Arc::new(Hosts::from_routes(&current));
+        let hosts = Arc::new(Hosts::from_routes(&current, ipv6));
         Self {
             routes,
+            ipv6,
             cache: Mutex::new((current, hosts)),
         }
     }
@@ -107,7 +138,7 @@ impl HostTable {
         let routes = self.routes.read().expect("routes lock").clone();
         let mut cache = self.cache.lock().expect("host table lock");
         if !Arc::ptr_eq(&cache.0, &routes) {
-            let hosts = Arc::new(Hosts::from_routes(&routes));
+            let hosts = Arc::new(Hosts::from_routes(&routes, self.ipv6));
             *cache = (routes, hosts);
         }
         cache.1.clone()
@@ -147,14 +178,17 @@ pub fn reply(query: &[u8], hosts: &Hosts) -> Reply {
     response.metadata.recursion_available = true;
     response.metadata.checking_disabled = msg.metadata.checking_disabled;
     response.add_query(question.clone());
-    if question.query_type() == RecordType::A {
-        for vip in vips {
-            response.add_answer(Record::from_rdata(
-                question.name().clone(),
-                ANSWER_TTL,
-                RData::A(A(*vip)),
-            ));
-        }
+    let answers: Vec<RData> = match question.query_type() {
+        RecordType::A => vips.v4.iter().map(|ip| RData::A(A(*ip))).collect(),
+        RecordType::AAAA => vips.v6.iter().map(|ip| RData::AAAA(AAAA(*ip))).collect(),
+        _ => Vec::new(),
+    };
+    for data in answers {
+        response.add_answer(Record::from_rdata(
+            question.name().clone(),
+            ANSWER_TTL,
+            data,
+        ));
     }
     if msg.edns.is_some() {
         let mut edns = Edns::new();

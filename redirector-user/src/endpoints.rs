@@ -273,6 +273,14 @@ fn endpoint_row(cluster: String, e: &EndpointHealth, now: SystemTime) -> Endpoin
     EndpointRow {
         endpoint: if e.status == EP_UNRESOLVED {
             read_str(&e.hostname).to_owned()
+        } else if e.addr_be == 0 {
+            // An IPv6 host: the map's address field is IPv4 only, so it is
+            // shown by its configured address (see health.rs).
+            let port = u16::from_be(e.port_be);
+            match read_str(&e.hostname).parse::<std::net::Ipv6Addr>() {
+                Ok(ip) => std::net::SocketAddrV6::new(ip, port, 0, 0).to_string(),
+                Err(_) => format!("{} (IPv6):{port}", read_str(&e.hostname)),
+            }
         } else {
             addr(e.addr_be, e.port_be).to_string()
         },

@@ -14,20 +14,20 @@
 //! service's outlier detection exactly as the proxy feeds its own connects.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{SocketAddr, SocketAddrV4},
     sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use redirector_common::{
-    ConnectOutcome, EP_EJECTED, EP_HEALTHY, EP_UNRESOLVED, EndpointHealth, HOST_LEN,
-    LAST_ERROR_LEN, LOCALITY_LEN, OUTCOME_CONNECTED, OUTCOME_FAILED, write_str,
+    EP_EJECTED, EP_HEALTHY, EP_UNRESOLVED, EndpointHealth, HOST_LEN, LAST_ERROR_LEN, LOCALITY_LEN,
+    OUTCOME_CONNECTED, OUTCOME_FAILED, write_str,
 };
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::{
-    bpf::{Datapath, OutcomeReader, slots},
+    bpf::{Datapath, KernelOutcome, OutcomeReader, slots},
     cluster::Cluster,
     config::Service,
     outlier::Outcome,
@@ -40,7 +40,13 @@ pub fn entries(cluster: &Cluster) -> Vec<EndpointHealth> {
         .into_iter()
         .map(|h| {
             let mut e = EndpointHealth {
-                addr_be: h.addr.map(|a| u32::from(*a.ip()).to_be()).unwrap_or(0),
+                // IPv4 only in this layout: 0 for an IPv6 host, which
+                // `redirector endpoints` then shows by its configured
+                // address.
+                addr_be: match h.addr {
+                    Some(SocketAddr::V4(a)) => u32::from(*a.ip()).to_be(),
+                    _ => 0,
+                },
                 port_be: h.addr.map(|a| a.port().to_be()).unwrap_or(0),
                 priority: h.priority,
                 status: match (h.addr, h.ejected_until) {
@@ -92,15 +98,22 @@ fn publish_cluster(datapath: &Datapath, cluster: &Cluster) {
     if !has_slots(&cluster.service) {
         return;
     }
-    let weighted = cluster.kernel_slots();
-    // No address known (names not resolved yet): keep the table there is,
-    // maybe from the daemon before this one; the kernel checks that it
-    // belongs to this VIP:port.
+    let weighted = cluster.kernel_slots6();
+    // No address known (names not resolved yet): keep the tables there
+    // are, maybe from the daemon before this one; the kernel checks that
+    // they belong to this VIP:port.
     if weighted.is_empty() {
         return;
     }
     let vip = SocketAddrV4::new(cluster.service.vip, cluster.service.port.number);
     let timeout = cluster.service.policy.connection_pool.connect_timeout;
+    if let Err(e) = datapath.set_slots6(cluster.id, &slots::table6(vip, &weighted, timeout)) {
+        warn!(cluster = %cluster.name, error = %e, "publishing the IPv6 slot table");
+    }
+    let weighted = cluster.kernel_slots();
+    if weighted.is_empty() {
+        return;
+    }
     if let Err(e) = datapath.set_slots(cluster.id, &slots::table(vip, &weighted, timeout)) {
         warn!(cluster = %cluster.name, error = %e, "publishing the slot table");
     }
@@ -153,11 +166,8 @@ pub async fn consume_outcomes(mut reader: OutcomeReader, routes: Routes) {
     }
 }
 
-fn record(cluster: &Cluster, o: &ConnectOutcome) {
-    let addr = SocketAddrV4::new(
-        Ipv4Addr::from(u32::from_be(o.ip_be)),
-        u16::from_be(o.port_be),
-    );
+fn record(cluster: &Cluster, o: &KernelOutcome) {
+    let addr = o.addr;
     // Gone from the cluster since (DNS changed, reload): nothing to judge.
     let Some(host) = cluster.host_by_addr(addr) else {
         debug!(cluster = %cluster.name, %addr, "outcome for a host no longer in the cluster");
@@ -171,7 +181,7 @@ fn record(cluster: &Cluster, o: &ConnectOutcome) {
 /// The outlier-detection view of a kernel-path outcome: an answer to the
 /// first SYN that ends the connect is a refusal (or an ICMP error); SYNs
 /// that went unanswered first make it a timeout.
-fn classify(o: &ConnectOutcome) -> (Outcome, Option<String>) {
+fn classify(o: &KernelOutcome) -> (Outcome, Option<String>) {
     match (o.kind, o.syn_retrans) {
         (OUTCOME_CONNECTED, _) => (Outcome::Success, None),
         (OUTCOME_FAILED, 0) => (
@@ -193,9 +203,13 @@ fn classify(o: &ConnectOutcome) -> (Outcome, Option<String>) {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
+    use redirector_common::ConnectOutcome;
+
     use super::*;
 
-    fn outcome(kind: u8, syn_retrans: u32) -> ConnectOutcome {
+    fn outcome(kind: u8, syn_retrans: u32) -> KernelOutcome {
         ConnectOutcome {
             service_id: 1,
             ip_be: u32::from(Ipv4Addr::new(10, 0, 0, 1)).to_be(),
@@ -204,6 +218,38 @@ mod tests {
             _pad: 0,
             syn_retrans,
         }
+        .into()
+    }
+
+    #[test]
+    fn outcomes_of_both_families_name_the_endpoint() {
+        let v4 = outcome(OUTCOME_CONNECTED, 0);
+        assert_eq!(v4.addr, "10.0.0.1:80".parse().unwrap());
+        let v6: KernelOutcome = redirector_common::ConnectOutcome6 {
+            service_id: 2,
+            ip6_be: crate::bpf::ip6_words("fd00::2".parse().unwrap()),
+            port_be: 8080u16.to_be(),
+            kind: OUTCOME_FAILED,
+            _pad: 0,
+            syn_retrans: 1,
+        }
+        .into();
+        assert_eq!(v6.addr, "[fd00::2]:8080".parse().unwrap());
+        assert_eq!(
+            (v6.service_id, v6.kind, v6.syn_retrans),
+            (2, OUTCOME_FAILED, 1)
+        );
+        // An IPv4 endpoint that connect6 reached at its mapped address.
+        let mapped: KernelOutcome = redirector_common::ConnectOutcome6 {
+            service_id: 2,
+            ip6_be: redirector_common::v4_mapped(u32::from(Ipv4Addr::new(10, 0, 0, 3)).to_be()),
+            port_be: 80u16.to_be(),
+            kind: OUTCOME_CONNECTED,
+            _pad: 0,
+            syn_retrans: 0,
+        }
+        .into();
+        assert_eq!(mapped.addr, "10.0.0.3:80".parse().unwrap());
     }
 
     #[test]

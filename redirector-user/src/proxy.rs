@@ -52,6 +52,19 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
     })
 }
 
+/// The IPv6 listener (`[::1]`, connect6's target): a node without IPv6
+/// (no `::1`) runs without it, and connects to IPv6 VIPs fail open there.
+pub async fn bind_optional(addr: SocketAddr) -> Result<Option<TcpListener>, ProxyError> {
+    match bind(addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e @ ProxyError::PortInUse { .. }) => Err(e),
+        Err(e) => {
+            warn!("{e}; IPv6 VIPs are served without the proxy (straight to endpoints)");
+            Ok(None)
+        }
+    }
+}
+
 /// The app connections being served, for a graceful stop: every
 /// connection task runs on `tracker`, and `stop` asks them to finish.
 #[derive(Clone, Default)]
@@ -91,10 +104,13 @@ async fn handle(
     stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
-    let SocketAddr::V4(peer) = peer else {
-        return tcp::reset(stream);
+    // The route key is the service's IPv4 VIP:port, whichever VIP the
+    // app dialled (connect6 records it for IPv6 clients).
+    let orig = match peer {
+        SocketAddr::V4(peer) => datapath.take_original_destination(peer),
+        SocketAddr::V6(peer) => datapath.take_original_destination6(peer),
     };
-    let Some(orig) = datapath.take_original_destination(peer) else {
+    let Some(orig) = orig else {
         // Someone dialled the proxy port directly: nothing to serve.
         debug!(%peer, "connection without a redirect record; closing");
         return tcp::reset(stream);

@@ -12,7 +12,7 @@ mod marked;
 
 use std::{
     future::Future,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::Arc,
     time::Duration,
@@ -42,14 +42,14 @@ pub enum ResolveError {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Answer {
-    pub addrs: Vec<Ipv4Addr>,
+    pub addrs: Vec<IpAddr>,
     pub ttl: Duration,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub trait Resolve: Send + Sync + 'static {
-    fn lookup_ipv4<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Answer, ResolveError>>;
+    fn lookup_ip<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Answer, ResolveError>>;
 }
 
 pub struct Hickory(Resolver<marked::MarkedRuntime>);
@@ -79,7 +79,11 @@ impl Hickory {
             Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
         };
         let opts = builder.options_mut();
-        opts.ip_strategy = LookupIpStrategy::Ipv4Only;
+        // Envoy's V4_PREFERRED (Istio's default for DNS clusters): the A
+        // records when there are any, else the AAAA ones. A dual-stack
+        // name keeps its IPv4 endpoints (a node with IPv4 only reaches
+        // them), and an IPv6-only name still resolves.
+        opts.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
         // We schedule refreshes ourselves; keep the cache from serving an
         // answer longer than we would wait anyway.
         opts.positive_max_ttl = Some(MAX_REFRESH);
@@ -92,7 +96,7 @@ impl Hickory {
 }
 
 impl Resolve for Hickory {
-    fn lookup_ipv4<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Answer, ResolveError>> {
+    fn lookup_ip<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Answer, ResolveError>> {
         Box::pin(async move {
             // A trailing dot: endpoint addresses are absolute names, never
             // subject to resolv.conf search domains.
@@ -121,13 +125,7 @@ impl Resolve for Hickory {
             let ttl = lookup
                 .valid_until()
                 .saturating_duration_since(std::time::Instant::now());
-            let addrs = lookup
-                .iter()
-                .filter_map(|ip| match ip {
-                    IpAddr::V4(v4) => Some(v4),
-                    IpAddr::V6(_) => None,
-                })
-                .collect();
+            let addrs = lookup.iter().collect();
             Ok(Answer { addrs, ttl })
         })
     }
@@ -137,7 +135,7 @@ impl Resolve for Hickory {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refresh {
     /// A non-empty answer that differs from the last one.
-    Changed(Vec<Ipv4Addr>),
+    Changed(Vec<IpAddr>),
     /// The same addresses again.
     Unchanged,
     /// A failure or an empty answer; the last good answer stays.
@@ -152,10 +150,10 @@ pub fn watch(
     update: impl Fn(Refresh) + Send + 'static,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut last: Option<Vec<Ipv4Addr>> = None;
+        let mut last: Option<Vec<IpAddr>> = None;
         let mut retry = RETRY;
         loop {
-            let wait = match resolver.lookup_ipv4(&name).await {
+            let wait = match resolver.lookup_ip(&name).await {
                 Ok(answer) if !answer.addrs.is_empty() => {
                     let mut addrs = answer.addrs;
                     addrs.sort_unstable();
@@ -204,7 +202,7 @@ mod tests {
     struct Scripted(Mutex<Vec<Result<Answer, ResolveError>>>);
 
     impl Resolve for Scripted {
-        fn lookup_ipv4<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Answer, ResolveError>> {
+        fn lookup_ip<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Answer, ResolveError>> {
             let mut script = self.0.lock().unwrap();
             let next = if script.len() > 1 {
                 script.remove(0)
@@ -223,7 +221,10 @@ mod tests {
 
     fn ok(addrs: &[[u8; 4]], ttl: u64) -> Result<Answer, ResolveError> {
         Ok(Answer {
-            addrs: addrs.iter().map(|a| Ipv4Addr::from(*a)).collect(),
+            addrs: addrs
+                .iter()
+                .map(|a| std::net::Ipv4Addr::from(*a).into())
+                .collect(),
             ttl: Duration::from_secs(ttl),
         })
     }
@@ -253,7 +254,7 @@ mod tests {
             }
         });
         tokio::time::sleep(Duration::from_millis(1)).await;
-        let first = vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)];
+        let first: Vec<IpAddr> = vec![[10, 0, 0, 1].into(), [10, 0, 0, 2].into()];
         assert_eq!(*seen.lock().unwrap(), vec![first.clone()]);
         // TTL 5 s, then a failure (retry 1 s), then an empty answer (retry
         // 2 s): neither replaces the answer; the same set again is no update.
@@ -262,7 +263,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(
             *seen.lock().unwrap(),
-            vec![first, vec![Ipv4Addr::new(10, 0, 0, 3)]]
+            vec![first, vec![IpAddr::from([10, 0, 0, 3])]]
         );
         task.abort();
     }

@@ -37,6 +37,8 @@ pub fn cgroup2_root() -> Result<PathBuf> {
 pub const BPF_CGROUP_INET4_CONNECT: u32 = 10;
 /// `enum bpf_attach_type`: `sock_ops` programs.
 pub const BPF_CGROUP_SOCK_OPS: u32 = 3;
+/// `enum bpf_attach_type`: `cgroup/connect6` programs.
+pub const BPF_CGROUP_INET6_CONNECT: u32 = 11;
 
 /// `<cgroup2 root>/rdt-<pid>-<n>`, removed on drop.
 #[derive(Debug)]

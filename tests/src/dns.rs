@@ -13,7 +13,7 @@
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     str::FromStr,
     sync::{
         Arc, Mutex,
@@ -27,7 +27,7 @@ use hickory_proto::{
     op::{Edns, MessageType, Metadata, OpCode, ResponseCode},
     rr::{
         LowerName, Name, RData, Record, RecordType,
-        rdata::{A, SOA},
+        rdata::{A, AAAA, SOA},
     },
 };
 use hickory_server::{
@@ -42,7 +42,15 @@ use crate::{netns::Netns, runtime::NsRuntime};
 
 #[derive(Clone, Debug)]
 enum Entry {
-    A { ips: Vec<Ipv4Addr>, ttl: u32 },
+    A {
+        ips: Vec<Ipv4Addr>,
+        ttl: u32,
+    },
+    /// An IPv6-only name: AAAA records, A questions get NODATA.
+    Aaaa {
+        ips: Vec<Ipv6Addr>,
+        ttl: u32,
+    },
     ServFail,
 }
 
@@ -145,6 +153,16 @@ impl DnsServer {
         self.zone.set(name, Some(entry))
     }
 
+    /// Makes `name` an IPv6-only name with these AAAA records (replacing
+    /// its A records, if any).
+    pub fn set_aaaa(&self, name: &str, ips: &[Ipv6Addr], ttl_secs: u32) -> Result<()> {
+        let entry = Entry::Aaaa {
+            ips: ips.to_vec(),
+            ttl: ttl_secs,
+        };
+        self.zone.set(name, Some(entry))
+    }
+
     /// Makes every query for `name` answer SERVFAIL (until `set_a` or
     /// `remove`).
     pub fn set_servfail(&self, name: &str) -> Result<()> {
@@ -239,6 +257,13 @@ impl RequestHandler for Handler {
                 RecordType::A | RecordType::ANY => ips
                     .iter()
                     .map(|ip| Record::from_rdata(name.clone(), ttl, RData::A(A(*ip))))
+                    .collect(),
+                _ => Vec::new(),
+            },
+            Some(Entry::Aaaa { ips, ttl }) => match query.query_type() {
+                RecordType::AAAA | RecordType::ANY => ips
+                    .iter()
+                    .map(|ip| Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(*ip))))
                     .collect(),
                 _ => Vec::new(),
             },

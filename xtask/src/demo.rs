@@ -172,17 +172,27 @@ fn demo() -> Result<()> {
     })?);
     let vip = service_vip(&stage)?;
     println!("redirector: mydb.com -> VIP {vip} (allocated from 240.240.0.0/16)");
-    println!("$ getent hosts mydb.com");
+    // Both families: the host has an IPv6 VIP too (from 2001:2::/48).
+    println!("$ getent ahosts mydb.com | grep STREAM");
     let out = client::Client::new(&stage.node, "getent")
-        .args(["hosts", "mydb.com"])
+        .args(["ahosts", "mydb.com"])
         .cgroup(&stage.cgroup)
         .nameserver(DNS_IP.into())
         .run()?;
     let answer = String::from_utf8_lossy(&out.stdout);
-    print!("{answer}");
+    let stream: Vec<&str> = answer.lines().filter(|l| l.contains("STREAM")).collect();
+    for line in &stream {
+        println!("{line}");
+    }
+    let addrs: Vec<&str> = stream
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     ensure!(
-        out.status.success() && answer.split_whitespace().next() == Some(vip.as_str()),
-        "DNS capture should answer mydb.com with {vip}: {out:?}"
+        out.status.success()
+            && addrs.contains(&vip.as_str())
+            && addrs.iter().any(|a| a.starts_with("2001:2:")),
+        "DNS capture should answer mydb.com with {vip} and its IPv6 VIP: {out:?}"
     );
     let (bodies, errors) = loop_requests(&stage)?;
     let (e, w) = (count(&bodies, EAST), count(&bodies, WEST));

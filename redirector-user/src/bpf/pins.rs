@@ -36,13 +36,21 @@ pub(super) const LINK_GETPEERNAME4: &str = "link_getpeername4";
 pub(super) const LINK_SENDMSG4: &str = "link_sendmsg4";
 pub(super) const LINK_RECVMSG4: &str = "link_recvmsg4";
 pub(super) const LINK_EGRESS: &str = "link_egress";
-const LINKS: [&str; 6] = [
+pub(super) const LINK_CONNECT6: &str = "link_connect6";
+pub(super) const LINK_GETPEERNAME6: &str = "link_getpeername6";
+pub(super) const LINK_SENDMSG6: &str = "link_sendmsg6";
+pub(super) const LINK_RECVMSG6: &str = "link_recvmsg6";
+const LINKS: [&str; 10] = [
     LINK_CONNECT4,
     LINK_SOCKOPS,
     LINK_GETPEERNAME4,
     LINK_SENDMSG4,
     LINK_RECVMSG4,
     LINK_EGRESS,
+    LINK_CONNECT6,
+    LINK_GETPEERNAME6,
+    LINK_SENDMSG6,
+    LINK_RECVMSG6,
 ];
 /// The links every daemon attaches (the others came later, or serve DNS
 /// capture only): with these the redirect is in place.

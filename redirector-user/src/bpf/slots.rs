@@ -7,9 +7,12 @@
 //! long as there are fewer endpoints than slots (past that, the first
 //! [`MAX_SLOTS`] endpoints, one slot each).
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{
+    net::{SocketAddrV4, SocketAddrV6},
+    time::Duration,
+};
 
-use redirector_common::{MAX_SLOTS, Slot, SlotTable};
+use redirector_common::{MAX_SLOTS, Slot, Slot6, SlotTable, SlotTable6};
 
 /// The table connect4 reads for connects to `vip`.
 pub fn table(vip: SocketAddrV4, weighted: &[SocketAddrV4], connect_timeout: Duration) -> SlotTable {
@@ -33,13 +36,40 @@ pub fn table(vip: SocketAddrV4, weighted: &[SocketAddrV4], connect_timeout: Dura
     t
 }
 
+/// The IPv6 table connect6 reads for connects to the service whose IPv4
+/// VIP is `vip` (endpoints of both families, IPv4 ones mapped).
+pub fn table6(
+    vip: SocketAddrV4,
+    weighted: &[SocketAddrV6],
+    connect_timeout: Duration,
+) -> SlotTable6 {
+    let mut t = SlotTable6 {
+        vip_be: u32::from(*vip.ip()).to_be(),
+        port_be: vip.port().to_be(),
+        _pad: 0,
+        count: 0,
+        connect_timeout_ms: connect_timeout.as_millis().try_into().unwrap_or(u32::MAX),
+        slots: [Slot6::default(); MAX_SLOTS],
+    };
+    let entries = fit(weighted);
+    for (slot, addr) in t.slots.iter_mut().zip(&entries) {
+        *slot = Slot6 {
+            ip6_be: super::ip6_words(*addr.ip()),
+            port_be: addr.port().to_be(),
+            _pad: 0,
+        };
+    }
+    t.count = entries.len() as u32;
+    t
+}
+
 /// The table's entries, at most [`MAX_SLOTS`].
-pub fn fit(weighted: &[SocketAddrV4]) -> Vec<SocketAddrV4> {
+pub fn fit<A: Copy + PartialEq>(weighted: &[A]) -> Vec<A> {
     if weighted.len() <= MAX_SLOTS {
         return weighted.to_vec();
     }
     // Distinct endpoints in order of first appearance, with their counts.
-    let mut counts: Vec<(SocketAddrV4, u64)> = Vec::new();
+    let mut counts: Vec<(A, u64)> = Vec::new();
     for a in weighted {
         match counts.iter_mut().find(|(b, _)| b == a) {
             Some((_, n)) => *n += 1,
@@ -128,7 +158,26 @@ mod tests {
 
     #[test]
     fn empty_is_empty() {
-        assert!(fit(&[]).is_empty());
+        assert!(fit::<SocketAddrV4>(&[]).is_empty());
         assert_eq!(table(ep(9), &[], Duration::ZERO).count, 0);
+    }
+
+    #[test]
+    fn ipv6_tables_carry_both_families_in_kernel_words() {
+        let v6: SocketAddrV6 = "[fd00::2]:8080".parse().unwrap();
+        let mapped = SocketAddrV6::new(ep(3).ip().to_ipv6_mapped(), 80, 0, 0);
+        let t = table6(ep(9), &[v6, v6, mapped], Duration::from_secs(10));
+        assert_eq!(t.count, 3);
+        assert_eq!(
+            (t.vip_be, t.port_be),
+            (u32::from(*ep(9).ip()).to_be(), 80u16.to_be())
+        );
+        assert_eq!(t.connect_timeout_ms, 10_000);
+        assert_eq!(t.slots[0].ip6_be, super::super::ip6_words(*v6.ip()));
+        assert_eq!(t.slots[0].port_be, 8080u16.to_be());
+        assert_eq!(
+            t.slots[2].ip6_be,
+            redirector_common::v4_mapped(u32::from(*ep(3).ip()).to_be())
+        );
     }
 }

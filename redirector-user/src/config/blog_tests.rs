@@ -263,6 +263,7 @@ fn example_config_sets_everything() {
             listen_port: Some(15001),
             dns_port: Some(15053),
             vip_range: Some("240.240.0.0/16".parse().expect("net")),
+            vip_range6: Some("2001:2::/48".parse().expect("net")),
             pin_dir: Some("/sys/fs/bpf/redirector".into()),
         }
     );
@@ -288,7 +289,7 @@ fn example_config_sets_everything() {
     assert_eq!(legacy.resolution, Resolution::Static);
     assert_eq!(
         legacy.endpoints[0].address,
-        EndpointAddress::Ip(Ipv4Addr::new(192, 168, 10, 11))
+        EndpointAddress::Ip(Ipv4Addr::new(192, 168, 10, 11).into())
     );
     let mydb = &c.services[2];
     assert_eq!(mydb.service_entry, "storage/dynamodb");

@@ -64,6 +64,9 @@ pub fn settings(ctx: &mut Ctx, nodes: &[(Doc, raw::NodeDocument)]) -> NodeSettin
     if let Some(r) = &spec.vip_range {
         out.vip_range = vip_range(ctx, doc, r);
     }
+    if let Some(r) = &spec.vip_range6 {
+        out.vip_range6 = vip_range6(ctx, doc, r);
+    }
     out
 }
 
@@ -123,7 +126,7 @@ fn vip_range(ctx: &mut Ctx, doc: &Doc, r: &Spanned<String>) -> Option<ipnet::Ipv
                 doc,
                 r,
                 field,
-                "not implemented yet: IPv6 vipRange; use an IPv4 CIDR",
+                "an IPv6 range belongs in vipRange6; vipRange is the IPv4 one",
             );
             None
         }
@@ -133,6 +136,34 @@ fn vip_range(ctx: &mut Ctx, doc: &Doc, r: &Spanned<String>) -> Option<ipnet::Ipv
                 r,
                 field,
                 format!("{:?} is not an IPv4 CIDR such as 240.240.0.0/16", r.value),
+            );
+            None
+        }
+    }
+}
+
+fn vip_range6(ctx: &mut Ctx, doc: &Doc, r: &Spanned<String>) -> Option<ipnet::Ipv6Net> {
+    let field = "spec.vipRange6";
+    match r.value.parse::<ipnet::Ipv6Net>() {
+        Ok(net) if net.trunc() == net => Some(net),
+        Ok(net) => {
+            ctx.value(
+                doc,
+                r,
+                field,
+                format!(
+                    "vipRange6 {net} has host bits set; did you mean {}?",
+                    net.trunc()
+                ),
+            );
+            None
+        }
+        Err(_) => {
+            ctx.value(
+                doc,
+                r,
+                field,
+                format!("{:?} is not an IPv6 CIDR such as 2001:2::/48", r.value),
             );
             None
         }

@@ -93,6 +93,7 @@ pub struct NodeConfigSpec {
     pub listen_port: Option<Spanned<i64>>,
     pub dns_port: Option<Spanned<i64>>,
     pub vip_range: Option<Spanned<String>>,
+    pub vip_range6: Option<Spanned<String>>,
     pub pin_dir: Option<Spanned<String>>,
 }
 

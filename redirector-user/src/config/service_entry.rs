@@ -7,7 +7,7 @@
 //! we allocated, so resolution must be written.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_saphyr::Spanned;
 
@@ -29,6 +29,8 @@ pub struct Entry {
     /// Host, where it is written, its field path.
     pub hosts: Vec<(String, Pos, String)>,
     pub address: Option<(Ipv4Addr, Pos)>,
+    /// The IPv6 address among `addresses`, if any.
+    pub address6: Option<(Ipv6Addr, Pos)>,
     pub ports: Vec<(ServicePort, Pos, String)>,
     pub resolution: Resolution,
     /// Empty for DNS without endpoints: each host is then its own endpoint.
@@ -83,12 +85,14 @@ pub fn validate(ctx: &mut Ctx, doc: &Doc, se: &raw::Document<raw::ServiceEntrySp
     }
     let resolution = resolution(ctx, doc, se);
     let (datapath, datapath_at) = annotations(ctx, doc, se);
+    let (address, address6) = addresses(ctx, doc, &spec.addresses);
     Entry {
         datapath,
         datapath_at,
         name,
         hosts: hosts(ctx, doc, &spec.hosts),
-        address: address(ctx, doc, &spec.addresses),
+        address,
+        address6,
         ports: ports(ctx, doc, &spec.ports),
         endpoints: endpoints(ctx, doc, spec, resolution),
         resolution: resolution.unwrap_or(Resolution::Dns),
@@ -285,50 +289,73 @@ pub fn dns_name_problem(name: &str) -> Option<String> {
     }
 }
 
-fn address(
+/// At most one address per family (Istio allows more; one VIP per family
+/// is what the datapath and the DNS answers carry).
+#[allow(clippy::type_complexity)]
+fn addresses(
     ctx: &mut Ctx,
     doc: &Doc,
     addresses: &Option<Spanned<Vec<Spanned<String>>>>,
-) -> Option<(Ipv4Addr, Pos)> {
-    let addresses = addresses.as_ref()?;
-    for extra in addresses.value.iter().skip(1) {
-        ctx.value(
-            doc,
-            extra,
-            "spec.addresses",
-            "not implemented yet: more than one address per ServiceEntry; split the hosts into several ServiceEntries",
-        );
-    }
-    let a = addresses.value.first()?;
-    let field = "spec.addresses[0]";
-    let text = a.value.as_str();
-    let (ip, prefix) = match text.split_once('/') {
-        Some((ip, p)) => (ip, Some(p)),
-        None => (text, None),
+) -> (Option<(Ipv4Addr, Pos)>, Option<(Ipv6Addr, Pos)>) {
+    let mut v4 = None;
+    let mut v6 = None;
+    let Some(addresses) = addresses.as_ref() else {
+        return (v4, v6);
     };
-    match (ip.parse::<IpAddr>(), prefix) {
-        (Ok(IpAddr::V6(_)), _) => ctx.value(
-            doc,
-            a,
-            field,
-            format!("not implemented yet: IPv6 address {text:?}; use an IPv4 address"),
-        ),
-        (Ok(IpAddr::V4(ip)), None | Some("32")) => {
-            if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
-                ctx.value(doc, a, field, format!("{ip} cannot be a service address"));
-            } else {
-                return Some((ip, pos(a.referenced)));
+    for (i, a) in addresses.value.iter().enumerate() {
+        let field = format!("spec.addresses[{i}]");
+        let text = a.value.as_str();
+        let (ip, prefix) = match text.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (text, None),
+        };
+        let ip = match (ip.parse::<IpAddr>(), prefix) {
+            (Ok(IpAddr::V4(ip)), None | Some("32")) => IpAddr::V4(ip),
+            (Ok(IpAddr::V6(ip)), None | Some("128")) => IpAddr::V6(ip),
+            (Ok(_), Some(p)) if p.parse::<u8>().is_ok() => {
+                ctx.value(
+                    doc,
+                    a,
+                    field,
+                    format!(
+                        "not implemented yet: CIDR {text:?}; give a single address (or /32, /128)"
+                    ),
+                );
+                continue;
             }
+            _ => {
+                ctx.value(doc, a, field, format!("{text:?} is not an IP address"));
+                continue;
+            }
+        };
+        let unusable = match ip {
+            IpAddr::V4(ip) => ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast(),
+            IpAddr::V6(ip) => {
+                ip.is_unspecified()
+                    || ip.is_multicast()
+                    || ip.is_loopback()
+                    || ip.to_ipv4_mapped().is_some()
+            }
+        };
+        if unusable {
+            ctx.value(doc, a, field, format!("{ip} cannot be a service address"));
+            continue;
         }
-        (Ok(IpAddr::V4(_)), Some(p)) if p.parse::<u8>().is_ok_and(|p| p < 32) => ctx.value(
-            doc,
-            a,
-            field,
-            format!("not implemented yet: CIDR {text:?}; give a single IPv4 address (or /32)"),
-        ),
-        _ => ctx.value(doc, a, field, format!("{text:?} is not an IPv4 address")),
+        let taken = match ip {
+            IpAddr::V4(ip) => v4.replace((ip, pos(a.referenced))).is_some(),
+            IpAddr::V6(ip) => v6.replace((ip, pos(a.referenced))).is_some(),
+        };
+        if taken {
+            ctx.value(
+                doc,
+                a,
+                field,
+                "not implemented yet: more than one address of a family per ServiceEntry; split \
+                 the hosts into several ServiceEntries",
+            );
+        }
     }
-    None
+    (v4, v6)
 }
 
 fn ports(
@@ -612,14 +639,13 @@ fn endpoint_address(
         "unix domain socket endpoints are not supported: redirector proxies to network endpoints"
             .to_owned()
     } else if let Ok(ip) = text.parse::<IpAddr>() {
-        match ip {
-            IpAddr::V4(ip) => return Some(EndpointAddress::Ip(ip)),
-            IpAddr::V6(_) => format!(
-                "not implemented yet: IPv6 endpoint {text:?}; use an IPv4 address or a DNS name"
-            ),
+        if ip.is_unspecified() || ip.is_multicast() {
+            format!("{ip} cannot be an endpoint address")
+        } else {
+            return Some(EndpointAddress::Ip(ip));
         }
     } else if let Some(p) = dns_name_problem(text) {
-        format!("endpoint address must be an IPv4 address or a DNS name: {p}")
+        format!("endpoint address must be an IP address or a DNS name: {p}")
     } else if resolution == Some(Resolution::Static) {
         format!(
             "resolution STATIC needs IP addresses, but {text:?} is a DNS name; use resolution: DNS"

@@ -40,11 +40,11 @@ fn service_entry_rejections() {
         (
             with(
                 "  resolution: DNS\n",
-                "  resolution: DNS\n  addresses: [\"2001:db8::1\"]\n",
+                "  resolution: DNS\n  addresses: [\"2001:db8::1\", \"2001:db8::2\"]\n",
             ),
-            "\"2001",
-            "spec.addresses[0]",
-            "not implemented yet: IPv6",
+            "\"2001:db8::2",
+            "spec.addresses[1]",
+            "not implemented yet: more than one address of a family",
         ),
         (
             with(
@@ -61,7 +61,7 @@ fn service_entry_rejections() {
                 "  resolution: DNS\n  addresses: [10.0.0.1, 10.0.0.2]\n",
             ),
             "10.0.0.2",
-            "spec.addresses",
+            "spec.addresses[1]",
             "not implemented yet: more than one address",
         ),
         (
@@ -71,7 +71,7 @@ fn service_entry_rejections() {
             ),
             "banana",
             "spec.addresses[0]",
-            "not an IPv4 address",
+            "not an IP address",
         ),
         (
             with(
@@ -173,16 +173,16 @@ fn service_entry_rejections() {
             "unix domain socket",
         ),
         (
-            with("east.example", "\"2001:db8::2\""),
-            "\"2001",
+            with("east.example", "\"ff02::1\""),
+            "\"ff02",
             "spec.endpoints[0].address",
-            "not implemented yet: IPv6 endpoint",
+            "ff02::1 cannot be an endpoint address",
         ),
         (
             with("east.example", "not..valid"),
             "not..valid",
             "spec.endpoints[0].address",
-            "IPv4 address or a DNS name",
+            "IP address or a DNS name",
         ),
         (
             with("locality: us-east1", "locality: a/b/c/d"),
@@ -262,7 +262,7 @@ fn static_needs_endpoints_and_ips() {
     assert_eq!(c.services[0].resolution, Resolution::Static);
     assert_eq!(
         c.services[0].endpoints[0].address,
-        EndpointAddress::Ip(Ipv4Addr::new(10, 1, 0, 1))
+        EndpointAddress::Ip(Ipv4Addr::new(10, 1, 0, 1).into())
     );
 
     let text = SE.replace("resolution: DNS", "resolution: STATIC").replace(
@@ -462,6 +462,91 @@ fn vips_are_deterministic_whatever_the_document_order() {
     assert_eq!(
         vip_of(&load(&format!("{a}---\n{b}---\n{fixed}")), "a.example"),
         vip_of(&one, "a.example")
+    );
+}
+
+#[test]
+fn ipv6_vips_come_from_addresses_or_the_ipv6_range_and_stay_put() {
+    let a = named_se(
+        "a",
+        "[a.example]",
+        "  addresses: [10.7.7.7, \"2001:db8::7\"]\n",
+    );
+    let b = named_se("b", "[b.example]", "");
+    let one = load(&format!("{a}---\n{b}"));
+    let svc = |c: &Config, host: &str| {
+        c.services
+            .iter()
+            .find(|s| s.host == host)
+            .cloned()
+            .expect("the service")
+    };
+    let a1 = svc(&one, "a.example");
+    assert_eq!(
+        (a1.vip, a1.vip6, a1.vip6_allocated),
+        (
+            Ipv4Addr::new(10, 7, 7, 7),
+            "2001:db8::7".parse().unwrap(),
+            false
+        )
+    );
+    let b1 = svc(&one, "b.example");
+    assert!(b1.vip6_allocated);
+    assert_eq!(one.vip_range6, DEFAULT_VIP_RANGE6);
+    // The documented hash, after the range's first address.
+    let expected = u128::from(std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1))
+        + u128::from(vip::fnv1a64(b"b.example"));
+    assert_eq!(b1.vip6, std::net::Ipv6Addr::from(expected));
+    // Unrelated hosts, and an explicit IPv6 address elsewhere, move nothing.
+    let c = named_se("c", "[c.example]", "  addresses: [\"2001:db8::8\"]\n");
+    let d = named_se("d", "[d.example, e.example]", "");
+    let two = load(&format!("{c}---\n{d}---\n{b}---\n{a}"));
+    assert_eq!(svc(&two, "b.example").vip6, b1.vip6);
+    assert_eq!(svc(&two, "b.example").vip, b1.vip);
+    assert_eq!(svc(&two, "a.example").vip6, a1.vip6);
+    // An IPv6-only `addresses` still gets an IPv4 VIP allocated.
+    let three = load(&c);
+    assert!(svc(&three, "c.example").vip_allocated);
+    // vipRange6 moves allocations into it.
+    let overrides = NodeSettings {
+        vip_range6: Some("fd00:1::/64".parse().expect("net")),
+        ..Default::default()
+    };
+    let moved = load_str("t.yaml", &b, &overrides).expect("loads");
+    let range: ipnet::Ipv6Net = "fd00:1::/64".parse().unwrap();
+    assert!(range.contains(&moved.services[0].vip6), "{moved:#?}");
+    // Two hosts on one IPv6 address and port clash like IPv4 ones.
+    let p = problems(&named_se(
+        "x",
+        "[x.example, y.example]",
+        "  addresses: [\"2001:db8::9\"]\n",
+    ));
+    assert!(
+        p.iter()
+            .any(|p| p.message.contains("[2001:db8::9]:80 is used by both")),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn ipv6_endpoints_load_and_must_not_be_their_own_vip() {
+    let text = SE
+        .replace("resolution: DNS", "resolution: STATIC")
+        .replace("east.example", "\"fd00::2\"")
+        .replace("west.example", "10.0.0.3");
+    let c = load(&text);
+    assert_eq!(
+        c.services[0].endpoints[0].address,
+        EndpointAddress::Ip("fd00::2".parse().unwrap())
+    );
+    let looping = named_se("a", "[a.example]", "  addresses: [\"2001:db8::7\"]\n")
+        .replace("east.example", "\"2001:db8::7\"");
+    let p = problems(&looping);
+    assert!(
+        p.iter().any(|p| p
+            .message
+            .contains("2001:db8::7 is the VIP of a.example itself")),
+        "{p:#?}"
     );
 }
 

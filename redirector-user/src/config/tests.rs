@@ -462,7 +462,19 @@ fn node_config_rejections() {
             node("  vipRange: fd00::/64\n"),
             "fd00::/64",
             "spec.vipRange",
-            "not implemented yet: IPv6 vipRange",
+            "an IPv6 range belongs in vipRange6",
+        ),
+        (
+            node("  vipRange6: 10.0.0.0/8\n"),
+            "10.0.0.0/8",
+            "spec.vipRange6",
+            "not an IPv6 CIDR",
+        ),
+        (
+            node("  vipRange6: \"fd00::1/64\"\n"),
+            "\"fd00::1/64",
+            "spec.vipRange6",
+            "has host bits set; did you mean fd00::/64?",
         ),
         (
             node("  vipRange: lots\n"),

@@ -8,7 +8,7 @@
 //! of a config would route some traffic differently from what was written.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::de::DeserializeOwned;
 use serde_saphyr::{Location, Spanned};
@@ -17,8 +17,9 @@ use super::raw::{self, IgnoredAnyOr};
 use super::service_entry::{self, Entry};
 use super::yaml::{self, ReadError};
 use super::{
-    Config, ConfigError, DEFAULT_VIP_RANGE, EndpointAddress, EndpointSpec, LbAlgorithm,
-    NodeSettings, Problem, Protocol, Service, TlsPolicy, TrafficPolicy, node, policy, vip,
+    Config, ConfigError, DEFAULT_VIP_RANGE, DEFAULT_VIP_RANGE6, EndpointAddress, EndpointSpec,
+    LbAlgorithm, NodeSettings, Problem, Protocol, Service, TlsPolicy, TrafficPolicy, node, policy,
+    vip,
 };
 
 pub const ISTIO_API_VERSIONS: [&str; 3] = [
@@ -177,6 +178,7 @@ pub fn load(source: &str, text: &str, overrides: &NodeSettings) -> Result<Config
     let file_node = node::settings(&mut ctx, &docs.nodes);
     let node = file_node.merged_with(overrides);
     let vip_range = node.vip_range.map_or(DEFAULT_VIP_RANGE, |r| r.trunc());
+    let vip_range6 = node.vip_range6.map_or(DEFAULT_VIP_RANGE6, |r| r.trunc());
 
     let entries: Vec<Entry> = docs
         .service_entries
@@ -185,12 +187,13 @@ pub fn load(source: &str, text: &str, overrides: &NodeSettings) -> Result<Config
         .collect();
     let owners = host_owners(&mut ctx, &docs, &entries);
     let rules = destination_rules(&mut ctx, &docs, &entries, &owners);
-    let services = services(&mut ctx, &docs, &entries, &rules, vip_range);
+    let services = services(&mut ctx, &docs, &entries, &rules, (vip_range, vip_range6));
 
     if ctx.problems.is_empty() {
         Ok(Config {
             node,
             vip_range,
+            vip_range6,
             services,
         })
     } else {
@@ -515,7 +518,7 @@ fn services(
     docs: &Documents,
     entries: &[Entry],
     rules: &BTreeMap<String, Rule>,
-    vip_range: ipnet::Ipv4Net,
+    (vip_range, vip_range6): (ipnet::Ipv4Net, ipnet::Ipv6Net),
 ) -> Vec<Service> {
     let taken: BTreeSet<Ipv4Addr> = entries
         .iter()
@@ -526,38 +529,51 @@ fn services(
         .filter(|e| e.address.is_none())
         .flat_map(|e| e.hosts.iter().map(|(h, _, _)| h.as_str()))
         .collect();
-    let allocated: BTreeMap<String, Ipv4Addr> = match vip::allocate(vip_range, need, &taken) {
-        Ok(v) => v.into_iter().collect(),
-        Err(e) => {
-            let (i, at, field) = entries
-                .iter()
-                .enumerate()
-                .find_map(|(i, en)| {
-                    en.hosts
-                        .iter()
-                        .find(|(h, _, _)| *h == e.host)
-                        .map(|(_, at, f)| (i, *at, f.clone()))
-                })
-                .expect("an exhausted host comes from a ServiceEntry");
-            ctx.at(
+    let taken6: BTreeSet<Ipv6Addr> = entries
+        .iter()
+        .filter_map(|e| e.address6.map(|(ip, _)| ip))
+        .collect();
+    let need6: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.address6.is_none())
+        .flat_map(|e| e.hosts.iter().map(|(h, _, _)| h.as_str()))
+        .collect();
+    let allocated = vip::allocate(vip_range, need, &taken).map_err(|e| (e, vip_range.to_string()));
+    let allocated6 =
+        vip::allocate6(vip_range6, need6, &taken6).map_err(|e| (e, vip_range6.to_string()));
+    let (allocated, allocated6): (BTreeMap<String, Ipv4Addr>, BTreeMap<String, Ipv6Addr>) =
+        match (allocated, allocated6) {
+            (Ok(v4), Ok(v6)) => (v4.into_iter().collect(), v6.into_iter().collect()),
+            (Err((e, range)), _) | (_, Err((e, range))) => {
+                let (i, at, field) = entries
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, en)| {
+                        en.hosts
+                            .iter()
+                            .find(|(h, _, _)| *h == e.host)
+                            .map(|(_, at, f)| (i, *at, f.clone()))
+                    })
+                    .expect("an exhausted host comes from a ServiceEntry");
+                ctx.at(
                 &docs.service_entries[i].0,
                 at,
                 field,
                 format!(
-                    "no free VIP left for host {} in {vip_range} ({} usable addresses); widen vipRange \
-                     or give ServiceEntries explicit addresses",
+                    "no free VIP left for host {} in {range} ({} usable addresses); widen vipRange \
+                     (vipRange6 for IPv6) or give ServiceEntries explicit addresses",
                     e.host, e.usable
                 ),
             );
-            return Vec::new();
-        }
-    };
+                return Vec::new();
+            }
+        };
 
     for (i, entry) in entries.iter().enumerate() {
         locality_weight_sums(ctx, &docs.service_entries[i].0, entry);
     }
     let mut out = Vec::new();
-    let mut by_vip_port: BTreeMap<(Ipv4Addr, u16), String> = BTreeMap::new();
+    let mut by_vip_port: BTreeMap<(std::net::IpAddr, u16), String> = BTreeMap::new();
     // A host listed twice has been reported already; build it once.
     let mut seen = BTreeSet::new();
     for (i, entry) in entries.iter().enumerate() {
@@ -571,8 +587,18 @@ fn services(
                 Some((ip, _)) => (ip, false),
                 None => (allocated[host], true),
             };
+            let (vip6, vip6_allocated) = match entry.address6 {
+                Some((ip, _)) => (ip, false),
+                None => (allocated6[host], true),
+            };
             for ep in &entry.endpoints {
-                if ep.address == EndpointAddress::Ip(vip) {
+                if ep.address == EndpointAddress::Ip(vip.into())
+                    || ep.address == EndpointAddress::Ip(vip6.into())
+                {
+                    let vip = match &ep.address {
+                        EndpointAddress::Ip(ip) => *ip,
+                        EndpointAddress::Dns(_) => vip.into(),
+                    };
                     ctx.at(
                         doc,
                         ep.at,
@@ -584,19 +610,25 @@ fn services(
                 }
             }
             for (port, at, field) in &entry.ports {
-                if let Some(other) = by_vip_port.get(&(vip, port.number)) {
+                let clash = [vip.into(), vip6.into()].into_iter().find_map(|ip| {
+                    by_vip_port
+                        .get(&(ip, port.number))
+                        .map(|other| (ip, other.clone()))
+                });
+                if let Some((ip, other)) = clash {
+                    let at_vip = std::net::SocketAddr::new(ip, port.number);
                     ctx.at(
                         doc,
                         *at,
                         field,
                         format!(
-                            "{vip}:{} is used by both {other} and {host}; each VIP and port pair must belong to one host",
-                            port.number
+                            "{at_vip} is used by both {other} and {host}; each VIP and port pair must belong to one host"
                         ),
                     );
                     continue;
                 }
-                by_vip_port.insert((vip, port.number), host.clone());
+                by_vip_port.insert((vip.into(), port.number), host.clone());
+                by_vip_port.insert((vip6.into(), port.number), host.clone());
                 let endpoints = if entry.endpoints.is_empty() {
                     vec![EndpointSpec {
                         address: EndpointAddress::Dns(host.clone()),
@@ -657,6 +689,8 @@ fn services(
                     host: host.clone(),
                     vip,
                     vip_allocated,
+                    vip6,
+                    vip6_allocated,
                     port: port.clone(),
                     resolution: entry.resolution,
                     endpoints,

@@ -1,4 +1,5 @@
-//! The responder's sockets: UDP and TCP on one loopback port, and the
+//! The responder's sockets: UDP and TCP on one loopback port (127.0.0.1,
+//! and `[::1]` for IPv6 sockets' DNS when the node has IPv6), and the
 //! forwarding of queries it does not answer itself.
 //!
 //! UDP: each datagram is answered from the host table, or forwarded from a
@@ -18,7 +19,7 @@
 
 use std::{
     io,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     os::fd::{AsFd as _, BorrowedFd},
     sync::Arc,
     time::Duration,
@@ -50,12 +51,9 @@ pub enum DnsError {
         "DNS responder address {addr} is already in use (choose another port with --dns-port, \
          or 0 to turn DNS capture off)"
     )]
-    PortInUse { addr: SocketAddrV4 },
+    PortInUse { addr: SocketAddr },
     #[error("DNS responder on {addr}: {error}")]
-    Listen {
-        addr: SocketAddrV4,
-        error: io::Error,
-    },
+    Listen { addr: SocketAddr, error: io::Error },
 }
 
 /// The responder's two sockets, bound.
@@ -65,6 +63,23 @@ pub struct Responder {
 }
 
 pub async fn bind(addr: SocketAddrV4) -> Result<Responder, DnsError> {
+    bind_addr(addr.into()).await
+}
+
+/// The `[::1]` responder, for DNS of IPv6 sockets: a node without IPv6
+/// runs without it (their DNS is then left alone).
+pub async fn bind6(addr: SocketAddrV6) -> Result<Option<Responder>, DnsError> {
+    match bind_addr(addr.into()).await {
+        Ok(r) => Ok(Some(r)),
+        Err(e @ DnsError::PortInUse { .. }) => Err(e),
+        Err(e) => {
+            warn!("{e}; DNS of IPv6 sockets is not captured");
+            Ok(None)
+        }
+    }
+}
+
+async fn bind_addr(addr: SocketAddr) -> Result<Responder, DnsError> {
     let err = |error: io::Error| {
         if error.kind() == io::ErrorKind::AddrInUse {
             DnsError::PortInUse { addr }
@@ -108,8 +123,7 @@ async fn serve_udp(udp: UdpSocket, datapath: Arc<Datapath>, hosts: Arc<HostTable
     let mut buf = vec![0u8; 65535];
     loop {
         let (n, peer) = match udp.recv_from(&mut buf).await {
-            Ok((n, SocketAddr::V4(peer))) => (n, peer),
-            Ok(_) => continue,
+            Ok(x) => x,
             Err(e) => {
                 warn!(error = %e, "DNS responder: receive failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -123,7 +137,10 @@ async fn serve_udp(udp: UdpSocket, datapath: Arc<Datapath>, hosts: Arc<HostTable
                 let _ = udp.send_to(&answer, peer).await;
                 continue;
             }
-            Reply::Forward => datapath.dns_nameserver(peer),
+            Reply::Forward => match peer {
+                SocketAddr::V4(p) => datapath.dns_nameserver(p).map(SocketAddr::V4),
+                SocketAddr::V6(p) => datapath.dns_nameserver6(p, false),
+            },
         };
         let Some(nameserver) = nameserver else {
             debug!(%peer, "DNS: no nameserver recorded for this sender; REFUSED");
@@ -153,11 +170,19 @@ async fn serve_udp(udp: UdpSocket, datapath: Arc<Datapath>, hosts: Arc<HostTable
 
 /// Sends `query` to `nameserver` from a marked socket of its own and
 /// returns the first reply with the query's id.
-async fn forward_udp(query: &[u8], nameserver: SocketAddrV4) -> io::Result<Vec<u8>> {
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+async fn forward_udp(query: &[u8], nameserver: SocketAddr) -> io::Result<Vec<u8>> {
+    let socket = Socket::new(
+        Domain::for_address(nameserver),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
     socket.set_mark(PROXY_MARK)?;
     socket.set_nonblocking(true)?;
-    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
+    let any: SocketAddr = match nameserver {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    socket.bind(&any.into())?;
     let socket = UdpSocket::from_std(socket.into())?;
     socket.connect(nameserver).await?;
     socket.send(query).await?;
@@ -185,11 +210,11 @@ async fn serve_tcp(listener: TcpListener, datapath: Arc<Datapath>, hosts: Arc<Ho
                 continue;
             }
         };
-        let SocketAddr::V4(peer) = peer else {
-            continue;
-        };
         // Taken now, as the proxy does: each connection is accepted once.
-        let nameserver = datapath.take_original_destination(peer);
+        let nameserver = match peer {
+            SocketAddr::V4(p) => datapath.take_original_destination(p).map(SocketAddr::V4),
+            SocketAddr::V6(p) => datapath.dns_nameserver6(p, true),
+        };
         let hosts = hosts.clone();
         tokio::spawn(async move {
             if let Err(e) = serve_tcp_conn(stream, nameserver, &hosts).await {
@@ -201,7 +226,7 @@ async fn serve_tcp(listener: TcpListener, datapath: Arc<Datapath>, hosts: Arc<Ho
 
 async fn serve_tcp_conn(
     mut app: TcpStream,
-    nameserver: Option<SocketAddrV4>,
+    nameserver: Option<SocketAddr>,
     hosts: &HostTable,
 ) -> io::Result<()> {
     let mut upstream: Option<TcpStream> = None;
@@ -235,12 +260,15 @@ async fn serve_tcp_conn(
     }
 }
 
-async fn connect_marked(nameserver: SocketAddrV4) -> io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
+async fn connect_marked(nameserver: SocketAddr) -> io::Result<TcpStream> {
+    let socket = match nameserver {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
     // Before connect(), where the kernel would redirect it.
     SockRef::from(&socket).set_mark(PROXY_MARK)?;
     socket.set_nodelay(true)?;
-    timeout(FORWARD_TIMEOUT, socket.connect(nameserver.into()))
+    timeout(FORWARD_TIMEOUT, socket.connect(nameserver))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
 }

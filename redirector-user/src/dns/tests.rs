@@ -1,21 +1,32 @@
-use std::{net::Ipv4Addr, str::FromStr};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    str::FromStr,
+};
 
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, Query, ResponseCode},
-    rr::{DNSClass, Name, RData, RecordType, rdata::A},
+    rr::{
+        DNSClass, Name, RData, RecordType,
+        rdata::{A, AAAA},
+    },
 };
 
 use super::*;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(240, 240, 151, 69);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x1234, 0, 0, 0, 0x45);
+
+fn v6(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, last)
+}
 
 fn hosts() -> Hosts {
     Hosts::new([
-        ("mydb.com", VIP),
+        ("mydb.com", VIP, VIP6),
         // A second port of the same host: one VIP.
-        ("mydb.com", VIP),
-        ("Other.Example", Ipv4Addr::new(240, 240, 0, 9)),
-        ("absolute.test.", Ipv4Addr::new(240, 240, 0, 10)),
+        ("mydb.com", VIP, VIP6),
+        ("Other.Example", Ipv4Addr::new(240, 240, 0, 9), v6(9)),
+        ("absolute.test.", Ipv4Addr::new(240, 240, 0, 10), v6(10)),
     ])
 }
 
@@ -59,13 +70,26 @@ fn a_for_a_configured_host_is_its_vip() {
 }
 
 #[test]
+fn aaaa_for_a_configured_host_is_its_ipv6_vip() {
+    for name in ["mydb.com.", "MYDB.com."] {
+        let q = query(name, RecordType::AAAA);
+        let r = local(&q);
+        assert_eq!(r.metadata.id, 0xbeef);
+        assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(r.queries, q.queries);
+        let [answer] = r.answers.as_slice() else {
+            panic!("{name}: one answer expected, got {:?}", r.answers)
+        };
+        assert_eq!(answer.data, RData::AAAA(AAAA(VIP6)));
+        assert_eq!(answer.ttl, ANSWER_TTL);
+    }
+    let r = local(&query("absolute.test.", RecordType::AAAA));
+    assert_eq!(r.answers[0].data, RData::AAAA(AAAA(v6(10))));
+}
+
+#[test]
 fn other_types_of_a_configured_host_are_nodata_and_not_forwarded() {
-    for ty in [
-        RecordType::AAAA,
-        RecordType::MX,
-        RecordType::HTTPS,
-        RecordType::TXT,
-    ] {
+    for ty in [RecordType::MX, RecordType::HTTPS, RecordType::TXT] {
         let r = local(&query("mydb.com.", ty));
         assert_eq!(r.metadata.response_code, ResponseCode::NoError, "{ty}");
         assert!(r.answers.is_empty(), "{ty}: {:?}", r.answers);
@@ -133,18 +157,24 @@ fn edns_in_the_query_gets_edns_in_the_answer() {
 #[test]
 fn hosts_match_exactly_whatever_the_case() {
     let h = hosts();
-    assert_eq!(h.get("mydb.com"), Some(&[VIP][..]), "one VIP per host");
+    let v4 = |name| h.get(name).map(|v| v.v4.clone());
+    assert_eq!(v4("mydb.com"), Some(vec![VIP]), "one VIP per host");
     assert_eq!(
-        h.get("other.example."),
-        Some(&[Ipv4Addr::new(240, 240, 0, 9)][..])
+        h.get("mydb.com").map(|v| v.v6.clone()),
+        Some(vec![VIP6]),
+        "one IPv6 VIP per host"
     );
     assert_eq!(
-        h.get("absolute.test"),
-        Some(&[Ipv4Addr::new(240, 240, 0, 10)][..])
+        v4("other.example."),
+        Some(vec![Ipv4Addr::new(240, 240, 0, 9)])
     );
     assert_eq!(
-        h.get("ABSOLUTE.test."),
-        Some(&[Ipv4Addr::new(240, 240, 0, 10)][..])
+        v4("absolute.test"),
+        Some(vec![Ipv4Addr::new(240, 240, 0, 10)])
+    );
+    assert_eq!(
+        v4("ABSOLUTE.test."),
+        Some(vec![Ipv4Addr::new(240, 240, 0, 10)])
     );
     assert_eq!(h.get("mydb.com.."), None);
     assert_eq!(h.get("com"), None);

@@ -201,9 +201,9 @@ mod tests {
     fn key(last: u8) -> Arc<HostKey> {
         let ip = Ipv4Addr::new(127, 0, 0, last);
         Arc::new(HostKey {
-            address: EndpointAddress::Ip(ip),
+            address: EndpointAddress::Ip(ip.into()),
             port: 80,
-            ip,
+            ip: ip.into(),
         })
     }
 

@@ -147,7 +147,11 @@ impl fmt::Display for NoUpstream {
 
 pub async fn connect(route: &Route, host: &Host) -> Result<Stream, ConnectError> {
     let pool = &route.cluster.service.policy.connection_pool;
-    let socket = TcpSocket::new_v4().map_err(ConnectError::Io)?;
+    let socket = match host.addr {
+        std::net::SocketAddr::V4(_) => TcpSocket::new_v4(),
+        std::net::SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(ConnectError::Io)?;
     SockRef::from(&socket)
         .set_mark(PROXY_MARK)
         .map_err(ConnectError::Io)?;
@@ -157,7 +161,7 @@ pub async fn connect(route: &Route, host: &Host) -> Result<Stream, ConnectError>
     }
     let timeout = pool.connect_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
-    let tcp = tokio::time::timeout_at(deadline, socket.connect(host.addr.into()))
+    let tcp = tokio::time::timeout_at(deadline, socket.connect(host.addr))
         .await
         .map_err(|_| ConnectError::Timeout(timeout))?
         .map_err(ConnectError::Io)?;
