@@ -670,15 +670,12 @@ async fn adopt_or_bind_responder(
 ) -> anyhow::Result<Option<dns::serve::Responder>> {
     let udp = handed_socket(handed, handover::Kind::DnsUdp, addr)?;
     let tcp = handed_socket(handed, handover::Kind::DnsTcp, addr)?;
-    match (udp, tcp) {
-        (Some(udp), Some(tcp)) => {
-            return Ok(Some(
-                dns::serve::Responder::adopt(udp.into(), tcp.into())
-                    .context("adopting the handed-over DNS responder")?,
-            ));
-        }
-        // Half a responder is none: it closes here, and both are bound afresh.
-        _ => {}
+    // Half a responder is none: it closes here, and both are bound afresh.
+    if let (Some(udp), Some(tcp)) = (udp, tcp) {
+        return Ok(Some(
+            dns::serve::Responder::adopt(udp.into(), tcp.into())
+                .context("adopting the handed-over DNS responder")?,
+        ));
     }
     Ok(match addr {
         SocketAddr::V4(a) => Some(dns::serve::bind(a).await?),
