@@ -228,9 +228,10 @@ fn a_restart_under_steady_load_loses_no_request() {
     );
 }
 
-/// `getaddrinfo("mydb.com")` in a loop for `secs` seconds, as an app of
-/// the cgroup whose resolver asks the node's nameserver once, with no
-/// retry: (lookups that gave `vip`, the others with what went wrong).
+/// `getaddrinfo("mydb.com")` (A and AAAA) in a loop for `secs` seconds, as
+/// an app of the cgroup whose resolver asks the node's nameserver once,
+/// with no retry: (lookups that gave `vip` and an IPv6 VIP, the others with
+/// what went wrong).
 fn lookups(ns: &Netns, cgroup: &TestCgroup, vip: &str, secs: u32) -> (u64, Vec<String>) {
     let script = format!(
         "
@@ -238,8 +239,9 @@ import socket, time
 ok, bad, end = 0, [], time.time() + {secs}
 while time.time() < end:
     try:
-        got = {{a[4][0] for a in socket.getaddrinfo('mydb.com', 80, socket.AF_INET)}}
-        if got == {{'{vip}'}}:
+        got = {{a[4][0] for a in socket.getaddrinfo('mydb.com', 80, proto=socket.IPPROTO_TCP)}}
+        v6 = [a for a in got if a.startswith('2001:2:')]
+        if len(got) == 2 and '{vip}' in got and len(v6) == 1:
             ok += 1
         else:
             bad.append('answered %s' % sorted(got))
