@@ -22,11 +22,13 @@ use std::{
 };
 
 use anyhow::Context as _;
+use prometheus_client::registry::Registry;
 use redirector_common::{
     HOST_LEN, PROTO_HTTP, PROTO_HTTPS, PROTO_TCP, PROTO_TLS, SVC_FAIL_OPEN, SVC_INFO_KERNEL_PATH,
     SVC_KERNEL_PATH, SVC_TLS_MUTUAL, SVC_TLS_ORIGINATION, SVC_VIP_AUTO, ServiceInfo, ServiceKey,
     ServiceValue, write_str,
 };
+use serde::Serialize;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::Notify,
@@ -35,11 +37,13 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    admin::{self, Admin},
     bpf::{Datapath, DatapathOptions, ServiceMapEntry},
     cluster::Cluster,
     config::{self, Config, DatapathMode, NodeSettings, Protocol, Service},
     dns, health, kube,
     locality::Locality,
+    metrics::Metrics,
     proxy::{self, Route, Routes},
     resolve::{self, Resolve},
     sys,
@@ -49,6 +53,7 @@ use crate::{
 
 pub const DEFAULT_LISTEN_PORT: u16 = 15001;
 pub const DEFAULT_DNS_PORT: u16 = 15053;
+pub const DEFAULT_ADMIN_PORT: u16 = 15000;
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/redirector";
 
 pub struct RunOptions {
@@ -63,7 +68,7 @@ pub struct RunOptions {
 }
 
 /// Node settings with every default filled in.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 struct Node {
     locality: Locality,
     /// The locality the node's Kubernetes labels gave at start, used when
@@ -73,6 +78,8 @@ struct Node {
     listen: SocketAddrV4,
     /// The DNS responder; `None` when capture is off (`dnsPort: 0`).
     dns: Option<SocketAddrV4>,
+    /// The admin server; `None` when off (`adminPort: 0`).
+    admin: Option<SocketAddrV4>,
     pin_dir: PathBuf,
     nameservers: Vec<SocketAddr>,
 }
@@ -90,10 +97,16 @@ impl Node {
         };
         let listen_port = settings.listen_port.unwrap_or(DEFAULT_LISTEN_PORT);
         let dns_port = settings.dns_port.unwrap_or(DEFAULT_DNS_PORT);
+        let admin_port = settings.admin_port.unwrap_or(DEFAULT_ADMIN_PORT);
         anyhow::ensure!(
             dns_port != listen_port,
             "the DNS responder and the proxy cannot share port {dns_port} (TCP): change \
              --dns-port or --listen-port"
+        );
+        anyhow::ensure!(
+            admin_port == 0 || (admin_port != listen_port && admin_port != dns_port),
+            "the admin server cannot share port {admin_port} (TCP) with the proxy or the DNS \
+             responder: change --admin-port"
         );
         Ok(Self {
             locality: settings
@@ -105,6 +118,7 @@ impl Node {
             cgroup,
             listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, listen_port),
             dns: (dns_port != 0).then(|| SocketAddrV4::new(Ipv4Addr::LOCALHOST, dns_port)),
+            admin: (admin_port != 0).then(|| SocketAddrV4::new(Ipv4Addr::LOCALHOST, admin_port)),
             pin_dir: settings
                 .pin_dir
                 .clone()
@@ -154,6 +168,7 @@ impl Generation {
         node: Node,
         notify: &Arc<Notify>,
         previous: Option<&Generation>,
+        metrics: &Metrics,
     ) -> anyhow::Result<Self> {
         let resolver: Arc<dyn Resolve> = Arc::new(
             resolve::Hickory::new(&node.nameservers).context("setting up the DNS resolver")?,
@@ -190,6 +205,7 @@ impl Generation {
                 service.clone(),
                 &node.locality,
                 notify.clone(),
+                metrics,
             ));
             if let Some(prev) = before {
                 cluster.adopt(&prev.cluster);
@@ -215,7 +231,9 @@ impl Generation {
             );
         }
         for (name, users) in names {
+            let stats = metrics.dns(&name);
             tasks.push(resolve::watch(resolver.clone(), name, move |refresh| {
+                stats.refreshed(!matches!(refresh, resolve::Refresh::Failed));
                 for (cluster, idx) in &users {
                     match &refresh {
                         resolve::Refresh::Changed(addrs) => {
@@ -293,6 +311,7 @@ fn log_config(config: &Config, node: &Node) {
     info!(
         locality = %node.locality, cgroup = %node.cgroup.display(), listen = %node.listen,
         dns = %node.dns.map_or("off".to_owned(), |d| d.to_string()),
+        admin = %node.admin.map_or("off".to_owned(), |a| a.to_string()),
         pin_dir = %node.pin_dir.display(), vip_range = %config.vip_range,
         nameservers = ?node.nameservers, services = config.services.len(), "effective config"
     );
@@ -377,20 +396,107 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
             node.pin_dir.display()
         );
     }
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let admin = Arc::new(Admin::new(registry));
+    // Bound before the programs attach, so a port in use fails the start
+    // while nothing changed yet; it answers 503 until ready.
+    let _admin_task = match node.admin {
+        Some(addr) => {
+            let listener = admin::bind(addr.into()).await?;
+            info!(%addr, "admin server: /ready, /metrics, /config_dump");
+            Some(AbortOnDrop(vec![tokio::spawn(admin::serve(
+                listener,
+                admin.clone(),
+            ))]))
+        }
+        None => None,
+    };
     let result = if opts.datapath_only {
-        redirect_only(&config, &datapath).await
+        redirect_only(&config, node, &datapath, &admin).await
     } else {
-        serve(&opts, config, node, &datapath).await
+        serve(&opts, config, node, &datapath, &admin, &metrics).await
     };
     datapath.release();
     result
 }
 
+/// The effective config and live endpoint health, for `/config_dump`.
+struct Live {
+    /// `{"node": …, "config": …}` of the generation in force.
+    effective: RwLock<serde_json::Value>,
+    routes: Routes,
+}
+
+impl Live {
+    fn effective(config: &Config, node: &Node) -> serde_json::Value {
+        serde_json::json!({ "node": node, "config": config })
+    }
+}
+
+impl admin::ConfigDump for Live {
+    fn config_dump(&self) -> serde_json::Value {
+        let mut dump = self.effective.read().expect("dump lock").clone();
+        let routes = self.routes.read().expect("routes lock").clone();
+        let mut health: Vec<(String, serde_json::Value)> = routes
+            .values()
+            .map(|r| {
+                let c = &r.cluster;
+                let service = format!("{}:{}", c.service.host, c.service.port.number);
+                let endpoints: Vec<serde_json::Value> = c
+                    .snapshot()
+                    .into_iter()
+                    .map(|h| {
+                        serde_json::json!({
+                            "address": h.address,
+                            "addr": h.addr.map(|a| a.to_string()),
+                            "locality": h.locality.to_string(),
+                            "priority": h.priority,
+                            "weight": h.weight,
+                            "ejected": h.ejected_until.is_some(),
+                            "ejections": h.ejections,
+                            "consecutive_5xx": h.consecutive_5xx,
+                            "dns_failures": h.dns.failures,
+                            "last_error": h.last_error.map(|(_, e)| e),
+                        })
+                    })
+                    .collect();
+                let v = serde_json::json!({
+                    "service": service,
+                    "cluster": c.name,
+                    "vip": SocketAddrV4::new(c.service.vip, c.service.port.number).to_string(),
+                    "endpoints": endpoints,
+                });
+                (service, v)
+            })
+            .collect();
+        health.sort_by(|a, b| a.0.cmp(&b.0));
+        dump["health"] = health.into_iter().map(|(_, v)| v).collect();
+        dump
+    }
+}
+
+/// Attached and listening: the daemon says it is ready.
+fn ready(admin: &Admin) -> anyhow::Result<()> {
+    admin.set_ready();
+    Ok(())
+}
+
 /// `--datapath-only`: the kernel side alone, redirecting the config's VIPs
 /// to `--listen-port`, where some other proxy listens.
-async fn redirect_only(config: &Config, datapath: &Datapath) -> anyhow::Result<()> {
+async fn redirect_only(
+    config: &Config,
+    node: Node,
+    datapath: &Datapath,
+    admin: &Admin,
+) -> anyhow::Result<()> {
     datapath.set_services(&service_entries(&config.services))?;
     datapath.attach()?;
+    admin.set_config_dump(Arc::new(Live {
+        effective: RwLock::new(Live::effective(config, &node)),
+        routes: Routes::default(),
+    }));
+    ready(admin)?;
     info!(pid = std::process::id(), "redirector ready (datapath only)");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -410,9 +516,11 @@ async fn serve(
     config: Config,
     node: Node,
     datapath: &Arc<Datapath>,
+    admin: &Admin,
+    metrics: &Metrics,
 ) -> anyhow::Result<()> {
     let notify = Arc::new(Notify::new());
-    let mut current = Generation::build(config, node, &notify, None)?;
+    let mut current = Generation::build(config, node, &notify, None, metrics)?;
     let routes: Routes = Arc::new(RwLock::new(current.routes.clone()));
     // Endpoint names get their first answer (or failure) before the
     // listener opens: during a takeover the kernel keeps failing open to the
@@ -477,6 +585,12 @@ async fn serve(
              nameserver each app asked (responder {addr})"
         );
     }
+    let live = Arc::new(Live {
+        effective: RwLock::new(Live::effective(&current.config, &current.node)),
+        routes: routes.clone(),
+    });
+    admin.set_config_dump(live.clone());
+    ready(admin)?;
     info!(pid = std::process::id(), "redirector ready");
 
     let mut term = signal(SignalKind::terminate())?;
@@ -491,8 +605,11 @@ async fn serve(
             _ = hup.recv() => info!("SIGHUP: reloading {}", opts.config.display()),
             Some(path) = changed.recv() => info!("{} changed: reloading", path.display()),
         }
-        match reload(opts, &current, &notify) {
+        match reload(opts, &current, &notify, metrics) {
             Ok(next) => {
+                metrics.config_reloads.inc();
+                *live.effective.write().expect("dump lock") =
+                    Live::effective(&next.config, &next.node);
                 next.take_over(&current);
                 // Routes first, so a newly published VIP always has one.
                 *routes.write().expect("routes lock") = next.routes.clone();
@@ -507,9 +624,14 @@ async fn serve(
                 while changed.try_recv().is_ok() {}
                 info!(services = current.config.services.len(), "config reloaded");
             }
-            Err(e) => error!("config reload rejected, keeping the running config: {e:#}"),
+            Err(e) => {
+                metrics.config_reload_rejections.inc();
+                error!("config reload rejected, keeping the running config: {e:#}")
+            }
         }
     }
+    // Not ready from now on: the readiness probe sees the drain.
+    admin.set_draining();
     stop(opts, &current, datapath, accept, drain).await;
     Ok(())
 }
@@ -592,6 +714,7 @@ fn reload(
     opts: &RunOptions,
     current: &Generation,
     notify: &Arc<Notify>,
+    metrics: &Metrics,
 ) -> anyhow::Result<Generation> {
     let (config, mut node) = load(
         &opts.config,
@@ -603,6 +726,7 @@ fn reload(
         ("cgroup", node.cgroup != current.node.cgroup),
         ("listenPort", node.listen != current.node.listen),
         ("dnsPort", node.dns != current.node.dns),
+        ("adminPort", node.admin != current.node.admin),
         ("pinDir", node.pin_dir != current.node.pin_dir),
     ] {
         if changed {
@@ -612,9 +736,10 @@ fn reload(
     node.cgroup = current.node.cgroup.clone();
     node.listen = current.node.listen;
     node.dns = current.node.dns;
+    node.admin = current.node.admin;
     node.pin_dir = current.node.pin_dir.clone();
     log_config(&config, &node);
-    Generation::build(config, node, notify, Some(current))
+    Generation::build(config, node, notify, Some(current), metrics)
 }
 
 struct AbortOnDrop(Vec<JoinHandle<()>>);

@@ -30,6 +30,7 @@ use crate::{
     bpf::{Datapath, OutcomeReader, slots},
     cluster::Cluster,
     config::Service,
+    metrics::KernelOutcome,
     outlier::Outcome,
     proxy::Routes,
 };
@@ -165,6 +166,14 @@ fn record(cluster: &Cluster, o: &ConnectOutcome) {
     };
     let (outcome, error) = classify(o);
     debug!(cluster = %cluster.name, endpoint = %host, ?outcome, "kernel-path connect");
+    host.stats().kernel_connect(match outcome {
+        Outcome::Success => KernelOutcome::Connected,
+        Outcome::Timeout => KernelOutcome::TimedOut,
+        _ => KernelOutcome::Failed,
+    });
+    if outcome != Outcome::Success {
+        host.stats().connect_failed();
+    }
     cluster.record(&host, outcome, error.as_deref());
 }
 
