@@ -44,6 +44,7 @@ use crate::{
     dns, health, kube,
     locality::Locality,
     metrics::Metrics,
+    privs,
     proxy::{self, Route, Routes},
     resolve::{self, Resolve},
     sys,
@@ -476,8 +477,10 @@ impl admin::ConfigDump for Live {
     }
 }
 
-/// Attached and listening: the daemon says it is ready.
+/// Attached and listening: what the daemon no longer needs goes, then it
+/// says it is ready.
 fn ready(admin: &Admin) -> anyhow::Result<()> {
+    privs::drop_after_start().context("dropping capabilities after start")?;
     admin.set_ready();
     Ok(())
 }

@@ -14,6 +14,7 @@ pub mod lb;
 pub mod locality;
 pub mod metrics;
 pub mod outlier;
+pub mod privs;
 pub mod proxy;
 pub mod resolve;
 pub mod sys;
