@@ -83,11 +83,11 @@ impl Admin {
         *self.dump.write().expect("dump lock") = Some(dump);
     }
 
-    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        if req.method() != Method::GET && req.method() != Method::HEAD {
+    fn respond(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+        if method != Method::GET && method != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
         }
-        match req.uri().path() {
+        match path {
             "/ready" => match self.state.load(Ordering::Acquire) {
                 READY => text(StatusCode::OK, "ready\n"),
                 DRAINING => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
@@ -150,8 +150,8 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
         };
         let admin = admin.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let resp = admin.respond(&req);
+            let service = service_fn(move |req: Request<Incoming>| {
+                let resp = admin.respond(req.method(), req.uri().path());
                 async move { Ok::<_, Infallible>(resp) }
             });
             if let Err(e) = http1::Builder::new()
@@ -161,5 +161,72 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
                 debug!(error = %e, "admin connection ended with an error");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    struct Fixed;
+
+    impl ConfigDump for Fixed {
+        fn config_dump(&self) -> serde_json::Value {
+            serde_json::json!({"config": {"services": []}})
+        }
+    }
+
+    async fn get(admin: &Admin, path: &str) -> (StatusCode, String) {
+        let resp = admin.respond(&Method::GET, path);
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn ready_follows_start_and_drain() {
+        let admin = Admin::new(Registry::default());
+        assert_eq!(
+            get(&admin, "/ready").await,
+            (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into())
+        );
+        admin.set_ready();
+        assert_eq!(
+            get(&admin, "/ready").await,
+            (StatusCode::OK, "ready\n".into())
+        );
+        admin.set_draining();
+        assert_eq!(
+            get(&admin, "/ready").await,
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_dump_and_unknown_paths() {
+        let mut registry = Registry::default();
+        let m = crate::metrics::Metrics::new(&mut registry);
+        m.config_reloads.inc();
+        let admin = Admin::new(registry);
+        let (status, body) = get(&admin, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("redirector_config_reloads_total 1"), "{body}");
+        // No dump before the daemon serves.
+        assert_eq!(
+            get(&admin, "/config_dump").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        admin.set_config_dump(Arc::new(Fixed));
+        let (status, body) = get(&admin, "/config_dump").await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["config"]["services"], serde_json::json!([]));
+        assert_eq!(get(&admin, "/nope").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            admin.respond(&Method::POST, "/ready").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 }
