@@ -23,11 +23,13 @@ use std::{
 };
 
 use anyhow::Context as _;
+use prometheus_client::registry::Registry;
 use redirector_common::{
     HOST_LEN, PROTO_HTTP, PROTO_HTTPS, PROTO_TCP, PROTO_TLS, SVC_FAIL_OPEN, SVC_INFO_KERNEL_PATH,
     SVC_KERNEL_PATH, SVC_TLS_MUTUAL, SVC_TLS_ORIGINATION, SVC_VIP_AUTO, ServiceInfo, ServiceKey,
     ServiceKey6, ServiceValue, write_str,
 };
+use serde::Serialize;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::Notify,
@@ -36,11 +38,14 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    admin::{self, Admin},
     bpf::{self, BpfError, Datapath, DatapathOptions, PinError, ServiceMapEntry},
     cluster::Cluster,
     config::{self, Config, DatapathMode, NodeSettings, Protocol, Service},
     dns, handover, health, kube,
     locality::Locality,
+    metrics::Metrics,
+    privs,
     proxy::{self, Route, Routes},
     resolve::{self, Resolve},
     sys,
@@ -50,6 +55,7 @@ use crate::{
 
 pub const DEFAULT_LISTEN_PORT: u16 = 15001;
 pub const DEFAULT_DNS_PORT: u16 = 15053;
+pub const DEFAULT_ADMIN_PORT: u16 = 15000;
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/redirector";
 
 pub struct RunOptions {
@@ -67,7 +73,7 @@ pub struct RunOptions {
 }
 
 /// Node settings with every default filled in.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 struct Node {
     locality: Locality,
     /// The locality the node's Kubernetes labels gave at start, used when
@@ -77,6 +83,8 @@ struct Node {
     listen: SocketAddrV4,
     /// The DNS responder; `None` when capture is off (`dnsPort: 0`).
     dns: Option<SocketAddrV4>,
+    /// The admin server; `None` when off (`adminPort: 0`).
+    admin: Option<SocketAddrV4>,
     pin_dir: PathBuf,
     nameservers: Vec<SocketAddr>,
 }
@@ -94,10 +102,16 @@ impl Node {
         };
         let listen_port = settings.listen_port.unwrap_or(DEFAULT_LISTEN_PORT);
         let dns_port = settings.dns_port.unwrap_or(DEFAULT_DNS_PORT);
+        let admin_port = settings.admin_port.unwrap_or(DEFAULT_ADMIN_PORT);
         anyhow::ensure!(
             dns_port != listen_port,
             "the DNS responder and the proxy cannot share port {dns_port} (TCP): change \
              --dns-port or --listen-port"
+        );
+        anyhow::ensure!(
+            admin_port == 0 || (admin_port != listen_port && admin_port != dns_port),
+            "the admin server cannot share port {admin_port} (TCP) with the proxy or the DNS \
+             responder: change --admin-port"
         );
         Ok(Self {
             locality: settings
@@ -109,6 +123,7 @@ impl Node {
             cgroup,
             listen: SocketAddrV4::new(Ipv4Addr::LOCALHOST, listen_port),
             dns: (dns_port != 0).then(|| SocketAddrV4::new(Ipv4Addr::LOCALHOST, dns_port)),
+            admin: (admin_port != 0).then(|| SocketAddrV4::new(Ipv4Addr::LOCALHOST, admin_port)),
             pin_dir: settings
                 .pin_dir
                 .clone()
@@ -158,6 +173,7 @@ impl Generation {
         node: Node,
         notify: &Arc<Notify>,
         previous: Option<&Generation>,
+        metrics: &Metrics,
     ) -> anyhow::Result<Self> {
         let resolver: Arc<dyn Resolve> = Arc::new(
             resolve::Hickory::new(&node.nameservers).context("setting up the DNS resolver")?,
@@ -194,6 +210,7 @@ impl Generation {
                 service.clone(),
                 &node.locality,
                 notify.clone(),
+                metrics,
             ));
             if let Some(prev) = before {
                 cluster.adopt(&prev.cluster);
@@ -219,7 +236,9 @@ impl Generation {
             );
         }
         for (name, users) in names {
+            let stats = metrics.dns(&name);
             tasks.push(resolve::watch(resolver.clone(), name, move |refresh| {
+                stats.refreshed(!matches!(refresh, resolve::Refresh::Failed));
                 for (cluster, idx) in &users {
                     match &refresh {
                         resolve::Refresh::Changed(addrs) => {
@@ -302,6 +321,7 @@ fn log_config(config: &Config, node: &Node) {
     info!(
         locality = %node.locality, cgroup = %node.cgroup.display(), listen = %node.listen,
         dns = %node.dns.map_or("off".to_owned(), |d| d.to_string()),
+        admin = %node.admin.map_or("off".to_owned(), |a| a.to_string()),
         pin_dir = %node.pin_dir.display(), vip_range = %config.vip_range,
         vip_range6 = %config.vip_range6,
         nameservers = ?node.nameservers, services = config.services.len(), "effective config"
@@ -375,13 +395,31 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     let config = config::load_file(&opts.config, &opts.overrides)?;
     let node = Node::resolve(&config.node, cluster_locality(&config).await?)?;
     log_config(&config, &node);
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let admin = Arc::new(Admin::new(registry));
     if opts.datapath_only {
         let (datapath, _) = load_datapath(&opts, &node).await?;
-        let result = redirect_only(&config, &datapath).await;
+        let _admin_task = match node.admin {
+            Some(addr) => Some(serve_admin(admin::bind(addr.into()).await?, &admin)),
+            None => None,
+        };
+        let result = redirect_only(&config, node, &datapath, &admin).await;
         datapath.release();
         return result;
     }
-    serve(&opts, config, node).await
+    serve(&opts, config, node, &admin, &metrics).await
+}
+
+/// The admin server on `listener`: it answers 503 until the daemon is
+/// ready, and from the start on, so a port in use fails the start before
+/// anything is attached.
+fn serve_admin(listener: tokio::net::TcpListener, admin: &Arc<Admin>) -> AbortOnDrop {
+    info!(
+        addr = ?listener.local_addr().ok(),
+        "admin server: /ready, /metrics, /config_dump"
+    );
+    AbortOnDrop(vec![tokio::spawn(admin::serve(listener, admin.clone()))])
 }
 
 /// Loads the datapath, claiming the pin directory; with `--take-over`, a
@@ -434,11 +472,84 @@ async fn load_datapath(
     Ok((datapath, handed))
 }
 
+/// The effective config and live endpoint health, for `/config_dump`.
+struct Live {
+    /// `{"node": …, "config": …}` of the generation in force.
+    effective: RwLock<serde_json::Value>,
+    routes: Routes,
+}
+
+impl Live {
+    fn effective(config: &Config, node: &Node) -> serde_json::Value {
+        serde_json::json!({ "node": node, "config": config })
+    }
+}
+
+impl admin::ConfigDump for Live {
+    fn config_dump(&self) -> serde_json::Value {
+        let mut dump = self.effective.read().expect("dump lock").clone();
+        let routes = self.routes.read().expect("routes lock").clone();
+        let mut health: Vec<(String, serde_json::Value)> = routes
+            .values()
+            .map(|r| {
+                let c = &r.cluster;
+                let service = format!("{}:{}", c.service.host, c.service.port.number);
+                let endpoints: Vec<serde_json::Value> = c
+                    .snapshot()
+                    .into_iter()
+                    .map(|h| {
+                        serde_json::json!({
+                            "address": h.address,
+                            "addr": h.addr.map(|a| a.to_string()),
+                            "locality": h.locality.to_string(),
+                            "priority": h.priority,
+                            "weight": h.weight,
+                            "ejected": h.ejected_until.is_some(),
+                            "ejections": h.ejections,
+                            "consecutive_5xx": h.consecutive_5xx,
+                            "dns_failures": h.dns.failures,
+                            "last_error": h.last_error.map(|(_, e)| e),
+                        })
+                    })
+                    .collect();
+                let v = serde_json::json!({
+                    "service": service,
+                    "cluster": c.name,
+                    "vip": SocketAddrV4::new(c.service.vip, c.service.port.number).to_string(),
+                    "endpoints": endpoints,
+                });
+                (service, v)
+            })
+            .collect();
+        health.sort_by(|a, b| a.0.cmp(&b.0));
+        dump["health"] = health.into_iter().map(|(_, v)| v).collect();
+        dump
+    }
+}
+
+/// Attached and listening: what the daemon no longer needs goes, then it
+/// says it is ready.
+fn ready(admin: &Admin) -> anyhow::Result<()> {
+    privs::drop_after_start().context("dropping capabilities after start")?;
+    admin.set_ready();
+    Ok(())
+}
+
 /// `--datapath-only`: the kernel side alone, redirecting the config's VIPs
 /// to `--listen-port`, where some other proxy listens.
-async fn redirect_only(config: &Config, datapath: &Datapath) -> anyhow::Result<()> {
+async fn redirect_only(
+    config: &Config,
+    node: Node,
+    datapath: &Datapath,
+    admin: &Admin,
+) -> anyhow::Result<()> {
     datapath.set_services(&service_entries(&config.services))?;
     datapath.attach()?;
+    admin.set_config_dump(Arc::new(Live {
+        effective: RwLock::new(Live::effective(config, &node)),
+        routes: Routes::default(),
+    }));
+    ready(admin)?;
     info!(pid = std::process::id(), "redirector ready (datapath only)");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -453,9 +564,15 @@ async fn redirect_only(config: &Config, datapath: &Datapath) -> anyhow::Result<(
 /// (resolver timeouts are shorter, so a dead resolver fails well before).
 const FIRST_ANSWER_WAIT: Duration = Duration::from_secs(5);
 
-async fn serve(opts: &RunOptions, config: Config, node: Node) -> anyhow::Result<()> {
+async fn serve(
+    opts: &RunOptions,
+    config: Config,
+    node: Node,
+    admin: &Arc<Admin>,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
     let notify = Arc::new(Notify::new());
-    let current = Generation::build(config, node, &notify, None)?;
+    let current = Generation::build(config, node, &notify, None, metrics)?;
     let routes: Routes = Arc::new(RwLock::new(current.routes.clone()));
     // Endpoint names get their first answer (or failure) before the
     // listener opens: during a takeover the kernel keeps failing open to the
@@ -475,7 +592,16 @@ async fn serve(opts: &RunOptions, config: Config, node: Node) -> anyhow::Result<
     // about to.
     let (datapath, mut handed) = load_datapath(opts, &current.node).await?;
     let datapath = Arc::new(datapath);
-    let result = serve_on(opts, current, routes, notify, &datapath, &mut handed).await;
+    let result = serve_on(
+        opts,
+        current,
+        routes,
+        notify,
+        &datapath,
+        &mut handed,
+        (admin, metrics),
+    )
+    .await;
     datapath.release();
     result
 }
@@ -487,6 +613,7 @@ async fn serve_on(
     notify: Arc<Notify>,
     datapath: &Arc<Datapath>,
     handed: &mut Option<handover::Handed>,
+    (admin, metrics): (&Arc<Admin>, &Metrics),
 ) -> anyhow::Result<()> {
     // The routes exist before the listener: once it is bound, programs a
     // previous daemon left attached send connects to it. A predecessor's
@@ -502,6 +629,15 @@ async fn serve_on(
         None => proxy::bind_optional(listen6).await?,
     };
     let ipv6 = listener6.is_some();
+    let admin_listener = match current.node.admin {
+        Some(addr) => Some(
+            match handed_socket(handed, handover::Kind::Admin, addr.into())? {
+                Some(fd) => adopt_listener(fd)?,
+                None => admin::bind(addr.into()).await?,
+            },
+        ),
+        None => None,
+    };
     // Likewise the DNS responder: bound, programs send DNS to it.
     let responder = match current.node.dns {
         Some(addr) => adopt_or_bind_responder(handed, addr.into()).await?,
@@ -526,6 +662,11 @@ async fn serve_on(
             .add(handover::Kind::Proxy, l.as_fd())
             .context("keeping the proxy listener for a handover")?;
     }
+    if let Some(l) = &admin_listener {
+        listening
+            .add(handover::Kind::Admin, l.as_fd())
+            .context("keeping the admin listener for a handover")?;
+    }
     for r in responder.iter().chain(&responder6) {
         let (udp, tcp) = r.fds();
         listening
@@ -534,6 +675,7 @@ async fn serve_on(
             .context("keeping the DNS responder for a handover")?;
     }
     let successors = handover::Server::bind(bpf::handover_path(&current.node.pin_dir))?;
+    let admin_task = admin_listener.map(|l| serve_admin(l, admin));
     datapath.set_services(&service_entries(&current.config.services))?;
     health::publish_all(datapath, &routes);
     let drain = proxy::Drain::default();
@@ -592,6 +734,12 @@ async fn serve_on(
              nameserver each app asked (responder {addr})"
         );
     }
+    let live = Arc::new(Live {
+        effective: RwLock::new(Live::effective(&current.config, &current.node)),
+        routes: routes.clone(),
+    });
+    admin.set_config_dump(live.clone());
+    ready(admin)?;
     info!(pid = std::process::id(), "redirector ready");
 
     let mut term = signal(SignalKind::terminate())?;
@@ -614,14 +762,18 @@ async fn serve_on(
                 }
                 // Nothing of ours writes the maps from here on, and the
                 // successor may claim them once the connection closes.
-                drop((accept, guard, watching));
+                admin.set_draining();
+                drop((accept, guard, watching, admin_task));
                 datapath.hand_over();
                 drop(successor);
                 return handed_over(opts, pid, drain).await;
             }
         }
-        match reload(opts, &current, &notify) {
+        match reload(opts, &current, &notify, metrics) {
             Ok(next) => {
+                metrics.config_reloads.inc();
+                *live.effective.write().expect("dump lock") =
+                    Live::effective(&next.config, &next.node);
                 next.take_over(&current);
                 // Routes first, so a newly published VIP always has one.
                 *routes.write().expect("routes lock") = next.routes.clone();
@@ -636,9 +788,14 @@ async fn serve_on(
                 while changed.try_recv().is_ok() {}
                 info!(services = current.config.services.len(), "config reloaded");
             }
-            Err(e) => error!("config reload rejected, keeping the running config: {e:#}"),
+            Err(e) => {
+                metrics.config_reload_rejections.inc();
+                error!("config reload rejected, keeping the running config: {e:#}")
+            }
         }
     }
+    // Not ready from now on: the readiness probe sees the drain.
+    admin.set_draining();
     stop(opts, &current, datapath, accept, drain).await;
     Ok(())
 }
@@ -803,6 +960,7 @@ fn reload(
     opts: &RunOptions,
     current: &Generation,
     notify: &Arc<Notify>,
+    metrics: &Metrics,
 ) -> anyhow::Result<Generation> {
     let (config, mut node) = load(
         &opts.config,
@@ -814,6 +972,7 @@ fn reload(
         ("cgroup", node.cgroup != current.node.cgroup),
         ("listenPort", node.listen != current.node.listen),
         ("dnsPort", node.dns != current.node.dns),
+        ("adminPort", node.admin != current.node.admin),
         ("pinDir", node.pin_dir != current.node.pin_dir),
     ] {
         if changed {
@@ -823,9 +982,10 @@ fn reload(
     node.cgroup = current.node.cgroup.clone();
     node.listen = current.node.listen;
     node.dns = current.node.dns;
+    node.admin = current.node.admin;
     node.pin_dir = current.node.pin_dir.clone();
     log_config(&config, &node);
-    Generation::build(config, node, notify, Some(current))
+    Generation::build(config, node, notify, Some(current), metrics)
 }
 
 struct AbortOnDrop(Vec<JoinHandle<()>>);

@@ -362,6 +362,7 @@ impl Datapath {
             loader.map_pin_path(l.name, pins.path(l.name));
         }
         let mut ebpf = loader.load(OBJECT)?;
+        pins.restrict()?;
         for (name, hook, _, _) in HOOKS {
             match hook {
                 Hook::SockAddr => load_program::<CgroupSockAddr>(&mut ebpf, name)?,

@@ -23,6 +23,15 @@ pub struct Cli {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `redirector_user=debug`.
     #[arg(long, global = true, env = "REDIRECTOR_LOG", default_value = "info")]
     pub log_level: String,
+    /// Log format: `text` (human-readable lines) or `json` (one object per line).
+    #[arg(long, global = true, value_enum, env = "REDIRECTOR_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,6 +115,9 @@ pub struct NodeFlags {
     /// DNS responder port on 127.0.0.1 (UDP and TCP), where apps' DNS is captured; 0 turns capture off [default: 15053].
     #[arg(long)]
     pub dns_port: Option<u16>,
+    /// Admin server port on 127.0.0.1 (/ready, /metrics, /config_dump); 0 turns it off [default: 15000].
+    #[arg(long)]
+    pub admin_port: Option<u16>,
     /// Range for VIPs of ServiceEntries without `addresses` [default: 240.240.0.0/16].
     #[arg(long)]
     pub vip_range: Option<ipnet::Ipv4Net>,
@@ -125,6 +137,7 @@ impl NodeFlags {
             nameservers: self.nameservers.clone(),
             listen_port: self.listen_port,
             dns_port: self.dns_port,
+            admin_port: self.admin_port,
             vip_range: self.vip_range,
             vip_range6: self.vip_range6,
             pin_dir: self.pin_dir.clone(),
@@ -166,12 +179,18 @@ mod tests {
             "10.0.0.1",
             "--nameserver",
             "127.0.0.1:5353",
+            "--admin-port",
+            "0",
+            "--log-format",
+            "json",
         ])
         .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
         let Command::Run(run) = cli.command else {
             panic!("not run")
         };
         let s = run.node.to_settings();
+        assert_eq!(s.admin_port, Some(0), "0 turns the admin server off");
         assert_eq!(s.locality.unwrap().zone, "a");
         assert_eq!(
             s.nameservers,

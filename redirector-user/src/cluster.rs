@@ -29,9 +29,10 @@ use tokio::{sync::Notify, time::Instant};
 use tracing::{info, warn};
 
 use crate::{
-    config::{EndpointAddress, Service},
+    config::{DatapathMode, EndpointAddress, Service},
     lb::{self, Balancer, HostView},
     locality::{self, Locality, Placement},
+    metrics::{HostStats, Metrics, ServiceStats},
     outlier::{Detector, Event, Outcome},
 };
 
@@ -51,8 +52,16 @@ pub struct Host {
     /// Index into `Service::endpoints`.
     pub endpoint: usize,
     pub priority: u8,
+    /// Requests in flight and metric handles, shared by the clones.
+    shared: Arc<HostShared>,
+}
+
+/// What every clone of a host shares.
+#[derive(Debug, Default)]
+struct HostShared {
     /// Requests (HTTP) or connections (TCP) in flight, for LEAST_REQUEST.
-    active: Arc<AtomicU32>,
+    active: AtomicU32,
+    stats: HostStats,
 }
 
 impl PartialEq for Host {
@@ -67,17 +76,22 @@ impl Eq for Host {}
 impl Host {
     /// Requests or connections in flight to this host.
     pub fn active(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
+        self.shared.active.load(Ordering::Relaxed)
+    }
+
+    /// The host's metric handles.
+    pub fn stats(&self) -> &HostStats {
+        &self.shared.stats
     }
 }
 
 /// Counts one request or connection as in flight to a host until dropped.
 #[derive(Debug)]
-pub struct ActiveRequest(Arc<AtomicU32>);
+pub struct ActiveRequest(Arc<HostShared>);
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -126,6 +140,8 @@ pub struct Cluster {
     policy: lb::Policy,
     /// `splitExternalLocalOriginErrors`, known without the lock.
     split_local_origin: bool,
+    /// The service's metric handles (hosts hold their own).
+    pub stats: ServiceStats,
     inner: Mutex<Inner>,
     dirty: AtomicBool,
     notify: Arc<Notify>,
@@ -147,7 +163,13 @@ struct Inner {
 
 impl Cluster {
     /// `notify` wakes the health publisher when the cluster changes.
-    pub fn new(id: u32, service: Service, node: &Locality, notify: Arc<Notify>) -> Self {
+    pub fn new(
+        id: u32,
+        service: Service,
+        node: &Locality,
+        notify: Arc<Notify>,
+        metrics: &Metrics,
+    ) -> Self {
         let policy = &service.policy;
         // Istio applies locality priorities only with outlier detection:
         // without it nothing would ever move traffic off a dead region.
@@ -174,8 +196,10 @@ impl Cluster {
             .collect();
         let name = format!("outbound|{}||{}", service.port.number, service.host);
         let detector = Detector::new(policy.outlier.as_ref());
+        let stats = metrics.service(&format!("{}:{}", service.host, service.port.number));
         let cluster = Self {
             id,
+            stats,
             split_local_origin: detector.split_local_origin(),
             service,
             name,
@@ -194,7 +218,7 @@ impl Cluster {
         };
         cluster
             .inner()
-            .rebuild(&cluster.service, &cluster.placement);
+            .rebuild(&cluster.service, &cluster.placement, &cluster.stats);
         cluster
     }
 
@@ -253,7 +277,7 @@ impl Cluster {
             return;
         }
         inner.resolved[endpoint] = Some(addrs);
-        inner.rebuild(&self.service, &self.placement);
+        inner.rebuild(&self.service, &self.placement, &self.stats);
         drop(inner);
         self.mark_dirty();
     }
@@ -277,12 +301,12 @@ impl Cluster {
                 inner.dns[i] = old_inner.dns[j];
             }
         }
-        inner.rebuild(&self.service, &self.placement);
+        inner.rebuild(&self.service, &self.placement, &self.stats);
         // In-flight counts carry over: the old cluster's requests are
         // still running against the same hosts.
         for h in &mut inner.hosts {
             if let Some(old) = old_inner.hosts.iter().find(|o| o.key == h.key) {
-                h.active = old.active.clone();
+                h.shared = old.shared.clone();
             }
         }
         inner.detector.adopt(&old_inner.detector);
@@ -367,8 +391,8 @@ impl Cluster {
     /// Counts a request or connection to `host` as in flight until the
     /// guard is dropped (LEAST_REQUEST balances on these counts).
     pub fn track(&self, host: &Host) -> ActiveRequest {
-        host.active.fetch_add(1, Ordering::Relaxed);
-        ActiveRequest(host.active.clone())
+        host.shared.active.fetch_add(1, Ordering::Relaxed);
+        ActiveRequest(host.shared.clone())
     }
 
     pub fn is_ejected(&self, host: &Host) -> bool {
@@ -393,11 +417,14 @@ impl Cluster {
         let after = inner.detector.state(&host.key).map(|s| s.consecutive_5xx);
         drop(inner);
         match event {
-            Some(Event::Ejected { duration, reason }) => warn!(
+            Some(Event::Ejected { duration, reason }) => {
+                host.stats().ejected();
+                warn!(
                 cluster = %self.name, endpoint = %host, ejection_time = ?duration,
                 threshold = reason.field(), last_error = error.unwrap_or("5xx response"),
                 "endpoint ejected by outlier detection"
-            ),
+                )
+            }
             Some(Event::EjectionOverflow { reason }) => info!(
                 cluster = %self.name, endpoint = %host, threshold = reason.field(),
                 "endpoint reached its outlier threshold but stays in: maxEjectionPercent \
@@ -412,8 +439,12 @@ impl Cluster {
 
     /// The outlier interval timer fired.
     pub fn tick(&self) {
-        let events = self.inner().detector.tick(Instant::now());
+        let inner = &mut *self.inner();
+        let events = inner.detector.tick(Instant::now());
         for (key, _) in &events {
+            if let Some(h) = inner.hosts.iter().find(|h| *h.key == *key) {
+                h.stats().returned();
+            }
             info!(cluster = %self.name, endpoint = %SocketAddr::new(key.ip, key.port),
                   "endpoint returned to service");
         }
@@ -525,7 +556,8 @@ impl Cluster {
 }
 
 impl Inner {
-    fn rebuild(&mut self, service: &Service, placement: &Placement) {
+    fn rebuild(&mut self, service: &Service, placement: &Placement, stats: &ServiceStats) {
+        let kernel_path = service.datapath == DatapathMode::Kernel;
         let old = std::mem::take(&mut self.hosts);
         self.hosts = service
             .endpoints
@@ -541,16 +573,22 @@ impl Inner {
                         port: ep.port,
                         ip,
                     };
-                    let active = old
-                        .iter()
-                        .find(|h| *h.key == key)
-                        .map_or_else(Default::default, |h| h.active.clone());
+                    let addr = SocketAddr::new(ip, ep.port);
+                    let shared = old.iter().find(|h| *h.key == key).map_or_else(
+                        || {
+                            Arc::new(HostShared {
+                                active: AtomicU32::new(0),
+                                stats: stats.host(&addr.to_string(), kernel_path),
+                            })
+                        },
+                        |h| h.shared.clone(),
+                    );
                     Host {
                         key: Arc::new(key),
-                        addr: SocketAddr::new(ip, ep.port),
+                        addr,
                         endpoint: i,
                         priority,
-                        active,
+                        shared,
                     }
                 })
             })
@@ -591,6 +629,7 @@ spec:
             config.services.remove(0),
             &Locality::parse(node).unwrap(),
             Arc::new(Notify::new()),
+            &Metrics::default(),
         )
     }
 
@@ -714,7 +753,13 @@ spec:
         let mut service = config.services[0].clone();
         service.endpoints[0].weight = 3;
         let node = Locality::parse("us-east1").unwrap();
-        Cluster::new(1, service, &node, Arc::new(Notify::new()))
+        Cluster::new(
+            1,
+            service,
+            &node,
+            Arc::new(Notify::new()),
+            &Metrics::default(),
+        )
     }
 
     fn ep(s: &str) -> SocketAddrV4 {

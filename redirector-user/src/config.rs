@@ -94,6 +94,9 @@ pub struct NodeSettings {
     /// The DNS responder's port on 127.0.0.1; `Some(0)` turns DNS capture
     /// off.
     pub dns_port: Option<u16>,
+    /// The admin server's port on 127.0.0.1 (`/ready`, `/metrics`,
+    /// `/config_dump`); `Some(0)` turns it off.
+    pub admin_port: Option<u16>,
     #[serde(serialize_with = "display_opt")]
     pub vip_range: Option<ipnet::Ipv4Net>,
     #[serde(serialize_with = "display_opt")]
@@ -114,6 +117,7 @@ impl NodeSettings {
             },
             listen_port: overrides.listen_port.or(self.listen_port),
             dns_port: overrides.dns_port.or(self.dns_port),
+            admin_port: overrides.admin_port.or(self.admin_port),
             vip_range: overrides.vip_range.or(self.vip_range),
             vip_range6: overrides.vip_range6.or(self.vip_range6),
             pin_dir: overrides.pin_dir.clone().or_else(|| self.pin_dir.clone()),

@@ -67,6 +67,7 @@ pub enum Kind {
     Proxy,
     DnsUdp,
     DnsTcp,
+    Admin,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -366,7 +367,7 @@ pub fn request(path: &Path) -> Result<Handed, HandoverError> {
 pub fn check(kind: Kind, fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
     let sock = socket2::SockRef::from(fd);
     let want = match kind {
-        Kind::Proxy | Kind::DnsTcp => socket2::Type::STREAM,
+        Kind::Proxy | Kind::DnsTcp | Kind::Admin => socket2::Type::STREAM,
         Kind::DnsUdp => socket2::Type::DGRAM,
     };
     let bound = sock.local_addr()?.as_socket();

@@ -30,6 +30,7 @@ use crate::{
     bpf::{Datapath, KernelOutcome, OutcomeReader, slots},
     cluster::Cluster,
     config::Service,
+    metrics,
     outlier::Outcome,
     proxy::Routes,
 };
@@ -175,6 +176,14 @@ fn record(cluster: &Cluster, o: &KernelOutcome) {
     };
     let (outcome, error) = classify(o);
     debug!(cluster = %cluster.name, endpoint = %host, ?outcome, "kernel-path connect");
+    host.stats().kernel_connect(match outcome {
+        Outcome::Success => metrics::KernelOutcome::Connected,
+        Outcome::Timeout => metrics::KernelOutcome::TimedOut,
+        _ => metrics::KernelOutcome::Failed,
+    });
+    if outcome != Outcome::Success {
+        host.stats().connect_failed();
+    }
     cluster.record(&host, outcome, error.as_deref());
 }
 

@@ -1,5 +1,6 @@
 //! The redirector daemon and CLI. See ARCHITECTURE.md for how the pieces fit.
 
+pub mod admin;
 pub mod app;
 pub mod bpf;
 pub mod cli;
@@ -12,7 +13,9 @@ pub mod health;
 pub mod kube;
 pub mod lb;
 pub mod locality;
+pub mod metrics;
 pub mod outlier;
+pub mod privs;
 pub mod proxy;
 pub mod resolve;
 pub mod sys;

@@ -121,6 +121,7 @@ async fn handle(
         return tcp::reset(stream);
     };
     debug!(%peer, %orig, cluster = %route.cluster.name, "accepted");
+    let _connection = route.cluster.stats.connection();
     match route.cluster.service.port.protocol {
         Protocol::Http => http::serve(stream, routes.clone(), orig, route, stop).await,
         Protocol::Tcp | Protocol::Https | Protocol::Tls => tcp::serve(stream, &route).await,

@@ -29,6 +29,8 @@ use redirector_common::{
 use crate::sys;
 
 const LOCK_DIR: &str = "/run/redirector";
+/// Mode of every pinned map and link.
+const PIN_MODE: u32 = 0o600;
 /// Pin names of the cgroup links, next to the maps.
 pub(super) const LINK_CONNECT4: &str = "link_connect4";
 pub(super) const LINK_SOCKOPS: &str = "link_sockops";
@@ -212,7 +214,25 @@ impl Pins {
             path: staging.clone(),
             error,
         })?;
+        fs::set_permissions(&staging, fs::Permissions::from_mode(PIN_MODE))
+            .map_err(io_err(&staging))?;
         fs::rename(&staging, &path).map_err(io_err(&path))
+    }
+
+    /// Makes every pin root's alone: directories 0700, pinned maps and
+    /// links 0600 (anyone who can open a pin can read or rewrite the
+    /// map, or detach the program). bpffs pins are 0600 less the umask
+    /// already; pins an older daemon left are made so too.
+    pub(super) fn restrict(&self) -> Result<(), PinError> {
+        for d in [self.dir.as_path(), self.versioned.as_path()] {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700)).map_err(io_err(d))?;
+        }
+        for entry in fs::read_dir(&self.versioned).map_err(io_err(&self.versioned))? {
+            let path = entry.map_err(io_err(&self.versioned))?.path();
+            fs::set_permissions(&path, fs::Permissions::from_mode(PIN_MODE))
+                .map_err(io_err(&path))?;
+        }
+        Ok(())
     }
 
     /// Removes the link pinned as `name`, if any; its program detaches once

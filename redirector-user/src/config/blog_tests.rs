@@ -262,6 +262,7 @@ fn example_config_sets_everything() {
             ],
             listen_port: Some(15001),
             dns_port: Some(15053),
+            admin_port: Some(15000),
             vip_range: Some("240.240.0.0/16".parse().expect("net")),
             vip_range6: Some("2001:2::/48".parse().expect("net")),
             pin_dir: Some("/sys/fs/bpf/redirector".into()),

@@ -59,7 +59,10 @@ pub fn settings(ctx: &mut Ctx, nodes: &[(Doc, raw::NodeDocument)]) -> NodeSettin
         out.listen_port = port_number(ctx, doc, p, "spec.listenPort");
     }
     if let Some(p) = &spec.dns_port {
-        out.dns_port = dns_port(ctx, doc, p);
+        out.dns_port = port_or_off(ctx, doc, p, "spec.dnsPort", "DNS capture");
+    }
+    if let Some(p) = &spec.admin_port {
+        out.admin_port = port_or_off(ctx, doc, p, "spec.adminPort", "the admin server");
     }
     if let Some(r) = &spec.vip_range {
         out.vip_range = vip_range(ctx, doc, r);
@@ -70,16 +73,16 @@ pub fn settings(ctx: &mut Ctx, nodes: &[(Doc, raw::NodeDocument)]) -> NodeSettin
     out
 }
 
-/// 1–65535, or 0 for no DNS capture.
-fn dns_port(ctx: &mut Ctx, doc: &Doc, n: &Spanned<i64>) -> Option<u16> {
+/// 1–65535, or 0 to turn `what` off.
+fn port_or_off(ctx: &mut Ctx, doc: &Doc, n: &Spanned<i64>, field: &str, what: &str) -> Option<u16> {
     let port = u16::try_from(n.value).ok();
     if port.is_none() {
         ctx.value(
             doc,
             n,
-            "spec.dnsPort",
+            field,
             format!(
-                "port {} is out of range 1-65535 (0 turns DNS capture off)",
+                "port {} is out of range 1-65535 (0 turns {what} off)",
                 n.value
             ),
         );

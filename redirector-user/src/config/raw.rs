@@ -92,6 +92,7 @@ pub struct NodeConfigSpec {
     pub nameservers: Option<Vec<Spanned<String>>>,
     pub listen_port: Option<Spanned<i64>>,
     pub dns_port: Option<Spanned<i64>>,
+    pub admin_port: Option<Spanned<i64>>,
     pub vip_range: Option<Spanned<String>>,
     pub vip_range6: Option<Spanned<String>>,
     pub pin_dir: Option<Spanned<String>>,

@@ -377,6 +377,7 @@ spec:
   nameservers: [10.0.0.2, \"10.0.0.3:5353\", \"[::1]:53\"]
   listenPort: 15001
   dnsPort: 5353
+  adminPort: 15100
   vipRange: 10.99.0.0/24
   pinDir: /sys/fs/bpf/r
 ---
@@ -391,6 +392,7 @@ spec:
     assert_eq!(c.node.nameservers[0], "10.0.0.2:53".parse().expect("addr"));
     assert_eq!(c.node.listen_port, Some(15001));
     assert_eq!(c.node.dns_port, Some(5353));
+    assert_eq!(c.node.admin_port, Some(15100));
     assert_eq!(c.vip_range, "10.99.0.0/24".parse().expect("net"));
     assert!(c.vip_range.contains(&c.services[0].vip));
 
@@ -451,6 +453,12 @@ fn node_config_rejections() {
             "65536",
             "spec.dnsPort",
             "0 turns DNS capture off",
+        ),
+        (
+            node("  adminPort: -1\n"),
+            "-1",
+            "spec.adminPort",
+            "0 turns the admin server off",
         ),
         (
             node("  vipRange: 240.240.1.0/16\n"),

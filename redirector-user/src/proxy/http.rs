@@ -79,6 +79,7 @@ use super::{
 };
 use crate::{
     cluster::{Host, HostKey},
+    metrics::Retry,
     outlier::Outcome,
 };
 
@@ -123,7 +124,11 @@ pub async fn serve(
     let service = service_fn(move |req| {
         let current = routes.read().expect("routes lock").get(&orig).cloned();
         let route = current.unwrap_or_else(|| accepted.clone());
-        async move { Ok::<_, std::convert::Infallible>(forward(req, &route).await) }
+        async move {
+            let resp = forward(req, &route).await;
+            route.cluster.stats.request(resp.status().as_u16());
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     // Too many or too large request headers get hyper's 431; the count
     // limit is hyper's default (setting it moves the parse to the heap).
@@ -244,6 +249,7 @@ async fn forward(mut req: Request<Incoming>, route: &Route) -> Response<Body> {
                     && let Some(slot) = route.breakers.try_take(Limit::Retries)
                 {
                     debug!(endpoint = %host, "{error}; retrying on another endpoint");
+                    route.cluster.stats.retry(Retry::Reset);
                     retry_slots.push(slot);
                     retries -= 1;
                     tried.push(host.key.clone());
@@ -292,6 +298,7 @@ async fn forward(mut req: Request<Incoming>, route: &Route) -> Response<Body> {
             .into_response();
         };
         debug!(endpoint = %host, "503; retrying on another endpoint");
+        route.cluster.stats.retry(Retry::Status503);
         retries -= 1;
         tried.push(host.key);
         fallback = Some(buffered);

@@ -24,6 +24,7 @@ use crate::{
     bpf::PROXY_MARK,
     cluster::{Cluster, Host, HostKey},
     config::TcpKeepalive,
+    metrics::Retry,
     outlier::Outcome,
     tls::TlsOrigin,
 };
@@ -239,8 +240,11 @@ pub async fn connect_in_order(
     let cluster = &route.cluster;
     let mut failures = Vec::new();
     for host in order.into_iter().take(MAX_ATTEMPTS) {
-        if !failures.is_empty() && !may_retry() {
-            break;
+        if !failures.is_empty() {
+            if !may_retry() {
+                break;
+            }
+            cluster.stats.retry(Retry::ConnectFailure);
         }
         match connect(route, &host).await {
             Ok(stream) => {
@@ -254,6 +258,7 @@ pub async fn connect_in_order(
             }
             Err(e) => {
                 debug!(cluster = %cluster.name, endpoint = %host, error = %e, "connect failed; trying the next endpoint");
+                host.stats().connect_failed();
                 cluster.record(&host, e.outcome(), Some(&e.to_string()));
                 failures.push((host, e));
             }

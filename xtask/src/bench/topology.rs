@@ -81,6 +81,13 @@ fn dns_port(port: u16) -> u16 {
     }
 }
 
+/// The admin server's port of the daemon listening on `port`: every
+/// daemon in the bench namespace (the redirector's two, and the
+/// `--datapath-only` ones in front of the peers) needs its own.
+fn admin_port(port: u16) -> u16 {
+    port + 1000
+}
+
 /// Outlier timings shared by every system, short enough for the failover
 /// runs to see ejection and return within seconds.
 pub const OUTLIER: OutlierTiming = OutlierTiming {
@@ -414,6 +421,8 @@ impl Bed {
             port.to_string(),
             "--dns-port".into(),
             dns_port(port).to_string(),
+            "--admin-port".into(),
+            admin_port(port).to_string(),
             "--workers".into(),
             "1".into(),
             "--log-level".into(),

@@ -1,0 +1,232 @@
+//! The admin server, on 127.0.0.1 only (`--admin-port`, default 15000):
+//!
+//! - `GET /ready`: 200 once the programs are attached and the listeners
+//!   are up; 503 while starting, and again from SIGTERM on, while the
+//!   daemon drains (the DaemonSet's readiness probe).
+//! - `GET /metrics`: the Prometheus text format (see `metrics.rs`).
+//! - `GET /config_dump`: the effective config as JSON, with the node's
+//!   settings and every endpoint's live health.
+//!
+//! It is plain HTTP/1.1 on hyper, one task per connection, and never
+//! touches the proxy's state except through the snapshots it asks for.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU8, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(
+        "admin address {addr} is already in use (another redirector, or choose another port \
+         with --admin-port; 0 turns the admin server off)"
+    )]
+    PortInUse { addr: SocketAddr },
+    #[error("admin server on {addr}: {error}")]
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+/// What `/config_dump` shows; the daemon sets it once it serves.
+pub trait ConfigDump: Send + Sync {
+    fn config_dump(&self) -> serde_json::Value;
+}
+
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const DRAINING: u8 = 2;
+
+/// The admin server's state, shared with the daemon.
+pub struct Admin {
+    state: AtomicU8,
+    registry: Registry,
+    dump: RwLock<Option<Arc<dyn ConfigDump>>>,
+}
+
+impl Admin {
+    pub fn new(registry: Registry) -> Self {
+        Self {
+            state: AtomicU8::new(STARTING),
+            registry,
+            dump: RwLock::new(None),
+        }
+    }
+
+    /// Programs attached, listeners up: `/ready` answers 200.
+    pub fn set_ready(&self) {
+        self.state.store(READY, Ordering::Release);
+    }
+
+    /// Stopping: `/ready` answers 503 from now on.
+    pub fn set_draining(&self) {
+        self.state.store(DRAINING, Ordering::Release);
+    }
+
+    pub fn set_config_dump(&self, dump: Arc<dyn ConfigDump>) {
+        *self.dump.write().expect("dump lock") = Some(dump);
+    }
+
+    fn respond(&self, method: &Method, path: &str) -> Response<Full<Bytes>> {
+        if method != Method::GET && method != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+        }
+        match path {
+            "/ready" => match self.state.load(Ordering::Acquire) {
+                READY => text(StatusCode::OK, "ready\n"),
+                DRAINING => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+                _ => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
+            },
+            "/metrics" => Response::builder()
+                .header(header::CONTENT_TYPE, metrics::CONTENT_TYPE)
+                .body(Full::new(Bytes::from(metrics::encode(&self.registry))))
+                .expect("a valid response"),
+            "/config_dump" => {
+                let dump = self.dump.read().expect("dump lock").clone();
+                let Some(dump) = dump else {
+                    return text(StatusCode::SERVICE_UNAVAILABLE, "starting\n");
+                };
+                let mut body = serde_json::to_vec_pretty(&dump.config_dump())
+                    .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}").into_bytes());
+                body.push(b'\n');
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(Bytes::from(body)))
+                    .expect("a valid response")
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /ready, /metrics or /config_dump\n",
+            ),
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("a valid response")
+}
+
+/// Binds the admin listener (the caller passes a loopback address).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
+    TcpListener::bind(addr).await.map_err(|error| {
+        if error.kind() == std::io::ErrorKind::AddrInUse {
+            AdminError::PortInUse { addr }
+        } else {
+            AdminError::Listen { addr, error }
+        }
+    })
+}
+
+/// Serves until the task is dropped.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let resp = admin.respond(req.method(), req.uri().path());
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    struct Fixed;
+
+    impl ConfigDump for Fixed {
+        fn config_dump(&self) -> serde_json::Value {
+            serde_json::json!({"config": {"services": []}})
+        }
+    }
+
+    async fn get(admin: &Admin, path: &str) -> (StatusCode, String) {
+        let resp = admin.respond(&Method::GET, path);
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn ready_follows_start_and_drain() {
+        let admin = Admin::new(Registry::default());
+        assert_eq!(
+            get(&admin, "/ready").await,
+            (StatusCode::SERVICE_UNAVAILABLE, "starting\n".into())
+        );
+        admin.set_ready();
+        assert_eq!(
+            get(&admin, "/ready").await,
+            (StatusCode::OK, "ready\n".into())
+        );
+        admin.set_draining();
+        assert_eq!(
+            get(&admin, "/ready").await,
+            (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_dump_and_unknown_paths() {
+        let mut registry = Registry::default();
+        let m = crate::metrics::Metrics::new(&mut registry);
+        m.config_reloads.inc();
+        let admin = Admin::new(registry);
+        let (status, body) = get(&admin, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("redirector_config_reloads_total 1"), "{body}");
+        // No dump before the daemon serves.
+        assert_eq!(
+            get(&admin, "/config_dump").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        admin.set_config_dump(Arc::new(Fixed));
+        let (status, body) = get(&admin, "/config_dump").await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["config"]["services"], serde_json::json!([]));
+        assert_eq!(get(&admin, "/nope").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(
+            admin.respond(&Method::POST, "/ready").status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+}
