@@ -167,6 +167,10 @@ fn the_daemon_serves_with_only_the_daemonsets_capabilities() {
         redirector_bin().display().to_string(),
     ];
     args.extend(node.args("us-east1"));
+    // The pod's readiness, as its probe reads it.
+    let (ready_file, probe) = readiness();
+    let ready_file = node.dir.path().join(ready_file.file_name().unwrap());
+    args.extend(["--ready-file".into(), ready_file.display().to_string()]);
     let daemon = Daemon::start_program(
         &PathBuf::from("/usr/bin/setpriv"),
         DaemonOptions {
@@ -208,6 +212,49 @@ fn the_daemon_serves_with_only_the_daemonsets_capabilities() {
     }
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
     assert_eq!(count(&node.bodies(vip, 3), "healthy: east"), 3);
+    // The probe's command, with our binary and file, says ready.
+    let out = Command::new(redirector_bin())
+        .args(&probe[1..])
+        .arg(&ready_file)
+        .output()
+        .expect("running the readiness probe");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The file the DaemonSet's `--ready-file` names, and its readiness
+/// probe's command but for that file's path (which must be the same, on a
+/// volume of the pod's own).
+fn readiness() -> (PathBuf, Vec<String>) {
+    let ds = daemonset();
+    let pod = &ds["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let args = strings(&container["args"]);
+    let file = args[args.iter().position(|a| a == "--ready-file").unwrap() + 1].clone();
+    let mut probe = strings(&container["readinessProbe"]["exec"]["command"]);
+    assert_eq!(probe[0], "/usr/local/bin/redirector", "the image's binary");
+    assert_eq!(probe.pop().as_deref(), Some(file.as_str()), "{probe:?}");
+    assert_eq!(probe[1..], ["ready", "--ready-file"]);
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| std::path::Path::new(&file).starts_with(m["mountPath"].as_str().unwrap()))
+        .expect("the ready file is on a mounted volume");
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert!(volume["emptyDir"].is_object(), "the pod's own: {volume}");
+    (PathBuf::from(file), probe)
 }
 
 fn node_with_mydb() -> (Node, &'static str) {

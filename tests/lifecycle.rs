@@ -277,14 +277,25 @@ fn a_take_over_under_load_fails_no_request_and_no_lookup_even_with_tls_originati
         ca.leaf(&["east.test"]),
     );
     let vip = origination::VIP;
-    node.start(
+    node.write_config(
         &(origination::entry(&[("east.test", "us-east1")]) + &origination::rule(&ca_file, None)),
-        "us-east1",
-        false,
     );
-    let first = node.daemon.as_ref().unwrap().pid();
-    let mut args = node.args("us-east1");
+    // Each daemon keeps its own readiness, as each pod's probe asks it.
+    let ready_files = [
+        node.dir.path().join("old-ready"),
+        node.dir.path().join("new-ready"),
+    ];
+    let with_ready_file = |i: usize| {
+        let mut args = node.args("us-east1");
+        args.extend(["--ready-file".into(), ready_files[i].display().to_string()]);
+        args
+    };
+    let old_args = with_ready_file(0);
+    let mut args = with_ready_file(1);
     args.push("--take-over".into());
+    node.daemon = Some(start(&node.ns, old_args));
+    let first = node.daemon.as_ref().unwrap().pid();
+    assert_eq!(ready(&ready_files[0]), Ok(first));
     let Node {
         ns, cgroup, daemon, ..
     } = &mut node;
@@ -302,6 +313,11 @@ fn a_take_over_under_load_fails_no_request_and_no_lookup_even_with_tls_originati
         wait_until("the old daemon's handover", TIMEOUT, || {
             old.log().contains(&handed)
         });
+        // The old pod is not ready any more, the new one is, though the
+        // admin port (shared, with host networking) now answers for both.
+        assert_eq!(ready(&ready_files[1]), Ok(second.pid()));
+        let not_ready = ready(&ready_files[0]).unwrap_err();
+        assert!(not_ready.contains("handed over"), "{not_ready}");
         // Kubernetes deletes the old pod once the new one is ready.
         thread::sleep(Duration::from_millis(1500));
         let status = old.terminate().unwrap();
@@ -341,4 +357,26 @@ fn a_take_over_under_load_fails_no_request_and_no_lookup_even_with_tls_originati
     let eps = node.endpoints();
     assert_eq!(eps["daemon_running"], true, "{eps:#}");
     assert_eq!(eps["proxy_listening"], true, "{eps:#}");
+}
+
+/// `redirector ready --ready-file <file>`: the pid it reports ready, or
+/// what it said.
+fn ready(file: &std::path::Path) -> Result<u32, String> {
+    let out = Command::new(redirector_tests::daemon::redirector_bin())
+        .arg("ready")
+        .arg("--ready-file")
+        .arg(file)
+        .output()
+        .expect("running redirector ready");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() {
+        let pid = stdout
+            .trim()
+            .strip_prefix("ready (pid ")
+            .and_then(|p| p.strip_suffix(')'))
+            .and_then(|p| p.parse().ok());
+        pid.ok_or_else(|| format!("unexpected output {stdout:?}"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }

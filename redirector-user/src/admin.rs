@@ -9,10 +9,19 @@
 //!
 //! It is plain HTTP/1.1 on hyper, one task per connection, and never
 //! touches the proxy's state except through the snapshots it asks for.
+//!
+//! Readiness is also written to a file of the daemon's own (`--ready-file`,
+//! read by `redirector ready`): with host networking every pod's probe of
+//! 127.0.0.1:15000 reaches whichever daemon holds the admin socket, and
+//! during an upgrade that socket is handed from the old daemon to the new
+//! one (`handover.rs`). A probe of the port would call the new pod ready
+//! before it took over, and Kubernetes would stop the old one too early;
+//! the file says what this pod's daemon itself is doing.
 
 use std::{
     convert::Infallible,
     net::SocketAddr,
+    path::{Path, PathBuf},
     sync::{
         Arc, RwLock,
         atomic::{AtomicU8, Ordering},
@@ -58,6 +67,7 @@ pub struct Admin {
     state: AtomicU8,
     registry: Registry,
     dump: RwLock<Option<Arc<dyn ConfigDump>>>,
+    ready_file: Option<PathBuf>,
 }
 
 impl Admin {
@@ -66,17 +76,38 @@ impl Admin {
             state: AtomicU8::new(STARTING),
             registry,
             dump: RwLock::new(None),
+            ready_file: None,
         }
+    }
+
+    /// Also keeps readiness in `path`: this process's pid while ready, no
+    /// file otherwise (one a previous process left is removed now).
+    pub fn with_ready_file(mut self, path: PathBuf) -> Self {
+        remove_ready_file(&path);
+        self.ready_file = Some(path);
+        self
     }
 
     /// Programs attached, listeners up: `/ready` answers 200.
     pub fn set_ready(&self) {
         self.state.store(READY, Ordering::Release);
+        if let Some(path) = &self.ready_file {
+            // Written aside and renamed: a probe never reads half a file.
+            let staged = path.with_extension("new");
+            let written = std::fs::write(&staged, format!("{}\n", std::process::id()))
+                .and_then(|()| std::fs::rename(&staged, path));
+            if let Err(e) = written {
+                warn!(path = %path.display(), error = %e, "cannot write the ready file");
+            }
+        }
     }
 
-    /// Stopping: `/ready` answers 503 from now on.
+    /// Stopping, or handed over: `/ready` answers 503 from now on.
     pub fn set_draining(&self) {
         self.state.store(DRAINING, Ordering::Release);
+        if let Some(path) = &self.ready_file {
+            remove_ready_file(path);
+        }
     }
 
     pub fn set_config_dump(&self, dump: Arc<dyn ConfigDump>) {
@@ -116,6 +147,41 @@ impl Admin {
             ),
         }
     }
+}
+
+fn remove_ready_file(path: &Path) {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            warn!(path = %path.display(), error = %e, "cannot remove the ready file");
+        }
+        _ => {}
+    }
+}
+
+/// `redirector ready`: whether the daemon that keeps `path` is ready, as
+/// the pid it wrote, or why not.
+pub fn check_ready_file(path: &Path) -> Result<u32, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "not ready: no {} (the daemon is starting, draining or handed over)",
+                path.display()
+            ));
+        }
+        Err(e) => return Err(format!("not ready: reading {}: {e}", path.display())),
+    };
+    let pid: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("not ready: {} holds {text:?}, not a pid", path.display()))?;
+    if !Path::new("/proc").join(pid.to_string()).exists() {
+        return Err(format!(
+            "not ready: pid {pid} in {} is not running",
+            path.display()
+        ));
+    }
+    Ok(pid)
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
@@ -202,6 +268,30 @@ mod tests {
             get(&admin, "/ready").await,
             (StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
         );
+    }
+
+    #[test]
+    fn the_ready_file_holds_our_pid_only_while_ready() {
+        let dir = std::env::temp_dir().join(format!("rd-ready-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ready");
+        // A previous process's file is gone as soon as this one starts.
+        std::fs::write(&path, "1\n").unwrap();
+        let admin = Admin::new(Registry::default()).with_ready_file(path.clone());
+        let err = check_ready_file(&path).unwrap_err();
+        assert!(err.contains("starting, draining or handed over"), "{err}");
+        admin.set_ready();
+        assert_eq!(check_ready_file(&path), Ok(std::process::id()));
+        admin.set_draining();
+        assert!(check_ready_file(&path).is_err());
+        // A pid that is not running is not ready.
+        std::fs::write(&path, "4194304\n").unwrap();
+        let err = check_ready_file(&path).unwrap_err();
+        assert!(err.contains("is not running"), "{err}");
+        std::fs::write(&path, "ready\n").unwrap();
+        let err = check_ready_file(&path).unwrap_err();
+        assert!(err.contains("not a pid"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

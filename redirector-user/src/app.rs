@@ -70,6 +70,8 @@ pub struct RunOptions {
     /// When another daemon holds the pin directory, ask it to hand over
     /// its listeners (see `handover.rs`) instead of failing.
     pub take_over: bool,
+    /// Where readiness is kept for `redirector ready` (see `admin.rs`).
+    pub ready_file: Option<PathBuf>,
 }
 
 /// Node settings with every default filled in.
@@ -397,7 +399,11 @@ pub async fn run(opts: RunOptions) -> anyhow::Result<()> {
     log_config(&config, &node);
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let admin = Arc::new(Admin::new(registry));
+    let mut admin = Admin::new(registry);
+    if let Some(path) = &opts.ready_file {
+        admin = admin.with_ready_file(path.clone());
+    }
+    let admin = Arc::new(admin);
     if opts.datapath_only {
         let (datapath, _) = load_datapath(&opts, &node).await?;
         let _admin_task = match node.admin {

@@ -44,6 +44,15 @@ pub enum Command {
     Check(CheckArgs),
     /// Detach the kernel datapath a stopped daemon left attached and remove its pins.
     Cleanup(CleanupArgs),
+    /// Exit 0 if the daemon that keeps --ready-file is ready (an exec readiness probe).
+    Ready(ReadyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReadyArgs {
+    /// The file the daemon was started with (`redirector run --ready-file`).
+    #[arg(long, env = "REDIRECTOR_READY_FILE")]
+    pub ready_file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +82,10 @@ pub struct RunArgs {
     /// without a gap (it stops accepting, drains and waits for SIGTERM) instead of failing.
     #[arg(long, env = "REDIRECTOR_TAKE_OVER")]
     pub take_over: bool,
+    /// Keep this process's pid in this file while it is ready, and no file otherwise
+    /// (for `redirector ready`: a readiness probe of this daemon, not of whichever holds the port).
+    #[arg(long, env = "REDIRECTOR_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -52,12 +52,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 datapath_only: args.datapath_only,
                 drain_timeout: args.drain_timeout,
                 take_over: args.take_over,
+                ready_file: args.ready_file,
             }))
         }
         Command::Check(args) => {
             let config = config::load_file(&args.config, &args.node.to_settings())?;
             app::check_tls_files(&config)?;
             print!("{}", app::describe(&config));
+            Ok(())
+        }
+        Command::Ready(args) => {
+            let pid = redirector_user::admin::check_ready_file(&args.ready_file)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            println!("ready (pid {pid})");
             Ok(())
         }
         Command::Cleanup(args) => {
