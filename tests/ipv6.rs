@@ -41,6 +41,35 @@ const NAMESERVER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// and a non-loopback address of each family (on `lo`: they add no route
 /// off the node), as a real node has: resolvers that pass `AI_ADDRCONFIG`
 /// (getent) skip a family the node has no such address of.
+/// A "remote" namespace with IPv6, joined to the node by a veth:
+/// `<prefix>::1` on the node's side, `<prefix>::2` and `::3` on the
+/// remote's.
+fn remote(node: &Node, prefix: &str) -> (Netns, netns::Link) {
+    let remote = Netns::new("remote").expect("creating the remote namespace");
+    let mut cmd = Command::new("sysctl");
+    cmd.args(["-qw", "net.ipv6.conf.all.disable_ipv6=0"]);
+    remote.configure(&mut cmd);
+    assert!(cmd.status().expect("sysctl").success());
+    let link = netns::link(
+        &node.ns,
+        &format!("{prefix}::1/64"),
+        &remote,
+        &format!("{prefix}::2/64"),
+    )
+    .expect("linking the veth");
+    remote
+        .ip([
+            "addr",
+            "add",
+            &format!("{prefix}::3/64"),
+            "dev",
+            &link.b_dev,
+            "nodad",
+        ])
+        .expect("a second remote address");
+    (remote, link)
+}
+
 fn node() -> Node {
     let node = Node::new();
     let mut cmd = Command::new("sysctl");
@@ -565,16 +594,7 @@ for name, qtype in [('mydb.com', 28), ('other.test', 1)]:
 #[test]
 fn ipv6_endpoints_serve_and_fail_over() {
     let mut node = node();
-    let remote = Netns::new("remote").expect("creating the remote namespace");
-    let mut cmd = Command::new("sysctl");
-    cmd.args(["-qw", "net.ipv6.conf.all.disable_ipv6=0"]);
-    remote.configure(&mut cmd);
-    assert!(cmd.status().expect("sysctl").success());
-    let link =
-        netns::link(&node.ns, "fd00:7::1/64", &remote, "fd00:7::2/64").expect("linking the veth");
-    remote
-        .ip(["addr", "add", "fd00:7::3/64", "dev", &link.b_dev, "nodad"])
-        .expect("a second remote address");
+    let (remote, _link) = remote(&node, "fd00:7");
     let east = HttpServer::start(&remote, "[fd00:7::2]:8080".parse().unwrap(), "east")
         .expect("starting east");
     let _west = HttpServer::start(&remote, "[fd00:7::3]:8080".parse().unwrap(), "west")
@@ -659,16 +679,7 @@ spec:
 #[test]
 fn the_kernel_path_reaches_ipv6_endpoints_and_ejects_a_refusing_one() {
     let mut node = node();
-    let remote = Netns::new("remote").expect("creating the remote namespace");
-    let mut cmd = Command::new("sysctl");
-    cmd.args(["-qw", "net.ipv6.conf.all.disable_ipv6=0"]);
-    remote.configure(&mut cmd);
-    assert!(cmd.status().expect("sysctl").success());
-    let link =
-        netns::link(&node.ns, "fd00:8::1/64", &remote, "fd00:8::2/64").expect("linking the veth");
-    remote
-        .ip(["addr", "add", "fd00:8::3/64", "dev", &link.b_dev, "nodad"])
-        .expect("a second remote address");
+    let (remote, _link) = remote(&node, "fd00:8");
     // fd00:8::3 has nothing listening: connects to it are refused.
     let _up = TcpServer::start(&remote, "[fd00:8::2]:9000".parse().unwrap(), "up")
         .expect("starting the endpoint");

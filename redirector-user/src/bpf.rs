@@ -627,15 +627,7 @@ impl Datapath {
             port_be: peer.port().to_be(),
             _pad: 0,
         };
-        let mut map = self.orig.lock().expect("orig lock");
-        let orig = map.get(&key, 0).ok()?;
-        if let Err(e) = map.remove(&key) {
-            debug!(%peer, error = %e, "removing original-destination entry");
-        }
-        Some(SocketAddrV4::new(
-            Ipv4Addr::from(u32::from_be(orig.vip_be)),
-            u16::from_be(orig.port_be),
-        ))
+        take_orig(&self.orig, key, &peer)
     }
 
     /// [`Self::take_original_destination`] for a client of the proxy's
@@ -647,15 +639,7 @@ impl Datapath {
             port_be: peer.port().to_be(),
             _pad: 0,
         };
-        let mut map = self.orig6.lock().expect("orig6 lock");
-        let orig = map.get(&key, 0).ok()?;
-        if let Err(e) = map.remove(&key) {
-            debug!(%peer, error = %e, "removing original-destination entry");
-        }
-        Some(SocketAddrV4::new(
-            Ipv4Addr::from(u32::from_be(orig.vip_be)),
-            u16::from_be(orig.port_be),
-        ))
+        take_orig(&self.orig6, key, &peer)
     }
 
     /// The nameserver the app socket at `peer` sent its DNS query to, as
@@ -740,6 +724,24 @@ impl Datapath {
             }
         }
     }
+}
+
+/// The original destination recorded under `key`, removed as it is read:
+/// each connection is accepted once.
+fn take_orig<K: aya::Pod>(
+    map: &Mutex<HashMap<MapData, K, OrigDst>>,
+    key: K,
+    peer: &dyn std::fmt::Display,
+) -> Option<SocketAddrV4> {
+    let mut map = map.lock().expect("orig lock");
+    let orig = map.get(&key, 0).ok()?;
+    if let Err(e) = map.remove(&key) {
+        debug!(%peer, error = %e, "removing original-destination entry");
+    }
+    Some(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(orig.vip_be)),
+        u16::from_be(orig.port_be),
+    ))
 }
 
 impl Drop for Datapath {
