@@ -294,16 +294,7 @@ spec:
     ));
     let mut args = node.args("us-east1");
     args.extend(["--drain-timeout".into(), "5m".into()]);
-    node.daemon = Some(
-        redirector_tests::daemon::Daemon::start(redirector_tests::daemon::DaemonOptions {
-            netns: &node.ns,
-            cgroup: None,
-            args,
-            ready_timeout: TIMEOUT,
-            env: Vec::new(),
-        })
-        .expect("starting the daemon"),
-    );
+    node.start_args(args);
     assert_eq!(admin_get(&node, "/ready").map(|(s, _)| s), Ok(200));
     // An app holds a TCP connection open until told to close it.
     let ready = node.dir.path().join("ready");
@@ -381,16 +372,7 @@ fn after_start_every_thread_keeps_only_net_admin_and_the_pins_are_private() {
     node.write_config(&one_service());
     let mut args = node.args("us-east1");
     args.extend(["--workers".into(), "2".into()]);
-    node.daemon = Some(
-        redirector_tests::daemon::Daemon::start(redirector_tests::daemon::DaemonOptions {
-            netns: &node.ns,
-            cgroup: None,
-            args,
-            ready_timeout: TIMEOUT,
-            env: Vec::new(),
-        })
-        .expect("starting the daemon"),
-    );
+    node.start_args(args);
     assert!(
         node.log().contains("capabilities dropped"),
         "{}",

@@ -297,15 +297,7 @@ fn datapath_only_mode_hands_vips_to_another_listener() {
         "15900".into(),
         "--datapath-only".into(),
     ]);
-    let daemon = redirector_tests::daemon::Daemon::start(redirector_tests::daemon::DaemonOptions {
-        netns: &node.ns,
-        cgroup: None,
-        args,
-        ready_timeout: scenario::TIMEOUT,
-        env: Vec::new(),
-    })
-    .expect("starting the daemon");
-    node.daemon = Some(daemon);
+    node.start_args(args);
     assert_eq!(node.bodies(VIP, 2), ["healthy: peer-proxy"; 2]);
     assert!(node.log().contains("datapath only"), "{}", node.log());
 }

@@ -14,14 +14,9 @@ mod scenario;
 use std::{process::Command, thread, time::Duration};
 
 use redirector_tests::{
-    cgroup::TestCgroup,
-    client::Client,
-    daemon::{Daemon, DaemonOptions},
-    netns::Netns,
-    tcp::TcpServer,
-    upstream::bin_path,
+    cgroup::TestCgroup, client::Client, netns::Netns, tcp::TcpServer, upstream::bin_path,
 };
-use scenario::{Node, TIMEOUT, mydb_entry, wait_until};
+use scenario::{Node, TIMEOUT, mydb_entry, start_daemon, wait_until};
 
 const VIP: &str = "240.240.0.70";
 
@@ -93,7 +88,7 @@ spec:
     node.write_config(&config);
     let mut args = node.args("us-east1");
     args.extend(["--drain-timeout".into(), "1s".into()]);
-    node.daemon = Some(start(&node.ns, args));
+    node.daemon = Some(start_daemon(&node.ns, args));
     // An app holds a TCP connection open and reads until it ends.
     let script = format!(
         "
@@ -134,17 +129,6 @@ print('ended' if f.readline() == b'' else 'data')
         "{}",
         node.log()
     );
-}
-
-fn start(ns: &Netns, args: Vec<String>) -> Daemon {
-    Daemon::start(DaemonOptions {
-        netns: ns,
-        cgroup: None,
-        args,
-        ready_timeout: TIMEOUT,
-        env: Vec::new(),
-    })
-    .expect("starting the daemon")
 }
 
 /// `rdt-load` in the app's position with a new connection per request:
@@ -216,7 +200,7 @@ fn a_restart_under_steady_load_loses_no_request() {
             let status = daemon.as_mut().unwrap().terminate().unwrap();
             assert!(status.success(), "{status}");
             thread::sleep(Duration::from_millis(500));
-            *daemon = Some(start(ns, args));
+            *daemon = Some(start_daemon(ns, args));
             load.join().expect("the load")
         })
     };
@@ -293,7 +277,7 @@ fn a_take_over_under_load_fails_no_request_and_no_lookup_even_with_tls_originati
     let old_args = with_ready_file(0);
     let mut args = with_ready_file(1);
     args.push("--take-over".into());
-    node.daemon = Some(start(&node.ns, old_args));
+    node.daemon = Some(start_daemon(&node.ns, old_args));
     let first = node.daemon.as_ref().unwrap().pid();
     assert_eq!(ready(&ready_files[0]), Ok(first));
     let Node {
@@ -304,7 +288,7 @@ fn a_take_over_under_load_fails_no_request_and_no_lookup_even_with_tls_originati
         let load = s.spawn(|| new_connections_load(ns, cgroup, vip, 100, 6));
         let dns = s.spawn(|| lookups(ns, cgroup, vip, 6));
         thread::sleep(Duration::from_millis(1500));
-        let second = start(ns, args);
+        let second = start_daemon(ns, args);
         let old = daemon.as_mut().unwrap();
         let handed = format!(
             "handed the listeners and the datapath over to pid {}",

@@ -100,22 +100,10 @@ fn a_configmap_symlink_swap_applies() {
     let mut args = node.args("us-east1");
     let at = args.iter().position(|a| a == "--config").unwrap() + 1;
     args[at] = config.display().to_string();
-    start_with_args(&mut node, args);
+    node.start_args(args);
     assert_eq!(count(&node.bodies(VIP, 2), EAST), 2);
     configmap_version(&mount, 2, &to("127.0.10.2"));
     wait_for_answer(&node, WEST);
-}
-
-fn start_with_args(node: &mut Node, args: Vec<String>) {
-    let daemon = redirector_tests::daemon::Daemon::start(redirector_tests::daemon::DaemonOptions {
-        netns: &node.ns,
-        cgroup: None,
-        args,
-        ready_timeout: TIMEOUT,
-        env: Vec::new(),
-    })
-    .expect("starting the daemon");
-    node.daemon = Some(daemon);
 }
 
 #[test]

@@ -122,6 +122,12 @@ impl Node {
         self.daemon = Some(daemon);
     }
 
+    /// Starts the daemon with exactly `args` (say, [`Node::args`] and more
+    /// flags), outside the attached cgroup.
+    pub fn start_args(&mut self, args: Vec<String>) {
+        self.daemon = Some(start_daemon(&self.ns, args));
+    }
+
     /// Writes `yaml` as the config and has the daemon reload it (SIGHUP);
     /// waits for the daemon to log `outcome` (`config reloaded` or
     /// `config reload rejected`) once more than before.
@@ -248,6 +254,18 @@ impl Node {
             })
             .collect()
     }
+}
+
+/// A daemon in `ns`, outside the attached cgroup, with exactly `args`.
+pub fn start_daemon(ns: &Netns, args: Vec<String>) -> Daemon {
+    Daemon::start(DaemonOptions {
+        netns: ns,
+        cgroup: None,
+        args,
+        ready_timeout: TIMEOUT,
+        env: Vec::new(),
+    })
+    .unwrap_or_else(|e| panic!("starting the daemon: {e:#}"))
 }
 
 /// Polls `cond` until true, or panics with `what` after `timeout`.
