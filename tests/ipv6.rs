@@ -30,7 +30,7 @@ use redirector_tests::{
     netns::{self, Netns},
     tcp::TcpServer,
 };
-use scenario::{Node, TIMEOUT, count, destination_rule, tcp_client};
+use scenario::{Node, TIMEOUT, count, destination_rule, mydb_entry, tcp_client};
 
 const VIP4: &str = "240.240.0.40";
 const FAST4: &str = "240.240.0.41";
@@ -97,19 +97,10 @@ fn served(reply: Result<(u16, String), String>) -> bool {
 /// mydb.com:80 (HTTP) at VIP4 (its IPv6 VIP allocated), endpoints east
 /// (127.0.0.2:8080) and west (127.0.0.3:8080) in two regions.
 fn mydb() -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: db}}
-spec:
-  hosts: [mydb.com]
-  addresses: [{VIP4}]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
-  resolution: STATIC
-  endpoints:
-  - {{address: 127.0.0.2, locality: us-east1/a}}
-  - {{address: 127.0.0.3, locality: us-west1/a}}
-"
+    mydb_entry(
+        VIP4,
+        "STATIC",
+        "  - {address: 127.0.0.2, locality: us-east1/a}\n  - {address: 127.0.0.3, locality: us-west1/a}\n",
     )
 }
 
