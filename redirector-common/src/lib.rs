@@ -508,29 +508,7 @@ pub fn read_str(src: &[u8]) -> &str {
 }
 
 #[cfg(feature = "user")]
-mod pod {
-    use super::*;
-    unsafe impl aya::Pod for ServiceKey {}
-    unsafe impl aya::Pod for ServiceValue {}
-    unsafe impl aya::Pod for ProxyConfig {}
-    unsafe impl aya::Pod for OrigDst {}
-    unsafe impl aya::Pod for SockKey {}
-    unsafe impl aya::Pod for ServiceInfo {}
-    unsafe impl aya::Pod for EndpointKey {}
-    unsafe impl aya::Pod for EndpointHealth {}
-    unsafe impl aya::Pod for SlotTable {}
-    unsafe impl aya::Pod for SlotConn {}
-    unsafe impl aya::Pod for ConnectOutcome {}
-    unsafe impl aya::Pod for DnsConfig {}
-    unsafe impl aya::Pod for SockOrig {}
-    unsafe impl aya::Pod for ServiceKey6 {}
-    unsafe impl aya::Pod for ServiceValue6 {}
-    unsafe impl aya::Pod for Config6 {}
-    unsafe impl aya::Pod for SockAddr6 {}
-    unsafe impl aya::Pod for SockOrig6 {}
-    unsafe impl aya::Pod for SlotTable6 {}
-    unsafe impl aya::Pod for SlotConn6 {}
-}
+pub mod user;
 
 #[cfg(test)]
 mod tests {

@@ -39,8 +39,12 @@ use tracing::{debug, warn};
 
 use crate::metrics;
 
+mod dump;
+
+pub(crate) use dump::{ConfigDump, Dump};
+
 #[derive(Debug, thiserror::Error)]
-pub enum AdminError {
+pub(crate) enum AdminError {
     #[error(
         "admin address {addr} is already in use (another redirector, or choose another port \
          with --admin-port; 0 turns the admin server off)"
@@ -53,17 +57,12 @@ pub enum AdminError {
     },
 }
 
-/// What `/config_dump` shows; the daemon sets it once it serves.
-pub trait ConfigDump: Send + Sync {
-    fn config_dump(&self) -> serde_json::Value;
-}
-
 const STARTING: u8 = 0;
 const READY: u8 = 1;
 const DRAINING: u8 = 2;
 
 /// The admin server's state, shared with the daemon.
-pub struct Admin {
+pub(crate) struct Admin {
     state: AtomicU8,
     registry: Registry,
     dump: RwLock<Option<Arc<dyn ConfigDump>>>,
@@ -71,7 +70,7 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn new(registry: Registry) -> Self {
+    pub(crate) fn new(registry: Registry) -> Self {
         Self {
             state: AtomicU8::new(STARTING),
             registry,
@@ -82,14 +81,14 @@ impl Admin {
 
     /// Also keeps readiness in `path`: this process's pid while ready, no
     /// file otherwise (one a previous process left is removed now).
-    pub fn with_ready_file(mut self, path: PathBuf) -> Self {
+    pub(crate) fn with_ready_file(mut self, path: PathBuf) -> Self {
         remove_ready_file(&path);
         self.ready_file = Some(path);
         self
     }
 
     /// Programs attached, listeners up: `/ready` answers 200.
-    pub fn set_ready(&self) {
+    pub(crate) fn set_ready(&self) {
         self.state.store(READY, Ordering::Release);
         if let Some(path) = &self.ready_file {
             // Written aside and renamed: a probe never reads half a file.
@@ -103,14 +102,14 @@ impl Admin {
     }
 
     /// Stopping, or handed over: `/ready` answers 503 from now on.
-    pub fn set_draining(&self) {
+    pub(crate) fn set_draining(&self) {
         self.state.store(DRAINING, Ordering::Release);
         if let Some(path) = &self.ready_file {
             remove_ready_file(path);
         }
     }
 
-    pub fn set_config_dump(&self, dump: Arc<dyn ConfigDump>) {
+    pub(crate) fn set_config_dump(&self, dump: Arc<dyn ConfigDump>) {
         *self.dump.write().expect("dump lock") = Some(dump);
     }
 
@@ -160,7 +159,7 @@ fn remove_ready_file(path: &Path) {
 
 /// `redirector ready`: whether the daemon that keeps `path` is ready, as
 /// the pid it wrote, or why not.
-pub fn check_ready_file(path: &Path) -> Result<u32, String> {
+pub(crate) fn check_ready_file(path: &Path) -> Result<u32, String> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -193,7 +192,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 }
 
 /// Binds the admin listener (the caller passes a loopback address).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
     TcpListener::bind(addr).await.map_err(|error| {
         if error.kind() == std::io::ErrorKind::AddrInUse {
             AdminError::PortInUse { addr }
@@ -204,7 +203,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
 }
 
 /// Serves until the task is dropped.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,

@@ -19,7 +19,7 @@ use crate::{config::NodeSettings, locality::Locality};
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `redirector_user=debug`.
     #[arg(long, global = true, env = "REDIRECTOR_LOG", default_value = "info")]
     pub log_level: String,
@@ -35,7 +35,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon in the foreground (needs root or CAP_BPF + CAP_NET_ADMIN).
     Run(RunArgs),
     /// Print services and endpoint health, read from the running daemon's pinned BPF maps.
@@ -49,101 +49,101 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct ReadyArgs {
+pub(crate) struct ReadyArgs {
     /// The file the daemon was started with (`redirector run --ready-file`).
     #[arg(long, env = "REDIRECTOR_READY_FILE")]
-    pub ready_file: PathBuf,
+    pub(crate) ready_file: PathBuf,
 }
 
 #[derive(Debug, Args)]
-pub struct CleanupArgs {
+pub(crate) struct CleanupArgs {
     /// bpffs directory of the daemon to remove.
-    #[arg(long, default_value = crate::app::DEFAULT_PIN_DIR)]
-    pub pin_dir: PathBuf,
+    #[arg(long, default_value = crate::state::DEFAULT_PIN_DIR)]
+    pub(crate) pin_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Multi-document YAML with ServiceEntry, DestinationRule and NodeConfig documents.
     #[arg(long, short)]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     #[command(flatten)]
-    pub node: NodeFlags,
+    pub(crate) node: NodeFlags,
     /// Proxy worker threads.
     #[arg(long, default_value_t = 1)]
-    pub workers: usize,
+    pub(crate) workers: usize,
     /// Only attach the redirect to --listen-port, where another proxy listens (benchmarks).
     #[arg(long, hide = true)]
-    pub datapath_only: bool,
+    pub(crate) datapath_only: bool,
     /// On SIGTERM, how long open connections may finish before the daemon exits (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub drain_timeout: std::time::Duration,
+    pub(crate) drain_timeout: std::time::Duration,
     /// If a daemon already holds the pin dir, take its listening sockets and datapath over
     /// without a gap (it stops accepting, drains and waits for SIGTERM) instead of failing.
     #[arg(long, env = "REDIRECTOR_TAKE_OVER")]
-    pub take_over: bool,
+    pub(crate) take_over: bool,
     /// Keep this process's pid in this file while it is ready, and no file otherwise
     /// (for `redirector ready`: a readiness probe of this daemon, not of whichever holds the port).
     #[arg(long, env = "REDIRECTOR_READY_FILE")]
-    pub ready_file: Option<PathBuf>,
+    pub(crate) ready_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     #[arg(long, short)]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     #[command(flatten)]
-    pub node: NodeFlags,
+    pub(crate) node: NodeFlags,
 }
 
 #[derive(Debug, Args)]
-pub struct EndpointsArgs {
+pub(crate) struct EndpointsArgs {
     /// bpffs directory of the daemon to inspect.
-    #[arg(long, default_value = crate::app::DEFAULT_PIN_DIR)]
-    pub pin_dir: PathBuf,
+    #[arg(long, default_value = crate::state::DEFAULT_PIN_DIR)]
+    pub(crate) pin_dir: PathBuf,
     #[arg(long, short, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
+    pub(crate) output: Output,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Output {
+pub(crate) enum Output {
     Table,
     Json,
 }
 
 #[derive(Debug, Args)]
-pub struct NodeFlags {
+pub(crate) struct NodeFlags {
     /// Attach the redirect to this cgroup v2 directory [default: the cgroup v2 root].
     #[arg(long)]
-    pub cgroup: Option<PathBuf>,
+    pub(crate) cgroup: Option<PathBuf>,
     /// This node's locality, REGION[/ZONE[/SUBZONE]].
     #[arg(long, value_parser = parse_locality)]
-    pub locality: Option<Locality>,
+    pub(crate) locality: Option<Locality>,
     /// DNS server for endpoint names, IP[:PORT]; repeatable [default: /etc/resolv.conf].
     #[arg(long = "nameserver", value_parser = parse_nameserver)]
-    pub nameservers: Vec<SocketAddr>,
+    pub(crate) nameservers: Vec<SocketAddr>,
     /// Proxy listener port on 127.0.0.1 [default: 15001].
     #[arg(long)]
-    pub listen_port: Option<u16>,
+    pub(crate) listen_port: Option<u16>,
     /// DNS responder port on 127.0.0.1 (UDP and TCP), where apps' DNS is captured; 0 turns capture off [default: 15053].
     #[arg(long)]
-    pub dns_port: Option<u16>,
+    pub(crate) dns_port: Option<u16>,
     /// Admin server port on 127.0.0.1 (/ready, /metrics, /config_dump); 0 turns it off [default: 15000].
     #[arg(long)]
-    pub admin_port: Option<u16>,
+    pub(crate) admin_port: Option<u16>,
     /// Range for VIPs of ServiceEntries without `addresses` [default: 240.240.0.0/16].
     #[arg(long)]
-    pub vip_range: Option<ipnet::Ipv4Net>,
+    pub(crate) vip_range: Option<ipnet::Ipv4Net>,
     /// Range for IPv6 VIPs of ServiceEntries without an IPv6 address in `addresses` [default: 2001:2::/48].
     #[arg(long)]
-    pub vip_range6: Option<ipnet::Ipv6Net>,
+    pub(crate) vip_range6: Option<ipnet::Ipv6Net>,
     /// bpffs directory for pinned maps [default: /sys/fs/bpf/redirector].
     #[arg(long)]
-    pub pin_dir: Option<PathBuf>,
+    pub(crate) pin_dir: Option<PathBuf>,
 }
 
 impl NodeFlags {
-    pub fn to_settings(&self) -> NodeSettings {
+    pub(crate) fn to_settings(&self) -> NodeSettings {
         NodeSettings {
             locality: self.locality.clone(),
             cgroup: self.cgroup.clone(),

@@ -37,21 +37,21 @@ use crate::{
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct HostKey {
-    pub address: EndpointAddress,
-    pub port: u16,
-    pub ip: IpAddr,
+pub(crate) struct HostKey {
+    pub(crate) address: EndpointAddress,
+    pub(crate) port: u16,
+    pub(crate) ip: IpAddr,
 }
 
 /// One address to connect to. Cloned per request, so the key and the
 /// request counter are shared.
 #[derive(Clone, Debug)]
-pub struct Host {
-    pub key: Arc<HostKey>,
-    pub addr: SocketAddr,
+pub(crate) struct Host {
+    pub(crate) key: Arc<HostKey>,
+    pub(crate) addr: SocketAddr,
     /// Index into `Service::endpoints`.
-    pub endpoint: usize,
-    pub priority: u8,
+    pub(crate) endpoint: usize,
+    pub(crate) priority: u8,
     /// Requests in flight and metric handles, shared by the clones.
     shared: Arc<HostShared>,
 }
@@ -75,19 +75,19 @@ impl Eq for Host {}
 
 impl Host {
     /// Requests or connections in flight to this host.
-    pub fn active(&self) -> u32 {
+    pub(crate) fn active(&self) -> u32 {
         self.shared.active.load(Ordering::Relaxed)
     }
 
     /// The host's metric handles.
-    pub fn stats(&self) -> &HostStats {
+    pub(crate) fn stats(&self) -> &HostStats {
         &self.shared.stats
     }
 }
 
 /// Counts one request or connection as in flight to a host until dropped.
 #[derive(Debug)]
-pub struct ActiveRequest(Arc<HostShared>);
+pub(crate) struct ActiveRequest(Arc<HostShared>);
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
@@ -106,42 +106,42 @@ impl fmt::Display for Host {
 
 /// What `redirector endpoints` shows for one host (or one unresolved name).
 #[derive(Clone, Debug)]
-pub struct HostSnapshot {
-    pub addr: Option<SocketAddr>,
-    pub address: String,
-    pub locality: Locality,
-    pub priority: u8,
+pub(crate) struct HostSnapshot {
+    pub(crate) addr: Option<SocketAddr>,
+    pub(crate) address: String,
+    pub(crate) locality: Locality,
+    pub(crate) priority: u8,
     /// The endpoint's weight; 0 when `distribute` gives its locality no
     /// traffic.
-    pub weight: u32,
-    pub ejected_until: Option<SystemTime>,
-    pub ejections: u32,
-    pub multiplier: u32,
-    pub consecutive_5xx: u32,
-    pub last_error: Option<(SystemTime, String)>,
+    pub(crate) weight: u32,
+    pub(crate) ejected_until: Option<SystemTime>,
+    pub(crate) ejections: u32,
+    pub(crate) multiplier: u32,
+    pub(crate) consecutive_5xx: u32,
+    pub(crate) last_error: Option<(SystemTime, String)>,
     /// DNS endpoints: refreshes that failed or came back empty (the last
     /// good answer was kept), and when the name last resolved.
-    pub dns: DnsStats,
+    pub(crate) dns: DnsStats,
 }
 
 /// How one endpoint name's DNS refreshes went, since the daemon started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DnsStats {
-    pub failures: u32,
-    pub last_answer: Option<SystemTime>,
+pub(crate) struct DnsStats {
+    pub(crate) failures: u32,
+    pub(crate) last_answer: Option<SystemTime>,
 }
 
-pub struct Cluster {
-    pub id: u32,
-    pub service: Service,
+pub(crate) struct Cluster {
+    pub(crate) id: u32,
+    pub(crate) service: Service,
     /// `outbound|<port>||<host>`, as Istio names clusters.
-    pub name: String,
+    pub(crate) name: String,
     placement: Placement,
     policy: lb::Policy,
     /// `splitExternalLocalOriginErrors`, known without the lock.
     split_local_origin: bool,
     /// The service's metric handles (hosts hold their own).
-    pub stats: ServiceStats,
+    pub(crate) stats: ServiceStats,
     inner: Mutex<Inner>,
     dirty: AtomicBool,
     notify: Arc<Notify>,
@@ -163,7 +163,7 @@ struct Inner {
 
 impl Cluster {
     /// `notify` wakes the health publisher when the cluster changes.
-    pub fn new(
+    pub(crate) fn new(
         id: u32,
         service: Service,
         node: &Locality,
@@ -227,7 +227,7 @@ impl Cluster {
     }
 
     /// DNS names of endpoints that need resolving, with their indices.
-    pub fn dns_endpoints(&self) -> Vec<(usize, String)> {
+    pub(crate) fn dns_endpoints(&self) -> Vec<(usize, String)> {
         self.service
             .endpoints
             .iter()
@@ -239,14 +239,13 @@ impl Cluster {
             .collect()
     }
 
-    pub fn outlier_interval(&self) -> Option<Duration> {
+    pub(crate) fn outlier_interval(&self) -> Option<Duration> {
         self.inner().detector.interval()
     }
 
-    /// New addresses for one endpoint (a DNS answer).
     /// Whether an endpoint name has had no answer and no failure yet (its
     /// first lookup is still out).
-    pub fn awaiting_first_answer(&self) -> bool {
+    pub(crate) fn awaiting_first_answer(&self) -> bool {
         let inner = self.inner();
         self.service.endpoints.iter().enumerate().any(|(i, ep)| {
             matches!(ep.address, EndpointAddress::Dns(_))
@@ -257,7 +256,7 @@ impl Cluster {
 
     /// Counts one DNS refresh of an endpoint name: a good answer (changed
     /// or not), or a failure or empty answer that kept the last good one.
-    pub fn dns_refreshed(&self, endpoint: usize, ok: bool) {
+    pub(crate) fn dns_refreshed(&self, endpoint: usize, ok: bool) {
         let mut inner = self.inner();
         let stats = &mut inner.dns[endpoint];
         if ok {
@@ -269,7 +268,8 @@ impl Cluster {
         self.mark_dirty();
     }
 
-    pub fn set_resolved(&self, endpoint: usize, mut addrs: Vec<IpAddr>) {
+    /// New addresses for one endpoint (a DNS answer).
+    pub(crate) fn set_resolved(&self, endpoint: usize, mut addrs: Vec<IpAddr>) {
         addrs.sort_unstable();
         addrs.dedup();
         let mut inner = self.inner();
@@ -284,7 +284,7 @@ impl Cluster {
 
     /// Takes over resolved addresses and outlier state from the cluster this
     /// one replaces in a config reload.
-    pub fn adopt(&self, old: &Cluster) {
+    pub(crate) fn adopt(&self, old: &Cluster) {
         let old_inner = old.inner();
         let mut inner = self.inner();
         for (i, ep) in self.service.endpoints.iter().enumerate() {
@@ -326,7 +326,7 @@ impl Cluster {
 
     /// Hosts in the order one new connection (or HTTP request) should try
     /// them: the balancer's pick first.
-    pub fn attempt_order(&self) -> Vec<Host> {
+    pub(crate) fn attempt_order(&self) -> Vec<Host> {
         let mut inner = self.inner();
         let inner = &mut *inner;
         let healthy: Vec<bool> = inner
@@ -374,7 +374,7 @@ impl Cluster {
     /// `n` hosts whose proportions follow the balancer's split over healthy
     /// hosts (see [`lb::slot_table`]), for a datapath that cannot ask the
     /// balancer per connection.
-    pub fn slot_table(&self, n: usize) -> Vec<Host> {
+    pub(crate) fn slot_table(&self, n: usize) -> Vec<Host> {
         let inner = self.inner();
         let healthy: Vec<bool> = inner
             .hosts
@@ -390,17 +390,13 @@ impl Cluster {
 
     /// Counts a request or connection to `host` as in flight until the
     /// guard is dropped (LEAST_REQUEST balances on these counts).
-    pub fn track(&self, host: &Host) -> ActiveRequest {
+    pub(crate) fn track(&self, host: &Host) -> ActiveRequest {
         host.shared.active.fetch_add(1, Ordering::Relaxed);
         ActiveRequest(host.shared.clone())
     }
 
-    pub fn is_ejected(&self, host: &Host) -> bool {
-        self.inner().detector.is_ejected(&host.key)
-    }
-
     /// Feeds one attempt's outcome to outlier detection.
-    pub fn record(&self, host: &Host, outcome: Outcome, error: Option<&str>) {
+    pub(crate) fn record(&self, host: &Host, outcome: Outcome, error: Option<&str>) {
         // A connect under an HTTP request matters only to a split
         // local-origin counter: skip the lock on every request otherwise.
         if outcome == Outcome::Connected && !self.split_local_origin {
@@ -438,7 +434,7 @@ impl Cluster {
     }
 
     /// The outlier interval timer fired.
-    pub fn tick(&self) {
+    pub(crate) fn tick(&self) {
         let inner = &mut *self.inner();
         let events = inner.detector.tick(Instant::now());
         for (key, _) in &events {
@@ -453,7 +449,7 @@ impl Cluster {
     }
 
     /// Returns whether the cluster changed since the last call.
-    pub fn take_dirty(&self) -> bool {
+    pub(crate) fn take_dirty(&self) -> bool {
         self.dirty.swap(false, Ordering::AcqRel)
     }
 
@@ -462,7 +458,7 @@ impl Cluster {
         self.notify.notify_one();
     }
 
-    pub fn snapshot(&self) -> Vec<HostSnapshot> {
+    pub(crate) fn snapshot(&self) -> Vec<HostSnapshot> {
         let inner = self.inner();
         let now_i = Instant::now();
         let now_s = SystemTime::now();
@@ -521,7 +517,7 @@ impl Cluster {
     /// hosts. IPv4 hosts only: the table's layout holds IPv4 addresses
     /// (connect6 reaches them at their IPv4-mapped address), so IPv6 hosts'
     /// shares are left out and the rest keep their proportions.
-    pub fn kernel_slots(&self) -> Vec<SocketAddrV4> {
+    pub(crate) fn kernel_slots(&self) -> Vec<SocketAddrV4> {
         self.slot_table(redirector_common::MAX_SLOTS)
             .into_iter()
             .filter_map(|h| match h.addr {
@@ -534,7 +530,7 @@ impl Cluster {
     /// connect6's slot table: the same proportions over every host, IPv4
     /// ones at their IPv4-mapped address (which a dual-stack IPv6 socket
     /// reaches over IPv4).
-    pub fn kernel_slots6(&self) -> Vec<SocketAddrV6> {
+    pub(crate) fn kernel_slots6(&self) -> Vec<SocketAddrV6> {
         self.slot_table(redirector_common::MAX_SLOTS)
             .into_iter()
             .map(|h| match h.addr {
@@ -545,12 +541,12 @@ impl Cluster {
     }
 
     /// The host at `addr`, for outcomes the kernel reports by address.
-    pub fn host_by_addr(&self, addr: SocketAddr) -> Option<Host> {
+    pub(crate) fn host_by_addr(&self, addr: SocketAddr) -> Option<Host> {
         self.inner().hosts.iter().find(|h| h.addr == addr).cloned()
     }
 
     /// Whether `key` is one of the cluster's hosts now.
-    pub fn has_host(&self, key: &HostKey) -> bool {
+    pub(crate) fn has_host(&self, key: &HostKey) -> bool {
         self.inner().hosts.iter().any(|h| *h.key == *key)
     }
 }
@@ -603,210 +599,6 @@ impl Inner {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{self, NodeSettings};
-
-    const SE: &str = "\
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: db}
-spec:
-  hosts: [mydb.com]
-  ports: [{number: 80, name: http}]
-  resolution: STATIC
-  endpoints:
-  - {address: 10.0.0.1, locality: a, weight: 3}
-  - {address: 10.0.0.2, locality: a}
-  - {address: 10.0.0.3, locality: b}
-";
-
-    fn cluster(yaml: &str, node: &str) -> Cluster {
-        let mut config = config::load_str("t.yaml", yaml, &NodeSettings::default())
-            .unwrap_or_else(|e| panic!("{e}"));
-        Cluster::new(
-            1,
-            config.services.remove(0),
-            &Locality::parse(node).unwrap(),
-            Arc::new(Notify::new()),
-            &Metrics::default(),
-        )
-    }
-
-    fn last_octet(h: &Host) -> u8 {
-        match h.addr.ip() {
-            IpAddr::V4(ip) => ip.octets()[3],
-            IpAddr::V6(ip) => ip.octets()[15],
-        }
-    }
-
-    #[test]
-    fn weights_and_distribute_reach_the_balancer() {
-        let dr = "---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: db}
-spec:
-  host: mydb.com
-  trafficPolicy:
-    loadBalancer:
-      simple: ROUND_ROBIN
-      localityLbSetting:
-        distribute:
-        - from: a
-          to: {a: 100}
-";
-        let c = cluster(&format!("{SE}{dr}"), "a");
-        let orders: Vec<Vec<u8>> = (0..8)
-            .map(|_| c.attempt_order().iter().map(last_octet).collect())
-            .collect();
-        let firsts: Vec<u8> = orders.iter().map(|o| o[0]).collect();
-        assert_eq!(firsts.iter().filter(|&&o| o == 1).count(), 6, "{firsts:?}");
-        assert_eq!(firsts.iter().filter(|&&o| o == 2).count(), 2, "{firsts:?}");
-        // Locality b gets nothing, not even as a fallback.
-        assert!(orders.iter().all(|o| !o.contains(&3)), "{orders:?}");
-        let weights: Vec<u32> = c.snapshot().iter().map(|h| h.weight).collect();
-        assert_eq!(weights, [3, 1, 0]);
-        let table = c.slot_table(8);
-        assert_eq!(table.iter().filter(|h| last_octet(h) == 1).count(), 6);
-        assert_eq!(table.iter().filter(|h| last_octet(h) == 2).count(), 2);
-    }
-
-    #[test]
-    fn a_name_awaits_its_first_answer_until_resolved_or_failed() {
-        let se = SE
-            .replace("resolution: STATIC", "resolution: DNS")
-            .replace("10.0.0.1", "a.test")
-            .replace("10.0.0.2", "b.test")
-            .replace("10.0.0.3", "c.test");
-        let c = cluster(&se, "a");
-        assert!(c.awaiting_first_answer());
-        c.set_resolved(0, vec![std::net::Ipv4Addr::new(10, 0, 0, 1).into()]);
-        c.dns_refreshed(0, true);
-        c.dns_refreshed(1, false);
-        // c.test has had neither.
-        assert!(c.awaiting_first_answer());
-        c.dns_refreshed(2, false);
-        assert!(!c.awaiting_first_answer());
-        let snap = c.snapshot();
-        assert_eq!(snap.iter().map(|h| h.dns.failures).sum::<u32>(), 2);
-        assert!(snap[0].dns.last_answer.is_some());
-        // IP endpoints never wait.
-        assert!(!cluster(SE, "a").awaiting_first_answer());
-    }
-
-    #[test]
-    fn track_counts_requests_in_flight() {
-        let c = cluster(SE, "a");
-        let h = c.attempt_order()[0].clone();
-        let first = c.track(&h);
-        let second = c.track(&h);
-        assert_eq!(h.active(), 2);
-        drop(first);
-        assert_eq!(h.active(), 1);
-        // Later attempt orders hand out the same counter.
-        let same = c
-            .attempt_order()
-            .into_iter()
-            .find(|x| x.key == h.key)
-            .unwrap();
-        assert_eq!(same.active(), 1);
-        drop(second);
-        assert_eq!(same.active(), 0);
-    }
-}
-
+mod kernel_slot_tests;
 #[cfg(test)]
-mod kernel_slot_tests {
-    use super::*;
-    use crate::config::{self, NodeSettings};
-
-    /// Endpoints in the node's region (priority 0) and one elsewhere
-    /// (priority 1), ejected after one failure.
-    fn cluster(east: &[&str]) -> Cluster {
-        let endpoints: String = east
-            .iter()
-            .map(|a| format!("  - {{address: {a}, locality: us-east1}}\n"))
-            .collect();
-        let yaml = format!(
-            "\
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: db}}
-spec:
-  hosts: [db.example]
-  resolution: STATIC
-  ports: [{{number: 5432, name: tcp-pg}}]
-  endpoints:
-{endpoints}  - {{address: 10.0.1.1, locality: us-west1}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: db}}
-spec:
-  host: db.example
-  trafficPolicy:
-    outlierDetection: {{consecutive5xxErrors: 1, interval: 10s, baseEjectionTime: 30s}}
-"
-        );
-        let config = config::load_str("t.yaml", &yaml, &NodeSettings::default()).unwrap();
-        let mut service = config.services[0].clone();
-        service.endpoints[0].weight = 3;
-        let node = Locality::parse("us-east1").unwrap();
-        Cluster::new(
-            1,
-            service,
-            &node,
-            Arc::new(Notify::new()),
-            &Metrics::default(),
-        )
-    }
-
-    fn ep(s: &str) -> SocketAddrV4 {
-        format!("{s}:5432").parse().unwrap()
-    }
-
-    fn fail(c: &Cluster, addr: &str) {
-        let host = c.host_by_addr(ep(addr).into()).unwrap();
-        c.record(&host, Outcome::ConnectFailed, Some("refused"));
-    }
-
-    fn share(slots: &[SocketAddrV4], addr: &str) -> usize {
-        slots.iter().filter(|a| **a == ep(addr)).count()
-    }
-
-    #[test]
-    fn best_priority_hosts_in_proportion_to_their_weight() {
-        let c = cluster(&["10.0.0.1", "10.0.0.2"]);
-        let slots = c.kernel_slots();
-        assert_eq!(slots.len(), redirector_common::MAX_SLOTS);
-        assert_eq!(share(&slots, "10.0.0.1"), 48, "{slots:?}");
-        assert_eq!(share(&slots, "10.0.0.2"), 16, "{slots:?}");
-        assert_eq!(share(&slots, "10.0.1.1"), 0, "{slots:?}");
-    }
-
-    #[test]
-    fn an_ejection_spills_over_as_envoy_does() {
-        let c = cluster(&["10.0.0.1", "10.0.0.2"]);
-        fail(&c, "10.0.0.1");
-        // Half of P0 healthy: 1.4 × 50% = 70% stays, 30% goes to P1.
-        let slots = c.kernel_slots();
-        let p0 = share(&slots, "10.0.0.2");
-        assert!((44..=46).contains(&p0), "{slots:?}");
-        assert_eq!(share(&slots, "10.0.0.1"), 0, "{slots:?}");
-        assert_eq!(p0 + share(&slots, "10.0.1.1"), 64, "{slots:?}");
-    }
-
-    #[test]
-    fn when_the_best_priority_is_ejected_the_next_takes_over() {
-        let c = cluster(&["10.0.0.1"]);
-        assert_eq!(share(&c.kernel_slots(), "10.0.0.1"), 64);
-        fail(&c, "10.0.0.1");
-        assert_eq!(share(&c.kernel_slots(), "10.0.1.1"), 64);
-        // A success elsewhere changes nothing; un-ejection waits for a tick.
-        let west = c.host_by_addr(ep("10.0.1.1").into()).unwrap();
-        c.record(&west, Outcome::Success, None);
-        assert_eq!(share(&c.kernel_slots(), "10.0.1.1"), 64);
-        assert!(c.host_by_addr(ep("10.9.9.9").into()).is_none());
-    }
-}
+mod tests;

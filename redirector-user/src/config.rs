@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-pub use crate::locality::{Failover, Locality};
+pub(crate) use crate::locality::{Failover, Locality};
 
 /// The range Istio's DNS proxy allocates IPv4 VIPs from.
 pub const DEFAULT_VIP_RANGE: ipnet::Ipv4Net =

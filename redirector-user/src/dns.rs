@@ -24,15 +24,16 @@
 //!   over the transport it used, and its answer comes back unchanged (so
 //!   with the app's transaction id). See `dns/serve.rs`.
 //!
-//! The host table is derived from the proxy's routes, so a config reload,
-//! which swaps the routes, changes the answers with no step of its own:
-//! a name resolves to a VIP exactly when the proxy serves that VIP.
+//! The host table is derived from the live service table (`state.rs`),
+//! so a config reload, which swaps it (after the proxy's routes), changes
+//! the answers with no step of its own: a name resolves to a VIP exactly
+//! when the proxy serves that VIP.
 //!
 //! The responder's upstream sockets, like the resolver's for endpoint names
 //! (`resolve.rs`), carry the proxy's mark, and the kernel programs leave
 //! marked sockets alone, so the daemon's own DNS is never captured.
 
-pub mod serve;
+pub(crate) mod serve;
 
 use std::{
     collections::HashMap,
@@ -48,11 +49,11 @@ use hickory_proto::{
     },
 };
 
-use crate::proxy::{RouteMap, Routes};
+use crate::state::{ServiceTable, Services};
 
 /// TTL of the answers for configured hosts: short, so a reload that moves
 /// a VIP reaches apps within half a minute, as Istio's DNS proxy does.
-pub const ANSWER_TTL: u32 = 30;
+pub(crate) const ANSWER_TTL: u32 = 30;
 
 /// The EDNS payload size we announce (the DNS flag day's 1232 bytes).
 const EDNS_PAYLOAD: u16 = 1232;
@@ -60,18 +61,20 @@ const EDNS_PAYLOAD: u16 = 1232;
 /// Configured hosts and their VIPs, by lower-case name without the
 /// trailing dot.
 #[derive(Debug, Default, PartialEq)]
-pub struct Hosts(HashMap<String, Vips>);
+pub(crate) struct Hosts(HashMap<String, Vips>);
 
 /// A host's VIPs, sorted (one of each family, unless several ServiceEntry
 /// documents disagree).
 #[derive(Debug, Default, PartialEq)]
-pub struct Vips {
-    pub v4: Vec<Ipv4Addr>,
-    pub v6: Vec<Ipv6Addr>,
+pub(crate) struct Vips {
+    pub(crate) v4: Vec<Ipv4Addr>,
+    pub(crate) v6: Vec<Ipv6Addr>,
 }
 
 impl Hosts {
-    pub fn new<'a>(entries: impl IntoIterator<Item = (&'a str, Ipv4Addr, Ipv6Addr)>) -> Self {
+    pub(crate) fn new<'a>(
+        entries: impl IntoIterator<Item = (&'a str, Ipv4Addr, Ipv6Addr)>,
+    ) -> Self {
         let mut map: HashMap<String, Vips> = HashMap::new();
         for (host, vip, vip6) in entries {
             let vips = map.entry(normalize(host)).or_default();
@@ -89,13 +92,13 @@ impl Hosts {
         Self(map)
     }
 
-    /// Every service the proxy routes: its host and its VIPs; without
+    /// Every service of the table: its host and its VIPs; without
     /// `ipv6` (the proxy has no IPv6 listener: the node has no `::1`), no
     /// IPv6 VIPs, so AAAA questions get NODATA as before IPv6 support, and
     /// apps use IPv4.
-    pub fn from_routes(routes: &RouteMap, ipv6: bool) -> Self {
-        let mut hosts = Self::new(routes.values().map(|r| {
-            let s = &r.cluster.service;
+    pub(crate) fn from_services(services: &ServiceTable, ipv6: bool) -> Self {
+        let mut hosts = Self::new(services.values().map(|c| {
+            let s = &c.service;
             (s.host.as_str(), s.vip, s.vip6)
         }));
         if !ipv6 {
@@ -106,7 +109,7 @@ impl Hosts {
         hosts
     }
 
-    pub fn get(&self, name: &str) -> Option<&Vips> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Vips> {
         self.0.get(&normalize(name))
     }
 }
@@ -115,31 +118,31 @@ fn normalize(name: &str) -> String {
     name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
 }
 
-/// The current [`Hosts`], rebuilt when a reload swaps the routes.
-pub struct HostTable {
-    routes: Routes,
+/// The current [`Hosts`], rebuilt when a reload swaps the service table.
+pub(crate) struct HostTable {
+    services: Services,
     ipv6: bool,
-    cache: Mutex<(Arc<RouteMap>, Arc<Hosts>)>,
+    cache: Mutex<(Arc<ServiceTable>, Arc<Hosts>)>,
 }
 
 impl HostTable {
-    /// `ipv6`: whether to answer AAAA (see [`Hosts::from_routes`]).
-    pub fn new(routes: Routes, ipv6: bool) -> Self {
-        let current = routes.read().expect("routes lock").clone();
-        let hosts = Arc::new(Hosts::from_routes(&current, ipv6));
+    /// `ipv6`: whether to answer AAAA (see [`Hosts::from_services`]).
+    pub(crate) fn new(services: Services, ipv6: bool) -> Self {
+        let current = services.current();
+        let hosts = Arc::new(Hosts::from_services(&current, ipv6));
         Self {
-            routes,
+            services,
             ipv6,
             cache: Mutex::new((current, hosts)),
         }
     }
 
-    pub fn current(&self) -> Arc<Hosts> {
-        let routes = self.routes.read().expect("routes lock").clone();
+    pub(crate) fn current(&self) -> Arc<Hosts> {
+        let services = self.services.current();
         let mut cache = self.cache.lock().expect("host table lock");
-        if !Arc::ptr_eq(&cache.0, &routes) {
-            let hosts = Arc::new(Hosts::from_routes(&routes, self.ipv6));
-            *cache = (routes, hosts);
+        if !Arc::ptr_eq(&cache.0, &services) {
+            let hosts = Arc::new(Hosts::from_services(&services, self.ipv6));
+            *cache = (services, hosts);
         }
         cache.1.clone()
     }
@@ -147,7 +150,7 @@ impl HostTable {
 
 /// What to do with a query.
 #[derive(Debug, PartialEq)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// Answer with these bytes.
     Local(Vec<u8>),
     /// Send it, unchanged, to the nameserver the app asked.
@@ -155,7 +158,7 @@ pub enum Reply {
 }
 
 /// Decides a query from its wire bytes; see the module docs.
-pub fn reply(query: &[u8], hosts: &Hosts) -> Reply {
+pub(crate) fn reply(query: &[u8], hosts: &Hosts) -> Reply {
     let Ok(msg) = Message::from_vec(query) else {
         return Reply::Forward;
     };
@@ -204,7 +207,7 @@ pub fn reply(query: &[u8], hosts: &Hosts) -> Reply {
 
 /// REFUSED for `query`, when it cannot be forwarded (nobody said where
 /// to); `None` if the query does not even parse.
-pub fn refused(query: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn refused(query: &[u8]) -> Option<Vec<u8>> {
     let msg = Message::from_vec(query).ok()?;
     let mut response =
         Message::error_msg(msg.metadata.id, msg.metadata.op_code, ResponseCode::Refused);

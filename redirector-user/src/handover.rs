@@ -53,7 +53,7 @@ const MAX_SOCKETS: usize = 8;
 const MAX_MESSAGE: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum HandoverError {
+pub(crate) enum HandoverError {
     #[error("handover socket {path}: {error}")]
     Io { path: PathBuf, error: io::Error },
     #[error("handover socket {path}: {reason}")]
@@ -63,7 +63,7 @@ pub enum HandoverError {
 /// What a handed socket is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Kind {
+pub(crate) enum Kind {
     Proxy,
     DnsUdp,
     DnsTcp,
@@ -91,10 +91,10 @@ struct Described {
 /// its accept loops own) so they can be handed over once those loops are
 /// gone.
 #[derive(Default)]
-pub struct Listening(Vec<(Kind, SocketAddr, OwnedFd)>);
+pub(crate) struct Listening(Vec<(Kind, SocketAddr, OwnedFd)>);
 
 impl Listening {
-    pub fn add(&mut self, kind: Kind, socket: BorrowedFd<'_>) -> io::Result<()> {
+    pub(crate) fn add(&mut self, kind: Kind, socket: BorrowedFd<'_>) -> io::Result<()> {
         let addr = socket2::SockRef::from(&socket)
             .local_addr()?
             .as_socket()
@@ -107,15 +107,15 @@ impl Listening {
 /// The sockets a predecessor handed over. Those nobody takes are closed
 /// when this is dropped.
 #[derive(Debug)]
-pub struct Handed {
+pub(crate) struct Handed {
     /// The predecessor's pid.
-    pub pid: u32,
+    pub(crate) pid: u32,
     sockets: Vec<(Kind, SocketAddr, OwnedFd)>,
 }
 
 impl Handed {
     /// The handed socket of `kind` bound to `addr`, if there is one.
-    pub fn take(&mut self, kind: Kind, addr: SocketAddr) -> Option<OwnedFd> {
+    pub(crate) fn take(&mut self, kind: Kind, addr: SocketAddr) -> Option<OwnedFd> {
         let i = self
             .sockets
             .iter()
@@ -124,7 +124,7 @@ impl Handed {
     }
 
     /// What was handed, for the log.
-    pub fn describe(&self) -> Vec<String> {
+    pub(crate) fn describe(&self) -> Vec<String> {
         self.sockets
             .iter()
             .map(|(k, a, _)| format!("{k:?} {a}"))
@@ -133,7 +133,7 @@ impl Handed {
 }
 
 /// The predecessor's side: a listener for successors.
-pub struct Server {
+pub(crate) struct Server {
     listener: tokio::net::UnixListener,
     path: PathBuf,
 }
@@ -141,7 +141,7 @@ pub struct Server {
 impl Server {
     /// Binds `path`, replacing a socket file a previous daemon left (the
     /// caller holds the pin directory's lock, so no live daemon uses it).
-    pub fn bind(path: PathBuf) -> Result<Self, HandoverError> {
+    pub(crate) fn bind(path: PathBuf) -> Result<Self, HandoverError> {
         let err = |error| HandoverError::Io {
             path: path.clone(),
             error,
@@ -157,7 +157,7 @@ impl Server {
 
     /// The next successor's request. Peers of another uid, and requests
     /// that do not parse, are logged and skipped.
-    pub async fn next(&self) -> Successor {
+    pub(crate) async fn next(&self) -> Successor {
         loop {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -224,8 +224,8 @@ impl Server {
 }
 
 /// A successor that asked for the sockets.
-pub struct Successor {
-    pub pid: u32,
+pub(crate) struct Successor {
+    pub(crate) pid: u32,
     stream: UnixStream,
     path: PathBuf,
 }
@@ -234,7 +234,7 @@ impl Successor {
     /// Sends `listening`. The caller must have stopped accepting, and once
     /// this returns must stop writing the maps and release the pin
     /// directory, then drop `self`: that tells the successor to go on.
-    pub fn offer(&self, listening: &Listening) -> Result<(), HandoverError> {
+    pub(crate) fn offer(&self, listening: &Listening) -> Result<(), HandoverError> {
         let offer = Offer {
             pid: std::process::id(),
             sockets: listening
@@ -275,7 +275,7 @@ impl Successor {
 
 /// The successor's side: asks the daemon listening at `path` for its
 /// sockets and waits until it has released the pin directory. Blocking.
-pub fn request(path: &Path) -> Result<Handed, HandoverError> {
+pub(crate) fn request(path: &Path) -> Result<Handed, HandoverError> {
     let io_err = |error| HandoverError::Io {
         path: path.into(),
         error,
@@ -364,7 +364,7 @@ pub fn request(path: &Path) -> Result<Handed, HandoverError> {
 
 /// Checks that `fd` is a socket of the type `kind` needs, bound where the
 /// offer said, before it is used as one.
-pub fn check(kind: Kind, fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
+pub(crate) fn check(kind: Kind, fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
     let sock = socket2::SockRef::from(fd);
     let want = match kind {
         Kind::Proxy | Kind::DnsTcp | Kind::Admin => socket2::Type::STREAM,

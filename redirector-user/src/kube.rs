@@ -32,18 +32,18 @@ use tokio_rustls::TlsConnector;
 use crate::locality::{LABEL_REGION, LABEL_SUBZONE, LABEL_ZONE, Locality};
 
 /// Where every pod finds its service account's token and the cluster CA.
-pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+pub(crate) const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// The whole exchange with the API server.
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// A node object is a few KiB; anything near this is not one.
 const MAX_BODY: usize = 4 << 20;
 
 /// The process environment, or a test's.
-pub trait Env {
+pub(crate) trait Env {
     fn var(&self, key: &str) -> Option<String>;
 }
 
-pub struct ProcessEnv;
+pub(crate) struct ProcessEnv;
 
 impl Env for ProcessEnv {
     fn var(&self, key: &str) -> Option<String> {
@@ -52,7 +52,7 @@ impl Env for ProcessEnv {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum KubeError {
+pub(crate) enum KubeError {
     #[error("reading {path}: {error} (the pod's service account {what})")]
     Read {
         path: PathBuf,
@@ -84,14 +84,14 @@ pub enum KubeError {
 
 /// What the cluster says about this node.
 #[derive(Debug, PartialEq)]
-pub struct NodeLocality {
-    pub node: String,
-    pub locality: Locality,
+pub(crate) struct NodeLocality {
+    pub(crate) node: String,
+    pub(crate) locality: Locality,
 }
 
 /// The node's locality from its labels, or `None` when not in a cluster
 /// (no `NODE_NAME` or no `KUBERNETES_SERVICE_HOST`).
-pub async fn node_locality(env: &dyn Env) -> Result<Option<NodeLocality>, KubeError> {
+pub(crate) async fn node_locality(env: &dyn Env) -> Result<Option<NodeLocality>, KubeError> {
     let (Some(node), Some(host)) = (env.var("NODE_NAME"), env.var("KUBERNETES_SERVICE_HOST"))
     else {
         return Ok(None);

@@ -29,48 +29,48 @@
 //! random source and the active request counts, so tests are exact.
 
 mod edf;
-pub mod priority;
+pub(crate) mod priority;
 
 use rand::{Rng, RngExt};
 
 use crate::config::LbAlgorithm;
 use edf::Edf;
-pub use priority::{Level, PriorityLoad, priority_load};
+pub(crate) use priority::{Level, PriorityLoad, priority_load};
 
 /// What the balancer needs to know about one host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HostView {
+pub(crate) struct HostView {
     /// Index of its locality group, which also gives its priority.
-    pub group: usize,
-    pub healthy: bool,
+    pub(crate) group: usize,
+    pub(crate) healthy: bool,
     /// The endpoint's weight, at least 1.
-    pub weight: u32,
+    pub(crate) weight: u32,
 }
 
 /// The hosts of one locality at one priority (Envoy's
 /// `LocalityLbEndpoints`), with the locality's weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Group {
-    pub priority: u8,
-    pub weight: u64,
+pub(crate) struct Group {
+    pub(crate) priority: u8,
+    pub(crate) weight: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Policy {
-    pub algorithm: LbAlgorithm,
+pub(crate) struct Policy {
+    pub(crate) algorithm: LbAlgorithm,
     /// Istio's `minHealthPercent`; 0 turns panic off.
-    pub panic_threshold: u32,
+    pub(crate) panic_threshold: u32,
     /// Envoy's locality weighted load balancing: a locality is chosen by
     /// weight before a host. Istio turns it on whenever locality load
     /// balancing is enabled.
-    pub locality_weighted: bool,
+    pub(crate) locality_weighted: bool,
 }
 
 /// The balancer for one state of a cluster's hosts. Build a new one when
 /// hosts or their health change; it keeps the round-robin and EDF state
 /// between picks.
 #[derive(Debug)]
-pub struct Balancer {
+pub(crate) struct Balancer {
     policy: Policy,
     hosts: Vec<HostView>,
     load: PriorityLoad,
@@ -122,7 +122,7 @@ impl Source {
 }
 
 impl Balancer {
-    pub fn new(hosts: Vec<HostView>, groups: &[Group], policy: Policy) -> Self {
+    pub(crate) fn new(hosts: Vec<HostView>, groups: &[Group], policy: Policy) -> Self {
         let levels_n = groups
             .iter()
             .map(|g| usize::from(g.priority) + 1)
@@ -173,17 +173,18 @@ impl Balancer {
     }
 
     /// Health of each host as the balancer was built with.
-    pub fn health(&self) -> impl Iterator<Item = bool> + '_ {
+    pub(crate) fn health(&self) -> impl Iterator<Item = bool> + '_ {
         self.hosts.iter().map(|h| h.healthy)
     }
 
-    pub fn priority_load(&self) -> &PriorityLoad {
+    #[cfg(test)]
+    pub(crate) fn priority_load(&self) -> &PriorityLoad {
         &self.load
     }
 
     /// Host indices in the order one new connection (or request) should try
     /// them. `active(i)` is host i's number of requests in flight.
-    pub fn attempt_order<R: Rng + ?Sized>(
+    pub(crate) fn attempt_order<R: Rng + ?Sized>(
         &mut self,
         rng: &mut R,
         active: impl Fn(usize) -> u32,
@@ -336,7 +337,12 @@ fn locality_weights(hosts: &[HostView], groups: &[Group], all: &[usize]) -> Vec<
 ///
 /// Hosts whose share is below one slot may get none; LEAST_REQUEST becomes
 /// its weights' proportions (a table cannot see active requests).
-pub fn slot_table(hosts: &[HostView], groups: &[Group], policy: &Policy, n: usize) -> Vec<usize> {
+pub(crate) fn slot_table(
+    hosts: &[HostView],
+    groups: &[Group],
+    policy: &Policy,
+    n: usize,
+) -> Vec<usize> {
     if hosts.is_empty() || n == 0 {
         return Vec::new();
     }

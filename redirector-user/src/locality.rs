@@ -17,21 +17,18 @@ use std::fmt;
 
 use serde::Serialize;
 
-pub use placement::{
-    LABEL_CLUSTER, LABEL_HOSTNAME, LABEL_NETWORK, LABEL_REGION, LABEL_SUBZONE, LABEL_ZONE,
-    Placement, locality_matches, place,
-};
+pub(crate) use placement::{LABEL_REGION, LABEL_SUBZONE, LABEL_ZONE, Placement, place};
 
 /// `region/zone/subzone`; missing parts are empty strings.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct Locality {
-    pub region: String,
-    pub zone: String,
-    pub subzone: String,
+pub(crate) struct Locality {
+    pub(crate) region: String,
+    pub(crate) zone: String,
+    pub(crate) subzone: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum LocalityError {
+pub(crate) enum LocalityError {
     #[error("locality {0:?} has more than three `/`-separated parts (region/zone/subzone)")]
     TooManyParts(String),
     #[error("locality {0:?} has an empty region before a zone or subzone")]
@@ -40,7 +37,7 @@ pub enum LocalityError {
 
 impl Locality {
     /// Parses `region[/zone[/subzone]]`. An empty string is the empty locality.
-    pub fn parse(s: &str) -> Result<Self, LocalityError> {
+    pub(crate) fn parse(s: &str) -> Result<Self, LocalityError> {
         let mut parts = s.split('/');
         let region = parts.next().unwrap_or_default().to_owned();
         let zone = parts.next().unwrap_or_default().to_owned();
@@ -58,7 +55,7 @@ impl Locality {
         })
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.region.is_empty() && self.zone.is_empty() && self.subzone.is_empty()
     }
 }
@@ -78,9 +75,9 @@ impl fmt::Display for Locality {
 
 /// A `localityLbSetting.failover` entry: regions only, as Istio validates.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Failover {
-    pub from: String,
-    pub to: String,
+pub(crate) struct Failover {
+    pub(crate) from: String,
+    pub(crate) to: String,
 }
 
 /// Istio's `util.LbPriority`: how far an endpoint is from the node.
@@ -96,9 +93,10 @@ fn distance(node: &Locality, ep: &Locality) -> u8 {
     }
 }
 
+#[cfg(test)]
 /// Priority of each endpoint locality relative to the node, compacted to
 /// `0..N`. Same order as `endpoints`.
-pub fn priorities<'a>(
+pub(crate) fn priorities<'a>(
     node: &Locality,
     endpoints: impl IntoIterator<Item = &'a Locality>,
     failover: &[Failover],
@@ -109,7 +107,7 @@ pub fn priorities<'a>(
 /// Istio's priority before compaction: the distance 0–3, or 4 for another
 /// region than the `to` of the failover rule whose `from` is the node's
 /// region (the first such rule).
-pub fn raw_priorities<'a>(
+pub(crate) fn raw_priorities<'a>(
     node: &Locality,
     endpoints: impl IntoIterator<Item = &'a Locality>,
     failover: &[Failover],
@@ -126,7 +124,7 @@ pub fn raw_priorities<'a>(
 
 /// Ranks `keys`: the k-th smallest distinct key becomes k, so priorities
 /// run 0..N without gaps, as Envoy requires.
-pub fn compact<K: Ord + Clone>(keys: Vec<K>) -> Vec<u8> {
+pub(crate) fn compact<K: Ord + Clone>(keys: Vec<K>) -> Vec<u8> {
     let mut distinct = keys.clone();
     distinct.sort();
     distinct.dedup();

@@ -57,7 +57,7 @@ const CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Why a request went to another endpoint (`redirector_retries_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Retry {
+pub(crate) enum Retry {
     /// The connect failed (refused, timed out, TLS): the next host.
     ConnectFailure = 0,
     /// The request left and the connection broke before an answer.
@@ -69,7 +69,7 @@ const RETRY_REASONS: [&str; 3] = ["connect_failure", "reset", "503"];
 
 /// How a kernel-path connect ended (`redirector_kernel_connects_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KernelOutcome {
+pub(crate) enum KernelOutcome {
     Connected = 0,
     Failed = 1,
     TimedOut = 2,
@@ -79,7 +79,7 @@ const KERNEL_OUTCOMES: [&str; 3] = ["connected", "failed", "timeout"];
 /// Every metric family of the daemon. Cheap to clone (each family is an
 /// `Arc`).
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     requests: Family<RequestLabels, Counter>,
     retries: Family<RetryLabels, Counter>,
     connections: Family<ServiceLabels, Counter>,
@@ -91,8 +91,8 @@ pub struct Metrics {
     dns_refreshes: Family<NameLabels, Counter>,
     dns_failures: Family<NameLabels, Counter>,
     /// Config reloads applied, and rejected (the running config stayed).
-    pub config_reloads: Counter,
-    pub config_reload_rejections: Counter,
+    pub(crate) config_reloads: Counter,
+    pub(crate) config_reload_rejections: Counter,
 }
 
 impl Default for Metrics {
@@ -104,7 +104,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Registers every family in `registry`, named `redirector_*`.
-    pub fn new(registry: &mut Registry) -> Self {
+    pub(crate) fn new(registry: &mut Registry) -> Self {
         let m = Self {
             requests: Family::default(),
             retries: Family::default(),
@@ -187,7 +187,7 @@ impl Metrics {
     }
 
     /// The handles of one service, `host:port`.
-    pub fn service(&self, service: &str) -> ServiceStats {
+    pub(crate) fn service(&self, service: &str) -> ServiceStats {
         let label = ServiceLabels {
             service: service.to_owned(),
         };
@@ -212,7 +212,7 @@ impl Metrics {
     }
 
     /// The handles of one endpoint name's DNS refreshes.
-    pub fn dns(&self, name: &str) -> DnsStats {
+    pub(crate) fn dns(&self, name: &str) -> DnsStats {
         let l = NameLabels {
             name: name.to_owned(),
         };
@@ -225,7 +225,7 @@ impl Metrics {
 
 /// One service's handles, resolved once per cluster.
 #[derive(Clone)]
-pub struct ServiceStats {
+pub(crate) struct ServiceStats {
     service: String,
     requests: [Counter; 6],
     retries: [Counter; 3],
@@ -242,24 +242,24 @@ impl Default for ServiceStats {
 
 impl ServiceStats {
     /// One HTTP request answered `status` (by the endpoint or the proxy).
-    pub fn request(&self, status: u16) {
+    pub(crate) fn request(&self, status: u16) {
         let class = usize::from(status / 100);
         self.requests[if class < CLASSES.len() { class } else { 0 }].inc();
     }
 
-    pub fn retry(&self, why: Retry) {
+    pub(crate) fn retry(&self, why: Retry) {
         self.retries[why as usize].inc();
     }
 
     /// Counts an accepted app connection, active until the guard drops.
-    pub fn connection(&self) -> ActiveConnection {
+    pub(crate) fn connection(&self) -> ActiveConnection {
         self.connections.inc();
         self.active.inc();
         ActiveConnection(self.active.clone())
     }
 
     /// The handles of one host (`ip:port`) of this service.
-    pub fn host(&self, endpoint: &str, kernel_path: bool) -> HostStats {
+    pub(crate) fn host(&self, endpoint: &str, kernel_path: bool) -> HostStats {
         let l = EndpointLabels {
             service: self.service.clone(),
             endpoint: endpoint.to_owned(),
@@ -283,7 +283,7 @@ impl ServiceStats {
 }
 
 /// An app connection in `redirector_active_connections` until dropped.
-pub struct ActiveConnection(Gauge);
+pub(crate) struct ActiveConnection(Gauge);
 
 impl Drop for ActiveConnection {
     fn drop(&mut self) {
@@ -293,7 +293,7 @@ impl Drop for ActiveConnection {
 
 /// One host's handles, resolved when the host appears.
 #[derive(Clone, Debug, Default)]
-pub struct HostStats {
+pub(crate) struct HostStats {
     connect_failures: Counter,
     ejections: Counter,
     ejected: Gauge,
@@ -302,20 +302,20 @@ pub struct HostStats {
 }
 
 impl HostStats {
-    pub fn connect_failed(&self) {
+    pub(crate) fn connect_failed(&self) {
         self.connect_failures.inc();
     }
 
-    pub fn ejected(&self) {
+    pub(crate) fn ejected(&self) {
         self.ejections.inc();
         self.ejected.set(1);
     }
 
-    pub fn returned(&self) {
+    pub(crate) fn returned(&self) {
         self.ejected.set(0);
     }
 
-    pub fn kernel_connect(&self, outcome: KernelOutcome) {
+    pub(crate) fn kernel_connect(&self, outcome: KernelOutcome) {
         if let Some(k) = &self.kernel {
             k[outcome as usize].inc();
         }
@@ -324,13 +324,13 @@ impl HostStats {
 
 /// One endpoint name's DNS handles.
 #[derive(Clone, Debug, Default)]
-pub struct DnsStats {
+pub(crate) struct DnsStats {
     refreshes: Counter,
     failures: Counter,
 }
 
 impl DnsStats {
-    pub fn refreshed(&self, ok: bool) {
+    pub(crate) fn refreshed(&self, ok: bool) {
         self.refreshes.inc();
         if !ok {
             self.failures.inc();
@@ -339,14 +339,14 @@ impl DnsStats {
 }
 
 /// `registry` in the Prometheus text format (0.0.4).
-pub fn encode(registry: &Registry) -> String {
+pub(crate) fn encode(registry: &Registry) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, registry);
     out
 }
 
-pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+pub(crate) use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 #[cfg(test)]
 mod tests {

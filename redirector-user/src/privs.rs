@@ -40,7 +40,7 @@ use caps::{CapSet, Capability, CapsHashSet};
 use tracing::info;
 
 #[derive(Debug, thiserror::Error)]
-pub enum PrivError {
+pub(crate) enum PrivError {
     #[error("reading this process's capabilities: {0}")]
     Read(#[from] caps::errors::CapsError),
     #[error("dropping capabilities: {what}: {error}")]
@@ -54,15 +54,15 @@ pub enum PrivError {
 
 /// Facts about the kernel that decide what the daemon keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Kernel {
+pub(crate) struct Kernel {
     /// (major, minor) of the running kernel.
-    pub version: (u32, u32),
+    pub(crate) version: (u32, u32),
     /// `kernel.unprivileged_bpf_disabled` is not 0.
-    pub unprivileged_bpf_disabled: bool,
+    pub(crate) unprivileged_bpf_disabled: bool,
 }
 
 impl Kernel {
-    pub fn current() -> Kernel {
+    pub(crate) fn current() -> Kernel {
         let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let disabled = fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
             .map(|s| s.trim() != "0")
@@ -76,13 +76,13 @@ impl Kernel {
 
     /// Whether bpf(2) on an already-open map fd needs `CAP_BPF` here:
     /// before Linux 6.5 the unprivileged-BPF sysctl gated every command.
-    pub fn map_access_needs_cap(&self) -> bool {
+    pub(crate) fn map_access_needs_cap(&self) -> bool {
         self.unprivileged_bpf_disabled && self.version < (6, 5)
     }
 }
 
 /// `6.18.44-fc-v1272` → (6, 18).
-pub fn parse_release(release: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_release(release: &str) -> Option<(u32, u32)> {
     let mut parts = release.trim().split(['.', '-']);
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next()?.parse().ok()?;
@@ -90,7 +90,7 @@ pub fn parse_release(release: &str) -> Option<(u32, u32)> {
 }
 
 /// The capabilities the running daemon needs, of those it `held`.
-pub fn keep(held: &CapsHashSet, kernel: Kernel) -> CapsHashSet {
+pub(crate) fn keep(held: &CapsHashSet, kernel: Kernel) -> CapsHashSet {
     let mut keep = CapsHashSet::new();
     keep.insert(Capability::CAP_NET_ADMIN);
     if kernel.map_access_needs_cap() {
@@ -105,24 +105,13 @@ pub fn keep(held: &CapsHashSet, kernel: Kernel) -> CapsHashSet {
     keep
 }
 
-/// What [`drop_after_start`] did.
-#[derive(Debug)]
-pub struct Dropped {
-    pub kept: Vec<Capability>,
-    pub dropped: Vec<Capability>,
-    /// Whether the bounding set was reduced to `kept` (needs CAP_SETPCAP).
-    pub bounding_dropped: bool,
-    /// Threads that dropped them.
-    pub threads: usize,
-}
-
 // What every thread applies (see `apply_here`).
 static KEEP: AtomicU64 = AtomicU64::new(0);
 static BOUNDING_DROP: AtomicU64 = AtomicU64::new(0);
 
 /// Drops every capability but [`keep`]'s in every thread, sets
 /// `no_new_privs`, and logs what stayed.
-pub fn drop_after_start() -> Result<Dropped, PrivError> {
+pub(crate) fn drop_after_start() -> Result<(), PrivError> {
     let permitted = caps::read(None, CapSet::Permitted)?;
     let kept_set = keep(&permitted, Kernel::current());
     let keep_mask = mask(&kept_set);
@@ -158,12 +147,7 @@ pub fn drop_after_start() -> Result<Dropped, PrivError> {
         threads,
         "capabilities dropped"
     );
-    Ok(Dropped {
-        kept,
-        dropped,
-        bounding_dropped: can_bound,
-        threads,
-    })
+    Ok(())
 }
 
 fn mask(set: &CapsHashSet) -> u64 {
@@ -318,17 +302,17 @@ fn tids() -> Vec<i32> {
 
 /// The capability lines of a `/proc/*/status`.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct ThreadCaps {
-    pub inheritable: u64,
-    pub permitted: u64,
-    pub effective: u64,
-    pub bounding: u64,
-    pub ambient: u64,
-    pub no_new_privs: bool,
+pub(crate) struct ThreadCaps {
+    pub(crate) inheritable: u64,
+    pub(crate) permitted: u64,
+    pub(crate) effective: u64,
+    pub(crate) bounding: u64,
+    pub(crate) ambient: u64,
+    pub(crate) no_new_privs: bool,
 }
 
 impl ThreadCaps {
-    pub fn parse(status: &str) -> ThreadCaps {
+    pub(crate) fn parse(status: &str) -> ThreadCaps {
         let mut c = ThreadCaps::default();
         for line in status.lines() {
             let Some((key, value)) = line.split_once(':') else {

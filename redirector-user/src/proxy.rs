@@ -2,34 +2,24 @@
 //! out which VIP:port each was meant for, and serves it as that service's
 //! protocol says.
 
-pub mod breakers;
-pub mod http;
-pub mod pool;
-pub mod tcp;
-pub mod upstream;
+mod breakers;
+mod http;
+mod pool;
+pub(crate) mod route;
+mod tcp;
+mod upstream;
 
-use std::{
-    collections::HashMap,
-    net::{SocketAddr, SocketAddrV4},
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, warn};
 
-use crate::{bpf::Datapath, config::Protocol};
-pub use upstream::Route;
-
-/// VIP:port → what serves it.
-pub type RouteMap = HashMap<SocketAddrV4, Arc<Route>>;
-
-/// The current routing table, swapped as a whole on config reload.
-pub type Routes = Arc<RwLock<Arc<RouteMap>>>;
+use self::route::Routes;
+use crate::{config::Protocol, datapath::Datapath};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error(
         "listen address {addr} is already in use (another redirector, or choose another port \
          with --listen-port)"
@@ -42,7 +32,7 @@ pub enum ProxyError {
     },
 }
 
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
     TcpListener::bind(addr).await.map_err(|error| {
         if error.kind() == std::io::ErrorKind::AddrInUse {
             ProxyError::PortInUse { addr }
@@ -54,7 +44,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
 
 /// The IPv6 listener (`[::1]`, connect6's target): a node without IPv6
 /// (no `::1`) runs without it, and connects to IPv6 VIPs fail open there.
-pub async fn bind_optional(addr: SocketAddr) -> Result<Option<TcpListener>, ProxyError> {
+pub(crate) async fn bind_optional(addr: SocketAddr) -> Result<Option<TcpListener>, ProxyError> {
     match bind(addr).await {
         Ok(l) => Ok(Some(l)),
         Err(e @ ProxyError::PortInUse { .. }) => Err(e),
@@ -68,15 +58,20 @@ pub async fn bind_optional(addr: SocketAddr) -> Result<Option<TcpListener>, Prox
 /// The app connections being served, for a graceful stop: every
 /// connection task runs on `tracker`, and `stop` asks them to finish.
 #[derive(Clone, Default)]
-pub struct Drain {
-    pub tracker: TaskTracker,
+pub(crate) struct Drain {
+    pub(crate) tracker: TaskTracker,
     /// Cancelled when the daemon stops: HTTP connections finish the
     /// request in flight and close; TCP connections run on.
-    pub stop: CancellationToken,
+    pub(crate) stop: CancellationToken,
 }
 
 /// Accepts until the task is dropped.
-pub async fn serve(listener: TcpListener, datapath: Arc<Datapath>, routes: Routes, drain: Drain) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    datapath: Arc<Datapath>,
+    routes: Routes,
+    drain: Drain,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,

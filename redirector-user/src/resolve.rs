@@ -33,7 +33,7 @@ const RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
-pub enum ResolveError {
+pub(crate) enum ResolveError {
     #[error("reading the system resolver configuration (/etc/resolv.conf): {0}")]
     SystemConfig(String),
     #[error("{name}: {error}")]
@@ -41,22 +41,22 @@ pub enum ResolveError {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Answer {
-    pub addrs: Vec<IpAddr>,
-    pub ttl: Duration,
+pub(crate) struct Answer {
+    pub(crate) addrs: Vec<IpAddr>,
+    pub(crate) ttl: Duration,
 }
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-pub trait Resolve: Send + Sync + 'static {
+pub(crate) trait Resolve: Send + Sync + 'static {
     fn lookup_ip<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Answer, ResolveError>>;
 }
 
-pub struct Hickory(Resolver<marked::MarkedRuntime>);
+pub(crate) struct Hickory(Resolver<marked::MarkedRuntime>);
 
 impl Hickory {
     /// `nameservers` empty: the system's (`/etc/resolv.conf`).
-    pub fn new(nameservers: &[SocketAddr]) -> Result<Self, ResolveError> {
+    pub(crate) fn new(nameservers: &[SocketAddr]) -> Result<Self, ResolveError> {
         let provider = marked::MarkedRuntime::default();
         let mut builder = if nameservers.is_empty() {
             Resolver::builder(provider).map_err(|e| ResolveError::SystemConfig(e.to_string()))?
@@ -133,7 +133,7 @@ impl Resolve for Hickory {
 
 /// What one refresh of a name came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Refresh {
+pub(crate) enum Refresh {
     /// A non-empty answer that differs from the last one.
     Changed(Vec<IpAddr>),
     /// The same addresses again.
@@ -144,7 +144,7 @@ pub enum Refresh {
 
 /// Resolves `name` now and on every TTL expiry, telling `update` how each
 /// refresh went. Runs until aborted.
-pub fn watch(
+pub(crate) fn watch(
     resolver: Arc<dyn Resolve>,
     name: String,
     update: impl Fn(Refresh) + Send + 'static,

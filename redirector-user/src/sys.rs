@@ -10,16 +10,16 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-pub const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
-pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+pub(crate) const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+pub(crate) const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+pub(crate) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-pub const CAP_NET_ADMIN: u32 = 12;
-pub const CAP_SYS_ADMIN: u32 = 21;
-pub const CAP_BPF: u32 = 39;
+pub(crate) const CAP_NET_ADMIN: u32 = 12;
+pub(crate) const CAP_SYS_ADMIN: u32 = 21;
+pub(crate) const CAP_BPF: u32 = 39;
 
 /// The first cgroup v2 mount point in `/proc/self/mountinfo`.
-pub fn cgroup2_root() -> io::Result<PathBuf> {
+pub(crate) fn cgroup2_root() -> io::Result<PathBuf> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
     cgroup2_root_from(&mountinfo).ok_or_else(|| {
         io::Error::new(
@@ -60,7 +60,7 @@ fn unescape(s: &str) -> String {
 }
 
 /// `statfs(2).f_type` of a path.
-pub fn fs_type(path: &Path) -> io::Result<i64> {
+pub(crate) fn fs_type(path: &Path) -> io::Result<i64> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
@@ -71,7 +71,7 @@ pub fn fs_type(path: &Path) -> io::Result<i64> {
 }
 
 /// Effective capability set of this process.
-pub fn effective_caps() -> io::Result<u64> {
+pub(crate) fn effective_caps() -> io::Result<u64> {
     let status = fs::read_to_string("/proc/self/status")?;
     status
         .lines()
@@ -80,7 +80,7 @@ pub fn effective_caps() -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("no CapEff line in /proc/self/status"))
 }
 
-pub fn has_cap(caps: u64, cap: u32) -> bool {
+pub(crate) fn has_cap(caps: u64, cap: u32) -> bool {
     caps & (1u64 << cap) != 0
 }
 

@@ -46,7 +46,7 @@ use tracing::warn;
 use crate::config::{ConfigFile, EndpointAddress, TlsOrigination, TlsPolicy};
 
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     #[error("{}: cannot read {file}: {error}", file.at)]
     Read { file: ConfigFile, error: String },
     #[error("{}: {file} holds no PEM {what}", file.at)]
@@ -78,7 +78,7 @@ pub enum TlsError {
 }
 
 /// Originates TLS for one service.
-pub struct TlsOrigin {
+pub(crate) struct TlsOrigin {
     connector: TlsConnector,
     sni: Option<ServerName<'static>>,
     /// The settings and the bytes of every file read: two origins with the
@@ -90,7 +90,7 @@ pub struct TlsOrigin {
 impl TlsOrigin {
     /// `None` for `DISABLE`. Reads the files the policy names. `http` asks
     /// for ALPN `http/1.1`.
-    pub fn new(policy: &TlsPolicy, http: bool) -> Result<Option<Arc<Self>>, TlsError> {
+    pub(crate) fn new(policy: &TlsPolicy, http: bool) -> Result<Option<Arc<Self>>, TlsError> {
         let Some(o) = policy.origination() else {
             return Ok(None);
         };
@@ -169,12 +169,12 @@ impl TlsOrigin {
 
     /// Whether `self` and `other` were built from the same settings and
     /// file contents.
-    pub fn same_as(&self, other: &TlsOrigin) -> bool {
+    pub(crate) fn same_as(&self, other: &TlsOrigin) -> bool {
         self.fingerprint == other.fingerprint
     }
 
     /// The name to verify (and send as SNI, unless an IP) for an endpoint.
-    pub fn server_name(&self, endpoint: &EndpointAddress) -> ServerName<'static> {
+    pub(crate) fn server_name(&self, endpoint: &EndpointAddress) -> ServerName<'static> {
         if let Some(sni) = &self.sni {
             return sni.clone();
         }
@@ -188,7 +188,7 @@ impl TlsOrigin {
         }
     }
 
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
         name: ServerName<'static>,
         tcp: TcpStream,
@@ -199,7 +199,7 @@ impl TlsOrigin {
 
 /// A TLS failure in words an operator can act on, if `e` (or what caused
 /// it) is one; rustls' own words otherwise.
-pub fn explain(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+pub(crate) fn explain(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     use rustls::{AlertDescription as Alert, InvalidMessage};
     let mut cause = Some(e);
     while let Some(c) = cause {

@@ -27,7 +27,7 @@ use tracing::debug;
 
 /// How often the file is looked at: with the stability check, a change is
 /// seen within two polls.
-pub const POLL: Duration = Duration::from_millis(250);
+pub(crate) const POLL: Duration = Duration::from_millis(250);
 
 /// What identifies one version of a file without reading it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,13 +55,13 @@ impl Stamp {
 
 /// The files a running config was read from (the config file and the TLS
 /// files it names), advanced by [`Watch::look`].
-pub struct Watch {
+pub(crate) struct Watch {
     files: Vec<File>,
 }
 
 impl Watch {
     /// Watches `paths` from their content now, which is in force.
-    pub fn new(paths: impl IntoIterator<Item = PathBuf>) -> Watch {
+    pub(crate) fn new(paths: impl IntoIterator<Item = PathBuf>) -> Watch {
         let mut files: Vec<File> = Vec::new();
         for path in paths {
             if files.iter().all(|f| f.path != path) {
@@ -73,7 +73,7 @@ impl Watch {
 
     /// Looks at every file once: a file that now holds new content that
     /// was the same on the previous look too (the first, if several do).
-    pub fn look(&mut self) -> Option<PathBuf> {
+    pub(crate) fn look(&mut self) -> Option<PathBuf> {
         let mut changed = None;
         // Every file is looked at, so each one's state stays current.
         for f in &mut self.files {
@@ -134,7 +134,7 @@ impl File {
 
 /// Sends the path on `changed` every time a file settles on new content,
 /// until the receiver is gone.
-pub async fn run(mut watch: Watch, changed: mpsc::Sender<PathBuf>) {
+pub(crate) async fn run(mut watch: Watch, changed: mpsc::Sender<PathBuf>) {
     let mut ticker = tokio::time::interval(POLL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

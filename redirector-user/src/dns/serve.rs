@@ -35,7 +35,7 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::{HostTable, Reply, refused, reply};
-use crate::bpf::{Datapath, PROXY_MARK};
+use crate::datapath::{Datapath, PROXY_MARK};
 
 /// How long the nameserver has to answer a forwarded query (glibc's own
 /// timeout per try is 5 s; it retries with a new query meanwhile).
@@ -46,7 +46,7 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 const MAX_FORWARDS: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum DnsError {
+pub(crate) enum DnsError {
     #[error(
         "DNS responder address {addr} is already in use (choose another port with --dns-port, \
          or 0 to turn DNS capture off)"
@@ -57,18 +57,18 @@ pub enum DnsError {
 }
 
 /// The responder's two sockets, bound.
-pub struct Responder {
+pub(crate) struct Responder {
     udp: UdpSocket,
     tcp: TcpListener,
 }
 
-pub async fn bind(addr: SocketAddrV4) -> Result<Responder, DnsError> {
+pub(crate) async fn bind(addr: SocketAddrV4) -> Result<Responder, DnsError> {
     bind_addr(addr.into()).await
 }
 
 /// The `[::1]` responder, for DNS of IPv6 sockets: a node without IPv6
 /// runs without it (their DNS is then left alone).
-pub async fn bind6(addr: SocketAddrV6) -> Result<Option<Responder>, DnsError> {
+pub(crate) async fn bind6(addr: SocketAddrV6) -> Result<Option<Responder>, DnsError> {
     match bind_addr(addr.into()).await {
         Ok(r) => Ok(Some(r)),
         Err(e @ DnsError::PortInUse { .. }) => Err(e),
@@ -95,7 +95,7 @@ async fn bind_addr(addr: SocketAddr) -> Result<Responder, DnsError> {
 impl Responder {
     /// A responder on sockets a previous daemon handed over (see
     /// `handover.rs`), bound and listening already.
-    pub fn adopt(udp: std::net::UdpSocket, tcp: std::net::TcpListener) -> io::Result<Self> {
+    pub(crate) fn adopt(udp: std::net::UdpSocket, tcp: std::net::TcpListener) -> io::Result<Self> {
         Ok(Self {
             udp: UdpSocket::from_std(udp)?,
             tcp: TcpListener::from_std(tcp)?,
@@ -103,13 +103,13 @@ impl Responder {
     }
 
     /// The two sockets, to be kept for a successor.
-    pub fn fds(&self) -> (BorrowedFd<'_>, BorrowedFd<'_>) {
+    pub(crate) fn fds(&self) -> (BorrowedFd<'_>, BorrowedFd<'_>) {
         (self.udp.as_fd(), self.tcp.as_fd())
     }
 }
 
 /// Serves both sockets until the task is dropped.
-pub async fn serve(responder: Responder, datapath: Arc<Datapath>, hosts: Arc<HostTable>) {
+pub(crate) async fn serve(responder: Responder, datapath: Arc<Datapath>, hosts: Arc<HostTable>) {
     let Responder { udp, tcp } = responder;
     tokio::join!(
         serve_udp(udp, datapath.clone(), hosts.clone()),

@@ -13,7 +13,7 @@
 use std::{cmp::Ordering, collections::BinaryHeap};
 
 #[derive(Clone, Debug)]
-pub struct Edf<T> {
+pub(crate) struct Edf<T> {
     heap: BinaryHeap<Entry<T>>,
     now: f64,
     seq: u64,
@@ -64,7 +64,7 @@ impl<T> Default for Edf<T> {
 impl<T> Edf<T> {
     /// Adds `item`; entries with a weight that is not positive are never
     /// picked, so they are not added.
-    pub fn add(&mut self, item: T, weight: f64) {
+    pub(crate) fn add(&mut self, item: T, weight: f64) {
         if weight > 0.0 && weight.is_finite() {
             self.heap.push(Entry {
                 deadline: self.now + 1.0 / weight,
@@ -77,7 +77,7 @@ impl<T> Edf<T> {
 
     /// The entry with the earliest deadline; it goes back with the weight
     /// `weight_of` gives it now (not at all if that is not positive).
-    pub fn pick_and_add(&mut self, weight_of: impl FnOnce(&T) -> f64) -> Option<T>
+    pub(crate) fn pick_and_add(&mut self, weight_of: impl FnOnce(&T) -> f64) -> Option<T>
     where
         T: Clone,
     {

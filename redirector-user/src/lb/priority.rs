@@ -23,30 +23,30 @@
 //! priority), which reproduces both the documented tables and Envoy's tests.
 
 /// Envoy's default overprovisioning factor, in percent (1.4).
-pub const OVERPROVISIONING_FACTOR: u64 = 140;
+pub(crate) const OVERPROVISIONING_FACTOR: u64 = 140;
 
 /// Host counts of one priority level.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Level {
-    pub healthy: usize,
-    pub total: usize,
+pub(crate) struct Level {
+    pub(crate) healthy: usize,
+    pub(crate) total: usize,
 }
 
 /// The outcome for all levels, indexed by priority.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PriorityLoad {
+pub(crate) struct PriorityLoad {
     /// Percent of new connections per level; sums to 100 unless
     /// `stranded`.
-    pub load: Vec<u32>,
+    pub(crate) load: Vec<u32>,
     /// Levels in panic: traffic sent there goes to all their hosts.
-    pub panic: Vec<bool>,
+    pub(crate) panic: Vec<bool>,
     /// No healthy host anywhere and panic is off. Envoy then answers "no
     /// healthy upstream"; all loads are 0 and the caller decides.
-    pub stranded: bool,
+    pub(crate) stranded: bool,
 }
 
 /// Envoy's health score of a level: 0–100.
-pub fn health(level: Level) -> u32 {
+pub(crate) fn health(level: Level) -> u32 {
     if level.total == 0 {
         return 0;
     }
@@ -56,7 +56,7 @@ pub fn health(level: Level) -> u32 {
 
 /// The priority load of `levels` (index = priority) with the panic
 /// threshold `panic_threshold` percent (0 turns panic off).
-pub fn priority_load(levels: &[Level], panic_threshold: u32) -> PriorityLoad {
+pub(crate) fn priority_load(levels: &[Level], panic_threshold: u32) -> PriorityLoad {
     let n = levels.len();
     let threshold = panic_threshold.min(100);
     let health: Vec<u32> = levels.iter().map(|&l| health(l)).collect();
@@ -141,7 +141,7 @@ fn by_host_count(levels: &[Level]) -> Vec<u32> {
 /// Integer parts of `total` split by the fractions `num / den` (which add up
 /// to `total`): each gets its floor, and the units left over go to the
 /// largest remainders, ties to the lower index.
-pub fn largest_remainder(shares: &[(u64, u64)], total: u64) -> Vec<u32> {
+pub(crate) fn largest_remainder(shares: &[(u64, u64)], total: u64) -> Vec<u32> {
     let mut out: Vec<u64> = shares.iter().map(|&(n, d)| n / d).collect();
     let given: u64 = out.iter().sum();
     let mut order: Vec<usize> = (0..shares.len()).collect();

@@ -36,34 +36,32 @@ use crate::{
 };
 
 /// Istio's well-known topology labels (`failoverPriority` may name them).
-pub const LABEL_REGION: &str = "topology.kubernetes.io/region";
-pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
-pub const LABEL_SUBZONE: &str = "topology.istio.io/subzone";
-pub const LABEL_NETWORK: &str = "topology.istio.io/network";
-pub const LABEL_CLUSTER: &str = "topology.istio.io/cluster";
-pub const LABEL_HOSTNAME: &str = "kubernetes.io/hostname";
+pub(crate) const LABEL_REGION: &str = "topology.kubernetes.io/region";
+pub(crate) const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+pub(crate) const LABEL_SUBZONE: &str = "topology.istio.io/subzone";
+pub(crate) const LABEL_NETWORK: &str = "topology.istio.io/network";
 
 /// Where the balancer puts each configured endpoint.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Placement {
+pub(crate) struct Placement {
     /// Per endpoint (same order as the service's): its group, or `None` when
     /// `distribute` gives its locality no traffic.
-    pub endpoints: Vec<Option<usize>>,
-    pub groups: Vec<Group>,
+    pub(crate) endpoints: Vec<Option<usize>>,
+    pub(crate) groups: Vec<Group>,
     /// Envoy's locality weighted load balancing, on unless locality load
     /// balancing is disabled.
-    pub locality_weighted: bool,
+    pub(crate) locality_weighted: bool,
 }
 
 impl Placement {
-    pub fn priority(&self, endpoint: usize) -> Option<u8> {
+    pub(crate) fn priority(&self, endpoint: usize) -> Option<u8> {
         self.endpoints[endpoint].map(|g| self.groups[g].priority)
     }
 }
 
 /// Places `endpoints` for a node at `node`. `failover` says whether
 /// priorities apply at all (Istio: only with outlier detection).
-pub fn place(
+pub(crate) fn place(
     node: &Locality,
     endpoints: &[EndpointSpec],
     policy: &LocalityLbPolicy,
@@ -147,7 +145,7 @@ fn distribute(
 
 /// Istio's `LocalityMatch`: `pattern` is `region[/zone[/subzone]]` where `*`
 /// matches anything and a missing zone or subzone matches any.
-pub fn locality_matches(locality: &Locality, pattern: &str) -> bool {
+pub(crate) fn locality_matches(locality: &Locality, pattern: &str) -> bool {
     let mut parts = pattern.splitn(3, '/');
     let (r, z, s) = (
         parts.next().unwrap_or(""),
@@ -199,7 +197,7 @@ fn failover_priorities(
 }
 
 /// The node's value of a topology label (it has no other labels).
-pub fn node_label<'a>(node: &'a Locality, key: &str) -> &'a str {
+pub(crate) fn node_label<'a>(node: &'a Locality, key: &str) -> &'a str {
     match key {
         LABEL_REGION => &node.region,
         LABEL_ZONE => &node.zone,
@@ -211,7 +209,7 @@ pub fn node_label<'a>(node: &'a Locality, key: &str) -> &'a str {
 /// An endpoint's label as Istio sees it: its `labels`, with the topology
 /// labels of its locality and its `network` added (Istio's
 /// `AugmentLabels`: locality parts override, the network does not).
-pub fn endpoint_label<'a>(ep: &'a EndpointSpec, key: &str) -> &'a str {
+pub(crate) fn endpoint_label<'a>(ep: &'a EndpointSpec, key: &str) -> &'a str {
     let part = match key {
         LABEL_REGION => Some(&ep.locality.region),
         LABEL_ZONE => Some(&ep.locality.zone),

@@ -27,7 +27,7 @@ const WARN_EVERY: Duration = Duration::from_secs(1);
 
 /// Which limit a caller ran into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Limit {
+pub(crate) enum Limit {
     Connections,
     Pending,
     Retries,
@@ -35,7 +35,7 @@ pub enum Limit {
 
 impl Limit {
     /// The Istio field.
-    pub fn field(self) -> &'static str {
+    pub(crate) fn field(self) -> &'static str {
         match self {
             Limit::Connections => "connectionPool.tcp.maxConnections",
             Limit::Pending => "connectionPool.http.http1MaxPendingRequests",
@@ -68,7 +68,7 @@ impl Counter {
     }
 }
 
-pub struct Breakers {
+pub(crate) struct Breakers {
     /// `outbound|80||mydb.com`, for log lines.
     name: String,
     connections: Counter,
@@ -83,7 +83,7 @@ pub struct Breakers {
 }
 
 impl Breakers {
-    pub fn new(name: &str, policy: &ConnectionPoolPolicy) -> Arc<Self> {
+    pub(crate) fn new(name: &str, policy: &ConnectionPoolPolicy) -> Arc<Self> {
         Arc::new(Self {
             name: name.to_owned(),
             connections: Counter::new(policy.max_connections),
@@ -104,7 +104,7 @@ impl Breakers {
     }
 
     /// A slot under `limit`, or `None` (counted and logged) when it is full.
-    pub fn try_take(self: &Arc<Self>, limit: Limit) -> Option<Slot> {
+    pub(crate) fn try_take(self: &Arc<Self>, limit: Limit) -> Option<Slot> {
         if self.counter(limit).try_take() {
             Some(Slot {
                 breakers: self.clone(),
@@ -118,27 +118,29 @@ impl Breakers {
 
     /// Like [`Breakers::try_take`], without counting a refusal: for
     /// callers that will wait and ask again.
-    pub fn try_take_quietly(self: &Arc<Self>, limit: Limit) -> Option<Slot> {
+    pub(crate) fn try_take_quietly(self: &Arc<Self>, limit: Limit) -> Option<Slot> {
         self.counter(limit).try_take().then(|| Slot {
             breakers: self.clone(),
             limit,
         })
     }
 
-    pub fn max(&self, limit: Limit) -> u32 {
+    pub(crate) fn max(&self, limit: Limit) -> u32 {
         self.counter(limit).max
     }
 
-    pub fn active(&self, limit: Limit) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn active(&self, limit: Limit) -> u32 {
         self.counter(limit).active.load(Ordering::Acquire)
     }
 
-    pub fn overflows(&self, limit: Limit) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn overflows(&self, limit: Limit) -> u64 {
         self.counter(limit).overflows.load(Ordering::Relaxed)
     }
 
     /// Counts an overflow and warns, at most once per [`WARN_EVERY`].
-    pub fn overflowed(&self, limit: Limit) {
+    pub(crate) fn overflowed(&self, limit: Limit) {
         let total = self
             .counter(limit)
             .overflows
@@ -162,7 +164,7 @@ impl Breakers {
 
     /// Wakes requests waiting for a connection, if there are any (most of
     /// the time there are none, and this is one atomic load per request).
-    pub fn notify_freed(&self) {
+    pub(crate) fn notify_freed(&self) {
         if self.pending.active.load(Ordering::SeqCst) > 0 {
             self.freed.notify_waiters();
         }
@@ -170,13 +172,13 @@ impl Breakers {
 
     /// Completes after the next [`Breakers::notify_freed`]; create (and
     /// `enable`) it before looking, so no wake-up is lost.
-    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+    pub(crate) fn freed(&self) -> tokio::sync::futures::Notified<'_> {
         self.freed.notified()
     }
 }
 
 /// One unit of a limit, given back on drop.
-pub struct Slot {
+pub(crate) struct Slot {
     breakers: Arc<Breakers>,
     limit: Limit,
 }

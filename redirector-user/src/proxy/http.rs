@@ -72,10 +72,10 @@ use reply::{Local, MAX_HEAD_BYTES, ResponseError};
 use watch::Watched;
 
 use super::{
-    Routes,
     breakers::{Limit, Slot},
     pool::Conn,
-    upstream::{Route, candidates, connect_in_order},
+    route::{Route, Routes, UpBody},
+    upstream::{candidates, connect_in_order},
 };
 use crate::{
     cluster::{Host, HostKey},
@@ -85,8 +85,6 @@ use crate::{
 
 /// What the app receives: the upstream's streamed body or one we made.
 type Body = Either<Watched, Full<Bytes>>;
-/// What the endpoint receives: the app's streamed body, or none on a retry.
-pub type UpBody = Either<Incoming, Empty<Bytes>>;
 
 /// Istio's default `retries.attempts` (for 503, and here also for resets of
 /// idempotent requests).
@@ -114,7 +112,7 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 /// connections from their next request on; `accepted` (the route when the
 /// connection came in) serves it if a reload removed the service, until
 /// the app closes it.
-pub async fn serve(
+pub(crate) async fn serve(
     client: TcpStream,
     routes: Routes,
     orig: SocketAddrV4,

@@ -29,18 +29,18 @@ use hyper::client::conn::http1::SendRequest;
 
 use crate::cluster::HostKey;
 
-pub const MAX_IDLE_PER_HOST: usize = 128;
+pub(crate) const MAX_IDLE_PER_HOST: usize = 128;
 
 /// An upstream connection with how many requests it has carried.
-pub struct Conn<B> {
-    pub sender: SendRequest<B>,
-    pub requests: u32,
+pub(crate) struct Conn<B> {
+    pub(crate) sender: SendRequest<B>,
+    pub(crate) requests: u32,
 }
 
 /// Idle connections of one endpoint, oldest first, with when they went idle.
 type IdleList<B> = Vec<(Instant, Conn<B>)>;
 
-pub struct Pool<B> {
+pub(crate) struct Pool<B> {
     idle_timeout: Duration,
     idle: Mutex<HashMap<Arc<HostKey>, IdleList<B>>>,
     /// Replaced by a reload: takes no connection back.
@@ -50,7 +50,7 @@ pub struct Pool<B> {
 impl<B: Send + 'static> Pool<B> {
     /// A pool, and (inside a tokio runtime) a task that closes expired idle
     /// connections until the pool is dropped.
-    pub fn new(idle_timeout: Duration) -> Arc<Self> {
+    pub(crate) fn new(idle_timeout: Duration) -> Arc<Self> {
         let pool = Arc::new(Self {
             idle_timeout,
             idle: Mutex::new(HashMap::new()),
@@ -87,7 +87,7 @@ fn sweep_period(idle_timeout: Duration) -> Duration {
 impl<B> Pool<B> {
     /// The most recently used idle connection to `host` that can take a
     /// request now; closed and expired ones are dropped on the way.
-    pub fn checkout(&self, host: &HostKey) -> Option<Conn<B>> {
+    pub(crate) fn checkout(&self, host: &HostKey) -> Option<Conn<B>> {
         let mut idle = self.idle.lock().expect("pool lock");
         let list = idle.get_mut(host)?;
         let now = Instant::now();
@@ -110,7 +110,7 @@ impl<B> Pool<B> {
 
     /// Returns a connection after use; it is kept only while open and
     /// while the endpoint's idle list has room.
-    pub fn checkin(&self, host: Arc<HostKey>, conn: Conn<B>) {
+    pub(crate) fn checkin(&self, host: Arc<HostKey>, conn: Conn<B>) {
         if conn.sender.is_closed() || self.retired.load(Ordering::Relaxed) {
             return;
         }
@@ -125,7 +125,7 @@ impl<B> Pool<B> {
     /// `keep` accepts move there, the others close, and from now on this
     /// pool takes nothing back, so a connection busy with an answer closes
     /// once it is done (an endpoint the reload removed drains that way).
-    pub fn hand_over(&self, to: Option<&Pool<B>>, keep: impl Fn(&HostKey) -> bool) {
+    pub(crate) fn hand_over(&self, to: Option<&Pool<B>>, keep: impl Fn(&HostKey) -> bool) {
         self.retired.store(true, Ordering::SeqCst);
         let idle = std::mem::take(&mut *self.idle.lock().expect("pool lock"));
         let Some(to) = to else { return };
@@ -138,7 +138,7 @@ impl<B> Pool<B> {
     }
 
     /// Drops closed and expired idle connections.
-    pub fn purge(&self) {
+    pub(crate) fn purge(&self) {
         let now = Instant::now();
         let mut idle = self.idle.lock().expect("pool lock");
         for list in idle.values_mut() {
@@ -152,7 +152,7 @@ impl<B> Pool<B> {
     /// Closes the longest-idle connection that is not busy and not to
     /// `keep`, to make room under `maxConnections` for a new connection.
     /// Returns whether there was one.
-    pub fn evict_one(&self, keep: Option<&HostKey>) -> bool {
+    pub(crate) fn evict_one(&self, keep: Option<&HostKey>) -> bool {
         self.purge();
         let mut idle = self.idle.lock().expect("pool lock");
         let oldest = idle
@@ -174,8 +174,9 @@ impl<B> Pool<B> {
         true
     }
 
+    #[cfg(test)]
     /// Idle connections held, over all endpoints.
-    pub fn idle_count(&self) -> usize {
+    pub(crate) fn idle_count(&self) -> usize {
         self.idle
             .lock()
             .expect("pool lock")

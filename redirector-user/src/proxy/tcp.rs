@@ -9,12 +9,9 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use super::{
-    breakers::Limit,
-    upstream::{Route, connect_first},
-};
+use super::{breakers::Limit, route::Route, upstream::connect_first};
 
-pub async fn serve(mut client: TcpStream, route: &Route) {
+pub(crate) async fn serve(mut client: TcpStream, route: &Route) {
     let Some(_slot) = route.breakers.try_take(Limit::Connections) else {
         debug!(cluster = %route.cluster.name, "maxConnections reached; resetting the app's connection");
         return reset(client);
@@ -39,7 +36,7 @@ pub async fn serve(mut client: TcpStream, route: &Route) {
 }
 
 /// Closes with RST, the TCP way of saying "nothing there".
-pub fn reset(stream: TcpStream) {
+pub(crate) fn reset(stream: TcpStream) {
     let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     drop(stream);
 }

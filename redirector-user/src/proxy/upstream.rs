@@ -19,93 +19,22 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 use tracing::debug;
 
-use super::{breakers::Breakers, http::UpBody, pool::Pool};
+use super::route::Route;
 use crate::{
-    bpf::PROXY_MARK,
-    cluster::{Cluster, Host, HostKey},
+    cluster::{Host, HostKey},
     config::TcpKeepalive,
+    datapath::PROXY_MARK,
     metrics::Retry,
     outlier::Outcome,
-    tls::TlsOrigin,
 };
 
 /// Distinct hosts one new connection tries before giving up.
 const MAX_ATTEMPTS: usize = 5;
 
-pub type Stream = Either<TcpStream, TlsStream<TcpStream>>;
-
-/// Everything needed to reach one service's endpoints.
-pub struct Route {
-    pub cluster: Arc<Cluster>,
-    pub tls: Option<Arc<TlsOrigin>>,
-    /// Idle upstream HTTP connections (HTTP ports only).
-    pub pool: Arc<Pool<UpBody>>,
-    /// The service's `connectionPool` limits.
-    pub breakers: Arc<Breakers>,
-}
-
-impl Route {
-    /// Must run inside the tokio runtime: the pool starts its sweeper.
-    pub fn new(cluster: Arc<Cluster>, tls: Option<Arc<TlsOrigin>>) -> Self {
-        Self::succeeding(cluster, tls, None)
-    }
-
-    /// A route for `cluster` that, after a reload, succeeds `previous`
-    /// (the same service in the config before), sharing its limits when
-    /// [`Route::continues`] it. Nothing of `previous` changes until
-    /// [`Route::take_over`]: a reload that is rejected later leaves the
-    /// running routes as they were.
-    pub fn succeeding(
-        cluster: Arc<Cluster>,
-        tls: Option<Arc<TlsOrigin>>,
-        previous: Option<&Route>,
-    ) -> Self {
-        let policy = &cluster.service.policy.connection_pool;
-        let mut route = Self {
-            pool: Pool::new(policy.idle_timeout),
-            breakers: Breakers::new(&cluster.name, policy),
-            tls,
-            cluster,
-        };
-        if let Some(p) = previous.filter(|p| route.continues(p)) {
-            route.breakers = p.breakers.clone();
-        }
-        route
-    }
-
-    /// Whether `previous`'s connections are as good as new ones of this
-    /// route: made with the same TLS origin (the caller of `succeeding`
-    /// passes `previous.tls` itself when nothing changed there), under the
-    /// same `connectionPool` settings, for the same protocol.
-    fn continues(&self, previous: &Route) -> bool {
-        let same_tls = match (&self.tls, &previous.tls) {
-            (None, None) => true,
-            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-            _ => false,
-        };
-        same_tls
-            && previous.cluster.service.policy.connection_pool
-                == self.cluster.service.policy.connection_pool
-            && previous.cluster.service.port.protocol == self.cluster.service.port.protocol
-    }
-
-    /// Once the reload is in force: takes `previous`'s idle connections to
-    /// endpoints still there when it [`continues`](Route::continues) it;
-    /// whatever is not taken over closes once idle (see
-    /// [`Pool::hand_over`]).
-    pub fn take_over(&self, previous: &Route) {
-        if self.continues(previous) {
-            previous
-                .pool
-                .hand_over(Some(&self.pool), |key| self.cluster.has_host(key));
-        } else {
-            previous.pool.hand_over(None, |_| false);
-        }
-    }
-}
+pub(crate) type Stream = Either<TcpStream, TlsStream<TcpStream>>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     #[error("connect: {0}")]
     Io(io::Error),
     #[error("connect: timed out after {0:?}")]
@@ -117,7 +46,7 @@ pub enum ConnectError {
 impl ConnectError {
     /// Local-origin failures: unless split, Envoy maps a connect failure to
     /// 503 and a timeout to 504, both 5xx and gateway errors.
-    pub fn outcome(&self) -> Outcome {
+    pub(crate) fn outcome(&self) -> Outcome {
         match self {
             ConnectError::Timeout(_) => Outcome::Timeout,
             ConnectError::Io(_) | ConnectError::Tls(_) => Outcome::ConnectFailed,
@@ -127,9 +56,9 @@ impl ConnectError {
 
 /// No host could be reached.
 #[derive(Debug)]
-pub struct NoUpstream {
-    pub service: String,
-    pub failures: Vec<(Host, ConnectError)>,
+pub(crate) struct NoUpstream {
+    pub(crate) service: String,
+    pub(crate) failures: Vec<(Host, ConnectError)>,
 }
 
 impl fmt::Display for NoUpstream {
@@ -146,7 +75,7 @@ impl fmt::Display for NoUpstream {
     }
 }
 
-pub async fn connect(route: &Route, host: &Host) -> Result<Stream, ConnectError> {
+pub(crate) async fn connect(route: &Route, host: &Host) -> Result<Stream, ConnectError> {
     let pool = &route.cluster.service.policy.connection_pool;
     let socket = match host.addr {
         std::net::SocketAddr::V4(_) => TcpSocket::new_v4(),
@@ -180,7 +109,7 @@ pub async fn connect(route: &Route, host: &Host) -> Result<Stream, ConnectError>
 
 /// `SO_KEEPALIVE` on, with the parts of `tcpKeepalive` that are set (the
 /// rest keep the kernel's defaults: `net.ipv4.tcp_keepalive_*`).
-pub fn set_keepalive(socket: SockRef<'_>, ka: &TcpKeepalive) -> io::Result<()> {
+pub(crate) fn set_keepalive(socket: SockRef<'_>, ka: &TcpKeepalive) -> io::Result<()> {
     socket.set_keepalive(true)?;
     let mut params = socket2::TcpKeepalive::new();
     let mut any = false;
@@ -207,7 +136,7 @@ pub fn set_keepalive(socket: SockRef<'_>, ka: &TcpKeepalive) -> io::Result<()> {
 /// `connect_is_success` (TCP ports: the connect is the whole verdict; HTTP
 /// ports wait for the response status).
 /// Hosts in `exclude` (already tried by this request) are skipped.
-pub async fn connect_first(
+pub(crate) async fn connect_first(
     route: &Route,
     connect_is_success: bool,
     exclude: &[Arc<HostKey>],
@@ -222,7 +151,7 @@ pub async fn connect_first(
 }
 
 /// The cluster's attempt order without the hosts in `exclude`.
-pub fn candidates(route: &Route, exclude: &[Arc<HostKey>]) -> Vec<Host> {
+pub(crate) fn candidates(route: &Route, exclude: &[Arc<HostKey>]) -> Vec<Host> {
     let mut order = route.cluster.attempt_order();
     order.retain(|h| !exclude.contains(&h.key));
     order
@@ -231,7 +160,7 @@ pub fn candidates(route: &Route, exclude: &[Arc<HostKey>]) -> Vec<Host> {
 /// Like [`connect_first`], over an order the caller already has.
 /// `may_retry` is asked before each host after the first (HTTP ports count
 /// these against `maxRetries`); `false` ends the attempts.
-pub async fn connect_in_order(
+pub(crate) async fn connect_in_order(
     route: &Route,
     order: Vec<Host>,
     connect_is_success: bool,

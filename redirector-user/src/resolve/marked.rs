@@ -10,7 +10,7 @@ use hickory_resolver::net::runtime::{
 };
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
-use crate::bpf::PROXY_MARK;
+use crate::datapath::PROXY_MARK;
 
 /// hickory's own default for a TCP connect without a timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -18,7 +18,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 type BoxFuture<T> = Pin<Box<dyn Send + Future<Output = io::Result<T>>>>;
 
 #[derive(Clone, Default)]
-pub struct MarkedRuntime(TokioRuntimeProvider);
+pub(crate) struct MarkedRuntime(TokioRuntimeProvider);
 
 impl RuntimeProvider for MarkedRuntime {
     type Handle = TokioHandle;

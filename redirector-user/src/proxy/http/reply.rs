@@ -19,13 +19,13 @@ use super::Body;
 /// Envoy's default limits on a message head (`max_headers_count`,
 /// `max_request_headers_kb`/`max_response_headers_kb`), for requests and
 /// responses alike. The count is also hyper's default.
-pub const MAX_HEADERS: usize = 100;
-pub const MAX_HEAD_BYTES: usize = 60 * 1024;
+pub(crate) const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEAD_BYTES: usize = 60 * 1024;
 
 /// Why an endpoint's answer (or the app's request body) could not be
 /// passed on.
 #[derive(Debug, thiserror::Error)]
-pub enum ResponseError {
+pub(crate) enum ResponseError {
     #[error("endpoint sent a malformed HTTP response: {0}")]
     Malformed(String),
     #[error(
@@ -52,7 +52,7 @@ pub enum ResponseError {
 
 impl ResponseError {
     /// What went wrong with a request that left, from hyper's error.
-    pub fn classify(e: &hyper::Error) -> Self {
+    pub(crate) fn classify(e: &hyper::Error) -> Self {
         if e.is_user() {
             // hyper keeps the body's own error as the cause.
             if e.source().is_some() {
@@ -74,7 +74,7 @@ impl ResponseError {
     /// A response whose framing cannot be trusted: hyper reads it as
     /// chunked, but a server that sends both may mean the length, and
     /// whatever follows on the connection is then unknown.
-    pub fn check_framing(headers: &http::HeaderMap) -> Result<(), Self> {
+    pub(crate) fn check_framing(headers: &http::HeaderMap) -> Result<(), Self> {
         if headers.contains_key(header::TRANSFER_ENCODING)
             && headers.contains_key(header::CONTENT_LENGTH)
         {
@@ -85,7 +85,7 @@ impl ResponseError {
 }
 
 /// An error with its causes: hyper's own text is only the outermost.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -97,15 +97,15 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// An answer the proxy makes itself.
 #[derive(Debug)]
-pub struct Local {
-    pub status: StatusCode,
-    pub detail: String,
+pub(crate) struct Local {
+    pub(crate) status: StatusCode,
+    pub(crate) detail: String,
     /// A circuit breaker said no (Envoy marks those `x-envoy-overloaded`).
-    pub overflow: bool,
+    pub(crate) overflow: bool,
 }
 
 impl Local {
-    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, detail: impl Into<String>) -> Self {
         Local {
             status,
             detail: detail.into(),
@@ -113,18 +113,18 @@ impl Local {
         }
     }
 
-    pub fn unavailable(detail: impl Into<String>) -> Self {
+    pub(crate) fn unavailable(detail: impl Into<String>) -> Self {
         Local::new(StatusCode::SERVICE_UNAVAILABLE, detail)
     }
 
-    pub fn overflow(detail: impl Into<String>) -> Self {
+    pub(crate) fn overflow(detail: impl Into<String>) -> Self {
         Local {
             overflow: true,
             ..Local::unavailable(detail)
         }
     }
 
-    pub fn into_response(self) -> Response<Body> {
+    pub(crate) fn into_response(self) -> Response<Body> {
         let what = match (self.overflow, self.status) {
             (true, _) => "upstream overflow (circuit breaker)",
             (false, StatusCode::SERVICE_UNAVAILABLE) => "no healthy upstream",

@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use tracing::debug;
 
 /// An app's request to switch protocols.
-pub struct Requested {
+pub(crate) struct Requested {
     protocol: HeaderValue,
     app: OnUpgrade,
 }
@@ -23,7 +23,7 @@ pub struct Requested {
 /// The `Upgrade` value, when `Connection` lists `upgrade` (RFC 9110 §7.8).
 /// Not `h2c`: its settings travel in a header only the next hop may read,
 /// so, as Envoy does, the request goes on as plain HTTP/1.1.
-pub fn protocol(headers: &HeaderMap) -> Option<HeaderValue> {
+pub(crate) fn protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let listed = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -40,7 +40,7 @@ pub fn protocol(headers: &HeaderMap) -> Option<HeaderValue> {
 impl Requested {
     /// The app's upgrade request, if it made one; takes hold of its side of
     /// the connection for after the `101`.
-    pub fn take(req: &mut Request<Incoming>) -> Option<Self> {
+    pub(crate) fn take(req: &mut Request<Incoming>) -> Option<Self> {
         let protocol = protocol(req.headers())?;
         Some(Requested {
             protocol,
@@ -49,7 +49,7 @@ impl Requested {
     }
 
     /// Puts the upgrade request back on the (stripped) outgoing headers.
-    pub fn ask(&self, headers: &mut HeaderMap) {
+    pub(crate) fn ask(&self, headers: &mut HeaderMap) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, self.protocol.clone());
     }
@@ -57,7 +57,7 @@ impl Requested {
     /// The endpoint switched protocols: the `101` for the app (with the
     /// hop-by-hop headers that make it one), and a task that splices the
     /// two connections once hyper has let go of both.
-    pub fn accept(
+    pub(crate) fn accept(
         self,
         mut resp: Response<Incoming>,
         upgrade: Option<HeaderValue>,

@@ -20,14 +20,14 @@ use crate::{
     outlier::Outcome,
 };
 
-pub struct Watched {
+pub(crate) struct Watched {
     body: Incoming,
     /// Whom to blame, until blamed once.
     endpoint: Option<(Arc<Cluster>, Host)>,
 }
 
 impl Watched {
-    pub fn new(body: Incoming, cluster: Arc<Cluster>, host: Host) -> Self {
+    pub(crate) fn new(body: Incoming, cluster: Arc<Cluster>, host: Host) -> Self {
         Watched {
             body,
             endpoint: Some((cluster, host)),

@@ -59,7 +59,7 @@ const LINKS: [&str; 10] = [
 const REDIRECT_LINKS: [&str; 2] = [LINK_CONNECT4, LINK_SOCKOPS];
 
 #[derive(Debug, thiserror::Error)]
-pub enum PinError {
+pub(crate) enum PinError {
     #[error(
         "pin dir {dir}: {ancestor} is not a bpf filesystem; mount one with \
          `mount -t bpf bpf /sys/fs/bpf` or pass --pin-dir on bpffs"
@@ -122,10 +122,10 @@ fn pin_path(pin_dir: &Path, name: &str) -> PathBuf {
 
 /// What a map must look like: key and value size, max entries.
 pub(super) struct Layout {
-    pub name: &'static str,
-    pub key: u32,
-    pub value: u32,
-    pub max_entries: u32,
+    pub(super) name: &'static str,
+    pub(super) key: u32,
+    pub(super) value: u32,
+    pub(super) max_entries: u32,
 }
 
 /// A claimed pin directory. Dropping it releases the lock and leaves the
@@ -307,16 +307,16 @@ fn check_bpffs(dir: &Path) -> Result<(), PinError> {
 
 /// What `redirector cleanup` removed.
 #[derive(Debug)]
-pub struct Cleanup {
+pub(crate) struct Cleanup {
     /// Pinned links (each one detached a program).
-    pub links: Vec<PathBuf>,
+    pub(crate) links: Vec<PathBuf>,
     /// Whether there was anything at all.
-    pub found: bool,
+    pub(crate) found: bool,
 }
 
 /// Detaches and unpins everything a daemon left in `dir`. Refuses while a
 /// daemon holds the directory.
-pub fn cleanup(dir: &Path) -> Result<Cleanup, PinError> {
+pub(crate) fn cleanup(dir: &Path) -> Result<Cleanup, PinError> {
     if !dir.exists() {
         return Ok(Cleanup {
             links: Vec::new(),
@@ -339,7 +339,7 @@ pub fn cleanup(dir: &Path) -> Result<Cleanup, PinError> {
 
 /// Where the daemon holding `dir` takes handover requests (see
 /// `handover.rs`), beside the lock.
-pub fn handover_path(dir: &Path) -> PathBuf {
+pub(crate) fn handover_path(dir: &Path) -> PathBuf {
     lock_path(dir).with_extension("handover")
 }
 
@@ -378,18 +378,18 @@ fn lock(dir: &Path) -> Result<File, PinError> {
 
 /// The maps of a daemon (running, or gone with its programs still
 /// attached), opened from their pins.
-pub struct PinnedState {
-    pub config: ProxyConfig,
-    pub services: Vec<(u32, ServiceInfo)>,
-    pub endpoints: Vec<(EndpointKey, EndpointHealth)>,
-    pub slots: Vec<(u32, SlotTable)>,
+pub(crate) struct PinnedState {
+    pub(crate) config: ProxyConfig,
+    pub(crate) services: Vec<(u32, ServiceInfo)>,
+    pub(crate) endpoints: Vec<(EndpointKey, EndpointHealth)>,
+    pub(crate) slots: Vec<(u32, SlotTable)>,
     /// Whether the programs are attached through pinned links (they stay
     /// attached without a daemon).
-    pub attached: bool,
+    pub(crate) attached: bool,
 }
 
 impl PinnedState {
-    pub fn read(pin_dir: &Path) -> Result<Self, PinError> {
+    pub(crate) fn read(pin_dir: &Path) -> Result<Self, PinError> {
         let open = |name: &'static str| {
             let path = pin_path(pin_dir, name);
             MapData::from_pin(&path)

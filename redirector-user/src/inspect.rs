@@ -4,7 +4,7 @@
 //! connects on its own. Laid out like `istioctl proxy-config endpoints`.
 //!
 //! For each service it says which path a new connect takes right now, by
-//! the same rules connect4 applies (see `bpf.rs`): its configured datapath,
+//! the same rules connect4 applies (see `datapath.rs`): its configured datapath,
 //! whether a listener holds the proxy address (in the daemon's network
 //! namespace while it runs, else in this process's), and whether the slot
 //! table has endpoints.
@@ -24,82 +24,82 @@ use redirector_common::{
 };
 use serde::Serialize;
 
-use crate::bpf::{PinError, PinnedState};
+use crate::datapath::{PinError, PinnedState};
 
 #[derive(Debug, Serialize)]
-pub struct Report {
-    pub daemon_pid: u32,
-    pub daemon_running: bool,
-    pub redirect_enabled: bool,
+pub(crate) struct Report {
+    pub(crate) daemon_pid: u32,
+    pub(crate) daemon_running: bool,
+    pub(crate) redirect_enabled: bool,
     /// Whether the programs are attached through pinned links (they stay
     /// attached when the daemon is gone).
-    pub datapath_attached: bool,
-    pub proxy: String,
+    pub(crate) datapath_attached: bool,
+    pub(crate) proxy: String,
     /// Whether a TCP listener holds the proxy address: what connect4 checks
     /// on every connect (in the connecting app's network namespace).
-    pub proxy_listening: bool,
-    pub services: Vec<ServiceRow>,
-    pub endpoints: Vec<EndpointRow>,
+    pub(crate) proxy_listening: bool,
+    pub(crate) services: Vec<ServiceRow>,
+    pub(crate) endpoints: Vec<EndpointRow>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct ServiceRow {
-    pub host: String,
-    pub vip: String,
-    pub port: u16,
-    pub protocol: &'static str,
-    pub vip_source: &'static str,
-    pub tls_origination: bool,
+pub(crate) struct ServiceRow {
+    pub(crate) host: String,
+    pub(crate) vip: String,
+    pub(crate) port: u16,
+    pub(crate) protocol: &'static str,
+    pub(crate) vip_source: &'static str,
+    pub(crate) tls_origination: bool,
     /// `DISABLE`, `SIMPLE` or `MUTUAL`.
-    pub tls_mode: &'static str,
-    pub cluster: String,
+    pub(crate) tls_mode: &'static str,
+    pub(crate) cluster: String,
     /// As configured: `proxy` or `kernel`.
-    pub datapath: &'static str,
+    pub(crate) datapath: &'static str,
     /// Where a new connect goes now: `proxy`, `kernel`, `kernel (fail-open)`,
     /// `rejected` (connect fails with EPERM: the proxy is down and there is
     /// no endpoint it may use) or `not redirected`.
-    pub path_now: &'static str,
+    pub(crate) path_now: &'static str,
     /// The slot table: each endpoint with its number of slots (its share
     /// of kernel-path connects is slots / total).
-    pub slots: Vec<SlotShare>,
+    pub(crate) slots: Vec<SlotShare>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct SlotShare {
-    pub endpoint: String,
-    pub slots: u32,
+pub(crate) struct SlotShare {
+    pub(crate) endpoint: String,
+    pub(crate) slots: u32,
 }
 
 #[derive(Debug, Serialize)]
-pub struct EndpointRow {
+pub(crate) struct EndpointRow {
     /// `ip:port`, or the DNS name while it has no address.
-    pub endpoint: String,
-    pub address: String,
-    pub status: &'static str,
-    pub outlier_check: &'static str,
-    pub ejected: bool,
-    pub locality: String,
-    pub priority: u8,
-    pub weight: u32,
-    pub cluster: String,
-    pub ejections: u32,
-    pub multiplier: u32,
-    pub consecutive_5xx: u32,
+    pub(crate) endpoint: String,
+    pub(crate) address: String,
+    pub(crate) status: &'static str,
+    pub(crate) outlier_check: &'static str,
+    pub(crate) ejected: bool,
+    pub(crate) locality: String,
+    pub(crate) priority: u8,
+    pub(crate) weight: u32,
+    pub(crate) cluster: String,
+    pub(crate) ejections: u32,
+    pub(crate) multiplier: u32,
+    pub(crate) consecutive_5xx: u32,
     /// Seconds until the host is eligible for un-ejection (on the next
     /// interval tick at or after it).
-    pub ejected_for_secs: Option<u64>,
-    pub last_error: String,
+    pub(crate) ejected_for_secs: Option<u64>,
+    pub(crate) last_error: String,
     /// Entries of the service's slot table that point here.
-    pub kernel_slots: u32,
+    pub(crate) kernel_slots: u32,
     /// DNS endpoints: refreshes that failed or came back empty since the
     /// daemon started (each kept the last good answer).
-    pub dns_failures: u32,
+    pub(crate) dns_failures: u32,
     /// Seconds since the name last resolved; `None` for IP endpoints or a
     /// name that never resolved.
-    pub dns_answer_secs_ago: Option<u64>,
+    pub(crate) dns_answer_secs_ago: Option<u64>,
 }
 
-pub fn report(pin_dir: &Path) -> Result<Report, PinError> {
+pub(crate) fn report(pin_dir: &Path) -> Result<Report, PinError> {
     let state = PinnedState::read(pin_dir)?;
     let cfg = state.config;
     let mut services: Vec<(u32, ServiceInfo)> = state.services;
@@ -108,16 +108,10 @@ pub fn report(pin_dir: &Path) -> Result<Report, PinError> {
         services
             .iter()
             .find(|(i, _)| *i == id)
-            .map(|(_, s)| {
-                format!(
-                    "outbound|{}||{}",
-                    u16::from_be(s.port_be),
-                    read_str(&s.host)
-                )
-            })
+            .map(|(_, s)| format!("outbound|{}||{}", s.vip().port(), read_str(&s.host)))
             .unwrap_or_else(|| format!("service #{id}"))
     };
-    let proxy = addr(cfg.proxy_ip_be, cfg.proxy_port_be);
+    let proxy = cfg.proxy();
     let daemon_running = pid_alive(cfg.daemon_pid);
     // The daemon's network namespace while it runs (where its proxy, or a
     // `--datapath-only` peer, listens); ours once it is gone.
@@ -134,9 +128,7 @@ pub fn report(pin_dir: &Path) -> Result<Report, PinError> {
         .slots
         .iter()
         .map(|(id, t)| {
-            let for_this = services
-                .iter()
-                .any(|(i, s)| i == id && s.vip_be == t.vip_be && s.port_be == t.port_be);
+            let for_this = services.iter().any(|(i, s)| i == id && s.vip() == t.vip());
             (*id, if for_this { shares(t) } else { Vec::new() })
         })
         .collect();
@@ -167,8 +159,8 @@ pub fn report(pin_dir: &Path) -> Result<Report, PinError> {
                 let slots = slots.get(id).cloned().unwrap_or_default();
                 ServiceRow {
                     host: read_str(&s.host).to_owned(),
-                    vip: Ipv4Addr::from(u32::from_be(s.vip_be)).to_string(),
-                    port: u16::from_be(s.port_be),
+                    vip: s.vip().ip().to_string(),
+                    port: s.vip().port(),
                     protocol: match s.protocol {
                         PROTO_HTTP => "HTTP",
                         PROTO_HTTPS => "HTTPS",
@@ -229,8 +221,8 @@ fn path_now(active: bool, flags: u8, proxy_listening: bool, has_slots: bool) -> 
 /// Each endpoint of a slot table with its number of slots, in table order.
 fn shares(t: &SlotTable) -> Vec<SlotShare> {
     let mut out: Vec<SlotShare> = Vec::new();
-    for slot in t.slots.iter().take(t.count as usize) {
-        let endpoint = addr(slot.ip_be, slot.port_be).to_string();
+    for slot in t.used() {
+        let endpoint = slot.addr().to_string();
         match out.iter_mut().find(|s| s.endpoint == endpoint) {
             Some(s) => s.slots += 1,
             None => out.push(SlotShare { endpoint, slots: 1 }),
@@ -273,16 +265,16 @@ fn endpoint_row(cluster: String, e: &EndpointHealth, now: SystemTime) -> Endpoin
     EndpointRow {
         endpoint: if e.status == EP_UNRESOLVED {
             read_str(&e.hostname).to_owned()
-        } else if e.addr_be == 0 {
+        } else if let Some(addr) = e.addr() {
+            addr.to_string()
+        } else {
             // An IPv6 host: the map's address field is IPv4 only, so it is
-            // shown by its configured address (see health.rs).
-            let port = u16::from_be(e.port_be);
+            // shown by its configured address (see datapath/encode.rs).
+            let port = e.port();
             match read_str(&e.hostname).parse::<std::net::Ipv6Addr>() {
                 Ok(ip) => std::net::SocketAddrV6::new(ip, port, 0, 0).to_string(),
                 Err(_) => format!("{} (IPv6):{port}", read_str(&e.hostname)),
             }
-        } else {
-            addr(e.addr_be, e.port_be).to_string()
         },
         address: read_str(&e.hostname).to_owned(),
         // No active health checks: like Envoy for DNS clusters, every
@@ -312,15 +304,11 @@ fn endpoint_row(cluster: String, e: &EndpointHealth, now: SystemTime) -> Endpoin
     }
 }
 
-fn addr(ip_be: u32, port_be: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(u32::from_be(ip_be)), u16::from_be(port_be))
-}
-
 fn pid_alive(pid: u32) -> bool {
     pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
 }
 
-pub fn render_table(r: &Report) -> String {
+pub(crate) fn render_table(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,

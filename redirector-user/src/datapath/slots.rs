@@ -15,22 +15,15 @@ use std::{
 use redirector_common::{MAX_SLOTS, Slot, Slot6, SlotTable, SlotTable6};
 
 /// The table connect4 reads for connects to `vip`.
-pub fn table(vip: SocketAddrV4, weighted: &[SocketAddrV4], connect_timeout: Duration) -> SlotTable {
-    let mut t = SlotTable {
-        vip_be: u32::from(*vip.ip()).to_be(),
-        port_be: vip.port().to_be(),
-        _pad: 0,
-        count: 0,
-        connect_timeout_ms: connect_timeout.as_millis().try_into().unwrap_or(u32::MAX),
-        slots: [Slot::default(); MAX_SLOTS],
-    };
+pub(crate) fn table(
+    vip: SocketAddrV4,
+    weighted: &[SocketAddrV4],
+    connect_timeout: Duration,
+) -> SlotTable {
+    let mut t = SlotTable::new(vip, connect_timeout);
     let entries = fit(weighted);
     for (slot, addr) in t.slots.iter_mut().zip(&entries) {
-        *slot = Slot {
-            ip_be: u32::from(*addr.ip()).to_be(),
-            port_be: addr.port().to_be(),
-            _pad: 0,
-        };
+        *slot = Slot::new(*addr);
     }
     t.count = entries.len() as u32;
     t
@@ -38,33 +31,22 @@ pub fn table(vip: SocketAddrV4, weighted: &[SocketAddrV4], connect_timeout: Dura
 
 /// The IPv6 table connect6 reads for connects to the service whose IPv4
 /// VIP is `vip` (endpoints of both families, IPv4 ones mapped).
-pub fn table6(
+pub(crate) fn table6(
     vip: SocketAddrV4,
     weighted: &[SocketAddrV6],
     connect_timeout: Duration,
 ) -> SlotTable6 {
-    let mut t = SlotTable6 {
-        vip_be: u32::from(*vip.ip()).to_be(),
-        port_be: vip.port().to_be(),
-        _pad: 0,
-        count: 0,
-        connect_timeout_ms: connect_timeout.as_millis().try_into().unwrap_or(u32::MAX),
-        slots: [Slot6::default(); MAX_SLOTS],
-    };
+    let mut t = SlotTable6::new(vip, connect_timeout);
     let entries = fit(weighted);
     for (slot, addr) in t.slots.iter_mut().zip(&entries) {
-        *slot = Slot6 {
-            ip6_be: super::ip6_words(*addr.ip()),
-            port_be: addr.port().to_be(),
-            _pad: 0,
-        };
+        *slot = Slot6::new(*addr);
     }
     t.count = entries.len() as u32;
     t
 }
 
 /// The table's entries, at most [`MAX_SLOTS`].
-pub fn fit<A: Copy + PartialEq>(weighted: &[A]) -> Vec<A> {
+pub(crate) fn fit<A: Copy + PartialEq>(weighted: &[A]) -> Vec<A> {
     if weighted.len() <= MAX_SLOTS {
         return weighted.to_vec();
     }
@@ -173,7 +155,10 @@ mod tests {
             (u32::from(*ep(9).ip()).to_be(), 80u16.to_be())
         );
         assert_eq!(t.connect_timeout_ms, 10_000);
-        assert_eq!(t.slots[0].ip6_be, super::super::ip6_words(*v6.ip()));
+        assert_eq!(
+            t.slots[0].ip6_be,
+            redirector_common::user::ip6_words(*v6.ip())
+        );
         assert_eq!(t.slots[0].port_be, 8080u16.to_be());
         assert_eq!(
             t.slots[2].ip6_be,

@@ -1,0 +1,249 @@
+//! A running daemon until it ends: signals, reloads (file changes or
+//! SIGHUP), the handover to a successor, and the graceful stop (drain).
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use redirector_common::{SVC_FAIL_OPEN, SVC_KERNEL_PATH};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{error, info, warn};
+
+use super::Running;
+use crate::{
+    datapath::service_entries,
+    proxy::{self, route},
+    state::{self, Generation},
+    watch,
+};
+
+/// How long the listener keeps accepting after new connects stopped coming
+/// to it: connects the kernel had already sent it are in its queue.
+const ACCEPT_GRACE: Duration = Duration::from_millis(200);
+
+impl Running {
+    /// Serves until SIGTERM or SIGINT (then drains and stops) or until a
+    /// successor takes the listeners over (then drains and waits for
+    /// SIGTERM); reloads the config whenever it changes or on SIGHUP.
+    pub(super) async fn wait_termination(mut self) -> anyhow::Result<()> {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let (changed_tx, mut changed) = tokio::sync::mpsc::channel(1);
+        let mut watching = self.watch_files(&changed_tx);
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => info!("SIGHUP: reloading {}", self.opts.config.display()),
+                Some(path) = changed.recv() => info!("{} changed: reloading", path.display()),
+                successor = self.serving.successors.next() => {
+                    let pid = successor.pid;
+                    info!("pid {pid} asks for the listeners: handing over");
+                    if let Err(e) = successor.offer(&self.serving.listening) {
+                        error!("handing over to pid {pid} failed, serving on: {e}");
+                        continue;
+                    }
+                    // Nothing of ours writes the maps from here on, and the
+                    // successor may claim them once the connection closes.
+                    self.admin.set_draining();
+                    drop(std::mem::take(&mut self.serving.accept));
+                    drop(std::mem::take(&mut self.tasks));
+                    drop(watching);
+                    drop(self.admin_task.take());
+                    self.datapath.hand_over();
+                    drop(successor);
+                    return self.handed_over(pid).await;
+                }
+            }
+            match self.reload() {
+                Ok(next) => {
+                    self.metrics.config_reloads.inc();
+                    self.apply(next);
+                    // What was just read is in force: watch from there, with
+                    // the TLS files the new config names.
+                    watching = self.watch_files(&changed_tx);
+                    while changed.try_recv().is_ok() {}
+                    info!(
+                        services = self.current.config.services.len(),
+                        "config reloaded"
+                    );
+                }
+                Err(e) => {
+                    self.metrics.config_reload_rejections.inc();
+                    error!("config reload rejected, keeping the running config: {e:#}")
+                }
+            }
+        }
+        // Not ready from now on: the readiness probe sees the drain.
+        self.admin.set_draining();
+        self.stop().await;
+        self.datapath.release();
+        Ok(())
+    }
+
+    /// The config read again and built next to the running one: clusters
+    /// (taking over health) and routes (taking over TLS sessions and
+    /// limits). Nothing running changes here.
+    fn reload(&self) -> anyhow::Result<(Generation, route::RouteMap)> {
+        let (config, mut node) = state::load(
+            &self.opts.config,
+            &self.opts.overrides,
+            self.current.node.cluster_locality.clone(),
+        )?;
+        // These are bound to kernel objects and sockets made at start.
+        let running = &self.current.node;
+        for (what, changed) in [
+            ("cgroup", node.cgroup != running.cgroup),
+            ("listenPort", node.listen != running.listen),
+            ("dnsPort", node.dns != running.dns),
+            ("adminPort", node.admin != running.admin),
+            ("pinDir", node.pin_dir != running.pin_dir),
+        ] {
+            if changed {
+                warn!("{what} changed in the config; it takes effect on restart only");
+            }
+        }
+        node.cgroup = running.cgroup.clone();
+        node.listen = running.listen;
+        node.dns = running.dns;
+        node.admin = running.admin;
+        node.pin_dir = running.pin_dir.clone();
+        state::log_effective(&config, &node);
+        let next = Generation::build(
+            config,
+            node,
+            &self.notify,
+            Some(&self.current),
+            &self.metrics,
+        )?;
+        let previous = self.routes.read().expect("routes lock").clone();
+        let routes = route::build(&next.services, Some(&previous))?;
+        Ok((next, routes))
+    }
+
+    /// Puts a reloaded generation in force: the proxy's routes first, so a
+    /// newly published VIP always has one, then the service table (DNS
+    /// answers, health publishing), then the kernel's services.
+    fn apply(&mut self, (next, routes): (Generation, route::RouteMap)) {
+        self.dump.set_effective(&next.config, &next.node);
+        let previous = self.routes.read().expect("routes lock").clone();
+        route::take_over(&routes, &previous);
+        *self.routes.write().expect("routes lock") = Arc::new(routes);
+        self.services.set(next.services.clone());
+        if let Err(e) = self
+            .datapath
+            .set_services(&service_entries(&next.config.services))
+        {
+            error!("publishing the reloaded services to the kernel: {e}");
+        }
+        self.current = next;
+        self.notify.notify_one();
+    }
+
+    /// After a handover: the successor accepts everything new; connections
+    /// open here finish (HTTP ones after their request in flight, as on
+    /// SIGTERM), and the process waits for SIGTERM to exit, so that a
+    /// supervisor does not restart it (a Kubernetes rolling update with
+    /// `maxSurge` deletes the old pod once the new one is ready).
+    async fn handed_over(self, successor: u32) -> anyhow::Result<()> {
+        let drain = &self.serving.drain;
+        drain.tracker.close();
+        drain.stop.cancel();
+        info!(
+            successor,
+            open_connections = drain.tracker.len(),
+            "handed the listeners and the datapath over to pid {successor}; draining, then waiting \
+             for SIGTERM"
+        );
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let signalled = async {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        tokio::pin!(signalled);
+        tokio::select! {
+            () = drain.tracker.wait() => {
+                info!("drained; waiting for SIGTERM");
+                signalled.await;
+            }
+            () = &mut signalled => {
+                match tokio::time::timeout(self.opts.drain_timeout, drain.tracker.wait()).await {
+                    Ok(()) => info!("drained"),
+                    Err(_) => warn!(
+                        still_open = drain.tracker.len(),
+                        "drain timeout reached; closing the remaining connections"
+                    ),
+                }
+            }
+        }
+        info!("exiting");
+        self.datapath.release();
+        Ok(())
+    }
+
+    /// SIGTERM/SIGINT: new connects stop coming to the proxy (every service
+    /// that can skip it goes straight to an endpoint from its slot table, as
+    /// when no daemon runs; a TLS-originating one cannot, and its connects
+    /// are refused until the next daemon listens), the listener closes once
+    /// what was already queued is accepted, HTTP connections finish the
+    /// request in flight and close, and TCP connections run on; after
+    /// `--drain-timeout` whatever is still open is closed with the process.
+    /// The kernel datapath stays attached, for the next daemon to take over.
+    async fn stop(&mut self) {
+        let mut entries = service_entries(&self.current.config.services);
+        for e in &mut entries {
+            if e.value.flags & SVC_FAIL_OPEN != 0 {
+                e.value.flags |= SVC_KERNEL_PATH;
+            }
+        }
+        if let Err(e) = self.datapath.set_services(&entries) {
+            warn!("sending new connects past the stopping proxy: {e}");
+        }
+        tokio::time::sleep(ACCEPT_GRACE).await;
+        drop(std::mem::take(&mut self.serving.accept));
+        let drain: &proxy::Drain = &self.serving.drain;
+        drain.tracker.close();
+        drain.stop.cancel();
+        let open = drain.tracker.len();
+        info!(
+            open_connections = open,
+            timeout = ?self.opts.drain_timeout,
+            "stopping: listener closed, draining open connections"
+        );
+        match tokio::time::timeout(self.opts.drain_timeout, drain.tracker.wait()).await {
+            Ok(()) => info!("drained; exiting"),
+            Err(_) => warn!(
+                still_open = drain.tracker.len(),
+                "drain timeout reached; closing the remaining connections"
+            ),
+        }
+    }
+
+    /// Watches the config file and the TLS files the generation in force
+    /// was built from; a change of any reloads (the task stops when the
+    /// handle is dropped).
+    fn watch_files(&self, changed: &tokio::sync::mpsc::Sender<PathBuf>) -> AbortOnDropHandle<()> {
+        let tls_files = self
+            .current
+            .config
+            .services
+            .iter()
+            .filter_map(|s| s.policy.tls.origination())
+            .flat_map(|o| {
+                let client = o
+                    .client
+                    .iter()
+                    .flat_map(|c| [&c.certificate, &c.private_key]);
+                o.ca_certificates.iter().chain(&o.ca_crl).chain(client)
+            })
+            .map(|f| f.path.clone());
+        let files = std::iter::once(self.opts.config.clone()).chain(tls_files);
+        AbortOnDropHandle::new(tokio::spawn(watch::run(
+            watch::Watch::new(files),
+            changed.clone(),
+        )))
+    }
+}

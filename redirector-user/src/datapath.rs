@@ -1,0 +1,345 @@
+//! The kernel datapath: load the programs, own their maps, attach them to a
+//! cgroup, keep the maps in sync with the config and with endpoint health.
+//!
+//! **Everything is pinned, and the datapath outlives the daemon.** Maps and
+//! the cgroup links live in `<pin dir>/v<ABI>/` (see `pins.rs`). When
+//! the daemon dies (`kill -9`, OOM, a crash) or stops (SIGTERM), the
+//! programs stay attached and connect4 notices per connect that nothing
+//! listens on the proxy address any more (`bpf_sk_lookup_tcp`; the kernel
+//! closed the listener with the process), so it sends new connects straight
+//! to an endpoint from the slot table the daemon last published: the
+//! healthy hosts of the priority that took traffic, ejections included.
+//! That is fail-open to the best endpoint the kernel knows, with no window:
+//! the switch happens on the first connect after the listener is gone.
+//! Services whose proxy originates TLS cannot be served in plaintext, so
+//! their connects fail at once with `EPERM` until a daemon is back.
+//! Connections the dead proxy was carrying break; nothing can save those.
+//!
+//! We chose the listener lookup over a liveness entry in a map (a dying
+//! daemon cannot clear it; a heartbeat needs a timeout, which is a window)
+//! and over a `SOCKMAP` holding the listener (the same signal, but the
+//! daemon has to register the socket, and `--datapath-only` peers would not).
+//!
+//! **Start and takeover.** A daemon opens the pinned maps of its
+//! predecessor (same ABI version; their layout is checked) instead of
+//! creating new ones, so the running programs and the new daemon share one
+//! state from the first instant. It then refreshes the maps from its config,
+//! binds its listener (from then on connect4 sends proxy-path connects to
+//! it, writing original destinations into the shared maps it reads), and
+//! attaches its own programs: each new link is pinned beside the old one and
+//! renamed over it, so the cgroup always has a program and the old one
+//! detaches when its pin goes. At no instant is a connect sent to a dead
+//! port or left unredirected. On a fresh start the same order holds: nothing
+//! is attached until the listener is up and the maps are filled.
+//!
+//! **Stop.** SIGTERM and SIGINT leave the datapath pinned and attached,
+//! like a crash but without breaking connections mid-request: service
+//! managers send SIGTERM on restart and upgrade, which must not open a
+//! window where connects fail. `redirector cleanup` detaches and unpins
+//! everything, for good. A daemon that fails before attaching removes what
+//! it pinned (unless it was taking over: then the previous datapath keeps
+//! running).
+//!
+//! **DNS capture** (see `dns.rs`) adds sendmsg4, recvmsg4 (and sendmsg6,
+//! recvmsg6) and an egress program, attached only while capture is on, and
+//! DNS fails open the same way: with no responder listening, port-53
+//! traffic is left alone. getpeername4 and getpeername6 are always
+//! attached: every redirect is recorded in socket storage, so apps see the
+//! address they dialled.
+//!
+//! **IPv6**: connect6 does connect4's job for IPv6 VIPs, with maps of its
+//! own beside the IPv4 ones (see ARCHITECTURE.md); the proxy's `[::1]`
+//! listener is its target, and `RD_CFG6_V2` says where that is.
+//!
+//! The kernel fast path (`redirector.dev/datapath: kernel`) is the fail-open
+//! path used on purpose: connect4 sends every connect of the service to a
+//! slot, and sock_ops reports how each one ended into a ring buffer the
+//! daemon reads for outlier detection (see `health.rs`).
+
+mod encode;
+mod load;
+mod lookup;
+mod maps;
+mod outcomes;
+mod pins;
+mod slots;
+
+use std::{
+    net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    path::PathBuf,
+    sync::Mutex,
+};
+
+use aya::{maps::MapError, programs::ProgramError, programs::links::LinkError};
+use redirector_common::EndpointHealth;
+use tracing::info;
+
+pub(crate) use encode::{ServiceMapEntry, endpoint_entries, has_slots, service_entries};
+pub(crate) use load::check_privileges;
+pub(crate) use outcomes::{KernelOutcome, OutcomeReader};
+pub(crate) use pins::{PinError, PinnedState, cleanup, handover_path};
+pub(crate) use slots::{table as slot_table, table6 as slot_table6};
+
+use self::{load::Loaded, lookup::Lookups, maps::Maps};
+
+/// `SO_MARK` of the proxy's upstream sockets; connect4 leaves them alone.
+pub(crate) const PROXY_MARK: u32 = 0x5244_0001;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BpfError {
+    #[error(
+        "`redirector run` needs {needed}; this process lacks {missing}. Run it as root, or grant \
+         those capabilities (in Kubernetes: securityContext.capabilities.add)"
+    )]
+    Privilege { needed: String, missing: String },
+    #[error("cannot read this process's capabilities: {0}")]
+    Caps(std::io::Error),
+    #[error(
+        "cgroup {path}: does not exist (create it, or pass --cgroup with an existing cgroup v2 directory)"
+    )]
+    CgroupMissing { path: PathBuf },
+    #[error(
+        "cgroup {path}: is a cgroup v1 hierarchy; redirector needs cgroup v2 (mounted at {v2_root})"
+    )]
+    CgroupV1 { path: PathBuf, v2_root: String },
+    #[error("cgroup {path}: not a cgroup v2 directory (statfs type {fs_type:#x})")]
+    NotCgroup { path: PathBuf, fs_type: i64 },
+    #[error("cgroup {path}: {error}")]
+    CgroupIo {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "this kernel does not support {what} (needs Linux ≥ {version}); cannot redirect connects"
+    )]
+    Unsupported {
+        what: &'static str,
+        version: &'static str,
+    },
+    #[error(
+        "the embedded eBPF object is empty: this binary was built with AYA_BUILD_SKIP; rebuild \
+         with `cargo build -p redirector-user` after `cargo xtask setup`"
+    )]
+    EmptyObject,
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error(
+        "the eBPF object lacks {kind} {name:?}: redirector-ebpf and redirector-common disagree"
+    )]
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
+    #[error("loading program {name}: {error}")]
+    Program {
+        name: &'static str,
+        error: ProgramError,
+    },
+    #[error("attaching {name} to cgroup {cgroup}: {error}")]
+    Attach {
+        name: &'static str,
+        cgroup: PathBuf,
+        error: ProgramError,
+    },
+    #[error("pinning the link of {name}: {error}")]
+    Link {
+        name: &'static str,
+        error: LinkError,
+    },
+    #[error("map {name}: {error}")]
+    Map { name: &'static str, error: MapError },
+    #[error("watching the outcome ring buffer: {0}")]
+    Ring(std::io::Error),
+    #[error(transparent)]
+    Pins(#[from] pins::PinError),
+}
+
+pub(crate) struct DatapathOptions {
+    pub(crate) cgroup: PathBuf,
+    pub(crate) pin_dir: PathBuf,
+    pub(crate) proxy: SocketAddrV4,
+    /// The DNS responder (UDP and TCP); `None` leaves DNS alone.
+    pub(crate) dns: Option<SocketAddrV4>,
+    /// The proxy's IPv6 listener (same port), where connect6 sends
+    /// connects to IPv6 VIPs; `None` (no IPv6 on the node) leaves them to
+    /// fail open.
+    pub(crate) proxy6: Option<Ipv6Addr>,
+    /// The DNS responder's IPv6 address (same port as `dns`), where
+    /// connect6 and sendmsg6 send DNS of IPv6 sockets.
+    pub(crate) dns6: Option<Ipv6Addr>,
+}
+
+/// The loaded datapath: the programs and their pins (until released),
+/// the maps the daemon writes, the ones the proxy and the DNS responder
+/// read, and the outcome ring (until its reader is taken).
+pub(crate) struct Datapath {
+    /// `None` once released or handed over.
+    loaded: Mutex<Option<Loaded>>,
+    maps: Mutex<Maps>,
+    lookups: Mutex<Lookups>,
+    outcomes: Mutex<Option<aya::maps::RingBuf<aya::maps::MapData>>>,
+    previous_pid: Option<u32>,
+}
+
+impl Datapath {
+    /// Checks privileges and the cgroup, claims the pin directory, loads
+    /// the programs and opens (or creates) the pinned maps. Nothing new is
+    /// attached yet; programs a previous daemon left attached keep running
+    /// on the same maps.
+    pub(crate) fn load(opts: DatapathOptions) -> Result<Self, BpfError> {
+        let load::Opened {
+            loaded,
+            maps,
+            lookups,
+            outcomes,
+            previous_pid,
+        } = load::open(opts)?;
+        Ok(Self {
+            loaded: Mutex::new(Some(loaded)),
+            maps: Mutex::new(maps),
+            lookups: Mutex::new(lookups),
+            outcomes: Mutex::new(Some(outcomes)),
+            previous_pid,
+        })
+    }
+
+    /// The pid of the daemon whose attached datapath this one is taking
+    /// over, if any.
+    pub(crate) fn previous_pid(&self) -> Option<u32> {
+        self.previous_pid
+    }
+
+    /// Makes the kernel's service table equal to `entries`. Slot tables
+    /// and endpoints of services that are gone are removed too, and so are
+    /// slot tables of services that no longer use one (a reload that turns
+    /// on TLS origination).
+    pub(crate) fn set_services(&self, entries: &[ServiceMapEntry]) -> Result<(), BpfError> {
+        self.maps.lock().expect("maps lock").set_services(entries)
+    }
+
+    /// Replaces the published endpoint entries of one service.
+    pub(crate) fn set_endpoints(
+        &self,
+        service_id: u32,
+        entries: &[EndpointHealth],
+    ) -> Result<(), BpfError> {
+        self.maps
+            .lock()
+            .expect("maps lock")
+            .set_endpoints(service_id, entries)
+    }
+
+    /// Replaces one service's slot table (one atomic map update).
+    pub(crate) fn set_slots(
+        &self,
+        service_id: u32,
+        table: &redirector_common::SlotTable,
+    ) -> Result<(), BpfError> {
+        self.maps
+            .lock()
+            .expect("maps lock")
+            .set_slots(service_id, table)
+    }
+
+    /// Replaces one service's IPv6 slot table (connect6's).
+    pub(crate) fn set_slots6(
+        &self,
+        service_id: u32,
+        table: &redirector_common::SlotTable6,
+    ) -> Result<(), BpfError> {
+        self.maps
+            .lock()
+            .expect("maps lock")
+            .set_slots6(service_id, table)
+    }
+
+    /// Attaches this daemon's programs, replacing those of a previous
+    /// daemon without a gap, and pins the links.
+    pub(crate) fn attach(&self) -> Result<(), BpfError> {
+        let mut loaded = self.loaded.lock().expect("loaded lock");
+        let Some(loaded) = loaded.as_mut() else {
+            return Ok(());
+        };
+        loaded.attach(self.previous_pid)
+    }
+
+    /// The VIP:port a redirected connection from `peer` was meant for.
+    /// Consumes the entry: each connection is accepted once.
+    pub(crate) fn take_original_destination(&self, peer: SocketAddrV4) -> Option<SocketAddrV4> {
+        self.lookups
+            .lock()
+            .expect("lookups lock")
+            .take_original_destination(peer)
+    }
+
+    /// [`Self::take_original_destination`] for a client of the proxy's
+    /// IPv6 listener: the service's IPv4 VIP:port, which the routes are
+    /// keyed by (connect6 recorded it; the app dialled the IPv6 VIP).
+    pub(crate) fn take_original_destination6(&self, peer: SocketAddrV6) -> Option<SocketAddrV4> {
+        self.lookups
+            .lock()
+            .expect("lookups lock")
+            .take_original_destination6(peer)
+    }
+
+    /// The nameserver the app socket at `peer` sent its DNS query to, as
+    /// sendmsg4 or the egress program recorded it. Not consumed: a socket
+    /// sends many queries (the LRU map forgets sockets long gone).
+    pub(crate) fn dns_nameserver(&self, peer: SocketAddrV4) -> Option<SocketAddrV4> {
+        self.lookups
+            .lock()
+            .expect("lookups lock")
+            .dns_nameserver(peer)
+    }
+
+    /// [`Self::dns_nameserver`] for an app's IPv6 DNS socket (sendmsg6,
+    /// the egress program, or for TCP sock_ops recorded it); `take`
+    /// removes the entry (TCP: each connection is accepted once). An
+    /// IPv4-mapped nameserver comes back as IPv4.
+    pub(crate) fn dns_nameserver6(&self, peer: SocketAddrV6, take: bool) -> Option<SocketAddr> {
+        self.lookups
+            .lock()
+            .expect("lookups lock")
+            .dns_nameserver6(peer, take)
+    }
+
+    /// The reader of kernel-path connect outcomes; there is one.
+    pub(crate) fn take_outcomes(&self) -> Result<Option<OutcomeReader>, BpfError> {
+        let ring = self.outcomes.lock().expect("outcomes lock").take();
+        ring.map(OutcomeReader::new).transpose()
+    }
+
+    /// Gives the pin directory to a successor that took this daemon's
+    /// listeners: the lock is released and nothing is removed (the pins
+    /// are the successor's now). The maps stay open for connections in
+    /// flight, but nothing may write them any more.
+    pub(crate) fn hand_over(&self) {
+        if let Some(loaded) = self.loaded.lock().expect("loaded lock").take() {
+            loaded.hand_over();
+        }
+    }
+
+    /// Lets go of the datapath: the programs stay attached through their
+    /// pins and serve connects without the proxy (see the module docs);
+    /// if this daemon never attached anything, its pins are removed.
+    /// Idempotent.
+    pub(crate) fn release(&self) {
+        let Some(loaded) = self.loaded.lock().expect("loaded lock").take() else {
+            return;
+        };
+        if loaded.release() {
+            info!("removed the pins: nothing was attached");
+        } else {
+            info!(
+                "the kernel datapath stays attached and sends connects straight to endpoints \
+                 until a daemon takes it over; `redirector cleanup` removes it"
+            );
+        }
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        self.release();
+    }
+}

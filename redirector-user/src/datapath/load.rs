@@ -1,0 +1,419 @@
+//! Loading and attaching: what the kernel and this process must offer, the
+//! pinned maps a previous daemon left (checked against this build's
+//! layouts), the programs, and the cgroup links, each pinned beside the
+//! previous daemon's and renamed over it so the cgroup never goes without.
+
+use std::{fs::File, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, RingBuf},
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
+        ProgramType, SockOps, links::FdLink,
+    },
+};
+use redirector_common::{
+    Config6, DnsConfig, EndpointHealth, EndpointKey, MAX_ENDPOINTS, MAX_INFLIGHT, MAX_SERVICES,
+    OUTCOME_RING_BYTES, OrigDst, PROXY_ENABLED, ProxyConfig, ServiceInfo, ServiceKey, ServiceKey6,
+    ServiceValue, ServiceValue6, SlotConn, SlotConn6, SlotTable, SlotTable6, SockAddr6, SockKey,
+    SockOrig, SockOrig6, map_names, program_names,
+};
+use tracing::info;
+
+use super::{
+    BpfError, DatapathOptions, PROXY_MARK,
+    lookup::Lookups,
+    maps::{Maps, map_op, typed_map},
+    pins::{self, Pins},
+};
+use crate::sys;
+
+/// The compiled kernel programs, built by build.rs from `redirector-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector"));
+
+/// Every map, with the kernel layout a pinned one must have to be reused.
+/// A pin directory of an earlier build may lack the maps added since (the
+/// DNS ones): the loader creates those, so an upgrade takes over without a
+/// gap; the IPv6 ones were added the same way, so the ABI stayed v2.
+fn layouts() -> [pins::Layout; 20] {
+    fn l<K, V>(name: &'static str, max_entries: u32) -> pins::Layout {
+        pins::Layout {
+            name,
+            key: size_of::<K>() as u32,
+            value: size_of::<V>() as u32,
+            max_entries,
+        }
+    }
+    [
+        l::<ServiceKey, ServiceValue>(map_names::SERVICES, MAX_SERVICES),
+        l::<u32, ProxyConfig>(map_names::PROXY_CONFIG, 1),
+        l::<u64, OrigDst>(map_names::ORIG_BY_COOKIE, MAX_INFLIGHT),
+        l::<SockKey, OrigDst>(map_names::ORIG_BY_SOCK, MAX_INFLIGHT),
+        l::<u32, ServiceInfo>(map_names::SERVICE_INFO, MAX_SERVICES),
+        l::<EndpointKey, EndpointHealth>(map_names::ENDPOINTS, MAX_ENDPOINTS),
+        l::<u32, SlotTable>(map_names::SLOTS, MAX_SERVICES),
+        l::<u64, SlotConn>(map_names::SLOT_CONNS, MAX_INFLIGHT),
+        l::<(), ()>(map_names::OUTCOMES, OUTCOME_RING_BYTES),
+        l::<u32, DnsConfig>(map_names::DNS_CONFIG, 1),
+        l::<SockKey, OrigDst>(map_names::DNS_BY_SOCK, MAX_INFLIGHT),
+        // Socket storage: the key is the socket (an fd, `int`), and the
+        // kernel sizes it by socket, not by max_entries.
+        l::<i32, SockOrig>(map_names::SOCK_ORIG, 0),
+        l::<ServiceKey6, ServiceValue6>(map_names::SERVICES6, MAX_SERVICES),
+        l::<u32, Config6>(map_names::CONFIG6, 1),
+        l::<SockAddr6, OrigDst>(map_names::ORIG_BY_SOCK6, MAX_INFLIGHT),
+        l::<i32, SockOrig6>(map_names::SOCK_ORIG6, 0),
+        l::<SockAddr6, SockAddr6>(map_names::DNS_BY_SOCK6, MAX_INFLIGHT),
+        l::<u64, SockAddr6>(map_names::DNS_BY_COOKIE6, MAX_INFLIGHT),
+        l::<u32, SlotTable6>(map_names::SLOTS6, MAX_SERVICES),
+        l::<u64, SlotConn6>(map_names::SLOT_CONNS6, MAX_INFLIGHT),
+    ]
+}
+
+#[derive(Clone, Copy)]
+enum Hook {
+    SockAddr,
+    SockOps,
+    Egress,
+}
+
+/// The cgroup hooks: program, attach point, pinned link name, and whether
+/// it serves only DNS capture (attached only while capture is on).
+const HOOKS: [(&str, Hook, &str, bool); 10] = [
+    (
+        program_names::CONNECT4,
+        Hook::SockAddr,
+        pins::LINK_CONNECT4,
+        false,
+    ),
+    (
+        program_names::SOCKOPS,
+        Hook::SockOps,
+        pins::LINK_SOCKOPS,
+        false,
+    ),
+    (
+        program_names::GETPEERNAME4,
+        Hook::SockAddr,
+        pins::LINK_GETPEERNAME4,
+        false,
+    ),
+    (
+        program_names::SENDMSG4,
+        Hook::SockAddr,
+        pins::LINK_SENDMSG4,
+        true,
+    ),
+    (
+        program_names::RECVMSG4,
+        Hook::SockAddr,
+        pins::LINK_RECVMSG4,
+        true,
+    ),
+    (program_names::EGRESS, Hook::Egress, pins::LINK_EGRESS, true),
+    (
+        program_names::CONNECT6,
+        Hook::SockAddr,
+        pins::LINK_CONNECT6,
+        false,
+    ),
+    (
+        program_names::GETPEERNAME6,
+        Hook::SockAddr,
+        pins::LINK_GETPEERNAME6,
+        false,
+    ),
+    (
+        program_names::SENDMSG6,
+        Hook::SockAddr,
+        pins::LINK_SENDMSG6,
+        true,
+    ),
+    (
+        program_names::RECVMSG6,
+        Hook::SockAddr,
+        pins::LINK_RECVMSG6,
+        true,
+    ),
+];
+
+/// The programs and the claimed pin directory, until released.
+pub(super) struct Loaded {
+    ebpf: Ebpf,
+    pins: Pins,
+    cgroup: std::path::PathBuf,
+    /// Whether DNS capture's programs are attached.
+    dns: bool,
+}
+
+/// What [`open`] returns: the loaded programs and every map handle.
+pub(super) struct Opened {
+    pub(super) loaded: Loaded,
+    pub(super) maps: Maps,
+    pub(super) lookups: Lookups,
+    pub(super) outcomes: RingBuf<MapData>,
+    pub(super) previous_pid: Option<u32>,
+}
+
+/// Checks privileges, the kernel and the cgroup, claims the pin
+/// directory, loads the programs and opens (or creates) the pinned maps,
+/// then writes where the proxy and the responder listen.
+pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
+    check_privileges()?;
+    check_cgroup(&opts.cgroup)?;
+    check_kernel()?;
+    if OBJECT.is_empty() {
+        return Err(BpfError::EmptyObject);
+    }
+    let pins = Pins::claim(&opts.pin_dir)?;
+    let layouts = layouts();
+    pins.check_layouts(&layouts)?;
+    let taking_over = pins.has_links();
+    let mut loader = EbpfLoader::new();
+    for l in &layouts {
+        loader.map_pin_path(l.name, pins.path(l.name));
+    }
+    let mut ebpf = loader.load(OBJECT)?;
+    pins.restrict()?;
+    for (name, hook, _, _) in HOOKS {
+        match hook {
+            Hook::SockAddr => load_program::<CgroupSockAddr>(&mut ebpf, name)?,
+            Hook::SockOps => load_program::<SockOps>(&mut ebpf, name)?,
+            Hook::Egress => load_program::<CgroupSkb>(&mut ebpf, name)?,
+        }
+    }
+    let maps = Maps::take(&mut ebpf)?;
+    let lookups = Lookups::take(&mut ebpf)?;
+    let outcomes = typed_map(&mut ebpf, map_names::OUTCOMES, RingBuf::try_from)?;
+    let mut config: Array<MapData, ProxyConfig> =
+        typed_map(&mut ebpf, map_names::PROXY_CONFIG, Array::try_from)?;
+    let mut config6: Array<MapData, Config6> =
+        typed_map(&mut ebpf, map_names::CONFIG6, Array::try_from)?;
+    let mut dns_config: Array<MapData, DnsConfig> =
+        typed_map(&mut ebpf, map_names::DNS_CONFIG, Array::try_from)?;
+
+    let previous_pid = taking_over
+        .then(|| config.get(&0, 0).ok().map(|c| c.daemon_pid))
+        .flatten();
+    // Enabled from the start: on a takeover the running programs must
+    // keep redirecting; on a fresh start nothing is attached yet.
+    let cfg = ProxyConfig::new(opts.proxy, PROXY_MARK, PROXY_ENABLED, std::process::id());
+    map_op(map_names::PROXY_CONFIG, config.set(0, cfg, 0))?;
+    let cfg6 = Config6::new(opts.proxy6, opts.dns6.filter(|_| opts.dns.is_some()));
+    map_op(map_names::CONFIG6, config6.set(0, cfg6, 0))?;
+    // Likewise: sendmsg4 and connect4 send DNS to the responder only
+    // while it listens, so this is safe before it does.
+    map_op(
+        map_names::DNS_CONFIG,
+        dns_config.set(0, DnsConfig::new(opts.dns), 0),
+    )?;
+    Ok(Opened {
+        loaded: Loaded {
+            ebpf,
+            pins,
+            cgroup: opts.cgroup,
+            dns: opts.dns.is_some(),
+        },
+        maps,
+        lookups,
+        outcomes,
+        previous_pid,
+    })
+}
+
+impl Loaded {
+    /// Attaches this daemon's programs, replacing those of a previous
+    /// daemon (`previous_pid`, for the log) without a gap, and pins the
+    /// links.
+    pub(super) fn attach(&mut self, previous_pid: Option<u32>) -> Result<(), BpfError> {
+        let cgroup = File::open(&self.cgroup).map_err(|error| BpfError::CgroupIo {
+            path: self.cgroup.clone(),
+            error,
+        })?;
+        for old in self.pins.remove_other_versions() {
+            info!(path = %old.display(), "removed the pinned datapath of another ABI version");
+        }
+        let attach_err = |name, error| BpfError::Attach {
+            name,
+            cgroup: self.cgroup.clone(),
+            error,
+        };
+        let link_err = |name| move |error| BpfError::Link { name, error };
+        let mut attached = Vec::new();
+        for (name, hook, pin, dns_only) in HOOKS {
+            if dns_only && !self.dns {
+                // Capture off: a previous daemon's DNS hooks go (unpinning
+                // a link whose owner is gone detaches its program).
+                self.pins.unpin_link(pin)?;
+                continue;
+            }
+            // BPF links (Linux ≥ 5.7) always coexist with other programs on
+            // the cgroup and reject BPF_F_ALLOW_MULTI; `Single` passes flags 0.
+            let mode = CgroupAttachMode::Single;
+            let ebpf = &mut self.ebpf;
+            let link = match hook {
+                Hook::SockAddr => {
+                    let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+                    let id = prog
+                        .attach(&cgroup, mode)
+                        .map_err(|e| attach_err(name, e))?;
+                    FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
+                }
+                Hook::SockOps => {
+                    let prog: &mut SockOps = program(ebpf, name)?;
+                    let id = prog
+                        .attach(&cgroup, mode)
+                        .map_err(|e| attach_err(name, e))?;
+                    FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
+                }
+                Hook::Egress => {
+                    let prog: &mut CgroupSkb = program(ebpf, name)?;
+                    let id = prog
+                        .attach(&cgroup, CgroupSkbAttachType::Egress, mode)
+                        .map_err(|e| attach_err(name, e))?;
+                    FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
+                }
+            }
+            .map_err(link_err(name))?;
+            self.pins.pin_link(pin, link)?;
+            attached.push(name);
+        }
+        let attached = attached.join(", ");
+        match previous_pid {
+            Some(pid) => info!(
+                cgroup = %self.cgroup.display(),
+                "attached {attached}, replacing those of pid {pid}"
+            ),
+            None => info!(cgroup = %self.cgroup.display(), "attached {attached}"),
+        }
+        Ok(())
+    }
+
+    /// Gives up the lock and leaves the pins, which a successor owns now.
+    pub(super) fn hand_over(self) {
+        let Self { ebpf, pins, .. } = self;
+        drop(pins);
+        drop(ebpf);
+    }
+
+    /// Drops the programs and lets go of the pin directory; whether the
+    /// pins were removed (nothing was ever attached).
+    pub(super) fn release(self) -> bool {
+        let Self { ebpf, pins, .. } = self;
+        drop(ebpf);
+        pins.release()
+    }
+}
+
+/// Whether this process may load and attach the programs.
+pub(crate) fn check_privileges() -> Result<(), BpfError> {
+    let caps = sys::effective_caps().map_err(BpfError::Caps)?;
+    let mut missing = Vec::new();
+    if !sys::has_cap(caps, sys::CAP_BPF) && !sys::has_cap(caps, sys::CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF (or CAP_SYS_ADMIN)");
+    }
+    if !sys::has_cap(caps, sys::CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(BpfError::Privilege {
+        needed: "CAP_BPF (or CAP_SYS_ADMIN) to load programs and CAP_NET_ADMIN to attach them and \
+                 mark proxy sockets"
+            .into(),
+        missing: missing.join(" and "),
+    })
+}
+
+/// The program and map types the datapath is made of.
+fn check_kernel() -> Result<(), BpfError> {
+    for (ty, what, version) in [
+        (
+            ProgramType::CgroupSockAddr,
+            "cgroup/connect4 programs",
+            "4.17",
+        ),
+        (ProgramType::SockOps, "sock_ops programs", "4.13"),
+        (ProgramType::CgroupSkb, "cgroup_skb programs", "4.10"),
+    ] {
+        if !aya::sys::is_program_supported(ty).unwrap_or(false) {
+            return Err(BpfError::Unsupported { what, version });
+        }
+    }
+    for (ty, what, version) in [
+        (aya::maps::MapType::RingBuf, "BPF ring buffers", "5.8"),
+        (aya::maps::MapType::SkStorage, "BPF socket storage", "5.2"),
+    ] {
+        if !aya::sys::is_map_supported(ty).unwrap_or(false) {
+            return Err(BpfError::Unsupported { what, version });
+        }
+    }
+    Ok(())
+}
+
+fn check_cgroup(path: &Path) -> Result<(), BpfError> {
+    match sys::fs_type(path) {
+        Ok(sys::CGROUP2_SUPER_MAGIC) if path.is_dir() => Ok(()),
+        Ok(sys::CGROUP_SUPER_MAGIC) => Err(BpfError::CgroupV1 {
+            path: path.into(),
+            v2_root: sys::cgroup2_root()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "nowhere: no cgroup2 mount found".into()),
+        }),
+        Ok(fs_type) => Err(BpfError::NotCgroup {
+            path: path.into(),
+            fs_type,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(BpfError::CgroupMissing { path: path.into() })
+        }
+        Err(error) => Err(BpfError::CgroupIo {
+            path: path.into(),
+            error,
+        }),
+    }
+}
+
+fn load_program<P>(ebpf: &mut Ebpf, name: &'static str) -> Result<(), BpfError>
+where
+    for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+    P: Loadable,
+{
+    let prog: &mut P = program(ebpf, name)?;
+    prog.load_program()
+        .map_err(|error| BpfError::Program { name, error })
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, BpfError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(BpfError::Missing {
+        kind: "program",
+        name,
+    })?;
+    prog.try_into()
+        .map_err(|error| BpfError::Program { name, error })
+}
+
+/// The program kinds share `load()` but no trait for it.
+trait Loadable {
+    fn load_program(&mut self) -> Result<(), ProgramError>;
+}
+impl Loadable for CgroupSockAddr {
+    fn load_program(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
+impl Loadable for SockOps {
+    fn load_program(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
+impl Loadable for CgroupSkb {
+    fn load_program(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
