@@ -13,6 +13,7 @@
 //! list, not one error per attempt.
 
 mod client_tls;
+mod ctx;
 mod duration;
 mod model;
 mod node;
@@ -23,11 +24,11 @@ mod validate;
 mod vip;
 mod yaml;
 
-use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
 pub use crate::locality::{Failover, Locality};
+pub use ctx::{ConfigError, Problem};
 pub use model::{
     ClientIdentity, Config, ConfigFile, ConnectionPoolPolicy, DEFAULT_VIP_RANGE,
     DEFAULT_VIP_RANGE6, DatapathMode, Distribute, EndpointAddress, EndpointSpec, LbAlgorithm,
@@ -61,68 +62,6 @@ pub fn load_file(path: &Path, overrides: &NodeSettings) -> Result<Config, Config
 /// Validates config text; `source` names it in messages (usually the path).
 pub fn load_str(source: &str, text: &str, overrides: &NodeSettings) -> Result<Config, ConfigError> {
     validate::load(source, text, overrides)
-}
-
-/// Everything wrong with a config file.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", lines(.problems))]
-pub struct ConfigError {
-    pub problems: Vec<Problem>,
-}
-
-fn lines(problems: &[Problem]) -> String {
-    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
-    lines.join("\n")
-}
-
-/// One thing wrong with a config file, located as precisely as known.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Problem {
-    pub source: String,
-    pub line: Option<u64>,
-    pub column: Option<u64>,
-    /// Like `DestinationRule "mydynamodb" (document 2)`.
-    pub document: Option<String>,
-    /// Dotted path inside the document, like `spec.ports[0].protocol`.
-    pub field: Option<String>,
-    pub message: String,
-}
-
-impl Problem {
-    fn file(source: &str, message: String) -> Problem {
-        Problem {
-            source: source.to_owned(),
-            line: None,
-            column: None,
-            document: None,
-            field: None,
-            message,
-        }
-    }
-}
-
-impl Problem {
-    /// `source:line:column: document: field`, leaving out what is unknown.
-    pub fn location(&self) -> String {
-        let mut out = self.source.clone();
-        if let Some(line) = self.line {
-            out += &format!(":{line}");
-            if let Some(column) = self.column {
-                out += &format!(":{column}");
-            }
-        }
-        for part in [&self.document, &self.field].into_iter().flatten() {
-            out += &format!(": {part}");
-        }
-        out
-    }
-}
-
-/// `source:line:column: document: field: message`, leaving out what is unknown.
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.location(), self.message)
-    }
 }
 
 #[cfg(test)]

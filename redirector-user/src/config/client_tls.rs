@@ -13,9 +13,9 @@ use std::path::PathBuf;
 
 use serde_saphyr::Spanned;
 
+use super::ctx::{Ctx, Doc};
 use super::raw;
 use super::service_entry::dns_name_problem;
-use super::validate::{Ctx, Doc};
 use super::{ClientIdentity, ConfigFile, TlsOrigination, TlsPolicy};
 
 const ONLY_ORIGINATING: &str =

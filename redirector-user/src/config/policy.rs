@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
+use super::ctx::{Ctx, Doc, Pos, pos};
 use super::raw;
 use super::service_entry::{label_key_problem, label_value_problem, metadata_name};
-use super::validate::{Ctx, Doc, Pos, pos};
 use super::{
     ConnectionPoolPolicy, Distribute, Failover, LbAlgorithm, LocalityLbPolicy, OutlierPolicy,
     TcpKeepalive, TrafficPolicy, duration,

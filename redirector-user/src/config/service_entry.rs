@@ -11,8 +11,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_saphyr::Spanned;
 
+use super::ctx::{Ctx, Doc, Pos, pos};
 use super::raw;
-use super::validate::{Ctx, Doc, Pos, pos, qualified_name};
+use super::validate::qualified_name;
 use super::{
     DatapathMode, EndpointAddress, Locality, Protocol, Resolution, ServicePort, TlsPolicy,
 };
