@@ -12,6 +12,7 @@
 //! column, document and field, because a user fixing a config wants the whole
 //! list, not one error per attempt.
 
+mod checks;
 mod client_tls;
 mod ctx;
 mod duration;

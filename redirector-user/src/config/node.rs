@@ -10,9 +10,9 @@ use std::path::PathBuf;
 
 use serde_saphyr::Spanned;
 
+use super::checks::port_number;
 use super::ctx::{Ctx, Doc, pos};
 use super::raw;
-use super::service_entry::port_number;
 use super::{Locality, NodeSettings};
 
 /// The file's node settings (before flags are applied).

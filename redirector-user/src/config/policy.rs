@@ -13,17 +13,19 @@
 //! not to the rule's top-level ones.
 
 use std::collections::BTreeMap;
-use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
+use super::checks::{
+    U32_MAX, label_key_problem, label_value_problem, metadata_name, number, port_number,
+    positive_duration,
+};
 use super::ctx::{Ctx, Doc, Pos, pos};
 use super::raw;
-use super::service_entry::{label_key_problem, label_value_problem, metadata_name};
 use super::{
     ConnectionPoolPolicy, Distribute, Failover, LbAlgorithm, LocalityLbPolicy, OutlierPolicy,
-    TcpKeepalive, TrafficPolicy, duration,
+    TcpKeepalive, TrafficPolicy,
 };
 use crate::locality::{LABEL_REGION, LABEL_SUBZONE, LABEL_ZONE};
 
@@ -178,8 +180,7 @@ fn port_policy<'a>(
             None
         }
         Some((_, Some(n))) => {
-            super::service_entry::port_number(ctx, doc, n, &format!("{field}.port.number"))
-                .map(|number| (number, n))
+            port_number(ctx, doc, n, &format!("{field}.port.number")).map(|number| (number, n))
         }
     };
     if v.load_balancer.is_none()
@@ -230,30 +231,6 @@ fn port_policy<'a>(
         simple,
     })
 }
-
-/// A whole number in `range`, or a problem saying `expected`.
-fn number(
-    ctx: &mut Ctx,
-    doc: &Doc,
-    v: &Spanned<i64>,
-    field: &str,
-    range: RangeInclusive<i64>,
-    expected: &str,
-) -> Option<u32> {
-    if range.contains(&v.value) {
-        u32::try_from(v.value).ok()
-    } else {
-        ctx.value(
-            doc,
-            v,
-            field,
-            format!("{} is out of range: expected {expected}", v.value),
-        );
-        None
-    }
-}
-
-const U32_MAX: i64 = u32::MAX as i64;
 
 fn outlier(
     ctx: &mut Ctx,
@@ -553,32 +530,6 @@ fn keepalive_seconds(
         return None;
     }
     Some(d)
-}
-
-fn positive_duration(
-    ctx: &mut Ctx,
-    doc: &Doc,
-    v: &Option<Spanned<String>>,
-    field: &str,
-    default: Duration,
-) -> Option<Duration> {
-    let Some(v) = v else { return Some(default) };
-    match duration::parse(&v.value) {
-        Ok(d) if !d.negative && !d.magnitude.is_zero() => Some(d.magnitude),
-        Ok(_) => {
-            ctx.value(
-                doc,
-                v,
-                field,
-                format!("duration {:?} must be greater than zero", v.value),
-            );
-            None
-        }
-        Err(e) => {
-            ctx.value(doc, v, field, e);
-            None
-        }
-    }
 }
 
 /// `loadBalancer` under `parent` (a `trafficPolicy` path): the algorithm

@@ -11,9 +11,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_saphyr::Spanned;
 
+use super::checks::{
+    dns_name_problem, label_key_problem, label_value_problem, metadata_name, port_number,
+    subject_alt_names,
+};
 use super::ctx::{Ctx, Doc, Pos, pos};
 use super::raw;
-use super::validate::qualified_name;
 use super::{
     DatapathMode, EndpointAddress, Locality, Protocol, Resolution, ServicePort, TlsPolicy,
 };
@@ -99,25 +102,10 @@ pub fn validate(ctx: &mut Ctx, doc: &Doc, se: &raw::Document<raw::ServiceEntrySp
         resolution: resolution.unwrap_or(Resolution::Dns),
         subject_alt_names: spec.subject_alt_names.as_ref().map(|list| {
             let field = "spec.subjectAltNames";
-            let names = super::client_tls::subject_alt_names(ctx, doc, field, list);
+            let names = subject_alt_names(ctx, doc, field, list);
             let at = super::yaml::key_position(doc.text, "subjectAltNames", list.referenced);
             (names, at)
         }),
-    }
-}
-
-/// `metadata.name` is required for Istio kinds; reports its absence.
-pub fn metadata_name<S>(ctx: &mut Ctx, doc: &Doc, d: &raw::Document<S>) -> String {
-    match qualified_name(&d.metadata) {
-        Some(name) if !name.is_empty() => name,
-        _ => {
-            let at = match &d.metadata {
-                Some(m) => pos(m.referenced),
-                None => pos(d.kind.referenced),
-            };
-            ctx.at(doc, at, "metadata.name", "metadata.name is required");
-            String::new()
-        }
     }
 }
 
@@ -267,27 +255,6 @@ fn hosts(
         }
     }
     out
-}
-
-/// Why `name` is not a DNS name, if it is not.
-pub fn dns_name_problem(name: &str) -> Option<String> {
-    let bare = name.strip_suffix('.').unwrap_or(name);
-    let bad_label = bare.split('.').find(|label| {
-        label.is_empty()
-            || label.len() > 63
-            || label.starts_with('-')
-            || label.ends_with('-')
-            || !label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    });
-    if bare.is_empty() || bare.len() > 253 || bad_label.is_some() {
-        Some(format!(
-            "{name:?} is not a valid DNS name (letters, digits, `-` and `_` in dot-separated labels)"
-        ))
-    } else {
-        None
-    }
 }
 
 /// At most one address per family (Istio allows more; one VIP per family
@@ -444,21 +411,6 @@ fn ports(
         }
     }
     out
-}
-
-pub fn port_number(ctx: &mut Ctx, doc: &Doc, n: &Spanned<i64>, field: &str) -> Option<u16> {
-    match u16::try_from(n.value) {
-        Ok(p) if p > 0 => Some(p),
-        _ => {
-            ctx.value(
-                doc,
-                n,
-                field,
-                format!("port {} is out of range 1-65535", n.value),
-            );
-            None
-        }
-    }
 }
 
 fn protocol(ctx: &mut Ctx, doc: &Doc, p: &Spanned<String>, field: &str) -> Option<Protocol> {
@@ -656,51 +608,4 @@ fn endpoint_address(
     };
     ctx.value(doc, a, field, problem);
     None
-}
-
-/// Why `key` is not a Kubernetes label key (`[prefix/]name`: a DNS
-/// subdomain prefix, a name of 1–63 letters, digits, `-`, `_`, `.` that
-/// starts and ends with a letter or digit), as Istio checks labels.
-pub fn label_key_problem(key: &str) -> Option<String> {
-    let (prefix, name) = match key.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= 253
-            && p.split('.').all(|l| {
-                !l.is_empty()
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-                    && l.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            })
-    });
-    if !prefix_ok || name.is_empty() || label_value_problem(name).is_some() {
-        Some(format!(
-            "{key:?} is not a valid label key ([prefix/]name: a name of 1-63 letters, digits, `-`, `_` \
-             and `.`, starting and ending with a letter or digit; the prefix a lowercase DNS name)"
-        ))
-    } else {
-        None
-    }
-}
-
-/// Why `value` is not a Kubernetes label value (empty, or up to 63 letters,
-/// digits, `-`, `_`, `.` starting and ending with a letter or digit).
-pub fn label_value_problem(value: &str) -> Option<String> {
-    let ok = value.is_empty()
-        || (value.len() <= 63
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            && value.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && value.ends_with(|c: char| c.is_ascii_alphanumeric()));
-    (!ok).then(|| {
-        format!(
-            "{value:?} is not a valid label value (up to 63 letters, digits, `-`, `_` and `.`, \
-             starting and ending with a letter or digit)"
-        )
-    })
 }

@@ -13,6 +13,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use serde::de::DeserializeOwned;
 use serde_saphyr::Spanned;
 
+use super::checks::qualified_name;
 use super::ctx::{ConfigError, Ctx, Doc};
 use super::raw::{self, IgnoredAnyOr};
 use super::service_entry::{self, Entry};
@@ -40,16 +41,6 @@ const OTHER_ISTIO_KINDS: [&str; 7] = [
     "EnvoyFilter",
     "ProxyConfig",
 ];
-
-/// `namespace/name`, or `name` without a namespace.
-pub fn qualified_name(metadata: &Option<Spanned<raw::Metadata>>) -> Option<String> {
-    let m = &metadata.as_ref()?.value;
-    let name = &m.name.as_ref()?.value;
-    Some(match &m.namespace {
-        Some(ns) if !ns.value.is_empty() => format!("{}/{name}", ns.value),
-        _ => name.clone(),
-    })
-}
 
 /// The documents of a file, typed by kind.
 struct Documents<'a> {
