@@ -13,7 +13,6 @@
 //! list, not one error per attempt.
 
 mod checks;
-mod client_tls;
 mod ctx;
 mod duration;
 mod model;

@@ -13,10 +13,10 @@ use std::path::PathBuf;
 
 use serde_saphyr::Spanned;
 
-use super::checks::{dns_name_problem, subject_alt_names};
-use super::ctx::{Ctx, Doc};
-use super::raw;
-use super::{ClientIdentity, ConfigFile, TlsOrigination, TlsPolicy};
+use crate::config::checks::{dns_name_problem, subject_alt_names};
+use crate::config::ctx::{Ctx, Doc};
+use crate::config::model::{ClientIdentity, ConfigFile, TlsOrigination, TlsPolicy};
+use crate::config::raw;
 
 const ONLY_ORIGINATING: &str =
     "only used when originating TLS; set mode: SIMPLE (or MUTUAL) or remove it";
