@@ -12,8 +12,9 @@ use serde_saphyr::Spanned;
 
 use super::checks::port_number;
 use super::ctx::{Ctx, Doc, pos};
+use super::model::NodeSettings;
 use super::raw;
-use super::{Locality, NodeSettings};
+use crate::locality::Locality;
 
 /// The file's node settings (before flags are applied).
 pub fn settings(ctx: &mut Ctx, nodes: &[(Doc, raw::NodeDocument)]) -> NodeSettings {

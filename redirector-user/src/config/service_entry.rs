@@ -16,10 +16,9 @@ use super::checks::{
     subject_alt_names,
 };
 use super::ctx::{Ctx, Doc, Pos, pos};
-use super::raw;
-use super::{
-    DatapathMode, EndpointAddress, Locality, Protocol, Resolution, ServicePort, TlsPolicy,
-};
+use super::model::{DatapathMode, EndpointAddress, Protocol, Resolution, ServicePort, TlsPolicy};
+use super::{raw, yaml};
+use crate::locality::Locality;
 
 /// The ServiceEntry annotation that chooses the datapath.
 pub const DATAPATH_ANNOTATION: &str = "redirector.dev/datapath";
@@ -103,7 +102,7 @@ pub fn validate(ctx: &mut Ctx, doc: &Doc, se: &raw::Document<raw::ServiceEntrySp
         subject_alt_names: spec.subject_alt_names.as_ref().map(|list| {
             let field = "spec.subjectAltNames";
             let names = subject_alt_names(ctx, doc, field, list);
-            let at = super::yaml::key_position(doc.text, "subjectAltNames", list.referenced);
+            let at = yaml::key_position(doc.text, "subjectAltNames", list.referenced);
             (names, at)
         }),
     }
@@ -135,7 +134,7 @@ fn annotations(
                 ),
             }
         } else if key.starts_with(OUR_ANNOTATIONS) {
-            let at = super::yaml::key_position(doc.text, key, value.referenced);
+            let at = yaml::key_position(doc.text, key, value.referenced);
             ctx.at(
                 doc,
                 at,
@@ -502,7 +501,7 @@ fn endpoints(
         for (name, port) in raw.ports.iter().flatten() {
             let port_field = format!("{field}.ports.{name}");
             if !port_names.contains(name.as_str()) {
-                let at = super::yaml::key_position(doc.text, name, port.referenced);
+                let at = yaml::key_position(doc.text, name, port.referenced);
                 let known: Vec<&str> = port_names.iter().copied().collect();
                 ctx.at(
                     doc,
@@ -551,7 +550,7 @@ fn endpoints(
         for (key, value) in raw.labels.iter().flat_map(|l| &l.value) {
             let label_field = format!("{field}.labels.{key}");
             if let Some(p) = label_key_problem(key) {
-                let at = super::yaml::key_position(doc.text, key, value.referenced);
+                let at = yaml::key_position(doc.text, key, value.referenced);
                 ctx.at(doc, at, label_field, p);
             } else if let Some(p) = label_value_problem(&value.value) {
                 ctx.value(doc, value, label_field, p);

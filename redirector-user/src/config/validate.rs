@@ -15,13 +15,14 @@ use serde_saphyr::Spanned;
 
 use super::checks::qualified_name;
 use super::ctx::{ConfigError, Ctx, Doc};
+use super::model::{
+    Config, DEFAULT_VIP_RANGE, DEFAULT_VIP_RANGE6, DatapathMode, EndpointAddress, EndpointSpec,
+    LbAlgorithm, NodeSettings, Protocol, Service, TlsPolicy, TrafficPolicy,
+};
 use super::raw::{self, IgnoredAnyOr};
 use super::service_entry::{self, Entry};
-use super::yaml;
-use super::{
-    Config, DEFAULT_VIP_RANGE, DEFAULT_VIP_RANGE6, EndpointAddress, EndpointSpec, LbAlgorithm,
-    NodeSettings, Protocol, Service, TlsPolicy, TrafficPolicy, node, policy, vip,
-};
+use super::{node, policy, vip, yaml};
+use crate::locality::Locality;
 
 pub const ISTIO_API_VERSIONS: [&str; 3] = [
     "networking.istio.io/v1",
@@ -551,7 +552,7 @@ fn services(
                         o.subject_alt_names = names.clone();
                     }
                 }
-                if let (super::DatapathMode::Kernel, Some(at)) = (entry.datapath, entry.datapath_at)
+                if let (DatapathMode::Kernel, Some(at)) = (entry.datapath, entry.datapath_at)
                     && let Some(why) = service_entry::kernel_datapath_problem(
                         port,
                         &policy.tls,
@@ -602,7 +603,7 @@ fn services(
 /// 2^32 − 1 ("The sum of weights of all upstream hosts in a locality
 /// exceeds 4294967295"); reported at the endpoint that crosses it.
 fn locality_weight_sums(ctx: &mut Ctx, doc: &Doc, entry: &Entry) {
-    let mut sums: BTreeMap<&super::Locality, u64> = BTreeMap::new();
+    let mut sums: BTreeMap<&Locality, u64> = BTreeMap::new();
     for ep in &entry.endpoints {
         let sum = sums.entry(&ep.locality).or_default();
         let before = *sum;
