@@ -28,17 +28,24 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use crate::locality::{Failover, Locality};
-pub use ctx::{ConfigError, Problem};
+// `pub` only where the compiler needs it: main.rs calls `load_file`, and
+// `pub` items of other modules take or hold these types (their fields and
+// methods are `pub(crate)`). Everything else is for this crate only.
+pub use ctx::ConfigError;
+use ctx::Problem;
 pub use model::{
-    ClientIdentity, Config, ConfigFile, ConnectionPoolPolicy, DEFAULT_VIP_RANGE,
-    DEFAULT_VIP_RANGE6, DatapathMode, Distribute, EndpointAddress, EndpointSpec, LbAlgorithm,
-    LocalityLbPolicy, NodeSettings, OutlierPolicy, Protocol, Resolution, Service, ServicePort,
-    TcpKeepalive, TlsOrigination, TlsPolicy, TrafficPolicy,
+    Config, ConfigFile, ConnectionPoolPolicy, EndpointAddress, EndpointSpec, LbAlgorithm,
+    LocalityLbPolicy, NodeSettings, OutlierPolicy, Service, TcpKeepalive, TlsOrigination,
+    TlsPolicy,
 };
+pub(crate) use model::{DatapathMode, Distribute, Protocol};
+// Named only by tls/tests.rs outside this module.
+#[cfg(test)]
+pub(crate) use model::ClientIdentity;
 
 /// A non-negative Go-style duration (`15s`, `1m30s`, `500ms`), as durations
 /// are written in the config, for flags that take one.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let d = duration::parse(text)?;
     if d.negative {
         return Err(format!("{text:?}: a duration must not be negative"));
@@ -60,7 +67,11 @@ pub fn load_file(path: &Path, overrides: &NodeSettings) -> Result<Config, Config
 }
 
 /// Validates config text; `source` names it in messages (usually the path).
-pub fn load_str(source: &str, text: &str, overrides: &NodeSettings) -> Result<Config, ConfigError> {
+pub(crate) fn load_str(
+    source: &str,
+    text: &str,
+    overrides: &NodeSettings,
+) -> Result<Config, ConfigError> {
     validate::load(source, text, overrides)
 }
 

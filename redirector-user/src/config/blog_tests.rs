@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::model::{DEFAULT_VIP_RANGE, Resolution, ServicePort, TrafficPolicy};
 use super::*;
 
 fn repo() -> PathBuf {

@@ -12,7 +12,7 @@ use super::ctx::{Ctx, Doc, pos};
 use super::{duration, raw};
 
 /// `metadata.name` is required for Istio kinds; reports its absence.
-pub fn metadata_name<S>(ctx: &mut Ctx, doc: &Doc, d: &raw::Document<S>) -> String {
+pub(super) fn metadata_name<S>(ctx: &mut Ctx, doc: &Doc, d: &raw::Document<S>) -> String {
     match qualified_name(&d.metadata) {
         Some(name) if !name.is_empty() => name,
         _ => {
@@ -27,7 +27,7 @@ pub fn metadata_name<S>(ctx: &mut Ctx, doc: &Doc, d: &raw::Document<S>) -> Strin
 }
 
 /// `namespace/name`, or `name` without a namespace.
-pub fn qualified_name(metadata: &Option<Spanned<raw::Metadata>>) -> Option<String> {
+pub(super) fn qualified_name(metadata: &Option<Spanned<raw::Metadata>>) -> Option<String> {
     let m = &metadata.as_ref()?.value;
     let name = &m.name.as_ref()?.value;
     Some(match &m.namespace {
@@ -36,7 +36,7 @@ pub fn qualified_name(metadata: &Option<Spanned<raw::Metadata>>) -> Option<Strin
     })
 }
 
-pub fn port_number(ctx: &mut Ctx, doc: &Doc, n: &Spanned<i64>, field: &str) -> Option<u16> {
+pub(super) fn port_number(ctx: &mut Ctx, doc: &Doc, n: &Spanned<i64>, field: &str) -> Option<u16> {
     match u16::try_from(n.value) {
         Ok(p) if p > 0 => Some(p),
         _ => {
@@ -52,7 +52,7 @@ pub fn port_number(ctx: &mut Ctx, doc: &Doc, n: &Spanned<i64>, field: &str) -> O
 }
 
 /// A whole number in `range`, or a problem saying `expected`.
-pub fn number(
+pub(super) fn number(
     ctx: &mut Ctx,
     doc: &Doc,
     v: &Spanned<i64>,
@@ -73,10 +73,10 @@ pub fn number(
     }
 }
 
-pub const U32_MAX: i64 = u32::MAX as i64;
+pub(super) const U32_MAX: i64 = u32::MAX as i64;
 
 /// A duration greater than zero; `default` when unset.
-pub fn positive_duration(
+pub(super) fn positive_duration(
     ctx: &mut Ctx,
     doc: &Doc,
     v: &Option<Spanned<String>>,
@@ -103,7 +103,7 @@ pub fn positive_duration(
 }
 
 /// Why `name` is not a DNS name, if it is not.
-pub fn dns_name_problem(name: &str) -> Option<String> {
+pub(super) fn dns_name_problem(name: &str) -> Option<String> {
     let bare = name.strip_suffix('.').unwrap_or(name);
     let bad_label = bare.split('.').find(|label| {
         label.is_empty()
@@ -126,7 +126,7 @@ pub fn dns_name_problem(name: &str) -> Option<String> {
 /// Why `key` is not a Kubernetes label key (`[prefix/]name`: a DNS
 /// subdomain prefix, a name of 1–63 letters, digits, `-`, `_`, `.` that
 /// starts and ends with a letter or digit), as Istio checks labels.
-pub fn label_key_problem(key: &str) -> Option<String> {
+pub(super) fn label_key_problem(key: &str) -> Option<String> {
     let (prefix, name) = match key.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
@@ -154,7 +154,7 @@ pub fn label_key_problem(key: &str) -> Option<String> {
 
 /// Why `value` is not a Kubernetes label value (empty, or up to 63 letters,
 /// digits, `-`, `_`, `.` starting and ending with a letter or digit).
-pub fn label_value_problem(value: &str) -> Option<String> {
+pub(super) fn label_value_problem(value: &str) -> Option<String> {
     let ok = value.is_empty()
         || (value.len() <= 63
             && value
@@ -173,7 +173,7 @@ pub fn label_value_problem(value: &str) -> Option<String> {
 /// A `subjectAltNames` list: each entry a DNS name, an IP address or a URI
 /// (like `spiffe://domain/ns/x/sa/y`), matched exactly as Istio's are
 /// (a wildcard certificate still covers a DNS name it matches).
-pub fn subject_alt_names(
+pub(super) fn subject_alt_names(
     ctx: &mut Ctx,
     doc: &Doc,
     field: &str,

@@ -13,7 +13,7 @@ use super::yaml::{self, ReadError};
 #[derive(Debug, thiserror::Error)]
 #[error("{}", lines(.problems))]
 pub struct ConfigError {
-    pub problems: Vec<Problem>,
+    pub(super) problems: Vec<Problem>,
 }
 
 fn lines(problems: &[Problem]) -> String {
@@ -23,19 +23,19 @@ fn lines(problems: &[Problem]) -> String {
 
 /// One thing wrong with a config file, located as precisely as known.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Problem {
-    pub source: String,
-    pub line: Option<u64>,
-    pub column: Option<u64>,
+pub(super) struct Problem {
+    pub(super) source: String,
+    pub(super) line: Option<u64>,
+    pub(super) column: Option<u64>,
     /// Like `DestinationRule "mydynamodb" (document 2)`.
-    pub document: Option<String>,
+    pub(super) document: Option<String>,
     /// Dotted path inside the document, like `spec.ports[0].protocol`.
-    pub field: Option<String>,
-    pub message: String,
+    pub(super) field: Option<String>,
+    pub(super) message: String,
 }
 
 impl Problem {
-    pub fn file(source: &str, message: String) -> Problem {
+    pub(super) fn file(source: &str, message: String) -> Problem {
         Problem {
             source: source.to_owned(),
             line: None,
@@ -49,7 +49,7 @@ impl Problem {
 
 impl Problem {
     /// `source:line:column: document: field`, leaving out what is unknown.
-    pub fn location(&self) -> String {
+    pub(super) fn location(&self) -> String {
         let mut out = self.source.clone();
         if let Some(line) = self.line {
             out += &format!(":{line}");
@@ -72,35 +72,35 @@ impl fmt::Display for Problem {
 }
 
 /// `(line, column)`, either unknown.
-pub type Pos = (Option<u64>, Option<u64>);
+pub(super) type Pos = (Option<u64>, Option<u64>);
 
 /// The message for an Istio field we know but do not implement.
-pub const NOT_IMPLEMENTED: &str =
+const NOT_IMPLEMENTED: &str =
     "not implemented yet: redirector does not support this Istio field; remove it";
 
 /// A document being validated: its name in messages and its text, for
 /// finding keys.
-pub struct Doc<'a> {
-    pub label: String,
-    pub text: &'a str,
+pub(super) struct Doc<'a> {
+    pub(super) label: String,
+    pub(super) text: &'a str,
 }
 
 /// Collects problems for one source.
-pub struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     source: &'a str,
-    pub problems: Vec<Problem>,
+    pub(super) problems: Vec<Problem>,
 }
 
 impl<'a> Ctx<'a> {
     /// No problems yet; `source` names the file in every message.
-    pub fn new(source: &'a str) -> Ctx<'a> {
+    pub(super) fn new(source: &'a str) -> Ctx<'a> {
         Ctx {
             source,
             problems: Vec::new(),
         }
     }
 
-    pub fn at(
+    pub(super) fn at(
         &mut self,
         doc: &Doc,
         pos: Pos,
@@ -119,7 +119,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// Where a value is written, as a problem about it would say.
-    pub fn locate<T>(&self, doc: &Doc, v: &Spanned<T>, field: &str) -> String {
+    pub(super) fn locate<T>(&self, doc: &Doc, v: &Spanned<T>, field: &str) -> String {
         let (line, column) = pos(v.referenced);
         Problem {
             source: self.source.to_owned(),
@@ -133,7 +133,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// A problem with a value, located at the value.
-    pub fn value<T>(
+    pub(super) fn value<T>(
         &mut self,
         doc: &Doc,
         v: &Spanned<T>,
@@ -144,7 +144,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// A problem with a whole `key: value` entry, located at the key.
-    pub fn key<T>(
+    pub(super) fn key<T>(
         &mut self,
         doc: &Doc,
         parent: &str,
@@ -157,13 +157,13 @@ impl<'a> Ctx<'a> {
     }
 
     /// Rejects an Istio field we do not implement, if present.
-    pub fn unsupported(&mut self, doc: &Doc, parent: &str, key: &str, v: &raw::Unsupported) {
+    pub(super) fn unsupported(&mut self, doc: &Doc, parent: &str, key: &str, v: &raw::Unsupported) {
         if let Some(v) = v {
             self.key(doc, parent, key, v, NOT_IMPLEMENTED);
         }
     }
 
-    pub fn read_error(&mut self, label: &str, e: ReadError) {
+    pub(super) fn read_error(&mut self, label: &str, e: ReadError) {
         self.problems.push(Problem {
             source: self.source.to_owned(),
             line: e.line,
@@ -175,12 +175,12 @@ impl<'a> Ctx<'a> {
     }
 }
 
-pub fn pos(l: Location) -> Pos {
+pub(super) fn pos(l: Location) -> Pos {
     yaml::position(Some(l))
 }
 
 /// `parent.key`, or `key` at the top.
-pub fn join(parent: &str, key: &str) -> String {
+pub(super) fn join(parent: &str, key: &str) -> String {
     if parent.is_empty() {
         key.to_owned()
     } else {

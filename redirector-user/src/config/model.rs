@@ -13,53 +13,53 @@ use super::duration;
 use crate::locality::{Failover, Locality};
 
 /// The range Istio's DNS proxy allocates IPv4 VIPs from.
-pub const DEFAULT_VIP_RANGE: ipnet::Ipv4Net =
+pub(crate) const DEFAULT_VIP_RANGE: ipnet::Ipv4Net =
     ipnet::Ipv4Net::new_assert(Ipv4Addr::new(240, 240, 0, 0), 16);
 
 /// The range Istio's DNS proxy allocates IPv6 VIPs from.
-pub const DEFAULT_VIP_RANGE6: ipnet::Ipv6Net =
+pub(crate) const DEFAULT_VIP_RANGE6: ipnet::Ipv6Net =
     ipnet::Ipv6Net::new_assert(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0), 48);
 
 /// The effective configuration.
 #[derive(Clone, Debug, Serialize)]
 pub struct Config {
     /// The file's `NodeConfig` merged with the overrides.
-    pub node: NodeSettings,
+    pub(crate) node: NodeSettings,
     /// Where VIPs are allocated from: `node.vip_range` or [`DEFAULT_VIP_RANGE`].
     #[serde(serialize_with = "display")]
-    pub vip_range: ipnet::Ipv4Net,
+    pub(crate) vip_range: ipnet::Ipv4Net,
     /// Where IPv6 VIPs are allocated from: `node.vip_range6` or
     /// [`DEFAULT_VIP_RANGE6`].
     #[serde(serialize_with = "display")]
-    pub vip_range6: ipnet::Ipv6Net,
+    pub(crate) vip_range6: ipnet::Ipv6Net,
     /// One per (ServiceEntry host, port), sorted by host then port number.
-    pub services: Vec<Service>,
+    pub(crate) services: Vec<Service>,
 }
 
 /// Node settings, from the `NodeConfig` document or from flags.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct NodeSettings {
-    pub locality: Option<Locality>,
-    pub cgroup: Option<PathBuf>,
+    pub(crate) locality: Option<Locality>,
+    pub(crate) cgroup: Option<PathBuf>,
     /// Empty means unset.
-    pub nameservers: Vec<SocketAddr>,
-    pub listen_port: Option<u16>,
+    pub(crate) nameservers: Vec<SocketAddr>,
+    pub(crate) listen_port: Option<u16>,
     /// The DNS responder's port on 127.0.0.1; `Some(0)` turns DNS capture
     /// off.
-    pub dns_port: Option<u16>,
+    pub(crate) dns_port: Option<u16>,
     /// The admin server's port on 127.0.0.1 (`/ready`, `/metrics`,
     /// `/config_dump`); `Some(0)` turns it off.
-    pub admin_port: Option<u16>,
+    pub(crate) admin_port: Option<u16>,
     #[serde(serialize_with = "display_opt")]
-    pub vip_range: Option<ipnet::Ipv4Net>,
+    pub(crate) vip_range: Option<ipnet::Ipv4Net>,
     #[serde(serialize_with = "display_opt")]
-    pub vip_range6: Option<ipnet::Ipv6Net>,
-    pub pin_dir: Option<PathBuf>,
+    pub(crate) vip_range6: Option<ipnet::Ipv6Net>,
+    pub(crate) pin_dir: Option<PathBuf>,
 }
 
 impl NodeSettings {
     /// `self` with every field that is set in `overrides` replaced.
-    pub fn merged_with(&self, overrides: &NodeSettings) -> NodeSettings {
+    pub(crate) fn merged_with(&self, overrides: &NodeSettings) -> NodeSettings {
         NodeSettings {
             locality: overrides.locality.clone().or_else(|| self.locality.clone()),
             cgroup: overrides.cgroup.clone().or_else(|| self.cgroup.clone()),
@@ -81,32 +81,32 @@ impl NodeSettings {
 /// One ServiceEntry host on one of its ports.
 #[derive(Clone, Debug, Serialize)]
 pub struct Service {
-    pub host: String,
-    pub vip: Ipv4Addr,
+    pub(crate) host: String,
+    pub(crate) vip: Ipv4Addr,
     /// True when the VIP was allocated from the range rather than written in
     /// the ServiceEntry's `addresses`.
-    pub vip_allocated: bool,
+    pub(crate) vip_allocated: bool,
     /// The IPv6 VIP (connect6, AAAA answers): from `addresses`, or
     /// allocated from the IPv6 range when they list none.
-    pub vip6: Ipv6Addr,
-    pub vip6_allocated: bool,
-    pub port: ServicePort,
-    pub resolution: Resolution,
+    pub(crate) vip6: Ipv6Addr,
+    pub(crate) vip6_allocated: bool,
+    pub(crate) port: ServicePort,
+    pub(crate) resolution: Resolution,
     /// Endpoints with their port for this service port already chosen.
-    pub endpoints: Vec<EndpointSpec>,
-    pub policy: TrafficPolicy,
+    pub(crate) endpoints: Vec<EndpointSpec>,
+    pub(crate) policy: TrafficPolicy,
     /// From the ServiceEntry's `redirector.dev/datapath` annotation.
-    pub datapath: DatapathMode,
+    pub(crate) datapath: DatapathMode,
     /// `namespace/name` of the ServiceEntry, or `name` without a namespace.
-    pub service_entry: String,
+    pub(crate) service_entry: String,
     /// The DestinationRule that applies, named like `service_entry`.
-    pub destination_rule: Option<String>,
+    pub(crate) destination_rule: Option<String>,
 }
 
 /// How connects to a service travel: the ServiceEntry annotation
 /// `redirector.dev/datapath: proxy | kernel`.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
-pub enum DatapathMode {
+pub(crate) enum DatapathMode {
     /// Through the node-local proxy, which retries a failed connect on the
     /// next endpoint so the app never sees it.
     #[default]
@@ -127,16 +127,16 @@ impl fmt::Display for DatapathMode {
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct ServicePort {
-    pub number: u16,
-    pub name: String,
-    pub protocol: Protocol,
+pub(crate) struct ServicePort {
+    pub(crate) number: u16,
+    pub(crate) name: String,
+    pub(crate) protocol: Protocol,
     /// Where endpoints listen unless an endpoint's `ports` says otherwise.
-    pub target_port: u16,
+    pub(crate) target_port: u16,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     Http,
     Https,
     Tcp,
@@ -156,23 +156,23 @@ impl fmt::Display for Protocol {
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-pub enum Resolution {
+pub(crate) enum Resolution {
     Static,
     Dns,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct EndpointSpec {
-    pub address: EndpointAddress,
-    pub port: u16,
-    pub locality: Locality,
+    pub(crate) address: EndpointAddress,
+    pub(crate) port: u16,
+    pub(crate) locality: Locality,
     /// Relative share of traffic within its locality and priority (Istio's
     /// `weight`, default 1).
-    pub weight: u32,
+    pub(crate) weight: u32,
     /// Endpoint labels, matched by `failoverPriority`.
-    pub labels: std::collections::BTreeMap<String, String>,
+    pub(crate) labels: std::collections::BTreeMap<String, String>,
     /// Istio's `network` (matched by `failoverPriority: [network]`).
-    pub network: String,
+    pub(crate) network: String,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, Hash)]
@@ -193,14 +193,14 @@ impl fmt::Display for EndpointAddress {
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct TrafficPolicy {
-    pub load_balancer: LbAlgorithm,
+pub(crate) struct TrafficPolicy {
+    pub(crate) load_balancer: LbAlgorithm,
     /// `None` without `outlierDetection`: no ejection, and (as in Istio) no
     /// locality failover either.
-    pub outlier: Option<OutlierPolicy>,
-    pub locality_lb: LocalityLbPolicy,
-    pub connection_pool: ConnectionPoolPolicy,
-    pub tls: TlsPolicy,
+    pub(crate) outlier: Option<OutlierPolicy>,
+    pub(crate) locality_lb: LocalityLbPolicy,
+    pub(crate) connection_pool: ConnectionPoolPolicy,
+    pub(crate) tls: TlsPolicy,
 }
 
 impl Default for TrafficPolicy {
@@ -238,24 +238,24 @@ pub enum LbAlgorithm {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct OutlierPolicy {
     /// Consecutive failures that eject an endpoint; 0 turns ejection off.
-    pub consecutive_5xx: u32,
+    pub(crate) consecutive_5xx: u32,
     /// Consecutive 502/503/504 (and, unsplit, local-origin failures) that
     /// eject; `None` (Istio's default) turns this detector off.
-    pub consecutive_gateway: Option<u32>,
+    pub(crate) consecutive_gateway: Option<u32>,
     /// With `split_external_local_origin_errors`: consecutive connect,
     /// reset, timeout and TLS failures that eject (Envoy default 5).
-    pub consecutive_local_origin: u32,
-    pub split_external_local_origin_errors: bool,
+    pub(crate) consecutive_local_origin: u32,
+    pub(crate) split_external_local_origin_errors: bool,
     #[serde(serialize_with = "duration::serialize")]
-    pub interval: Duration,
+    pub(crate) interval: Duration,
     #[serde(serialize_with = "duration::serialize")]
-    pub base_ejection_time: Duration,
+    pub(crate) base_ejection_time: Duration,
     /// `None`: unset, which lets one host always be ejected (see the config
     /// reference); `Some(p)`: `100 × (ejected + 1) / hosts ≤ p` exactly.
-    pub max_ejection_percent: Option<u32>,
+    pub(crate) max_ejection_percent: Option<u32>,
     /// Panic threshold: below this % of healthy hosts in a priority, traffic
     /// goes to all its hosts. 0 (Istio's default) turns panic mode off.
-    pub min_health_percent: u32,
+    pub(crate) min_health_percent: u32,
 }
 
 impl Default for OutlierPolicy {
@@ -276,37 +276,37 @@ impl Default for OutlierPolicy {
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct LocalityLbPolicy {
-    pub enabled: bool,
-    pub failover: Vec<Failover>,
+    pub(crate) enabled: bool,
+    pub(crate) failover: Vec<Failover>,
     /// Ordered label names (`topology.istio.io/network`, `region`, …).
-    pub failover_priority: Vec<String>,
-    pub distribute: Vec<Distribute>,
+    pub(crate) failover_priority: Vec<String>,
+    pub(crate) distribute: Vec<Distribute>,
 }
 
 /// One `distribute` entry: traffic from a node in `from` (with `*`
 /// wildcards) goes to localities in `to` by weight (summing to 100).
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Distribute {
-    pub from: String,
-    pub to: Vec<(String, u32)>,
+pub(crate) struct Distribute {
+    pub(crate) from: String,
+    pub(crate) to: Vec<(String, u32)>,
 }
 
 /// `connectionPool`, with Istio's defaults (which are Envoy's).
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ConnectionPoolPolicy {
     #[serde(serialize_with = "duration::serialize")]
-    pub connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     /// Upstream connections per service; Envoy's default is 2^32−1.
-    pub max_connections: u32,
-    pub tcp_keepalive: Option<TcpKeepalive>,
+    pub(crate) max_connections: u32,
+    pub(crate) tcp_keepalive: Option<TcpKeepalive>,
     /// Requests waiting for a connection; over it, fail fast with 503.
-    pub http1_max_pending_requests: u32,
+    pub(crate) http1_max_pending_requests: u32,
     /// 0: unlimited.
-    pub max_requests_per_connection: u32,
+    pub(crate) max_requests_per_connection: u32,
     #[serde(serialize_with = "duration::serialize")]
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Retries in flight per service (Envoy's `max_retries` circuit breaker).
-    pub max_retries: u32,
+    pub(crate) max_retries: u32,
 }
 
 impl Default for ConnectionPoolPolicy {
@@ -326,11 +326,11 @@ impl Default for ConnectionPoolPolicy {
 /// `connectionPool.tcp.tcpKeepalive`; unset parts keep the OS defaults.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct TcpKeepalive {
-    pub probes: Option<u32>,
+    pub(crate) probes: Option<u32>,
     #[serde(serialize_with = "duration::serialize_opt")]
-    pub time: Option<Duration>,
+    pub(crate) time: Option<Duration>,
     #[serde(serialize_with = "duration::serialize_opt")]
-    pub interval: Option<Duration>,
+    pub(crate) interval: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -344,14 +344,14 @@ pub enum TlsPolicy {
 
 impl TlsPolicy {
     /// The origination settings, when the proxy originates TLS.
-    pub fn origination(&self) -> Option<&TlsOrigination> {
+    pub(crate) fn origination(&self) -> Option<&TlsOrigination> {
         match self {
             TlsPolicy::Disable => None,
             TlsPolicy::Originate(o) => Some(o),
         }
     }
 
-    pub fn originates(&self) -> bool {
+    pub(crate) fn originates(&self) -> bool {
         self.origination().is_some()
     }
 }
@@ -360,23 +360,23 @@ impl TlsPolicy {
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct TlsOrigination {
     /// Sent as SNI and verified instead of each endpoint's own name.
-    pub sni: Option<String>,
+    pub(crate) sni: Option<String>,
     /// PEM trust anchors; the system's root store when unset.
-    pub ca_certificates: Option<ConfigFile>,
+    pub(crate) ca_certificates: Option<ConfigFile>,
     /// PEM certificate revocation lists checked against the whole chain.
-    pub ca_crl: Option<ConfigFile>,
+    pub(crate) ca_crl: Option<ConfigFile>,
     /// `MUTUAL`: what the proxy presents; `None` for `SIMPLE`.
-    pub client: Option<ClientIdentity>,
+    pub(crate) client: Option<ClientIdentity>,
     /// Names one of which the certificate must carry, replacing the check of
     /// the endpoint's name: the rule's, or else the ServiceEntry's.
-    pub subject_alt_names: Vec<String>,
+    pub(crate) subject_alt_names: Vec<String>,
     /// Accept any certificate (an explicit, logged opt-in).
-    pub insecure_skip_verify: bool,
+    pub(crate) insecure_skip_verify: bool,
 }
 
 impl TlsOrigination {
     /// Istio's name for the mode.
-    pub fn mode(&self) -> &'static str {
+    pub(crate) fn mode(&self) -> &'static str {
         if self.client.is_some() {
             "MUTUAL"
         } else {
@@ -387,20 +387,20 @@ impl TlsOrigination {
 
 /// `clientCertificate` and `privateKey` of `tls.mode: MUTUAL`.
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct ClientIdentity {
+pub(crate) struct ClientIdentity {
     /// PEM certificate chain, leaf first.
-    pub certificate: ConfigFile,
-    pub private_key: ConfigFile,
+    pub(crate) certificate: ConfigFile,
+    pub(crate) private_key: ConfigFile,
 }
 
 /// A file named in the config. It is read when the proxy is built, so a
 /// problem with its contents is reported then, located by `at`.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct ConfigFile {
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// `file:line:column: document: field` of the config field naming it.
     #[serde(skip)]
-    pub at: String,
+    pub(crate) at: String,
 }
 
 impl fmt::Display for ConfigFile {

@@ -17,7 +17,7 @@ use super::raw;
 use crate::locality::Locality;
 
 /// The file's node settings (before flags are applied).
-pub fn settings(ctx: &mut Ctx, nodes: &[(Doc, raw::NodeDocument)]) -> NodeSettings {
+pub(super) fn settings(ctx: &mut Ctx, nodes: &[(Doc, raw::NodeDocument)]) -> NodeSettings {
     let mut out = NodeSettings::default();
     let Some((first_doc, first)) = nodes.first() else {
         return out;
@@ -101,7 +101,7 @@ fn path(ctx: &mut Ctx, doc: &Doc, v: &Option<Spanned<String>>, field: &str) -> O
 }
 
 /// `IP:PORT`, `[IPv6]:PORT`, or a bare IP meaning port 53.
-pub fn nameserver(text: &str) -> Option<SocketAddr> {
+fn nameserver(text: &str) -> Option<SocketAddr> {
     text.parse::<SocketAddr>().ok().or_else(|| {
         text.parse::<IpAddr>()
             .ok()

@@ -34,31 +34,31 @@ use outlier::outlier;
 
 /// A rule's policy, and where its TLS mode is written (for checks against
 /// the ServiceEntry's ports).
-pub struct Checked<'a> {
-    pub policy: TrafficPolicy,
-    pub tls_mode: Option<&'a Spanned<String>>,
+pub(super) struct Checked<'a> {
+    pub(super) policy: TrafficPolicy,
+    pub(super) tls_mode: Option<&'a Spanned<String>>,
     /// Where `loadBalancer.simple` is written (PASSTHROUGH is checked
     /// against the ServiceEntry).
-    pub simple: Option<&'a Spanned<String>>,
+    pub(super) simple: Option<&'a Spanned<String>>,
     /// `portLevelSettings`, each replacing `policy` on its port.
-    pub ports: Vec<PortPolicy<'a>>,
+    pub(super) ports: Vec<PortPolicy<'a>>,
 }
 
 /// The policy of one `portLevelSettings` entry.
-pub struct PortPolicy<'a> {
-    pub number: u16,
+pub(super) struct PortPolicy<'a> {
+    pub(super) number: u16,
     /// Where the port number is written, and its field path.
-    pub at: Pos,
-    pub field: String,
-    pub policy: TrafficPolicy,
-    pub tls_mode: Option<&'a Spanned<String>>,
+    pub(super) at: Pos,
+    pub(super) field: String,
+    pub(super) policy: TrafficPolicy,
+    pub(super) tls_mode: Option<&'a Spanned<String>>,
     /// `spec.trafficPolicy.portLevelSettings[i].tls.mode`.
-    pub tls_mode_field: String,
-    pub simple: Option<&'a Spanned<String>>,
+    pub(super) tls_mode_field: String,
+    pub(super) simple: Option<&'a Spanned<String>>,
 }
 
 /// Validates one DestinationRule; `None` if anything in it is wrong.
-pub fn validate<'a>(
+pub(super) fn validate<'a>(
     ctx: &mut Ctx,
     doc: &Doc,
     dr: &'a raw::Document<raw::DestinationRuleSpec>,

@@ -21,46 +21,50 @@ use super::{raw, yaml};
 use crate::locality::Locality;
 
 /// The ServiceEntry annotation that chooses the datapath.
-pub const DATAPATH_ANNOTATION: &str = "redirector.dev/datapath";
+pub(super) const DATAPATH_ANNOTATION: &str = "redirector.dev/datapath";
 const OUR_ANNOTATIONS: &str = "redirector.dev/";
 
 /// A validated ServiceEntry, kept even when parts of it are wrong so the
 /// cross-document checks still see its hosts.
-pub struct Entry {
+pub(super) struct Entry {
     /// `namespace/name` or `name`.
-    pub name: String,
+    pub(super) name: String,
     /// Host, where it is written, its field path.
-    pub hosts: Vec<(String, Pos, String)>,
-    pub address: Option<(Ipv4Addr, Pos)>,
+    pub(super) hosts: Vec<(String, Pos, String)>,
+    pub(super) address: Option<(Ipv4Addr, Pos)>,
     /// The IPv6 address among `addresses`, if any.
-    pub address6: Option<(Ipv6Addr, Pos)>,
-    pub ports: Vec<(ServicePort, Pos, String)>,
-    pub resolution: Resolution,
+    pub(super) address6: Option<(Ipv6Addr, Pos)>,
+    pub(super) ports: Vec<(ServicePort, Pos, String)>,
+    pub(super) resolution: Resolution,
     /// Empty for DNS without endpoints: each host is then its own endpoint.
-    pub endpoints: Vec<Endpoint>,
-    pub datapath: DatapathMode,
+    pub(super) endpoints: Vec<Endpoint>,
+    pub(super) datapath: DatapathMode,
     /// Where `redirector.dev/datapath` is written, if it is.
-    pub datapath_at: Option<Pos>,
+    pub(super) datapath_at: Option<Pos>,
     /// `subjectAltNames`, for ports whose DestinationRule originates TLS
     /// without names of its own; where the key is written.
-    pub subject_alt_names: Option<(Vec<String>, Pos)>,
+    pub(super) subject_alt_names: Option<(Vec<String>, Pos)>,
 }
 
-pub struct Endpoint {
-    pub address: EndpointAddress,
+pub(super) struct Endpoint {
+    pub(super) address: EndpointAddress,
     /// Port name → port, overriding the service port's `targetPort`.
-    pub ports: BTreeMap<String, u16>,
-    pub locality: Locality,
+    pub(super) ports: BTreeMap<String, u16>,
+    pub(super) locality: Locality,
     /// At least 1 (Istio reads 0 and unset as 1).
-    pub weight: u32,
-    pub labels: BTreeMap<String, String>,
-    pub network: String,
+    pub(super) weight: u32,
+    pub(super) labels: BTreeMap<String, String>,
+    pub(super) network: String,
     /// Where the address is written, and the endpoint's field path.
-    pub at: Pos,
-    pub field: String,
+    pub(super) at: Pos,
+    pub(super) field: String,
 }
 
-pub fn validate(ctx: &mut Ctx, doc: &Doc, se: &raw::Document<raw::ServiceEntrySpec>) -> Entry {
+pub(super) fn validate(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    se: &raw::Document<raw::ServiceEntrySpec>,
+) -> Entry {
     let spec = &se.spec.value;
     let name = metadata_name(ctx, doc, se);
     for (key, v) in [
@@ -150,7 +154,7 @@ fn annotations(
 
 /// Why a service port cannot use the kernel datapath, if it cannot.
 /// `rule` names the DestinationRule whose `tls` applies.
-pub fn kernel_datapath_problem(
+pub(super) fn kernel_datapath_problem(
     port: &ServicePort,
     tls: &TlsPolicy,
     rule: Option<&str>,
@@ -445,7 +449,7 @@ fn protocol(ctx: &mut Ctx, doc: &Doc, p: &Spanned<String>, field: &str) -> Optio
 /// Istio's convention for ports without a protocol: the name's prefix up to
 /// the first `-` names it. Prefixes we cannot serve fall back to TCP, which
 /// forwards bytes unchanged.
-pub fn infer_protocol(name: &str) -> Protocol {
+fn infer_protocol(name: &str) -> Protocol {
     let prefix = name
         .split('-')
         .next()

@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
+use super::model::{DEFAULT_VIP_RANGE6, Resolution};
 use super::tests::*;
 use super::*;
 

@@ -3,6 +3,7 @@
 //! shared helpers and the document-level cases; `service_tests` and
 //! `rule_tests` hold the ServiceEntry and DestinationRule ones.
 
+use super::model::DEFAULT_VIP_RANGE;
 use super::*;
 
 pub(super) const SE: &str = "\

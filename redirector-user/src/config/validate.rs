@@ -24,12 +24,12 @@ use super::service_entry::{self, Entry};
 use super::{node, policy, vip, yaml};
 use crate::locality::Locality;
 
-pub const ISTIO_API_VERSIONS: [&str; 3] = [
+const ISTIO_API_VERSIONS: [&str; 3] = [
     "networking.istio.io/v1",
     "networking.istio.io/v1beta1",
     "networking.istio.io/v1alpha3",
 ];
-pub const NODE_API_VERSION: &str = "redirector.dev/v1alpha1";
+const NODE_API_VERSION: &str = "redirector.dev/v1alpha1";
 
 /// Istio's other kinds: named so the message says "not implemented yet"
 /// instead of "unknown".
@@ -50,7 +50,11 @@ struct Documents<'a> {
     nodes: Vec<(Doc<'a>, raw::NodeDocument)>,
 }
 
-pub fn load(source: &str, text: &str, overrides: &NodeSettings) -> Result<Config, ConfigError> {
+pub(super) fn load(
+    source: &str,
+    text: &str,
+    overrides: &NodeSettings,
+) -> Result<Config, ConfigError> {
     let mut ctx = Ctx::new(source);
     let split = yaml::split(text);
     let docs = classify(&mut ctx, &split);

@@ -15,7 +15,7 @@ use crate::config::raw;
 const MAX_KEEPALIVE_PROBES: i64 = 127;
 const MAX_KEEPALIVE_SECS: u64 = 32767;
 
-pub fn connection_pool(
+pub(super) fn connection_pool(
     ctx: &mut Ctx,
     doc: &Doc,
     parent: &str,

@@ -9,7 +9,7 @@ use crate::config::raw;
 /// `loadBalancer` under `parent` (a `trafficPolicy` path): the algorithm
 /// and the locality settings. `has_outlier` says whether the same policy
 /// has `outlierDetection`, which failover needs.
-pub fn load_balancer(
+pub(super) fn load_balancer(
     ctx: &mut Ctx,
     doc: &Doc,
     parent: &str,

@@ -12,7 +12,7 @@ use crate::config::model::{Distribute, LocalityLbPolicy};
 use crate::config::{raw, yaml};
 use crate::locality::{Failover, LABEL_REGION, LABEL_SUBZONE, LABEL_ZONE};
 
-pub fn locality_lb(
+pub(super) fn locality_lb(
     ctx: &mut Ctx,
     doc: &Doc,
     parent: &str,

@@ -9,7 +9,7 @@ use crate::config::ctx::{Ctx, Doc};
 use crate::config::model::OutlierPolicy;
 use crate::config::raw;
 
-pub fn outlier(
+pub(super) fn outlier(
     ctx: &mut Ctx,
     doc: &Doc,
     parent: &str,

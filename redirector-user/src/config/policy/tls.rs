@@ -22,7 +22,7 @@ const ONLY_ORIGINATING: &str =
     "only used when originating TLS; set mode: SIMPLE (or MUTUAL) or remove it";
 
 /// `parent` is the policy's path, like `spec.trafficPolicy`.
-pub fn validate(ctx: &mut Ctx, doc: &Doc, parent: &str, t: &raw::ClientTls) -> TlsPolicy {
+pub(super) fn validate(ctx: &mut Ctx, doc: &Doc, parent: &str, t: &raw::ClientTls) -> TlsPolicy {
     let parent = format!("{parent}.tls");
     let parent = parent.as_str();
     let field = |key: &str| format!("{parent}.{key}");
