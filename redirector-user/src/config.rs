@@ -11,6 +11,25 @@
 //! All problems of a file are reported at once, each with file, line,
 //! column, document and field, because a user fixing a config wants the whole
 //! list, not one error per attempt.
+//!
+//! Modules, each importing only those below it (no cycles):
+//!
+//! ```text
+//! config.rs      load_file, load_str     -> validate, ctx, model, duration
+//! validate       documents by kind, rules across documents, assembly
+//!                -> service_entry, policy, node, vip, checks, ctx, model, raw, yaml
+//! service_entry  a ServiceEntry          -> checks, ctx, model, raw, yaml
+//! node           the NodeConfig          -> checks, ctx, model, raw
+//! policy         a DestinationRule       -> policy::{outlier, connection_pool,
+//!                                           load_balancer, tls}, checks, ctx, model, raw
+//!   policy::load_balancer                -> policy::locality_lb, ctx, model, raw
+//!   policy::{outlier, connection_pool, tls, locality_lb}
+//!                                        -> checks, ctx, model, raw (locality_lb: yaml)
+//! checks         shared checks           -> ctx, duration, raw
+//! ctx            problems and positions  -> raw, yaml
+//! model          the validated types     -> duration
+//! raw, yaml, duration, vip               -> nothing in config
+//! ```
 
 mod checks;
 mod ctx;
