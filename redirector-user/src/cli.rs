@@ -8,7 +8,7 @@ use std::{
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{config::NodeSettings, locality::Locality};
+use crate::{config::NodeSettings, topology::Locality};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -11,9 +11,30 @@
 //! All problems of a file are reported at once, each with file, line,
 //! column, document and field, because a user fixing a config wants the whole
 //! list, not one error per attempt.
+//!
+//! Modules, each importing only those below it (no cycles):
+//!
+//! ```text
+//! config.rs      load_file, load_str     -> validate, ctx, model, duration
+//! validate       documents by kind, rules across documents, assembly
+//!                -> service_entry, policy, node, vip, checks, ctx, model, raw, yaml
+//! service_entry  a ServiceEntry          -> checks, ctx, model, raw, yaml
+//! node           the NodeConfig          -> checks, ctx, model, raw
+//! policy         a DestinationRule       -> policy::{outlier, connection_pool,
+//!                                           load_balancer, tls}, checks, ctx, model, raw
+//!   policy::load_balancer                -> policy::locality_lb, ctx, model, raw
+//!   policy::{outlier, connection_pool, tls, locality_lb}
+//!                                        -> checks, ctx, model, raw (locality_lb: yaml)
+//! checks         shared checks           -> ctx, duration, raw
+//! ctx            problems and positions  -> raw, yaml
+//! model          the validated types     -> duration
+//! raw, yaml, duration, vip               -> nothing in config
+//! ```
 
-mod client_tls;
+mod checks;
+mod ctx;
 mod duration;
+mod model;
 mod node;
 mod policy;
 mod raw;
@@ -22,26 +43,24 @@ mod validate;
 mod vip;
 mod yaml;
 
-use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use serde::{Serialize, Serializer};
-
-pub(crate) use crate::locality::{Failover, Locality};
-
-/// The range Istio's DNS proxy allocates IPv4 VIPs from.
-pub const DEFAULT_VIP_RANGE: ipnet::Ipv4Net =
-    ipnet::Ipv4Net::new_assert(Ipv4Addr::new(240, 240, 0, 0), 16);
-
-/// The range Istio's DNS proxy allocates IPv6 VIPs from.
-pub const DEFAULT_VIP_RANGE6: ipnet::Ipv6Net =
-    ipnet::Ipv6Net::new_assert(Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 0), 48);
+pub(crate) use ctx::ConfigError;
+use ctx::Problem;
+pub(crate) use model::{
+    Config, ConfigFile, ConnectionPoolPolicy, EndpointAddress, EndpointSpec, LbAlgorithm,
+    LocalityLbPolicy, NodeSettings, OutlierPolicy, Service, TcpKeepalive, TlsOrigination,
+    TlsPolicy,
+};
+pub(crate) use model::{DatapathMode, Distribute, Protocol};
+// Named only by tls/tests.rs outside this module.
+#[cfg(test)]
+pub(crate) use model::ClientIdentity;
 
 /// A non-negative Go-style duration (`15s`, `1m30s`, `500ms`), as durations
 /// are written in the config, for flags that take one.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let d = duration::parse(text)?;
     if d.negative {
         return Err(format!("{text:?}: a duration must not be negative"));
@@ -51,7 +70,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Reads and validates the config file at `path`. `overrides` (from flags)
 /// win over the file's `NodeConfig`.
-pub fn load_file(path: &Path, overrides: &NodeSettings) -> Result<Config, ConfigError> {
+pub(crate) fn load_file(path: &Path, overrides: &NodeSettings) -> Result<Config, ConfigError> {
     let source = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         problems: vec![Problem::file(
@@ -63,470 +82,12 @@ pub fn load_file(path: &Path, overrides: &NodeSettings) -> Result<Config, Config
 }
 
 /// Validates config text; `source` names it in messages (usually the path).
-pub fn load_str(source: &str, text: &str, overrides: &NodeSettings) -> Result<Config, ConfigError> {
+pub(crate) fn load_str(
+    source: &str,
+    text: &str,
+    overrides: &NodeSettings,
+) -> Result<Config, ConfigError> {
     validate::load(source, text, overrides)
-}
-
-/// The effective configuration.
-#[derive(Clone, Debug, Serialize)]
-pub struct Config {
-    /// The file's `NodeConfig` merged with the overrides.
-    pub node: NodeSettings,
-    /// Where VIPs are allocated from: `node.vip_range` or [`DEFAULT_VIP_RANGE`].
-    #[serde(serialize_with = "display")]
-    pub vip_range: ipnet::Ipv4Net,
-    /// Where IPv6 VIPs are allocated from: `node.vip_range6` or
-    /// [`DEFAULT_VIP_RANGE6`].
-    #[serde(serialize_with = "display")]
-    pub vip_range6: ipnet::Ipv6Net,
-    /// One per (ServiceEntry host, port), sorted by host then port number.
-    pub services: Vec<Service>,
-}
-
-/// Node settings, from the `NodeConfig` document or from flags.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-pub struct NodeSettings {
-    pub locality: Option<Locality>,
-    pub cgroup: Option<PathBuf>,
-    /// Empty means unset.
-    pub nameservers: Vec<SocketAddr>,
-    pub listen_port: Option<u16>,
-    /// The DNS responder's port on 127.0.0.1; `Some(0)` turns DNS capture
-    /// off.
-    pub dns_port: Option<u16>,
-    /// The admin server's port on 127.0.0.1 (`/ready`, `/metrics`,
-    /// `/config_dump`); `Some(0)` turns it off.
-    pub admin_port: Option<u16>,
-    #[serde(serialize_with = "display_opt")]
-    pub vip_range: Option<ipnet::Ipv4Net>,
-    #[serde(serialize_with = "display_opt")]
-    pub vip_range6: Option<ipnet::Ipv6Net>,
-    pub pin_dir: Option<PathBuf>,
-}
-
-impl NodeSettings {
-    /// `self` with every field that is set in `overrides` replaced.
-    pub fn merged_with(&self, overrides: &NodeSettings) -> NodeSettings {
-        NodeSettings {
-            locality: overrides.locality.clone().or_else(|| self.locality.clone()),
-            cgroup: overrides.cgroup.clone().or_else(|| self.cgroup.clone()),
-            nameservers: if overrides.nameservers.is_empty() {
-                self.nameservers.clone()
-            } else {
-                overrides.nameservers.clone()
-            },
-            listen_port: overrides.listen_port.or(self.listen_port),
-            dns_port: overrides.dns_port.or(self.dns_port),
-            admin_port: overrides.admin_port.or(self.admin_port),
-            vip_range: overrides.vip_range.or(self.vip_range),
-            vip_range6: overrides.vip_range6.or(self.vip_range6),
-            pin_dir: overrides.pin_dir.clone().or_else(|| self.pin_dir.clone()),
-        }
-    }
-}
-
-/// One ServiceEntry host on one of its ports.
-#[derive(Clone, Debug, Serialize)]
-pub struct Service {
-    pub host: String,
-    pub vip: Ipv4Addr,
-    /// True when the VIP was allocated from the range rather than written in
-    /// the ServiceEntry's `addresses`.
-    pub vip_allocated: bool,
-    /// The IPv6 VIP (connect6, AAAA answers): from `addresses`, or
-    /// allocated from the IPv6 range when they list none.
-    pub vip6: Ipv6Addr,
-    pub vip6_allocated: bool,
-    pub port: ServicePort,
-    pub resolution: Resolution,
-    /// Endpoints with their port for this service port already chosen.
-    pub endpoints: Vec<EndpointSpec>,
-    pub policy: TrafficPolicy,
-    /// From the ServiceEntry's `redirector.dev/datapath` annotation.
-    pub datapath: DatapathMode,
-    /// `namespace/name` of the ServiceEntry, or `name` without a namespace.
-    pub service_entry: String,
-    /// The DestinationRule that applies, named like `service_entry`.
-    pub destination_rule: Option<String>,
-}
-
-/// How connects to a service travel: the ServiceEntry annotation
-/// `redirector.dev/datapath: proxy | kernel`.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
-pub enum DatapathMode {
-    /// Through the node-local proxy, which retries a failed connect on the
-    /// next endpoint so the app never sees it.
-    #[default]
-    Proxy,
-    /// connect4 sends each connect straight to an endpoint (no proxy hop);
-    /// a failed connect reaches the app, and still counts for outlier
-    /// detection. TCP, TLS and HTTPS ports without TLS origination only.
-    Kernel,
-}
-
-impl fmt::Display for DatapathMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DatapathMode::Proxy => "proxy",
-            DatapathMode::Kernel => "kernel",
-        })
-    }
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct ServicePort {
-    pub number: u16,
-    pub name: String,
-    pub protocol: Protocol,
-    /// Where endpoints listen unless an endpoint's `ports` says otherwise.
-    pub target_port: u16,
-}
-
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-pub enum Protocol {
-    Http,
-    Https,
-    Tcp,
-    Tls,
-}
-
-/// Istio's spelling: `HTTP`, `HTTPS`, `TCP`, `TLS`.
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Http => "HTTP",
-            Protocol::Https => "HTTPS",
-            Protocol::Tcp => "TCP",
-            Protocol::Tls => "TLS",
-        })
-    }
-}
-
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
-pub enum Resolution {
-    Static,
-    Dns,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct EndpointSpec {
-    pub address: EndpointAddress,
-    pub port: u16,
-    pub locality: Locality,
-    /// Relative share of traffic within its locality and priority (Istio's
-    /// `weight`, default 1).
-    pub weight: u32,
-    /// Endpoint labels, matched by `failoverPriority`.
-    pub labels: std::collections::BTreeMap<String, String>,
-    /// Istio's `network` (matched by `failoverPriority: [network]`).
-    pub network: String,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq, Eq, Hash)]
-pub enum EndpointAddress {
-    /// IPv4 or IPv6.
-    Ip(std::net::IpAddr),
-    /// Resolved at run time (resolution DNS).
-    Dns(String),
-}
-
-impl fmt::Display for EndpointAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            EndpointAddress::Ip(ip) => ip.fmt(f),
-            EndpointAddress::Dns(name) => f.write_str(name),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct TrafficPolicy {
-    pub load_balancer: LbAlgorithm,
-    /// `None` without `outlierDetection`: no ejection, and (as in Istio) no
-    /// locality failover either.
-    pub outlier: Option<OutlierPolicy>,
-    pub locality_lb: LocalityLbPolicy,
-    pub connection_pool: ConnectionPoolPolicy,
-    pub tls: TlsPolicy,
-}
-
-impl Default for TrafficPolicy {
-    /// What applies without a DestinationRule.
-    fn default() -> Self {
-        TrafficPolicy {
-            load_balancer: LbAlgorithm::default(),
-            outlier: None,
-            locality_lb: LocalityLbPolicy {
-                enabled: true,
-                failover: Vec::new(),
-                failover_priority: Vec::new(),
-                distribute: Vec::new(),
-            },
-            connection_pool: ConnectionPoolPolicy::default(),
-            tls: TlsPolicy::Disable,
-        }
-    }
-}
-
-/// `loadBalancer.simple`. Istio's default when unset is LEAST_REQUEST.
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
-pub enum LbAlgorithm {
-    RoundRobin,
-    /// Power of two choices on active requests.
-    #[default]
-    LeastRequest,
-    Random,
-    /// No balancing: the connection goes to the address the app dialled.
-    /// Parsed only to be refused with its reason (see `validate`), so no
-    /// loaded config holds it.
-    Passthrough,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct OutlierPolicy {
-    /// Consecutive failures that eject an endpoint; 0 turns ejection off.
-    pub consecutive_5xx: u32,
-    /// Consecutive 502/503/504 (and, unsplit, local-origin failures) that
-    /// eject; `None` (Istio's default) turns this detector off.
-    pub consecutive_gateway: Option<u32>,
-    /// With `split_external_local_origin_errors`: consecutive connect,
-    /// reset, timeout and TLS failures that eject (Envoy default 5).
-    pub consecutive_local_origin: u32,
-    pub split_external_local_origin_errors: bool,
-    #[serde(serialize_with = "duration::serialize")]
-    pub interval: Duration,
-    #[serde(serialize_with = "duration::serialize")]
-    pub base_ejection_time: Duration,
-    /// `None`: unset, which lets one host always be ejected (see the config
-    /// reference); `Some(p)`: `100 × (ejected + 1) / hosts ≤ p` exactly.
-    pub max_ejection_percent: Option<u32>,
-    /// Panic threshold: below this % of healthy hosts in a priority, traffic
-    /// goes to all its hosts. 0 (Istio's default) turns panic mode off.
-    pub min_health_percent: u32,
-}
-
-impl Default for OutlierPolicy {
-    /// An `outlierDetection: {}` with Istio's and Envoy's defaults.
-    fn default() -> Self {
-        OutlierPolicy {
-            consecutive_5xx: 5,
-            consecutive_gateway: None,
-            consecutive_local_origin: 5,
-            split_external_local_origin_errors: false,
-            interval: Duration::from_secs(10),
-            base_ejection_time: Duration::from_secs(30),
-            max_ejection_percent: None,
-            min_health_percent: 0,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct LocalityLbPolicy {
-    pub enabled: bool,
-    pub failover: Vec<Failover>,
-    /// Ordered label names (`topology.istio.io/network`, `region`, …).
-    pub failover_priority: Vec<String>,
-    pub distribute: Vec<Distribute>,
-}
-
-/// One `distribute` entry: traffic from a node in `from` (with `*`
-/// wildcards) goes to localities in `to` by weight (summing to 100).
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct Distribute {
-    pub from: String,
-    pub to: Vec<(String, u32)>,
-}
-
-/// `connectionPool`, with Istio's defaults (which are Envoy's).
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct ConnectionPoolPolicy {
-    #[serde(serialize_with = "duration::serialize")]
-    pub connect_timeout: Duration,
-    /// Upstream connections per service; Envoy's default is 2^32−1.
-    pub max_connections: u32,
-    pub tcp_keepalive: Option<TcpKeepalive>,
-    /// Requests waiting for a connection; over it, fail fast with 503.
-    pub http1_max_pending_requests: u32,
-    /// 0: unlimited.
-    pub max_requests_per_connection: u32,
-    #[serde(serialize_with = "duration::serialize")]
-    pub idle_timeout: Duration,
-    /// Retries in flight per service (Envoy's `max_retries` circuit breaker).
-    pub max_retries: u32,
-}
-
-impl Default for ConnectionPoolPolicy {
-    fn default() -> Self {
-        ConnectionPoolPolicy {
-            connect_timeout: Duration::from_secs(10),
-            max_connections: u32::MAX,
-            tcp_keepalive: None,
-            http1_max_pending_requests: u32::MAX,
-            max_requests_per_connection: 0,
-            idle_timeout: Duration::from_secs(3600),
-            max_retries: u32::MAX,
-        }
-    }
-}
-
-/// `connectionPool.tcp.tcpKeepalive`; unset parts keep the OS defaults.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-pub struct TcpKeepalive {
-    pub probes: Option<u32>,
-    #[serde(serialize_with = "duration::serialize_opt")]
-    pub time: Option<Duration>,
-    #[serde(serialize_with = "duration::serialize_opt")]
-    pub interval: Option<Duration>,
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub enum TlsPolicy {
-    /// The app's bytes go to the endpoint as they are.
-    Disable,
-    /// `SIMPLE` or `MUTUAL`: the app speaks plain text to the VIP, the proxy
-    /// speaks TLS to the endpoint.
-    Originate(Box<TlsOrigination>),
-}
-
-impl TlsPolicy {
-    /// The origination settings, when the proxy originates TLS.
-    pub fn origination(&self) -> Option<&TlsOrigination> {
-        match self {
-            TlsPolicy::Disable => None,
-            TlsPolicy::Originate(o) => Some(o),
-        }
-    }
-
-    pub fn originates(&self) -> bool {
-        self.origination().is_some()
-    }
-}
-
-/// Istio's `ClientTLSSettings` for `SIMPLE` and `MUTUAL`, checked.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
-pub struct TlsOrigination {
-    /// Sent as SNI and verified instead of each endpoint's own name.
-    pub sni: Option<String>,
-    /// PEM trust anchors; the system's root store when unset.
-    pub ca_certificates: Option<ConfigFile>,
-    /// PEM certificate revocation lists checked against the whole chain.
-    pub ca_crl: Option<ConfigFile>,
-    /// `MUTUAL`: what the proxy presents; `None` for `SIMPLE`.
-    pub client: Option<ClientIdentity>,
-    /// Names one of which the certificate must carry, replacing the check of
-    /// the endpoint's name: the rule's, or else the ServiceEntry's.
-    pub subject_alt_names: Vec<String>,
-    /// Accept any certificate (an explicit, logged opt-in).
-    pub insecure_skip_verify: bool,
-}
-
-impl TlsOrigination {
-    /// Istio's name for the mode.
-    pub fn mode(&self) -> &'static str {
-        if self.client.is_some() {
-            "MUTUAL"
-        } else {
-            "SIMPLE"
-        }
-    }
-}
-
-/// `clientCertificate` and `privateKey` of `tls.mode: MUTUAL`.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct ClientIdentity {
-    /// PEM certificate chain, leaf first.
-    pub certificate: ConfigFile,
-    pub private_key: ConfigFile,
-}
-
-/// A file named in the config. It is read when the proxy is built, so a
-/// problem with its contents is reported then, located by `at`.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct ConfigFile {
-    pub path: PathBuf,
-    /// `file:line:column: document: field` of the config field naming it.
-    #[serde(skip)]
-    pub at: String,
-}
-
-impl fmt::Display for ConfigFile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.path.display())
-    }
-}
-
-/// Everything wrong with a config file.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", lines(.problems))]
-pub struct ConfigError {
-    pub problems: Vec<Problem>,
-}
-
-fn lines(problems: &[Problem]) -> String {
-    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
-    lines.join("\n")
-}
-
-/// One thing wrong with a config file, located as precisely as known.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Problem {
-    pub source: String,
-    pub line: Option<u64>,
-    pub column: Option<u64>,
-    /// Like `DestinationRule "mydynamodb" (document 2)`.
-    pub document: Option<String>,
-    /// Dotted path inside the document, like `spec.ports[0].protocol`.
-    pub field: Option<String>,
-    pub message: String,
-}
-
-impl Problem {
-    fn file(source: &str, message: String) -> Problem {
-        Problem {
-            source: source.to_owned(),
-            line: None,
-            column: None,
-            document: None,
-            field: None,
-            message,
-        }
-    }
-}
-
-impl Problem {
-    /// `source:line:column: document: field`, leaving out what is unknown.
-    pub fn location(&self) -> String {
-        let mut out = self.source.clone();
-        if let Some(line) = self.line {
-            out += &format!(":{line}");
-            if let Some(column) = self.column {
-                out += &format!(":{column}");
-            }
-        }
-        for part in [&self.document, &self.field].into_iter().flatten() {
-            out += &format!(": {part}");
-        }
-        out
-    }
-}
-
-/// `source:line:column: document: field: message`, leaving out what is unknown.
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.location(), self.message)
-    }
-}
-
-fn display<T: fmt::Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(value)
-}
-
-fn display_opt<T: fmt::Display, S: Serializer>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
-    match value {
-        Some(v) => s.collect_str(v),
-        None => s.serialize_none(),
-    }
 }
 
 #[cfg(test)]

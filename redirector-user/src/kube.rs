@@ -29,7 +29,7 @@ use rustls::{
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::locality::{LABEL_REGION, LABEL_SUBZONE, LABEL_ZONE, Locality};
+use crate::topology::{LABEL_REGION, LABEL_SUBZONE, LABEL_ZONE, Locality};
 
 /// Where every pod finds its service account's token and the cluster CA.
 pub(crate) const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";

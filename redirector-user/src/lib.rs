@@ -24,6 +24,7 @@ mod state;
 mod sync;
 mod sys;
 mod tls;
+mod topology;
 mod watch;
 
 use anyhow::Context as _;

@@ -26,10 +26,10 @@ use crate::{
     cluster::Cluster,
     config::{self, Config, NodeSettings},
     kube,
-    locality::Locality,
     metrics::Metrics,
     resolve::{self, Resolve},
     sys,
+    topology::Locality,
 };
 
 pub(crate) const DEFAULT_LISTEN_PORT: u16 = 15001;

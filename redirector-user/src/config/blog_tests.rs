@@ -5,7 +5,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::model::{DEFAULT_VIP_RANGE, Resolution, ServicePort, TrafficPolicy};
 use super::*;
+use crate::topology::{Failover, Locality};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 /// A parsed duration that may be negative.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Signed {
-    pub negative: bool,
-    pub magnitude: Duration,
+pub(super) struct Signed {
+    pub(super) negative: bool,
+    pub(super) magnitude: Duration,
 }
 
 const UNITS: [(&str, u128); 8] = [
@@ -28,7 +28,7 @@ const UNITS: [(&str, u128); 8] = [
 ];
 
 /// Parses Go duration syntax.
-pub fn parse(text: &str) -> Result<Signed, String> {
+pub(super) fn parse(text: &str) -> Result<Signed, String> {
     let invalid =
         || format!("invalid duration {text:?}: expected a Go duration such as 15s, 1m or 1h30m");
     let (negative, mut rest) = match text.as_bytes().first() {
@@ -96,7 +96,7 @@ pub fn parse(text: &str) -> Result<Signed, String> {
 
 /// Formats like Go's `Duration.String` (`1m0s`, `1h30m0s`, `1.5s`, `100ms`),
 /// so the effective config reads like what the user wrote.
-pub fn format(d: Duration) -> String {
+pub(super) fn format(d: Duration) -> String {
     let nanos = d.as_nanos();
     if nanos == 0 {
         return "0s".to_owned();
@@ -137,11 +137,14 @@ fn decimal(value: u128, scale: u128) -> String {
 }
 
 /// For `#[serde(serialize_with)]`: durations as Go strings in config dumps.
-pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format(*d))
 }
 
-pub fn serialize_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+pub(super) fn serialize_opt<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => s.serialize_str(&format(*d)),
         None => s.serialize_none(),

@@ -10,13 +10,14 @@ use std::path::PathBuf;
 
 use serde_saphyr::Spanned;
 
+use super::checks::port_number;
+use super::ctx::{Ctx, Doc, pos};
+use super::model::NodeSettings;
 use super::raw;
-use super::service_entry::port_number;
-use super::validate::{Ctx, Doc, pos};
-use super::{Locality, NodeSettings};
+use crate::topology::Locality;
 
 /// The file's node settings (before flags are applied).
-pub fn settings(ctx: &mut Ctx, nodes: &[(Doc, raw::NodeDocument)]) -> NodeSettings {
+pub(super) fn settings(ctx: &mut Ctx, nodes: &[(Doc, raw::NodeDocument)]) -> NodeSettings {
     let mut out = NodeSettings::default();
     let Some((first_doc, first)) = nodes.first() else {
         return out;
@@ -100,7 +101,7 @@ fn path(ctx: &mut Ctx, doc: &Doc, v: &Option<Spanned<String>>, field: &str) -> O
 }
 
 /// `IP:PORT`, `[IPv6]:PORT`, or a bare IP meaning port 53.
-pub fn nameserver(text: &str) -> Option<SocketAddr> {
+fn nameserver(text: &str) -> Option<SocketAddr> {
     text.parse::<SocketAddr>().ok().or_else(|| {
         text.parse::<IpAddr>()
             .ok()

@@ -19,28 +19,28 @@ use serde::de::IgnoredAny;
 use serde_saphyr::Spanned;
 
 /// An Istio field we accept in the schema only to reject it with its line.
-pub type Unsupported = Option<Spanned<IgnoredAny>>;
+pub(super) type Unsupported = Option<Spanned<IgnoredAny>>;
 
 /// Just enough of a document to choose the type to read it as. Unknown keys
 /// are ignored here; the typed pass checks them.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Header {
-    pub api_version: Option<Spanned<String>>,
-    pub kind: Option<Spanned<String>>,
-    pub metadata: Option<IgnoredAnyOr<HeaderMetadata>>,
+pub(super) struct Header {
+    pub(super) api_version: Option<Spanned<String>>,
+    pub(super) kind: Option<Spanned<String>>,
+    pub(super) metadata: Option<IgnoredAnyOr<HeaderMetadata>>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct HeaderMetadata {
-    pub name: Option<IgnoredAnyOr<String>>,
+pub(super) struct HeaderMetadata {
+    pub(super) name: Option<IgnoredAnyOr<String>>,
 }
 
 /// A value that is either of type `T` or anything else, so the header pass
 /// never fails on a field the typed pass will report properly.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum IgnoredAnyOr<T> {
+pub(super) enum IgnoredAnyOr<T> {
     Value(T),
     Other(IgnoredAny),
 }
@@ -48,236 +48,236 @@ pub enum IgnoredAnyOr<T> {
 /// One Kubernetes-style document with a typed `spec`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Document<S> {
+pub(super) struct Document<S> {
     /// Checked by [`Header`] before the document is read as this type.
     #[serde(rename = "apiVersion")]
-    pub _api_version: IgnoredAny,
-    pub kind: Spanned<String>,
-    pub metadata: Option<Spanned<Metadata>>,
-    pub spec: Spanned<S>,
+    pub(super) _api_version: IgnoredAny,
+    pub(super) kind: Spanned<String>,
+    pub(super) metadata: Option<Spanned<Metadata>>,
+    pub(super) spec: Spanned<S>,
 }
 
 /// `NodeConfig` may omit `spec` (everything then comes from flags).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct NodeDocument {
+pub(super) struct NodeDocument {
     #[serde(rename = "apiVersion")]
-    pub _api_version: IgnoredAny,
-    pub kind: Spanned<String>,
+    pub(super) _api_version: IgnoredAny,
+    pub(super) kind: Spanned<String>,
     /// Optional and unused: there is only one node.
     #[serde(rename = "metadata")]
-    pub _metadata: Option<Metadata>,
+    pub(super) _metadata: Option<Metadata>,
     #[serde(default)]
-    pub spec: Option<NodeConfigSpec>,
+    pub(super) spec: Option<NodeConfigSpec>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Metadata {
-    pub name: Option<Spanned<String>>,
-    pub namespace: Option<Spanned<String>>,
+pub(super) struct Metadata {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) namespace: Option<Spanned<String>>,
     /// Accepted (checked to be string maps) for files shared with Kubernetes.
     #[serde(rename = "labels")]
-    pub _labels: Option<BTreeMap<String, String>>,
+    pub(super) _labels: Option<BTreeMap<String, String>>,
     /// Ignored, except `redirector.dev/*` keys on a ServiceEntry.
-    pub annotations: Option<BTreeMap<String, Spanned<String>>>,
+    pub(super) annotations: Option<BTreeMap<String, Spanned<String>>>,
 }
 
 /// `redirector.dev/v1alpha1` `NodeConfig`: the node's own settings.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct NodeConfigSpec {
-    pub locality: Option<Spanned<String>>,
-    pub cgroup: Option<Spanned<String>>,
-    pub nameservers: Option<Vec<Spanned<String>>>,
-    pub listen_port: Option<Spanned<i64>>,
-    pub dns_port: Option<Spanned<i64>>,
-    pub admin_port: Option<Spanned<i64>>,
-    pub vip_range: Option<Spanned<String>>,
-    pub vip_range6: Option<Spanned<String>>,
-    pub pin_dir: Option<Spanned<String>>,
+pub(super) struct NodeConfigSpec {
+    pub(super) locality: Option<Spanned<String>>,
+    pub(super) cgroup: Option<Spanned<String>>,
+    pub(super) nameservers: Option<Vec<Spanned<String>>>,
+    pub(super) listen_port: Option<Spanned<i64>>,
+    pub(super) dns_port: Option<Spanned<i64>>,
+    pub(super) admin_port: Option<Spanned<i64>>,
+    pub(super) vip_range: Option<Spanned<String>>,
+    pub(super) vip_range6: Option<Spanned<String>>,
+    pub(super) pin_dir: Option<Spanned<String>>,
 }
 
 /// `networking.istio.io` `ServiceEntry.spec`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ServiceEntrySpec {
-    pub hosts: Spanned<Vec<Spanned<String>>>,
-    pub addresses: Option<Spanned<Vec<Spanned<String>>>>,
-    pub ports: Spanned<Vec<Spanned<Port>>>,
-    pub location: Option<Spanned<String>>,
-    pub resolution: Option<Spanned<String>>,
-    pub endpoints: Option<Vec<Spanned<WorkloadEntry>>>,
-    pub export_to: Unsupported,
-    pub subject_alt_names: Option<Spanned<Vec<Spanned<String>>>>,
-    pub workload_selector: Unsupported,
+pub(super) struct ServiceEntrySpec {
+    pub(super) hosts: Spanned<Vec<Spanned<String>>>,
+    pub(super) addresses: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) ports: Spanned<Vec<Spanned<Port>>>,
+    pub(super) location: Option<Spanned<String>>,
+    pub(super) resolution: Option<Spanned<String>>,
+    pub(super) endpoints: Option<Vec<Spanned<WorkloadEntry>>>,
+    pub(super) export_to: Unsupported,
+    pub(super) subject_alt_names: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) workload_selector: Unsupported,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Port {
-    pub number: Option<Spanned<i64>>,
-    pub name: Option<Spanned<String>>,
-    pub protocol: Option<Spanned<String>>,
-    pub target_port: Option<Spanned<i64>>,
+pub(super) struct Port {
+    pub(super) number: Option<Spanned<i64>>,
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) protocol: Option<Spanned<String>>,
+    pub(super) target_port: Option<Spanned<i64>>,
 }
 
 /// A ServiceEntry endpoint (Istio's `WorkloadEntry` without its envelope).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct WorkloadEntry {
-    pub address: Option<Spanned<String>>,
-    pub ports: Option<BTreeMap<String, Spanned<i64>>>,
-    pub locality: Option<Spanned<String>>,
-    pub weight: Option<Spanned<i64>>,
-    pub labels: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
-    pub network: Option<Spanned<String>>,
-    pub service_account: Unsupported,
+pub(super) struct WorkloadEntry {
+    pub(super) address: Option<Spanned<String>>,
+    pub(super) ports: Option<BTreeMap<String, Spanned<i64>>>,
+    pub(super) locality: Option<Spanned<String>>,
+    pub(super) weight: Option<Spanned<i64>>,
+    pub(super) labels: Option<Spanned<BTreeMap<String, Spanned<String>>>>,
+    pub(super) network: Option<Spanned<String>>,
+    pub(super) service_account: Unsupported,
 }
 
 /// `networking.istio.io` `DestinationRule.spec`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct DestinationRuleSpec {
-    pub host: Spanned<String>,
-    pub traffic_policy: Option<TrafficPolicy>,
-    pub subsets: Unsupported,
-    pub export_to: Unsupported,
-    pub workload_selector: Unsupported,
+pub(super) struct DestinationRuleSpec {
+    pub(super) host: Spanned<String>,
+    pub(super) traffic_policy: Option<TrafficPolicy>,
+    pub(super) subsets: Unsupported,
+    pub(super) export_to: Unsupported,
+    pub(super) workload_selector: Unsupported,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct TrafficPolicy {
-    pub load_balancer: Option<LoadBalancer>,
-    pub outlier_detection: Option<Spanned<OutlierDetection>>,
-    pub tls: Option<Spanned<ClientTls>>,
-    pub connection_pool: Option<Spanned<ConnectionPool>>,
-    pub port_level_settings: Option<Vec<Spanned<PortTrafficPolicy>>>,
-    pub tunnel: Unsupported,
-    pub proxy_protocol: Unsupported,
+pub(super) struct TrafficPolicy {
+    pub(super) load_balancer: Option<LoadBalancer>,
+    pub(super) outlier_detection: Option<Spanned<OutlierDetection>>,
+    pub(super) tls: Option<Spanned<ClientTls>>,
+    pub(super) connection_pool: Option<Spanned<ConnectionPool>>,
+    pub(super) port_level_settings: Option<Vec<Spanned<PortTrafficPolicy>>>,
+    pub(super) tunnel: Unsupported,
+    pub(super) proxy_protocol: Unsupported,
 }
 
 /// One `portLevelSettings` entry: the sub-policies for one port.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PortTrafficPolicy {
-    pub port: Option<Spanned<PortSelector>>,
-    pub load_balancer: Option<LoadBalancer>,
-    pub connection_pool: Option<Spanned<ConnectionPool>>,
-    pub outlier_detection: Option<Spanned<OutlierDetection>>,
-    pub tls: Option<Spanned<ClientTls>>,
+pub(super) struct PortTrafficPolicy {
+    pub(super) port: Option<Spanned<PortSelector>>,
+    pub(super) load_balancer: Option<LoadBalancer>,
+    pub(super) connection_pool: Option<Spanned<ConnectionPool>>,
+    pub(super) outlier_detection: Option<Spanned<OutlierDetection>>,
+    pub(super) tls: Option<Spanned<ClientTls>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PortSelector {
-    pub number: Option<Spanned<i64>>,
+pub(super) struct PortSelector {
+    pub(super) number: Option<Spanned<i64>>,
 }
 
 /// Istio's `OutlierDetection`. Counts and percentages are kept wide so
 /// validation can say "out of range" with the line.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct OutlierDetection {
+pub(super) struct OutlierDetection {
     #[serde(rename = "consecutive5xxErrors")]
-    pub consecutive_5xx_errors: Option<Spanned<i64>>,
-    pub consecutive_gateway_errors: Option<Spanned<i64>>,
-    pub consecutive_local_origin_failures: Option<Spanned<i64>>,
-    pub split_external_local_origin_errors: Option<Spanned<bool>>,
+    pub(super) consecutive_5xx_errors: Option<Spanned<i64>>,
+    pub(super) consecutive_gateway_errors: Option<Spanned<i64>>,
+    pub(super) consecutive_local_origin_failures: Option<Spanned<i64>>,
+    pub(super) split_external_local_origin_errors: Option<Spanned<bool>>,
     /// Deprecated in Istio; mapped to gateway errors as Istio did.
-    pub consecutive_errors: Option<Spanned<i64>>,
-    pub interval: Option<Spanned<String>>,
-    pub base_ejection_time: Option<Spanned<String>>,
-    pub max_ejection_percent: Option<Spanned<i64>>,
-    pub min_health_percent: Option<Spanned<i64>>,
+    pub(super) consecutive_errors: Option<Spanned<i64>>,
+    pub(super) interval: Option<Spanned<String>>,
+    pub(super) base_ejection_time: Option<Spanned<String>>,
+    pub(super) max_ejection_percent: Option<Spanned<i64>>,
+    pub(super) min_health_percent: Option<Spanned<i64>>,
 }
 
 /// Istio's `ConnectionPoolSettings`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ConnectionPool {
-    pub tcp: Option<Spanned<TcpSettings>>,
-    pub http: Option<Spanned<HttpSettings>>,
+pub(super) struct ConnectionPool {
+    pub(super) tcp: Option<Spanned<TcpSettings>>,
+    pub(super) http: Option<Spanned<HttpSettings>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct TcpSettings {
-    pub max_connections: Option<Spanned<i64>>,
-    pub connect_timeout: Option<Spanned<String>>,
-    pub tcp_keepalive: Option<Spanned<TcpKeepalive>>,
-    pub max_connection_duration: Unsupported,
-    pub idle_timeout: Unsupported,
+pub(super) struct TcpSettings {
+    pub(super) max_connections: Option<Spanned<i64>>,
+    pub(super) connect_timeout: Option<Spanned<String>>,
+    pub(super) tcp_keepalive: Option<Spanned<TcpKeepalive>>,
+    pub(super) max_connection_duration: Unsupported,
+    pub(super) idle_timeout: Unsupported,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TcpKeepalive {
-    pub probes: Option<Spanned<i64>>,
-    pub time: Option<Spanned<String>>,
-    pub interval: Option<Spanned<String>>,
+pub(super) struct TcpKeepalive {
+    pub(super) probes: Option<Spanned<i64>>,
+    pub(super) time: Option<Spanned<String>>,
+    pub(super) interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct HttpSettings {
-    pub http1_max_pending_requests: Option<Spanned<i64>>,
-    pub max_requests_per_connection: Option<Spanned<i64>>,
-    pub max_retries: Option<Spanned<i64>>,
-    pub idle_timeout: Option<Spanned<String>>,
-    pub h2_upgrade_policy: Option<Spanned<String>>,
+pub(super) struct HttpSettings {
+    pub(super) http1_max_pending_requests: Option<Spanned<i64>>,
+    pub(super) max_requests_per_connection: Option<Spanned<i64>>,
+    pub(super) max_retries: Option<Spanned<i64>>,
+    pub(super) idle_timeout: Option<Spanned<String>>,
+    pub(super) h2_upgrade_policy: Option<Spanned<String>>,
     /// Read for its type only: either value means HTTP/1.1 upstream here.
     #[allow(dead_code)]
-    pub use_client_protocol: Option<Spanned<bool>>,
-    pub http2_max_requests: Unsupported,
-    pub max_concurrent_streams: Unsupported,
+    pub(super) use_client_protocol: Option<Spanned<bool>>,
+    pub(super) http2_max_requests: Unsupported,
+    pub(super) max_concurrent_streams: Unsupported,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct LoadBalancer {
-    pub simple: Option<Spanned<String>>,
-    pub locality_lb_setting: Option<LocalityLbSetting>,
-    pub consistent_hash: Unsupported,
-    pub warmup_duration_secs: Unsupported,
-    pub warmup: Unsupported,
+pub(super) struct LoadBalancer {
+    pub(super) simple: Option<Spanned<String>>,
+    pub(super) locality_lb_setting: Option<LocalityLbSetting>,
+    pub(super) consistent_hash: Unsupported,
+    pub(super) warmup_duration_secs: Unsupported,
+    pub(super) warmup: Unsupported,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct LocalityLbSetting {
-    pub enabled: Option<Spanned<bool>>,
-    pub failover: Option<Spanned<Vec<Spanned<Failover>>>>,
-    pub failover_priority: Option<Spanned<Vec<Spanned<String>>>>,
-    pub distribute: Option<Spanned<Vec<Spanned<Distribute>>>>,
+pub(super) struct LocalityLbSetting {
+    pub(super) enabled: Option<Spanned<bool>>,
+    pub(super) failover: Option<Spanned<Vec<Spanned<Failover>>>>,
+    pub(super) failover_priority: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) distribute: Option<Spanned<Vec<Spanned<Distribute>>>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Distribute {
-    pub from: Option<Spanned<String>>,
-    pub to: Option<Spanned<BTreeMap<String, Spanned<i64>>>>,
+pub(super) struct Distribute {
+    pub(super) from: Option<Spanned<String>>,
+    pub(super) to: Option<Spanned<BTreeMap<String, Spanned<i64>>>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Failover {
-    pub from: Option<Spanned<String>>,
-    pub to: Option<Spanned<String>>,
+pub(super) struct Failover {
+    pub(super) from: Option<Spanned<String>>,
+    pub(super) to: Option<Spanned<String>>,
 }
 
 /// Istio's `ClientTLSSettings`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ClientTls {
-    pub mode: Option<Spanned<String>>,
-    pub sni: Option<Spanned<String>>,
-    pub ca_certificates: Option<Spanned<String>>,
-    pub client_certificate: Option<Spanned<String>>,
-    pub private_key: Option<Spanned<String>>,
-    pub subject_alt_names: Option<Spanned<Vec<Spanned<String>>>>,
-    pub insecure_skip_verify: Option<Spanned<bool>>,
-    pub credential_name: Unsupported,
-    pub ca_crl: Option<Spanned<String>>,
+pub(super) struct ClientTls {
+    pub(super) mode: Option<Spanned<String>>,
+    pub(super) sni: Option<Spanned<String>>,
+    pub(super) ca_certificates: Option<Spanned<String>>,
+    pub(super) client_certificate: Option<Spanned<String>>,
+    pub(super) private_key: Option<Spanned<String>>,
+    pub(super) subject_alt_names: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) insecure_skip_verify: Option<Spanned<bool>>,
+    pub(super) credential_name: Unsupported,
+    pub(super) ca_crl: Option<Spanned<String>>,
 }

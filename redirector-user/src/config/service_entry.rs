@@ -11,53 +11,60 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde_saphyr::Spanned;
 
-use super::raw;
-use super::validate::{Ctx, Doc, Pos, pos, qualified_name};
-use super::{
-    DatapathMode, EndpointAddress, Locality, Protocol, Resolution, ServicePort, TlsPolicy,
+use super::checks::{
+    dns_name_problem, label_key_problem, label_value_problem, metadata_name, port_number,
+    subject_alt_names,
 };
+use super::ctx::{Ctx, Doc, Pos, pos};
+use super::model::{DatapathMode, EndpointAddress, Protocol, Resolution, ServicePort, TlsPolicy};
+use super::{raw, yaml};
+use crate::topology::Locality;
 
 /// The ServiceEntry annotation that chooses the datapath.
-pub const DATAPATH_ANNOTATION: &str = "redirector.dev/datapath";
+pub(super) const DATAPATH_ANNOTATION: &str = "redirector.dev/datapath";
 const OUR_ANNOTATIONS: &str = "redirector.dev/";
 
 /// A validated ServiceEntry, kept even when parts of it are wrong so the
 /// cross-document checks still see its hosts.
-pub struct Entry {
+pub(super) struct Entry {
     /// `namespace/name` or `name`.
-    pub name: String,
+    pub(super) name: String,
     /// Host, where it is written, its field path.
-    pub hosts: Vec<(String, Pos, String)>,
-    pub address: Option<(Ipv4Addr, Pos)>,
+    pub(super) hosts: Vec<(String, Pos, String)>,
+    pub(super) address: Option<(Ipv4Addr, Pos)>,
     /// The IPv6 address among `addresses`, if any.
-    pub address6: Option<(Ipv6Addr, Pos)>,
-    pub ports: Vec<(ServicePort, Pos, String)>,
-    pub resolution: Resolution,
+    pub(super) address6: Option<(Ipv6Addr, Pos)>,
+    pub(super) ports: Vec<(ServicePort, Pos, String)>,
+    pub(super) resolution: Resolution,
     /// Empty for DNS without endpoints: each host is then its own endpoint.
-    pub endpoints: Vec<Endpoint>,
-    pub datapath: DatapathMode,
+    pub(super) endpoints: Vec<Endpoint>,
+    pub(super) datapath: DatapathMode,
     /// Where `redirector.dev/datapath` is written, if it is.
-    pub datapath_at: Option<Pos>,
+    pub(super) datapath_at: Option<Pos>,
     /// `subjectAltNames`, for ports whose DestinationRule originates TLS
     /// without names of its own; where the key is written.
-    pub subject_alt_names: Option<(Vec<String>, Pos)>,
+    pub(super) subject_alt_names: Option<(Vec<String>, Pos)>,
 }
 
-pub struct Endpoint {
-    pub address: EndpointAddress,
+pub(super) struct Endpoint {
+    pub(super) address: EndpointAddress,
     /// Port name → port, overriding the service port's `targetPort`.
-    pub ports: BTreeMap<String, u16>,
-    pub locality: Locality,
+    pub(super) ports: BTreeMap<String, u16>,
+    pub(super) locality: Locality,
     /// At least 1 (Istio reads 0 and unset as 1).
-    pub weight: u32,
-    pub labels: BTreeMap<String, String>,
-    pub network: String,
+    pub(super) weight: u32,
+    pub(super) labels: BTreeMap<String, String>,
+    pub(super) network: String,
     /// Where the address is written, and the endpoint's field path.
-    pub at: Pos,
-    pub field: String,
+    pub(super) at: Pos,
+    pub(super) field: String,
 }
 
-pub fn validate(ctx: &mut Ctx, doc: &Doc, se: &raw::Document<raw::ServiceEntrySpec>) -> Entry {
+pub(super) fn validate(
+    ctx: &mut Ctx,
+    doc: &Doc,
+    se: &raw::Document<raw::ServiceEntrySpec>,
+) -> Entry {
     let spec = &se.spec.value;
     let name = metadata_name(ctx, doc, se);
     for (key, v) in [
@@ -98,25 +105,10 @@ pub fn validate(ctx: &mut Ctx, doc: &Doc, se: &raw::Document<raw::ServiceEntrySp
         resolution: resolution.unwrap_or(Resolution::Dns),
         subject_alt_names: spec.subject_alt_names.as_ref().map(|list| {
             let field = "spec.subjectAltNames";
-            let names = super::client_tls::subject_alt_names(ctx, doc, field, list);
-            let at = super::yaml::key_position(doc.text, "subjectAltNames", list.referenced);
+            let names = subject_alt_names(ctx, doc, field, list);
+            let at = yaml::key_position(doc.text, "subjectAltNames", list.referenced);
             (names, at)
         }),
-    }
-}
-
-/// `metadata.name` is required for Istio kinds; reports its absence.
-pub fn metadata_name<S>(ctx: &mut Ctx, doc: &Doc, d: &raw::Document<S>) -> String {
-    match qualified_name(&d.metadata) {
-        Some(name) if !name.is_empty() => name,
-        _ => {
-            let at = match &d.metadata {
-                Some(m) => pos(m.referenced),
-                None => pos(d.kind.referenced),
-            };
-            ctx.at(doc, at, "metadata.name", "metadata.name is required");
-            String::new()
-        }
     }
 }
 
@@ -146,7 +138,7 @@ fn annotations(
                 ),
             }
         } else if key.starts_with(OUR_ANNOTATIONS) {
-            let at = super::yaml::key_position(doc.text, key, value.referenced);
+            let at = yaml::key_position(doc.text, key, value.referenced);
             ctx.at(
                 doc,
                 at,
@@ -162,7 +154,7 @@ fn annotations(
 
 /// Why a service port cannot use the kernel datapath, if it cannot.
 /// `rule` names the DestinationRule whose `tls` applies.
-pub fn kernel_datapath_problem(
+pub(super) fn kernel_datapath_problem(
     port: &ServicePort,
     tls: &TlsPolicy,
     rule: Option<&str>,
@@ -266,27 +258,6 @@ fn hosts(
         }
     }
     out
-}
-
-/// Why `name` is not a DNS name, if it is not.
-pub fn dns_name_problem(name: &str) -> Option<String> {
-    let bare = name.strip_suffix('.').unwrap_or(name);
-    let bad_label = bare.split('.').find(|label| {
-        label.is_empty()
-            || label.len() > 63
-            || label.starts_with('-')
-            || label.ends_with('-')
-            || !label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    });
-    if bare.is_empty() || bare.len() > 253 || bad_label.is_some() {
-        Some(format!(
-            "{name:?} is not a valid DNS name (letters, digits, `-` and `_` in dot-separated labels)"
-        ))
-    } else {
-        None
-    }
 }
 
 /// At most one address per family (Istio allows more; one VIP per family
@@ -445,21 +416,6 @@ fn ports(
     out
 }
 
-pub fn port_number(ctx: &mut Ctx, doc: &Doc, n: &Spanned<i64>, field: &str) -> Option<u16> {
-    match u16::try_from(n.value) {
-        Ok(p) if p > 0 => Some(p),
-        _ => {
-            ctx.value(
-                doc,
-                n,
-                field,
-                format!("port {} is out of range 1-65535", n.value),
-            );
-            None
-        }
-    }
-}
-
 fn protocol(ctx: &mut Ctx, doc: &Doc, p: &Spanned<String>, field: &str) -> Option<Protocol> {
     match p.value.to_ascii_uppercase().as_str() {
         "HTTP" => Some(Protocol::Http),
@@ -493,7 +449,7 @@ fn protocol(ctx: &mut Ctx, doc: &Doc, p: &Spanned<String>, field: &str) -> Optio
 /// Istio's convention for ports without a protocol: the name's prefix up to
 /// the first `-` names it. Prefixes we cannot serve fall back to TCP, which
 /// forwards bytes unchanged.
-pub fn infer_protocol(name: &str) -> Protocol {
+fn infer_protocol(name: &str) -> Protocol {
     let prefix = name
         .split('-')
         .next()
@@ -549,7 +505,7 @@ fn endpoints(
         for (name, port) in raw.ports.iter().flatten() {
             let port_field = format!("{field}.ports.{name}");
             if !port_names.contains(name.as_str()) {
-                let at = super::yaml::key_position(doc.text, name, port.referenced);
+                let at = yaml::key_position(doc.text, name, port.referenced);
                 let known: Vec<&str> = port_names.iter().copied().collect();
                 ctx.at(
                     doc,
@@ -598,7 +554,7 @@ fn endpoints(
         for (key, value) in raw.labels.iter().flat_map(|l| &l.value) {
             let label_field = format!("{field}.labels.{key}");
             if let Some(p) = label_key_problem(key) {
-                let at = super::yaml::key_position(doc.text, key, value.referenced);
+                let at = yaml::key_position(doc.text, key, value.referenced);
                 ctx.at(doc, at, label_field, p);
             } else if let Some(p) = label_value_problem(&value.value) {
                 ctx.value(doc, value, label_field, p);
@@ -655,51 +611,4 @@ fn endpoint_address(
     };
     ctx.value(doc, a, field, problem);
     None
-}
-
-/// Why `key` is not a Kubernetes label key (`[prefix/]name`: a DNS
-/// subdomain prefix, a name of 1–63 letters, digits, `-`, `_`, `.` that
-/// starts and ends with a letter or digit), as Istio checks labels.
-pub fn label_key_problem(key: &str) -> Option<String> {
-    let (prefix, name) = match key.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty()
-            && p.len() <= 253
-            && p.split('.').all(|l| {
-                !l.is_empty()
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-                    && l.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            })
-    });
-    if !prefix_ok || name.is_empty() || label_value_problem(name).is_some() {
-        Some(format!(
-            "{key:?} is not a valid label key ([prefix/]name: a name of 1-63 letters, digits, `-`, `_` \
-             and `.`, starting and ending with a letter or digit; the prefix a lowercase DNS name)"
-        ))
-    } else {
-        None
-    }
-}
-
-/// Why `value` is not a Kubernetes label value (empty, or up to 63 letters,
-/// digits, `-`, `_`, `.` starting and ending with a letter or digit).
-pub fn label_value_problem(value: &str) -> Option<String> {
-    let ok = value.is_empty()
-        || (value.len() <= 63
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            && value.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && value.ends_with(|c: char| c.is_ascii_alphanumeric()));
-    (!ok).then(|| {
-        format!(
-            "{value:?} is not a valid label value (up to 63 letters, digits, `-`, `_` and `.`, \
-             starting and ending with a letter or digit)"
-        )
-    })
 }

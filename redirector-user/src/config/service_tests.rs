@@ -3,8 +3,10 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
+use super::model::{DEFAULT_VIP_RANGE6, Resolution};
 use super::tests::*;
 use super::*;
+use crate::topology::Locality;
 
 #[test]
 fn service_entry_rejections() {

@@ -3,7 +3,9 @@
 //! shared helpers and the document-level cases; `service_tests` and
 //! `rule_tests` hold the ServiceEntry and DestinationRule ones.
 
+use super::model::DEFAULT_VIP_RANGE;
 use super::*;
+use crate::topology::Locality;
 
 pub(super) const SE: &str = "\
 apiVersion: networking.istio.io/v1

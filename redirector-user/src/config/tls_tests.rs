@@ -1,6 +1,8 @@
 //! `tls` of a DestinationRule and `subjectAltNames` of a ServiceEntry,
 //! through `load_str`.
 
+use std::path::PathBuf;
+
 use super::tests::*;
 use super::*;
 

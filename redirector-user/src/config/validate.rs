@@ -11,23 +11,25 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::de::DeserializeOwned;
-use serde_saphyr::{Location, Spanned};
+use serde_saphyr::Spanned;
 
+use super::checks::qualified_name;
+use super::ctx::{ConfigError, Ctx, Doc};
+use super::model::{
+    Config, DEFAULT_VIP_RANGE, DEFAULT_VIP_RANGE6, DatapathMode, EndpointAddress, EndpointSpec,
+    LbAlgorithm, NodeSettings, Protocol, Service, TlsPolicy, TrafficPolicy,
+};
 use super::raw::{self, IgnoredAnyOr};
 use super::service_entry::{self, Entry};
-use super::yaml::{self, ReadError};
-use super::{
-    Config, ConfigError, DEFAULT_VIP_RANGE, DEFAULT_VIP_RANGE6, EndpointAddress, EndpointSpec,
-    LbAlgorithm, NodeSettings, Problem, Protocol, Service, TlsPolicy, TrafficPolicy, node, policy,
-    vip,
-};
+use super::{node, policy, vip, yaml};
+use crate::topology::Locality;
 
-pub const ISTIO_API_VERSIONS: [&str; 3] = [
+const ISTIO_API_VERSIONS: [&str; 3] = [
     "networking.istio.io/v1",
     "networking.istio.io/v1beta1",
     "networking.istio.io/v1alpha3",
 ];
-pub const NODE_API_VERSION: &str = "redirector.dev/v1alpha1";
+const NODE_API_VERSION: &str = "redirector.dev/v1alpha1";
 
 /// Istio's other kinds: named so the message says "not implemented yet"
 /// instead of "unknown".
@@ -41,125 +43,6 @@ const OTHER_ISTIO_KINDS: [&str; 7] = [
     "ProxyConfig",
 ];
 
-/// `(line, column)`, either unknown.
-pub type Pos = (Option<u64>, Option<u64>);
-
-/// The message for an Istio field we know but do not implement.
-pub const NOT_IMPLEMENTED: &str =
-    "not implemented yet: redirector does not support this Istio field; remove it";
-
-/// A document being validated: its name in messages and its text, for
-/// finding keys.
-pub struct Doc<'a> {
-    pub label: String,
-    pub text: &'a str,
-}
-
-/// Collects problems for one source.
-pub struct Ctx<'a> {
-    source: &'a str,
-    pub problems: Vec<Problem>,
-}
-
-impl Ctx<'_> {
-    pub fn at(
-        &mut self,
-        doc: &Doc,
-        pos: Pos,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) {
-        let field: String = field.into();
-        self.problems.push(Problem {
-            source: self.source.to_owned(),
-            line: pos.0,
-            column: pos.1,
-            document: Some(doc.label.clone()),
-            field: (!field.is_empty()).then_some(field),
-            message: message.into(),
-        });
-    }
-
-    /// Where a value is written, as a problem about it would say.
-    pub fn locate<T>(&self, doc: &Doc, v: &Spanned<T>, field: &str) -> String {
-        let (line, column) = pos(v.referenced);
-        Problem {
-            source: self.source.to_owned(),
-            line,
-            column,
-            document: Some(doc.label.clone()),
-            field: Some(field.to_owned()),
-            message: String::new(),
-        }
-        .location()
-    }
-
-    /// A problem with a value, located at the value.
-    pub fn value<T>(
-        &mut self,
-        doc: &Doc,
-        v: &Spanned<T>,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) {
-        self.at(doc, pos(v.referenced), field, message);
-    }
-
-    /// A problem with a whole `key: value` entry, located at the key.
-    pub fn key<T>(
-        &mut self,
-        doc: &Doc,
-        parent: &str,
-        key: &str,
-        v: &Spanned<T>,
-        message: impl Into<String>,
-    ) {
-        let at = yaml::key_position(doc.text, key, v.referenced);
-        self.at(doc, at, join(parent, key), message);
-    }
-
-    /// Rejects an Istio field we do not implement, if present.
-    pub fn unsupported(&mut self, doc: &Doc, parent: &str, key: &str, v: &raw::Unsupported) {
-        if let Some(v) = v {
-            self.key(doc, parent, key, v, NOT_IMPLEMENTED);
-        }
-    }
-
-    fn read_error(&mut self, label: &str, e: ReadError) {
-        self.problems.push(Problem {
-            source: self.source.to_owned(),
-            line: e.line,
-            column: e.column,
-            document: Some(label.to_owned()),
-            field: e.field,
-            message: e.message,
-        });
-    }
-}
-
-pub fn pos(l: Location) -> Pos {
-    yaml::position(Some(l))
-}
-
-/// `parent.key`, or `key` at the top.
-pub fn join(parent: &str, key: &str) -> String {
-    if parent.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{parent}.{key}")
-    }
-}
-
-/// `namespace/name`, or `name` without a namespace.
-pub fn qualified_name(metadata: &Option<Spanned<raw::Metadata>>) -> Option<String> {
-    let m = &metadata.as_ref()?.value;
-    let name = &m.name.as_ref()?.value;
-    Some(match &m.namespace {
-        Some(ns) if !ns.value.is_empty() => format!("{}/{name}", ns.value),
-        _ => name.clone(),
-    })
-}
-
 /// The documents of a file, typed by kind.
 struct Documents<'a> {
     service_entries: Vec<(Doc<'a>, raw::Document<raw::ServiceEntrySpec>)>,
@@ -167,11 +50,12 @@ struct Documents<'a> {
     nodes: Vec<(Doc<'a>, raw::NodeDocument)>,
 }
 
-pub fn load(source: &str, text: &str, overrides: &NodeSettings) -> Result<Config, ConfigError> {
-    let mut ctx = Ctx {
-        source,
-        problems: Vec::new(),
-    };
+pub(super) fn load(
+    source: &str,
+    text: &str,
+    overrides: &NodeSettings,
+) -> Result<Config, ConfigError> {
+    let mut ctx = Ctx::new(source);
     let split = yaml::split(text);
     let docs = classify(&mut ctx, &split);
 
@@ -672,7 +556,7 @@ fn services(
                         o.subject_alt_names = names.clone();
                     }
                 }
-                if let (super::DatapathMode::Kernel, Some(at)) = (entry.datapath, entry.datapath_at)
+                if let (DatapathMode::Kernel, Some(at)) = (entry.datapath, entry.datapath_at)
                     && let Some(why) = service_entry::kernel_datapath_problem(
                         port,
                         &policy.tls,
@@ -723,7 +607,7 @@ fn services(
 /// 2^32 − 1 ("The sum of weights of all upstream hosts in a locality
 /// exceeds 4294967295"); reported at the endpoint that crosses it.
 fn locality_weight_sums(ctx: &mut Ctx, doc: &Doc, entry: &Entry) {
-    let mut sums: BTreeMap<&super::Locality, u64> = BTreeMap::new();
+    let mut sums: BTreeMap<&Locality, u64> = BTreeMap::new();
     for ep in &entry.endpoints {
         let sum = sums.entry(&ep.locality).or_default();
         let before = *sum;

@@ -23,14 +23,14 @@ use ipnet::{Ipv4Net, Ipv6Net};
 
 /// The range has no free address left for `host`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exhausted {
-    pub host: String,
-    pub usable: u128,
+pub(super) struct Exhausted {
+    pub(super) host: String,
+    pub(super) usable: u128,
 }
 
 /// FNV-1a, 64 bit: tiny, stable across Rust versions and platforms, unlike
 /// `std`'s `DefaultHasher`.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(super) fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
         hash ^= u64::from(b);
@@ -54,7 +54,7 @@ fn usable(range: Ipv4Net) -> (u32, u64) {
 /// Allocates an address from `range` to every host in `hosts`, avoiding
 /// `taken` (explicit ServiceEntry addresses). Returns `(host, vip)` sorted by
 /// host; duplicates in `hosts` get one address.
-pub fn allocate<'a>(
+pub(super) fn allocate<'a>(
     range: Ipv4Net,
     hosts: impl IntoIterator<Item = &'a str>,
     taken: &BTreeSet<Ipv4Addr>,
@@ -73,7 +73,7 @@ pub fn allocate<'a>(
 
 /// [`allocate`] for IPv6. The range's first address (the subnet-router
 /// anycast address) is left out when there is room for that (≤ /127).
-pub fn allocate6<'a>(
+pub(super) fn allocate6<'a>(
     range: Ipv6Net,
     hosts: impl IntoIterator<Item = &'a str>,
     taken: &BTreeSet<Ipv6Addr>,

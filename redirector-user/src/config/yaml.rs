@@ -13,30 +13,30 @@ use serde_saphyr::{DuplicateKeyPolicy, Location, MessageFormatter, UserMessageFo
 
 /// One non-empty document of a stream.
 #[derive(Debug)]
-pub struct Document {
+pub(super) struct Document {
     /// 1-based position among the non-empty documents.
-    pub index: usize,
+    pub(super) index: usize,
     /// 1-based line of the document's first content line.
-    pub first_line: u64,
+    pub(super) first_line: u64,
     /// The whole input with everything outside this document blanked.
-    pub text: String,
+    pub(super) text: String,
 }
 
 /// A failure to read a document into its type.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ReadError {
-    pub line: Option<u64>,
-    pub column: Option<u64>,
+pub(super) struct ReadError {
+    pub(super) line: Option<u64>,
+    pub(super) column: Option<u64>,
     /// Dotted path of the failing field, if inside the document.
-    pub field: Option<String>,
-    pub message: String,
+    pub(super) field: Option<String>,
+    pub(super) message: String,
 }
 
 /// Splits a stream at `---` and `...` marker lines. YAML forbids those
 /// markers at column 0 inside any scalar, so a textual split agrees with the
 /// parser. Documents holding only comments and blank lines are dropped, as
 /// they are by every Kubernetes tool.
-pub fn split(text: &str) -> Vec<Document> {
+pub(super) fn split(text: &str) -> Vec<Document> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let lines: Vec<&str> = text.lines().collect();
     let mut documents = Vec::new();
@@ -95,14 +95,14 @@ fn is_content(line: &str) -> bool {
 
 /// Reads `document` as `T`, recording where it failed. Duplicate keys are
 /// errors, as in Kubernetes.
-pub fn read<T: DeserializeOwned>(document: &Document) -> Result<T, ReadError> {
+pub(super) fn read<T: DeserializeOwned>(document: &Document) -> Result<T, ReadError> {
     read_with(document, DuplicateKeyPolicy::Error)
 }
 
 /// Reads only to learn a document's kind and name, so a problem that the
 /// typed pass will report (such as a duplicate key) does not stop it: the
 /// typed pass then names the document properly.
-pub fn read_header<T: DeserializeOwned>(document: &Document) -> Result<T, ReadError> {
+pub(super) fn read_header<T: DeserializeOwned>(document: &Document) -> Result<T, ReadError> {
     read_with(document, DuplicateKeyPolicy::FirstWins)
 }
 
@@ -131,7 +131,7 @@ fn read_with<T: DeserializeOwned>(
 }
 
 /// A saphyr location as optional line and column (`UNKNOWN` is line 0).
-pub fn position(location: Option<Location>) -> (Option<u64>, Option<u64>) {
+pub(super) fn position(location: Option<Location>) -> (Option<u64>, Option<u64>) {
     match location {
         Some(l) if l.line() > 0 => (Some(l.line()), Some(l.column()).filter(|&c| c > 0)),
         _ => (None, None),
@@ -163,7 +163,7 @@ fn field_path(path: &serde_path_to_error::Path) -> Option<String> {
 /// at values, and for a nested mapping that is the line below the key the
 /// user should look at, so this searches backwards (at most a few lines) for
 /// `key:`. Falls back to the value's own position.
-pub fn key_position(text: &str, key: &str, value: Location) -> (Option<u64>, Option<u64>) {
+pub(super) fn key_position(text: &str, key: &str, value: Location) -> (Option<u64>, Option<u64>) {
     let fallback = position(Some(value));
     let Some(value_line) = fallback.0 else {
         return fallback;

@@ -33,13 +33,8 @@ use super::{Locality, compact, raw_priorities};
 use crate::{
     config::{Distribute, EndpointSpec, LocalityLbPolicy},
     lb::Group,
+    topology::{LABEL_NETWORK, LABEL_REGION, LABEL_SUBZONE, LABEL_ZONE},
 };
-
-/// Istio's well-known topology labels (`failoverPriority` may name them).
-pub(crate) const LABEL_REGION: &str = "topology.kubernetes.io/region";
-pub(crate) const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
-pub(crate) const LABEL_SUBZONE: &str = "topology.istio.io/subzone";
-pub(crate) const LABEL_NETWORK: &str = "topology.istio.io/network";
 
 /// Where the balancer puts each configured endpoint.
 #[derive(Clone, Debug, PartialEq)]
@@ -229,7 +224,7 @@ pub(crate) fn endpoint_label<'a>(ep: &'a EndpointSpec, key: &str) -> &'a str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{EndpointAddress, Failover};
+    use crate::{config::EndpointAddress, topology::Failover};
 
     fn ep(locality: &str, weight: u32, labels: &[(&str, &str)], network: &str) -> EndpointSpec {
         EndpointSpec {

@@ -13,16 +13,16 @@ use std::path::PathBuf;
 
 use serde_saphyr::Spanned;
 
-use super::raw;
-use super::service_entry::dns_name_problem;
-use super::validate::{Ctx, Doc};
-use super::{ClientIdentity, ConfigFile, TlsOrigination, TlsPolicy};
+use crate::config::checks::{dns_name_problem, subject_alt_names};
+use crate::config::ctx::{Ctx, Doc};
+use crate::config::model::{ClientIdentity, ConfigFile, TlsOrigination, TlsPolicy};
+use crate::config::raw;
 
 const ONLY_ORIGINATING: &str =
     "only used when originating TLS; set mode: SIMPLE (or MUTUAL) or remove it";
 
 /// `parent` is the policy's path, like `spec.trafficPolicy`.
-pub fn validate(ctx: &mut Ctx, doc: &Doc, parent: &str, t: &raw::ClientTls) -> TlsPolicy {
+pub(super) fn validate(ctx: &mut Ctx, doc: &Doc, parent: &str, t: &raw::ClientTls) -> TlsPolicy {
     let parent = format!("{parent}.tls");
     let parent = parent.as_str();
     let field = |key: &str| format!("{parent}.{key}");
@@ -193,45 +193,4 @@ pub fn validate(ctx: &mut Ctx, doc: &Doc, parent: &str, t: &raw::ClientTls) -> T
         subject_alt_names,
         insecure_skip_verify: insecure.is_some(),
     }))
-}
-
-/// A `subjectAltNames` list: each entry a DNS name, an IP address or a URI
-/// (like `spiffe://domain/ns/x/sa/y`), matched exactly as Istio's are
-/// (a wildcard certificate still covers a DNS name it matches).
-pub fn subject_alt_names(
-    ctx: &mut Ctx,
-    doc: &Doc,
-    field: &str,
-    list: &Spanned<Vec<Spanned<String>>>,
-) -> Vec<String> {
-    let mut out = Vec::new();
-    for (i, san) in list.value.iter().enumerate() {
-        let name = san.value.as_str();
-        let problem = if name.parse::<IpAddr>().is_ok() {
-            None
-        } else if let Some((scheme, rest)) = name.split_once(':') {
-            let scheme_ok = scheme
-                .bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_alphabetic())
-                && scheme
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
-            (!scheme_ok || rest.is_empty()).then(|| {
-                format!("{name:?} is neither a DNS name, an IP address nor a URI like spiffe://domain/path")
-            })
-        } else if name.contains('*') {
-            Some(format!(
-                "{name:?} is a pattern; subjectAltNames are exact names (a wildcard certificate \
-                 matches the names it covers), so list the names themselves"
-            ))
-        } else {
-            dns_name_problem(name)
-        };
-        match problem {
-            Some(p) => ctx.value(doc, san, format!("{field}[{i}]"), p),
-            None => out.push(name.to_owned()),
-        }
-    }
-    out
 }
