@@ -45,7 +45,7 @@ use redirector_common::{
 
 use crate::{
     dns::{self, DNS_PORT_BE},
-    listener,
+    listener, log,
     maps::{ORIG_BY_COOKIE, PROXY_CONFIG, SERVICES, SLOT_CONNS},
     orig, slots,
 };
@@ -115,7 +115,11 @@ fn service(
             port_be: key.port_be,
             _pad: 0,
         };
-        ORIG_BY_COOKIE.insert(&cookie, &orig, 0)?;
+        log::checked(
+            ctx,
+            "RD_OCOOKIE_V2",
+            ORIG_BY_COOKIE.insert(&cookie, &orig, 0),
+        )?;
         // Best effort: without it only getpeername() shows the proxy.
         let _ = orig::record(
             ctx,
@@ -131,6 +135,11 @@ fn service(
         && let Some(slot) = slots::pick(svc.service_id, key)
     {
         return Ok(to_endpoint(ctx, sa, key, cookie, svc.service_id, slot));
+    }
+    if svc.flags & SVC_FAIL_OPEN == 0 {
+        log::refused_tls(ctx, key.vip_be, key.port_be);
+    } else {
+        log::refused_no_slots(ctx, key.vip_be, key.port_be, svc.service_id);
     }
     Ok(REJECT)
 }
@@ -148,7 +157,11 @@ fn to_dns(ctx: &SockAddrContext, sa: &mut bpf_sock_addr, tcp: bool) -> Result<i3
             port_be: DNS_PORT_BE,
             _pad: 0,
         };
-        ORIG_BY_COOKIE.insert(&cookie, &orig, 0)?;
+        log::checked(
+            ctx,
+            "RD_OCOOKIE_V2",
+            ORIG_BY_COOKIE.insert(&cookie, &orig, 0),
+        )?;
         let _ = orig::record(ctx, ORIG_DNS, (sa.user_ip4, DNS_PORT_BE), to);
     } else {
         // The record is how the responder will learn the nameserver (the

@@ -34,7 +34,7 @@ use redirector_common::{
 
 use crate::{
     dns::{self, DNS_PORT_BE},
-    listener,
+    listener, log,
     maps::{
         CONFIG6, DNS_BY_COOKIE6, ORIG_BY_COOKIE, PROXY_CONFIG, SERVICES, SERVICES6, SLOT_CONNS6,
     },
@@ -172,7 +172,8 @@ fn service(
             port_be: route.port_be,
             _pad: 0,
         };
-        if ORIG_BY_COOKIE.insert(&cookie, &orig, 0).is_err() {
+        if let Err(e) = ORIG_BY_COOKIE.insert(&cookie, &orig, 0) {
+            log::map_update_failed(ctx, "RD_OCOOKIE_V2", e.into());
             return PROCEED;
         }
         // Best effort: without it only getpeername() shows the proxy.
@@ -189,6 +190,11 @@ fn service(
         && let Some(slot) = slots::pick6(svc.service_id, &route)
     {
         return to_endpoint(ctx, sa, key, cookie, svc.service_id, slot);
+    }
+    if svc.flags & SVC_FAIL_OPEN == 0 {
+        log::refused_tls(ctx, route.vip_be, route.port_be);
+    } else {
+        log::refused_no_slots(ctx, route.vip_be, route.port_be, svc.service_id);
     }
     REJECT
 }

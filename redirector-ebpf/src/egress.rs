@@ -22,7 +22,10 @@ use aya_ebpf::{
 };
 use redirector_common::{DNS_ENABLED, ORIG_DNS, OrigDst, SockAddr6, SockKey, SockOrig, SockOrig6};
 
-use crate::maps::{CONFIG6, DNS_BY_SOCK, DNS_BY_SOCK6, DNS_CONFIG, SOCK_ORIG, SOCK_ORIG6};
+use crate::{
+    log,
+    maps::{CONFIG6, DNS_BY_SOCK, DNS_BY_SOCK6, DNS_CONFIG, SOCK_ORIG, SOCK_ORIG6},
+};
 
 /// Let the packet go; this program never drops anything.
 const PASS: i32 = 1;
@@ -82,7 +85,11 @@ fn try_egress(ctx: &SkBuffContext) -> Result<(), i64> {
         port_be: rec.orig_port_be,
         _pad: 0,
     };
-    DNS_BY_SOCK.insert(&key, &nameserver, 0)?;
+    log::checked(
+        ctx,
+        "RD_DNSSOCK_V2",
+        DNS_BY_SOCK.insert(&key, &nameserver, 0),
+    )?;
     Ok(())
 }
 

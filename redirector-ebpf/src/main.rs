@@ -5,8 +5,8 @@
 //! The kernel does the minimum (look up, rewrite, record); every decision
 //! about endpoints and names stays in userspace. One file per hook
 //! (`connect4`, `connect6`, `sendmsg4`, `sendmsg6`, `recvmsg4`,
-//! `recvmsg6`, `getpeername4`, `getpeername6`, `sockops`, `egress`); `dns`, `listener`, `orig` and
-//! `slots` are shared by several.
+//! `recvmsg6`, `getpeername4`, `getpeername6`, `sockops`, `egress`); `dns`, `listener`, `log`, `orig`
+//! and `slots` are shared by several.
 #![no_std]
 #![no_main]
 
@@ -17,6 +17,7 @@ mod egress;
 mod getpeername4;
 mod getpeername6;
 mod listener;
+mod log;
 mod maps;
 mod orig;
 mod recvmsg4;

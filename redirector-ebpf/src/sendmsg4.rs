@@ -13,6 +13,7 @@ use redirector_common::{ORIG_DNS, OrigDst, SockKey};
 
 use crate::{
     dns::{self, DNS_PORT_BE},
+    log,
     maps::DNS_BY_SOCK,
     orig,
 };
@@ -62,7 +63,11 @@ fn try_sendmsg4(ctx: &SockAddrContext) -> Result<i32, i64> {
         port_be: DNS_PORT_BE,
         _pad: 0,
     };
-    DNS_BY_SOCK.insert(&key, &nameserver, 0)?;
+    log::checked(
+        ctx,
+        "RD_DNSSOCK_V2",
+        DNS_BY_SOCK.insert(&key, &nameserver, 0),
+    )?;
     orig::record(
         ctx,
         ORIG_DNS,

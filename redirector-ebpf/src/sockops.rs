@@ -37,9 +37,12 @@ use redirector_common::{
     SockAddr6, SockKey,
 };
 
-use crate::maps::{
-    DNS_BY_COOKIE6, DNS_BY_SOCK6, ORIG_BY_COOKIE, ORIG_BY_SOCK, ORIG_BY_SOCK6, OUTCOMES,
-    SLOT_CONNS, SLOT_CONNS6,
+use crate::{
+    log,
+    maps::{
+        DNS_BY_COOKIE6, DNS_BY_SOCK6, ORIG_BY_COOKIE, ORIG_BY_SOCK, ORIG_BY_SOCK6, OUTCOMES,
+        SLOT_CONNS, SLOT_CONNS6,
+    },
 };
 
 const AF_INET: u32 = 2;
@@ -87,14 +90,14 @@ fn on_connect(ctx: &SockOpsContext) -> Result<(), i64> {
                 port_be,
                 _pad: 0,
             };
-            ORIG_BY_SOCK6.insert(&key, &orig, 0)?;
+            log::checked(ctx, "RD_OSOCK6_V2", ORIG_BY_SOCK6.insert(&key, &orig, 0))?;
         } else {
             let key = SockKey {
                 ip_be: ctx.local_ip4(),
                 port_be,
                 _pad: 0,
             };
-            ORIG_BY_SOCK.insert(&key, &orig, 0)?;
+            log::checked(ctx, "RD_OSOCK_V2", ORIG_BY_SOCK.insert(&key, &orig, 0))?;
         }
         ORIG_BY_COOKIE.remove(&cookie)?;
         return Ok(());

@@ -196,6 +196,9 @@ impl Running {
             services.clone(),
             notify.clone(),
         ))));
+        if let Some(logs) = datapath.take_kernel_logs() {
+            tasks.push(AbortOnDropHandle::new(tokio::spawn(logs.run())));
+        }
         if let Some(reader) = datapath.take_outcomes()? {
             tasks.push(AbortOnDropHandle::new(tokio::spawn(
                 sync::consume_outcomes(reader, services.clone()),
@@ -266,6 +269,7 @@ async fn load_datapath(
         dns: node.dns.filter(|_| !opts.datapath_only),
         proxy6: Some(std::net::Ipv6Addr::LOCALHOST),
         dns6: Some(std::net::Ipv6Addr::LOCALHOST),
+        kernel_log_level: datapath::kernel_log_level(),
     };
     let (datapath, handed) = match Datapath::load(options()) {
         Err(BpfError::Pins(PinError::InUse { pid, .. })) if opts.take_over => {
@@ -323,6 +327,9 @@ async fn redirect_only(
             Some(addr) => Some(serve_admin(admin::bind(addr.into()).await?, admin)),
             None => None,
         };
+        let _logs = datapath
+            .take_kernel_logs()
+            .map(|logs| AbortOnDropHandle::new(tokio::spawn(logs.run())));
         datapath.set_services(&service_entries(&config.services))?;
         datapath.attach()?;
         admin.set_config_dump(Arc::new(Dump::new(config, &node, Services::default())));

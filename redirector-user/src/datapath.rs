@@ -58,6 +58,7 @@
 
 mod encode;
 mod load;
+mod logs;
 mod lookup;
 mod maps;
 mod outcomes;
@@ -76,6 +77,7 @@ use tracing::info;
 
 pub(crate) use encode::{ServiceMapEntry, endpoint_entries, has_slots, service_entries};
 pub(crate) use load::check_privileges;
+pub(crate) use logs::{KernelLogs, level as kernel_log_level};
 pub(crate) use outcomes::{KernelOutcome, OutcomeReader};
 pub(crate) use pins::{PinError, PinnedState, cleanup, handover_path};
 pub(crate) use slots::{table as slot_table, table6 as slot_table6};
@@ -167,6 +169,8 @@ pub(crate) struct DatapathOptions {
     /// The DNS responder's IPv6 address (same port as `dns`), where
     /// connect6 and sendmsg6 send DNS of IPv6 sockets.
     pub(crate) dns6: Option<Ipv6Addr>,
+    /// What the programs log (aya-log's level, 0: nothing); see `logs.rs`.
+    pub(crate) kernel_log_level: u8,
 }
 
 /// The loaded datapath: the programs and their pins (until released),
@@ -178,6 +182,7 @@ pub(crate) struct Datapath {
     maps: Mutex<Maps>,
     lookups: Mutex<Lookups>,
     outcomes: Mutex<Option<aya::maps::RingBuf<aya::maps::MapData>>>,
+    logs: Mutex<Option<KernelLogs>>,
     previous_pid: Option<u32>,
 }
 
@@ -192,6 +197,7 @@ impl Datapath {
             maps,
             lookups,
             outcomes,
+            logs,
             previous_pid,
         } = load::open(opts)?;
         Ok(Self {
@@ -199,6 +205,7 @@ impl Datapath {
             maps: Mutex::new(maps),
             lookups: Mutex::new(lookups),
             outcomes: Mutex::new(Some(outcomes)),
+            logs: Mutex::new(logs),
             previous_pid,
         })
     }
@@ -307,6 +314,11 @@ impl Datapath {
     pub(crate) fn take_outcomes(&self) -> Result<Option<OutcomeReader>, BpfError> {
         let ring = self.outcomes.lock().expect("outcomes lock").take();
         ring.map(OutcomeReader::new).transpose()
+    }
+
+    /// The reader of the programs' logs; there is one.
+    pub(crate) fn take_kernel_logs(&self) -> Option<KernelLogs> {
+        self.logs.lock().expect("logs lock").take()
     }
 
     /// Gives the pin directory to a successor that took this daemon's

@@ -16,6 +16,7 @@ pub(crate) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 pub(crate) const CAP_NET_ADMIN: u32 = 12;
 pub(crate) const CAP_SYS_ADMIN: u32 = 21;
+pub(crate) const CAP_PERFMON: u32 = 38;
 pub(crate) const CAP_BPF: u32 = 39;
 
 /// The first cgroup v2 mount point in `/proc/self/mountinfo`.

@@ -19,10 +19,11 @@ use redirector_common::{
     ServiceValue, ServiceValue6, SlotConn, SlotConn6, SlotTable, SlotTable6, SockAddr6, SockKey,
     SockOrig, SockOrig6, map_names, program_names,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{
     BpfError, DatapathOptions, PROXY_MARK,
+    logs::{self, KernelLogs},
     lookup::Lookups,
     maps::{Maps, map_op, typed_map},
     pins::{self, Pins},
@@ -153,6 +154,7 @@ pub(super) struct Opened {
     pub(super) maps: Maps,
     pub(super) lookups: Lookups,
     pub(super) outcomes: RingBuf<MapData>,
+    pub(super) logs: Option<KernelLogs>,
     pub(super) previous_pid: Option<u32>,
 }
 
@@ -167,22 +169,32 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
         return Err(BpfError::EmptyObject);
     }
     let pins = Pins::claim(&opts.pin_dir)?;
-    let layouts = layouts();
-    pins.check_layouts(&layouts)?;
+    pins.check_layouts(&layouts())?;
+    pins.check_layouts(&[pins::Layout {
+        name: logs::PIN,
+        key: 0,
+        value: 0,
+        max_entries: logs::RING_BYTES,
+    }])?;
     let taking_over = pins.has_links();
-    let mut loader = EbpfLoader::new();
-    for l in &layouts {
-        loader.map_pin_path(l.name, pins.path(l.name));
-    }
-    let mut ebpf = loader.load(OBJECT)?;
-    pins.restrict()?;
-    for (name, hook, _, _) in HOOKS {
-        match hook {
-            Hook::SockAddr => load_program::<CgroupSockAddr>(&mut ebpf, name)?,
-            Hook::SockOps => load_program::<SockOps>(&mut ebpf, name)?,
-            Hook::Egress => load_program::<CgroupSkb>(&mut ebpf, name)?,
+    let mut ebpf = match load_programs(&pins, opts.kernel_log_level) {
+        Err(e @ BpfError::Program { .. }) if opts.kernel_log_level > 0 => {
+            warn!(
+                "the verifier refused the programs with kernel logging on ({e}); loading them \
+                 with it off"
+            );
+            load_programs(&pins, 0)?
         }
-    }
+        loaded => loaded?,
+    };
+    pins.restrict()?;
+    let logs = match KernelLogs::take(&mut ebpf) {
+        Ok(logs) => Some(logs),
+        Err(e) => {
+            warn!(error = %e, "kernel logs will not be read");
+            None
+        }
+    };
     let maps = Maps::take(&mut ebpf)?;
     let lookups = Lookups::take(&mut ebpf)?;
     let outcomes = typed_map(&mut ebpf, map_names::OUTCOMES, RingBuf::try_from)?;
@@ -218,8 +230,29 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
         maps,
         lookups,
         outcomes,
+        logs,
         previous_pid,
     })
+}
+
+/// The object loaded with its maps pinned (or opened from their pins) and
+/// every program through the verifier, logging at `log_level`.
+fn load_programs(pins: &Pins, log_level: u8) -> Result<Ebpf, BpfError> {
+    let mut loader = EbpfLoader::new();
+    for l in &layouts() {
+        loader.map_pin_path(l.name, pins.path(l.name));
+    }
+    loader.map_pin_path(logs::MAP, pins.path(logs::PIN));
+    loader.override_global(aya_log::LEVEL, &log_level, true);
+    let mut ebpf = loader.load(OBJECT)?;
+    for (name, hook, _, _) in HOOKS {
+        match hook {
+            Hook::SockAddr => load_program::<CgroupSockAddr>(&mut ebpf, name)?,
+            Hook::SockOps => load_program::<SockOps>(&mut ebpf, name)?,
+            Hook::Egress => load_program::<CgroupSkb>(&mut ebpf, name)?,
+        }
+    }
+    Ok(ebpf)
 }
 
 impl Loaded {
