@@ -6,6 +6,7 @@
 //! Map names carry [`ABI_VERSION`] so a daemon never misreads maps pinned by a
 //! build with another layout: it fails to find them instead.
 #![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
 
 /// Bumped whenever a key or value below changes layout. Part of every map
 /// name and of the pin directory.
@@ -78,20 +79,31 @@ pub mod map_names {
 
 /// Program names (the Rust function names in `redirector-ebpf`).
 pub mod program_names {
+    /// `cgroup/connect4`.
     pub const CONNECT4: &str = "connect4";
+    /// `sock_ops`.
     pub const SOCKOPS: &str = "rd_sockops";
+    /// `cgroup/sendmsg4`.
     pub const SENDMSG4: &str = "sendmsg4";
+    /// `cgroup/recvmsg4`.
     pub const RECVMSG4: &str = "recvmsg4";
+    /// `cgroup/getpeername4`.
     pub const GETPEERNAME4: &str = "getpeername4";
+    /// `cgroup/connect6`.
     pub const CONNECT6: &str = "connect6";
+    /// `cgroup/getpeername6`.
     pub const GETPEERNAME6: &str = "getpeername6";
+    /// `cgroup/sendmsg6`.
     pub const SENDMSG6: &str = "sendmsg6";
+    /// `cgroup/recvmsg6`.
     pub const RECVMSG6: &str = "recvmsg6";
     /// `cgroup_skb/egress`.
     pub const EGRESS: &str = "rd_egress";
 }
 
+/// Services (VIP:port pairs) the maps hold; also the largest service id.
 pub const MAX_SERVICES: u32 = 4096;
+/// Endpoint entries of [`map_names::ENDPOINTS`], over all services.
 pub const MAX_ENDPOINTS: u32 = 16384;
 /// In-flight redirected connects (between `connect()` and the proxy's
 /// `accept()`, or between connect4 and the handshake's end on the kernel
@@ -108,8 +120,11 @@ pub const OUTCOME_RING_BYTES: u32 = 256 * 1024;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ServiceKey {
+    /// The VIP, network order.
     pub vip_be: u32,
+    /// The port, network order.
     pub port_be: u16,
+    /// Padding; zero.
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
@@ -124,10 +139,13 @@ pub const SVC_KERNEL_PATH: u32 = 1;
 /// so their connects fail at once (`EPERM`) instead.
 pub const SVC_FAIL_OPEN: u32 = 2;
 
+/// What connect4 needs of a service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceValue {
+    /// The service's id: its position in the daemon's config plus one.
     pub service_id: u32,
+    /// [`SVC_KERNEL_PATH`], [`SVC_FAIL_OPEN`].
     pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8);
@@ -141,13 +159,19 @@ pub const PROXY_ENABLED: u32 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProxyConfig {
+    /// The proxy listener's address, network order.
     pub proxy_ip_be: u32,
+    /// The proxy listener's port, network order.
     pub proxy_port_be: u16,
+    /// Padding; zero.
     pub _pad: u16,
+    /// `SO_MARK` of the daemon's own sockets, which the programs never redirect.
     pub mark: u32,
+    /// [`PROXY_ENABLED`].
     pub flags: u32,
     /// The daemon that owns the maps, for `redirector endpoints`.
     pub daemon_pid: u32,
+    /// Padding; zero.
     pub _pad2: u32,
 }
 const _: () = assert!(core::mem::size_of::<ProxyConfig>() == 24);
@@ -156,8 +180,11 @@ const _: () = assert!(core::mem::size_of::<ProxyConfig>() == 24);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OrigDst {
+    /// The address the app dialled (a VIP, or a nameserver), network order.
     pub vip_be: u32,
+    /// Its port, network order.
     pub port_be: u16,
+    /// Padding; zero.
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 8);
@@ -166,8 +193,11 @@ const _: () = assert!(core::mem::size_of::<OrigDst>() == 8);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SockKey {
+    /// The socket's local address, network order.
     pub ip_be: u32,
+    /// Its local port, network order.
     pub port_be: u16,
+    /// Padding; zero.
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<SockKey>() == 8);
@@ -176,8 +206,11 @@ const _: () = assert!(core::mem::size_of::<SockKey>() == 8);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Slot {
+    /// The endpoint's address, network order.
     pub ip_be: u32,
+    /// The endpoint's port, network order.
     pub port_be: u16,
+    /// Padding; zero.
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<Slot>() == 8);
@@ -193,8 +226,11 @@ const _: () = assert!(core::mem::size_of::<Slot>() == 8);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotTable {
+    /// The VIP the table is for, network order.
     pub vip_be: u32,
+    /// The service port the table is for, network order.
     pub port_be: u16,
+    /// Padding; zero.
     pub _pad: u16,
     /// Used entries of `slots`, 0 to [`MAX_SLOTS`].
     pub count: u32,
@@ -202,6 +238,7 @@ pub struct SlotTable {
     /// go unanswered (`TCP_USER_TIMEOUT` during the handshake); 0 leaves
     /// the kernel's SYN retries (about two minutes).
     pub connect_timeout_ms: u32,
+    /// The endpoints; the first `count` are used.
     pub slots: [Slot; MAX_SLOTS],
 }
 const _: () = assert!(core::mem::size_of::<SlotTable>() == 16 + 8 * MAX_SLOTS);
@@ -214,9 +251,13 @@ pub const SLOT_CONN_TIMEOUT_SET: u16 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotConn {
+    /// The service the connect was for.
     pub service_id: u32,
+    /// The endpoint it went to, network order.
     pub ip_be: u32,
+    /// The endpoint's port, network order.
     pub port_be: u16,
+    /// [`SLOT_CONN_TIMEOUT_SET`].
     pub flags: u16,
     /// From the [`SlotTable`].
     pub connect_timeout_ms: u32,
@@ -234,10 +275,15 @@ pub const OUTCOME_FAILED: u8 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectOutcome {
+    /// The service the connect was for.
     pub service_id: u32,
+    /// The endpoint, network order.
     pub ip_be: u32,
+    /// The endpoint's port, network order.
     pub port_be: u16,
+    /// [`OUTCOME_CONNECTED`] or [`OUTCOME_FAILED`].
     pub kind: u8,
+    /// Padding; zero.
     pub _pad: u8,
     /// SYN retransmissions before the end: 0 for an answer (RST or
     /// SYN-ACK) to the first SYN, more when SYNs went unanswered.
@@ -253,9 +299,13 @@ pub const DNS_ENABLED: u32 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DnsConfig {
+    /// The responder's address, network order.
     pub responder_ip_be: u32,
+    /// The responder's port (UDP and TCP), network order.
     pub responder_port_be: u16,
+    /// Padding; zero.
     pub _pad: u16,
+    /// [`DNS_ENABLED`].
     pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<DnsConfig>() == 12);
@@ -273,12 +323,19 @@ pub const ORIG_DNS: u8 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockOrig {
+    /// The address the app asked for, network order.
     pub orig_ip_be: u32,
+    /// Its port, network order.
     pub orig_port_be: u16,
+    /// [`ORIG_SERVICE`] or [`ORIG_DNS`].
     pub kind: u8,
+    /// Padding; zero.
     pub _pad: u8,
+    /// Where the hook sent the socket instead, network order.
     pub to_ip_be: u32,
+    /// Its port, network order.
     pub to_port_be: u16,
+    /// Padding; zero.
     pub _pad2: u16,
 }
 const _: () = assert!(core::mem::size_of::<SockOrig>() == 16);
@@ -289,7 +346,9 @@ const _: () = assert!(core::mem::size_of::<SockOrig>() == 16);
 pub struct ServiceKey6 {
     /// The address's 16 bytes in network order, as `bpf_sock_addr.user_ip6`.
     pub vip6_be: [u32; 4],
+    /// The port, network order.
     pub port_be: u16,
+    /// Padding; zero.
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<ServiceKey6>() == 20);
@@ -302,9 +361,11 @@ const _: () = assert!(core::mem::size_of::<ServiceKey6>() == 20);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceValue6 {
+    /// As [`ServiceValue::service_id`].
     pub service_id: u32,
     /// As [`ServiceValue::flags`].
     pub flags: u32,
+    /// The service's IPv4 VIP, network order: the proxy's route key.
     pub vip4_be: u32,
 }
 const _: () = assert!(core::mem::size_of::<ServiceValue6>() == 12);
@@ -314,7 +375,9 @@ const _: () = assert!(core::mem::size_of::<ServiceValue6>() == 12);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config6 {
+    /// The proxy's IPv6 listener (`[::1]`) as `user_ip6` words.
     pub proxy_ip6_be: [u32; 4],
+    /// The DNS responder's IPv6 address as `user_ip6` words.
     pub responder_ip6_be: [u32; 4],
 }
 const _: () = assert!(core::mem::size_of::<Config6>() == 32);
@@ -323,8 +386,11 @@ const _: () = assert!(core::mem::size_of::<Config6>() == 32);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SockAddr6 {
+    /// The address as `user_ip6` words.
     pub ip6_be: [u32; 4],
+    /// The port, network order.
     pub port_be: u16,
+    /// Padding; zero.
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<SockAddr6>() == 20);
@@ -334,14 +400,21 @@ const _: () = assert!(core::mem::size_of::<SockAddr6>() == 20);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockOrig6 {
+    /// The address the app asked for, as `user_ip6` words.
     pub orig_ip6_be: [u32; 4],
+    /// Where the hook sent the socket instead.
     pub to_ip6_be: [u32; 4],
+    /// The port the app asked for, network order.
     pub orig_port_be: u16,
+    /// The port it was sent to, network order.
     pub to_port_be: u16,
+    /// [`ORIG_SERVICE`] or [`ORIG_DNS`].
     pub kind: u8,
     // Scalars, not `[u8; 3]`: zeroing an array compiles to a byte loop
     // whose pointer arithmetic the verifier refuses without CAP_PERFMON.
+    /// Padding; zero.
     pub _pad: u8,
+    /// Padding; zero.
     pub _pad2: u16,
 }
 const _: () = assert!(core::mem::size_of::<SockOrig6>() == 40);
@@ -350,8 +423,11 @@ const _: () = assert!(core::mem::size_of::<SockOrig6>() == 40);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Slot6 {
+    /// The endpoint's address as `user_ip6` words.
     pub ip6_be: [u32; 4],
+    /// The endpoint's port, network order.
     pub port_be: u16,
+    /// Padding; zero.
     pub _pad: u16,
 }
 const _: () = assert!(core::mem::size_of::<Slot6>() == 20);
@@ -363,11 +439,17 @@ const _: () = assert!(core::mem::size_of::<Slot6>() == 20);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotTable6 {
+    /// The IPv4 VIP of the service the table is for, network order.
     pub vip_be: u32,
+    /// The service port, network order.
     pub port_be: u16,
+    /// Padding; zero.
     pub _pad: u16,
+    /// Used entries of `slots`.
     pub count: u32,
+    /// As [`SlotTable::connect_timeout_ms`].
     pub connect_timeout_ms: u32,
+    /// The endpoints; the first `count` are used.
     pub slots: [Slot6; MAX_SLOTS],
 }
 const _: () = assert!(core::mem::size_of::<SlotTable6>() == 16 + 20 * MAX_SLOTS);
@@ -377,10 +459,15 @@ const _: () = assert!(core::mem::size_of::<SlotTable6>() == 16 + 20 * MAX_SLOTS)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotConn6 {
+    /// The service the connect was for.
     pub service_id: u32,
+    /// The endpoint it went to, as `user_ip6` words.
     pub ip6_be: [u32; 4],
+    /// The endpoint's port, network order.
     pub port_be: u16,
+    /// [`SLOT_CONN_TIMEOUT_SET`].
     pub flags: u16,
+    /// From the [`SlotTable6`].
     pub connect_timeout_ms: u32,
 }
 const _: () = assert!(core::mem::size_of::<SlotConn6>() == 28);
@@ -390,11 +477,17 @@ const _: () = assert!(core::mem::size_of::<SlotConn6>() == 28);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectOutcome6 {
+    /// The service the connect was for.
     pub service_id: u32,
+    /// The endpoint, as `user_ip6` words.
     pub ip6_be: [u32; 4],
+    /// The endpoint's port, network order.
     pub port_be: u16,
+    /// [`OUTCOME_CONNECTED`] or [`OUTCOME_FAILED`].
     pub kind: u8,
+    /// Padding; zero.
     pub _pad: u8,
+    /// As [`ConnectOutcome::syn_retrans`].
     pub syn_retrans: u32,
 }
 const _: () = assert!(core::mem::size_of::<ConnectOutcome6>() == 28);
@@ -406,9 +499,13 @@ pub const fn v4_mapped(ip_be: u32) -> [u32; 4] {
     [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), ip_be]
 }
 
+/// [`ServiceInfo::protocol`]: TCP.
 pub const PROTO_TCP: u8 = 1;
+/// [`ServiceInfo::protocol`]: HTTP.
 pub const PROTO_HTTP: u8 = 2;
+/// [`ServiceInfo::protocol`]: HTTPS (passed through).
 pub const PROTO_HTTPS: u8 = 3;
+/// [`ServiceInfo::protocol`]: TLS (passed through).
 pub const PROTO_TLS: u8 = 4;
 
 /// [`ServiceInfo::flags`]: the VIP was allocated, not given in `addresses`.
@@ -421,38 +518,51 @@ pub const SVC_INFO_KERNEL_PATH: u8 = 4;
 /// proxy presents a client certificate).
 pub const SVC_TLS_MUTUAL: u8 = 8;
 
+/// Bytes of a host name field ([`ServiceInfo::host`], [`EndpointHealth::hostname`]).
 pub const HOST_LEN: usize = 256;
 
 /// Display data of a service, so `redirector endpoints` needs only the maps.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ServiceInfo {
+    /// The VIP, network order.
     pub vip_be: u32,
+    /// The port, network order.
     pub port_be: u16,
+    /// `PROTO_*`.
     pub protocol: u8,
+    /// `SVC_VIP_AUTO`, `SVC_TLS_ORIGINATION`, `SVC_INFO_KERNEL_PATH`, `SVC_TLS_MUTUAL`.
     pub flags: u8,
+    /// Endpoints the ServiceEntry lists.
     pub endpoint_count: u32,
+    /// Padding; zero.
     pub _pad: u32,
     /// NUL-padded UTF-8.
     pub host: [u8; HOST_LEN],
 }
 const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16 + HOST_LEN);
 
+/// One endpoint entry of a service in [`map_names::ENDPOINTS`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EndpointKey {
+    /// The service.
     pub service_id: u32,
+    /// The entry's position, 0 to the service's entry count.
     pub index: u32,
 }
 const _: () = assert!(core::mem::size_of::<EndpointKey>() == 8);
 
 /// [`EndpointHealth::status`] values.
 pub const EP_HEALTHY: u8 = 0;
+/// [`EndpointHealth::status`]: ejected by outlier detection.
 pub const EP_EJECTED: u8 = 1;
 /// A DNS endpoint whose name has not resolved (yet): no address to use.
 pub const EP_UNRESOLVED: u8 = 2;
 
+/// Bytes of [`EndpointHealth::locality`].
 pub const LOCALITY_LEN: usize = 128;
+/// Bytes of [`EndpointHealth::last_error`].
 pub const LAST_ERROR_LEN: usize = 192;
 
 /// One endpoint (one resolved address of a ServiceEntry endpoint) and its
@@ -460,31 +570,39 @@ pub const LAST_ERROR_LEN: usize = 192;
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct EndpointHealth {
+    /// The IPv4 address, network order; 0 for an IPv6 host or a name not resolved.
     pub addr_be: u32,
+    /// The port, network order.
     pub port_be: u16,
+    /// Its locality priority (0 is the best).
     pub priority: u8,
+    /// `EP_HEALTHY`, `EP_EJECTED` or `EP_UNRESOLVED`.
     pub status: u8,
     /// Total ejections since the daemon started.
     pub ejections: u32,
     /// Current ejection-time multiplier (Envoy's backoff).
     pub multiplier: u32,
+    /// Consecutive 5xx (or local-origin failures) so far.
     pub consecutive_5xx: u32,
     /// The ServiceEntry endpoint's `weight`.
     pub weight: u32,
     /// DNS endpoints: refreshes that failed or came back empty (the last
     /// good answer was kept) since the daemon started.
     pub dns_failures: u32,
+    /// Padding; zero.
     pub _pad: u32,
     /// When the name last resolved; 0 for IP endpoints and never.
     pub dns_answer_unix_ms: u64,
     /// 0 when not ejected. Un-ejection happens on the first interval tick
     /// at or after this time.
     pub ejected_until_unix_ms: u64,
+    /// When `last_error` happened (unix ms); 0 for never.
     pub last_error_unix_ms: u64,
     /// `region/zone/subzone`, NUL-padded.
     pub locality: [u8; LOCALITY_LEN],
     /// The endpoint's address as configured (hostname or IP), NUL-padded.
     pub hostname: [u8; HOST_LEN],
+    /// The last failure, NUL-padded.
     pub last_error: [u8; LAST_ERROR_LEN],
 }
 const _: () = assert!(

@@ -72,6 +72,7 @@ fn unmapped(ip6_be: [u32; 4], port_be: u16) -> SocketAddr {
 }
 
 impl ServiceKey {
+    /// A `ServiceKey` for these addresses, in the kernel's byte order.
     pub fn new(vip: SocketAddrV4) -> Self {
         Self {
             vip_be: ip4_be(*vip.ip()),
@@ -80,12 +81,14 @@ impl ServiceKey {
         }
     }
 
+    /// The address, in host terms.
     pub fn addr(&self) -> SocketAddrV4 {
         v4(self.vip_be, self.port_be)
     }
 }
 
 impl ServiceKey6 {
+    /// A `ServiceKey6` for these addresses, in the kernel's byte order.
     pub fn new(vip: SocketAddrV6) -> Self {
         Self {
             vip6_be: ip6_words(*vip.ip()),
@@ -96,6 +99,7 @@ impl ServiceKey6 {
 }
 
 impl OrigDst {
+    /// A `OrigDst` for these addresses, in the kernel's byte order.
     pub fn new(dst: SocketAddrV4) -> Self {
         Self {
             vip_be: ip4_be(*dst.ip()),
@@ -104,12 +108,14 @@ impl OrigDst {
         }
     }
 
+    /// The address, in host terms.
     pub fn addr(&self) -> SocketAddrV4 {
         v4(self.vip_be, self.port_be)
     }
 }
 
 impl SockKey {
+    /// A `SockKey` for these addresses, in the kernel's byte order.
     pub fn new(addr: SocketAddrV4) -> Self {
         Self {
             ip_be: ip4_be(*addr.ip()),
@@ -120,6 +126,7 @@ impl SockKey {
 }
 
 impl SockAddr6 {
+    /// A `SockAddr6` for these addresses, in the kernel's byte order.
     pub fn new(addr: SocketAddrV6) -> Self {
         Self {
             ip6_be: ip6_words(*addr.ip()),
@@ -135,6 +142,7 @@ impl SockAddr6 {
 }
 
 impl Slot {
+    /// A `Slot` for these addresses, in the kernel's byte order.
     pub fn new(addr: SocketAddrV4) -> Self {
         Self {
             ip_be: ip4_be(*addr.ip()),
@@ -143,12 +151,14 @@ impl Slot {
         }
     }
 
+    /// The address, in host terms.
     pub fn addr(&self) -> SocketAddrV4 {
         v4(self.ip_be, self.port_be)
     }
 }
 
 impl Slot6 {
+    /// A `Slot6` for these addresses, in the kernel's byte order.
     pub fn new(addr: SocketAddrV6) -> Self {
         Self {
             ip6_be: ip6_words(*addr.ip()),
@@ -201,6 +211,7 @@ impl SlotTable6 {
 }
 
 impl ProxyConfig {
+    /// A `ProxyConfig` for these addresses, in the kernel's byte order.
     pub fn new(proxy: SocketAddrV4, mark: u32, flags: u32, daemon_pid: u32) -> Self {
         Self {
             proxy_ip_be: ip4_be(*proxy.ip()),
@@ -213,6 +224,7 @@ impl ProxyConfig {
         }
     }
 
+    /// The proxy listener's address.
     pub fn proxy(&self) -> SocketAddrV4 {
         v4(self.proxy_ip_be, self.proxy_port_be)
     }
@@ -241,6 +253,7 @@ impl Config6 {
 }
 
 impl ServiceInfo {
+    /// The VIP:port it is for.
     pub fn vip(&self) -> SocketAddrV4 {
         v4(self.vip_be, self.port_be)
     }
@@ -253,12 +266,14 @@ impl EndpointHealth {
         (self.addr_be != 0).then(|| v4(self.addr_be, self.port_be))
     }
 
+    /// The port, in host order.
     pub fn port(&self) -> u16 {
         u16::from_be(self.port_be)
     }
 }
 
 impl ConnectOutcome {
+    /// The address, in host terms.
     pub fn addr(&self) -> SocketAddr {
         v4(self.ip_be, self.port_be).into()
     }

@@ -58,7 +58,7 @@ const IPPROTO_TCP: u32 = 6;
 const IPPROTO_UDP: u32 = 17;
 
 #[cgroup_sock_addr(connect4)]
-pub fn connect4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn connect4(ctx: SockAddrContext) -> i32 {
     // Whatever goes wrong, the connect proceeds as the app asked.
     try_connect4(&ctx).unwrap_or(PROCEED)
 }

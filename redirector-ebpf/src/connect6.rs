@@ -54,7 +54,7 @@ const V4_MAPPED_PREFIX: [u32; 3] = {
 };
 
 #[cgroup_sock_addr(connect6)]
-pub fn connect6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn connect6(ctx: SockAddrContext) -> i32 {
     try_connect6(&ctx)
 }
 

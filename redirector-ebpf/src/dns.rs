@@ -11,14 +11,14 @@ use crate::{
 };
 
 /// Port 53 as the hooks see it (network order).
-pub const DNS_PORT_BE: u16 = 53u16.to_be();
+pub(crate) const DNS_PORT_BE: u16 = 53u16.to_be();
 
 /// The responder, if this socket's port-53 traffic should go to it: capture
 /// is on, the socket is not one of the daemon's own (its upstream queries
 /// carry the proxy's mark), and the responder is there to answer in this
 /// socket's network namespace. Otherwise DNS goes where the app sent it,
 /// so a dead daemon costs apps their configured names, nothing more.
-pub fn responder(ctx: &SockAddrContext, tcp: bool) -> Option<DnsConfig> {
+pub(crate) fn responder(ctx: &SockAddrContext, tcp: bool) -> Option<DnsConfig> {
     let cfg = *DNS_CONFIG.get(0)?;
     if cfg.flags & DNS_ENABLED == 0 {
         return None;
@@ -33,7 +33,7 @@ pub fn responder(ctx: &SockAddrContext, tcp: bool) -> Option<DnsConfig> {
 
 /// [`responder`] for an IPv6 socket: the responder's `[::1]` address and
 /// port, if it listens there.
-pub fn responder6(ctx: &SockAddrContext, tcp: bool) -> Option<([u32; 4], u16)> {
+pub(crate) fn responder6(ctx: &SockAddrContext, tcp: bool) -> Option<([u32; 4], u16)> {
     let cfg = *DNS_CONFIG.get(0)?;
     if cfg.flags & DNS_ENABLED == 0 {
         return None;

@@ -34,7 +34,7 @@ const AF_INET6: u32 = 10;
 const IPPROTO_UDP: u32 = 17;
 
 #[cgroup_skb(egress)]
-pub fn rd_egress(ctx: SkBuffContext) -> i32 {
+pub(crate) fn rd_egress(ctx: SkBuffContext) -> i32 {
     let _ = try_egress(&ctx);
     PASS
 }

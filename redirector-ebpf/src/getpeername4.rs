@@ -11,7 +11,7 @@ use crate::orig;
 const PROCEED: i32 = 1;
 
 #[cgroup_sock_addr(getpeername4)]
-pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn getpeername4(ctx: SockAddrContext) -> i32 {
     try_getpeername4(&ctx);
     PROCEED
 }

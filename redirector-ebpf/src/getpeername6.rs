@@ -10,7 +10,7 @@ use crate::orig;
 const PROCEED: i32 = 1;
 
 #[cgroup_sock_addr(getpeername6)]
-pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn getpeername6(ctx: SockAddrContext) -> i32 {
     orig::restore6(&ctx);
     PROCEED
 }

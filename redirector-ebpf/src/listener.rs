@@ -29,7 +29,7 @@ struct Ipv6Tuple {
 
 /// A TCP listener, or a UDP socket bound, on `ip_be:port_be`. A zero
 /// source never matches a connected socket, so only those can answer.
-pub fn listening(ctx: &SockAddrContext, ip_be: u32, port_be: u16, tcp: bool) -> bool {
+pub(crate) fn listening(ctx: &SockAddrContext, ip_be: u32, port_be: u16, tcp: bool) -> bool {
     let mut tuple = Ipv4Tuple {
         saddr: 0,
         daddr: ip_be,
@@ -45,7 +45,7 @@ pub fn listening(ctx: &SockAddrContext, ip_be: u32, port_be: u16, tcp: bool) -> 
 }
 
 /// [`listening`] on an IPv6 address (`user_ip6` words).
-pub fn listening6(ctx: &SockAddrContext, ip6_be: [u32; 4], port_be: u16, tcp: bool) -> bool {
+pub(crate) fn listening6(ctx: &SockAddrContext, ip6_be: [u32; 4], port_be: u16, tcp: bool) -> bool {
     // Written word by word: a zeroed array literal compiles to a memset
     // loop whose pointer arithmetic the verifier refuses without
     // CAP_PERFMON (the DaemonSet grants CAP_BPF and CAP_NET_ADMIN only).

@@ -22,7 +22,7 @@ use aya_log_ebpf::debug;
 const TARGET: &str = "redirector::kernel";
 
 /// A context the log macros accept (they only need it to exist).
-pub trait Ctx {}
+pub(crate) trait Ctx {}
 impl Ctx for SockAddrContext {}
 impl Ctx for SockOpsContext {}
 impl Ctx for SkBuffContext {}
@@ -30,7 +30,7 @@ impl Ctx for SkBuffContext {}
 /// A connect refused with `EPERM`: no proxy listens in the app's network
 /// namespace, and the service originates TLS, so it cannot skip the proxy.
 #[inline(always)]
-pub fn refused_tls<C: Ctx>(ctx: &C, vip_be: u32, port_be: u16) {
+pub(crate) fn refused_tls<C: Ctx>(ctx: &C, vip_be: u32, port_be: u16) {
     debug!(
         ctx,
         target: TARGET,
@@ -43,7 +43,7 @@ pub fn refused_tls<C: Ctx>(ctx: &C, vip_be: u32, port_be: u16) {
 /// A connect refused with `EPERM`: no proxy listens, and the service has
 /// no slot table (or an empty one, or one for another VIP) to fail open to.
 #[inline(always)]
-pub fn refused_no_slots<C: Ctx>(ctx: &C, vip_be: u32, port_be: u16, service_id: u32) {
+pub(crate) fn refused_no_slots<C: Ctx>(ctx: &C, vip_be: u32, port_be: u16, service_id: u32) {
     debug!(
         ctx,
         target: TARGET,
@@ -56,13 +56,13 @@ pub fn refused_no_slots<C: Ctx>(ctx: &C, vip_be: u32, port_be: u16, service_id: 
 
 /// A map update failed with `err` (a negative errno).
 #[inline(always)]
-pub fn map_update_failed<C: Ctx>(ctx: &C, map: &str, err: i64) {
+pub(crate) fn map_update_failed<C: Ctx>(ctx: &C, map: &str, err: i64) {
     debug!(ctx, target: TARGET, "updating {} failed: error {}", map, err);
 }
 
 /// `result`, logged when it is a failure of updating `map`.
 #[inline(always)]
-pub fn checked<C: Ctx, E: Copy + Into<i64>>(
+pub(crate) fn checked<C: Ctx, E: Copy + Into<i64>>(
     ctx: &C,
     map: &str,
     result: Result<(), E>,

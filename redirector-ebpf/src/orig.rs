@@ -12,7 +12,7 @@ use crate::maps::{SOCK_ORIG, SOCK_ORIG6};
 /// Remembers that this socket asked for `orig` and was sent to `to`
 /// (addresses and ports in network order). Replaces an earlier record: a
 /// socket is redirected again on every connect or datagram.
-pub fn record(
+pub(crate) fn record(
     ctx: &SockAddrContext,
     kind: u8,
     (orig_ip_be, orig_port_be): (u32, u16),
@@ -47,7 +47,7 @@ pub fn record(
 
 /// If the address in `ctx` (a peer, or a datagram's source) is where this
 /// socket was redirected to, puts back the one it asked for.
-pub fn restore(ctx: &SockAddrContext) {
+pub(crate) fn restore(ctx: &SockAddrContext) {
     let p = unsafe { SOCK_ORIG.get_ptr_mut(ctx) };
     if p.is_null() {
         return;
@@ -63,7 +63,7 @@ pub fn restore(ctx: &SockAddrContext) {
 
 /// [`record`] for an IPv6 socket (connect6): 16-byte addresses as
 /// `user_ip6` words.
-pub fn record6(
+pub(crate) fn record6(
     ctx: &SockAddrContext,
     kind: u8,
     (orig_ip6_be, orig_port_be): ([u32; 4], u16),
@@ -100,7 +100,7 @@ pub fn record6(
 }
 
 /// [`restore`] for an IPv6 socket (getpeername6).
-pub fn restore6(ctx: &SockAddrContext) {
+pub(crate) fn restore6(ctx: &SockAddrContext) {
     let p = unsafe { SOCK_ORIG6.get_ptr_mut(ctx) };
     if p.is_null() {
         return;

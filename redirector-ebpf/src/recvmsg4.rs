@@ -12,7 +12,7 @@ use crate::orig;
 const PROCEED: i32 = 1;
 
 #[cgroup_sock_addr(recvmsg4)]
-pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn recvmsg4(ctx: SockAddrContext) -> i32 {
     try_recvmsg4(&ctx);
     PROCEED
 }

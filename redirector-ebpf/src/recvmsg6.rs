@@ -10,7 +10,7 @@ use crate::orig;
 const PROCEED: i32 = 1;
 
 #[cgroup_sock_addr(recvmsg6)]
-pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn recvmsg6(ctx: SockAddrContext) -> i32 {
     orig::restore6(&ctx);
     PROCEED
 }

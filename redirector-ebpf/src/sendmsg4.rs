@@ -22,7 +22,7 @@ use crate::{
 const PROCEED: i32 = 1;
 
 #[cgroup_sock_addr(sendmsg4)]
-pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+pub(crate) fn sendmsg4(ctx: SockAddrContext) -> i32 {
     // Whatever goes wrong, the datagram goes where the app sent it.
     try_sendmsg4(&ctx).unwrap_or(PROCEED)
 }

@@ -17,7 +17,7 @@ use crate::{
 const PROCEED: i32 = 1;
 
 #[cgroup_sock_addr(sendmsg6)]
-pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+pub(crate) fn sendmsg6(ctx: SockAddrContext) -> i32 {
     // Whatever goes wrong, the datagram goes where the app sent it.
     try_sendmsg6(&ctx).unwrap_or(PROCEED)
 }

@@ -8,7 +8,7 @@ use crate::maps::{SLOTS, SLOTS6};
 
 /// A random entry of the service's slot table, if it has one for this
 /// IPv4 VIP:port, with the service's connect timeout.
-pub fn pick(service_id: u32, key: &ServiceKey) -> Option<(Slot, u32)> {
+pub(crate) fn pick(service_id: u32, key: &ServiceKey) -> Option<(Slot, u32)> {
     let table = unsafe { SLOTS.get(&service_id) }?;
     let count = table.count;
     if table.vip_be != key.vip_be || table.port_be != key.port_be || count == 0 {
@@ -21,7 +21,7 @@ pub fn pick(service_id: u32, key: &ServiceKey) -> Option<(Slot, u32)> {
 
 /// [`pick`] from the service's IPv6 table (connect6), checked against the
 /// service's IPv4 VIP:port like the IPv4 table.
-pub fn pick6(service_id: u32, key: &ServiceKey) -> Option<(Slot6, u32)> {
+pub(crate) fn pick6(service_id: u32, key: &ServiceKey) -> Option<(Slot6, u32)> {
     let table = unsafe { SLOTS6.get(&service_id) }?;
     let count = table.count;
     if table.vip_be != key.vip_be || table.port_be != key.port_be || count == 0 {

@@ -51,7 +51,7 @@ const SOL_TCP: i32 = 6;
 const TCP_USER_TIMEOUT: i32 = 18;
 
 #[sock_ops]
-pub fn rd_sockops(ctx: SockOpsContext) -> u32 {
+pub(crate) fn rd_sockops(ctx: SockOpsContext) -> u32 {
     let _ = try_sockops(&ctx);
     // sock_ops return values only matter for ops that ask for a reply.
     1

@@ -140,10 +140,10 @@ fn describe(config: &Config) -> String {
                     ([], None) => "each endpoint's own name".to_owned(),
                     (sans, _) => format!("one of {}", sans.join(", ")),
                 };
-                let roots = o
-                    .ca_certificates
-                    .as_ref()
-                    .map_or("the system roots".to_owned(), |f| f.to_string());
+                let roots = o.ca_certificates.as_ref().map_or(
+                    "the system roots".to_owned(),
+                    std::string::ToString::to_string,
+                );
                 let crl = o
                     .ca_crl
                     .as_ref()

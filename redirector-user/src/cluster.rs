@@ -419,7 +419,7 @@ impl Cluster {
                 cluster = %self.name, endpoint = %host, ejection_time = ?duration,
                 threshold = reason.field(), last_error = error.unwrap_or("5xx response"),
                 "endpoint ejected by outlier detection"
-                )
+                );
             }
             Some(Event::EjectionOverflow { reason }) => info!(
                 cluster = %self.name, endpoint = %host, threshold = reason.field(),

@@ -105,11 +105,10 @@ pub(crate) fn report(pin_dir: &Path) -> Result<Report, PinError> {
     let mut services: Vec<(u32, ServiceInfo)> = state.services;
     services.sort_by_key(|(id, _)| *id);
     let cluster_of = |id: u32| {
-        services
-            .iter()
-            .find(|(i, _)| *i == id)
-            .map(|(_, s)| format!("outbound|{}||{}", s.vip().port(), read_str(&s.host)))
-            .unwrap_or_else(|| format!("service #{id}"))
+        services.iter().find(|(i, _)| *i == id).map_or_else(
+            || format!("service #{id}"),
+            |(_, s)| format!("outbound|{}||{}", s.vip().port(), read_str(&s.host)),
+        )
     };
     let proxy = cfg.proxy();
     let daemon_running = pid_alive(cfg.daemon_pid);
@@ -120,9 +119,7 @@ pub(crate) fn report(pin_dir: &Path) -> Result<Report, PinError> {
     } else {
         "/proc/net/tcp".to_owned()
     };
-    let proxy_listening = std::fs::read_to_string(tcp_table)
-        .map(|t| listening(&t, proxy))
-        .unwrap_or(false);
+    let proxy_listening = std::fs::read_to_string(tcp_table).is_ok_and(|t| listening(&t, proxy));
     let redirect_enabled = cfg.flags & PROXY_ENABLED != 0;
     let slots: HashMap<u32, Vec<SlotShare>> = state
         .slots
@@ -392,8 +389,7 @@ pub(crate) fn render_table(r: &Report) -> String {
                 e.ejections.to_string(),
                 e.multiplier.to_string(),
                 e.ejected_for_secs
-                    .map(|s| format!("{s}s"))
-                    .unwrap_or_else(|| "-".into()),
+                    .map_or_else(|| "-".into(), |s| format!("{s}s")),
                 e.kernel_slots.to_string(),
                 if e.last_error.is_empty() {
                     "-".into()

@@ -65,9 +65,7 @@ impl Kernel {
     pub(crate) fn current() -> Kernel {
         let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
         let disabled = fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled")
-            .map(|s| s.trim() != "0")
-            // Unreadable: assume the strict setting.
-            .unwrap_or(true);
+            .map_or(true, |s| s.trim() != "0");
         Kernel {
             version: parse_release(&release).unwrap_or((0, 0)),
             unprivileged_bpf_disabled: disabled,
@@ -174,8 +172,8 @@ fn install_handler() -> Result<(), PrivError> {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_signal as *const () as usize;
         sa.sa_flags = libc::SA_RESTART;
-        libc::sigemptyset(&mut sa.sa_mask);
-        libc::sigaction(signal(), &sa, std::ptr::null_mut())
+        libc::sigemptyset(&raw mut sa.sa_mask);
+        libc::sigaction(signal(), &raw const sa, std::ptr::null_mut())
     };
     if r != 0 {
         return Err(PrivError::Syscall {

@@ -175,10 +175,10 @@ pub(crate) fn watch(
                     };
                     match &last {
                         Some(addrs) => {
-                            warn!(%name, error = %why, kept = ?addrs, "DNS refresh failed; keeping the last good answer")
+                            warn!(%name, error = %why, kept = ?addrs, "DNS refresh failed; keeping the last good answer");
                         }
                         None => {
-                            warn!(%name, error = %why, "DNS lookup failed; endpoint has no address yet")
+                            warn!(%name, error = %why, "DNS lookup failed; endpoint has no address yet");
                         }
                     }
                     update(Refresh::Failed);
@@ -250,7 +250,7 @@ mod tests {
         let s = seen.clone();
         let task = watch(resolver, "db.test".into(), move |r| {
             if let Refresh::Changed(a) = r {
-                s.lock().unwrap().push(a)
+                s.lock().unwrap().push(a);
             }
         });
         tokio::time::sleep(Duration::from_millis(1)).await;

@@ -70,7 +70,7 @@ impl Running {
                 }
                 Err(e) => {
                     self.metrics.config_reload_rejections.inc();
-                    error!("config reload rejected, keeping the running config: {e:#}")
+                    error!("config reload rejected, keeping the running config: {e:#}");
                 }
             }
         }

@@ -612,7 +612,7 @@ fn locality_weight_sums(ctx: &mut Ctx, doc: &Doc, entry: &Entry) {
         let sum = sums.entry(&ep.locality).or_default();
         let before = *sum;
         *sum += u64::from(ep.weight);
-        if before <= u64::from(u32::MAX) && *sum > u64::from(u32::MAX) {
+        if u32::try_from(before).is_ok() && *sum > u64::from(u32::MAX) {
             ctx.at(
                 doc,
                 ep.at,

@@ -143,7 +143,7 @@ pub(super) fn position(location: Option<Location>) -> (Option<u64>, Option<u64>)
 /// the user and is left out, as are the steps serde could not name.
 fn field_path(path: &serde_path_to_error::Path) -> Option<String> {
     let mut out = String::new();
-    for segment in path.iter() {
+    for segment in path {
         match segment {
             Segment::Seq { index } => out.push_str(&format!("[{index}]")),
             Segment::Map { key } if key == "value" => {}

@@ -96,7 +96,7 @@ pub(crate) fn endpoint_entries(cluster: &Cluster) -> Vec<EndpointHealth> {
                     Some(SocketAddr::V4(a)) => ip4_be(*a.ip()),
                     _ => 0,
                 },
-                port_be: h.addr.map(|a| a.port().to_be()).unwrap_or(0),
+                port_be: h.addr.map_or(0, |a| a.port().to_be()),
                 priority: h.priority,
                 status: match (h.addr, h.ejected_until) {
                     (None, _) => EP_UNRESOLVED,
@@ -109,9 +109,9 @@ pub(crate) fn endpoint_entries(cluster: &Cluster) -> Vec<EndpointHealth> {
                 weight: h.weight,
                 dns_failures: h.dns.failures,
                 _pad: 0,
-                dns_answer_unix_ms: h.dns.last_answer.map(unix_ms).unwrap_or(0),
-                ejected_until_unix_ms: h.ejected_until.map(unix_ms).unwrap_or(0),
-                last_error_unix_ms: h.last_error.as_ref().map(|(t, _)| unix_ms(*t)).unwrap_or(0),
+                dns_answer_unix_ms: h.dns.last_answer.map_or(0, unix_ms),
+                ejected_until_unix_ms: h.ejected_until.map_or(0, unix_ms),
+                last_error_unix_ms: h.last_error.as_ref().map_or(0, |(t, _)| unix_ms(*t)),
                 locality: [0; LOCALITY_LEN],
                 hostname: [0; HOST_LEN],
                 last_error: [0; LAST_ERROR_LEN],
@@ -128,6 +128,5 @@ pub(crate) fn endpoint_entries(cluster: &Cluster) -> Vec<EndpointHealth> {
 
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_millis() as u64)
 }

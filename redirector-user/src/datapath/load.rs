@@ -391,9 +391,10 @@ fn check_cgroup(path: &Path) -> Result<(), BpfError> {
         Ok(sys::CGROUP2_SUPER_MAGIC) if path.is_dir() => Ok(()),
         Ok(sys::CGROUP_SUPER_MAGIC) => Err(BpfError::CgroupV1 {
             path: path.into(),
-            v2_root: sys::cgroup2_root()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "nowhere: no cgroup2 mount found".into()),
+            v2_root: sys::cgroup2_root().map_or_else(
+                |_| "nowhere: no cgroup2 mount found".into(),
+                |p| p.display().to_string(),
+            ),
         }),
         Ok(fs_type) => Err(BpfError::NotCgroup {
             path: path.into(),

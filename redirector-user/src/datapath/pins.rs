@@ -248,7 +248,10 @@ impl Pins {
     /// Removes pins of other ABI versions in this directory. Their programs
     /// use maps this daemon does not fill, so they must not run beside ours.
     pub(super) fn remove_other_versions(&self) -> Vec<PathBuf> {
-        let mine = self.versioned.file_name().map(|n| n.to_owned());
+        let mine = self
+            .versioned
+            .file_name()
+            .map(std::borrow::ToOwned::to_owned);
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Vec::new();
         };

@@ -214,7 +214,7 @@ pub(crate) fn endpoint_label<'a>(ep: &'a EndpointSpec, key: &str) -> &'a str {
     if let Some(part) = part.filter(|p| !p.is_empty()) {
         return part;
     }
-    let label = ep.labels.get(key).map(String::as_str).unwrap_or("");
+    let label = ep.labels.get(key).map_or("", String::as_str);
     if key == LABEL_NETWORK && label.is_empty() {
         return &ep.network;
     }

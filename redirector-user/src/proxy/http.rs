@@ -458,9 +458,9 @@ async fn wait_for_connection(route: &Route, host: &Host, fresh: bool) -> Result<
         // to `host` that turns ready is ours to take, not to close).
         route.pool.evict_one((!fresh).then_some(&*host.key));
         tokio::select! {
-            _ = &mut freed => {}
-            _ = tokio::time::sleep(poll) => poll = (poll * 2).min(MAX_WAIT_POLL),
-            _ = tokio::time::sleep_until(deadline) => {
+            () = &mut freed => {}
+            () = tokio::time::sleep(poll) => poll = (poll * 2).min(MAX_WAIT_POLL),
+            () = tokio::time::sleep_until(deadline) => {
                 breakers.overflowed(Limit::Connections);
                 return Err(Local::overflow(format!(
                     "no connection to {}:{} became free within the connect timeout ({timeout:?}); \

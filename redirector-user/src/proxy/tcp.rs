@@ -21,10 +21,10 @@ pub(crate) async fn serve(mut client: TcpStream, route: &Route) {
             let _active = route.cluster.track(&host);
             match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                 Ok((up, down)) => {
-                    debug!(cluster = %route.cluster.name, endpoint = %host, up, down, "connection closed")
+                    debug!(cluster = %route.cluster.name, endpoint = %host, up, down, "connection closed");
                 }
                 Err(e) => {
-                    debug!(cluster = %route.cluster.name, endpoint = %host, error = %e, "connection ended with an error")
+                    debug!(cluster = %route.cluster.name, endpoint = %host, error = %e, "connection ended with an error");
                 }
             }
         }
