@@ -46,6 +46,16 @@ pub(crate) enum Command {
     Cleanup(CleanupArgs),
     /// Exit 0 if the daemon that keeps --ready-file is ready (an exec readiness probe).
     Ready(ReadyArgs),
+    /// The daemon's privileged helper (started by the daemon itself).
+    #[command(hide = true)]
+    NetnsHelper(NetnsHelperArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NetnsHelperArgs {
+    /// The daemon's end of the socket pair.
+    #[arg(long)]
+    pub(crate) fd: i32,
 }
 
 #[derive(Debug, Args)]

@@ -16,6 +16,7 @@ mod kube;
 mod lb;
 mod locality;
 mod metrics;
+mod netns;
 mod outlier;
 mod privs;
 mod proxy;
@@ -79,6 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::NetnsHelper(args) => netns::helper::serve(args.fd),
         Command::Endpoints(args) => {
             let report = inspect::report(&args.pin_dir)?;
             match args.output {

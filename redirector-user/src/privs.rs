@@ -254,6 +254,28 @@ fn apply_here() -> Result<(), (&'static str, io::Error)> {
     Ok(())
 }
 
+/// For a single-threaded process (the netns helper): keeps only `wanted`
+/// (of what it holds), in every set, bounding included when it may, and
+/// sets `no_new_privs`.
+pub(crate) fn keep_only(wanted: &[Capability]) -> Result<(), PrivError> {
+    let permitted = caps::read(None, CapSet::Permitted)?;
+    let keep_set: CapsHashSet = wanted
+        .iter()
+        .copied()
+        .filter(|c| permitted.contains(c))
+        .collect();
+    let keep_mask = mask(&keep_set);
+    let bounding = caps::read(None, CapSet::Bounding)?;
+    let bounding_drop = if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)? {
+        mask(&bounding) & !keep_mask
+    } else {
+        0
+    };
+    KEEP.store(keep_mask, Ordering::SeqCst);
+    BOUNDING_DROP.store(bounding_drop, Ordering::SeqCst);
+    apply_here().map_err(|(what, error)| PrivError::Syscall { what, error })
+}
+
 /// Signals every other thread until `/proc` shows each one done (threads
 /// started meanwhile by one that was not are caught on the next round).
 fn apply_to_other_threads(keep: u64, bounding_drop: u64) -> Result<usize, PrivError> {
