@@ -7,17 +7,15 @@
 //!
 //! Waits are bounded (TIMEOUT) but never asserted as durations.
 
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::{net::SocketAddr, os::unix::fs::PermissionsExt as _, path::Path, thread, time::Duration};
 
 use redirector_tests::{
     client::{self, Client},
+    istio::{destination_rule, mydb_entry, service_entry},
     netns::{self, Netns},
+    scenario::{Node, TIMEOUT, count, wait_until},
     tcp::TcpServer,
 };
-use scenario::{Node, TIMEOUT, count, destination_rule, mydb_entry, service_entry, wait_until};
 
 const ADMIN: &str = "127.0.0.1:15000";
 const SERVICE: &str = "mydb.com:80";

@@ -2,17 +2,19 @@
 //! service, the proxy's own connects are never redirected, nothing-left
 //! behaviour per protocol, reload, and clear start-up errors.
 
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::{
     net::TcpListener,
     process::{Command, Stdio},
     time::Duration,
 };
 
-use redirector_tests::{daemon::redirector_bin, process, tcp::TcpServer};
-use scenario::{Node, count, destination_rule, service_entry, tcp_client, wait_until};
+use redirector_tests::{
+    daemon::redirector_bin,
+    istio::{destination_rule, service_entry},
+    process,
+    scenario::{Node, count, tcp_client, wait_until},
+    tcp::TcpServer,
+};
 
 const VIP: &str = "240.240.0.10";
 

@@ -5,12 +5,12 @@
 //! rebuilds the host set (istio#8673); here it is keyed by the logical
 //! endpoint and the address, and stays.
 
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::{net::Ipv4Addr, time::Duration};
 
-use scenario::{Node, count, destination_rule, service_entry, wait_until};
+use redirector_tests::{
+    istio::{destination_rule, service_entry},
+    scenario::{Node, count, wait_until},
+};
 
 const VIP: &str = "240.240.0.11";
 const EAST: &str = "healthy: east";

@@ -6,12 +6,12 @@
 //! the client dials the VIP, which has no route there, so only the redirect
 //! can reach anything.
 
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::time::Duration;
 
-use scenario::{Node, count, destination_rule, service_entry, wait_until};
+use redirector_tests::{
+    istio::{destination_rule, service_entry},
+    scenario::{Node, count, wait_until},
+};
 
 const VIP: &str = "240.240.0.10";
 const EAST: &str = "healthy: east";

@@ -2,9 +2,6 @@
 //! when the daemon is killed, takeover by the next daemon with no failed
 //! connect in between, and `redirector cleanup`.
 
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
@@ -13,9 +10,14 @@ use std::{
 };
 
 use redirector_tests::{
-    cgroup, client, daemon::redirector_bin, pki::TestCa, process, tcp::TcpServer,
+    cgroup, client,
+    daemon::redirector_bin,
+    istio::{destination_rule, service_entry},
+    pki::TestCa,
+    process,
+    scenario::{Node, TIMEOUT, tcp_client, wait_until},
+    tcp::TcpServer,
 };
-use scenario::{Node, TIMEOUT, tcp_client, wait_until};
 use serde_json::Value;
 
 const VIP: &str = "240.240.0.30";
@@ -347,11 +349,11 @@ fn a_dead_daemons_last_ejections_steer_fail_open_connects() {
     let mut node = Node::new();
     // East, the local region, is down; west answers.
     node.http("127.0.42.2:80", "west");
-    let config = scenario::service_entry(
+    let config = service_entry(
         Some("240.240.0.42"),
         ("127.0.42.1", "us-east1", 80),
         ("127.0.42.2", "us-west1", 80),
-    ) + &scenario::destination_rule(1, "1s", "5m");
+    ) + &destination_rule(1, "1s", "5m");
     node.start(&config, "us-east1", false);
     let eps = endpoints(&node);
     assert_eq!(slot_endpoints(&eps), ["127.0.42.1:80"], "{eps:#}");

@@ -6,17 +6,18 @@
 //! handed over, and not one request or DNS lookup fails, even for a
 //! TLS-originating service (which cannot fail open).
 
-#[path = "support/origination.rs"]
-mod origination;
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::{process::Command, thread, time::Duration};
 
 use redirector_tests::{
-    cgroup::TestCgroup, client::Client, netns::Netns, tcp::TcpServer, upstream::bin_path,
+    cgroup::TestCgroup,
+    client::Client,
+    istio::mydb_entry,
+    netns::Netns,
+    origination,
+    scenario::{Node, TIMEOUT, start_daemon, wait_until},
+    tcp::TcpServer,
+    upstream::bin_path,
 };
-use scenario::{Node, TIMEOUT, mydb_entry, start_daemon, wait_until};
 
 const VIP: &str = "240.240.0.70";
 

@@ -10,9 +10,6 @@
 //! Waits are bounded (TIMEOUT) but never asserted as durations: the
 //! machines are shared. The daemon logs how long each reload took.
 
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::{
     os::unix::fs::symlink,
     path::{Path, PathBuf},
@@ -20,8 +17,13 @@ use std::{
     time::Duration,
 };
 
-use redirector_tests::{client::Client, pki::TestCa, tcp::TcpServer};
-use scenario::{Node, TIMEOUT, count, mydb_entry, wait_until};
+use redirector_tests::{
+    client::Client,
+    istio::mydb_entry,
+    pki::TestCa,
+    scenario::{Node, TIMEOUT, count, wait_until},
+    tcp::TcpServer,
+};
 
 const VIP: &str = "240.240.0.60";
 const EAST: &str = "healthy: east";

@@ -9,13 +9,14 @@
 //! (the black hole is behind a veth link of its own); the client dials the VIP,
 //! which has no route there, so only the redirect can reach anything.
 
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::time::{Duration, Instant};
 
+use redirector_tests::{
+    istio::{mydb_entry, mydb_rule},
+    scenario::{Node, count, wait_until},
+};
+
 use redirector_tests::netns::{self, Netns};
-use scenario::{Node, count};
 
 const VIP: &str = "240.240.0.20";
 const EAST: &str = "healthy: east";
@@ -28,13 +29,13 @@ fn static_entry(endpoints: &[(&str, &str)]) -> String {
         .iter()
         .map(|(address, locality)| format!("  - {{address: {address}, locality: {locality}}}\n"))
         .collect();
-    scenario::mydb_entry(VIP, "STATIC", &endpoints)
+    mydb_entry(VIP, "STATIC", &endpoints)
 }
 
 /// A DestinationRule for `mydb.com` with `traffic_policy` (indented four
 /// spaces) under `trafficPolicy`.
 fn rule(traffic_policy: &str) -> String {
-    scenario::mydb_rule(traffic_policy)
+    mydb_rule(traffic_policy)
 }
 
 /// East (the node's region) and west, both answering.
@@ -233,7 +234,7 @@ fn max_connections_and_pending_overflow_answer_a_fast_503() {
     node.start(&config, "us-east1", false);
     std::thread::scope(|s| {
         let first = s.spawn(|| node.curl(VIP));
-        scenario::wait_until(
+        wait_until(
             "the first request to arrive",
             Duration::from_secs(5),
             || node.servers[0].requests() == 1,
@@ -371,7 +372,7 @@ fn max_retries_caps_the_retries_in_flight() {
     std::thread::scope(|s| {
         // The first request's retry to west is the one in flight...
         let first = s.spawn(|| node.curl(VIP));
-        scenario::wait_until(
+        wait_until(
             "the first retry to reach west",
             Duration::from_secs(5),
             || node.servers[1].requests() == 1,

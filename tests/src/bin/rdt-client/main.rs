@@ -13,13 +13,12 @@
 //! (what fail-open must prevent); `broken` means the connection was made
 //! but died before the first line (a connection a dying proxy held).
 //!
-//! `raw`, `upload` and `websocket` speak HTTP (see `rdt-client/http.rs`).
+//! `raw`, `upload` and `websocket` speak HTTP (see `http.rs` beside this file).
 //!
 //! `rdt-client peer <ip:port>` connects and prints what the app sees of the
 //! connection: `peer <getpeername()>` and `local <getsockname()>`, one per
 //! line.
 
-#[path = "rdt-client/http.rs"]
 mod http;
 
 use std::{

@@ -2,7 +2,9 @@
 //! child cgroup the daemon attaches to, a real DNS server, HTTP endpoints
 //! on loopback addresses, and the daemon. Drop tears it all down in order
 //! (daemon first), also when the test panics.
-#![allow(dead_code)]
+//!
+//! The Istio documents the tests give the daemon are in [`crate::istio`];
+//! the HTTPS variant of the node in [`crate::origination`].
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -12,15 +14,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redirector_tests::{
+use crate::{
     cgroup::TestCgroup,
     client::{self, Client},
     daemon::{Daemon, DaemonOptions, PinDirGuard, redirector_bin},
     dns::DnsServer,
     http::HttpServer,
     netns::Netns,
-    privilege,
+    privilege, process,
     tempdir::TempDir,
+    upstream,
 };
 
 pub const DNS: &str = "127.0.0.1:53";
@@ -135,7 +138,7 @@ impl Node {
         let before = self.log().matches(outcome).count();
         self.write_config(yaml);
         let pid = self.daemon.as_ref().expect("a running daemon").pid();
-        redirector_tests::process::signal(pid, libc::SIGHUP).expect("sending SIGHUP");
+        process::signal(pid, libc::SIGHUP).expect("sending SIGHUP");
         wait_until(outcome, TIMEOUT, || {
             self.log().matches(outcome).count() > before
         });
@@ -218,12 +221,18 @@ impl Node {
     }
 }
 
+impl Default for Node {
+    fn default() -> Node {
+        Node::new()
+    }
+}
+
 impl Node {
     /// `rdt-load` in the app's position against `vip`:80 (Host mydb.com):
     /// `rps` requests per second for `secs` seconds over at most
     /// `connections` connections; (status, served_by) per request.
     pub fn load(&self, vip: &str, rps: u32, secs: f64, connections: u32) -> Vec<(u16, String)> {
-        let bin = redirector_tests::upstream::bin_path("rdt-load").expect("rdt-load is built");
+        let bin = upstream::bin_path("rdt-load").expect("rdt-load is built");
         let mut cmd = std::process::Command::new(bin);
         cmd.args([
             "--target",
@@ -287,95 +296,7 @@ pub fn tcp_client(node: &Node, addr: SocketAddr) -> Output {
         .expect("running rdt-client")
 }
 
-/// The blog's ServiceEntry for `mydb.com`, with our endpoint names and an
-/// optional explicit VIP.
-pub fn service_entry(
-    vip: Option<&str>,
-    east: (&str, &str, u16),
-    west: (&str, &str, u16),
-) -> String {
-    let addresses = vip
-        .map(|v| format!(" addresses:\n - {v}\n"))
-        .unwrap_or_default();
-    format!(
-        "apiVersion: networking.istio.io/v1alpha3
-kind: ServiceEntry
-metadata:
- name: external-svc-dns
-spec:
- hosts:
- - mydb.com
-{addresses} location: MESH_EXTERNAL
- ports:
- - number: 80
-   name: http
-   protocol: HTTP
- resolution: DNS
- endpoints:
- - address: {}
-   locality: {}
-   ports:
-     http: {}
- - address: {}
-   locality: {}
-   ports:
-     http: {}
-",
-        east.0, east.1, east.2, west.0, west.1, west.2
-    )
-}
-
-/// The blog's DestinationRule, with our outlier timings.
-pub fn destination_rule(consecutive: u32, interval: &str, base: &str) -> String {
-    format!(
-        "---
-apiVersion: networking.istio.io/v1alpha3
-kind: DestinationRule
-metadata:
- name: mydynamodb
-spec:
- host: mydb.com
- trafficPolicy:
-   outlierDetection:
-     consecutive5xxErrors: {consecutive}
-     interval: {interval}
-     baseEjectionTime: {base}
-"
-    )
-}
-
+/// How many of `bodies` are exactly `needle`.
 pub fn count(bodies: &[String], needle: &str) -> usize {
     bodies.iter().filter(|b| b.as_str() == needle).count()
-}
-
-/// `mydb.com` at `vip`, HTTP port 80 → 8080, with `resolution` and the
-/// already indented `endpoints` lines (each `  - {...}`).
-pub fn mydb_entry(vip: &str, resolution: &str, endpoints: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: db}}
-spec:
-  hosts: [mydb.com]
-  addresses: [{vip}]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
-  resolution: {resolution}
-  endpoints:
-{endpoints}"
-    )
-}
-
-/// A DestinationRule for `mydb.com` with `traffic_policy` (indented four
-/// spaces) under `trafficPolicy`.
-pub fn mydb_rule(traffic_policy: &str) -> String {
-    format!(
-        "---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: db}}
-spec:
-  host: mydb.com
-  trafficPolicy:
-{traffic_policy}"
-    )
 }
