@@ -244,25 +244,6 @@ print(n.makefile('rb').readline().decode().strip())
     );
 }
 
-/// Established TCP connections in the node's namespace to `addr`.
-fn established_to(node: &Node, addr: &str) -> usize {
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            node.ns.name(),
-            "ss",
-            "-Htn",
-            "state",
-            "established",
-        ])
-        .arg(format!("dst {addr}"))
-        .output()
-        .expect("running ss");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
 #[test]
 fn a_removed_endpoint_drains() {
     let mut node = east_west();
@@ -302,7 +283,7 @@ step()
         &script,
         &mut [
             &mut || {
-                assert_eq!(established_to(&node, "127.0.10.1:8080"), 1, "pooled");
+                assert_eq!(node.established_to("127.0.10.1:8080"), 1, "pooled");
                 // A slow request is on its way to east when east is removed.
                 node.servers[0].set_delay(Duration::from_millis(1500));
                 thread::scope(|s| {
@@ -317,7 +298,7 @@ step()
             &mut || {
                 // The app's connection is still open: nothing to east is.
                 wait_until("no connection to east", TIMEOUT, || {
-                    established_to(&node, "127.0.10.1:8080") == 0
+                    node.established_to("127.0.10.1:8080") == 0
                 });
             },
         ],

@@ -27,6 +27,11 @@ use crate::{
 };
 
 pub const DNS: &str = "127.0.0.1:53";
+/// The daemon's admin port (its default).
+pub const ADMIN: &str = "127.0.0.1:15000";
+/// How long the tests wait for anything that should happen (a daemon
+/// ready, a reload applied, an ejection, an answer): generous, since a
+/// loaded 2-core machine can be slow, and never asserted as a duration.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct Node {
@@ -208,6 +213,64 @@ impl Node {
         service["vip"].as_str().expect("a VIP").to_owned()
     }
 
+    /// `GET http://127.0.0.1:15000<path>` (the admin port) from inside the
+    /// node's namespace, not in the redirected cgroup; (status, body), or
+    /// curl's error.
+    pub fn admin_get(&self, path: &str) -> Result<(u16, String), String> {
+        let out = client::run(
+            &self.ns,
+            None,
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "5",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{ADMIN}{path}"),
+            ],
+            TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("running curl: {e:#}"));
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').expect("curl's status line");
+        Ok((
+            code.trim().parse().expect("an HTTP status"),
+            body.to_owned(),
+        ))
+    }
+
+    /// `/metrics` of the admin port.
+    pub fn metrics(&self) -> String {
+        match self.admin_get("/metrics") {
+            Ok((200, body)) => body,
+            other => panic!("/metrics: {other:?}\n{}", self.log()),
+        }
+    }
+
+    /// TCP connections in the node's namespace that are established to
+    /// `addr` (say, the proxy's pooled connections to an endpoint).
+    pub fn established_to(&self, addr: &str) -> usize {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.ns.name(),
+                "ss",
+                "-Htn",
+                "state",
+                "established",
+            ])
+            .arg(format!("dst {addr}"))
+            .output()
+            .expect("running ss");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+
     /// The endpoint row whose configured address is `address`.
     pub fn endpoint(&self, address: &str) -> serde_json::Value {
         let all = self.endpoints();
@@ -294,6 +357,14 @@ pub fn tcp_client(node: &Node, addr: SocketAddr) -> Output {
         .timeout(TIMEOUT)
         .run()
         .expect("running rdt-client")
+}
+
+/// The value of the series `series` (name with its labels, as printed)
+/// in a `/metrics` text, 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
 }
 
 /// How many of `bodies` are exactly `needle`.
