@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 
 use redirector_tests::{
     istio::{mydb_entry, mydb_rule},
-    scenario::{Node, count, wait_until},
+    netns::{self, Netns},
+    scenario::{Node, TIMEOUT, count, metric, wait_until},
 };
-
-use redirector_tests::netns::{self, Netns};
 
 const VIP: &str = "240.240.0.20";
 const EAST: &str = "healthy: east";
 const WEST: &str = "healthy: west";
+/// App connections the proxy holds for the service.
+const ACTIVE: &str = "redirector_active_connections{service=\"mydb.com:80\"}";
 
 /// `mydb.com` at [`VIP`] with STATIC endpoints `(address, locality)`, all
 /// on port 8080, and HTTP port 80.
@@ -222,8 +223,10 @@ fn connect_timeout_fails_over_from_a_black_hole_in_time() {
 fn max_connections_and_pending_overflow_answer_a_fast_503() {
     let mut node = Node::new();
     node.http("127.0.10.1:8080", "east");
-    // Each answer takes 1.5 s, so the one connection stays busy.
-    node.servers[0].set_delay(Duration::from_millis(1500));
+    // Each answer takes 4 s, so the one connection stays busy while the
+    // test lines up the other two (the second waits at most the connect
+    // timeout, Istio's default 10 s, for it).
+    node.servers[0].set_delay(Duration::from_secs(4));
     let config = static_entry(&[("127.0.10.1", "us-east1")])
         + &rule(
             "    connectionPool:
@@ -234,14 +237,14 @@ fn max_connections_and_pending_overflow_answer_a_fast_503() {
     node.start(&config, "us-east1", false);
     std::thread::scope(|s| {
         let first = s.spawn(|| node.curl(VIP));
-        wait_until(
-            "the first request to arrive",
-            Duration::from_secs(5),
-            || node.servers[0].requests() == 1,
-        );
+        wait_until("the first request to arrive", TIMEOUT, || {
+            node.servers[0].requests() == 1
+        });
         // The second waits for the connection, as the one pending request.
         let second = s.spawn(|| node.curl(VIP));
-        std::thread::sleep(Duration::from_millis(400));
+        wait_until("the second app connection", TIMEOUT, || {
+            metric(&node.metrics(), ACTIVE) == 2.0
+        });
         assert_eq!(node.servers[0].requests(), 1, "the second must be waiting");
         // The third finds the connection and the pending slot taken.
         let start = Instant::now();
@@ -291,16 +294,18 @@ fn idle_timeout_closes_pooled_connections() {
     let config = static_entry(&[("127.0.10.1", "us-east1")])
         + &rule(
             "    connectionPool:
-      http: {idleTimeout: 1s}
+      http: {idleTimeout: 3s}
 ",
         );
     node.start(&config, "us-east1", false);
     // Back to back, the pooled connection is reused.
     assert_eq!(count(&node.bodies(VIP, 3), EAST), 3);
     assert_eq!(node.servers[0].connections(), 1);
-    // Idle for longer than idleTimeout, it is closed: the next request
-    // needs a new one.
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Idle for longer than idleTimeout, it is closed (Istio's default
+    // would keep it an hour): the next request needs a new one.
+    wait_until("the idle pooled connection to close", TIMEOUT, || {
+        node.established_to("127.0.10.1:8080") == 0
+    });
     assert_eq!(count(&node.bodies(VIP, 1), EAST), 1);
     assert_eq!(node.servers[0].connections(), 2);
 }
@@ -357,9 +362,11 @@ spec:
 #[test]
 fn max_retries_caps_the_retries_in_flight() {
     let (mut node, entry) = two_regions();
-    // East answers 503 at once; west, where retries go, takes its time.
+    // East answers 503 at once; west, where retries go, takes its time
+    // (4 s: the first retry is still in flight when the second request
+    // comes, however slow the machine is to send it).
     node.servers[0].set_status(503).unwrap();
-    node.servers[1].set_delay(Duration::from_millis(1500));
+    node.servers[1].set_delay(Duration::from_secs(4));
     let config = entry
         + &rule(
             "    outlierDetection:
@@ -372,11 +379,9 @@ fn max_retries_caps_the_retries_in_flight() {
     std::thread::scope(|s| {
         // The first request's retry to west is the one in flight...
         let first = s.spawn(|| node.curl(VIP));
-        wait_until(
-            "the first retry to reach west",
-            Duration::from_secs(5),
-            || node.servers[1].requests() == 1,
-        );
+        wait_until("the first retry to reach west", TIMEOUT, || {
+            node.servers[1].requests() == 1
+        });
         // ...so the second gets east's 503 as it is, at once.
         let start = Instant::now();
         assert_eq!(node.curl(VIP), Ok((503, "503 from east".into())));
