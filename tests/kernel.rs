@@ -5,7 +5,6 @@
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
-    thread,
     time::Duration,
 };
 
@@ -261,7 +260,7 @@ fn the_kernel_path_skips_the_proxy_and_ejects_a_refusing_endpoint() {
 #[test]
 fn kill_9_under_load_fails_no_new_connection_and_a_restart_takes_over() {
     let mut node = Node::new();
-    let _east = TcpServer::start(&node.ns, "127.0.41.1:9000".parse().unwrap(), "east").unwrap();
+    let east = TcpServer::start(&node.ns, "127.0.41.1:9000".parse().unwrap(), "east").unwrap();
     let _west = TcpServer::start(&node.ns, "127.0.41.2:9000".parse().unwrap(), "west").unwrap();
     let config = tcp_service(
         &[("127.0.41.1", "us-east1"), ("127.0.41.2", "us-west1")],
@@ -279,19 +278,26 @@ fn kill_9_under_load_fails_no_new_connection_and_a_restart_takes_over() {
     let clients: Vec<Child> = (0..CLIENTS)
         .map(|_| spawn_load(&node, 100_000, 1, Some(&stop)))
         .collect();
-    thread::sleep(Duration::from_secs(1));
+    // Each phase lasts until east has accepted `n` more connections (about
+    // `n / CLIENTS` per client), however fast the machine is.
+    let more_load = |what: &str, n: u64| {
+        let until = east.accepted() + n;
+        wait_until(&format!("{n} more connections {what}"), TIMEOUT, || {
+            east.accepted() >= until
+        });
+    };
+    more_load("through the proxy", 400);
     kill_daemon(&mut node);
     // Dead: the kernel serves on its own, from the published slots.
-    thread::sleep(Duration::from_millis(300));
+    more_load("with the daemon dead", 400);
     let eps = endpoints(&node);
     assert_eq!(eps["daemon_running"], false, "{eps:#}");
     assert_eq!(eps["datapath_attached"], true, "{eps:#}");
     assert_eq!(attached(&node), (1, 1));
     assert_eq!(eps["proxy_listening"], false, "{eps:#}");
     assert_eq!(service(&eps)["path_now"], "kernel (fail-open)", "{eps:#}");
-    thread::sleep(Duration::from_secs(1));
     node.start(&config, "us-east1", false);
-    thread::sleep(Duration::from_secs(1));
+    more_load("after the restart", 800);
     std::fs::write(&stop, "").unwrap();
     let results: Vec<Load> = clients.into_iter().map(|c| finish_load(c, &node)).collect();
     let second = node.daemon.as_ref().unwrap();
