@@ -6,11 +6,9 @@
 //! the client dials the VIP, which has no route there, so only the redirect
 //! can reach anything.
 
-use std::time::Duration;
-
 use redirector_tests::{
     istio::{mydb_entry, mydb_rule},
-    scenario::{Node, count, wait_until},
+    scenario::{Node, TIMEOUT, count, wait_until},
 };
 
 const VIP: &str = "240.240.0.20";
@@ -47,11 +45,9 @@ fn config(endpoints: &[(&str, &str)], rule: &str) -> String {
 fn start(node: &mut Node, yaml: &str, locality: &str, names: &[&str]) {
     node.start(yaml, locality, false);
     for name in names {
-        wait_until(
-            &format!("{name}.test to resolve"),
-            Duration::from_secs(10),
-            || node.endpoint(&format!("{name}.test"))["status"] != "UNRESOLVED",
-        );
+        wait_until(&format!("{name}.test to resolve"), TIMEOUT, || {
+            node.endpoint(&format!("{name}.test"))["status"] != "UNRESOLVED"
+        });
     }
 }
 

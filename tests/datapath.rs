@@ -12,7 +12,7 @@ use redirector_tests::{
     daemon::redirector_bin,
     istio::{destination_rule, service_entry},
     process,
-    scenario::{Node, count, tcp_client, wait_until},
+    scenario::{Node, TIMEOUT, count, tcp_client, wait_until},
     tcp::TcpServer,
 };
 
@@ -143,13 +143,13 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_error() {
         "127.0.10.2:8080",
     ));
     process::signal(pid, libc::SIGHUP).unwrap();
-    wait_until("the reload", Duration::from_secs(10), || {
+    wait_until("the reload", TIMEOUT, || {
         node.log().contains("config reloaded")
     });
     assert_eq!(count(&node.bodies(VIP, 3), "healthy: west"), 3);
     node.write_config("kind: ServiceEntry\nspec: [this is not valid\n");
     process::signal(pid, libc::SIGHUP).unwrap();
-    wait_until("the rejection", Duration::from_secs(10), || {
+    wait_until("the rejection", TIMEOUT, || {
         node.log().contains("config reload rejected")
     });
     assert!(

@@ -26,7 +26,7 @@ use redirector_tests::{
     istio::{mydb_entry, mydb_rule},
     process,
     rogue::{Rogue, RogueServer},
-    scenario::{Node, wait_until},
+    scenario::{Node, TIMEOUT, wait_until},
     websocket::WebSocketServer,
 };
 
@@ -575,7 +575,7 @@ fn last_error(node: &Node, containing: &str) -> String {
     let mut last = String::new();
     wait_until(
         &format!("the endpoint's last error to mention {containing:?}"),
-        Duration::from_secs(10),
+        TIMEOUT,
         || {
             last = node.endpoint("127.0.10.1")["last_error"]
                 .as_str()
@@ -625,7 +625,7 @@ fn malformed_responses_get_a_clean_502_and_count_against_the_endpoint() {
         );
     }
     // Every failure was counted (the threshold is out of reach).
-    wait_until("12 failures in a row", Duration::from_secs(10), || {
+    wait_until("12 failures in a row", TIMEOUT, || {
         node.endpoint("127.0.10.1")["consecutive_5xx"] == 12
     });
     // A broken chunk after a good head: too late for a 502. The app's
@@ -687,14 +687,10 @@ fn a_malformed_endpoint_leaks_nothing() {
         .collect();
     assert_eq!(counted, expected);
     let mut after = 0;
-    wait_until(
-        "the daemon's open files to go back down",
-        Duration::from_secs(10),
-        || {
-            after = daemon_fds(&node);
-            after <= before + 4
-        },
-    );
+    wait_until("the daemon's open files to go back down", TIMEOUT, || {
+        after = daemon_fds(&node);
+        after <= before + 4
+    });
     let daemon = node.daemon.as_mut().unwrap();
     assert!(daemon.try_wait().unwrap().is_none(), "the daemon is up");
     let (status, body, _) = request(&node, &[], Rogue::Ok.path());
