@@ -380,15 +380,19 @@ fn after_start_every_thread_keeps_only_net_admin_and_the_pins_are_private() {
     assert!(files >= 15, "{files} pins");
 }
 
-/// Whether a TCP connect to `addr` succeeds. Not reached is known at
-/// once (the kernel refuses a port nobody listens on with a reset), so
-/// the deadline is only a bound for a machine too loaded to answer, never
-/// what decides.
+/// Whether a TCP handshake with `addr` completes: the connect succeeds,
+/// or fails with a reset, which only a listener that accepted it can send
+/// (the proxy resets a connection no redirect sent it, and on a loaded
+/// machine that reset can arrive before this task sees its connect
+/// complete, which then reports ECONNRESET). A port nobody listens on
+/// refuses the handshake at once (ECONNREFUSED), so the deadline only
+/// bounds a machine too loaded to answer, and never decides.
 async fn tcp_connects(addr: SocketAddr) -> bool {
-    matches!(
-        tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
-        Ok(Ok(_))
-    )
+    match tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Err(_) => false,
+    }
 }
 
 /// Whether a DNS query over UDP to `addr` gets any answer. The socket is
