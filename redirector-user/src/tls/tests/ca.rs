@@ -17,7 +17,7 @@ use rcgen::{
 };
 
 /// A self-signed root that signs leaf certificates.
-pub struct TestCa {
+pub(super) struct TestCa {
     cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
     /// The serial number of each leaf issued, by its PEM (for [`TestCa::crl`]).
@@ -26,7 +26,7 @@ pub struct TestCa {
 
 impl TestCa {
     /// A new root, `CN=redirector unit test CA <n>`.
-    pub fn new() -> TestCa {
+    pub(super) fn new() -> TestCa {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let name = format!(
             "redirector unit test CA {}",
@@ -50,29 +50,29 @@ impl TestCa {
     }
 
     /// The root certificate, PEM.
-    pub fn cert_pem(&self) -> String {
+    pub(super) fn cert_pem(&self) -> String {
         self.cert_pem.clone()
     }
 
     /// A server certificate for `sans` (IP addresses as IP SANs, anything
     /// with `://` as a URI SAN, else DNS names), valid now: `(cert, key)`.
-    pub fn leaf(&self, sans: &[&str]) -> (String, String) {
+    pub(super) fn leaf(&self, sans: &[&str]) -> (String, String) {
         self.sign(sans, false, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
     /// Like [`TestCa::leaf`], but valid only on 1 January 2000: expired.
-    pub fn expired_leaf(&self, sans: &[&str]) -> (String, String) {
+    pub(super) fn expired_leaf(&self, sans: &[&str]) -> (String, String) {
         self.sign(sans, true, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
     /// A client certificate (`CN=<name>`, clientAuth): `(cert, key)`.
-    pub fn client_leaf(&self, name: &str) -> (String, String) {
+    pub(super) fn client_leaf(&self, name: &str) -> (String, String) {
         self.sign(&[name], false, ExtendedKeyUsagePurpose::ClientAuth)
     }
 
     /// A revocation list, signed by this CA, revoking `revoked` (PEMs of
     /// leaves it issued), PEM.
-    pub fn crl(&self, revoked: &[&str]) -> String {
+    pub(super) fn crl(&self, revoked: &[&str]) -> String {
         let serials = self.serials.lock().unwrap();
         let revoked_certs = revoked
             .iter()
