@@ -4,9 +4,9 @@
 //! It is authoritative for every name: names set with [`DnsServer::set_a`]
 //! answer their A records, other types of a known name answer NOERROR with
 //! no records (NODATA), unknown names NXDOMAIN. Records change at run time,
-//! which is what TTL-driven refresh tests need, and the faults of DESIGN §7
-//! are here: [`DnsServer::set_servfail`], an empty answer (`set_a(name,
-//! &[], ttl)`) and changed IPs. Negative answers carry an SOA with TTL 0 so
+//! which is what TTL-driven refresh tests need, and the DNS faults the
+//! tests inject are here: [`DnsServer::set_servfail`], an empty answer
+//! (`set_a(name, &[], ttl)`) and changed IPs. Negative answers carry an SOA with TTL 0 so
 //! no resolver caches them. Answered by ordinary stub resolvers (glibc,
 //! hickory-resolver). Every query is logged ([`DnsServer::log`]): who
 //! asked what, over which transport.

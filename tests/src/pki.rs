@@ -1,7 +1,7 @@
 //! A certificate authority made at test time (rcgen), for endpoints that
-//! speak TLS: the daemon trusts it through `caCertificates`, and the faults
-//! of DESIGN §7 are certificates it would reject: a wrong name
-//! (`ca.leaf(&["wrong.test"])`), an expiry in the past
+//! speak TLS: the daemon trusts it through `caCertificates`, and the
+//! certificate faults the tests inject are certificates it would reject:
+//! a wrong name (`ca.leaf(&["wrong.test"])`), an expiry in the past
 //! ([`TestCa::expired_leaf`]), a signer it does not trust
 //! ([`untrusted_leaf`]) and a revoked certificate ([`TestCa::crl`]). It
 //! also issues client certificates for mutual TLS ([`TestCa::client_leaf`]).

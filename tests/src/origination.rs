@@ -1,16 +1,14 @@
 //! The HTTPS variant of the blog on one [`Node`]: DNS names `east.test`
 //! and `west.test` for HTTPS endpoints on loopback addresses, a CA made for
 //! the test, and the blog's HTTPS documents with those names.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
-use redirector_tests::{
+use crate::{
     https::{HttpsServer, TlsOptions},
     pki::TestCa,
+    scenario::{Node, count},
 };
-
-use crate::scenario::{Node, count};
 
 pub const VIP: &str = "240.240.0.20";
 pub const EAST: &str = "healthy: east";

@@ -2,7 +2,9 @@
 //! child cgroup the daemon attaches to, a real DNS server, HTTP endpoints
 //! on loopback addresses, and the daemon. Drop tears it all down in order
 //! (daemon first), also when the test panics.
-#![allow(dead_code)]
+//!
+//! The Istio documents the tests give the daemon are in [`crate::istio`];
+//! the HTTPS variant of the node in [`crate::origination`].
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -12,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use redirector_tests::{
+use crate::{
     cgroup::TestCgroup,
     client::{self, Client},
     daemon::{Daemon, DaemonOptions, PinDirGuard, redirector_bin},
@@ -21,9 +23,15 @@ use redirector_tests::{
     netns::Netns,
     privilege,
     tempdir::TempDir,
+    upstream,
 };
 
 pub const DNS: &str = "127.0.0.1:53";
+/// The daemon's admin port (its default).
+pub const ADMIN: &str = "127.0.0.1:15000";
+/// How long the tests wait for anything that should happen (a daemon
+/// ready, a reload applied, an ejection, an answer): generous, since a
+/// loaded 2-core machine can be slow, and never asserted as a duration.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct Node {
@@ -128,14 +136,17 @@ impl Node {
         self.daemon = Some(start_daemon(&self.ns, args));
     }
 
-    /// Writes `yaml` as the config and has the daemon reload it (SIGHUP);
-    /// waits for the daemon to log `outcome` (`config reloaded` or
-    /// `config reload rejected`) once more than before.
+    /// Writes `yaml` as the config, which the daemon notices by itself
+    /// (it watches its config file), and waits for it to log `outcome`
+    /// (`config reloaded` or `config reload rejected`) once more than
+    /// before.
+    ///
+    /// No SIGHUP on top: the daemon would handle the same edit twice (a
+    /// rejected one is rejected again when the watcher sees it), and the
+    /// tests count reloads. `datapath.rs` covers SIGHUP.
     pub fn reload(&self, yaml: &str, outcome: &str) {
         let before = self.log().matches(outcome).count();
         self.write_config(yaml);
-        let pid = self.daemon.as_ref().expect("a running daemon").pid();
-        redirector_tests::process::signal(pid, libc::SIGHUP).expect("sending SIGHUP");
         wait_until(outcome, TIMEOUT, || {
             self.log().matches(outcome).count() > before
         });
@@ -205,6 +216,64 @@ impl Node {
         service["vip"].as_str().expect("a VIP").to_owned()
     }
 
+    /// `GET http://127.0.0.1:15000<path>` (the admin port) from inside the
+    /// node's namespace, not in the redirected cgroup; (status, body), or
+    /// curl's error.
+    pub fn admin_get(&self, path: &str) -> Result<(u16, String), String> {
+        let out = client::run(
+            &self.ns,
+            None,
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "5",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{ADMIN}{path}"),
+            ],
+            TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("running curl: {e:#}"));
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').expect("curl's status line");
+        Ok((
+            code.trim().parse().expect("an HTTP status"),
+            body.to_owned(),
+        ))
+    }
+
+    /// `/metrics` of the admin port.
+    pub fn metrics(&self) -> String {
+        match self.admin_get("/metrics") {
+            Ok((200, body)) => body,
+            other => panic!("/metrics: {other:?}\n{}", self.log()),
+        }
+    }
+
+    /// TCP connections in the node's namespace that are established to
+    /// `addr` (say, the proxy's pooled connections to an endpoint).
+    pub fn established_to(&self, addr: &str) -> usize {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                self.ns.name(),
+                "ss",
+                "-Htn",
+                "state",
+                "established",
+            ])
+            .arg(format!("dst {addr}"))
+            .output()
+            .expect("running ss");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+
     /// The endpoint row whose configured address is `address`.
     pub fn endpoint(&self, address: &str) -> serde_json::Value {
         let all = self.endpoints();
@@ -218,12 +287,18 @@ impl Node {
     }
 }
 
+impl Default for Node {
+    fn default() -> Node {
+        Node::new()
+    }
+}
+
 impl Node {
     /// `rdt-load` in the app's position against `vip`:80 (Host mydb.com):
     /// `rps` requests per second for `secs` seconds over at most
     /// `connections` connections; (status, served_by) per request.
     pub fn load(&self, vip: &str, rps: u32, secs: f64, connections: u32) -> Vec<(u16, String)> {
-        let bin = redirector_tests::upstream::bin_path("rdt-load").expect("rdt-load is built");
+        let bin = upstream::bin_path("rdt-load").expect("rdt-load is built");
         let mut cmd = std::process::Command::new(bin);
         cmd.args([
             "--target",
@@ -287,95 +362,15 @@ pub fn tcp_client(node: &Node, addr: SocketAddr) -> Output {
         .expect("running rdt-client")
 }
 
-/// The blog's ServiceEntry for `mydb.com`, with our endpoint names and an
-/// optional explicit VIP.
-pub fn service_entry(
-    vip: Option<&str>,
-    east: (&str, &str, u16),
-    west: (&str, &str, u16),
-) -> String {
-    let addresses = vip
-        .map(|v| format!(" addresses:\n - {v}\n"))
-        .unwrap_or_default();
-    format!(
-        "apiVersion: networking.istio.io/v1alpha3
-kind: ServiceEntry
-metadata:
- name: external-svc-dns
-spec:
- hosts:
- - mydb.com
-{addresses} location: MESH_EXTERNAL
- ports:
- - number: 80
-   name: http
-   protocol: HTTP
- resolution: DNS
- endpoints:
- - address: {}
-   locality: {}
-   ports:
-     http: {}
- - address: {}
-   locality: {}
-   ports:
-     http: {}
-",
-        east.0, east.1, east.2, west.0, west.1, west.2
-    )
+/// The value of the series `series` (name with its labels, as printed)
+/// in a `/metrics` text, 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
 }
 
-/// The blog's DestinationRule, with our outlier timings.
-pub fn destination_rule(consecutive: u32, interval: &str, base: &str) -> String {
-    format!(
-        "---
-apiVersion: networking.istio.io/v1alpha3
-kind: DestinationRule
-metadata:
- name: mydynamodb
-spec:
- host: mydb.com
- trafficPolicy:
-   outlierDetection:
-     consecutive5xxErrors: {consecutive}
-     interval: {interval}
-     baseEjectionTime: {base}
-"
-    )
-}
-
+/// How many of `bodies` are exactly `needle`.
 pub fn count(bodies: &[String], needle: &str) -> usize {
     bodies.iter().filter(|b| b.as_str() == needle).count()
-}
-
-/// `mydb.com` at `vip`, HTTP port 80 → 8080, with `resolution` and the
-/// already indented `endpoints` lines (each `  - {...}`).
-pub fn mydb_entry(vip: &str, resolution: &str, endpoints: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: db}}
-spec:
-  hosts: [mydb.com]
-  addresses: [{vip}]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 8080}}]
-  resolution: {resolution}
-  endpoints:
-{endpoints}"
-    )
-}
-
-/// A DestinationRule for `mydb.com` with `traffic_policy` (indented four
-/// spaces) under `trafficPolicy`.
-pub fn mydb_rule(traffic_policy: &str) -> String {
-    format!(
-        "---
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: db}}
-spec:
-  host: mydb.com
-  trafficPolicy:
-{traffic_policy}"
-    )
 }

@@ -13,13 +13,12 @@
 //! (what fail-open must prevent); `broken` means the connection was made
 //! but died before the first line (a connection a dying proxy held).
 //!
-//! `raw`, `upload` and `websocket` speak HTTP (see `rdt-client/http.rs`).
+//! `raw`, `upload` and `websocket` speak HTTP (see `http.rs` beside this file).
 //!
 //! `rdt-client peer <ip:port>` connects and prints what the app sees of the
 //! connection: `peer <getpeername()>` and `local <getsockname()>`, one per
 //! line.
 
-#[path = "rdt-client/http.rs"]
 mod http;
 
 use std::{
@@ -29,7 +28,7 @@ use std::{
     path::PathBuf,
     process::ExitCode,
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 const USAGE: &str = "usage: rdt-client tcp <ip:port> [--send <text>] [--lines <n>] \
@@ -93,9 +92,18 @@ enum Round {
 }
 
 fn round(args: &Args) -> Round {
+    let started = Instant::now();
     let mut stream = match TcpStream::connect_timeout(&args.addr, args.connect_timeout) {
         Ok(s) => s,
-        Err(e) => return Round::ConnectFailed(format!("connect {}: {e}", args.addr)),
+        // How long connect() took, by this process's clock: what a test of
+        // timeouts bounds, without the time the process took to start.
+        Err(e) => {
+            return Round::ConnectFailed(format!(
+                "connect {}: {e} (after {} ms)",
+                args.addr,
+                started.elapsed().as_millis()
+            ));
+        }
     };
     if let Err(e) = stream.set_read_timeout(Some(TIMEOUT)) {
         return Round::Broken(format!("set read timeout: {e}"));
