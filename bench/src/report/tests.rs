@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, fs, path::PathBuf};
 
 use super::{targets::Target, *};
-use crate::bench::model::{
+use crate::model::{
     Conn, FAST_PATH_NO_TLS, FailOpenRun, FailoverRun, LoadResult, MachineInfo, NotAvailable,
     RunSettings, Sample, Upstream, UpstreamTls,
 };

@@ -47,7 +47,7 @@ use redirector_tests::{
     upstream::{UpstreamProcess, UpstreamStats},
 };
 
-use super::{
+use crate::{
     model::{SystemId, Upstream},
     peers::{OutlierTiming, Peer, PeerConfig},
     tools::Tools,

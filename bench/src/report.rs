@@ -41,7 +41,7 @@ use std::{
 use anyhow::{Context, Result};
 
 pub use self::targets::{Verdict, targets};
-use super::{
+use crate::{
     model::{BenchReport, CellRun, FailOpenRun, Fault, Load, SystemId, Workload},
     plot,
 };
@@ -654,7 +654,7 @@ fn handshake_table(report: &BenchReport, aggs: &[Aggregate], out: &mut String) {
         let _ = writeln!(out, "| {w} | {} |", cells.join(" | "));
     }
     out.push('\n');
-    let counts: Vec<&super::model::UpstreamTls> = report
+    let counts: Vec<&crate::model::UpstreamTls> = report
         .cells
         .iter()
         .filter_map(|c| c.upstream_tls.as_ref())

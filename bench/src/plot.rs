@@ -20,7 +20,7 @@ use plotters::{
     style::text_anchor::{HPos, Pos, VPos},
 };
 
-use super::{
+use crate::{
     model::{BenchReport, Conn, SystemId, Upstream, Workload},
     report::{Aggregate, Stat, aggregate, open_rps, sig3},
 };
@@ -394,7 +394,7 @@ mod tests {
     use std::fs;
 
     use super::*;
-    use crate::bench::report::tests::{KA_PLAIN, KA_TLS, SYSTEMS, synthetic};
+    use crate::report::tests::{KA_PLAIN, KA_TLS, SYSTEMS, synthetic};
 
     fn render(report: &BenchReport, name: &str) -> String {
         let path =
@@ -449,7 +449,7 @@ mod tests {
         let mut r = synthetic();
         let mut more = r.cells.clone();
         for c in &mut more {
-            c.workload.load = crate::bench::model::Load::OpenLoop { rps: 5000 };
+            c.workload.load = crate::model::Load::OpenLoop { rps: 5000 };
         }
         r.cells.extend(more);
         let ws = chosen(&aggregate(&r));

@@ -5,8 +5,8 @@ use std::{fs, process::Command};
 
 use anyhow::Result;
 
-use super::{install, model::MachineInfo, tools::Tools};
 use crate::cmd::{self, command};
+use crate::{install, model::MachineInfo, tools::Tools};
 
 fn first_line(cmd: &mut Command) -> String {
     cmd::probe(cmd)

@@ -7,9 +7,7 @@
 //! `super::ratio`, so drift of the machine during the run cancels out.
 
 use super::{Aggregate, Ratio, aggregate, mib, ms, ratio, sig3};
-use crate::bench::model::{
-    BenchReport, Conn, FailOpenRun, Fault, Load, SystemId, Upstream, Workload,
-};
+use crate::model::{BenchReport, Conn, FailOpenRun, Fault, Load, SystemId, Upstream, Workload};
 
 /// Redirector peak RSS must stay below this.
 pub const RSS_LIMIT_KIB: u64 = 12 * 1024;

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, ensure};
 use redirector_tests::{process, upstream::bin_path};
 use serde::Deserialize;
 
-use super::{
+use crate::{
     model::{FailoverRun, Fault, SystemId, Upstream},
     topology::{Bed, System},
 };

@@ -29,7 +29,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use redirector_tests::{netns::Netns, process};
 
-use super::{model::SystemId, tools::Tools};
+use crate::{model::SystemId, tools::Tools};
 
 /// Envoy's consecutive-5xx outlier detection timings (Istio's
 /// `outlierDetection`), translated by each peer into its own terms.

@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use redirector_tests::{cgroup::TestCgroup, netns::Netns, process, tempdir::TempDir};
 
-use super::{
+use crate::{
     model::{Load, LoadResult, Workload},
     tools::Tools,
 };

@@ -23,7 +23,7 @@ use std::{collections::BTreeMap, net::SocketAddrV4, time::Duration};
 
 use anyhow::{Context, Result};
 
-use super::{
+use crate::{
     failover::{self, Load, LoadPlan, Record, sleep_until, unix_ms},
     model::{FailOpenRun, SystemId},
     topology::{Bed, System},

@@ -1,0 +1,403 @@
+//! One run of the benchmark, in order: the tools, the bed with every
+//! system up, a check that each serves the primary, the matrix of cells
+//! (workloads × systems × repetitions, systems interleaved), the failover
+//! and fail-open runs, then the report.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use redirector_tests::upstream::UpstreamStats;
+
+use crate::{
+    Args, cmd, failopen, failover, install, load, machine,
+    model::{
+        self, BenchReport, CellRun, Conn, Fault, Load, NotAvailable, RunSettings, SystemId,
+        Upstream, UpstreamTls, Workload,
+    },
+    report, sample,
+    tools::Tools,
+    topology::{Bed, BedOptions},
+};
+
+const CLIENT_CPU: u32 = 0;
+const SUT_CPU: u32 = 1;
+const BODY_BYTES: u32 = 1024;
+
+fn workloads(quick: bool) -> Vec<Workload> {
+    let w = |conn, upstream, load| Workload {
+        conn,
+        upstream,
+        load,
+    };
+    use Conn::*;
+    use Load::*;
+    use Upstream::*;
+    if quick {
+        return vec![
+            w(KeepAlive, Plain, OpenLoop { rps: 1000 }),
+            w(KeepAlive, Tls, ClosedLoop { connections: 16 }),
+            w(NewPerRequest, Plain, OpenLoop { rps: 200 }),
+        ];
+    }
+    vec![
+        w(KeepAlive, Plain, OpenLoop { rps: 1000 }),
+        w(KeepAlive, Plain, OpenLoop { rps: 5000 }),
+        w(KeepAlive, Plain, ClosedLoop { connections: 32 }),
+        w(NewPerRequest, Plain, OpenLoop { rps: 1000 }),
+        w(NewPerRequest, Plain, ClosedLoop { connections: 32 }),
+        w(KeepAlive, Tls, OpenLoop { rps: 1000 }),
+        w(KeepAlive, Tls, OpenLoop { rps: 5000 }),
+        w(KeepAlive, Tls, ClosedLoop { connections: 32 }),
+        w(NewPerRequest, Tls, OpenLoop { rps: 1000 }),
+        w(NewPerRequest, Tls, ClosedLoop { connections: 32 }),
+    ]
+}
+
+fn selected_systems(args: &Args) -> Result<Vec<SystemId>> {
+    if args.systems.is_empty() {
+        return Ok(SystemId::ALL.to_vec());
+    }
+    args.systems
+        .iter()
+        .map(|k| {
+            SystemId::ALL
+                .into_iter()
+                .find(|s| s.key() == k)
+                .with_context(|| {
+                    let keys: Vec<_> = SystemId::ALL.iter().map(|s| s.key()).collect();
+                    format!("unknown system {k:?}; known: {}", keys.join(", "))
+                })
+        })
+        .collect()
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    cmd::require_root()?;
+    let systems = selected_systems(args)?;
+    use_binaries_beside_this_one()?;
+    let tools = install::ensure()?;
+    pin_to(CLIENT_CPU)?;
+    let settings = RunSettings {
+        quick: args.quick,
+        reps: args.reps.unwrap_or(if args.quick { 1 } else { 5 }),
+        cell_secs: args.cell_secs.unwrap_or(if args.quick { 1.0 } else { 5.0 }),
+        warmup_secs: if args.quick { 0.2 } else { 1.0 },
+        body_bytes: BODY_BYTES,
+        client_cpu: CLIENT_CPU,
+        sut_cpu: SUT_CPU,
+        noise_threshold: 0.10,
+    };
+    bench(args, &tools, &systems, settings)
+}
+
+/// Points the test bed at the `redirector`, `rdt-upstream` and `rdt-load`
+/// beside this executable (`cargo xtask bench` builds them together, in
+/// release: this measures the product, not a debug build), whatever the
+/// environment says.
+fn use_binaries_beside_this_one() -> Result<()> {
+    let exe = std::env::current_exe().context("finding this executable")?;
+    let dir = exe.parent().context("this executable has no directory")?;
+    for (var, bin) in [
+        ("REDIRECTOR_BIN", "redirector"),
+        ("RDT_UPSTREAM_BIN", "rdt-upstream"),
+        ("RDT_LOAD_BIN", "rdt-load"),
+    ] {
+        let path = dir.join(bin);
+        if !path.is_file() {
+            bail!(
+                "no {} beside {}: build them together with `cargo build --release -p redirector-user \
+                 -p redirector-tests -p redirector-bench --bins` (`cargo xtask bench` does)",
+                path.display(),
+                exe.display()
+            );
+        }
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var(var, path) };
+    }
+    Ok(())
+}
+
+fn bench(args: &Args, tools: &Tools, systems: &[SystemId], settings: RunSettings) -> Result<()> {
+    eprintln!("bench: starting {} systems", systems.len());
+    let bed = Bed::new(&BedOptions {
+        tools,
+        systems,
+        body_bytes: BODY_BYTES as usize,
+        client_cpu: CLIENT_CPU,
+        sut_cpu: SUT_CPU,
+    })?;
+    for system in &bed.systems {
+        for upstream in [Upstream::Plain, Upstream::Tls] {
+            if system.id == SystemId::RedirectorFastPath && upstream == Upstream::Tls {
+                continue;
+            }
+            let body = bed.probe(system, upstream).with_context(|| {
+                format!(
+                    "{} ({upstream:?}) does not answer\n{}",
+                    system.id,
+                    system.log()
+                )
+            })?;
+            if !body.starts_with("healthy: east") {
+                bail!(
+                    "{} ({upstream:?}) answered {body:?}, not the primary",
+                    system.id
+                );
+            }
+        }
+    }
+    let mut report = BenchReport {
+        settings: settings.clone(),
+        ..Default::default()
+    };
+    let mut workloads = workloads(settings.quick);
+    if !args.workloads.is_empty() {
+        workloads.retain(|w| args.workloads.iter().any(|f| w.key().contains(f.as_str())));
+    }
+    for system in systems {
+        for w in &workloads {
+            if let Some(reason) = system.unavailable(w) {
+                report.not_available.push(NotAvailable {
+                    system: *system,
+                    workload: *w,
+                    reason: reason.into(),
+                });
+            }
+        }
+    }
+    let cell = Duration::from_secs_f64(settings.cell_secs);
+    let warmup = Duration::from_secs_f64(settings.warmup_secs);
+    let total = settings.reps as usize
+        * workloads
+            .iter()
+            .map(|w| {
+                bed.systems
+                    .iter()
+                    .filter(|s| s.id.unavailable(w).is_none())
+                    .count()
+            })
+            .sum::<usize>();
+    let mut done = 0;
+    for rep in 0..settings.reps {
+        for workload in &workloads {
+            for system in &bed.systems {
+                if system.id.unavailable(workload).is_some() {
+                    continue;
+                }
+                done += 1;
+                let (target, host, https) = system.target(workload.upstream);
+                let spec = |duration| load::LoadSpec {
+                    target,
+                    host,
+                    https,
+                    workload: *workload,
+                    duration,
+                };
+                let cgroup = system.cgroup.as_ref();
+                if !warmup.is_zero() {
+                    load::observe(tools, &spec(warmup), &bed.bench, cgroup, CLIENT_CPU)?;
+                }
+                // The HTTPS upstreams' counters around the measured run:
+                // the handshakes this system made (or, direct, the load
+                // generator made) with its pool warmed up.
+                let tls_before = (workload.upstream == Upstream::Tls)
+                    .then(|| bed.upstreams.tls_stats())
+                    .transpose()?;
+                let probe = sample::Probe::start(&system.pids())?;
+                let observed = load::observe(tools, &spec(cell), &bed.bench, cgroup, CLIENT_CPU)
+                    .with_context(|| format!("{} {workload}\n{}", system.id, system.log()))?;
+                let sample = probe.finish()?;
+                let upstream_tls = match tls_before {
+                    Some(before) => Some(upstream_tls(&bed.upstreams.tls_stats()?.since(&before))),
+                    None => None,
+                };
+                // Every system must carry the whole 1 KiB body (wrk also
+                // counts the status line and headers).
+                if let Some(bytes) = observed.bytes_per_response
+                    && bytes < f64::from(BODY_BYTES)
+                {
+                    bail!(
+                        "{} {workload}: {bytes:.0} bytes per response, not the {BODY_BYTES}-byte body",
+                        system.id
+                    );
+                }
+                let result = observed.result;
+                let noisy = sample::is_noisy(&sample, settings.noise_threshold);
+                let handshakes = upstream_tls
+                    .as_ref()
+                    .and_then(UpstreamTls::per_krequests)
+                    .map(|(full, resumed)| {
+                        format!(
+                            ", upstream TLS handshakes/1000 req {full:.2} full {resumed:.2} resumed"
+                        )
+                    })
+                    .unwrap_or_default();
+                eprintln!(
+                    "bench [{done}/{total}] rep {rep} {workload} {}: {:.0} rps, p50 {:.3} ms, p99 {:.3} ms, {} errors, cpu/krps {}{handshakes}{}",
+                    system.id,
+                    result.rps,
+                    result.p50_ms,
+                    result.p99_ms,
+                    result.errors,
+                    sample
+                        .cpu_per_krps(result.rps)
+                        .map(|c| format!("{c:.3}"))
+                        .unwrap_or_else(|| "-".into()),
+                    if noisy { " (noisy)" } else { "" }
+                );
+                report.cells.push(CellRun {
+                    system: system.id,
+                    workload: *workload,
+                    rep,
+                    load: result,
+                    sample,
+                    noisy,
+                    upstream_tls,
+                });
+            }
+        }
+    }
+    if !args.no_failover {
+        report.failover = failovers(&bed, settings.quick)?;
+    }
+    if !args.no_fail_open {
+        report.fail_open = fail_opens(&bed, settings.quick)?;
+    }
+    report.machine = machine::info(tools)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));
+    let written = report::write(&report, &out)?;
+    println!("{}", report::markdown(&report));
+    eprintln!(
+        "bench: wrote {}, {} and {}",
+        written.json.display(),
+        written.markdown.display(),
+        written.plot.display()
+    );
+    Ok(())
+}
+
+/// The report's view of the HTTPS upstreams' counters over one run.
+fn upstream_tls(d: &UpstreamStats) -> UpstreamTls {
+    UpstreamTls {
+        requests: d.requests,
+        connections: d.connections,
+        full: d.tls_full_used,
+        resumed: d.tls_resumed_used,
+        all_full: d.tls_full,
+        all_resumed: d.tls_resumed,
+        hello_retries: d.tls_hello_retry,
+        failed: d.tls_failed,
+    }
+}
+
+fn failovers(bed: &Bed, quick: bool) -> Result<Vec<model::FailoverRun>> {
+    let plan = if quick {
+        failover::Plan {
+            rps: 200,
+            duration: Duration::from_secs(7),
+            fault_at: Duration::from_secs(1),
+            restore_at: Duration::from_secs(2),
+            timeout: Duration::from_secs(15),
+        }
+    } else {
+        failover::Plan {
+            rps: 500,
+            // Long enough after the restore for a second ejection (the
+            // base time doubled, as in Envoy) to run out.
+            duration: Duration::from_secs(16),
+            fault_at: Duration::from_secs(2),
+            restore_at: Duration::from_secs(6),
+            timeout: Duration::from_secs(15),
+        }
+    };
+    let mut runs = Vec::new();
+    // Not the fast path: these faults measure retries and 5xx ejection,
+    // which the kernel path does not do by design (it cannot retry a
+    // connect nor see an HTTP status; docs/config-reference.md).
+    for system in bed
+        .systems
+        .iter()
+        .filter(|s| s.id.is_proxy() && s.id != SystemId::RedirectorFastPath)
+    {
+        for fault in [Fault::Status503, Fault::Killed, Fault::BlackHoled] {
+            // The smoke run does one fault per peer and all of them for us.
+            if quick && system.id != SystemId::Redirector && fault != Fault::Status503 {
+                continue;
+            }
+            let run = failover::run(bed, system, fault, &plan)
+                .with_context(|| format!("failover {fault:?} through {}", system.id))?;
+            eprintln!(
+                "bench failover {} {fault:?}: {} errors, full failover {:?} ms, worst latency {:.1} ms (first 100 ms {:.1}, before the fault {:.1}), fail back {:?} ms",
+                system.id,
+                run.errors_after_fault,
+                run.time_to_full_failover_ms.map(|v| v.round()),
+                run.worst_latency_after_fault_ms,
+                run.worst_latency_first_100ms_ms,
+                run.worst_latency_before_fault_ms,
+                run.time_to_fail_back_ms.map(|v| v.round())
+            );
+            runs.push(run);
+        }
+    }
+    Ok(runs)
+}
+
+/// `kill -9` of each of the redirector's daemons under new-connection
+/// load, and a new daemon taking over a few seconds later.
+fn fail_opens(bed: &Bed, quick: bool) -> Result<Vec<model::FailOpenRun>> {
+    let plan = if quick {
+        failopen::Plan {
+            rps: 200,
+            duration: Duration::from_secs(4),
+            kill_at: Duration::from_secs(1),
+            restart_at: Duration::from_secs(2),
+            timeout: Duration::from_secs(5),
+        }
+    } else {
+        failopen::Plan {
+            rps: 500,
+            duration: Duration::from_secs(10),
+            kill_at: Duration::from_secs(2),
+            restart_at: Duration::from_secs(5),
+            timeout: Duration::from_secs(15),
+        }
+    };
+    let mut runs = Vec::new();
+    for system in bed.systems.iter().filter(|s| s.id.is_redirector()) {
+        let run = failopen::run(bed, system, &plan)
+            .with_context(|| format!("fail-open through {}", system.id))?;
+        eprintln!(
+            "bench fail-open {}: {} failed connects, {} broken in flight, {} broken after the kill, {} other errors of {} requests; served while down {:?}; restart → ready {:.0} ms, → proxy serving {:?} ms; worst latency after the kill {:.1} ms (before {:.1})",
+            system.id,
+            run.failed_connects,
+            run.broken_in_flight,
+            run.broken_after_kill,
+            run.other_errors,
+            run.requests,
+            run.served_while_down,
+            run.ready_at_ms - run.restart_at_ms,
+            run.restart_to_proxy_ms.map(|v| v.round()),
+            run.worst_latency_after_kill_ms,
+            run.worst_latency_before_kill_ms,
+        );
+        runs.push(run);
+    }
+    Ok(runs)
+}
+
+/// Pins this process (and so every thread and child it makes later) to one
+/// CPU.
+fn pin_to(cpu: u32) -> Result<()> {
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        bail!(
+            "pinning the harness to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
