@@ -20,6 +20,9 @@
 mod cmd;
 mod failopen;
 mod failover;
+#[cfg(test)]
+mod fixture;
+mod format;
 mod install;
 mod load;
 mod machine;
@@ -29,6 +32,7 @@ mod plot;
 mod report;
 mod run;
 mod sample;
+mod summary;
 mod tools;
 mod topology;
 

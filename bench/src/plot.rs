@@ -21,8 +21,9 @@ use plotters::{
 };
 
 use crate::{
+    format::sig3,
     model::{BenchReport, Conn, SystemId, Upstream, Workload},
-    report::{Aggregate, Stat, aggregate, open_rps, sig3},
+    summary::{Aggregate, Stat, aggregate, open_rps},
 };
 
 const WIDTH: u32 = 1100;
@@ -394,7 +395,7 @@ mod tests {
     use std::fs;
 
     use super::*;
-    use crate::report::tests::{KA_PLAIN, KA_TLS, SYSTEMS, synthetic};
+    use crate::fixture::{KA_PLAIN, KA_TLS, SYSTEMS, synthetic};
 
     fn render(report: &BenchReport, name: &str) -> String {
         let path =
