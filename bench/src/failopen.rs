@@ -90,8 +90,7 @@ pub fn run(bed: &Bed, system: &System, plan: &Plan) -> Result<FailOpenRun> {
         ))
     })();
     let records = load.finish();
-    let (moments, path) =
-        moments.with_context(|| format!("killing and restarting\n{}", system.log()))?;
+    let (moments, path) = moments.context("killing the daemon and starting another")?;
     let records = records?;
     eprintln!(
         "bench fail-open {}: with the daemon dead, `redirector endpoints` said the path is {path:?}",

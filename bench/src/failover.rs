@@ -258,9 +258,8 @@ pub fn wait_for_primary(bed: &Bed, system: &System) -> Result<()> {
         };
         ensure!(
             Instant::now() < deadline,
-            "{} did not return to the primary within 30 s; last answer {body:?}\n{}",
+            "{} did not return to the primary within 30 s; last answer {body:?}",
             system.id,
-            system.log()
         );
         thread::sleep(Duration::from_millis(200));
     }

@@ -20,6 +20,7 @@
 mod cmd;
 mod failopen;
 mod failover;
+mod failure;
 #[cfg(test)]
 mod fixture;
 mod format;
@@ -36,7 +37,11 @@ mod summary;
 mod tools;
 mod topology;
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    panic::{self, AssertUnwindSafe},
+    path::PathBuf,
+    process::ExitCode,
+};
 
 use clap::Parser;
 
@@ -75,10 +80,18 @@ pub struct Args {
 }
 
 fn main() -> ExitCode {
-    match run::run(&Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("redirector-bench: {err:#}");
+    let args = Args::parse();
+    failure::keep_panics();
+    // A panic unwinds through the bed, whose drops stop every process and
+    // may print their logs; the reason comes after them.
+    match panic::catch_unwind(AssertUnwindSafe(|| run::run(&args))) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(err)) => {
+            failure::report(&err);
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            failure::report_panic();
             ExitCode::FAILURE
         }
     }

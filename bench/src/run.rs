@@ -16,7 +16,7 @@ use crate::{
     },
     report, sample,
     tools::Tools,
-    topology::{Bed, BedOptions},
+    topology::{Bed, BedOptions, System},
 };
 
 const CLIENT_CPU: u32 = 0;
@@ -75,7 +75,7 @@ pub fn run(args: &Args) -> Result<()> {
     cmd::require_root()?;
     let systems = selected_systems(args)?;
     use_binaries_beside_this_one()?;
-    let tools = install::ensure()?;
+    let tools = install::ensure().context("installing the bench's tools")?;
     pin_to(CLIENT_CPU)?;
     let settings = RunSettings {
         quick: args.quick,
@@ -125,7 +125,8 @@ fn bench(args: &Args, tools: &Tools, systems: &[SystemId], settings: RunSettings
         body_bytes: BODY_BYTES as usize,
         client_cpu: CLIENT_CPU,
         sut_cpu: SUT_CPU,
-    })?;
+    })
+    .context("starting the bed: namespaces, upstreams, DNS and every system")?;
     for system in &bed.systems {
         for upstream in [Upstream::Plain, Upstream::Tls] {
             if system.id == SystemId::RedirectorFastPath && upstream == Upstream::Tls {
@@ -165,8 +166,6 @@ fn bench(args: &Args, tools: &Tools, systems: &[SystemId], settings: RunSettings
             }
         }
     }
-    let cell = Duration::from_secs_f64(settings.cell_secs);
-    let warmup = Duration::from_secs_f64(settings.warmup_secs);
     let total = settings.reps as usize
         * workloads
             .iter()
@@ -185,45 +184,18 @@ fn bench(args: &Args, tools: &Tools, systems: &[SystemId], settings: RunSettings
                     continue;
                 }
                 done += 1;
-                let (target, host, https) = system.target(workload.upstream);
-                let spec = |duration| load::LoadSpec {
-                    target,
-                    host,
-                    https,
-                    workload: *workload,
-                    duration,
-                };
-                let cgroup = system.cgroup.as_ref();
-                if !warmup.is_zero() {
-                    load::observe(tools, &spec(warmup), &bed.bench, cgroup, CLIENT_CPU)?;
-                }
-                // The HTTPS upstreams' counters around the measured run:
-                // the handshakes this system made (or, direct, the load
-                // generator made) with its pool warmed up.
-                let tls_before = (workload.upstream == Upstream::Tls)
-                    .then(|| bed.upstreams.tls_stats())
-                    .transpose()?;
-                let probe = sample::Probe::start(&system.pids())?;
-                let observed = load::observe(tools, &spec(cell), &bed.bench, cgroup, CLIENT_CPU)
-                    .with_context(|| format!("{} {workload}\n{}", system.id, system.log()))?;
-                let sample = probe.finish()?;
-                let upstream_tls = match tls_before {
-                    Some(before) => Some(upstream_tls(&bed.upstreams.tls_stats()?.since(&before))),
-                    None => None,
-                };
-                // Every system must carry the whole 1 KiB body (wrk also
-                // counts the status line and headers).
-                if let Some(bytes) = observed.bytes_per_response
-                    && bytes < f64::from(BODY_BYTES)
-                {
-                    bail!(
-                        "{} {workload}: {bytes:.0} bytes per response, not the {BODY_BYTES}-byte body",
-                        system.id
-                    );
-                }
-                let result = observed.result;
-                let noisy = sample::is_noisy(&sample, settings.noise_threshold);
-                let handshakes = upstream_tls
+                let run = cell_run(&bed, tools, system, *workload, rep, &settings).with_context(
+                    || {
+                        format!(
+                            "cell {done}/{total}: rep {rep} of {workload} through {}\n{}",
+                            system.id,
+                            system.log()
+                        )
+                    },
+                )?;
+                let result = &run.load;
+                let handshakes = run
+                    .upstream_tls
                     .as_ref()
                     .and_then(UpstreamTls::per_krequests)
                     .map(|(full, resumed)| {
@@ -239,21 +211,13 @@ fn bench(args: &Args, tools: &Tools, systems: &[SystemId], settings: RunSettings
                     result.p50_ms,
                     result.p99_ms,
                     result.errors,
-                    sample
+                    run.sample
                         .cpu_per_krps(result.rps)
                         .map(|c| format!("{c:.3}"))
                         .unwrap_or_else(|| "-".into()),
-                    if noisy { " (noisy)" } else { "" }
+                    if run.noisy { " (noisy)" } else { "" }
                 );
-                report.cells.push(CellRun {
-                    system: system.id,
-                    workload: *workload,
-                    rep,
-                    load: result,
-                    sample,
-                    noisy,
-                    upstream_tls,
-                });
+                report.cells.push(run);
             }
         }
     }
@@ -263,12 +227,13 @@ fn bench(args: &Args, tools: &Tools, systems: &[SystemId], settings: RunSettings
     if !args.no_fail_open {
         report.fail_open = fail_opens(&bed, settings.quick)?;
     }
-    report.machine = machine::info(tools)?;
+    report.machine = machine::info(tools).context("reading the machine's details")?;
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results"));
-    let written = report::write(&report, &out)?;
+    let written = report::write(&report, &out)
+        .with_context(|| format!("writing the results to {}", out.display()))?;
     println!("{}", report::markdown(&report));
     eprintln!(
         "bench: wrote {}, {} and {}",
@@ -277,6 +242,74 @@ fn bench(args: &Args, tools: &Tools, systems: &[SystemId], settings: RunSettings
         written.plot.display()
     );
     Ok(())
+}
+
+/// One repetition of one cell: the warm-up, then the measured run with
+/// the system's CPU and memory, and for TLS cells the HTTPS upstreams'
+/// counters, around it.
+fn cell_run(
+    bed: &Bed,
+    tools: &Tools,
+    system: &System,
+    workload: Workload,
+    rep: u32,
+    settings: &RunSettings,
+) -> Result<CellRun> {
+    let (target, host, https) = system.target(workload.upstream);
+    let spec = |duration| load::LoadSpec {
+        target,
+        host,
+        https,
+        workload,
+        duration,
+    };
+    let cgroup = system.cgroup.as_ref();
+    let warmup = Duration::from_secs_f64(settings.warmup_secs);
+    if !warmup.is_zero() {
+        load::observe(tools, &spec(warmup), &bed.bench, cgroup, CLIENT_CPU)
+            .context("the warm-up")?;
+    }
+    // The HTTPS upstreams' counters around the measured run: the
+    // handshakes this system made (or, direct, the load generator made)
+    // with its pool warmed up.
+    let tls_before = (workload.upstream == Upstream::Tls)
+        .then(|| bed.upstreams.tls_stats())
+        .transpose()
+        .context("the HTTPS upstreams' counters before the run")?;
+    let probe = sample::Probe::start(&system.pids()).context("sampling /proc before the run")?;
+    let cell = Duration::from_secs_f64(settings.cell_secs);
+    let observed = load::observe(tools, &spec(cell), &bed.bench, cgroup, CLIENT_CPU)
+        .context("the measured run")?;
+    let sample = probe.finish().context("sampling /proc after the run")?;
+    let upstream_tls = match tls_before {
+        Some(before) => Some(upstream_tls(
+            &bed.upstreams
+                .tls_stats()
+                .context("the HTTPS upstreams' counters after the run")?
+                .since(&before),
+        )),
+        None => None,
+    };
+    // Every system must carry the whole 1 KiB body (wrk also counts the
+    // status line and headers).
+    if let Some(bytes) = observed.bytes_per_response
+        && bytes < f64::from(BODY_BYTES)
+    {
+        bail!(
+            "{} {workload}: {bytes:.0} bytes per response, not the {BODY_BYTES}-byte body",
+            system.id
+        );
+    }
+    let noisy = sample::is_noisy(&sample, settings.noise_threshold);
+    Ok(CellRun {
+        system: system.id,
+        workload,
+        rep,
+        load: observed.result,
+        sample,
+        noisy,
+        upstream_tls,
+    })
 }
 
 /// The report's view of the HTTPS upstreams' counters over one run.
@@ -327,8 +360,9 @@ fn failovers(bed: &Bed, quick: bool) -> Result<Vec<model::FailoverRun>> {
             if quick && system.id != SystemId::Redirector && fault != Fault::Status503 {
                 continue;
             }
-            let run = failover::run(bed, system, fault, &plan)
-                .with_context(|| format!("failover {fault:?} through {}", system.id))?;
+            let run = failover::run(bed, system, fault, &plan).with_context(|| {
+                format!("failover {fault:?} through {}\n{}", system.id, system.log())
+            })?;
             eprintln!(
                 "bench failover {} {fault:?}: {} errors, full failover {:?} ms, worst latency {:.1} ms (first 100 ms {:.1}, before the fault {:.1}), fail back {:?} ms",
                 system.id,
@@ -368,7 +402,7 @@ fn fail_opens(bed: &Bed, quick: bool) -> Result<Vec<model::FailOpenRun>> {
     let mut runs = Vec::new();
     for system in bed.systems.iter().filter(|s| s.id.is_redirector()) {
         let run = failopen::run(bed, system, &plan)
-            .with_context(|| format!("fail-open through {}", system.id))?;
+            .with_context(|| format!("fail-open through {}\n{}", system.id, system.log()))?;
         eprintln!(
             "bench fail-open {}: {} failed connects, {} broken in flight, {} broken after the kill, {} other errors of {} requests; served while down {:?}; restart → ready {:.0} ms, → proxy serving {:?} ms; worst latency after the kill {:.1} ms (before {:.1})",
             system.id,

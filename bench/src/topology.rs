@@ -134,7 +134,7 @@ enum Kind {
     },
     Peer {
         // Field order is drop order: the redirect goes before the proxy.
-        _redirect: Daemon,
+        redirect: Daemon,
         _pins: PinDirGuard,
         peer: Peer,
     },
@@ -186,7 +186,12 @@ impl System {
         match &self.kind {
             Kind::Direct => String::new(),
             Kind::Redirector { daemon, .. } => lock(daemon).log(),
-            Kind::Peer { peer, .. } => peer.log(),
+            Kind::Peer { peer, redirect, .. } => format!(
+                "{}== its redirect (redirector --datapath-only, {}) ==\n{}",
+                peer.log(),
+                redirect.log_path().display(),
+                redirect.log()
+            ),
         }
     }
 
@@ -306,7 +311,9 @@ impl Bed {
             } else {
                 &config
             };
-            let system = bed.start_system(id, o, config)?;
+            let system = bed
+                .start_system(id, o, config)
+                .with_context(|| format!("starting {id}"))?;
             bed.systems.push(system);
         }
         Ok(bed)
@@ -376,8 +383,7 @@ impl Bed {
             },
             &self.bench,
             o.sut_cpu,
-        )
-        .with_context(|| format!("starting {id}"))?;
+        )?;
         let cgroup = TestCgroup::new()?;
         let pins = PinDirGuard::for_test();
         // The redirect alone; it idles, so it shares the client's core.
@@ -386,7 +392,7 @@ impl Bed {
             id,
             cgroup: Some(cgroup),
             kind: Kind::Peer {
-                _redirect: redirect,
+                redirect,
                 _pins: pins,
                 peer,
             },
