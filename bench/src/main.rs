@@ -36,6 +36,7 @@ mod sample;
 mod summary;
 mod tools;
 mod topology;
+mod wait;
 
 use std::{
     panic::{self, AssertUnwindSafe},

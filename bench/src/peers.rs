@@ -22,14 +22,17 @@ use std::{
     net::{SocketAddrV4, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use redirector_tests::{netns::Netns, process};
 
-use crate::{model::SystemId, tools::Tools};
+use crate::{
+    model::SystemId,
+    tools::Tools,
+    wait::{self, Seen},
+};
 
 /// Envoy's consecutive-5xx outlier detection timings (Istio's
 /// `outlierDetection`), translated by each peer into its own terms.
@@ -83,8 +86,6 @@ pub struct Peer {
     logs: Vec<PathBuf>,
 }
 
-/// How long a peer may take to answer on its listener.
-const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a peer may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much of each log `Peer::log` shows (the end).
@@ -162,29 +163,38 @@ impl Peer {
         text
     }
 
+    /// Until the peer accepts connections on `listen` (Envoy: and its
+    /// admin's `/ready` answers 200, the server initialised), within
+    /// [`wait::READY`]; an exit ends the wait at once.
     fn wait_ready(
         &mut self,
         netns: &Netns,
         listen: SocketAddrV4,
         admin_address_file: Option<&Path>,
     ) -> Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
         let mut admin_ready = admin_address_file.is_none();
-        loop {
+        let what = match admin_address_file {
+            Some(file) => format!(
+                "its admin (address in {}) to answer GET /ready with 200 and {listen} to accept",
+                file.display()
+            ),
+            None => format!("{listen} to accept a connection"),
+        };
+        wait::until(&what, wait::READY, Duration::from_millis(20), || {
             if let Some(status) = self.child.try_wait()? {
                 bail!("exited with {status}");
             }
             if !admin_ready && let Some(file) = admin_address_file {
                 admin_ready = envoy_admin_ready(netns, file);
             }
-            if admin_ready && connects(netns, listen) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("no answer on {listen} after {START_TIMEOUT:?}");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+            Ok(if !admin_ready {
+                Seen::Not("the admin not ready".into())
+            } else if !connects(netns, listen) {
+                Seen::Not(format!("{listen} not accepting"))
+            } else {
+                Seen::Ready(())
+            })
+        })
     }
 }
 

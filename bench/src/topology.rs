@@ -31,8 +31,7 @@ use std::{
     path::{Path, PathBuf},
     process::Command,
     sync::{Mutex, MutexGuard},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -51,6 +50,7 @@ use crate::{
     model::{SystemId, Upstream},
     peers::{OutlierTiming, Peer, PeerConfig},
     tools::Tools,
+    wait::{self, Seen},
 };
 
 pub const EAST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 1, 2);
@@ -444,7 +444,7 @@ impl Bed {
                 netns: &self.bench,
                 cgroup: None,
                 args,
-                ready_timeout: Duration::from_secs(30),
+                ready_timeout: wait::READY,
                 env: Vec::new(),
             },
         )
@@ -496,22 +496,19 @@ impl Bed {
             .with_context(|| format!("no service at {vip} in {report:#}"))
     }
 
+    /// Until a new connect to the plain VIP takes the `want` path, within
+    /// [`wait::READY`].
     fn wait_for_path(&self, system: &System, want: &str) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let what = format!("connects to {VIP_PLAIN} to take the {want:?} path");
+        wait::until(&what, wait::READY, Duration::from_millis(100), || {
             let now = self.path_now(system)?;
-            if now == want {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{}: connects to {VIP_PLAIN} still take the {now:?} path, not {want:?}, after 30 s\n{}",
-                    system.id,
-                    system.log()
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+            Ok(if now == want {
+                Seen::Ready(())
+            } else {
+                Seen::Not(format!("the {now:?} path"))
+            })
+        })
+        .with_context(|| format!("{}\n{}", system.id, system.log()))
     }
 
     /// Packets to the primary vanish: its neighbour entry points nowhere.
