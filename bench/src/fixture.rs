@@ -278,3 +278,51 @@ pub(crate) fn synthetic() -> BenchReport {
         ],
     }
 }
+
+/// `r` with a `redirector-baseline` (another build) whose every cell,
+/// failover and fail-open run is the redirector's, its latency and CPU
+/// `slower` times the redirector's: so redirector ÷ baseline is
+/// 1/`slower` on those, and 1 on rate and machine CPU.
+pub(crate) fn with_baseline(mut r: BenchReport, slower: f64) -> BenchReport {
+    let cells: Vec<CellRun> = r
+        .cells
+        .iter()
+        .filter(|c| c.system == SystemId::Redirector)
+        .map(|c| {
+            let mut b = c.clone();
+            b.system = SystemId::RedirectorBaseline;
+            b.load.p50_ms *= slower;
+            b.load.p99_ms *= slower;
+            b.load.p999_ms *= slower;
+            b.load.max_ms *= slower;
+            b.sample.sut_cpu_secs = b.sample.sut_cpu_secs.map(|s| s * slower);
+            b
+        })
+        .collect();
+    r.cells.extend(cells);
+    let failover: Vec<FailoverRun> = r
+        .failover
+        .iter()
+        .filter(|f| f.system == SystemId::Redirector)
+        .map(|f| FailoverRun {
+            system: SystemId::RedirectorBaseline,
+            ..f.clone()
+        })
+        .collect();
+    r.failover.extend(failover);
+    let fail_open: Vec<FailOpenRun> = r
+        .fail_open
+        .iter()
+        .filter(|f| f.system == SystemId::Redirector)
+        .map(|f| FailOpenRun {
+            system: SystemId::RedirectorBaseline,
+            ..f.clone()
+        })
+        .collect();
+    r.fail_open.extend(fail_open);
+    r.machine.versions.insert(
+        "redirector-baseline".into(),
+        "/work/main/target/release/redirector, sha256 0123456789ab".into(),
+    );
+    r
+}

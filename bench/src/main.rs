@@ -78,6 +78,9 @@ pub struct Args {
     /// Where to write the results [default: bench/results]
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Another redirector binary (e.g. built from main) to measure beside this build, as the system redirector-baseline
+    #[arg(long, value_name = "REDIRECTOR_BINARY")]
+    pub baseline: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {

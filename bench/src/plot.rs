@@ -39,6 +39,7 @@ const P_COLORS: [RGBColor; 3] = [
     RGBColor(8, 69, 148),
 ];
 const REDIRECTOR: RGBColor = RGBColor(230, 85, 13);
+const BASELINE: RGBColor = RGBColor(140, 45, 4);
 const FAST_PATH: RGBColor = RGBColor(253, 141, 60);
 const OTHER: RGBColor = RGBColor(140, 140, 140);
 
@@ -154,6 +155,7 @@ fn x_names(root: &Area, at: impl Iterator<Item = ((i32, i32), SystemId)>) -> Res
     for ((x, y), s) in at {
         let color = match s {
             SystemId::Redirector => REDIRECTOR,
+            SystemId::RedirectorBaseline => BASELINE,
             SystemId::RedirectorFastPath => FAST_PATH,
             _ => BLACK,
         };
@@ -318,6 +320,7 @@ fn cpu_panel(root: &Area, area: &Area, w: Workload, rows: &[&Aggregate]) -> Resu
         let x = i as f64;
         let color = match a.system {
             SystemId::Redirector => REDIRECTOR,
+            SystemId::RedirectorBaseline => BASELINE,
             SystemId::RedirectorFastPath => FAST_PATH,
             _ => OTHER,
         };
@@ -493,6 +496,28 @@ mod tests {
         let text = render(&r, "all");
         roxmltree::Document::parse(&text).unwrap();
         assert!(!text.contains("Not available"));
+    }
+
+    #[test]
+    fn plots_the_baseline_beside_the_redirector() {
+        let r = crate::fixture::with_baseline(synthetic(), 1.25);
+        let text = render(&r, "baseline");
+        let doc = roxmltree::Document::parse(&text).unwrap();
+        let texts: Vec<&str> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("text"))
+            .filter_map(|n| n.text().map(str::trim))
+            .collect();
+        // Latency and CPU panels of both workloads.
+        assert_eq!(
+            texts
+                .iter()
+                .filter(|t| **t == "redirector-baseline")
+                .count(),
+            4
+        );
+        // Its p50 median label: the redirector's 0.139 × 1.25.
+        assert!(texts.contains(&"0.174"), "{texts:?}");
     }
 
     #[test]

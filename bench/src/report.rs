@@ -437,6 +437,42 @@ fn ratio_tables(report: &BenchReport, out: &mut String) {
         }
         out.push('\n');
     }
+    let builds: Vec<&Ratio> = all
+        .iter()
+        .filter(|r| r.system == SystemId::Redirector && r.baseline == SystemId::RedirectorBaseline)
+        .collect();
+    if !builds.is_empty() {
+        let _ = writeln!(
+            out,
+            "### redirector ÷ redirector-baseline
+"
+        );
+        let _ = writeln!(
+            out,
+            "This build ÷ the `--baseline` build (see Versions), configured and measured alike \
+             and interleaved in this run: below 1 is lower for this build.\n"
+        );
+        let _ = writeln!(
+            out,
+            "| workload | rps | p50 | p99 | p99.9 | CPU/1000 rps | machine CPU/1000 rps |"
+        );
+        let _ = writeln!(out, "|---|--:|--:|--:|--:|--:|--:|");
+        for r in builds {
+            let _ = writeln!(
+                out,
+                "| {}{} | {} | {} | {} | {} | {} | {} |",
+                r.workload,
+                if r.noisy { " (noisy)" } else { "" },
+                ratio_cell(r.rps),
+                ratio_cell(r.p50),
+                ratio_cell(r.p99),
+                ratio_cell(r.p999),
+                ratio_cell(r.cpu_per_krps),
+                ratio_cell(r.machine_cpu_per_krps),
+            );
+        }
+        out.push('\n');
+    }
 }
 
 fn failover_table(report: &BenchReport, out: &mut String) {

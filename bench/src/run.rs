@@ -3,7 +3,10 @@
 //! (workloads × systems × repetitions, systems interleaved), the failover
 //! and fail-open runs, then the report.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 use redirector_tests::upstream::UpstreamStats;
@@ -54,11 +57,17 @@ fn workloads(quick: bool) -> Vec<Workload> {
     ]
 }
 
-fn selected_systems(args: &Args) -> Result<Vec<SystemId>> {
-    if args.systems.is_empty() {
-        return Ok(SystemId::ALL.to_vec());
+/// The systems to run: `--systems` in its order, else every system; the
+/// baseline only with `--baseline`, and then always unless `--systems`
+/// names it.
+fn selected_systems(filter: &[String], baseline: bool) -> Result<Vec<SystemId>> {
+    if filter.is_empty() {
+        return Ok(SystemId::ALL
+            .into_iter()
+            .filter(|s| baseline || *s != SystemId::RedirectorBaseline)
+            .collect());
     }
-    args.systems
+    let systems = filter
         .iter()
         .map(|k| {
             SystemId::ALL
@@ -69,12 +78,38 @@ fn selected_systems(args: &Args) -> Result<Vec<SystemId>> {
                     format!("unknown system {k:?}; known: {}", keys.join(", "))
                 })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    let named = systems.contains(&SystemId::RedirectorBaseline);
+    if named && !baseline {
+        bail!(
+            "--systems names {}, which needs --baseline <a redirector binary>",
+            SystemId::RedirectorBaseline
+        );
+    }
+    if baseline && !named {
+        bail!(
+            "--baseline is given but --systems leaves out {}",
+            SystemId::RedirectorBaseline
+        );
+    }
+    Ok(systems)
+}
+
+/// The `--baseline` binary, as an absolute path.
+fn baseline_binary(path: &Path) -> Result<PathBuf> {
+    let resolved = path
+        .canonicalize()
+        .with_context(|| format!("--baseline {}", path.display()))?;
+    if !resolved.is_file() {
+        bail!("--baseline {} is not a file", path.display());
+    }
+    Ok(resolved)
 }
 
 pub fn run(args: &Args) -> Result<()> {
     cmd::require_root()?;
-    let systems = selected_systems(args)?;
+    let systems = selected_systems(&args.systems, args.baseline.is_some())?;
+    let baseline = args.baseline.as_deref().map(baseline_binary).transpose()?;
     use_binaries_beside_this_one()?;
     let tools = install::ensure().context("installing the bench's tools")?;
     pin_to(CLIENT_CPU)?;
@@ -88,7 +123,7 @@ pub fn run(args: &Args) -> Result<()> {
         sut_cpu: SUT_CPU,
         noise_threshold: 0.10,
     };
-    bench(args, &tools, &systems, settings)
+    bench(args, &tools, &systems, baseline.as_deref(), settings)
 }
 
 /// Points the test bed at the `redirector`, `rdt-upstream` and `rdt-load`
@@ -118,11 +153,18 @@ fn use_binaries_beside_this_one() -> Result<()> {
     Ok(())
 }
 
-fn bench(args: &Args, tools: &Tools, systems: &[SystemId], settings: RunSettings) -> Result<()> {
+fn bench(
+    args: &Args,
+    tools: &Tools,
+    systems: &[SystemId],
+    baseline: Option<&Path>,
+    settings: RunSettings,
+) -> Result<()> {
     eprintln!("bench: starting {} systems", systems.len());
     let bed = Bed::new(&BedOptions {
         tools,
         systems,
+        baseline,
         body_bytes: BODY_BYTES as usize,
         client_cpu: CLIENT_CPU,
         sut_cpu: SUT_CPU,
@@ -211,7 +253,7 @@ fn bench(args: &Args, tools: &Tools, systems: &[SystemId], settings: RunSettings
     if !args.no_fail_open {
         report.fail_open = fail_opens(&bed, settings.quick)?;
     }
-    report.machine = machine::info(tools).context("reading the machine's details")?;
+    report.machine = machine::info(tools, baseline).context("reading the machine's details")?;
     let out = args
         .out
         .clone()
@@ -369,8 +411,9 @@ fn failovers(bed: &Bed, quick: bool) -> Result<Vec<model::FailoverRun>> {
         .filter(|s| s.id.is_proxy() && s.id != SystemId::RedirectorFastPath)
     {
         for fault in [Fault::Status503, Fault::Killed, Fault::BlackHoled] {
-            // The smoke run does one fault per peer and all of them for us.
-            if quick && system.id != SystemId::Redirector && fault != Fault::Status503 {
+            // The smoke run does one fault per peer and all of them for us
+            // (and the baseline).
+            if quick && !system.id.is_redirector_proxy() && fault != Fault::Status503 {
                 continue;
             }
             let run = failover::run(bed, system, fault, &plan).with_context(|| {
@@ -447,4 +490,43 @@ fn pin_to(cpu: u32) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(filter: &[&str], baseline: bool) -> Result<Vec<&'static str>> {
+        let filter: Vec<String> = filter.iter().map(|s| (*s).to_owned()).collect();
+        Ok(selected_systems(&filter, baseline)?
+            .into_iter()
+            .map(SystemId::key)
+            .collect())
+    }
+
+    #[test]
+    fn the_baseline_runs_only_when_given() {
+        let all = keys(&[], false).unwrap();
+        assert_eq!(all.len(), SystemId::ALL.len() - 1);
+        assert!(!all.contains(&"redirector-baseline"));
+        let with = keys(&[], true).unwrap();
+        assert_eq!(with[2..4], ["redirector", "redirector-baseline"]);
+        assert_eq!(
+            keys(&["redirector", "redirector-baseline"], true).unwrap(),
+            ["redirector", "redirector-baseline"]
+        );
+    }
+
+    #[test]
+    fn a_baseline_left_out_or_missing_is_an_error() {
+        let err = keys(&["redirector-baseline"], false).unwrap_err();
+        assert!(err.to_string().contains("needs --baseline"), "{err}");
+        let err = keys(&["redirector", "nginx"], true).unwrap_err();
+        assert!(
+            err.to_string().contains("leaves out redirector-baseline"),
+            "{err}"
+        );
+        let err = keys(&["redirectr"], false).unwrap_err();
+        assert!(err.to_string().contains("unknown system"), "{err}");
+    }
 }

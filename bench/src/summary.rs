@@ -283,7 +283,8 @@ pub const PEERS: [SystemId; 3] = [SystemId::Envoy, SystemId::Nginx, SystemId::Ha
 
 /// Per workload: every system ÷ `direct-beside`, every proxy ÷
 /// `direct-sut-core` (the fair latency baseline: its upstream shares the
-/// proxies' core), and the redirector ÷ each peer. Workloads in order,
+/// proxies' core), the redirector ÷ each peer, and the redirector ÷
+/// `redirector-baseline` (this build ÷ the other one). Workloads in order,
 /// then baseline, then system.
 pub fn ratios(report: &BenchReport) -> Vec<Ratio> {
     let by_key = cells_by_key(report);
@@ -307,6 +308,7 @@ pub fn ratios(report: &BenchReport) -> Vec<Ratio> {
         for peer in PEERS {
             push(SystemId::Redirector, peer);
         }
+        push(SystemId::Redirector, SystemId::RedirectorBaseline);
     }
     out
 }

@@ -739,3 +739,52 @@ fn file_names_come_from_the_date_or_the_clock() {
         assert_eq!(utc_stem(secs), s);
     }
 }
+
+#[test]
+fn the_baseline_build_is_a_system_and_compared_with_this_build() {
+    let r = with_baseline(synthetic(), 1.25);
+    let md = markdown(&r);
+    println!("{md}");
+    for needle in [
+        "redirector-baseline `/work/main/target/release/redirector, sha256 0123456789ab`",
+        "| keep-alive/plain/open-1000rps | redirector-baseline | 1.00 |",
+        "### redirector ÷ redirector-baseline\n",
+        "| workload | rps | p50 | p99 | p99.9 | CPU/1000 rps | machine CPU/1000 rps |",
+        "| keep-alive/plain/open-1000rps | 1.00 | 0.800 | 0.800 | 0.800 | 0.800 | 1.00 |",
+        "| keep-alive/tls/open-1000rps | 1.00 | 0.800 | 0.800 | 0.800 | 0.800 | 1.00 |",
+        "| redirector-baseline | 503 | 500 | 5000 | 0 | 0.600 ms |",
+        "| redirector-baseline | 500 | 5000 | 0 | 1 | 0 | 0 | kernel/east 1585, proxy/east 20 |",
+    ] {
+        assert!(md.contains(needle), "missing {needle:?}");
+    }
+    // Right after the redirector in every table.
+    let plain = &md[md.find("## keep-alive/plain").unwrap()..md.find("## keep-alive/tls").unwrap()];
+    let pos = |s: &str| plain.find(&format!("\n| {s} |")).unwrap();
+    assert!(pos("redirector") < pos("redirector-baseline"));
+    assert!(pos("redirector-baseline") < pos("redirector-fast-path"));
+    let x = ratio(
+        &r,
+        KA_PLAIN,
+        SystemId::Redirector,
+        SystemId::RedirectorBaseline,
+    )
+    .unwrap();
+    assert_eq!((x.pairs, x.noisy), (4, false));
+    assert_close(x.p50.unwrap(), 0.8);
+    assert_close(x.cpu_per_krps.unwrap(), 0.8);
+    assert_close(x.rps.unwrap(), 1.0);
+    // The targets are the redirector's: another build changes none.
+    assert_eq!(targets(&r), targets(&synthetic()));
+    // Without a baseline, no such table.
+    assert!(!markdown(&synthetic()).contains("redirector-baseline"));
+}
+
+#[test]
+fn the_baseline_reads_back_from_json() {
+    let r = with_baseline(synthetic(), 1.25);
+    let json = serde_json::to_string(&r).unwrap();
+    assert!(json.contains(r#""system":"redirector-baseline""#));
+    let back: BenchReport = serde_json::from_str(&json).unwrap();
+    assert_eq!(markdown(&back), markdown(&r));
+    assert_eq!(SystemId::RedirectorBaseline.key(), "redirector-baseline");
+}
