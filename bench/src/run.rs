@@ -4,8 +4,9 @@
 //! and fail-open runs, then the report.
 
 use std::{
+    cell::Cell,
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
@@ -161,6 +162,7 @@ fn bench(
     settings: RunSettings,
 ) -> Result<()> {
     eprintln!("bench: starting {} systems", systems.len());
+    let phase = Phases::new();
     let bed = Bed::new(&BedOptions {
         tools,
         systems,
@@ -173,6 +175,7 @@ fn bench(
     for system in &bed.systems {
         serves_the_primary(&bed, system)?;
     }
+    phase.done("the bed up, every system serving the primary");
     let mut report = BenchReport {
         settings: settings.clone(),
         ..Default::default()
@@ -247,11 +250,14 @@ fn bench(
             }
         }
     }
+    phase.done(&format!("{total} cells"));
     if !args.no_failover {
         report.failover = failovers(&bed, settings.quick)?;
+        phase.done(&format!("{} failover runs", report.failover.len()));
     }
     if !args.no_fail_open {
         report.fail_open = fail_opens(&bed, settings.quick)?;
+        phase.done(&format!("{} fail-open runs", report.fail_open.len()));
     }
     report.machine = machine::info(tools, baseline).context("reading the machine's details")?;
     let out = args
@@ -365,6 +371,29 @@ fn cell_run(
         noisy,
         upstream_tls,
     })
+}
+
+/// How long each phase of the run took, said as it ends (where the time
+/// of a run goes, quick or not).
+struct Phases {
+    start: Cell<Instant>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases {
+            start: Cell::new(Instant::now()),
+        }
+    }
+
+    fn done(&self, what: &str) {
+        let now = Instant::now();
+        eprintln!(
+            "bench: {what} in {:.1} s",
+            (now - self.start.get()).as_secs_f64()
+        );
+        self.start.set(now);
+    }
 }
 
 /// The report's view of the HTTPS upstreams' counters over one run.
