@@ -11,11 +11,20 @@
 //! through the redirector and its kernel fast path. Results go to
 //! `bench/results/` as JSON, markdown and an SVG plot.
 //!
-//! It measures the `redirector` binary next to its own executable, with
-//! the test bed's `rdt-upstream` and `rdt-load` from the same place:
-//! `cargo xtask bench` builds all three in release, then runs this with
-//! every argument it was given. See `model.rs` for the vocabulary and
-//! README.md for the latest table.
+//! `cargo xtask bench` builds the `redirector` and the test bed's
+//! `rdt-upstream` and `rdt-load` in release, names them in
+//! `REDIRECTOR_BIN`, `RDT_UPSTREAM_BIN` and `RDT_LOAD_BIN`, and runs this
+//! with every argument it was given; `--baseline` adds another build of
+//! the redirector, measured the same way. The harness itself is a debug
+//! build, as it was inside xtask: it waits on its children and reads
+//! /proc, and its CPU is counted apart from the system's.
+//!
+//! Data flows one way: `model.rs` is the vocabulary; `run.rs` runs the
+//! bed (`topology.rs`, `peers.rs`), the cells (`load.rs`, `sample.rs`) and
+//! the fault runs (`failover.rs`, `failopen.rs`) into a `BenchReport`;
+//! `summary.rs` turns it into medians and ratios, which `report.rs` (with
+//! `report/targets.rs`) and `plot.rs` write out. See README.md for the
+//! latest table.
 
 mod cmd;
 mod failopen;

@@ -111,7 +111,7 @@ pub fn run(args: &Args) -> Result<()> {
     cmd::require_root()?;
     let systems = selected_systems(&args.systems, args.baseline.is_some())?;
     let baseline = args.baseline.as_deref().map(baseline_binary).transpose()?;
-    use_binaries_beside_this_one()?;
+    check_release_binaries()?;
     let tools = install::ensure().context("installing the bench's tools")?;
     pin_to(CLIENT_CPU)?;
     let settings = RunSettings {
@@ -127,29 +127,25 @@ pub fn run(args: &Args) -> Result<()> {
     bench(args, &tools, &systems, baseline.as_deref(), settings)
 }
 
-/// Points the test bed at the `redirector`, `rdt-upstream` and `rdt-load`
-/// beside this executable (`cargo xtask bench` builds them together, in
-/// release: this measures the product, not a debug build), whatever the
-/// environment says.
-fn use_binaries_beside_this_one() -> Result<()> {
-    let exe = std::env::current_exe().context("finding this executable")?;
-    let dir = exe.parent().context("this executable has no directory")?;
+/// The `redirector`, `rdt-upstream` and `rdt-load` the test bed runs:
+/// release builds (this measures the product, not a debug build), which
+/// `cargo xtask bench` builds and names in these variables. Never the test
+/// bed's fallback, the debug builds beside this executable.
+fn check_release_binaries() -> Result<()> {
     for (var, bin) in [
         ("REDIRECTOR_BIN", "redirector"),
         ("RDT_UPSTREAM_BIN", "rdt-upstream"),
         ("RDT_LOAD_BIN", "rdt-load"),
     ] {
-        let path = dir.join(bin);
-        if !path.is_file() {
+        let Some(path) = std::env::var_os(var).map(PathBuf::from) else {
             bail!(
-                "no {} beside {}: build them together with `cargo build --release -p redirector-user \
-                 -p redirector-tests -p redirector-bench --bins` (`cargo xtask bench` does)",
-                path.display(),
-                exe.display()
+                "{var} is not set: run the bench with `cargo xtask bench`, which builds the \
+                 release {bin} and passes its path"
             );
+        };
+        if !path.is_file() {
+            bail!("{var}={} is not a file", path.display());
         }
-        // SAFETY: no other thread exists yet.
-        unsafe { std::env::set_var(var, path) };
     }
     Ok(())
 }

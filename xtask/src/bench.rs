@@ -1,10 +1,11 @@
 //! `cargo xtask bench`: runs the benchmark, the `redirector-bench` crate
 //! (`bench/`). This only prepares the machine and the binaries: root
-//! check, `setup`, a sweep of leftovers, a release build of the daemon,
-//! the test bed's binaries and the bench together (the bench measures the
-//! `redirector` beside its own executable), then the bench with every
-//! argument passed through, and a sweep afterwards. `--help` shows the
-//! bench's own options, without root.
+//! check, `setup`, a sweep of leftovers, a release build of the daemon and
+//! the test bed's binaries (whose paths the bench gets in
+//! `REDIRECTOR_BIN`, `RDT_UPSTREAM_BIN` and `RDT_LOAD_BIN`), a debug build
+//! of the bench itself (a harness, as it was inside xtask), then the
+//! bench with every argument passed through, and a sweep afterwards.
+//! `--help` shows the bench's own options, without root.
 
 use std::{ffi::OsString, process::Command};
 
@@ -22,23 +23,14 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> Result<()> {
-    let help = args.args.iter().any(|a| a == "--help" || a == "-h");
-    if help {
-        build()?;
+    if args.args.iter().any(|a| a == "--help" || a == "-h") {
+        build_bench()?;
         return cmd::run(&mut bench(args)?);
     }
     cmd::require_root("bench")?;
     setup::run()?;
     sweep::sweep("before the bench")?;
-    build()?;
-    let result = cmd::run(&mut bench(args)?);
-    let swept = sweep::sweep("after the bench");
-    result?;
-    swept
-}
-
-/// Release builds: the bench measures the product, not a debug build.
-fn build() -> Result<()> {
+    // Release builds: the bench measures the product, not a debug build.
     cmd::run(cmd::command("cargo").args([
         "build",
         "--release",
@@ -47,16 +39,32 @@ fn build() -> Result<()> {
         "redirector-user",
         "-p",
         "redirector-tests",
-        "-p",
-        "redirector-bench",
         "--bins",
-    ]))
+    ]))?;
+    build_bench()?;
+    let release = cmd::target_dir()?.join("release");
+    let mut bench = bench(args)?;
+    for (var, bin) in [
+        ("REDIRECTOR_BIN", "redirector"),
+        ("RDT_UPSTREAM_BIN", "rdt-upstream"),
+        ("RDT_LOAD_BIN", "rdt-load"),
+    ] {
+        bench.env(var, release.join(bin));
+    }
+    let result = cmd::run(&mut bench);
+    let swept = sweep::sweep("after the bench");
+    result?;
+    swept
 }
 
-/// The bench, in the caller's directory (a relative `--out` means what it
-/// says), with the caller's arguments.
+fn build_bench() -> Result<()> {
+    cmd::run(cmd::command("cargo").args(["build", "-q", "-p", "redirector-bench"]))
+}
+
+/// The bench, in the caller's directory (a relative `--out` or
+/// `--baseline` means what it says), with the caller's arguments.
 fn bench(args: &Args) -> Result<Command> {
-    let mut cmd = Command::new(cmd::target_dir()?.join("release/redirector-bench"));
+    let mut cmd = Command::new(cmd::target_dir()?.join("debug/redirector-bench"));
     cmd.args(&args.args);
     Ok(cmd)
 }
