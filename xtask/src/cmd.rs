@@ -16,8 +16,10 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 
-/// How many of its last lines of output a failed command's error carries.
-const TAIL_LINES: usize = 25;
+/// How many of its last lines of stderr, where tools say why they failed,
+/// a failed command's error carries; and of its stdout, shown first.
+const STDERR_LINES: usize = 25;
+const STDOUT_LINES: usize = 10;
 /// How long to wait, after a command exited, for the rest of its output
 /// (a process it left behind may hold its pipes open for ever).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -47,19 +49,37 @@ fn shown(cmd: &Command) -> String {
     line
 }
 
-/// The last lines of a command's stdout and stderr, as they came.
-#[derive(Default)]
+/// The last lines of one of a command's outputs. Each output keeps its
+/// own: read on two threads, their order between each other is lost, and
+/// a flood of stdout must not push out the reason on stderr.
 struct Tail {
     lines: VecDeque<String>,
+    keep: usize,
 }
 
 impl Tail {
+    fn new(keep: usize) -> Arc<Mutex<Tail>> {
+        Arc::new(Mutex::new(Tail {
+            lines: VecDeque::new(),
+            keep,
+        }))
+    }
+
     fn push(&mut self, line: &[u8]) {
-        if self.lines.len() == TAIL_LINES {
+        if self.lines.len() == self.keep {
             self.lines.pop_front();
         }
         let line = String::from_utf8_lossy(line);
         self.lines.push_back(line.trim_end().to_owned());
+    }
+
+    fn text(tail: &Mutex<Tail>) -> String {
+        let tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+        tail.lines
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -114,12 +134,17 @@ pub fn run(cmd: &mut Command) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("cannot run `{line}`"))?;
-    let tail = Arc::new(Mutex::new(Tail::default()));
+    let (out_tail, err_tail) = (Tail::new(STDOUT_LINES), Tail::new(STDERR_LINES));
     let (done, finished) = mpsc::channel();
     let stdout = child.stdout.take().context("no stdout pipe")?;
     let stderr = child.stderr.take().context("no stderr pipe")?;
-    forward(stdout, std::io::stdout(), Arc::clone(&tail), done.clone());
-    forward(stderr, std::io::stderr(), Arc::clone(&tail), done);
+    forward(
+        stdout,
+        std::io::stdout(),
+        Arc::clone(&out_tail),
+        done.clone(),
+    );
+    forward(stderr, std::io::stderr(), Arc::clone(&err_tail), done);
     let status = child
         .wait()
         .with_context(|| format!("waiting for `{line}`"))?;
@@ -129,9 +154,14 @@ pub fn run(cmd: &mut Command) -> Result<()> {
         }
     }
     if !status.success() {
-        let tail = tail.lock().unwrap_or_else(|e| e.into_inner());
-        let last: Vec<&str> = tail.lines.iter().map(String::as_str).collect();
-        return Err(anyhow!("its last lines of output:\n{}", last.join("\n")))
+        let mut last = String::new();
+        for (name, tail) in [("stdout", &out_tail), ("stderr", &err_tail)] {
+            let text = Tail::text(tail);
+            if !text.is_empty() {
+                last += &format!("\n(its {name})\n{text}");
+            }
+        }
+        return Err(anyhow!("its last lines of output:{last}"))
             .context(format!("`{line}` failed ({status})"));
     }
     Ok(())
@@ -200,4 +230,49 @@ pub fn chain(err: &anyhow::Error) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_command_carries_its_last_lines_of_output() {
+        let script = "for i in $(seq 1 40); do echo out $i; echo err $i >&2; done; \
+                      echo the reason >&2; exit 3";
+        let err = run(Command::new("sh").args(["-c", script])).unwrap_err();
+        let text = chain(&err);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("`sh -c for i in")
+                && lines[0].ends_with("failed (exit status: 3)"),
+            "{text}"
+        );
+        let mut want = vec!["  because: its last lines of output:", "    (its stdout)"];
+        let outs: Vec<String> = (31..=40).map(|i| format!("    out {i}")).collect();
+        want.extend(outs.iter().map(String::as_str));
+        want.push("    (its stderr)");
+        let errs: Vec<String> = (17..=40).map(|i| format!("    err {i}")).collect();
+        want.extend(errs.iter().map(String::as_str));
+        want.push("    the reason");
+        assert_eq!(lines[1..], want, "{text}");
+    }
+
+    #[test]
+    fn a_command_that_succeeds_is_ok() {
+        run(Command::new("sh").args(["-c", "echo fine"])).unwrap();
+        assert!(run(&mut Command::new("/nonexistent/program")).is_err());
+    }
+
+    #[test]
+    fn the_chain_is_one_cause_per_line() {
+        let err = Err::<(), _>(anyhow!("inner\nlog 1\nlog 2"))
+            .context("middle")
+            .context("outer")
+            .unwrap_err();
+        assert_eq!(
+            chain(&err),
+            "outer\n  because: middle\n  because: inner\n    log 1\n    log 2"
+        );
+    }
 }
