@@ -163,8 +163,8 @@ impl Peer {
         text
     }
 
-    /// Until the peer accepts connections on `listen` (Envoy: and its
-    /// admin's `/ready` answers 200, the server initialised), within
+    /// Until the peer answers HTTP on `listen` (Envoy: once its admin's
+    /// `/ready` answers 200, the server initialised), within
     /// [`wait::READY`]; an exit ends the wait at once.
     fn wait_ready(
         &mut self,
@@ -175,10 +175,10 @@ impl Peer {
         let mut admin_ready = admin_address_file.is_none();
         let what = match admin_address_file {
             Some(file) => format!(
-                "its admin (address in {}) to answer GET /ready with 200 and {listen} to accept",
+                "its admin (address in {}) to answer GET /ready with 200, and an HTTP answer on {listen}",
                 file.display()
             ),
-            None => format!("{listen} to accept a connection"),
+            None => format!("an HTTP answer on {listen}"),
         };
         wait::until(&what, wait::READY, Duration::from_millis(20), || {
             if let Some(status) = self.child.try_wait()? {
@@ -189,8 +189,8 @@ impl Peer {
             }
             Ok(if !admin_ready {
                 Seen::Not("the admin not ready".into())
-            } else if !connects(netns, listen) {
-                Seen::Not(format!("{listen} not accepting"))
+            } else if !answers_http(netns, listen) {
+                Seen::Not(format!("no HTTP answer on {listen}"))
             } else {
                 Seen::Ready(())
             })
@@ -225,16 +225,18 @@ impl Drop for Peer {
     }
 }
 
-/// Whether a TCP connect to `addr` from inside `netns` succeeds.
-fn connects(netns: &Netns, addr: SocketAddrV4) -> bool {
+/// Whether the proxy at `addr` (inside `netns`) answers an HTTP request:
+/// any status will do (an unknown host gets 404 from every peer, without
+/// reaching an upstream). A TCP connect is not enough: the kernel
+/// completes it on a listening socket before nginx has forked the worker
+/// that will accept it.
+fn answers_http(netns: &Netns, addr: SocketAddrV4) -> bool {
     netns
-        .spawn(move || {
-            std::future::ready(
-                TcpStream::connect_timeout(&addr.into(), Duration::from_millis(500)).is_ok(),
-            )
-        })
+        .spawn(move || std::future::ready(http_status(addr.into(), "/")))
         .join()
-        .unwrap_or(false)
+        .ok()
+        .flatten()
+        .is_some()
 }
 
 /// Whether Envoy's admin (address in `file`, written once it listens)
