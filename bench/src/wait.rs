@@ -1,6 +1,6 @@
 //! Waiting for something to be ready rather than for a fixed time: poll a
-//! readiness signal (a port that accepts, a line in a log, an answer from
-//! the primary, the datapath a connect takes) until it holds, within one
+//! readiness signal (a line in a log, an HTTP answer, an answer from the
+//! primary, the datapath a connect takes) until it holds, within one
 //! generous deadline, and say what was awaited and what was last seen if
 //! it never holds. A loaded machine (a concurrent build, the kernel still
 //! tearing down a test suite's namespaces) makes everything slower, and
