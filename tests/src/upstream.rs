@@ -38,8 +38,10 @@ use crate::{
     tempdir::TempDir,
 };
 
-/// How long a starting upstream may take to print its `listening` line.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a starting upstream may take to print its `listening` line:
+/// well under a second when idle, but the benchmark starts (and restarts)
+/// them on a machine that may be busy.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long reading the counters may take.
 const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -110,15 +110,14 @@ fn stable_components() -> Result<()> {
     Ok(())
 }
 
-/// Whether dpkg has `package` installed (also used by `bench/install.rs`).
-pub(crate) fn package_installed(package: &str) -> bool {
+/// Whether dpkg has `package` installed.
+fn package_installed(package: &str) -> bool {
     probe(command("dpkg-query").args(["-W", "-f=${Status}", package]))
         .is_some_and(|status| status.trim() == "install ok installed")
 }
 
-/// `apt-get update`, then `apt-get install -y <packages>` (also used by
-/// `bench/install.rs`).
-pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
+/// `apt-get update`, then `apt-get install -y <packages>`.
+fn apt_install(packages: &[&str]) -> Result<()> {
     cmd::run(
         command("apt-get")
             .arg("update")

@@ -23,7 +23,7 @@ use std::{collections::BTreeMap, net::SocketAddrV4, time::Duration};
 
 use anyhow::{Context, Result};
 
-use super::{
+use crate::{
     failover::{self, Load, LoadPlan, Record, sleep_until, unix_ms},
     model::{FailOpenRun, SystemId},
     topology::{Bed, System},
@@ -90,8 +90,7 @@ pub fn run(bed: &Bed, system: &System, plan: &Plan) -> Result<FailOpenRun> {
         ))
     })();
     let records = load.finish();
-    let (moments, path) =
-        moments.with_context(|| format!("killing and restarting\n{}", system.log()))?;
+    let (moments, path) = moments.context("killing the daemon and starting another")?;
     let records = records?;
     eprintln!(
         "bench fail-open {}: with the daemon dead, `redirector endpoints` said the path is {path:?}",

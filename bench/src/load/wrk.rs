@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use super::{LoadSpec, Observed, REQUEST_TIMEOUT, whole_secs};
-use crate::bench::model::{Conn, LoadResult};
+use crate::model::{Conn, LoadResult};
 
 /// Prefix of the script's line in wrk's stdout.
 const MARKER: &str = "RDT_WRK ";
@@ -112,7 +112,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::bench::model::{Load, Upstream, Workload};
+    use crate::model::{Load, Upstream, Workload};
 
     #[test]
     fn keep_alive_report() {

@@ -1,6 +1,6 @@
 //! Installs the programs the benchmark drives, and only what is missing, so
 //! a warm run costs a few probes (like `cargo xtask setup`, whose dpkg check
-//! and apt-get helpers it reuses). One line per item says `present` or
+//! and apt-get steps it repeats). One line per item says `present` or
 //! `installed`.
 //!
 //! - Debian `nginx`, `haproxy`, `wrk`, and `python3-venv` for Envoy's venv.
@@ -24,10 +24,9 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::tools::Tools;
 use crate::{
     cmd::{self, command, probe},
-    setup,
+    tools::Tools,
 };
 
 const PACKAGES: [&str; 4] = ["nginx", "haproxy", "wrk", "python3-venv"];
@@ -40,7 +39,7 @@ const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// Installs what is missing and returns where everything is.
 pub fn ensure() -> Result<Tools> {
-    cmd::require_root("bench")?;
+    cmd::require_root()?;
     let start = Instant::now();
     packages()?;
     let oha = oha()?;
@@ -127,11 +126,11 @@ fn existing(path: &str) -> Result<PathBuf> {
 fn packages() -> Result<()> {
     let missing: Vec<&str> = PACKAGES
         .into_iter()
-        .filter(|p| !setup::package_installed(p))
+        .filter(|p| !package_installed(p))
         .collect();
     if !missing.is_empty() {
         let guard = NoServiceStarts::install()?;
-        let installed = setup::apt_install(&missing);
+        let installed = apt_install(&missing);
         drop(guard);
         installed?;
         for service in SERVICES.into_iter().filter(|s| missing.contains(s)) {
@@ -142,6 +141,27 @@ fn packages() -> Result<()> {
         report(package, missing.contains(&package));
     }
     Ok(())
+}
+
+/// Whether dpkg has `package` installed.
+fn package_installed(package: &str) -> bool {
+    probe(command("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|status| status.trim() == "install ok installed")
+}
+
+/// `apt-get update`, then `apt-get install -y <packages>`.
+fn apt_install(packages: &[&str]) -> Result<()> {
+    cmd::run(
+        command("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    cmd::run(
+        command("apt-get")
+            .args(["install", "-y"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 /// A `policy-rc.d` answering 101 ("action forbidden") to every service

@@ -17,7 +17,7 @@ use redirector_tests::{
 };
 
 use super::{OutlierTiming, Peer, PeerConfig};
-use crate::bench::{install, model::SystemId, tools::Tools};
+use crate::{install, model::SystemId, tools::Tools};
 
 const PLAIN: &str = "plain.test";
 const TLS: &str = "tls.test";

@@ -25,14 +25,18 @@
 //! :80 on the client's core, the very upstream process direct-beside
 //! reaches, so direct-beside is its baseline. It has no TLS service: the
 //! kernel cannot originate TLS.
+//!
+//! With `--baseline`, another build of the redirector runs beside this one
+//! as a third daemon, with its own cgroup, pins and ports and the same
+//! config, flags and core as the redirector: the two builds are measured
+//! alike, interleaved in the same run.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     process::Command,
     sync::{Mutex, MutexGuard},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -47,10 +51,11 @@ use redirector_tests::{
     upstream::{UpstreamProcess, UpstreamStats},
 };
 
-use super::{
+use crate::{
     model::{SystemId, Upstream},
     peers::{OutlierTiming, Peer, PeerConfig},
     tools::Tools,
+    wait::{self, Seen},
 };
 
 pub const EAST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 1, 2);
@@ -68,21 +73,23 @@ const CORE_TLS_PORT: u16 = 8443;
 /// the daemon is alive).
 const REDIRECTOR_PORT: u16 = 15001;
 const FAST_PATH_PORT: u16 = 15002;
+const BASELINE_PORT: u16 = 15003;
 
-/// The DNS responder's port of the daemon listening on `port`: the two
-/// redirector daemons share the bench namespace, so they need a port each
+/// The DNS responder's port of the daemon listening on `port`: the
+/// redirector's daemons share the bench namespace, so they need a port each
 /// (DNS capture stays on, as by default, so its hooks are measured too).
 /// `--datapath-only` daemons have no responder.
 fn dns_port(port: u16) -> u16 {
     match port {
         REDIRECTOR_PORT => 15053,
         FAST_PATH_PORT => 15054,
+        BASELINE_PORT => 15055,
         _ => 0,
     }
 }
 
 /// The admin server's port of the daemon listening on `port`: every
-/// daemon in the bench namespace (the redirector's two, and the
+/// daemon in the bench namespace (the redirector's, and the
 /// `--datapath-only` ones in front of the peers) needs its own.
 fn admin_port(port: u16) -> u16 {
     port + 1000
@@ -123,10 +130,12 @@ impl Upstreams {
 
 enum Kind {
     Direct,
-    /// The redirector or its fast path: a daemon that the fail-open run
-    /// kills and replaces, so it sits behind a lock.
+    /// The redirector, its baseline or its fast path: a daemon that the
+    /// fail-open run kills and replaces, so it sits behind a lock.
     Redirector {
         daemon: Mutex<Daemon>,
+        /// The `redirector` binary it runs.
+        program: PathBuf,
         config: PathBuf,
         port: u16,
         cpu: u32,
@@ -134,7 +143,7 @@ enum Kind {
     },
     Peer {
         // Field order is drop order: the redirect goes before the proxy.
-        _redirect: Daemon,
+        redirect: Daemon,
         _pins: PinDirGuard,
         peer: Peer,
     },
@@ -186,7 +195,12 @@ impl System {
         match &self.kind {
             Kind::Direct => String::new(),
             Kind::Redirector { daemon, .. } => lock(daemon).log(),
-            Kind::Peer { peer, .. } => peer.log(),
+            Kind::Peer { peer, redirect, .. } => format!(
+                "{}== its redirect (redirector --datapath-only, {}) ==\n{}",
+                peer.log(),
+                redirect.log_path().display(),
+                redirect.log()
+            ),
         }
     }
 
@@ -236,6 +250,8 @@ pub struct Bed {
 pub struct BedOptions<'a> {
     pub tools: &'a Tools,
     pub systems: &'a [SystemId],
+    /// The `redirector` binary of `SystemId::RedirectorBaseline`.
+    pub baseline: Option<&'a Path>,
     pub body_bytes: usize,
     pub client_cpu: u32,
     pub sut_cpu: u32,
@@ -306,7 +322,9 @@ impl Bed {
             } else {
                 &config
             };
-            let system = bed.start_system(id, o, config)?;
+            let system = bed
+                .start_system(id, o, config)
+                .with_context(|| format!("starting {id}"))?;
             bed.systems.push(system);
         }
         Ok(bed)
@@ -321,20 +339,28 @@ impl Bed {
                     kind: Kind::Direct,
                 });
             }
-            SystemId::Redirector | SystemId::RedirectorFastPath => {
-                let (port, path) = if id == SystemId::Redirector {
-                    (REDIRECTOR_PORT, "proxy")
-                } else {
-                    (FAST_PATH_PORT, "kernel")
+            SystemId::Redirector | SystemId::RedirectorBaseline | SystemId::RedirectorFastPath => {
+                let (port, path, program) = match id {
+                    SystemId::Redirector => (REDIRECTOR_PORT, "proxy", redirector_bin()),
+                    SystemId::RedirectorBaseline => (
+                        BASELINE_PORT,
+                        "proxy",
+                        o.baseline
+                            .context("the baseline needs --baseline <a redirector binary>")?
+                            .to_owned(),
+                    ),
+                    _ => (FAST_PATH_PORT, "kernel", redirector_bin()),
                 };
                 let cgroup = TestCgroup::new()?;
                 let pins = PinDirGuard::for_test();
-                let daemon = self.redirector(config, &cgroup, &pins, port, o.sut_cpu, false)?;
+                let daemon =
+                    self.redirector(&program, config, &cgroup, &pins, port, o.sut_cpu, false)?;
                 let system = System {
                     id,
                     cgroup: Some(cgroup),
                     kind: Kind::Redirector {
                         daemon: Mutex::new(daemon),
+                        program,
                         config: config.to_owned(),
                         port,
                         cpu: o.sut_cpu,
@@ -376,25 +402,34 @@ impl Bed {
             },
             &self.bench,
             o.sut_cpu,
-        )
-        .with_context(|| format!("starting {id}"))?;
+        )?;
         let cgroup = TestCgroup::new()?;
         let pins = PinDirGuard::for_test();
         // The redirect alone; it idles, so it shares the client's core.
-        let redirect = self.redirector(config, &cgroup, &pins, port, o.client_cpu, true)?;
+        let redirect = self.redirector(
+            &redirector_bin(),
+            config,
+            &cgroup,
+            &pins,
+            port,
+            o.client_cpu,
+            true,
+        )?;
         Ok(System {
             id,
             cgroup: Some(cgroup),
             kind: Kind::Peer {
-                _redirect: redirect,
+                redirect,
                 _pins: pins,
                 peer,
             },
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn redirector(
         &self,
+        program: &Path,
         config: &Path,
         cgroup: &TestCgroup,
         pins: &PinDirGuard,
@@ -405,7 +440,7 @@ impl Bed {
         let mut args = vec![
             "-c".to_string(),
             cpu.to_string(),
-            redirector_bin().display().to_string(),
+            program.display().to_string(),
             "run".into(),
             "--config".into(),
             config.display().to_string(),
@@ -438,7 +473,7 @@ impl Bed {
                 netns: &self.bench,
                 cgroup: None,
                 args,
-                ready_timeout: Duration::from_secs(30),
+                ready_timeout: wait::READY,
                 env: Vec::new(),
             },
         )
@@ -449,6 +484,7 @@ impl Bed {
     pub fn restart_daemon(&self, system: &System) -> Result<()> {
         let Kind::Redirector {
             daemon,
+            program,
             config,
             port,
             cpu,
@@ -461,7 +497,7 @@ impl Bed {
             .cgroup
             .as_ref()
             .context("a redirector has a cgroup")?;
-        let new = self.redirector(config, cgroup, pins, *port, *cpu, false)?;
+        let new = self.redirector(program, config, cgroup, pins, *port, *cpu, false)?;
         // The old one is dead and reaped; dropping it only frees its log.
         *lock(daemon) = new;
         Ok(())
@@ -471,10 +507,11 @@ impl Bed {
     /// endpoints` reads it from the system's pinned maps: `proxy`,
     /// `kernel`, `kernel (fail-open)`, `rejected`.
     pub fn path_now(&self, system: &System) -> Result<String> {
-        let Kind::Redirector { pins, .. } = &system.kind else {
+        let Kind::Redirector { pins, program, .. } = &system.kind else {
             bail!("{} is not a redirector", system.id);
         };
-        let mut cmd = Command::new(redirector_bin());
+        // Its own build reads its own pins.
+        let mut cmd = Command::new(program);
         cmd.args(["endpoints", "--output", "json", "--pin-dir"])
             .arg(pins.path());
         self.bench.configure(&mut cmd);
@@ -490,22 +527,19 @@ impl Bed {
             .with_context(|| format!("no service at {vip} in {report:#}"))
     }
 
+    /// Until a new connect to the plain VIP takes the `want` path, within
+    /// [`wait::READY`].
     fn wait_for_path(&self, system: &System, want: &str) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let what = format!("connects to {VIP_PLAIN} to take the {want:?} path");
+        wait::until(&what, wait::READY, Duration::from_millis(100), || {
             let now = self.path_now(system)?;
-            if now == want {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{}: connects to {VIP_PLAIN} still take the {now:?} path, not {want:?}, after 30 s\n{}",
-                    system.id,
-                    system.log()
-                );
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+            Ok(if now == want {
+                Seen::Ready(())
+            } else {
+                Seen::Not(format!("the {now:?} path"))
+            })
+        })
+        .with_context(|| format!("{}\n{}", system.id, system.log()))
     }
 
     /// Packets to the primary vanish: its neighbour entry points nowhere.

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::model::Sample;
+use crate::model::Sample;
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`).
 fn ticks_per_sec() -> f64 {

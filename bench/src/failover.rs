@@ -16,9 +16,10 @@ use anyhow::{Context, Result, ensure};
 use redirector_tests::{process, upstream::bin_path};
 use serde::Deserialize;
 
-use super::{
+use crate::{
     model::{FailoverRun, Fault, SystemId, Upstream},
     topology::{Bed, System},
+    wait::{self, Seen},
 };
 
 pub struct Plan {
@@ -245,26 +246,35 @@ pub fn heal(bed: &Bed) -> Result<()> {
 }
 
 /// Waits until the system sends traffic to the primary again (it may
-/// still have it ejected from the previous run).
+/// still have it ejected from the previous run): three answers in a row
+/// from east, within [`wait::READY`].
 pub fn wait_for_primary(bed: &Bed, system: &System) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
     let mut streak = 0;
-    while streak < 3 {
-        let body = bed.probe(system, Upstream::Plain).unwrap_or_default();
-        streak = if body.starts_with("healthy: east") {
-            streak + 1
-        } else {
-            0
-        };
-        ensure!(
-            Instant::now() < deadline,
-            "{} did not return to the primary within 30 s; last answer {body:?}\n{}",
-            system.id,
-            system.log()
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
-    Ok(())
+    let what = format!("{} to answer from the primary 3 times in a row", system.id);
+    wait::until(&what, wait::READY, Duration::from_millis(200), || {
+        let body = bed.probe(system, Upstream::Plain);
+        Ok(match body {
+            Ok(body) if body.starts_with("healthy: east") => {
+                streak += 1;
+                if streak == 3 {
+                    Seen::Ready(())
+                } else {
+                    Seen::Not(format!("{streak} in a row"))
+                }
+            }
+            Ok(body) => {
+                streak = 0;
+                Seen::Not(format!(
+                    "the answer {:?}",
+                    body.lines().next().unwrap_or("")
+                ))
+            }
+            Err(err) => {
+                streak = 0;
+                Seen::Not(format!("{err:#}"))
+            }
+        })
+    })
 }
 
 /// The figures of one run from its per-request records; the fault and the

@@ -1,12 +1,12 @@
 //! Where and with what the numbers were taken: they mean little without
 //! the machine, the kernel and every tool's version beside them.
 
-use std::{fs, process::Command};
+use std::{fs, path::Path, process::Command};
 
 use anyhow::Result;
 
-use super::{install, model::MachineInfo, tools::Tools};
 use crate::cmd::{self, command};
+use crate::{install, model::MachineInfo, tools::Tools};
 
 fn first_line(cmd: &mut Command) -> String {
     cmd::probe(cmd)
@@ -14,7 +14,19 @@ fn first_line(cmd: &mut Command) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-pub fn info(tools: &Tools) -> Result<MachineInfo> {
+/// `<path>, sha256 <first 12 hex digits>`: which build the baseline was.
+fn identify(binary: &Path) -> String {
+    let digest = cmd::probe(Command::new("sha256sum").arg(binary))
+        .and_then(|out| {
+            out.split_whitespace()
+                .next()
+                .map(|d| d[..12.min(d.len())].to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    format!("{}, sha256 {digest}", binary.display())
+}
+
+pub fn info(tools: &Tools, baseline: Option<&Path>) -> Result<MachineInfo> {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mut versions = install::versions(tools);
@@ -22,6 +34,9 @@ pub fn info(tools: &Tools) -> Result<MachineInfo> {
         "redirector".into(),
         first_line(command("git").args(["describe", "--always", "--dirty"])),
     );
+    if let Some(binary) = baseline {
+        versions.insert("redirector-baseline".into(), identify(binary));
+    }
     versions.insert("rustc".into(), first_line(Command::new("rustc").arg("-V")));
     Ok(MachineInfo {
         date: first_line(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])),

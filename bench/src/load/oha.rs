@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use super::{LoadSpec, Observed, REQUEST_TIMEOUT};
-use crate::bench::model::{Conn, LoadResult};
+use crate::model::{Conn, LoadResult};
 
 /// oha's name for requests still running when `-z` ends; not failures.
 const DEADLINE: &str = "aborted due to deadline";
@@ -126,7 +126,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::bench::model::{Load, Upstream, Workload};
+    use crate::model::{Load, Upstream, Workload};
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-6

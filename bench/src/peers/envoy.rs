@@ -49,7 +49,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use super::{Launch, PeerConfig};
-use crate::bench::tools::Tools;
+use crate::tools::Tools;
 
 /// Makes `--base-id` distinct per Envoy started by this process (it names
 /// the hot-restart shared memory and sockets).

@@ -28,7 +28,7 @@ use std::fs;
 use anyhow::{Context, Result};
 
 use super::{Launch, PeerConfig, millis, seconds_up};
-use crate::bench::tools::Tools;
+use crate::tools::Tools;
 
 pub(super) fn launch(tools: &Tools, cfg: &PeerConfig) -> Result<Launch> {
     let conf = cfg.dir.join("nginx.conf");

@@ -20,9 +20,10 @@ use plotters::{
     style::text_anchor::{HPos, Pos, VPos},
 };
 
-use super::{
+use crate::{
+    format::sig3,
     model::{BenchReport, Conn, SystemId, Upstream, Workload},
-    report::{Aggregate, Stat, aggregate, open_rps, sig3},
+    summary::{Aggregate, Stat, aggregate, open_rps},
 };
 
 const WIDTH: u32 = 1100;
@@ -38,6 +39,7 @@ const P_COLORS: [RGBColor; 3] = [
     RGBColor(8, 69, 148),
 ];
 const REDIRECTOR: RGBColor = RGBColor(230, 85, 13);
+const BASELINE: RGBColor = RGBColor(140, 45, 4);
 const FAST_PATH: RGBColor = RGBColor(253, 141, 60);
 const OTHER: RGBColor = RGBColor(140, 140, 140);
 
@@ -153,6 +155,7 @@ fn x_names(root: &Area, at: impl Iterator<Item = ((i32, i32), SystemId)>) -> Res
     for ((x, y), s) in at {
         let color = match s {
             SystemId::Redirector => REDIRECTOR,
+            SystemId::RedirectorBaseline => BASELINE,
             SystemId::RedirectorFastPath => FAST_PATH,
             _ => BLACK,
         };
@@ -317,6 +320,7 @@ fn cpu_panel(root: &Area, area: &Area, w: Workload, rows: &[&Aggregate]) -> Resu
         let x = i as f64;
         let color = match a.system {
             SystemId::Redirector => REDIRECTOR,
+            SystemId::RedirectorBaseline => BASELINE,
             SystemId::RedirectorFastPath => FAST_PATH,
             _ => OTHER,
         };
@@ -394,7 +398,7 @@ mod tests {
     use std::fs;
 
     use super::*;
-    use crate::bench::report::tests::{KA_PLAIN, KA_TLS, SYSTEMS, synthetic};
+    use crate::fixture::{KA_PLAIN, KA_TLS, SYSTEMS, synthetic};
 
     fn render(report: &BenchReport, name: &str) -> String {
         let path =
@@ -449,7 +453,7 @@ mod tests {
         let mut r = synthetic();
         let mut more = r.cells.clone();
         for c in &mut more {
-            c.workload.load = crate::bench::model::Load::OpenLoop { rps: 5000 };
+            c.workload.load = crate::model::Load::OpenLoop { rps: 5000 };
         }
         r.cells.extend(more);
         let ws = chosen(&aggregate(&r));
@@ -492,6 +496,28 @@ mod tests {
         let text = render(&r, "all");
         roxmltree::Document::parse(&text).unwrap();
         assert!(!text.contains("Not available"));
+    }
+
+    #[test]
+    fn plots_the_baseline_beside_the_redirector() {
+        let r = crate::fixture::with_baseline(synthetic(), 1.25);
+        let text = render(&r, "baseline");
+        let doc = roxmltree::Document::parse(&text).unwrap();
+        let texts: Vec<&str> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("text"))
+            .filter_map(|n| n.text().map(str::trim))
+            .collect();
+        // Latency and CPU panels of both workloads.
+        assert_eq!(
+            texts
+                .iter()
+                .filter(|t| **t == "redirector-baseline")
+                .count(),
+            4
+        );
+        // Its p50 median label: the redirector's 0.139 × 1.25.
+        assert!(texts.contains(&"0.174"), "{texts:?}");
     }
 
     #[test]

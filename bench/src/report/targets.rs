@@ -4,11 +4,12 @@
 //! cannot run yet) is `n/a` with the reason, never silently left out.
 //!
 //! Comparisons between systems use the same-run, per-repetition ratios of
-//! `super::ratio`, so drift of the machine during the run cancels out.
+//! `summary::ratio`, so drift of the machine during the run cancels out.
 
-use super::{Aggregate, Ratio, aggregate, mib, ms, ratio, sig3};
-use crate::bench::model::{
-    BenchReport, Conn, FailOpenRun, Fault, Load, SystemId, Upstream, Workload,
+use crate::{
+    format::{mib, ms, sig3},
+    model::{BenchReport, Conn, FailOpenRun, Fault, Load, SystemId, Upstream, Workload},
+    summary::{Aggregate, Ratio, aggregate, ratio},
 };
 
 /// Redirector peak RSS must stay below this.

@@ -22,14 +22,17 @@ use std::{
     net::{SocketAddrV4, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
 use redirector_tests::{netns::Netns, process};
 
-use super::{model::SystemId, tools::Tools};
+use crate::{
+    model::SystemId,
+    tools::Tools,
+    wait::{self, Seen},
+};
 
 /// Envoy's consecutive-5xx outlier detection timings (Istio's
 /// `outlierDetection`), translated by each peer into its own terms.
@@ -83,8 +86,6 @@ pub struct Peer {
     logs: Vec<PathBuf>,
 }
 
-/// How long a peer may take to answer on its listener.
-const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a peer may take to exit after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How much of each log `Peer::log` shows (the end).
@@ -162,29 +163,38 @@ impl Peer {
         text
     }
 
+    /// Until the peer answers HTTP on `listen` (Envoy: once its admin's
+    /// `/ready` answers 200, the server initialised), within
+    /// [`wait::READY`]; an exit ends the wait at once.
     fn wait_ready(
         &mut self,
         netns: &Netns,
         listen: SocketAddrV4,
         admin_address_file: Option<&Path>,
     ) -> Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
         let mut admin_ready = admin_address_file.is_none();
-        loop {
+        let what = match admin_address_file {
+            Some(file) => format!(
+                "its admin (address in {}) to answer GET /ready with 200, and an HTTP answer on {listen}",
+                file.display()
+            ),
+            None => format!("an HTTP answer on {listen}"),
+        };
+        wait::until(&what, wait::READY, Duration::from_millis(20), || {
             if let Some(status) = self.child.try_wait()? {
                 bail!("exited with {status}");
             }
             if !admin_ready && let Some(file) = admin_address_file {
                 admin_ready = envoy_admin_ready(netns, file);
             }
-            if admin_ready && connects(netns, listen) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("no answer on {listen} after {START_TIMEOUT:?}");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+            Ok(if !admin_ready {
+                Seen::Not("the admin not ready".into())
+            } else if !answers_http(netns, listen) {
+                Seen::Not(format!("no HTTP answer on {listen}"))
+            } else {
+                Seen::Ready(())
+            })
+        })
     }
 }
 
@@ -215,16 +225,18 @@ impl Drop for Peer {
     }
 }
 
-/// Whether a TCP connect to `addr` from inside `netns` succeeds.
-fn connects(netns: &Netns, addr: SocketAddrV4) -> bool {
+/// Whether the proxy at `addr` (inside `netns`) answers an HTTP request:
+/// any status will do (an unknown host gets 404 from every peer, without
+/// reaching an upstream). A TCP connect is not enough: the kernel
+/// completes it on a listening socket before nginx has forked the worker
+/// that will accept it.
+fn answers_http(netns: &Netns, addr: SocketAddrV4) -> bool {
     netns
-        .spawn(move || {
-            std::future::ready(
-                TcpStream::connect_timeout(&addr.into(), Duration::from_millis(500)).is_ok(),
-            )
-        })
+        .spawn(move || std::future::ready(http_status(addr.into(), "/")))
         .join()
-        .unwrap_or(false)
+        .ok()
+        .flatten()
+        .is_some()
 }
 
 /// Whether Envoy's admin (address in `file`, written once it listens)

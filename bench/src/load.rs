@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use redirector_tests::{cgroup::TestCgroup, netns::Netns, process, tempdir::TempDir};
 
-use super::{
+use crate::{
     model::{Load, LoadResult, Workload},
     tools::Tools,
 };
@@ -127,10 +127,11 @@ fn spawn(
     }
     let stdout = String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned();
     let stderr = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+    // The first line says what happened; the child's output follows.
     match status {
-        None => bail!("{shown} did not finish within {limit:?}; stderr: {stderr}"),
+        None => bail!("{shown} did not finish within {limit:?}\nstderr:\n{stderr}"),
         Some(status) if !status.success() => {
-            bail!("{shown} failed ({status}); stderr: {stderr}; stdout: {stdout}")
+            bail!("{shown} failed ({status})\nstderr:\n{stderr}\nstdout:\n{stdout}")
         }
         Some(_) => Ok(stdout),
     }

@@ -18,6 +18,10 @@ pub enum SystemId {
     DirectSutCore,
     /// The redirector: connect hook → node-local proxy.
     Redirector,
+    /// Another build of the redirector (`--baseline <binary>`), configured
+    /// and measured exactly like `Redirector`: this build against that one,
+    /// in the same run.
+    RedirectorBaseline,
     /// The redirector's kernel fast path (`redirector.dev/datapath:
     /// kernel`): connect4 rewrites the VIP straight to an endpoint, no
     /// proxy hop.
@@ -28,10 +32,13 @@ pub enum SystemId {
 }
 
 impl SystemId {
-    pub const ALL: [SystemId; 7] = [
+    /// Every system, in the order of the tables. The baseline runs only
+    /// when given (`--baseline`).
+    pub const ALL: [SystemId; 8] = [
         SystemId::DirectBeside,
         SystemId::DirectSutCore,
         SystemId::Redirector,
+        SystemId::RedirectorBaseline,
         SystemId::RedirectorFastPath,
         SystemId::Envoy,
         SystemId::Nginx,
@@ -44,6 +51,7 @@ impl SystemId {
             SystemId::DirectBeside => "direct-beside",
             SystemId::DirectSutCore => "direct-sut-core",
             SystemId::Redirector => "redirector",
+            SystemId::RedirectorBaseline => "redirector-baseline",
             SystemId::RedirectorFastPath => "redirector-fast-path",
             SystemId::Envoy => "envoy",
             SystemId::Nginx => "nginx",
@@ -59,7 +67,16 @@ impl SystemId {
     /// The redirector's own daemons, which can be killed and taken over
     /// (the fail-open run); the peers have no such mode.
     pub fn is_redirector(self) -> bool {
-        matches!(self, SystemId::Redirector | SystemId::RedirectorFastPath)
+        matches!(
+            self,
+            SystemId::Redirector | SystemId::RedirectorBaseline | SystemId::RedirectorFastPath
+        )
+    }
+
+    /// The redirector's proxy datapath, from this build or the baseline's:
+    /// the systems every failover fault runs through, even in a quick run.
+    pub fn is_redirector_proxy(self) -> bool {
+        matches!(self, SystemId::Redirector | SystemId::RedirectorBaseline)
     }
 
     /// Why this system cannot run `w` at all, if it cannot.
@@ -373,7 +390,8 @@ pub struct MachineInfo {
     pub cpu_model: String,
     pub cpus: u32,
     pub memory_kib: u64,
-    /// Tool and system versions: redirector (git describe), envoy, nginx,
+    /// Tool and system versions: redirector (git describe), redirector-baseline
+    /// (its path and the start of its SHA-256, with `--baseline`), envoy, nginx,
     /// haproxy, oha, wrk, rustc.
     pub versions: BTreeMap<String, String>,
 }
