@@ -310,8 +310,10 @@ fn cap_line(status: &str, key: &str) -> u64 {
     status
         .lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
-        .unwrap_or_else(|| panic!("no {key} in\n{status}"))
+        .map_or_else(
+            || panic!("no {key} in\n{status}"),
+            |v| u64::from_str_radix(v.trim(), 16).unwrap(),
+        )
 }
 
 const CAP_NET_ADMIN: u64 = 1 << 12;

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 /// The workspace root (the parent of this crate).
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest_dir
         .parent()
@@ -20,7 +20,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// A command that runs in the workspace root.
-pub fn command(program: &str) -> Command {
+pub(crate) fn command(program: &str) -> Command {
     let mut cmd = Command::new(program);
     cmd.current_dir(workspace_root());
     cmd
@@ -36,7 +36,7 @@ fn shown(cmd: &Command) -> String {
 }
 
 /// Runs `cmd` with inherited stdio; fails unless it exits 0.
-pub fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let line = shown(cmd);
     eprintln!("$ {line}");
     let status = cmd
@@ -50,7 +50,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` quietly and returns its stdout if it exits 0, `None` if it
 /// fails or cannot start (used for "is it installed?" probes).
-pub fn probe(cmd: &mut Command) -> Option<String> {
+pub(crate) fn probe(cmd: &mut Command) -> Option<String> {
     let out = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -62,7 +62,7 @@ pub fn probe(cmd: &mut Command) -> Option<String> {
 }
 
 /// Fails unless running as root.
-pub fn require_root() -> Result<()> {
+pub(crate) fn require_root() -> Result<()> {
     if !redirector_tests::privilege::is_root() {
         bail!(
             "the bench needs root (packages, bpffs, namespaces, cgroups): run `cargo xtask bench` as root or with sudo -E"

@@ -29,7 +29,7 @@ use crate::{
     topology::{Bed, System},
 };
 
-pub struct Plan {
+pub(crate) struct Plan {
     pub rps: u32,
     pub duration: Duration,
     pub kill_at: Duration,
@@ -41,14 +41,14 @@ pub struct Plan {
 /// The moments of one run on the wall clock (unix ms), as the client
 /// stamps its requests.
 #[derive(Clone, Copy, Debug)]
-pub struct Moments {
+pub(crate) struct Moments {
     pub kill: f64,
     pub dead: f64,
     pub restart: f64,
     pub ready: f64,
 }
 
-pub fn run(bed: &Bed, system: &System, plan: &Plan) -> Result<FailOpenRun> {
+pub(crate) fn run(bed: &Bed, system: &System, plan: &Plan) -> Result<FailOpenRun> {
     failover::heal(bed)?;
     failover::wait_for_primary(bed, system)?;
     let proxy = system
@@ -163,7 +163,7 @@ fn via(r: &Record, proxy: SocketAddrV4) -> Via {
 
 /// The figures of one run from its per-request records. Times in the
 /// result count from the client's first request.
-pub fn analyze(records: &[Record], m: &Moments, proxy: SocketAddrV4) -> FailOpenRun {
+pub(crate) fn analyze(records: &[Record], m: &Moments, proxy: SocketAddrV4) -> FailOpenRun {
     let origin = records
         .iter()
         .map(|r| r.at_unix_ms)

@@ -22,7 +22,7 @@ use crate::{
     wait::{self, Seen},
 };
 
-pub struct Plan {
+pub(crate) struct Plan {
     pub rps: u32,
     pub duration: Duration,
     pub fault_at: Duration,
@@ -33,7 +33,7 @@ pub struct Plan {
 
 /// One line of `rdt-load` output.
 #[derive(Debug, Deserialize)]
-pub struct Record {
+pub(crate) struct Record {
     /// When the request was due, on the wall clock.
     pub at_unix_ms: f64,
     pub latency_ms: f64,
@@ -62,13 +62,13 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         (200..300).contains(&self.status)
     }
 }
 
 /// How `rdt-load` is run.
-pub struct LoadPlan {
+pub(crate) struct LoadPlan {
     pub rps: u32,
     pub duration: Duration,
     pub timeout: Duration,
@@ -77,7 +77,7 @@ pub struct LoadPlan {
 }
 
 /// `rdt-load` running as the app of `system`, writing to `out_path`.
-pub struct Load {
+pub(crate) struct Load {
     child: std::process::Child,
     out_path: std::path::PathBuf,
     limit: Duration,
@@ -87,7 +87,7 @@ pub struct Load {
 }
 
 impl Load {
-    pub fn start(
+    pub(crate) fn start(
         bed: &Bed,
         system: &System,
         plan: &LoadPlan,
@@ -129,7 +129,7 @@ impl Load {
     }
 
     /// Waits for the client to finish and reads its records.
-    pub fn finish(mut self) -> Result<Vec<Record>> {
+    pub(crate) fn finish(mut self) -> Result<Vec<Record>> {
         let status = process::wait_timeout(&mut self.child, self.limit)?;
         if status.is_none() {
             process::kill_and_reap(&mut self.child);
@@ -158,7 +158,7 @@ impl Drop for Load {
     }
 }
 
-pub fn run(bed: &Bed, system: &System, fault: Fault, plan: &Plan) -> Result<FailoverRun> {
+pub(crate) fn run(bed: &Bed, system: &System, fault: Fault, plan: &Plan) -> Result<FailoverRun> {
     heal(bed)?;
     wait_for_primary(bed, system)?;
     let load = Load::start(
@@ -196,7 +196,7 @@ pub fn run(bed: &Bed, system: &System, fault: Fault, plan: &Plan) -> Result<Fail
     Ok(run)
 }
 
-pub fn unix_ms() -> f64 {
+pub(crate) fn unix_ms() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -204,7 +204,7 @@ pub fn unix_ms() -> f64 {
         * 1000.0
 }
 
-pub fn sleep_until(start: Instant, at: Duration) {
+pub(crate) fn sleep_until(start: Instant, at: Duration) {
     if let Some(left) = at.checked_sub(start.elapsed()) {
         thread::sleep(left);
     }
@@ -234,7 +234,7 @@ fn restore(bed: &Bed, fault: Fault) -> Result<()> {
 
 /// Before a run: the primary answers 200 and is reachable, whatever an
 /// earlier, aborted run left behind.
-pub fn heal(bed: &Bed) -> Result<()> {
+pub(crate) fn heal(bed: &Bed) -> Result<()> {
     bed.upstreams
         .east_plain
         .lock()
@@ -248,7 +248,7 @@ pub fn heal(bed: &Bed) -> Result<()> {
 /// Waits until the system sends traffic to the primary again (it may
 /// still have it ejected from the previous run): three answers in a row
 /// from east, within [`wait::READY`].
-pub fn wait_for_primary(bed: &Bed, system: &System) -> Result<()> {
+pub(crate) fn wait_for_primary(bed: &Bed, system: &System) -> Result<()> {
     let mut streak = 0;
     let what = format!("{} to answer from the primary 3 times in a row", system.id);
     wait::until(&what, wait::READY, Duration::from_millis(200), || {
@@ -280,7 +280,7 @@ pub fn wait_for_primary(bed: &Bed, system: &System) -> Result<()> {
 /// The figures of one run from its per-request records; the fault and the
 /// restore are wall-clock times (unix ms). Times in the result count from
 /// the client's first request.
-pub fn analyze(records: &[Record], fault_unix_ms: f64, restore_unix_ms: f64) -> FailoverRun {
+pub(crate) fn analyze(records: &[Record], fault_unix_ms: f64, restore_unix_ms: f64) -> FailoverRun {
     let origin = records
         .iter()
         .map(|r| r.at_unix_ms)
@@ -310,7 +310,7 @@ pub fn analyze(records: &[Record], fault_unix_ms: f64, restore_unix_ms: f64) -> 
         .iter()
         .find(|r| t(r) >= restore_ms && by(r, "east"))
         .map(|r| t(r) - restore_ms);
-    let end_ms = sorted.last().map(|r| t(r)).unwrap_or(0.0);
+    let end_ms = sorted.last().map_or(0.0, |r| t(r));
     let mut timeline = vec![(0u32, 0u32, 0u32); (end_ms / 100.0) as usize + 1];
     for r in &sorted {
         let b = &mut timeline[(t(r) / 100.0) as usize];

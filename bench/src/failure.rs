@@ -25,7 +25,7 @@ static PANIC: Mutex<Option<String>> = Mutex::new(None);
 
 /// Keeps the main thread's panic message for [`report_panic`], after the
 /// default hook printed it where it happened.
-pub fn keep_panics() {
+pub(crate) fn keep_panics() {
     let default = panic::take_hook();
     panic::set_hook(Box::new(move |info| {
         default(info);
@@ -47,13 +47,13 @@ pub fn keep_panics() {
 }
 
 /// Prints the failure `err`: logs first, then the chain, root cause last.
-pub fn report(err: &anyhow::Error) {
-    let causes: Vec<String> = err.chain().map(|c| c.to_string()).collect();
+pub(crate) fn report(err: &anyhow::Error) {
+    let causes: Vec<String> = err.chain().map(std::string::ToString::to_string).collect();
     print(&causes);
 }
 
 /// Prints the main thread's panic, kept by [`keep_panics`].
-pub fn report_panic() {
+pub(crate) fn report_panic() {
     let message = PANIC
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -101,7 +101,11 @@ mod tests {
     use super::*;
 
     fn rendered(err: &anyhow::Error) -> String {
-        render(&err.chain().map(|c| c.to_string()).collect::<Vec<_>>())
+        render(
+            &err.chain()
+                .map(std::string::ToString::to_string)
+                .collect::<Vec<_>>(),
+        )
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! plot.
 
 /// `x` with 3 significant digits (integers from 100 up).
-pub fn sig3(x: f64) -> String {
+pub(crate) fn sig3(x: f64) -> String {
     fn decimals(x: f64) -> usize {
         if x == 0.0 || !x.is_finite() {
             return 0;
@@ -26,11 +26,11 @@ pub fn sig3(x: f64) -> String {
 }
 
 /// Milliseconds, 3 significant digits.
-pub fn ms(x: f64) -> String {
+pub(crate) fn ms(x: f64) -> String {
     format!("{} ms", sig3(x))
 }
 
 /// KiB as MiB, one decimal.
-pub fn mib(kib: u64) -> String {
+pub(crate) fn mib(kib: u64) -> String {
     format!("{:.1}", kib as f64 / 1024.0)
 }

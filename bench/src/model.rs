@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// A system under test (a row of the table).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum SystemId {
+pub(crate) enum SystemId {
     /// Client straight to the upstream, upstream on the client's core.
     DirectBeside,
     /// Client straight to an upstream pinned to the proxies' core, so
@@ -34,7 +34,7 @@ pub enum SystemId {
 impl SystemId {
     /// Every system, in the order of the tables. The baseline runs only
     /// when given (`--baseline`).
-    pub const ALL: [SystemId; 8] = [
+    pub(crate) const ALL: [SystemId; 8] = [
         SystemId::DirectBeside,
         SystemId::DirectSutCore,
         SystemId::Redirector,
@@ -46,7 +46,7 @@ impl SystemId {
     ];
 
     /// Short stable key, used in JSON, file names and `--systems`.
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             SystemId::DirectBeside => "direct-beside",
             SystemId::DirectSutCore => "direct-sut-core",
@@ -60,13 +60,13 @@ impl SystemId {
     }
 
     /// Proxies that are compared against each other (not the direct rows).
-    pub fn is_proxy(self) -> bool {
+    pub(crate) fn is_proxy(self) -> bool {
         !matches!(self, SystemId::DirectBeside | SystemId::DirectSutCore)
     }
 
     /// The redirector's own daemons, which can be killed and taken over
     /// (the fail-open run); the peers have no such mode.
-    pub fn is_redirector(self) -> bool {
+    pub(crate) fn is_redirector(self) -> bool {
         matches!(
             self,
             SystemId::Redirector | SystemId::RedirectorBaseline | SystemId::RedirectorFastPath
@@ -75,12 +75,12 @@ impl SystemId {
 
     /// The redirector's proxy datapath, from this build or the baseline's:
     /// the systems every failover fault runs through, even in a quick run.
-    pub fn is_redirector_proxy(self) -> bool {
+    pub(crate) fn is_redirector_proxy(self) -> bool {
         matches!(self, SystemId::Redirector | SystemId::RedirectorBaseline)
     }
 
     /// Why this system cannot run `w` at all, if it cannot.
-    pub fn unavailable(self, w: &Workload) -> Option<&'static str> {
+    pub(crate) fn unavailable(self, w: &Workload) -> Option<&'static str> {
         match (self, w.upstream) {
             (SystemId::RedirectorFastPath, Upstream::Tls) => Some(FAST_PATH_NO_TLS),
             _ => None,
@@ -89,7 +89,7 @@ impl SystemId {
 }
 
 /// Why the fast path has no plain→HTTPS cells.
-pub const FAST_PATH_NO_TLS: &str = "the kernel path cannot originate TLS; the app would have to \
+pub(crate) const FAST_PATH_NO_TLS: &str = "the kernel path cannot originate TLS; the app would have to \
      speak TLS itself (the config rejects `redirector.dev/datapath: kernel` with `tls.mode: SIMPLE`)";
 
 impl fmt::Display for SystemId {
@@ -100,7 +100,7 @@ impl fmt::Display for SystemId {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Conn {
+pub(crate) enum Conn {
     /// One connection carries many requests.
     KeepAlive,
     /// A new TCP connection for every request.
@@ -109,7 +109,7 @@ pub enum Conn {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Upstream {
+pub(crate) enum Upstream {
     /// Plain HTTP to the upstream.
     Plain,
     /// The system originates TLS (verified, SNI, pooled) to an HTTPS upstream;
@@ -119,7 +119,7 @@ pub enum Upstream {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
-pub enum Load {
+pub(crate) enum Load {
     /// Fixed arrival rate with latency correction (oha): latency under load.
     OpenLoop { rps: u32 },
     /// As fast as it goes with this many connections (wrk): saturation.
@@ -128,7 +128,7 @@ pub enum Load {
 
 /// A column group of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Workload {
+pub(crate) struct Workload {
     pub conn: Conn,
     pub upstream: Upstream,
     pub load: Load,
@@ -136,7 +136,7 @@ pub struct Workload {
 
 impl Workload {
     /// e.g. `keep-alive/plain/open-1000rps`, `new-conn/tls/closed-32c`.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         let conn = match self.conn {
             Conn::KeepAlive => "keep-alive",
             Conn::NewPerRequest => "new-conn",
@@ -161,7 +161,7 @@ impl fmt::Display for Workload {
 
 /// What the load generator saw in one run of one cell.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct LoadResult {
+pub(crate) struct LoadResult {
     /// Completed requests (any status).
     pub requests: u64,
     /// Transport errors plus non-2xx responses.
@@ -178,7 +178,7 @@ pub struct LoadResult {
 
 /// Resource use during one run of one cell, from /proc.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// utime+stime of every process of the system under test (None for the
     /// direct rows, which have none).
     pub sut_cpu_secs: Option<f64>,
@@ -201,7 +201,7 @@ pub struct Sample {
 
 impl Sample {
     /// The SUT's CPU, in vCPU per 1000 requests per second.
-    pub fn cpu_per_krps(&self, rps: f64) -> Option<f64> {
+    pub(crate) fn cpu_per_krps(&self, rps: f64) -> Option<f64> {
         let cpu = self.sut_cpu_secs?;
         (rps > 0.0 && self.wall_secs > 0.0).then(|| cpu / self.wall_secs / (rps / 1000.0))
     }
@@ -214,7 +214,7 @@ impl Sample {
 /// and west :443, east :8443). Through a proxy these are the proxy's
 /// upstream connections; in the direct rows, the load generator's own.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct UpstreamTls {
+pub(crate) struct UpstreamTls {
     /// HTTP requests the HTTPS upstreams answered.
     pub requests: u64,
     /// TCP connections they accepted.
@@ -239,7 +239,7 @@ pub struct UpstreamTls {
 impl UpstreamTls {
     /// (full, resumed) handshakes of connections that carried requests, per
     /// 1000 requests the upstreams answered; None without requests.
-    pub fn per_krequests(&self) -> Option<(f64, f64)> {
+    pub(crate) fn per_krequests(&self) -> Option<(f64, f64)> {
         (self.requests > 0).then(|| {
             let k = self.requests as f64 / 1000.0;
             (self.full as f64 / k, self.resumed as f64 / k)
@@ -249,14 +249,14 @@ impl UpstreamTls {
     /// Handshakes whose connection carried no request in the run (at least
     /// 0: a connection opened in the warm-up may carry its first request in
     /// the run).
-    pub fn idle_handshakes(&self) -> u64 {
+    pub(crate) fn idle_handshakes(&self) -> u64 {
         (self.all_full + self.all_resumed).saturating_sub(self.full + self.resumed)
     }
 }
 
 /// One repetition of one (system, workload) cell.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CellRun {
+pub(crate) struct CellRun {
     pub system: SystemId,
     pub workload: Workload,
     pub rep: u32,
@@ -271,7 +271,7 @@ pub struct CellRun {
 
 /// A cell the system cannot run yet, and why.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NotAvailable {
+pub(crate) struct NotAvailable {
     pub system: SystemId,
     pub workload: Workload,
     pub reason: String,
@@ -279,7 +279,7 @@ pub struct NotAvailable {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Fault {
+pub(crate) enum Fault {
     /// The primary answers 503 to everything.
     Status503,
     /// The primary process is killed (connections reset, connects refused).
@@ -291,7 +291,7 @@ pub enum Fault {
 /// One failover run: constant-rate client, fault at `fault_at_ms`, fault
 /// removed at `restore_at_ms`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FailoverRun {
+pub(crate) struct FailoverRun {
     pub system: SystemId,
     pub fault: Fault,
     pub rps: u32,
@@ -327,7 +327,7 @@ pub struct FailoverRun {
 /// state (a takeover) at `restart_at_ms`. Times count from the client's
 /// first request.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct FailOpenRun {
+pub(crate) struct FailOpenRun {
     pub system: SystemId,
     pub rps: u32,
     pub requests: u64,
@@ -375,14 +375,14 @@ pub struct FailOpenRun {
 impl FailOpenRun {
     /// What the target counts: every error of a connection opened from
     /// the kill on (everything but `broken_in_flight`).
-    pub fn new_connection_errors(&self) -> u64 {
+    pub(crate) fn new_connection_errors(&self) -> u64 {
         self.failed_connects + self.broken_after_kill + self.other_errors
     }
 }
 
 /// Where and with what the numbers were taken.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct MachineInfo {
+pub(crate) struct MachineInfo {
     /// RFC 3339, UTC.
     pub date: String,
     pub hostname: String,
@@ -398,7 +398,7 @@ pub struct MachineInfo {
 
 /// How the run was set up.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct RunSettings {
+pub(crate) struct RunSettings {
     pub quick: bool,
     pub reps: u32,
     pub cell_secs: f64,
@@ -415,7 +415,7 @@ pub struct RunSettings {
 
 /// Everything one `cargo xtask bench` run produced.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct BenchReport {
+pub(crate) struct BenchReport {
     pub machine: MachineInfo,
     pub settings: RunSettings,
     pub cells: Vec<CellRun>,

@@ -37,7 +37,7 @@ use crate::{
 /// Envoy's consecutive-5xx outlier detection timings (Istio's
 /// `outlierDetection`), translated by each peer into its own terms.
 #[derive(Clone, Copy, Debug)]
-pub struct OutlierTiming {
+pub(crate) struct OutlierTiming {
     pub consecutive_5xx: u32,
     pub interval: Duration,
     pub base_ejection: Duration,
@@ -45,7 +45,7 @@ pub struct OutlierTiming {
 
 /// What a peer serves and where its upstreams are.
 #[derive(Clone, Debug)]
-pub struct PeerConfig {
+pub(crate) struct PeerConfig {
     /// `127.0.0.1:<port>` in the bench namespace.
     pub listen: SocketAddrV4,
     /// Host header selecting the plain service, e.g. `plain.test`.
@@ -80,7 +80,7 @@ struct Launch {
 }
 
 /// A running peer; stopped (SIGTERM, then SIGKILL) and reaped on drop.
-pub struct Peer {
+pub(crate) struct Peer {
     system: SystemId,
     child: Child,
     logs: Vec<PathBuf>,
@@ -94,7 +94,7 @@ const LOG_TAIL: usize = 8 * 1024;
 impl Peer {
     /// Starts `system` (Envoy, Nginx or Haproxy) inside `netns`, pinned to
     /// `cpu`, with one worker, and waits until it answers on `cfg.listen`.
-    pub fn start(
+    pub(crate) fn start(
         system: SystemId,
         tools: &Tools,
         cfg: &PeerConfig,
@@ -138,14 +138,14 @@ impl Peer {
 
     /// Every process of it: the one started and its descendants (nginx's
     /// master and worker).
-    pub fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         let mut pids = vec![self.child.id()];
         pids.extend(descendants(self.child.id()));
         pids
     }
 
     /// The end of each of its logs, for failure messages.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         let mut text = String::new();
         for path in &self.logs {
             let _ = writeln!(text, "== {} ==", path.display());

@@ -47,7 +47,7 @@ type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
 /// The workloads plotted: keep-alive, open loop, highest rate, for plain
 /// then TLS, among those with numbers.
-pub fn chosen(aggs: &[Aggregate]) -> Vec<Workload> {
+pub(crate) fn chosen(aggs: &[Aggregate]) -> Vec<Workload> {
     [Upstream::Plain, Upstream::Tls]
         .into_iter()
         .filter_map(|up| {
@@ -62,7 +62,7 @@ pub fn chosen(aggs: &[Aggregate]) -> Vec<Workload> {
 }
 
 /// Writes the plot of `report` to `path` as SVG.
-pub fn svg(report: &BenchReport, path: &Path) -> Result<()> {
+pub(crate) fn svg(report: &BenchReport, path: &Path) -> Result<()> {
     let aggs = aggregate(report);
     let workloads = chosen(&aggs);
     let body_h = if workloads.is_empty() {

@@ -6,7 +6,7 @@
 //! from `report/targets.rs`, the plot from `plot.rs`; data flows one way,
 //! from the report's numbers to the files.
 
-pub mod targets;
+pub(crate) mod targets;
 #[cfg(test)]
 mod tests;
 
@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-pub use self::targets::{Verdict, targets};
+pub(crate) use self::targets::{Verdict, targets};
 use crate::{
     format::{mib, ms, sig3},
     model::{BenchReport, CellRun, FailOpenRun, Fault, SystemId, Workload},
@@ -98,7 +98,7 @@ impl Footnotes {
 
 /// The whole report as markdown: header, one table per workload, ratios,
 /// failover, targets, noise.
-pub fn markdown(report: &BenchReport) -> String {
+pub(crate) fn markdown(report: &BenchReport) -> String {
     markdown_with_plot(report, None)
 }
 
@@ -653,7 +653,7 @@ fn noise_line(report: &BenchReport, aggs: &[Aggregate], out: &mut String) {
 
 /// The files `write` produced (the dated ones; `latest.*` are copies).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Written {
+pub(crate) struct Written {
     pub json: PathBuf,
     pub markdown: PathBuf,
     pub plot: PathBuf,
@@ -662,7 +662,7 @@ pub struct Written {
 /// Writes `<UTC date-time>.{json,md,svg}` into `dir` (created if missing)
 /// and copies them to `latest.{json,md,svg}`. The JSON comes first, so the
 /// raw numbers survive a failure to render the rest.
-pub fn write(report: &BenchReport, dir: &Path) -> Result<Written> {
+pub(crate) fn write(report: &BenchReport, dir: &Path) -> Result<Written> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let base = file_stem(report);
     let mut stem = base.clone();

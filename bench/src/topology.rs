@@ -58,12 +58,12 @@ use crate::{
     wait::{self, Seen},
 };
 
-pub const EAST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 1, 2);
-pub const WEST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 2, 2);
-pub const VIP_PLAIN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(240, 240, 0, 10), 80);
-pub const VIP_TLS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(240, 240, 0, 11), 80);
-pub const HOST_PLAIN: &str = "plain.test";
-pub const HOST_TLS: &str = "tls.test";
+pub(crate) const EAST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 1, 2);
+pub(crate) const WEST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 2, 2);
+pub(crate) const VIP_PLAIN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(240, 240, 0, 10), 80);
+pub(crate) const VIP_TLS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(240, 240, 0, 11), 80);
+pub(crate) const HOST_PLAIN: &str = "plain.test";
+pub(crate) const HOST_TLS: &str = "tls.test";
 const PLAIN_PORT: u16 = 80;
 const TLS_PORT: u16 = 443;
 const CORE_PLAIN_PORT: u16 = 8080;
@@ -97,16 +97,16 @@ fn admin_port(port: u16) -> u16 {
 
 /// Outlier timings shared by every system, short enough for the failover
 /// runs to see ejection and return within seconds.
-pub const OUTLIER: OutlierTiming = OutlierTiming {
+pub(crate) const OUTLIER: OutlierTiming = OutlierTiming {
     consecutive_5xx: 1,
     interval: Duration::from_secs(1),
     base_ejection: Duration::from_secs(3),
 };
 /// Istio's default connect timeout; the same for every system.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The identical upstreams behind every system.
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     /// The primary of the failover runs; faults mutate it.
     pub east_plain: Mutex<UpstreamProcess>,
     /// Every HTTPS upstream (east, west, east on the SUT's core), whose
@@ -119,7 +119,7 @@ pub struct Upstreams {
 
 impl Upstreams {
     /// The counters of every HTTPS upstream, summed.
-    pub fn tls_stats(&self) -> Result<UpstreamStats> {
+    pub(crate) fn tls_stats(&self) -> Result<UpstreamStats> {
         self.tls
             .iter()
             .try_fold(UpstreamStats::default(), |sum, up| {
@@ -150,7 +150,7 @@ enum Kind {
 }
 
 /// One row of the table, running.
-pub struct System {
+pub(crate) struct System {
     pub id: SystemId,
     /// Where the client runs: the cgroup with this system's connect hook.
     pub cgroup: Option<TestCgroup>,
@@ -159,7 +159,7 @@ pub struct System {
 
 impl System {
     /// Every process of the system under test, for CPU and RSS.
-    pub fn pids(&self) -> Vec<u32> {
+    pub(crate) fn pids(&self) -> Vec<u32> {
         match &self.kind {
             Kind::Direct => Vec::new(),
             Kind::Redirector { daemon, .. } => vec![lock(daemon).pid()],
@@ -169,7 +169,7 @@ impl System {
 
     /// (address the client dials, Host header, whether the client itself
     /// speaks TLS).
-    pub fn target(&self, upstream: Upstream) -> (SocketAddrV4, &'static str, bool) {
+    pub(crate) fn target(&self, upstream: Upstream) -> (SocketAddrV4, &'static str, bool) {
         match (self.id, upstream) {
             (SystemId::DirectBeside, Upstream::Plain) => {
                 (SocketAddrV4::new(EAST_IP, PLAIN_PORT), HOST_PLAIN, false)
@@ -191,7 +191,7 @@ impl System {
     }
 
     /// The system's own logs, for failure messages.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         match &self.kind {
             Kind::Direct => String::new(),
             Kind::Redirector { daemon, .. } => lock(daemon).log(),
@@ -206,7 +206,7 @@ impl System {
 
     /// Where the redirector's proxy listens: the peer address a client's
     /// connection has when connect4 sent it to the proxy.
-    pub fn proxy_addr(&self) -> Option<SocketAddrV4> {
+    pub(crate) fn proxy_addr(&self) -> Option<SocketAddrV4> {
         match &self.kind {
             Kind::Redirector { port, .. } => Some(SocketAddrV4::new(Ipv4Addr::LOCALHOST, *port)),
             _ => None,
@@ -215,7 +215,7 @@ impl System {
 
     /// SIGKILL to the redirector's daemon, returning once it is reaped (its
     /// sockets closed). The pinned datapath stays attached.
-    pub fn kill_daemon(&self) -> Result<()> {
+    pub(crate) fn kill_daemon(&self) -> Result<()> {
         let Kind::Redirector { daemon, .. } = &self.kind else {
             bail!("{} has no redirector daemon to kill", self.id);
         };
@@ -229,11 +229,13 @@ impl System {
 
 fn lock(daemon: &Mutex<Daemon>) -> MutexGuard<'_, Daemon> {
     // A panic while holding it cannot leave a daemon half-replaced.
-    daemon.lock().unwrap_or_else(|e| e.into_inner())
+    daemon
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Everything the bench runs in. Field order is drop order.
-pub struct Bed {
+pub(crate) struct Bed {
     pub systems: Vec<System>,
     pub upstreams: Upstreams,
     _dns: DnsServer,
@@ -247,7 +249,7 @@ pub struct Bed {
     pub bench: Netns,
 }
 
-pub struct BedOptions<'a> {
+pub(crate) struct BedOptions<'a> {
     pub tools: &'a Tools,
     pub systems: &'a [SystemId],
     /// The `redirector` binary of `SystemId::RedirectorBaseline`.
@@ -258,7 +260,7 @@ pub struct BedOptions<'a> {
 }
 
 impl Bed {
-    pub fn new(o: &BedOptions<'_>) -> Result<Self> {
+    pub(crate) fn new(o: &BedOptions<'_>) -> Result<Self> {
         let bench = Netns::new("bench")?;
         let east = Netns::new("east")?;
         let west = Netns::new("west")?;
@@ -481,7 +483,7 @@ impl Bed {
 
     /// Starts a new daemon for the redirector `system` on the pinned state
     /// of the one that was killed (a takeover), returning once it is ready.
-    pub fn restart_daemon(&self, system: &System) -> Result<()> {
+    pub(crate) fn restart_daemon(&self, system: &System) -> Result<()> {
         let Kind::Redirector {
             daemon,
             program,
@@ -506,7 +508,7 @@ impl Bed {
     /// Where a new connect to the plain VIP goes now, as `redirector
     /// endpoints` reads it from the system's pinned maps: `proxy`,
     /// `kernel`, `kernel (fail-open)`, `rejected`.
-    pub fn path_now(&self, system: &System) -> Result<String> {
+    pub(crate) fn path_now(&self, system: &System) -> Result<String> {
         let Kind::Redirector { pins, program, .. } = &system.kind else {
             bail!("{} is not a redirector", system.id);
         };
@@ -543,7 +545,7 @@ impl Bed {
     }
 
     /// Packets to the primary vanish: its neighbour entry points nowhere.
-    pub fn black_hole_east(&self, on: bool) -> Result<()> {
+    pub(crate) fn black_hole_east(&self, on: bool) -> Result<()> {
         let ip = EAST_IP.to_string();
         let args: Vec<&str> = if on {
             vec![
@@ -565,7 +567,7 @@ impl Bed {
     }
 
     /// Runs `curl` as the app of `system` once; the body, or an error.
-    pub fn probe(&self, system: &System, upstream: Upstream) -> Result<String> {
+    pub(crate) fn probe(&self, system: &System, upstream: Upstream) -> Result<String> {
         let (addr, host, https) = system.target(upstream);
         let scheme = if https { "https" } else { "http" };
         let url = format!("{scheme}://{addr}/");

@@ -16,10 +16,10 @@ use anyhow::{Result, bail};
 /// How long anything the bench starts may take to be ready: far more than
 /// it takes on an idle machine (well under a second for most, a few
 /// seconds for Envoy or a daemon resolving its endpoints).
-pub const READY: Duration = Duration::from_secs(60);
+pub(crate) const READY: Duration = Duration::from_secs(60);
 
 /// One look at the signal.
-pub enum Seen<T> {
+pub(crate) enum Seen<T> {
     /// Ready, with what the caller wanted to know.
     Ready(T),
     /// Not yet: what was seen instead, for the error.
@@ -28,7 +28,7 @@ pub enum Seen<T> {
 
 /// Looks at `check` every `every` until it is [`Seen::Ready`]; fails
 /// after `within` with `waiting_for` and the last thing seen.
-pub fn until<T>(
+pub(crate) fn until<T>(
     waiting_for: &str,
     within: Duration,
     every: Duration,

@@ -77,7 +77,10 @@ pub struct Seen {
 impl Zone {
     fn set(&self, name: &str, entry: Option<Entry>) -> Result<()> {
         let key = lower_name(name)?;
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match entry {
             Some(entry) => entries.insert(key, entry),
             None => entries.remove(&key),
@@ -88,7 +91,7 @@ impl Zone {
     fn get(&self, name: &LowerName) -> Option<Entry> {
         self.entries
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(name)
             .cloned()
     }
@@ -184,7 +187,7 @@ impl DnsServer {
         self.zone
             .log
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
@@ -234,7 +237,7 @@ impl RequestHandler for Handler {
         self.zone
             .log
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(Seen {
                 name: query.name().to_string().to_ascii_lowercase(),
                 qtype: query.query_type().to_string(),

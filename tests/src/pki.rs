@@ -117,7 +117,10 @@ impl TestCa {
     /// # Panics
     /// If a certificate was not issued by this CA.
     pub fn crl(&self, revoked: &[&str]) -> String {
-        let serials = self.serials.lock().unwrap_or_else(|e| e.into_inner());
+        let serials = self
+            .serials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let revoked_certs = revoked
             .iter()
             .map(|pem| RevokedCertParams {
@@ -173,7 +176,10 @@ impl TestCa {
         if let Some(first) = sans.first() {
             params.distinguished_name.push(DnType::CommonName, *first);
         }
-        let mut serials = self.serials.lock().unwrap_or_else(|e| e.into_inner());
+        let mut serials = self
+            .serials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let serial = serials.len() as u64 + 2;
         params.serial_number = Some(SerialNumber::from(serial));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

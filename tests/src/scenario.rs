@@ -153,7 +153,10 @@ impl Node {
     }
 
     pub fn log(&self) -> String {
-        self.daemon.as_ref().map(|d| d.log()).unwrap_or_default()
+        self.daemon
+            .as_ref()
+            .map(super::daemon::Daemon::log)
+            .unwrap_or_default()
     }
 
     /// Runs a client process inside the namespace and the attached cgroup.

@@ -16,13 +16,13 @@ use crate::{cmd, setup, sweep};
 /// Everything after `bench`, for the bench itself.
 #[derive(clap::Args, Debug)]
 #[command(disable_help_flag = true)]
-pub struct Args {
+pub(crate) struct Args {
     /// The bench's options (`cargo xtask bench --help` lists them)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<OsString>,
 }
 
-pub fn run(args: &Args) -> Result<()> {
+pub(crate) fn run(args: &Args) -> Result<()> {
     if args.args.iter().any(|a| a == "--help" || a == "-h") {
         build_bench()?;
         return cmd::run(&mut bench(args)?);

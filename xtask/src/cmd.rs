@@ -25,7 +25,7 @@ const STDOUT_LINES: usize = 10;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The workspace root (the parent of this crate).
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     manifest_dir
         .parent()
@@ -33,10 +33,29 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
-/// A command that runs in the workspace root.
-pub fn command(program: &str) -> Command {
+/// A command that runs in the workspace root, without the variables
+/// `cargo run` set for the xtask itself: a cargo build started from here
+/// then sees what a build by hand sees (ring's build script reruns when
+/// `CARGO_MANIFEST_DIR` changes, and every switch between the two cost a
+/// full release rebuild).
+pub(crate) fn command(program: &str) -> Command {
     let mut cmd = Command::new(program);
     cmd.current_dir(workspace_root());
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cmd.env_remove(key);
+        }
+    }
     cmd
 }
 
@@ -74,7 +93,9 @@ impl Tail {
     }
 
     fn text(tail: &Mutex<Tail>) -> String {
-        let tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+        let tail = tail
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         tail.lines
             .iter()
             .map(String::as_str)
@@ -102,7 +123,9 @@ fn forward(
             let _ = to.flush();
             for &b in &buf[..n] {
                 if b == b'\n' {
-                    tail.lock().unwrap_or_else(|e| e.into_inner()).push(&line);
+                    tail.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(&line);
                     line.clear();
                 } else {
                     line.push(b);
@@ -110,7 +133,9 @@ fn forward(
             }
         }
         if !line.is_empty() {
-            tail.lock().unwrap_or_else(|e| e.into_inner()).push(&line);
+            tail.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(&line);
         }
         let _ = done.send(());
     });
@@ -118,7 +143,7 @@ fn forward(
 
 /// Runs `cmd`, passing its output through; fails unless it exits 0, with
 /// its last lines of output as the cause.
-pub fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let line = shown(cmd);
     eprintln!("$ {line}");
     // Its output goes through a pipe now: keep cargo's colours on a
@@ -169,7 +194,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` quietly and returns its stdout if it exits 0, `None` if it
 /// fails or cannot start (used for "is it installed?" probes).
-pub fn probe(cmd: &mut Command) -> Option<String> {
+pub(crate) fn probe(cmd: &mut Command) -> Option<String> {
     let out = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -181,7 +206,7 @@ pub fn probe(cmd: &mut Command) -> Option<String> {
 }
 
 /// Fails unless running as root.
-pub fn require_root(what: &str) -> Result<()> {
+pub(crate) fn require_root(what: &str) -> Result<()> {
     if !redirector_tests::privilege::is_root() {
         bail!(
             "`cargo xtask {what}` needs root (packages, bpffs, namespaces, cgroups): run it as root or with sudo -E"
@@ -191,7 +216,7 @@ pub fn require_root(what: &str) -> Result<()> {
 }
 
 /// Cargo's target directory (honours `CARGO_TARGET_DIR` and config).
-pub fn target_dir() -> Result<PathBuf> {
+pub(crate) fn target_dir() -> Result<PathBuf> {
     let out = command("cargo")
         .args(["metadata", "--format-version", "1", "--no-deps"])
         .output()
@@ -212,7 +237,7 @@ pub fn target_dir() -> Result<PathBuf> {
 /// An error and its causes, one per line, outermost first; a cause of
 /// several lines (a log, the last lines of a command) is indented below
 /// its first.
-pub fn chain(err: &anyhow::Error) -> String {
+pub(crate) fn chain(err: &anyhow::Error) -> String {
     let mut text = String::new();
     for (i, cause) in err.chain().enumerate() {
         let cause = cause.to_string();

@@ -64,7 +64,7 @@ fn check_interrupt() -> Result<()> {
     Ok(())
 }
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     cmd::require_root("demo")?;
     // Ctrl-C must not kill us before the namespaces and cgroup are removed:
     // note it, stop at the next step, and let the destructors clean up.

@@ -31,11 +31,11 @@ const PACKAGES: [&str; 7] = [
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Where the Python test tools live (the deploy tests run them from here).
-pub const TOOLS_VENV: &str = "/opt/redirector-tools/venv";
+pub(crate) const TOOLS_VENV: &str = "/opt/redirector-tools/venv";
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 const BPFFS: &str = "/sys/fs/bpf";
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     cmd::require_root("setup")?;
     let start = Instant::now();
     nightly()?;

@@ -16,13 +16,13 @@ use crate::{
 };
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Arguments for `cargo test` after `--` (e.g. a test-name filter, or `--test testbed`)
     #[arg(last = true)]
     cargo_test_args: Vec<String>,
 }
 
-pub fn run(args: &Args) -> Result<()> {
+pub(crate) fn run(args: &Args) -> Result<()> {
     cmd::require_root("test")?;
     let start = Instant::now();
     setup::run()?;

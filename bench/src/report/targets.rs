@@ -13,14 +13,14 @@ use crate::{
 };
 
 /// Redirector peak RSS must stay below this.
-pub const RSS_LIMIT_KIB: u64 = 12 * 1024;
+pub(crate) const RSS_LIMIT_KIB: u64 = 12 * 1024;
 /// Worst latency after a 503 or a killed primary must stay below this.
-pub const FAILOVER_WORST_MS: f64 = 2.0;
+pub(crate) const FAILOVER_WORST_MS: f64 = 2.0;
 /// The kernel fast path must be within this factor of direct access.
-pub const FAST_PATH_FACTOR: f64 = 1.05;
+pub(crate) const FAST_PATH_FACTOR: f64 = 1.05;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Pass,
     Miss,
     /// Not measured in this run (system not available, workload not run).
@@ -29,7 +29,7 @@ pub enum Verdict {
 
 impl Verdict {
     /// As shown in the markdown table (a miss stands out).
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Verdict::Pass => "pass",
             Verdict::Miss => "**miss**",
@@ -44,7 +44,7 @@ impl Verdict {
 
 /// One row of the targets table.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Target {
+pub(crate) struct Target {
     /// What is promised, e.g. "p99: redirector ≤ nginx".
     pub target: String,
     /// Workload or fault the row is about.
@@ -177,7 +177,7 @@ fn is_open(w: &Workload) -> bool {
 }
 
 /// Every target, in the order of the issue.
-pub fn targets(report: &BenchReport) -> Vec<Target> {
+pub(crate) fn targets(report: &BenchReport) -> Vec<Target> {
     let aggs = aggregate(report);
     let mut workloads: Vec<Workload> = aggs
         .iter()

@@ -439,10 +439,7 @@ fn markdown_explains_the_fast_path_and_its_tls_gap() {
         md.contains("| redirector-fast-path | n/a[^na1] | n/a |"),
         "{md}"
     );
-    assert!(
-        md.contains(&format!("[^na1]: {}", FAST_PATH_NO_TLS)),
-        "{md}"
-    );
+    assert!(md.contains(&format!("[^na1]: {FAST_PATH_NO_TLS}")), "{md}");
     // Without fast-path cells, no note.
     assert!(!markdown(&synthetic()).contains(FAST_PATH_NOTE));
 }
