@@ -7,67 +7,20 @@
 //!
 //! Waits are bounded (TIMEOUT) but never asserted as durations.
 
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::{net::SocketAddr, os::unix::fs::PermissionsExt as _, path::Path, thread, time::Duration};
 
 use redirector_tests::{
-    client::{self, Client},
+    client::Client,
+    istio::{destination_rule, mydb_entry, service_entry},
     netns::{self, Netns},
+    scenario::{ADMIN, Node, TIMEOUT, count, metric, wait_until},
     tcp::TcpServer,
 };
-use scenario::{Node, TIMEOUT, count, destination_rule, mydb_entry, service_entry, wait_until};
 
-const ADMIN: &str = "127.0.0.1:15000";
 const SERVICE: &str = "mydb.com:80";
 
-/// `GET http://127.0.0.1:15000<path>` from inside the node's namespace
-/// (not in the redirected cgroup); (status, body), or curl's error.
-fn admin_get(node: &Node, path: &str) -> Result<(u16, String), String> {
-    let out = client::run(
-        &node.ns,
-        None,
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "5",
-            "-w",
-            "\n%{http_code}",
-            &format!("http://{ADMIN}{path}"),
-        ],
-        TIMEOUT,
-    )
-    .unwrap_or_else(|e| panic!("running curl: {e:#}"));
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').expect("curl's status line");
-    Ok((
-        code.trim().parse().expect("an HTTP status"),
-        body.to_owned(),
-    ))
-}
-
-fn metrics(node: &Node) -> String {
-    match admin_get(node, "/metrics") {
-        Ok((200, body)) => body,
-        other => panic!("/metrics: {other:?}\n{}", node.log()),
-    }
-}
-
-/// The value of the series `series` (name with its labels, as printed),
-/// 0 when absent.
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |v| v.trim().parse().expect("a number"))
-}
-
 fn config_dump(node: &Node) -> serde_json::Value {
-    match admin_get(node, "/config_dump") {
+    match node.admin_get("/config_dump") {
         Ok((200, body)) => serde_json::from_str(&body).expect("config_dump JSON"),
         other => panic!("/config_dump: {other:?}"),
     }
@@ -116,29 +69,29 @@ fn ready_metrics_and_config_dump_follow_traffic_and_reloads() {
     node.http("127.0.10.1:8080", "east");
     node.http("127.0.10.2:8080", "other");
     node.start(&one_service(), "us-east1", false);
-    assert_eq!(admin_get(&node, "/ready"), Ok((200, "ready\n".into())));
+    assert_eq!(node.admin_get("/ready"), Ok((200, "ready\n".into())));
 
     let requests = format!("redirector_requests_total{{service=\"{SERVICE}\",class=\"2xx\"}}");
-    assert_eq!(value(&metrics(&node), &requests), 0.0);
+    assert_eq!(metric(&node.metrics(), &requests), 0.0);
     assert_eq!(count(&node.bodies(VIP, 7), "healthy: east"), 7);
-    let m = metrics(&node);
-    assert_eq!(value(&m, &requests), 7.0, "{m}");
+    let m = node.metrics();
+    assert_eq!(metric(&m, &requests), 7.0, "{m}");
     assert_eq!(
-        value(
+        metric(
             &m,
             &format!("redirector_requests_total{{service=\"{SERVICE}\",class=\"5xx\"}}")
         ),
         0.0
     );
     assert_eq!(
-        value(
+        metric(
             &m,
             &format!("redirector_connections_total{{service=\"{SERVICE}\"}}")
         ),
         7.0,
         "curl opens one connection per request:\n{m}"
     );
-    assert_eq!(value(&m, "redirector_config_reloads_total"), 0.0);
+    assert_eq!(metric(&m, "redirector_config_reloads_total"), 0.0);
 
     let dump = config_dump(&node);
     assert_eq!(dumped_services(&dump), [SERVICE]);
@@ -149,33 +102,33 @@ fn ready_metrics_and_config_dump_follow_traffic_and_reloads() {
 
     // A broken edit: rejected, counted, nothing else changes.
     node.reload("this: [is not a config", "config reload rejected");
-    let m = metrics(&node);
-    assert_eq!(value(&m, "redirector_config_reload_rejections_total"), 1.0);
-    assert_eq!(value(&m, "redirector_config_reloads_total"), 0.0);
+    let m = node.metrics();
+    assert_eq!(metric(&m, "redirector_config_reload_rejections_total"), 1.0);
+    assert_eq!(metric(&m, "redirector_config_reloads_total"), 0.0);
     assert_eq!(dumped_services(&config_dump(&node)), [SERVICE]);
 
     // A good one, adding a service: applied, counted, dumped, served.
     node.reload(&with_other_service(), "config reloaded");
-    let m = metrics(&node);
-    assert_eq!(value(&m, "redirector_config_reloads_total"), 1.0);
-    assert_eq!(value(&m, "redirector_config_reload_rejections_total"), 1.0);
+    let m = node.metrics();
+    assert_eq!(metric(&m, "redirector_config_reloads_total"), 1.0);
+    assert_eq!(metric(&m, "redirector_config_reload_rejections_total"), 1.0);
     assert_eq!(
         dumped_services(&config_dump(&node)),
         [SERVICE, "other.com:80"]
     );
     assert_eq!(count(&node.bodies(OTHER_VIP, 2), "healthy: other"), 2);
     // Counted apart, and the first service's count carried over.
-    let m = metrics(&node);
+    let m = node.metrics();
     assert_eq!(
-        value(
+        metric(
             &m,
             "redirector_requests_total{service=\"other.com:80\",class=\"2xx\"}"
         ),
         2.0,
         "{m}"
     );
-    assert_eq!(value(&m, &requests), 7.0, "{m}");
-    assert_eq!(admin_get(&node, "/nothing-here").map(|(s, _)| s), Ok(404));
+    assert_eq!(metric(&m, &requests), 7.0, "{m}");
+    assert_eq!(node.admin_get("/nothing-here").map(|(s, _)| s), Ok(404));
 }
 
 #[test]
@@ -196,16 +149,16 @@ fn a_refusing_endpoint_is_counted_and_ejected_and_dns_refreshes_are_counted() {
 
     let east = "service=\"mydb.com:80\",endpoint=\"127.0.10.1:81\"";
     let west = "service=\"mydb.com:80\",endpoint=\"127.0.10.2:80\"";
-    let m = metrics(&node);
+    let m = node.metrics();
     assert!(
-        value(
+        metric(
             &m,
             &format!("redirector_upstream_connect_failures_total{{{east}}}")
         ) >= 1.0,
         "{m}"
     );
     assert_eq!(
-        value(
+        metric(
             &m,
             &format!("redirector_upstream_connect_failures_total{{{west}}}")
         ),
@@ -214,28 +167,28 @@ fn a_refusing_endpoint_is_counted_and_ejected_and_dns_refreshes_are_counted() {
     );
     // Ejected once (for ten minutes), and ejected now.
     assert_eq!(
-        value(&m, &format!("redirector_outlier_ejections_total{{{east}}}")),
+        metric(&m, &format!("redirector_outlier_ejections_total{{{east}}}")),
         1.0,
         "{m}"
     );
     assert_eq!(
-        value(&m, &format!("redirector_outlier_ejected{{{east}}}")),
+        metric(&m, &format!("redirector_outlier_ejected{{{east}}}")),
         1.0,
         "{m}"
     );
     assert_eq!(
-        value(&m, &format!("redirector_outlier_ejected{{{west}}}")),
+        metric(&m, &format!("redirector_outlier_ejected{{{west}}}")),
         0.0
     );
     assert!(
-        value(
+        metric(
             &m,
             "redirector_retries_total{service=\"mydb.com:80\",reason=\"connect_failure\"}"
         ) >= 1.0,
         "the failed connect went on to west:\n{m}"
     );
     assert_eq!(
-        value(
+        metric(
             &m,
             "redirector_requests_total{service=\"mydb.com:80\",class=\"2xx\"}"
         ),
@@ -252,14 +205,14 @@ fn a_refusing_endpoint_is_counted_and_ejected_and_dns_refreshes_are_counted() {
 
     // DNS: every refresh counted per name; a failing name counts failures.
     let refreshes = "redirector_dns_refreshes_total{name=\"west.test\"}";
-    let first = value(&m, refreshes);
+    let first = metric(&m, refreshes);
     assert!(first >= 1.0, "{m}");
     wait_until("two more refreshes of west.test", TIMEOUT, || {
-        value(&metrics(&node), refreshes) >= first + 2.0
+        metric(&node.metrics(), refreshes) >= first + 2.0
     });
     assert_eq!(
-        value(
-            &metrics(&node),
+        metric(
+            &node.metrics(),
             "redirector_dns_failures_total{name=\"west.test\"}"
         ),
         0.0
@@ -268,8 +221,8 @@ fn a_refusing_endpoint_is_counted_and_ejected_and_dns_refreshes_are_counted() {
         .set_servfail("east.test")
         .expect("SERVFAIL for east.test");
     wait_until("a failed refresh of east.test", TIMEOUT, || {
-        value(
-            &metrics(&node),
+        metric(
+            &node.metrics(),
             "redirector_dns_failures_total{name=\"east.test\"}",
         ) >= 1.0
     });
@@ -295,7 +248,7 @@ spec:
     let mut args = node.args("us-east1");
     args.extend(["--drain-timeout".into(), "5m".into()]);
     node.start_args(args);
-    assert_eq!(admin_get(&node, "/ready").map(|(s, _)| s), Ok(200));
+    assert_eq!(node.admin_get("/ready").map(|(s, _)| s), Ok(200));
     // An app holds a TCP connection open until told to close it.
     let ready = node.dir.path().join("ready");
     let close = node.dir.path().join("close");
@@ -323,7 +276,7 @@ s.close()
         });
         wait_until("the app's connection", TIMEOUT, || ready.exists());
         let active = "redirector_active_connections{service=\"pg.example:5432\"}";
-        assert_eq!(value(&metrics(&node), active), 1.0);
+        assert_eq!(metric(&node.metrics(), active), 1.0);
 
         let pid = node.daemon.as_ref().unwrap().pid();
         redirector_tests::process::signal(pid, libc::SIGTERM).expect("SIGTERM");
@@ -332,12 +285,12 @@ s.close()
         });
         // Draining, with the connection open: not ready, still serving.
         assert_eq!(
-            admin_get(&node, "/ready"),
+            node.admin_get("/ready"),
             Ok((503, "draining\n".into())),
             "{}",
             node.log()
         );
-        assert_eq!(value(&metrics(&node), active), 1.0);
+        assert_eq!(metric(&node.metrics(), active), 1.0);
         assert!(node.daemon.as_mut().unwrap().try_wait().unwrap().is_none());
 
         std::fs::write(&close, "").unwrap();
@@ -357,8 +310,10 @@ fn cap_line(status: &str, key: &str) -> u64 {
     status
         .lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
-        .unwrap_or_else(|| panic!("no {key} in\n{status}"))
+        .map_or_else(
+            || panic!("no {key} in\n{status}"),
+            |v| u64::from_str_radix(v.trim(), 16).unwrap(),
+        )
 }
 
 const CAP_NET_ADMIN: u64 = 1 << 12;
@@ -427,26 +382,36 @@ fn after_start_every_thread_keeps_only_net_admin_and_the_pins_are_private() {
     assert!(files >= 15, "{files} pins");
 }
 
-/// Whether a TCP connect to `addr` succeeds within a second.
+/// Whether a TCP handshake with `addr` completes: the connect succeeds,
+/// or fails with a reset, which only a listener that accepted it can send
+/// (the proxy resets a connection no redirect sent it, and on a loaded
+/// machine that reset can arrive before this task sees its connect
+/// complete, which then reports ECONNRESET). A port nobody listens on
+/// refuses the handshake at once (ECONNREFUSED), so the deadline only
+/// bounds a machine too loaded to answer, and never decides.
 async fn tcp_connects(addr: SocketAddr) -> bool {
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await,
-        Ok(Ok(_))
-    )
+    match tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Err(_) => false,
+    }
 }
 
-/// Whether a DNS query over UDP to `addr` gets any answer within a second.
+/// Whether a DNS query over UDP to `addr` gets any answer. The socket is
+/// connected, so a port nobody listens on is known at once too (the ICMP
+/// port unreachable comes back as a refused `recv`).
 async fn udp_answers(addr: SocketAddr) -> bool {
     let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+    socket.connect(addr).await.unwrap();
     // `mydb.com A`, id 0x1234, recursion desired.
     let query: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\
                          \x04mydb\x03com\x00\x00\x01\x00\x01";
-    if socket.send_to(query, addr).await.is_err() {
+    if socket.send(query).await.is_err() {
         return false;
     }
     let mut buf = [0u8; 512];
     matches!(
-        tokio::time::timeout(Duration::from_secs(1), socket.recv_from(&mut buf)).await,
+        tokio::time::timeout(TIMEOUT, socket.recv(&mut buf)).await,
         Ok(Ok(_))
     )
 }
@@ -512,5 +477,5 @@ fn listeners_answer_on_loopback_only() {
             "udp 127.0.0.1:15053"
         ]
     );
-    assert_eq!(admin_get(&node, "/ready").map(|(s, _)| s), Ok(200));
+    assert_eq!(node.admin_get("/ready").map(|(s, _)| s), Ok(200));
 }

@@ -6,12 +6,10 @@
 //! the client dials the VIP, which has no route there, so only the redirect
 //! can reach anything.
 
-#[path = "support/scenario.rs"]
-mod scenario;
-
-use std::time::Duration;
-
-use scenario::{Node, count, wait_until};
+use redirector_tests::{
+    istio::{mydb_entry, mydb_rule},
+    scenario::{Node, TIMEOUT, count, wait_until},
+};
 
 const VIP: &str = "240.240.0.20";
 
@@ -35,9 +33,9 @@ fn config(endpoints: &[(&str, &str)], rule: &str) -> String {
         .iter()
         .map(|(name, extra)| format!("  - {{address: {name}.test, {extra}}}\n"))
         .collect();
-    let mut out = scenario::mydb_entry(VIP, "DNS", &lines);
+    let mut out = mydb_entry(VIP, "DNS", &lines);
     if !rule.is_empty() {
-        out += &scenario::mydb_rule(rule);
+        out += &mydb_rule(rule);
     }
     out
 }
@@ -47,11 +45,9 @@ fn config(endpoints: &[(&str, &str)], rule: &str) -> String {
 fn start(node: &mut Node, yaml: &str, locality: &str, names: &[&str]) {
     node.start(yaml, locality, false);
     for name in names {
-        wait_until(
-            &format!("{name}.test to resolve"),
-            Duration::from_secs(10),
-            || node.endpoint(&format!("{name}.test"))["status"] != "UNRESOLVED",
-        );
+        wait_until(&format!("{name}.test to resolve"), TIMEOUT, || {
+            node.endpoint(&format!("{name}.test"))["status"] != "UNRESOLVED"
+        });
     }
 }
 

@@ -2,17 +2,19 @@
 //! service, the proxy's own connects are never redirected, nothing-left
 //! behaviour per protocol, reload, and clear start-up errors.
 
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::{
     net::TcpListener,
     process::{Command, Stdio},
     time::Duration,
 };
 
-use redirector_tests::{daemon::redirector_bin, process, tcp::TcpServer};
-use scenario::{Node, count, destination_rule, service_entry, tcp_client, wait_until};
+use redirector_tests::{
+    daemon::redirector_bin,
+    istio::{destination_rule, service_entry},
+    process,
+    scenario::{Node, TIMEOUT, count, tcp_client, wait_until},
+    tcp::TcpServer,
+};
 
 const VIP: &str = "240.240.0.10";
 
@@ -141,13 +143,13 @@ fn sighup_applies_a_valid_config_and_keeps_the_old_one_on_error() {
         "127.0.10.2:8080",
     ));
     process::signal(pid, libc::SIGHUP).unwrap();
-    wait_until("the reload", Duration::from_secs(10), || {
+    wait_until("the reload", TIMEOUT, || {
         node.log().contains("config reloaded")
     });
     assert_eq!(count(&node.bodies(VIP, 3), "healthy: west"), 3);
     node.write_config("kind: ServiceEntry\nspec: [this is not valid\n");
     process::signal(pid, libc::SIGHUP).unwrap();
-    wait_until("the rejection", Duration::from_secs(10), || {
+    wait_until("the rejection", TIMEOUT, || {
         node.log().contains("config reload rejected")
     });
     assert!(

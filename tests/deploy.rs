@@ -5,16 +5,14 @@
 //! the node's locality from the node's labels through the Kubernetes API
 //! when nothing else sets it (flags and the file win, without asking).
 
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::{path::PathBuf, process::Command};
 
 use redirector_tests::{
     daemon::{Daemon, DaemonOptions, redirector_bin},
+    istio::{destination_rule, service_entry},
     kubeapi::KubeApi,
+    scenario::{Node, TIMEOUT, count},
 };
-use scenario::{Node, TIMEOUT, count, destination_rule, service_entry};
 use serde_json::Value;
 
 /// Where `cargo xtask setup` installs the Python test tools.

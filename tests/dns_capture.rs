@@ -117,7 +117,10 @@ impl Bed {
     }
 
     fn log(&self) -> String {
-        self.daemon.as_ref().map(|d| d.log()).unwrap_or_default()
+        self.daemon
+            .as_ref()
+            .map(redirector_tests::daemon::Daemon::log)
+            .unwrap_or_default()
     }
 
     /// Writes `yaml` and has the daemon reload it; waits for the outcome.

@@ -5,12 +5,12 @@
 //! rebuilds the host set (istio#8673); here it is keyed by the logical
 //! endpoint and the address, and stays.
 
-#[path = "support/scenario.rs"]
-mod scenario;
+use std::net::Ipv4Addr;
 
-use std::{net::Ipv4Addr, time::Duration};
-
-use scenario::{Node, count, destination_rule, service_entry, wait_until};
+use redirector_tests::{
+    istio::{destination_rule, service_entry},
+    scenario::{Node, TIMEOUT, count, wait_until},
+};
 
 const VIP: &str = "240.240.0.11";
 const EAST: &str = "healthy: east";
@@ -40,7 +40,7 @@ fn wait_for_queries(node: &Node, n: u64) {
     let start = node.dns.queries();
     wait_until(
         "the daemon to re-resolve its endpoint names",
-        Duration::from_secs(15),
+        TIMEOUT,
         || node.dns.queries() >= start + n,
     );
 }
@@ -110,11 +110,9 @@ fn a_new_address_gets_traffic_within_a_refresh_and_the_old_keeps_its_ejection() 
             1,
         )
         .unwrap();
-    wait_until(
-        "traffic to reach east's new address",
-        Duration::from_secs(5),
-        || node.curl(VIP).is_ok_and(|(_, b)| b == "healthy: east-new"),
-    );
+    wait_until("traffic to reach east's new address", TIMEOUT, || {
+        node.curl(VIP).is_ok_and(|(_, b)| b == "healthy: east-new")
+    });
     // One of east's two hosts is healthy: its priority is 70% healthy in
     // Envoy's terms (1.4 × 50%), so about 70% stay in east and 30% spill
     // over to west.

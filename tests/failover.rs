@@ -6,12 +6,10 @@
 //! the client dials the VIP, which has no route there, so only the redirect
 //! can reach anything.
 
-#[path = "support/scenario.rs"]
-mod scenario;
-
-use std::time::Duration;
-
-use scenario::{Node, count, destination_rule, service_entry, wait_until};
+use redirector_tests::{
+    istio::{destination_rule, service_entry},
+    scenario::{Node, TIMEOUT, count, wait_until},
+};
 
 const VIP: &str = "240.240.0.10";
 const EAST: &str = "healthy: east";
@@ -133,7 +131,7 @@ fn ejected_primary_returns_after_its_ejection_time() {
     assert_eq!(node.endpoint("east.test")["outlier_check"], "FAILED");
     node.servers[0].restart().unwrap();
     // Un-ejected on the first 1 s tick at least 2 s after the ejection.
-    wait_until("east to be un-ejected", Duration::from_secs(10), || {
+    wait_until("east to be un-ejected", TIMEOUT, || {
         node.endpoint("east.test")["outlier_check"] == "OK"
     });
     assert_eq!(count(&node.bodies(VIP, 5), EAST), 5);
@@ -195,15 +193,15 @@ fn new_dns_answers_move_traffic_and_failures_keep_the_last_answer() {
     node.start(&config, "us-east1", false);
     assert_eq!(count(&node.bodies(VIP, 3), EAST), 3);
     node.a_record("east.test", [127, 0, 10, 4], 1);
-    wait_until(
-        "traffic to follow the new address",
-        Duration::from_secs(10),
-        || node.curl(VIP).is_ok_and(|(_, b)| b == "healthy: east-new"),
-    );
+    wait_until("traffic to follow the new address", TIMEOUT, || {
+        node.curl(VIP).is_ok_and(|(_, b)| b == "healthy: east-new")
+    });
     assert_eq!(count(&node.bodies(VIP, 3), "healthy: east-new"), 3);
     // A DNS failure keeps the last good answer.
     node.dns.set_servfail("east.test").unwrap();
-    std::thread::sleep(Duration::from_secs(3));
+    wait_until("a failed refresh of east.test", TIMEOUT, || {
+        node.log().contains("keeping the last good answer")
+    });
     assert_eq!(count(&node.bodies(VIP, 3), "healthy: east-new"), 3);
     assert!(
         node.log().contains("keeping the last good answer"),
@@ -215,13 +213,15 @@ fn new_dns_answers_move_traffic_and_failures_keep_the_last_answer() {
 #[test]
 fn a_request_cut_off_by_a_dying_primary_is_answered_by_the_failover() {
     let mut node = two_regions();
-    // East takes its time, so the request is in flight when east dies.
-    node.servers[0].set_delay(Duration::from_millis(800));
+    // East stalls, so the request is in flight when east dies.
+    node.servers[0].set_delay(TIMEOUT);
     let config = blog_entry(8080) + &destination_rule(1, "15s", "1m");
     node.start(&config, "us-east1", false);
     let reply = std::thread::scope(|s| {
         let request = s.spawn(|| node.curl(VIP));
-        std::thread::sleep(Duration::from_millis(300));
+        wait_until("the request to reach east", TIMEOUT, || {
+            node.servers[0].requests() == 1
+        });
         node.servers[0].stop().unwrap();
         request.join().unwrap()
     });
@@ -262,7 +262,11 @@ fn a_long_lived_app_connection_fails_back_when_the_primary_returns() {
     node.ns.configure(&mut cmd);
     node.cgroup.configure(&mut cmd);
     let child = cmd.spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    // The first request finds east refusing, goes to west and ejects
+    // east; east comes back while it is ejected.
+    wait_until("east's ejection", TIMEOUT, || {
+        node.endpoint("east.test")["outlier_check"] == "FAILED"
+    });
     node.servers[0].restart().unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");

@@ -9,9 +9,6 @@
 //! (tells what reached it), `RogueServer` (raw bytes) and
 //! `WebSocketServer`.
 
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::{
     io::{BufRead as _, BufReader},
     process::{Child, Command, Output, Stdio},
@@ -26,11 +23,12 @@ use std::{
 use redirector_tests::{
     client,
     echo::{self, EchoServer, Received},
+    istio::{mydb_entry, mydb_rule},
     process,
     rogue::{Rogue, RogueServer},
+    scenario::{Node, TIMEOUT, wait_until},
     websocket::WebSocketServer,
 };
-use scenario::Node;
 
 const VIP: &str = "240.240.0.30";
 const ENDPOINT: &str = "127.0.10.1:8080";
@@ -40,8 +38,8 @@ const MIB: u64 = 1024 * 1024;
 /// outlier detection on (so failures are counted) but a threshold never
 /// reached here.
 fn start(node: &mut Node) {
-    let entry = scenario::mydb_entry(VIP, "STATIC", "  - {address: 127.0.10.1}\n");
-    let rule = scenario::mydb_rule(
+    let entry = mydb_entry(VIP, "STATIC", "  - {address: 127.0.10.1}\n");
+    let rule = mydb_rule(
         "    outlierDetection:
       consecutive5xxErrors: 100000
       interval: 1m
@@ -575,9 +573,9 @@ fn a_request_smuggled_in_length_and_chunked_never_reaches_the_endpoint() {
 /// The endpoint row's last error, once the health publisher has it.
 fn last_error(node: &Node, containing: &str) -> String {
     let mut last = String::new();
-    scenario::wait_until(
+    wait_until(
         &format!("the endpoint's last error to mention {containing:?}"),
-        Duration::from_secs(10),
+        TIMEOUT,
         || {
             last = node.endpoint("127.0.10.1")["last_error"]
                 .as_str()
@@ -627,7 +625,7 @@ fn malformed_responses_get_a_clean_502_and_count_against_the_endpoint() {
         );
     }
     // Every failure was counted (the threshold is out of reach).
-    scenario::wait_until("12 failures in a row", Duration::from_secs(10), || {
+    wait_until("12 failures in a row", TIMEOUT, || {
         node.endpoint("127.0.10.1")["consecutive_5xx"] == 12
     });
     // A broken chunk after a good head: too late for a 502. The app's
@@ -689,14 +687,10 @@ fn a_malformed_endpoint_leaks_nothing() {
         .collect();
     assert_eq!(counted, expected);
     let mut after = 0;
-    scenario::wait_until(
-        "the daemon's open files to go back down",
-        Duration::from_secs(10),
-        || {
-            after = daemon_fds(&node);
-            after <= before + 4
-        },
-    );
+    wait_until("the daemon's open files to go back down", TIMEOUT, || {
+        after = daemon_fds(&node);
+        after <= before + 4
+    });
     let daemon = node.daemon.as_mut().unwrap();
     assert!(daemon.try_wait().unwrap().is_none(), "the daemon is up");
     let (status, body, _) = request(&node, &[], Rogue::Ok.path());

@@ -14,9 +14,6 @@
 //! connect the kernel failed to redirect fails instead of reaching
 //! anything.
 
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     process::{Command, Output},
@@ -27,10 +24,11 @@ use redirector_tests::{
     daemon::{Daemon, DaemonOptions},
     dns::DnsServer,
     http::HttpServer,
+    istio::{destination_rule, mydb_entry},
     netns::{self, Netns},
+    scenario::{Node, TIMEOUT, count, tcp_client, wait_until},
     tcp::TcpServer,
 };
-use scenario::{Node, TIMEOUT, count, destination_rule, mydb_entry, tcp_client};
 
 const VIP4: &str = "240.240.0.40";
 const FAST4: &str = "240.240.0.41";
@@ -714,7 +712,7 @@ spec:
         }
     }
     assert_eq!(refused, 1, "no connect reached the refusing endpoint");
-    scenario::wait_until("the refusing endpoint to be ejected", TIMEOUT, || {
+    wait_until("the refusing endpoint to be ejected", TIMEOUT, || {
         node.log().contains("ejected") && node.log().contains("[fd00:8::3]:9000")
     });
     for _ in 0..10 {

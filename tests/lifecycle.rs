@@ -6,17 +6,19 @@
 //! handed over, and not one request or DNS lookup fails, even for a
 //! TLS-originating service (which cannot fail open).
 
-#[path = "support/origination.rs"]
-mod origination;
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::{process::Command, thread, time::Duration};
 
 use redirector_tests::{
-    cgroup::TestCgroup, client::Client, netns::Netns, tcp::TcpServer, upstream::bin_path,
+    cgroup::TestCgroup,
+    client::Client,
+    http::HttpServer,
+    istio::mydb_entry,
+    netns::Netns,
+    origination,
+    scenario::{Node, TIMEOUT, start_daemon, wait_until},
+    tcp::TcpServer,
+    upstream::bin_path,
 };
-use scenario::{Node, TIMEOUT, mydb_entry, start_daemon, wait_until};
 
 const VIP: &str = "240.240.0.70";
 
@@ -33,7 +35,9 @@ fn sigterm_lets_a_request_in_flight_finish_and_new_connects_bypass_the_proxy() {
     let mut node = Node::new();
     let east = node.http("127.0.10.1:8080", "east");
     node.start(&one_endpoint(), "us-east1", false);
-    node.servers[east].set_delay(Duration::from_millis(2000));
+    // Slow enough that the request is still in flight once the drain has
+    // started and the next request was made, however loaded the machine.
+    node.servers[east].set_delay(Duration::from_secs(5));
     let answer = thread::scope(|s| {
         let request = s.spawn(|| node.curl(VIP));
         wait_until("the request to reach east", TIMEOUT, || {
@@ -166,6 +170,15 @@ fn new_connections_load(
         .collect()
 }
 
+/// Waits until `server` has had `n` more requests (a steady load flowing
+/// for a while), however fast the machine is.
+fn more_requests(server: &HttpServer, what: &str, n: u64) {
+    let until = server.requests() + n;
+    wait_until(&format!("{n} more requests {what}"), TIMEOUT, || {
+        server.requests() >= until
+    });
+}
+
 /// Every one of the `expected` requests got a 200.
 fn assert_all_ok(statuses: &[u64], expected: usize, logs: &str) {
     let failed: Vec<(usize, u64)> = statuses
@@ -191,15 +204,19 @@ fn a_restart_under_steady_load_loses_no_request() {
     let args = node.args("us-east1");
     let statuses = {
         let Node {
-            ns, cgroup, daemon, ..
+            ns,
+            cgroup,
+            daemon,
+            servers,
+            ..
         } = &mut node;
-        let (ns, cgroup) = (&*ns, &*cgroup);
+        let (ns, cgroup, east) = (&*ns, &*cgroup, &servers[east]);
         thread::scope(|s| {
             let load = s.spawn(|| new_connections_load(ns, cgroup, VIP, 200, 6));
-            thread::sleep(Duration::from_secs(2));
+            more_requests(east, "through the first daemon", 300);
             let status = daemon.as_mut().unwrap().terminate().unwrap();
             assert!(status.success(), "{status}");
-            thread::sleep(Duration::from_millis(500));
+            more_requests(east, "while no daemon runs", 50);
             *daemon = Some(start_daemon(ns, args));
             load.join().expect("the load")
         })
@@ -287,7 +304,13 @@ fn a_take_over_under_load_fails_no_request_and_no_lookup_even_with_tls_originati
     let (statuses, (resolved, unresolved), second) = thread::scope(|s| {
         let load = s.spawn(|| new_connections_load(ns, cgroup, vip, 100, 6));
         let dns = s.spawn(|| lookups(ns, cgroup, vip, 6));
-        thread::sleep(Duration::from_millis(1500));
+        let more_requests = |what: &str, n: u64| {
+            let until = east.requests() + n;
+            wait_until(&format!("{n} more requests {what}"), TIMEOUT, || {
+                east.requests() >= until
+            });
+        };
+        more_requests("through the old daemon", 100);
         let second = start_daemon(ns, args);
         let old = daemon.as_mut().unwrap();
         let handed = format!(
@@ -302,8 +325,9 @@ fn a_take_over_under_load_fails_no_request_and_no_lookup_even_with_tls_originati
         assert_eq!(ready(&ready_files[1]), Ok(second.pid()));
         let not_ready = ready(&ready_files[0]).unwrap_err();
         assert!(not_ready.contains("handed over"), "{not_ready}");
-        // Kubernetes deletes the old pod once the new one is ready.
-        thread::sleep(Duration::from_millis(1500));
+        // Kubernetes deletes the old pod once the new one is ready; the
+        // new one serves meanwhile.
+        more_requests("through the new daemon", 100);
         let status = old.terminate().unwrap();
         assert!(status.success(), "{status}\n{}", old.log());
         (

@@ -10,9 +10,6 @@
 //! Waits are bounded (TIMEOUT) but never asserted as durations: the
 //! machines are shared. The daemon logs how long each reload took.
 
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::{
     os::unix::fs::symlink,
     path::{Path, PathBuf},
@@ -20,8 +17,13 @@ use std::{
     time::Duration,
 };
 
-use redirector_tests::{client::Client, pki::TestCa, tcp::TcpServer};
-use scenario::{Node, TIMEOUT, count, mydb_entry, wait_until};
+use redirector_tests::{
+    client::Client,
+    istio::mydb_entry,
+    pki::TestCa,
+    scenario::{Node, TIMEOUT, count, wait_until},
+    tcp::TcpServer,
+};
 
 const VIP: &str = "240.240.0.60";
 const EAST: &str = "healthy: east";
@@ -242,25 +244,6 @@ print(n.makefile('rb').readline().decode().strip())
     );
 }
 
-/// Established TCP connections in the node's namespace to `addr`.
-fn established_to(node: &Node, addr: &str) -> usize {
-    let out = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            node.ns.name(),
-            "ss",
-            "-Htn",
-            "state",
-            "established",
-        ])
-        .arg(format!("dst {addr}"))
-        .output()
-        .expect("running ss");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
 #[test]
 fn a_removed_endpoint_drains() {
     let mut node = east_west();
@@ -300,7 +283,7 @@ step()
         &script,
         &mut [
             &mut || {
-                assert_eq!(established_to(&node, "127.0.10.1:8080"), 1, "pooled");
+                assert_eq!(node.established_to("127.0.10.1:8080"), 1, "pooled");
                 // A slow request is on its way to east when east is removed.
                 node.servers[0].set_delay(Duration::from_millis(1500));
                 thread::scope(|s| {
@@ -315,7 +298,7 @@ step()
             &mut || {
                 // The app's connection is still open: nothing to east is.
                 wait_until("no connection to east", TIMEOUT, || {
-                    established_to(&node, "127.0.10.1:8080") == 0
+                    node.established_to("127.0.10.1:8080") == 0
                 });
             },
         ],

@@ -1,7 +1,7 @@
 //! The blog's HTTPS variant on real BPF, real DNS and real TLS: the app
 //! speaks plain HTTP to the VIP, the daemon originates verified TLS
-//! (`tls.mode: SIMPLE`) to the endpoint, and every certificate fault of
-//! DESIGN §5 and §7 (wrong name, expired, untrusted signer, no TLS at all)
+//! (`tls.mode: SIMPLE`) to the endpoint, and every certificate fault
+//! (wrong name, expired, untrusted signer, no TLS at all)
 //! is a local-origin failure: the next endpoint is tried at once, the app
 //! sees no error, and nothing ever falls back to plain text.
 //!
@@ -9,19 +9,14 @@
 //! own namespace, with certificates from a CA made for each test; the
 //! daemon trusts it through `caCertificates`.
 
-#[path = "support/origination.rs"]
-mod origination;
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::path::Path;
 
-use origination::*;
 use redirector_tests::{
     client,
+    origination::*,
     pki::{TestCa, untrusted_leaf},
+    scenario::{Node, TIMEOUT, count},
 };
-use scenario::{Node, TIMEOUT, count};
 
 #[test]
 fn test_bed_https_server_answers_curl_and_records_sni() {

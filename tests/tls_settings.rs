@@ -8,16 +8,15 @@
 //! Endpoints are [`HttpsServer`]s on loopback addresses inside the test's
 //! own namespace, with certificates from a CA made for each test.
 
-#[path = "support/origination.rs"]
-mod origination;
-#[path = "support/scenario.rs"]
-mod scenario;
-
 use std::{path::Path, process::Command};
 
-use origination::*;
-use redirector_tests::{daemon::redirector_bin, https::TlsOptions, pki::TestCa};
-use scenario::{Node, count};
+use redirector_tests::{
+    daemon::redirector_bin,
+    https::TlsOptions,
+    origination::*,
+    pki::TestCa,
+    scenario::{Node, count},
+};
 
 /// `caCertificates: <ca_file>` as `rule_with` writes it.
 fn ca_line(ca_file: &Path) -> String {

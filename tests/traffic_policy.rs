@@ -9,17 +9,19 @@
 //! (the black hole is behind a veth link of its own); the client dials the VIP,
 //! which has no route there, so only the redirect can reach anything.
 
-#[path = "support/scenario.rs"]
-mod scenario;
+use std::time::Duration;
 
-use std::time::{Duration, Instant};
-
-use redirector_tests::netns::{self, Netns};
-use scenario::{Node, count};
+use redirector_tests::{
+    istio::{mydb_entry, mydb_rule},
+    netns::{self, Netns},
+    scenario::{Node, TIMEOUT, count, metric, wait_until},
+};
 
 const VIP: &str = "240.240.0.20";
 const EAST: &str = "healthy: east";
 const WEST: &str = "healthy: west";
+/// App connections the proxy holds for the service.
+const ACTIVE: &str = "redirector_active_connections{service=\"mydb.com:80\"}";
 
 /// `mydb.com` at [`VIP`] with STATIC endpoints `(address, locality)`, all
 /// on port 8080, and HTTP port 80.
@@ -28,13 +30,13 @@ fn static_entry(endpoints: &[(&str, &str)]) -> String {
         .iter()
         .map(|(address, locality)| format!("  - {{address: {address}, locality: {locality}}}\n"))
         .collect();
-    scenario::mydb_entry(VIP, "STATIC", &endpoints)
+    mydb_entry(VIP, "STATIC", &endpoints)
 }
 
 /// A DestinationRule for `mydb.com` with `traffic_policy` (indented four
 /// spaces) under `trafficPolicy`.
 fn rule(traffic_policy: &str) -> String {
-    scenario::mydb_rule(traffic_policy)
+    mydb_rule(traffic_policy)
 }
 
 /// East (the node's region) and west, both answering.
@@ -82,6 +84,37 @@ fn get(node: &Node, port: u16) -> (u16, String) {
     );
     let (body, code) = stdout.rsplit_once('\n').expect("a status line");
     (code.parse().expect("a status"), body.to_owned())
+}
+
+/// [`Node::curl`], and how long the request took by curl's own clock
+/// (`time_total`, from the start of the request to the end of the
+/// answer): what the timing checks are about, without the start of a
+/// process in the namespace and cgroup, which a loaded machine can take
+/// seconds over.
+fn timed_curl(node: &Node) -> (Result<(u16, String), String>, Duration) {
+    let resolve = format!("mydb.com:80:{VIP}");
+    let out = node.client(
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "15",
+            "--resolve",
+            &resolve,
+            "-w",
+            "\n%{http_code} %{time_total}",
+            "http://mydb.com/",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, last) = stdout.rsplit_once('\n').unwrap_or(("", &stdout));
+    let (code, secs) = last.split_once(' ').expect("status and time_total");
+    let took = Duration::from_secs_f64(secs.trim().parse().expect("time_total"));
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return (Err(format!("curl failed ({}): {stderr}", out.status)), took);
+    }
+    (Ok((code.parse().expect("a status"), body.to_owned())), took)
 }
 
 #[test]
@@ -198,9 +231,8 @@ fn connect_timeout_fails_over_from_a_black_hole_in_time() {
 ",
         );
     node.start(&config, "us-east1", false);
-    let start = Instant::now();
-    assert_eq!(node.curl(VIP), Ok((200, WEST.into())), "{}", node.log());
-    let took = start.elapsed();
+    let (reply, took) = timed_curl(&node);
+    assert_eq!(reply, Ok((200, WEST.into())), "{}", node.log());
     // The configured 500 ms, not Istio's default 10 s (curl itself adds a
     // little).
     assert!(
@@ -212,17 +244,26 @@ fn connect_timeout_fails_over_from_a_black_hole_in_time() {
     let error = east["last_error"].as_str().unwrap();
     assert!(error.contains("timed out after 500ms"), "{east:#}");
     // Ejected: the next ones go straight to west.
-    let start = Instant::now();
-    assert_eq!(count(&node.bodies(VIP, 3), WEST), 3);
-    assert!(start.elapsed() < Duration::from_millis(1500));
+    let (replies, took): (Vec<_>, Vec<_>) = (0..3).map(|_| timed_curl(&node)).unzip();
+    let bodies: Vec<String> = replies
+        .into_iter()
+        .map(|r| match r {
+            Ok((200, body)) => body,
+            other => panic!("{other:?}\ndaemon log:\n{}", node.log()),
+        })
+        .collect();
+    assert_eq!(count(&bodies, WEST), 3);
+    assert!(took.iter().sum::<Duration>() < Duration::from_millis(1500));
 }
 
 #[test]
 fn max_connections_and_pending_overflow_answer_a_fast_503() {
     let mut node = Node::new();
     node.http("127.0.10.1:8080", "east");
-    // Each answer takes 1.5 s, so the one connection stays busy.
-    node.servers[0].set_delay(Duration::from_millis(1500));
+    // Each answer takes 4 s, so the one connection stays busy while the
+    // test lines up the other two (the second waits at most the connect
+    // timeout, Istio's default 10 s, for it).
+    node.servers[0].set_delay(Duration::from_secs(4));
     let config = static_entry(&[("127.0.10.1", "us-east1")])
         + &rule(
             "    connectionPool:
@@ -233,19 +274,18 @@ fn max_connections_and_pending_overflow_answer_a_fast_503() {
     node.start(&config, "us-east1", false);
     std::thread::scope(|s| {
         let first = s.spawn(|| node.curl(VIP));
-        scenario::wait_until(
-            "the first request to arrive",
-            Duration::from_secs(5),
-            || node.servers[0].requests() == 1,
-        );
+        wait_until("the first request to arrive", TIMEOUT, || {
+            node.servers[0].requests() == 1
+        });
         // The second waits for the connection, as the one pending request.
         let second = s.spawn(|| node.curl(VIP));
-        std::thread::sleep(Duration::from_millis(400));
+        wait_until("the second app connection", TIMEOUT, || {
+            metric(&node.metrics(), ACTIVE) == 2.0
+        });
         assert_eq!(node.servers[0].requests(), 1, "the second must be waiting");
         // The third finds the connection and the pending slot taken.
-        let start = Instant::now();
-        let (status, body) = node.curl(VIP).unwrap();
-        let took = start.elapsed();
+        let (reply, took) = timed_curl(&node);
+        let (status, body) = reply.unwrap();
         assert_eq!(status, 503, "{body}");
         assert!(
             body.contains("connectionPool.tcp.maxConnections")
@@ -290,16 +330,18 @@ fn idle_timeout_closes_pooled_connections() {
     let config = static_entry(&[("127.0.10.1", "us-east1")])
         + &rule(
             "    connectionPool:
-      http: {idleTimeout: 1s}
+      http: {idleTimeout: 5s}
 ",
         );
     node.start(&config, "us-east1", false);
     // Back to back, the pooled connection is reused.
     assert_eq!(count(&node.bodies(VIP, 3), EAST), 3);
     assert_eq!(node.servers[0].connections(), 1);
-    // Idle for longer than idleTimeout, it is closed: the next request
-    // needs a new one.
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Idle for longer than idleTimeout, it is closed (Istio's default
+    // would keep it an hour): the next request needs a new one.
+    wait_until("the idle pooled connection to close", TIMEOUT, || {
+        node.established_to("127.0.10.1:8080") == 0
+    });
     assert_eq!(count(&node.bodies(VIP, 1), EAST), 1);
     assert_eq!(node.servers[0].connections(), 2);
 }
@@ -356,9 +398,11 @@ spec:
 #[test]
 fn max_retries_caps_the_retries_in_flight() {
     let (mut node, entry) = two_regions();
-    // East answers 503 at once; west, where retries go, takes its time.
+    // East answers 503 at once; west, where retries go, takes its time
+    // (4 s: the first retry is still in flight when the second request
+    // comes, however slow the machine is to send it).
     node.servers[0].set_status(503).unwrap();
-    node.servers[1].set_delay(Duration::from_millis(1500));
+    node.servers[1].set_delay(Duration::from_secs(4));
     let config = entry
         + &rule(
             "    outlierDetection:
@@ -371,15 +415,13 @@ fn max_retries_caps_the_retries_in_flight() {
     std::thread::scope(|s| {
         // The first request's retry to west is the one in flight...
         let first = s.spawn(|| node.curl(VIP));
-        scenario::wait_until(
-            "the first retry to reach west",
-            Duration::from_secs(5),
-            || node.servers[1].requests() == 1,
-        );
+        wait_until("the first retry to reach west", TIMEOUT, || {
+            node.servers[1].requests() == 1
+        });
         // ...so the second gets east's 503 as it is, at once.
-        let start = Instant::now();
-        assert_eq!(node.curl(VIP), Ok((503, "503 from east".into())));
-        assert!(start.elapsed() < Duration::from_millis(1000));
+        let (reply, took) = timed_curl(&node);
+        assert_eq!(reply, Ok((503, "503 from east".into())));
+        assert!(took < Duration::from_millis(1000));
         assert_eq!(node.servers[1].requests(), 1, "not retried");
         assert_eq!(first.join().unwrap(), Ok((200, WEST.into())));
     });

@@ -18,13 +18,15 @@ use redirector_common::{
 };
 
 #[map(name = "RD_SVC_V2")]
-pub(crate) static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
+pub(crate) static SERVICES: HashMap<ServiceKey, ServiceValue> =
+    HashMap::with_max_entries(MAX_SERVICES, 0);
 
 #[map(name = "RD_CFG_V2")]
 pub(crate) static PROXY_CONFIG: Array<ProxyConfig> = Array::with_max_entries(1, 0);
 
 #[map(name = "RD_OCOOKIE_V2")]
-pub(crate) static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+pub(crate) static ORIG_BY_COOKIE: LruHashMap<u64, OrigDst> =
+    LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 
 #[map(name = "RD_OSOCK_V2")]
 pub(crate) static ORIG_BY_SOCK: LruHashMap<SockKey, OrigDst> =
@@ -32,7 +34,8 @@ pub(crate) static ORIG_BY_SOCK: LruHashMap<SockKey, OrigDst> =
 
 // Written by userspace only: display data for `redirector endpoints`.
 #[map(name = "RD_SINFO_V2")]
-pub(crate) static SERVICE_INFO: HashMap<u32, ServiceInfo> = HashMap::with_max_entries(MAX_SERVICES, 0);
+pub(crate) static SERVICE_INFO: HashMap<u32, ServiceInfo> =
+    HashMap::with_max_entries(MAX_SERVICES, 0);
 
 #[map(name = "RD_EP_V2")]
 pub(crate) static ENDPOINTS: HashMap<EndpointKey, EndpointHealth> =
@@ -46,7 +49,8 @@ pub(crate) static SLOTS: HashMap<u32, SlotTable> =
     HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
 
 #[map(name = "RD_SCONN_V2")]
-pub(crate) static SLOT_CONNS: LruHashMap<u64, SlotConn> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+pub(crate) static SLOT_CONNS: LruHashMap<u64, SlotConn> =
+    LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 
 #[map(name = "RD_OUTCOME_V2")]
 pub(crate) static OUTCOMES: RingBuf = RingBuf::with_byte_size(OUTCOME_RING_BYTES, 0);
@@ -92,7 +96,8 @@ pub(crate) static SLOTS6: HashMap<u32, SlotTable6> =
     HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
 
 #[map(name = "RD_SCONN6_V2")]
-pub(crate) static SLOT_CONNS6: LruHashMap<u64, SlotConn6> = LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
+pub(crate) static SLOT_CONNS6: LruHashMap<u64, SlotConn6> =
+    LruHashMap::with_max_entries(MAX_INFLIGHT, 0);
 
 #[btf_map(name = "RD_SKORIG6_V2")]
 pub(crate) static SOCK_ORIG6: SkStorage<SockOrig6> = SkStorage::new();

@@ -110,6 +110,8 @@ struct Running {
     admin_task: Option<AbortOnDropHandle<()>>,
     dump: Arc<Dump>,
     metrics: Metrics,
+    /// Signals and file changes, until `wait_termination` takes them.
+    events: Option<lifecycle::Events>,
 }
 
 impl Running {
@@ -219,6 +221,7 @@ impl Running {
         }
         let dump = Arc::new(Dump::new(&current.config, &current.node, services.clone()));
         admin.set_config_dump(dump.clone());
+        let events = lifecycle::Events::new(&opts, &current)?;
         ready(&admin)?;
         info!(pid = std::process::id(), "redirector ready");
         Ok(Self {
@@ -239,6 +242,7 @@ impl Running {
             admin_task,
             dump,
             metrics,
+            events: Some(events),
         })
     }
 }
@@ -333,10 +337,11 @@ async fn redirect_only(
         datapath.set_services(&service_entries(&config.services))?;
         datapath.attach()?;
         admin.set_config_dump(Arc::new(Dump::new(config, &node, Services::default())));
-        ready(admin)?;
-        info!(pid = std::process::id(), "redirector ready (datapath only)");
+        // Before the daemon says it is ready: a signal right after is heard.
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        ready(admin)?;
+        info!(pid = std::process::id(), "redirector ready (datapath only)");
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}

@@ -151,12 +151,12 @@ pub(crate) async fn run(mut watch: Watch, changed: mpsc::Sender<PathBuf>) {
 mod tests {
     use std::os::unix::fs::symlink;
 
-    use redirector_tests::tempdir::TempDir;
+    use tempfile::TempDir;
 
     use super::*;
 
     fn dir() -> TempDir {
-        TempDir::new("watch").expect("a temp dir")
+        tempfile::tempdir().expect("a temp dir")
     }
 
     /// Looks until the watch fires or `n` looks have passed; how many it took.

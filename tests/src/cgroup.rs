@@ -80,6 +80,7 @@ impl TestCgroup {
     /// inherited) for `attach_type` (a `BPF_CGROUP_*` value, such as
     /// [`BPF_CGROUP_INET4_CONNECT`]), links included: `BPF_PROG_QUERY`.
     pub fn attached_programs(&self, attach_type: u32) -> Result<u32> {
+        const BPF_PROG_QUERY: libc::c_long = 16;
         let dir = File::open(&self.path)
             .with_context(|| format!("opening cgroup {}", self.path.display()))?;
         // `union bpf_attr`, query member: target_fd, attach_type,
@@ -88,7 +89,6 @@ impl TestCgroup {
         let mut attr = [0u32; 32];
         attr[0] = dir.as_raw_fd() as u32;
         attr[1] = attach_type;
-        const BPF_PROG_QUERY: libc::c_long = 16;
         // SAFETY: bpf(2) with a zeroed, large enough attr that outlives the
         // call; the kernel writes only prog_cnt and attach_flags.
         let rc = unsafe {

@@ -140,9 +140,10 @@ impl Daemon {
 
     /// Everything the daemon wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
-        fs::read(&self.log_path)
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_else(|err| format!("<cannot read {}: {err}>", self.log_path.display()))
+        fs::read(&self.log_path).map_or_else(
+            |err| format!("<cannot read {}: {err}>", self.log_path.display()),
+            |bytes| String::from_utf8_lossy(&bytes).into_owned(),
+        )
     }
 
     /// The log file.

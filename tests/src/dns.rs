@@ -4,9 +4,9 @@
 //! It is authoritative for every name: names set with [`DnsServer::set_a`]
 //! answer their A records, other types of a known name answer NOERROR with
 //! no records (NODATA), unknown names NXDOMAIN. Records change at run time,
-//! which is what TTL-driven refresh tests need, and the faults of DESIGN §7
-//! are here: [`DnsServer::set_servfail`], an empty answer (`set_a(name,
-//! &[], ttl)`) and changed IPs. Negative answers carry an SOA with TTL 0 so
+//! which is what TTL-driven refresh tests need, and the DNS faults the
+//! tests inject are here: [`DnsServer::set_servfail`], an empty answer
+//! (`set_a(name, &[], ttl)`) and changed IPs. Negative answers carry an SOA with TTL 0 so
 //! no resolver caches them. Answered by ordinary stub resolvers (glibc,
 //! hickory-resolver). Every query is logged ([`DnsServer::log`]): who
 //! asked what, over which transport.
@@ -77,7 +77,10 @@ pub struct Seen {
 impl Zone {
     fn set(&self, name: &str, entry: Option<Entry>) -> Result<()> {
         let key = lower_name(name)?;
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match entry {
             Some(entry) => entries.insert(key, entry),
             None => entries.remove(&key),
@@ -88,7 +91,7 @@ impl Zone {
     fn get(&self, name: &LowerName) -> Option<Entry> {
         self.entries
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(name)
             .cloned()
     }
@@ -184,7 +187,7 @@ impl DnsServer {
         self.zone
             .log
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
@@ -234,7 +237,7 @@ impl RequestHandler for Handler {
         self.zone
             .log
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(Seen {
                 name: query.name().to_string().to_ascii_lowercase(),
                 qtype: query.query_type().to_string(),

@@ -97,7 +97,7 @@ impl EchoServer {
         self.state
             .received
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
@@ -216,7 +216,7 @@ async fn respond(
     state
         .received
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .push(received);
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "application/json")

@@ -176,7 +176,7 @@ impl HttpsServer {
 
     /// See [`HttpServer::set_delay`].
     pub fn set_delay(&self, delay: Duration) {
-        self.http.set_delay(delay)
+        self.http.set_delay(delay);
     }
 
     /// Closes the TLS listener and every open connection: new connects are
@@ -194,7 +194,7 @@ impl HttpsServer {
         self.state
             .last_hello
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 }
@@ -256,7 +256,10 @@ async fn terminate(stream: TcpStream, state: Arc<State>) {
             .map(|p| String::from_utf8_lossy(p).into_owned())
             .collect(),
     };
-    *state.last_hello.lock().unwrap_or_else(|e| e.into_inner()) = Some(hello);
+    *state
+        .last_hello
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(hello);
     state.hellos.fetch_add(1, Ordering::SeqCst);
     let Ok(mut tls) = start.into_stream(Arc::clone(&state.config)).await else {
         return;

@@ -86,7 +86,9 @@ impl KubeApi {
                 let Ok(stream) = tls.accept(tcp).await else {
                     return;
                 };
-                let service = service_fn(move |req| respond(req, Arc::clone(&state)));
+                let service = service_fn(move |req| {
+                    std::future::ready(Ok::<_, Infallible>(respond(&req, &state)))
+                });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -129,10 +131,7 @@ impl KubeApi {
     }
 }
 
-async fn respond(
-    req: Request<Incoming>,
-    state: Arc<State>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+fn respond(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
     state.requests.fetch_add(1, Ordering::SeqCst);
     let authorized = req
         .headers()
@@ -156,10 +155,9 @@ async fn respond(
             r#"{"kind":"Status","reason":"NotFound"}"#.to_owned(),
         )
     };
-    let response = Response::builder()
+    Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))
-        .expect("a valid response");
-    Ok(response)
+        .expect("a valid response")
 }

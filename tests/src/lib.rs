@@ -5,7 +5,10 @@
 //!
 //! Used by the root-only integration tests in this package and by
 //! `cargo xtask demo`. Traffic only ever goes to loopback or to addresses
-//! inside namespaces the bed created. See DESIGN.md §7.
+//! inside namespaces the bed created. [`scenario::Node`] is one node as most
+//! tests use it, [`istio`] the documents they configure it with and
+//! [`origination`] its HTTPS variant. What each test file covers is listed
+//! in ARCHITECTURE.md, section "Tests".
 
 pub mod cgroup;
 pub mod client;
@@ -14,15 +17,18 @@ pub mod dns;
 pub mod echo;
 pub mod http;
 pub mod https;
+pub mod istio;
 pub mod kubeapi;
 pub mod mounts;
 pub mod names;
 pub mod netns;
+pub mod origination;
 pub mod pki;
 pub mod privilege;
 pub mod process;
 pub mod rogue;
 mod runtime;
+pub mod scenario;
 mod serve;
 pub mod sweep;
 pub mod tcp;

@@ -46,7 +46,9 @@ impl Netns {
         }
         let name = format!("{}-{role}", names::unique(names::PREFIX));
         {
-            let _guard = ADD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            let _guard = ADD_LOCK
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             run_checked(Command::new("ip").args(["netns", "add", &name]))
                 .with_context(|| format!("creating network namespace {name}"))?;
         }

@@ -1,7 +1,7 @@
 //! A certificate authority made at test time (rcgen), for endpoints that
-//! speak TLS: the daemon trusts it through `caCertificates`, and the faults
-//! of DESIGN §7 are certificates it would reject: a wrong name
-//! (`ca.leaf(&["wrong.test"])`), an expiry in the past
+//! speak TLS: the daemon trusts it through `caCertificates`, and the
+//! certificate faults the tests inject are certificates it would reject:
+//! a wrong name (`ca.leaf(&["wrong.test"])`), an expiry in the past
 //! ([`TestCa::expired_leaf`]), a signer it does not trust
 //! ([`untrusted_leaf`]) and a revoked certificate ([`TestCa::crl`]). It
 //! also issues client certificates for mutual TLS ([`TestCa::client_leaf`]).
@@ -117,7 +117,10 @@ impl TestCa {
     /// # Panics
     /// If a certificate was not issued by this CA.
     pub fn crl(&self, revoked: &[&str]) -> String {
-        let serials = self.serials.lock().unwrap_or_else(|e| e.into_inner());
+        let serials = self
+            .serials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let revoked_certs = revoked
             .iter()
             .map(|pem| RevokedCertParams {
@@ -173,7 +176,10 @@ impl TestCa {
         if let Some(first) = sans.first() {
             params.distinguished_name.push(DnType::CommonName, *first);
         }
-        let mut serials = self.serials.lock().unwrap_or_else(|e| e.into_inner());
+        let mut serials = self
+            .serials
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let serial = serials.len() as u64 + 2;
         params.serial_number = Some(SerialNumber::from(serial));
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

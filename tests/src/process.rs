@@ -94,7 +94,9 @@ pub fn pin_to_cpu(cmd: &mut Command, cpu: u32) -> Result<&mut Command> {
     // the fork: async-signal-safe, no allocation.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 {
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw const set)
+                == 0
+            {
                 Ok(())
             } else {
                 Err(std::io::Error::last_os_error())

@@ -126,7 +126,10 @@ impl RogueServer {
 
     /// The path of every request head read so far.
     pub fn paths(&self) -> Vec<String> {
-        self.paths.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.paths
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -162,7 +165,9 @@ async fn answer(mut stream: TcpStream, seen: Arc<Mutex<Vec<String>>>) {
     }
     let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
     let rogue = Rogue::from_path(&path);
-    seen.lock().unwrap_or_else(|e| e.into_inner()).push(path);
+    seen.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(path);
     let _ = stream.write_all(&rogue.response()).await;
     let _ = stream.shutdown().await;
     // Until the proxy lets go, for the same reason.

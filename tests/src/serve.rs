@@ -77,7 +77,7 @@ impl Acceptor {
         let running = self
             .running
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some(Running { stop, task }) = running {
             self.rt.run(async move {
@@ -108,7 +108,10 @@ impl Acceptor {
                 io::Result::Ok((local, task))
             })?
             .with_context(|| format!("{}: cannot listen on {addr}", self.label))?;
-        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = Some(Running { stop, task });
+        *self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Running { stop, task });
         Ok(local)
     }
 }
@@ -153,7 +156,7 @@ impl Drop for Forget {
     fn drop(&mut self) {
         self.open
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&self.id);
     }
 }
@@ -174,7 +177,7 @@ async fn accept_loop(listener: TcpListener, handler: Handler, mut stopped: onesh
                 Ok((stream, _)) => {
                     match stream.as_fd().try_clone_to_owned() {
                         Ok(dup) => {
-                            open.lock().unwrap_or_else(|e| e.into_inner()).insert(id, dup);
+                            open.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(id, dup);
                         }
                         Err(err) => eprintln!("testbed: cannot track a connection: {err}"),
                     }
@@ -195,7 +198,11 @@ async fn accept_loop(listener: TcpListener, handler: Handler, mut stopped: onesh
     }
     shutdown(listener.as_fd());
     drop(listener);
-    for fd in open.lock().unwrap_or_else(|e| e.into_inner()).values() {
+    for fd in open
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .values()
+    {
         shutdown(fd.as_fd());
     }
     connections.shutdown().await;

@@ -38,8 +38,10 @@ use crate::{
     tempdir::TempDir,
 };
 
-/// How long a starting upstream may take to print its `listening` line.
-const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a starting upstream may take to print its `listening` line:
+/// well under a second when idle, but the benchmark starts (and restarts)
+/// them on a machine that may be busy.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long reading the counters may take.
 const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -286,12 +288,11 @@ mod tests {
         error: String,
     }
 
-    /// Runs rdt-load against `target` at 200 rps for 2 s, and `during(t)`
-    /// on this thread meanwhile (`t` since rdt-load was started).
-    fn timeline(netns: &Netns, target: SocketAddr, during: impl FnOnce(Instant)) -> Vec<Line> {
+    /// Runs rdt-load against `target` at 200 rps for 2 s, and `during()`
+    /// on this thread meanwhile.
+    fn timeline(netns: &Netns, target: SocketAddr, during: impl FnOnce()) -> Vec<Line> {
         let bin = bin_path("rdt-load").expect("rdt-load is built");
         let output = thread::scope(|scope| {
-            let started = Instant::now();
             let load = scope.spawn(|| {
                 Client::new(netns, &bin)
                     .args(["--target", &target.to_string(), "--host", "plain.test"])
@@ -299,7 +300,7 @@ mod tests {
                     .timeout(Duration::from_secs(15))
                     .run()
             });
-            during(started);
+            during();
             load.join().expect("the rdt-load thread")
         })
         .expect("rdt-load runs");
@@ -328,6 +329,20 @@ mod tests {
         thread::sleep(at.saturating_duration_since(Instant::now()));
     }
 
+    /// When `up` got a request beyond its first `before`: rdt-load's
+    /// clock (`t_ms`) started then, give or take a connect, however long
+    /// the process took to start on a loaded machine.
+    fn first_request(up: &UpstreamProcess, before: u64) -> Instant {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if up.stats().expect("the counters").requests > before {
+                return Instant::now();
+            }
+            assert!(Instant::now() < deadline, "rdt-load sent nothing");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn rdt_load_records_every_request_through_503_kill_and_restart() {
         let netns = Netns::new("upstream").expect("a namespace");
@@ -338,7 +353,7 @@ mod tests {
         assert_ne!(target.port(), 0);
 
         // Healthy: 400 requests, on schedule, all answered by the upstream.
-        let lines = timeline(&netns, target, |_| {});
+        let lines = timeline(&netns, target, || {});
         assert_eq!(lines.len(), 400);
         for (i, line) in lines.iter().enumerate() {
             assert!(ok(line), "{i}: {line:?}");
@@ -355,7 +370,9 @@ mod tests {
         );
 
         // 503 from halfway: one switch from 200 to 503, near 1 s.
-        let lines = timeline(&netns, target, |started| {
+        let before = up.stats().expect("the counters").requests;
+        let lines = timeline(&netns, target, || {
+            let started = first_request(&up, before);
             sleep_until(started + Duration::from_secs(1));
             up.set_status(503).expect("SIGUSR1");
         });
@@ -377,7 +394,9 @@ mod tests {
 
         // Killed at 1 s, back at 1.5 s: errors in between, then recovery.
         let first_pid = up.pid();
-        let lines = timeline(&netns, target, |started| {
+        let before = up.stats().expect("the counters").requests;
+        let lines = timeline(&netns, target, || {
+            let started = first_request(&up, before);
             sleep_until(started + Duration::from_secs(1));
             up.kill();
             sleep_until(started + Duration::from_millis(1500));

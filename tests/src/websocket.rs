@@ -47,7 +47,7 @@ impl WebSocketServer {
     pub fn handshakes(&self) -> Vec<Handshake> {
         self.handshakes
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 }
@@ -68,7 +68,9 @@ async fn echo(stream: TcpStream, seen: Arc<Mutex<Vec<Handshake>>>) {
                 )
             })
             .collect();
-        seen.lock().unwrap_or_else(|e| e.into_inner()).push(headers);
+        seen.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(headers);
         Ok(response)
     };
     let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await else {

@@ -1,134 +1,37 @@
-//! `cargo xtask bench`: the redirector side by side with direct, Envoy,
-//! nginx and HAProxy, in one run on this machine, so every change can be
-//! judged by ratios measured together.
-//!
-//! The harness pins itself, the load generator and the upstreams to one
-//! core and every system under test to the other, keeps all systems up and
-//! interleaves them (A B C … A B C …) for every workload and repetition,
-//! samples CPU and memory from /proc around each run, drops runs disturbed
-//! by steal or foreign CPU, then runs the failover faults through each
-//! proxy and the fail-open run (`kill -9` of the daemon, then a takeover)
-//! through the redirector and its kernel fast path. Results go to
-//! `bench/results/` as JSON, markdown and an SVG plot.
-//! See `bench/model.rs` for the vocabulary and README.md for the latest
-//! table.
+//! `cargo xtask bench`: runs the benchmark, the `redirector-bench` crate
+//! (`bench/`). This only prepares the machine and the binaries: root
+//! check, `setup`, a sweep of leftovers, a release build of the daemon and
+//! the test bed's binaries (whose paths the bench gets in
+//! `REDIRECTOR_BIN`, `RDT_UPSTREAM_BIN` and `RDT_LOAD_BIN`), a debug build
+//! of the bench itself (a harness, as it was inside xtask), then the
+//! bench with every argument passed through, and a sweep afterwards.
+//! `--help` shows the bench's own options, without root.
 
-mod failopen;
-mod failover;
-mod install;
-mod load;
-mod machine;
-mod model;
-mod peers;
-mod plot;
-mod report;
-mod sample;
-mod tools;
-mod topology;
+use std::{ffi::OsString, process::Command};
 
-use std::{path::PathBuf, time::Duration};
+use anyhow::Result;
 
-use anyhow::{Context, Result, bail};
-use model::{
-    BenchReport, CellRun, Conn, Fault, Load, NotAvailable, RunSettings, SystemId, Upstream,
-    UpstreamTls, Workload,
-};
-use redirector_tests::upstream::UpstreamStats;
-use topology::{Bed, BedOptions};
+use crate::{cmd, setup, sweep};
 
-use crate::{
-    cmd::{self, command},
-    setup, sweep,
-};
-
+/// Everything after `bench`, for the bench itself.
 #[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Short smoke run (1 repetition, 1 s cells, fewer cells), as the test suite runs it
-    #[arg(long)]
-    pub quick: bool,
-    /// Repetitions per cell [default: 5, quick 1]
-    #[arg(long)]
-    pub reps: Option<u32>,
-    /// Seconds per cell [default: 5, quick 1]
-    #[arg(long)]
-    pub cell_secs: Option<f64>,
-    /// Only these systems (keys as in the table), comma-separated
-    #[arg(long, value_delimiter = ',')]
-    pub systems: Vec<String>,
-    /// Only workloads whose key contains one of these, comma-separated (e.g. new-conn/plain)
-    #[arg(long, value_delimiter = ',')]
-    pub workloads: Vec<String>,
-    /// Skip the failover runs
-    #[arg(long)]
-    pub no_failover: bool,
-    /// Skip the fail-open runs (kill -9 of the redirector's daemons)
-    #[arg(long)]
-    pub no_fail_open: bool,
-    /// Where to write the results [default: bench/results]
-    #[arg(long)]
-    pub out: Option<PathBuf>,
+#[command(disable_help_flag = true)]
+pub(crate) struct Args {
+    /// The bench's options (`cargo xtask bench --help` lists them)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<OsString>,
 }
 
-const CLIENT_CPU: u32 = 0;
-const SUT_CPU: u32 = 1;
-const BODY_BYTES: u32 = 1024;
-
-fn workloads(quick: bool) -> Vec<Workload> {
-    let w = |conn, upstream, load| Workload {
-        conn,
-        upstream,
-        load,
-    };
-    use Conn::*;
-    use Load::*;
-    use Upstream::*;
-    if quick {
-        return vec![
-            w(KeepAlive, Plain, OpenLoop { rps: 1000 }),
-            w(KeepAlive, Tls, ClosedLoop { connections: 16 }),
-            w(NewPerRequest, Plain, OpenLoop { rps: 200 }),
-        ];
+pub(crate) fn run(args: &Args) -> Result<()> {
+    if args.args.iter().any(|a| a == "--help" || a == "-h") {
+        build_bench()?;
+        return cmd::run(&mut bench(args)?);
     }
-    vec![
-        w(KeepAlive, Plain, OpenLoop { rps: 1000 }),
-        w(KeepAlive, Plain, OpenLoop { rps: 5000 }),
-        w(KeepAlive, Plain, ClosedLoop { connections: 32 }),
-        w(NewPerRequest, Plain, OpenLoop { rps: 1000 }),
-        w(NewPerRequest, Plain, ClosedLoop { connections: 32 }),
-        w(KeepAlive, Tls, OpenLoop { rps: 1000 }),
-        w(KeepAlive, Tls, OpenLoop { rps: 5000 }),
-        w(KeepAlive, Tls, ClosedLoop { connections: 32 }),
-        w(NewPerRequest, Tls, OpenLoop { rps: 1000 }),
-        w(NewPerRequest, Tls, ClosedLoop { connections: 32 }),
-    ]
-}
-
-fn selected_systems(args: &Args) -> Result<Vec<SystemId>> {
-    if args.systems.is_empty() {
-        return Ok(SystemId::ALL.to_vec());
-    }
-    args.systems
-        .iter()
-        .map(|k| {
-            SystemId::ALL
-                .into_iter()
-                .find(|s| s.key() == k)
-                .with_context(|| {
-                    let keys: Vec<_> = SystemId::ALL.iter().map(|s| s.key()).collect();
-                    format!("unknown system {k:?}; known: {}", keys.join(", "))
-                })
-        })
-        .collect()
-}
-
-pub fn run(args: &Args) -> Result<()> {
     cmd::require_root("bench")?;
-    let systems = selected_systems(args)?;
     setup::run()?;
     sweep::sweep("before the bench")?;
-    let tools = install::ensure()?;
-    // Release builds: this measures the product, not a debug build.
-    cmd::run(command("cargo").args([
+    // Release builds: the bench measures the product, not a debug build.
+    cmd::run(cmd::command("cargo").args([
         "build",
         "--release",
         "-q",
@@ -138,317 +41,30 @@ pub fn run(args: &Args) -> Result<()> {
         "redirector-tests",
         "--bins",
     ]))?;
-    let release = cmd::workspace_root().join("target/release");
+    build_bench()?;
+    let release = cmd::target_dir()?.join("release");
+    let mut bench = bench(args)?;
     for (var, bin) in [
         ("REDIRECTOR_BIN", "redirector"),
         ("RDT_UPSTREAM_BIN", "rdt-upstream"),
         ("RDT_LOAD_BIN", "rdt-load"),
     ] {
-        // SAFETY: no other thread exists yet.
-        unsafe { std::env::set_var(var, release.join(bin)) };
+        bench.env(var, release.join(bin));
     }
-    pin_to(CLIENT_CPU)?;
-    let settings = RunSettings {
-        quick: args.quick,
-        reps: args.reps.unwrap_or(if args.quick { 1 } else { 5 }),
-        cell_secs: args.cell_secs.unwrap_or(if args.quick { 1.0 } else { 5.0 }),
-        warmup_secs: if args.quick { 0.2 } else { 1.0 },
-        body_bytes: BODY_BYTES,
-        client_cpu: CLIENT_CPU,
-        sut_cpu: SUT_CPU,
-        noise_threshold: 0.10,
-    };
-    let result = bench(args, &tools, &systems, settings);
-    sweep::sweep("after the bench")?;
-    result
+    let result = cmd::run(&mut bench);
+    let swept = sweep::sweep("after the bench");
+    result?;
+    swept
 }
 
-fn bench(
-    args: &Args,
-    tools: &tools::Tools,
-    systems: &[SystemId],
-    settings: RunSettings,
-) -> Result<()> {
-    eprintln!("bench: starting {} systems", systems.len());
-    let bed = Bed::new(&BedOptions {
-        tools,
-        systems,
-        body_bytes: BODY_BYTES as usize,
-        client_cpu: CLIENT_CPU,
-        sut_cpu: SUT_CPU,
-    })?;
-    for system in &bed.systems {
-        for upstream in [Upstream::Plain, Upstream::Tls] {
-            if system.id == SystemId::RedirectorFastPath && upstream == Upstream::Tls {
-                continue;
-            }
-            let body = bed.probe(system, upstream).with_context(|| {
-                format!(
-                    "{} ({upstream:?}) does not answer\n{}",
-                    system.id,
-                    system.log()
-                )
-            })?;
-            if !body.starts_with("healthy: east") {
-                bail!(
-                    "{} ({upstream:?}) answered {body:?}, not the primary",
-                    system.id
-                );
-            }
-        }
-    }
-    let mut report = BenchReport {
-        settings: settings.clone(),
-        ..Default::default()
-    };
-    let mut workloads = workloads(settings.quick);
-    if !args.workloads.is_empty() {
-        workloads.retain(|w| args.workloads.iter().any(|f| w.key().contains(f.as_str())));
-    }
-    for system in systems {
-        for w in &workloads {
-            if let Some(reason) = system.unavailable(w) {
-                report.not_available.push(NotAvailable {
-                    system: *system,
-                    workload: *w,
-                    reason: reason.into(),
-                });
-            }
-        }
-    }
-    let cell = Duration::from_secs_f64(settings.cell_secs);
-    let warmup = Duration::from_secs_f64(settings.warmup_secs);
-    let total = settings.reps as usize
-        * workloads
-            .iter()
-            .map(|w| {
-                bed.systems
-                    .iter()
-                    .filter(|s| s.id.unavailable(w).is_none())
-                    .count()
-            })
-            .sum::<usize>();
-    let mut done = 0;
-    for rep in 0..settings.reps {
-        for workload in &workloads {
-            for system in &bed.systems {
-                if system.id.unavailable(workload).is_some() {
-                    continue;
-                }
-                done += 1;
-                let (target, host, https) = system.target(workload.upstream);
-                let spec = |duration| load::LoadSpec {
-                    target,
-                    host,
-                    https,
-                    workload: *workload,
-                    duration,
-                };
-                let cgroup = system.cgroup.as_ref();
-                if !warmup.is_zero() {
-                    load::observe(tools, &spec(warmup), &bed.bench, cgroup, CLIENT_CPU)?;
-                }
-                // The HTTPS upstreams' counters around the measured run:
-                // the handshakes this system made (or, direct, the load
-                // generator made) with its pool warmed up.
-                let tls_before = (workload.upstream == Upstream::Tls)
-                    .then(|| bed.upstreams.tls_stats())
-                    .transpose()?;
-                let probe = sample::Probe::start(&system.pids())?;
-                let observed = load::observe(tools, &spec(cell), &bed.bench, cgroup, CLIENT_CPU)
-                    .with_context(|| format!("{} {workload}\n{}", system.id, system.log()))?;
-                let sample = probe.finish()?;
-                let upstream_tls = match tls_before {
-                    Some(before) => Some(upstream_tls(&bed.upstreams.tls_stats()?.since(&before))),
-                    None => None,
-                };
-                // Every system must carry the whole 1 KiB body (wrk also
-                // counts the status line and headers).
-                if let Some(bytes) = observed.bytes_per_response
-                    && bytes < f64::from(BODY_BYTES)
-                {
-                    bail!(
-                        "{} {workload}: {bytes:.0} bytes per response, not the {BODY_BYTES}-byte body",
-                        system.id
-                    );
-                }
-                let result = observed.result;
-                let noisy = sample::is_noisy(&sample, settings.noise_threshold);
-                let handshakes = upstream_tls
-                    .as_ref()
-                    .and_then(UpstreamTls::per_krequests)
-                    .map(|(full, resumed)| {
-                        format!(
-                            ", upstream TLS handshakes/1000 req {full:.2} full {resumed:.2} resumed"
-                        )
-                    })
-                    .unwrap_or_default();
-                eprintln!(
-                    "bench [{done}/{total}] rep {rep} {workload} {}: {:.0} rps, p50 {:.3} ms, p99 {:.3} ms, {} errors, cpu/krps {}{handshakes}{}",
-                    system.id,
-                    result.rps,
-                    result.p50_ms,
-                    result.p99_ms,
-                    result.errors,
-                    sample
-                        .cpu_per_krps(result.rps)
-                        .map(|c| format!("{c:.3}"))
-                        .unwrap_or_else(|| "-".into()),
-                    if noisy { " (noisy)" } else { "" }
-                );
-                report.cells.push(CellRun {
-                    system: system.id,
-                    workload: *workload,
-                    rep,
-                    load: result,
-                    sample,
-                    noisy,
-                    upstream_tls,
-                });
-            }
-        }
-    }
-    if !args.no_failover {
-        report.failover = failovers(&bed, settings.quick)?;
-    }
-    if !args.no_fail_open {
-        report.fail_open = fail_opens(&bed, settings.quick)?;
-    }
-    report.machine = machine::info(tools)?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| cmd::workspace_root().join("bench/results"));
-    let written = report::write(&report, &out)?;
-    println!("{}", report::markdown(&report));
-    eprintln!(
-        "bench: wrote {}, {} and {}",
-        written.json.display(),
-        written.markdown.display(),
-        written.plot.display()
-    );
-    Ok(())
+fn build_bench() -> Result<()> {
+    cmd::run(cmd::command("cargo").args(["build", "-q", "-p", "redirector-bench"]))
 }
 
-/// The report's view of the HTTPS upstreams' counters over one run.
-fn upstream_tls(d: &UpstreamStats) -> UpstreamTls {
-    UpstreamTls {
-        requests: d.requests,
-        connections: d.connections,
-        full: d.tls_full_used,
-        resumed: d.tls_resumed_used,
-        all_full: d.tls_full,
-        all_resumed: d.tls_resumed,
-        hello_retries: d.tls_hello_retry,
-        failed: d.tls_failed,
-    }
-}
-
-fn failovers(bed: &Bed, quick: bool) -> Result<Vec<model::FailoverRun>> {
-    let plan = if quick {
-        failover::Plan {
-            rps: 200,
-            duration: Duration::from_secs(7),
-            fault_at: Duration::from_secs(1),
-            restore_at: Duration::from_secs(2),
-            timeout: Duration::from_secs(15),
-        }
-    } else {
-        failover::Plan {
-            rps: 500,
-            // Long enough after the restore for a second ejection (the
-            // base time doubled, as in Envoy) to run out.
-            duration: Duration::from_secs(16),
-            fault_at: Duration::from_secs(2),
-            restore_at: Duration::from_secs(6),
-            timeout: Duration::from_secs(15),
-        }
-    };
-    let mut runs = Vec::new();
-    // Not the fast path: these faults measure retries and 5xx ejection,
-    // which the kernel path does not do by design (it cannot retry a
-    // connect nor see an HTTP status; docs/config-reference.md).
-    for system in bed
-        .systems
-        .iter()
-        .filter(|s| s.id.is_proxy() && s.id != SystemId::RedirectorFastPath)
-    {
-        for fault in [Fault::Status503, Fault::Killed, Fault::BlackHoled] {
-            // The smoke run does one fault per peer and all of them for us.
-            if quick && system.id != SystemId::Redirector && fault != Fault::Status503 {
-                continue;
-            }
-            let run = failover::run(bed, system, fault, &plan)
-                .with_context(|| format!("failover {fault:?} through {}", system.id))?;
-            eprintln!(
-                "bench failover {} {fault:?}: {} errors, full failover {:?} ms, worst latency {:.1} ms (first 100 ms {:.1}, before the fault {:.1}), fail back {:?} ms",
-                system.id,
-                run.errors_after_fault,
-                run.time_to_full_failover_ms.map(|v| v.round()),
-                run.worst_latency_after_fault_ms,
-                run.worst_latency_first_100ms_ms,
-                run.worst_latency_before_fault_ms,
-                run.time_to_fail_back_ms.map(|v| v.round())
-            );
-            runs.push(run);
-        }
-    }
-    Ok(runs)
-}
-
-/// `kill -9` of each of the redirector's daemons under new-connection
-/// load, and a new daemon taking over a few seconds later.
-fn fail_opens(bed: &Bed, quick: bool) -> Result<Vec<model::FailOpenRun>> {
-    let plan = if quick {
-        failopen::Plan {
-            rps: 200,
-            duration: Duration::from_secs(4),
-            kill_at: Duration::from_secs(1),
-            restart_at: Duration::from_secs(2),
-            timeout: Duration::from_secs(5),
-        }
-    } else {
-        failopen::Plan {
-            rps: 500,
-            duration: Duration::from_secs(10),
-            kill_at: Duration::from_secs(2),
-            restart_at: Duration::from_secs(5),
-            timeout: Duration::from_secs(15),
-        }
-    };
-    let mut runs = Vec::new();
-    for system in bed.systems.iter().filter(|s| s.id.is_redirector()) {
-        let run = failopen::run(bed, system, &plan)
-            .with_context(|| format!("fail-open through {}", system.id))?;
-        eprintln!(
-            "bench fail-open {}: {} failed connects, {} broken in flight, {} broken after the kill, {} other errors of {} requests; served while down {:?}; restart → ready {:.0} ms, → proxy serving {:?} ms; worst latency after the kill {:.1} ms (before {:.1})",
-            system.id,
-            run.failed_connects,
-            run.broken_in_flight,
-            run.broken_after_kill,
-            run.other_errors,
-            run.requests,
-            run.served_while_down,
-            run.ready_at_ms - run.restart_at_ms,
-            run.restart_to_proxy_ms.map(|v| v.round()),
-            run.worst_latency_after_kill_ms,
-            run.worst_latency_before_kill_ms,
-        );
-        runs.push(run);
-    }
-    Ok(runs)
-}
-
-/// Pins this process (and so every thread and child it makes later) to one
-/// CPU.
-fn pin_to(cpu: u32) -> Result<()> {
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        bail!(
-            "pinning the harness to CPU {cpu}: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
+/// The bench, in the caller's directory (a relative `--out` or
+/// `--baseline` means what it says), with the caller's arguments.
+fn bench(args: &Args) -> Result<Command> {
+    let mut cmd = Command::new(cmd::target_dir()?.join("debug/redirector-bench"));
+    cmd.args(&args.args);
+    Ok(cmd)
 }

@@ -28,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Benchmark the redirector against direct, Envoy, nginx and HAProxy (root; --quick for a smoke run)
+    /// Benchmark the redirector against direct, Envoy, nginx and HAProxy (root; --quick for a smoke run, --help for every option)
     Bench(bench::Args),
     /// Reproduce Istio's external-service failover blog post on this machine (root)
     Demo,
@@ -51,7 +51,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("xtask: {err:#}");
+            // The reason, last: what failed, then each cause on its line.
+            eprintln!("xtask: {}", cmd::chain(&err));
             ExitCode::FAILURE
         }
     }

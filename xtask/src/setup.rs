@@ -31,11 +31,11 @@ const PACKAGES: [&str; 7] = [
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Where the Python test tools live (the deploy tests run them from here).
-pub const TOOLS_VENV: &str = "/opt/redirector-tools/venv";
+pub(crate) const TOOLS_VENV: &str = "/opt/redirector-tools/venv";
 const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 const BPFFS: &str = "/sys/fs/bpf";
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     cmd::require_root("setup")?;
     let start = Instant::now();
     nightly()?;
@@ -110,15 +110,14 @@ fn stable_components() -> Result<()> {
     Ok(())
 }
 
-/// Whether dpkg has `package` installed (also used by `bench/install.rs`).
-pub(crate) fn package_installed(package: &str) -> bool {
+/// Whether dpkg has `package` installed.
+fn package_installed(package: &str) -> bool {
     probe(command("dpkg-query").args(["-W", "-f=${Status}", package]))
         .is_some_and(|status| status.trim() == "install ok installed")
 }
 
-/// `apt-get update`, then `apt-get install -y <packages>` (also used by
-/// `bench/install.rs`).
-pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
+/// `apt-get update`, then `apt-get install -y <packages>`.
+fn apt_install(packages: &[&str]) -> Result<()> {
     cmd::run(
         command("apt-get")
             .arg("update")

@@ -7,13 +7,13 @@ use anyhow::{Context, Result};
 
 use crate::cmd;
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     cmd::require_root("sweep")?;
     sweep("now")
 }
 
 /// Sweeps and prints one line per thing removed.
-pub fn sweep(when: &str) -> Result<()> {
+pub(crate) fn sweep(when: &str) -> Result<()> {
     let removed = redirector_tests::sweep::sweep_stale()
         .with_context(|| format!("sweeping leftovers {when}"))?;
     if removed.is_empty() {

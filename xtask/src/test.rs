@@ -6,7 +6,7 @@
 //! the demo and a quick benchmark run. The sweep runs again at the end
 //! whatever happened.
 
-use std::{path::PathBuf, process::Command, time::Instant};
+use std::{process::Command, time::Instant};
 
 use anyhow::{Context, Result};
 
@@ -16,13 +16,13 @@ use crate::{
 };
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Arguments for `cargo test` after `--` (e.g. a test-name filter, or `--test testbed`)
     #[arg(last = true)]
     cargo_test_args: Vec<String>,
 }
 
-pub fn run(args: &Args) -> Result<()> {
+pub(crate) fn run(args: &Args) -> Result<()> {
     cmd::require_root("test")?;
     let start = Instant::now();
     setup::run()?;
@@ -79,7 +79,7 @@ fn steps(args: &Args) -> Result<()> {
             "clippy::needless_borrows_for_generic_args",
         ]),
     )?;
-    let redirector = target_dir()?.join("debug").join("redirector");
+    let redirector = cmd::target_dir()?.join("debug").join("redirector");
     // CI and the rest of the environment pass through untouched.
     step(
         "tests",
@@ -95,7 +95,7 @@ fn steps(args: &Args) -> Result<()> {
         step("demo", command("cargo").args(["xtask", "demo"]))?;
         // A short smoke run of the benchmark, so the harness never rots;
         // its results stay out of bench/results.
-        let out = target_dir()?.join("bench-quick");
+        let out = cmd::target_dir()?.join("bench-quick");
         step(
             "bench --quick",
             command("cargo")
@@ -106,6 +106,8 @@ fn steps(args: &Args) -> Result<()> {
     format.context("everything else passed, but `cargo fmt --all` has changes to make")
 }
 
+/// Runs one step; a failure is said right after its `FAILED` line, with
+/// the error chain (the command, then its last lines of output).
 fn step(what: &str, cmd: &mut Command) -> Result<()> {
     eprintln!("==> {what}");
     let start = Instant::now();
@@ -115,24 +117,8 @@ fn step(what: &str, cmd: &mut Command) -> Result<()> {
         if result.is_ok() { "ok" } else { "FAILED" },
         start.elapsed().as_secs_f64()
     );
+    if let Err(err) = &result {
+        eprintln!("==> {what}: {}", cmd::chain(err));
+    }
     result.with_context(|| format!("step `{what}`"))
-}
-
-/// Cargo's target directory (honours `CARGO_TARGET_DIR` and config).
-fn target_dir() -> Result<PathBuf> {
-    let out = command("cargo")
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .output()
-        .context("running cargo metadata")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let metadata: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
-    metadata["target_directory"]
-        .as_str()
-        .map(PathBuf::from)
-        .context("cargo metadata has no target_directory")
 }

@@ -4,11 +4,14 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use redirector_common::{SVC_FAIL_OPEN, SVC_KERNEL_PATH};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    sync::mpsc,
+};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{error, info, warn};
 
-use super::Running;
+use super::{RunOptions, Running};
 use crate::{
     datapath::service_entries,
     proxy::{self, route},
@@ -25,11 +28,14 @@ impl Running {
     /// successor takes the listeners over (then drains and waits for
     /// SIGTERM); reloads the config whenever it changes or on SIGHUP.
     pub(super) async fn wait_termination(mut self) -> anyhow::Result<()> {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        let (changed_tx, mut changed) = tokio::sync::mpsc::channel(1);
-        let mut watching = self.watch_files(&changed_tx);
+        let Events {
+            mut term,
+            mut int,
+            mut hup,
+            changed_tx,
+            mut changed,
+            mut watching,
+        } = self.events.take().expect("events are taken once");
         loop {
             tokio::select! {
                 _ = term.recv() => break,
@@ -61,7 +67,7 @@ impl Running {
                     self.apply(next);
                     // What was just read is in force: watch from there, with
                     // the TLS files the new config names.
-                    watching = self.watch_files(&changed_tx);
+                    watching = watch_files(&self.opts, &self.current, &changed_tx);
                     while changed.try_recv().is_ok() {}
                     info!(
                         services = self.current.config.services.len(),
@@ -221,29 +227,57 @@ impl Running {
             ),
         }
     }
+}
 
-    /// Watches the config file and the TLS files the generation in force
-    /// was built from; a change of any reloads (the task stops when the
-    /// handle is dropped).
-    fn watch_files(&self, changed: &tokio::sync::mpsc::Sender<PathBuf>) -> AbortOnDropHandle<()> {
-        let tls_files = self
-            .current
-            .config
-            .services
-            .iter()
-            .filter_map(|s| s.policy.tls.origination())
-            .flat_map(|o| {
-                let client = o
-                    .client
-                    .iter()
-                    .flat_map(|c| [&c.certificate, &c.private_key]);
-                o.ca_certificates.iter().chain(&o.ca_crl).chain(client)
-            })
-            .map(|f| f.path.clone());
-        let files = std::iter::once(self.opts.config.clone()).chain(tls_files);
-        AbortOnDropHandle::new(tokio::spawn(watch::run(
-            watch::Watch::new(files),
-            changed.clone(),
-        )))
+/// What the running daemon waits for: signals and changes of the files its
+/// config was built from. Set up before the daemon says it is ready, so a
+/// signal or an edit right after readiness is never missed.
+pub(super) struct Events {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+    changed_tx: mpsc::Sender<PathBuf>,
+    changed: mpsc::Receiver<PathBuf>,
+    watching: AbortOnDropHandle<()>,
+}
+
+impl Events {
+    pub(super) fn new(opts: &RunOptions, current: &Generation) -> anyhow::Result<Self> {
+        let (changed_tx, changed) = mpsc::channel(1);
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            watching: watch_files(opts, current, &changed_tx),
+            changed_tx,
+            changed,
+        })
     }
+}
+
+/// Watches the config file and the TLS files `current` was built from; a
+/// change of any reloads (the task stops when the handle is dropped).
+fn watch_files(
+    opts: &RunOptions,
+    current: &Generation,
+    changed: &mpsc::Sender<PathBuf>,
+) -> AbortOnDropHandle<()> {
+    let tls_files = current
+        .config
+        .services
+        .iter()
+        .filter_map(|s| s.policy.tls.origination())
+        .flat_map(|o| {
+            let client = o
+                .client
+                .iter()
+                .flat_map(|c| [&c.certificate, &c.private_key]);
+            o.ca_certificates.iter().chain(&o.ca_crl).chain(client)
+        })
+        .map(|f| f.path.clone());
+    let files = std::iter::once(opts.config.clone()).chain(tls_files);
+    AbortOnDropHandle::new(tokio::spawn(watch::run(
+        watch::Watch::new(files),
+        changed.clone(),
+    )))
 }

@@ -6,7 +6,6 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use redirector_tests::{pki::TestCa, tempdir::TempDir};
 use rustls::{
     HandshakeKind, ServerConfig, pki_types::pem::PemObject, server::WebPkiClientVerifier,
 };
@@ -16,8 +15,11 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
+use self::ca::TestCa;
 use super::*;
 use crate::config::{ClientIdentity, TlsOrigination};
+
+mod ca;
 
 /// What the server saw of one connection.
 #[derive(Clone, Debug)]
@@ -99,17 +101,19 @@ impl Server {
 }
 
 /// Files of one test.
-struct Files(TempDir);
+struct Files(tempfile::TempDir);
 
 impl Files {
     fn new() -> Files {
-        Files(TempDir::new("tls-unit").unwrap())
+        Files(tempfile::tempdir().unwrap())
     }
 
     /// `pem` written to a file, named by a config field at a made-up place.
     fn file(&self, name: &str, pem: &str) -> ConfigFile {
+        let path = self.0.path().join(name);
+        std::fs::write(&path, pem).unwrap();
         ConfigFile {
-            path: TestCa::write(self.0.path(), name, pem),
+            path,
             at: format!("test.yaml:7:21: DestinationRule \"db\" (document 2): tls.{name}"),
         }
     }

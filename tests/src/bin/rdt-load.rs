@@ -141,7 +141,11 @@ impl Pool {
     /// The most recently used idle connection that is still open.
     async fn idle_connection(&self) -> Option<Connection> {
         loop {
-            let mut conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let mut conn = self
+                .idle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop()?;
             // A closed connection (the server went away) is dropped, not used.
             if conn.sender.ready().await.is_ok() {
                 return Some(conn);
@@ -256,7 +260,7 @@ impl Pool {
                 if !self.new_connections && !conn.sender.is_closed() {
                     self.idle
                         .lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .push(conn);
                 }
             }

@@ -104,7 +104,7 @@ impl Counters {
                 bump(&self.tls_hello_retry);
             }
             (HandshakeKind::Full | HandshakeKind::FullWithHelloRetryRequest, true) => {
-                bump(&self.tls_full_used)
+                bump(&self.tls_full_used);
             }
         }
     }
@@ -169,7 +169,7 @@ impl Answers {
 
 fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<TlsAcceptor, String> {
     let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .and_then(std::iter::Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(|e| format!("reading {}: {e}", cert.display()))?;
     let key =
         PrivateKeyDer::from_pem_file(key).map_err(|e| format!("reading {}: {e}", key.display()))?;

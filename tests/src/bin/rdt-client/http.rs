@@ -24,7 +24,7 @@ use tungstenite::Message;
 const TIMEOUT: Duration = Duration::from_secs(10);
 const CHUNK: usize = 64 * 1024;
 
-pub fn main(mut argv: impl Iterator<Item = String>) -> ExitCode {
+pub(crate) fn main(mut argv: impl Iterator<Item = String>) -> ExitCode {
     let command = argv.next().unwrap_or_default();
     let result = argv
         .next()
