@@ -7,6 +7,7 @@ mod app;
 mod check;
 pub mod cli;
 mod cluster;
+mod cni;
 mod config;
 mod datapath;
 mod dns;
