@@ -10,71 +10,80 @@
 
 /// Bumped whenever a key or value below changes layout. Part of every map
 /// name and of the pin directory.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Map names, as declared in `redirector-ebpf` (the `#[map(name = ..)]`
 /// attribute needs a literal, so userspace checks these at load time).
 /// Kernel object names are limited to 15 bytes.
 pub mod map_names {
     /// [`super::ServiceKey`] → [`super::ServiceValue`]: the VIPs to redirect.
-    pub const SERVICES: &str = "RD_SVC_V2";
+    pub const SERVICES: &str = "RD_SVC_V3";
     /// `u32` index 0 → [`super::ProxyConfig`]: where to redirect, loop guard.
-    pub const PROXY_CONFIG: &str = "RD_CFG_V2";
-    /// socket cookie (`u64`) → [`super::OrigDst`], written by connect4.
-    pub const ORIG_BY_COOKIE: &str = "RD_OCOOKIE_V2";
-    /// [`super::SockKey`] → [`super::OrigDst`], re-keyed by sock_ops once the
-    /// client's source port is known; read by the proxy on accept.
-    pub const ORIG_BY_SOCK: &str = "RD_OSOCK_V2";
+    pub const PROXY_CONFIG: &str = "RD_CFG_V3";
+    /// Hash of maps: a network namespace ([`super::NsId`]) → its own LRU
+    /// map of [`super::SockKey`] (a client of the proxy, or of the DNS
+    /// responder over TCP, as they see their peer) → [`super::OrigDst`]
+    /// (what it dialled), written by sock_ops from the socket's
+    /// [`super::SockOrig`]; read (and deleted) on accept. One inner map per
+    /// namespace, so one namespace can evict only its own entries.
+    pub const ORIG_BY_SOCK: &str = "RD_OSOCK_V3";
     /// `u32` service id → [`super::ServiceInfo`]: for `redirector endpoints`.
-    pub const SERVICE_INFO: &str = "RD_SINFO_V2";
+    pub const SERVICE_INFO: &str = "RD_SINFO_V3";
     /// [`super::EndpointKey`] → [`super::EndpointHealth`]: endpoint state.
-    pub const ENDPOINTS: &str = "RD_EP_V2";
+    pub const ENDPOINTS: &str = "RD_EP_V3";
     /// `u32` service id → [`super::SlotTable`]: where connect4 sends a
     /// connect without the proxy (kernel fast path, or fail-open).
-    pub const SLOTS: &str = "RD_SLOTS_V2";
-    /// socket cookie (`u64`) → [`super::SlotConn`]: a connect connect4 sent
-    /// straight to an endpoint, until sock_ops learns how it ended.
-    pub const SLOT_CONNS: &str = "RD_SCONN_V2";
-    /// Ring buffer of [`super::ConnectOutcome`], read by the daemon.
-    pub const OUTCOMES: &str = "RD_OUTCOME_V2";
+    pub const SLOTS: &str = "RD_SLOTS_V3";
+    /// Ring buffer of [`super::ConnectOutcome`] and
+    /// [`super::ConnectOutcome6`], read by the daemon.
+    pub const OUTCOMES: &str = "RD_OUTCOME_V3";
     /// `u32` index 0 → [`super::DnsConfig`]: where the DNS responder
     /// listens, and whether port-53 traffic goes to it.
-    pub const DNS_CONFIG: &str = "RD_DNSCFG_V2";
-    /// [`super::SockKey`] (an app's UDP socket, as the DNS responder sees
+    pub const DNS_CONFIG: &str = "RD_DNSCFG_V3";
+    /// Hash of maps, as [`ORIG_BY_SOCK`]: a namespace → its LRU map of
+    /// [`super::SockKey`] (an app's UDP DNS socket, as the responder sees
     /// its peer) → [`super::OrigDst`] (the nameserver it asked), written by
     /// sendmsg4 and the egress program; read by the UDP responder.
-    pub const DNS_BY_SOCK: &str = "RD_DNSSOCK_V2";
+    pub const DNS_BY_SOCK: &str = "RD_DNSSOCK_V3";
     /// Socket storage ([`super::SockOrig`]): what a socket the hooks
-    /// redirected asked for, for as long as the socket lives.
-    pub const SOCK_ORIG: &str = "RD_SKORIG_V2";
+    /// redirected asked for, in which namespace, and (kernel path) which
+    /// endpoint it went to, for as long as the socket lives.
+    pub const SOCK_ORIG: &str = "RD_SKORIG_V3";
     /// [`super::ServiceKey6`] → [`super::ServiceValue6`]: the IPv6 VIPs to
-    /// redirect (connect6). Added beside the IPv4 maps, so the ABI stays.
-    pub const SERVICES6: &str = "RD_SVC6_V2";
+    /// redirect (connect6).
+    pub const SERVICES6: &str = "RD_SVC6_V3";
     /// `u32` index 0 → [`super::Config6`]: the daemon's IPv6 listeners.
-    pub const CONFIG6: &str = "RD_CFG6_V2";
-    /// [`super::SockAddr6`] (an IPv6 client socket, as the proxy sees its
-    /// peer) → [`super::OrigDst`] (the service's IPv4 VIP:port, the proxy's
-    /// route key), re-keyed by sock_ops from [`ORIG_BY_COOKIE`].
-    pub const ORIG_BY_SOCK6: &str = "RD_OSOCK6_V2";
-    /// Socket storage ([`super::SockOrig6`]): what an IPv6 socket the hooks
-    /// redirected asked for.
-    pub const SOCK_ORIG6: &str = "RD_SKORIG6_V2";
-    /// [`super::SockAddr6`] (an app's IPv6 DNS socket, as the responder
-    /// sees its peer) → [`super::SockAddr6`] (the nameserver it asked):
+    pub const CONFIG6: &str = "RD_CFG6_V3";
+    /// Hash of maps, as [`ORIG_BY_SOCK`], for IPv6 clients: a namespace →
+    /// [`super::SockAddr6`] → [`super::OrigDst`] (the service's IPv4
+    /// VIP:port, the proxy's route key).
+    pub const ORIG_BY_SOCK6: &str = "RD_OSOCK6_V3";
+    /// Socket storage ([`super::SockOrig6`]) of IPv6 sockets.
+    pub const SOCK_ORIG6: &str = "RD_SKORIG6_V3";
+    /// Hash of maps, as [`DNS_BY_SOCK`], for IPv6 DNS sockets: a namespace
+    /// → [`super::SockAddr6`] → [`super::SockAddr6`] (the nameserver),
     /// written by sendmsg6 and the egress program (UDP) and by sock_ops
-    /// (TCP, from [`DNS_BY_COOKIE6`]); read by the responder.
-    pub const DNS_BY_SOCK6: &str = "RD_DNSSOCK6_V2";
-    /// socket cookie (`u64`) → [`super::SockAddr6`]: the nameserver of a
-    /// TCP DNS connect connect6 sent to the responder, until sock_ops
-    /// knows the source port.
-    pub const DNS_BY_COOKIE6: &str = "RD_DCOOKIE6_V2";
+    /// (TCP); read by the responder.
+    pub const DNS_BY_SOCK6: &str = "RD_DNSSOCK6_V3";
     /// `u32` service id → [`super::SlotTable6`]: where connect6 sends a
     /// connect without the proxy; IPv6 endpoints, and IPv4 ones at their
     /// IPv4-mapped address.
-    pub const SLOTS6: &str = "RD_SLOTS6_V2";
-    /// socket cookie (`u64`) → [`super::SlotConn6`]: a connect connect6
-    /// sent straight to an endpoint, until sock_ops learns how it ended.
-    pub const SLOT_CONNS6: &str = "RD_SCONN6_V2";
+    pub const SLOTS6: &str = "RD_SLOTS6_V3";
+    /// Socket storage ([`super::Own`]) on the daemon's own listening
+    /// sockets: which namespace they serve. A listener without it on the
+    /// proxy or DNS port is someone else's, and the hooks leave that
+    /// namespace's traffic alone.
+    pub const OWN: &str = "RD_OWN_V3";
+    /// netns cookie (`u64`) → `u32` ([`super::NS_REPORTED`],
+    /// [`super::NS_SERVED`], [`super::NS_LEFT_ALONE`]): the namespaces the
+    /// daemon knows of (LRU: entries of namespaces long gone age out).
+    pub const NS_KNOWN: &str = "RD_NSKNOWN_V3";
+    /// Ring buffer of [`super::NsEvent`]: a socket made in a namespace the
+    /// daemon does not know yet (sock_create), once per namespace.
+    pub const NS_EVENTS: &str = "RD_NSEVENT_V3";
+    /// [`super::NsId`] → [`super::NsInfo`]: the namespaces the daemon
+    /// serves or leaves alone, for `redirector pods`.
+    pub const NS_INFO: &str = "RD_NSINFO_V3";
 }
 
 /// Program names (the Rust function names in `redirector-ebpf`).
@@ -99,6 +108,8 @@ pub mod program_names {
     pub const RECVMSG6: &str = "recvmsg6";
     /// `cgroup_skb/egress`.
     pub const EGRESS: &str = "rd_egress";
+    /// `cgroup/sock_create`.
+    pub const SOCK_CREATE: &str = "rd_sock_create";
 }
 
 /// Services (VIP:port pairs) the maps hold; also the largest service id.
@@ -153,6 +164,10 @@ const _: () = assert!(core::mem::size_of::<ServiceValue>() == 8);
 /// [`ProxyConfig::flags`]: redirect is on. Cleared, connects proceed to
 /// the VIP untouched.
 pub const PROXY_ENABLED: u32 = 1;
+/// [`ProxyConfig::flags`]: any listener on the proxy address counts as the
+/// proxy, not only the daemon's own (`--datapath-only`: another proxy
+/// listens there, and nothing is recorded for it).
+pub const PROXY_ANY_LISTENER: u32 = 2;
 
 /// Where connect4 sends redirected connects, and how it recognises the
 /// proxy's own sockets (`SO_MARK == mark`) so it never redirects them.
@@ -167,7 +182,7 @@ pub struct ProxyConfig {
     pub _pad: u16,
     /// `SO_MARK` of the daemon's own sockets, which the programs never redirect.
     pub mark: u32,
-    /// [`PROXY_ENABLED`].
+    /// [`PROXY_ENABLED`], [`PROXY_ANY_LISTENER`].
     pub flags: u32,
     /// The daemon that owns the maps, for `redirector endpoints`.
     pub daemon_pid: u32,
@@ -243,27 +258,6 @@ pub struct SlotTable {
 }
 const _: () = assert!(core::mem::size_of::<SlotTable>() == 16 + 8 * MAX_SLOTS);
 
-/// [`SlotConn::flags`]: sock_ops set `TCP_USER_TIMEOUT` for the handshake
-/// and clears it once connected.
-pub const SLOT_CONN_TIMEOUT_SET: u16 = 1;
-
-/// A connect connect4 sent to an endpoint of a slot table.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SlotConn {
-    /// The service the connect was for.
-    pub service_id: u32,
-    /// The endpoint it went to, network order.
-    pub ip_be: u32,
-    /// The endpoint's port, network order.
-    pub port_be: u16,
-    /// [`SLOT_CONN_TIMEOUT_SET`].
-    pub flags: u16,
-    /// From the [`SlotTable`].
-    pub connect_timeout_ms: u32,
-}
-const _: () = assert!(core::mem::size_of::<SlotConn>() == 16);
-
 /// [`ConnectOutcome::kind`]: the handshake completed.
 pub const OUTCOME_CONNECTED: u8 = 1;
 /// [`ConnectOutcome::kind`]: the socket went from SYN_SENT to CLOSE: a
@@ -316,10 +310,24 @@ pub const ORIG_SERVICE: u8 = 1;
 /// [`SockOrig::kind`]: DNS to a nameserver, sent to the DNS responder.
 pub const ORIG_DNS: u8 = 2;
 
+/// [`SockOrig::flags`]: the socket went straight to an endpoint of a slot
+/// table (kernel path or fail-open); sock_ops reports how its connect
+/// ended, for outlier detection.
+pub const SOCK_SLOT: u8 = 1;
+/// [`SockOrig::flags`]: sock_ops set `TCP_USER_TIMEOUT` for the handshake
+/// (the service's connect timeout) and clears it once connected.
+pub const SOCK_TIMEOUT_SET: u8 = 2;
+/// [`SockOrig::flags`]: the connect's outcome was reported.
+pub const SOCK_REPORTED: u8 = 4;
+
 /// Per-socket record of a redirect (socket storage, so it lives and dies
-/// with the socket): the address the app asked for and the one the hook
-/// put in its place. getpeername4 and recvmsg4 show the app `orig` where
-/// the kernel would show `to`, so the redirect stays invisible.
+/// with the socket, and no other socket can touch it): the address the app
+/// asked for and the one the hook put in its place, the namespace of the
+/// daemon socket it was sent to, and for a slot connect the service and
+/// its connect timeout. getpeername4 and recvmsg4 show the app `orig`
+/// where the kernel would show `to`, so the redirect stays invisible;
+/// sock_ops re-keys proxy and TCP DNS connects by their source address
+/// into the namespace's own map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockOrig {
@@ -329,16 +337,137 @@ pub struct SockOrig {
     pub orig_port_be: u16,
     /// [`ORIG_SERVICE`] or [`ORIG_DNS`].
     pub kind: u8,
-    /// Padding; zero.
-    pub _pad: u8,
+    /// [`SOCK_SLOT`], [`SOCK_TIMEOUT_SET`], [`SOCK_REPORTED`].
+    pub flags: u8,
     /// Where the hook sent the socket instead, network order.
     pub to_ip_be: u32,
     /// Its port, network order.
     pub to_port_be: u16,
     /// Padding; zero.
-    pub _pad2: u16,
+    pub _pad: u16,
+    /// The namespace whose daemon socket it was sent to (0 for a slot
+    /// connect).
+    pub ns_id: u64,
+    /// A slot connect's service.
+    pub service_id: u32,
+    /// A slot connect's handshake bound ([`SlotTable::connect_timeout_ms`]).
+    pub connect_timeout_ms: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockOrig>() == 16);
+const _: () = assert!(core::mem::size_of::<SockOrig>() == 32);
+
+/// A network namespace as the maps know it: its netns cookie (Linux ≥
+/// 5.14; else the namespace's inode with the top bit set).
+pub type NsId = u64;
+
+/// [`Own::kind`]: a proxy listener (TCP, 127.0.0.1 or `[::1]`).
+pub const OWN_PROXY: u32 = 1;
+/// [`Own::kind`]: a DNS responder socket (UDP or TCP).
+pub const OWN_DNS: u32 = 2;
+
+/// Socket storage the daemon writes on each of its listening sockets: the
+/// hooks send a namespace's traffic to a socket on the proxy or DNS port
+/// only if it carries this, and record its namespace with what they send.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Own {
+    /// The namespace the socket serves.
+    pub ns_id: NsId,
+    /// [`OWN_PROXY`] or [`OWN_DNS`].
+    pub kind: u32,
+    /// Padding; zero.
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Own>() == 16);
+
+/// [`map_names::NS_KNOWN`]: sock_create reported the namespace.
+pub const NS_REPORTED: u32 = 1;
+/// [`map_names::NS_KNOWN`]: the daemon serves the namespace.
+pub const NS_SERVED: u32 = 2;
+/// [`map_names::NS_KNOWN`]: the namespace's own app holds the proxy or DNS
+/// port, and the hooks leave its traffic alone.
+pub const NS_LEFT_ALONE: u32 = 3;
+
+/// A socket made in a namespace the daemon does not know yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NsEvent {
+    /// The namespace's netns cookie.
+    pub netns_cookie: u64,
+    /// The process that made the socket (its thread group id).
+    pub pid: u32,
+    /// Padding; zero.
+    pub _pad: u32,
+    /// Its cgroup (v2) id.
+    pub cgroup_id: u64,
+}
+const _: () = assert!(core::mem::size_of::<NsEvent>() == 24);
+
+/// [`NsInfo::state`]: the daemon's listeners are up in the namespace.
+pub const NSI_SERVED: u8 = 1;
+/// [`NsInfo::state`]: the namespace's own app holds the proxy or DNS port.
+pub const NSI_LEFT_ALONE: u8 = 2;
+/// [`NsInfo::state`]: the daemon could not serve it (see `detail`).
+pub const NSI_FAILED: u8 = 3;
+/// [`NsInfo::source`]: the node's own namespace (the daemon's).
+pub const NSI_HOST: u8 = 1;
+/// [`NsInfo::source`]: told by the CNI plugin.
+pub const NSI_CNI: u8 = 2;
+/// [`NsInfo::source`]: found by the daemon (a process in the cgroup).
+pub const NSI_FOUND: u8 = 3;
+/// [`NsInfo::listeners`]: the proxy on 127.0.0.1.
+pub const NSI_PROXY4: u8 = 1;
+/// [`NsInfo::listeners`]: the proxy on `[::1]`.
+pub const NSI_PROXY6: u8 = 2;
+/// [`NsInfo::listeners`]: the DNS responder on 127.0.0.1.
+pub const NSI_DNS4: u8 = 4;
+/// [`NsInfo::listeners`]: the DNS responder on `[::1]`.
+pub const NSI_DNS6: u8 = 8;
+/// Bytes of [`NsInfo::pod_namespace`].
+pub const POD_NAMESPACE_LEN: usize = 64;
+/// Bytes of [`NsInfo::pod_name`].
+pub const POD_NAME_LEN: usize = 128;
+/// Bytes of [`NsInfo::detail`].
+pub const NS_DETAIL_LEN: usize = 128;
+
+/// A namespace the daemon serves or leaves alone, for `redirector pods`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NsInfo {
+    /// `NSI_SERVED`, `NSI_LEFT_ALONE` or `NSI_FAILED`.
+    pub state: u8,
+    /// `NSI_HOST`, `NSI_CNI` or `NSI_FOUND`.
+    pub source: u8,
+    /// `NSI_PROXY4` | `NSI_PROXY6` | `NSI_DNS4` | `NSI_DNS6`: what listens.
+    pub listeners: u8,
+    /// Padding; zero.
+    pub _pad: u8,
+    /// App connections the proxy holds from the namespace (updated about
+    /// once a second).
+    pub open_connections: u32,
+    /// How long serving it took (µs), from being told or finding it.
+    pub setup_us: u32,
+    /// A process in the namespace when it was found (0 if told by CNI).
+    pub pid: u32,
+    /// When the daemon began serving it (unix ms).
+    pub since_unix_ms: u64,
+    /// The pod's namespace (from the CNI plugin), NUL-padded.
+    pub pod_namespace: [u8; POD_NAMESPACE_LEN],
+    /// The pod's name (from the CNI plugin), NUL-padded.
+    pub pod_name: [u8; POD_NAME_LEN],
+    /// Why it is left alone or not served, NUL-padded.
+    pub detail: [u8; NS_DETAIL_LEN],
+}
+const _: () = assert!(
+    core::mem::size_of::<NsInfo>() == 24 + POD_NAMESPACE_LEN + POD_NAME_LEN + NS_DETAIL_LEN
+);
+
+/// Namespaces the daemon serves at most (the outer maps' size).
+pub const MAX_NAMESPACES: u32 = 1024;
+/// Entries of each namespace's own maps: connects and DNS sockets in
+/// flight in one namespace.
+pub const NS_INFLIGHT: u32 = 1024;
+/// Bytes of the [`map_names::NS_EVENTS`] ring buffer.
+pub const NS_EVENT_RING_BYTES: u32 = 16 * 1024;
 
 /// An IPv6 VIP and port an app may dial (connect6).
 #[repr(C)]
@@ -395,8 +524,8 @@ pub struct SockAddr6 {
 }
 const _: () = assert!(core::mem::size_of::<SockAddr6>() == 20);
 
-/// [`SockOrig`] for IPv6 sockets (getpeername6). `to` may be an
-/// IPv4-mapped address (kernel path and fail-open to IPv4 endpoints).
+/// [`SockOrig`] for IPv6 sockets. `to` may be an IPv4-mapped address
+/// (kernel path and fail-open to IPv4 endpoints).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SockOrig6 {
@@ -410,14 +539,26 @@ pub struct SockOrig6 {
     pub to_port_be: u16,
     /// [`ORIG_SERVICE`] or [`ORIG_DNS`].
     pub kind: u8,
-    // Scalars, not `[u8; 3]`: zeroing an array compiles to a byte loop
-    // whose pointer arithmetic the verifier refuses without CAP_PERFMON.
+    /// As [`SockOrig::flags`].
+    pub flags: u8,
+    // Scalars, not arrays: zeroing an array compiles to a byte loop whose
+    // pointer arithmetic the verifier refuses without CAP_PERFMON.
     /// Padding; zero.
-    pub _pad: u8,
+    pub _pad: u16,
+    /// As [`SockOrig::ns_id`].
+    pub ns_id: NsId,
+    /// A service connect's IPv4 VIP, network order: the proxy's route key
+    /// (the app dialled the IPv6 VIP, or the IPv4 one at its mapped
+    /// address).
+    pub route_vip_be: u32,
+    /// A slot connect's service.
+    pub service_id: u32,
+    /// A slot connect's handshake bound.
+    pub connect_timeout_ms: u32,
     /// Padding; zero.
-    pub _pad2: u16,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockOrig6>() == 40);
+const _: () = assert!(core::mem::size_of::<SockOrig6>() == 64);
 
 /// One endpoint address in a [`SlotTable6`].
 #[repr(C)]
@@ -454,25 +595,7 @@ pub struct SlotTable6 {
 }
 const _: () = assert!(core::mem::size_of::<SlotTable6>() == 16 + 20 * MAX_SLOTS);
 
-/// [`SlotConn`] for a connect connect6 sent to an entry of a
-/// [`SlotTable6`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SlotConn6 {
-    /// The service the connect was for.
-    pub service_id: u32,
-    /// The endpoint it went to, as `user_ip6` words.
-    pub ip6_be: [u32; 4],
-    /// The endpoint's port, network order.
-    pub port_be: u16,
-    /// [`SLOT_CONN_TIMEOUT_SET`].
-    pub flags: u16,
-    /// From the [`SlotTable6`].
-    pub connect_timeout_ms: u32,
-}
-const _: () = assert!(core::mem::size_of::<SlotConn6>() == 28);
-
-/// [`ConnectOutcome`] of a [`SlotConn6`]. Shares the outcome ring; the
+/// [`ConnectOutcome`] of a kernel-path connect of an IPv6 socket. Shares the outcome ring; the
 /// reader tells the two apart by size (16 and 28 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -661,12 +784,10 @@ mod tests {
         for name in [
             map_names::SERVICES,
             map_names::PROXY_CONFIG,
-            map_names::ORIG_BY_COOKIE,
             map_names::ORIG_BY_SOCK,
             map_names::SERVICE_INFO,
             map_names::ENDPOINTS,
             map_names::SLOTS,
-            map_names::SLOT_CONNS,
             map_names::OUTCOMES,
             map_names::DNS_CONFIG,
             map_names::DNS_BY_SOCK,
@@ -676,9 +797,11 @@ mod tests {
             map_names::ORIG_BY_SOCK6,
             map_names::SOCK_ORIG6,
             map_names::DNS_BY_SOCK6,
-            map_names::DNS_BY_COOKIE6,
             map_names::SLOTS6,
-            map_names::SLOT_CONNS6,
+            map_names::OWN,
+            map_names::NS_KNOWN,
+            map_names::NS_EVENTS,
+            map_names::NS_INFO,
         ] {
             assert!(name.len() <= 15, "{name} exceeds BPF_OBJ_NAME_LEN");
             let suffix = format!("_V{ABI_VERSION}");

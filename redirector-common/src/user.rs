@@ -17,7 +17,6 @@ unsafe impl aya::Pod for ServiceInfo {}
 unsafe impl aya::Pod for EndpointKey {}
 unsafe impl aya::Pod for EndpointHealth {}
 unsafe impl aya::Pod for SlotTable {}
-unsafe impl aya::Pod for SlotConn {}
 unsafe impl aya::Pod for ConnectOutcome {}
 unsafe impl aya::Pod for DnsConfig {}
 unsafe impl aya::Pod for SockOrig {}
@@ -27,7 +26,9 @@ unsafe impl aya::Pod for Config6 {}
 unsafe impl aya::Pod for SockAddr6 {}
 unsafe impl aya::Pod for SockOrig6 {}
 unsafe impl aya::Pod for SlotTable6 {}
-unsafe impl aya::Pod for SlotConn6 {}
+unsafe impl aya::Pod for Own {}
+unsafe impl aya::Pod for NsEvent {}
+unsafe impl aya::Pod for NsInfo {}
 
 /// An IPv4 address in network order, as the kernel's `user_ip4`.
 pub fn ip4_be(ip: Ipv4Addr) -> u32 {

@@ -7,47 +7,53 @@
 //!    impossible.
 //! 2. A service on the kernel fast path goes straight to an endpoint picked
 //!    at random from its slot table (weights are repetitions in the table).
-//!    The cookie is remembered so sock_ops can report how the connect ended.
-//! 3. Otherwise, if the proxy is listening, to the proxy; the original
-//!    destination is stored under the socket cookie (the source port is not
-//!    chosen yet, so `sockops` re-keys it once it is).
-//! 4. The proxy is not listening (the daemon died or was stopped; its
-//!    programs stay attached through pinned links): fail open, straight to an
-//!    endpoint from the slot table the daemon last published, unless the
-//!    proxy's job was TLS origination, or no endpoint is known; then the
-//!    connect fails at once with `EPERM`, rather than going to a VIP that
-//!    routes nowhere (a SYN timeout, minutes later).
+//!    The socket's storage says so, and sock_ops reports how it ended.
+//! 3. Otherwise, if the daemon's proxy listens in the app's network
+//!    namespace, to the proxy; the socket's storage records the VIP:port
+//!    and the namespace the listener serves (sock_ops re-keys it by the
+//!    source address, which is not chosen yet, into that namespace's map).
+//! 4. Someone else's socket holds the proxy port there (a pod's own
+//!    sidecar): the namespace is left alone, the connect untouched. So is
+//!    one the daemon marked left alone (`RD_NSKNOWN_V3`).
+//! 5. Nothing listens (the daemon died or was stopped; its programs stay
+//!    attached through pinned links): fail open, straight to an endpoint
+//!    from the slot table the daemon last published, unless the proxy's job
+//!    was TLS origination, or no endpoint is known; then the connect fails
+//!    at once with `EPERM`, rather than going to a VIP that routes nowhere
+//!    (a SYN timeout, minutes later).
 //!
-//! Every rewrite is also recorded in the socket's storage (`orig.rs`), so
+//! Every rewrite is recorded in the socket's storage (`orig.rs`), so
 //! getpeername4 can show the app the VIP:port it dialled, whichever path
 //! carried the connection.
 //!
 //! Any other connect to port 53 (TCP DNS, and UDP sockets a resolver
 //! connects before sending, as glibc does) goes to the daemon's DNS
-//! responder while it listens (`dns.rs`). TCP DNS is re-keyed by sock_ops
-//! like a proxy connect; a connected UDP socket by the egress program,
-//! since no hook sees its source port before the first datagram.
+//! responder while it listens in the app's namespace (`dns.rs`). TCP DNS
+//! is re-keyed by sock_ops like a proxy connect; a connected UDP socket by
+//! the egress program, since no hook sees its source port before the first
+//! datagram.
 //!
 //! Liveness is asked of the kernel on every connect: a lookup of a TCP
 //! listener on the proxy address in the connecting socket's network
-//! namespace (`bpf_sk_lookup_tcp`). The kernel closes a process's sockets as
-//! it dies, so a `kill -9` takes effect on the next connect, with no
-//! heartbeat to expire and nothing for the dying daemon to do.
+//! namespace (`bpf_sk_lookup_tcp`), which counts only if it carries the
+//! daemon's mark in its storage (`listener.rs`). The kernel closes a
+//! process's sockets as it dies, so a `kill -9` takes effect on the next
+//! connect, with no heartbeat to expire and nothing for the dying daemon
+//! to do.
 
-use aya_ebpf::{
-    bindings::bpf_sock_addr, helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr,
-    programs::SockAddrContext,
-};
+use aya_ebpf::{bindings::bpf_sock_addr, macros::cgroup_sock_addr, programs::SockAddrContext};
 use redirector_common::{
-    ORIG_DNS, ORIG_SERVICE, OrigDst, PROXY_ENABLED, SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceKey,
-    ServiceValue, Slot, SlotConn,
+    ORIG_DNS, ORIG_SERVICE, PROXY_ANY_LISTENER, PROXY_ENABLED, SOCK_SLOT, SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceKey,
+    ServiceValue, Slot,
 };
 
 use crate::{
     dns::{self, DNS_PORT_BE},
-    listener, log,
-    maps::{ORIG_BY_COOKIE, PROXY_CONFIG, SERVICES, SLOT_CONNS},
-    orig, slots,
+    listener::{self, Found},
+    log,
+    maps::{PROXY_CONFIG, SERVICES},
+    orig::{self, NO_SLOT},
+    slots,
 };
 
 /// Let the connect go ahead (rewritten or not).
@@ -103,71 +109,81 @@ fn service(
     if !sk.is_null() && unsafe { (*sk).mark } == cfg.mark {
         return Ok(PROCEED);
     }
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     if svc.flags & SVC_KERNEL_PATH != 0
+        && !listener::left_alone(ctx)
         && let Some(slot) = slots::pick(svc.service_id, key)
     {
-        return Ok(to_endpoint(ctx, sa, key, cookie, svc.service_id, slot));
+        return Ok(to_endpoint(ctx, sa, key, svc.service_id, slot));
     }
-    if listener::listening(ctx, cfg.proxy_ip_be, cfg.proxy_port_be, true) {
-        let orig = OrigDst {
-            vip_be: key.vip_be,
-            port_be: key.port_be,
-            _pad: 0,
-        };
-        log::checked(
-            ctx,
-            "RD_OCOOKIE_V2",
-            ORIG_BY_COOKIE.insert(&cookie, &orig, 0),
-        )?;
-        // Best effort: without it only getpeername() shows the proxy.
-        let _ = orig::record(
-            ctx,
-            ORIG_SERVICE,
-            (key.vip_be, key.port_be),
-            (cfg.proxy_ip_be, cfg.proxy_port_be),
-        );
-        sa.user_ip4 = cfg.proxy_ip_be;
-        sa.user_port = u32::from(cfg.proxy_port_be);
-        return Ok(PROCEED);
+    match listener::find(ctx, cfg.proxy_ip_be, cfg.proxy_port_be, true) {
+        Found::Ours(ns) => {
+            // Without the record the proxy could not route the connect:
+            // then it goes on as the app asked.
+            log::checked(
+                ctx,
+                "RD_SKORIG_V3",
+                orig::record(
+                    ctx,
+                    ORIG_SERVICE,
+                    (key.vip_be, key.port_be),
+                    (cfg.proxy_ip_be, cfg.proxy_port_be),
+                    ns,
+                    NO_SLOT,
+                ),
+            )?;
+            sa.user_ip4 = cfg.proxy_ip_be;
+            sa.user_port = u32::from(cfg.proxy_port_be);
+            Ok(PROCEED)
+        }
+        // Another proxy the daemon redirects to (`--datapath-only`).
+        Found::Foreign if cfg.flags & PROXY_ANY_LISTENER != 0 => {
+            let _ = orig::record(
+                ctx,
+                ORIG_SERVICE,
+                (key.vip_be, key.port_be),
+                (cfg.proxy_ip_be, cfg.proxy_port_be),
+                0,
+                NO_SLOT,
+            );
+            sa.user_ip4 = cfg.proxy_ip_be;
+            sa.user_port = u32::from(cfg.proxy_port_be);
+            Ok(PROCEED)
+        }
+        // Someone else's socket on the proxy port (a pod's own sidecar):
+        // this namespace is left alone.
+        Found::Foreign => Ok(PROCEED),
+        Found::Nothing => {
+            if listener::left_alone(ctx) {
+                return Ok(PROCEED);
+            }
+            if svc.flags & SVC_FAIL_OPEN != 0
+                && let Some(slot) = slots::pick(svc.service_id, key)
+            {
+                return Ok(to_endpoint(ctx, sa, key, svc.service_id, slot));
+            }
+            if svc.flags & SVC_FAIL_OPEN == 0 {
+                log::refused_tls(ctx, key.vip_be, key.port_be);
+            } else {
+                log::refused_no_slots(ctx, key.vip_be, key.port_be, svc.service_id);
+            }
+            Ok(REJECT)
+        }
     }
-    if svc.flags & SVC_FAIL_OPEN != 0
-        && let Some(slot) = slots::pick(svc.service_id, key)
-    {
-        return Ok(to_endpoint(ctx, sa, key, cookie, svc.service_id, slot));
-    }
-    if svc.flags & SVC_FAIL_OPEN == 0 {
-        log::refused_tls(ctx, key.vip_be, key.port_be);
-    } else {
-        log::refused_no_slots(ctx, key.vip_be, key.port_be, svc.service_id);
-    }
-    Ok(REJECT)
 }
 
 /// A connect to port 53: to the DNS responder, if it is there to answer.
+/// TCP is re-keyed by sock_ops, a connected UDP socket by the egress
+/// program, both from the record made here.
 fn to_dns(ctx: &SockAddrContext, sa: &mut bpf_sock_addr, tcp: bool) -> Result<i32, i64> {
-    let Some(dns) = dns::responder(ctx, tcp) else {
+    let Some((dns, ns)) = dns::responder(ctx, tcp) else {
         return Ok(PROCEED);
     };
     let to = (dns.responder_ip_be, dns.responder_port_be);
-    if tcp {
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-        let orig = OrigDst {
-            vip_be: sa.user_ip4,
-            port_be: DNS_PORT_BE,
-            _pad: 0,
-        };
-        log::checked(
-            ctx,
-            "RD_OCOOKIE_V2",
-            ORIG_BY_COOKIE.insert(&cookie, &orig, 0),
-        )?;
-        let _ = orig::record(ctx, ORIG_DNS, (sa.user_ip4, DNS_PORT_BE), to);
-    } else {
-        // The record is how the responder will learn the nameserver (the
-        // egress program reads it), so without it the socket is left alone.
-        orig::record(ctx, ORIG_DNS, (sa.user_ip4, DNS_PORT_BE), to)?;
-    }
+    log::checked(
+        ctx,
+        "RD_SKORIG_V3",
+        orig::record(ctx, ORIG_DNS, (sa.user_ip4, DNS_PORT_BE), to, ns, NO_SLOT),
+    )?;
     sa.user_ip4 = to.0;
     sa.user_port = u32::from(to.1);
     Ok(PROCEED)
@@ -177,24 +193,21 @@ fn to_endpoint(
     ctx: &SockAddrContext,
     sa: &mut bpf_sock_addr,
     key: &ServiceKey,
-    cookie: u64,
     service_id: u32,
     (slot, connect_timeout_ms): (Slot, u32),
 ) -> i32 {
-    let conn = SlotConn {
-        service_id,
-        ip_be: slot.ip_be,
-        port_be: slot.port_be,
-        flags: 0,
-        connect_timeout_ms,
-    };
-    // Best effort: without the entry the connect still goes, unreported.
-    let _ = SLOT_CONNS.insert(&cookie, &conn, 0);
+    // Best effort: without the record the connect still goes, unreported.
     let _ = orig::record(
         ctx,
         ORIG_SERVICE,
         (key.vip_be, key.port_be),
         (slot.ip_be, slot.port_be),
+        0,
+        orig::Slot {
+            service_id,
+            connect_timeout_ms,
+            flags: SOCK_SLOT,
+        },
     );
     sa.user_ip4 = slot.ip_be;
     sa.user_port = u32::from(slot.port_be);

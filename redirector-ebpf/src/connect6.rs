@@ -5,14 +5,15 @@
 //!
 //! The service's IPv4 VIP:port ([`ServiceValue6::vip4_be`]) is what the
 //! proxy routes by and what the slot table is checked against, so it is
-//! the original destination recorded under the socket cookie (sock_ops
-//! re-keys it by the socket's IPv6 address). The slot table is the
-//! service's IPv6 one (`RD_SLOTS6_V2`): IPv6 endpoints, and IPv4 ones at
+//! recorded in the socket's storage beside the IPv6 VIP the app dialled
+//! (sock_ops re-keys it by the socket's IPv6 address into the namespace's
+//! map). The slot table is the
+//! service's IPv6 one (`RD_SLOTS6_V3`): IPv6 endpoints, and IPv4 ones at
 //! their IPv4-mapped address (`::ffff:a.b.c.d`), as Cilium's socket load
 //! balancer does; a socket with `IPV6_V6ONLY` cannot reach those, and gets
 //! the kernel's `ENETUNREACH` (never on the proxy path, which is why the
 //! proxy listens on `[::1]` rather than at `::ffff:127.0.0.1`). Kernel-path
-//! connects are remembered in `RD_SCONN6_V2` for sock_ops' outcome report.
+//! connects are marked in the socket's storage for sock_ops' outcome report.
 //!
 //! A connect to an IPv4 VIP at its IPv4-mapped address (`::ffff:a.b.c.d`,
 //! a dual-stack socket, as Java's are) is served the same way from the
@@ -20,25 +21,22 @@
 //!
 //! Any other connect to port 53 goes to the DNS responder's `[::1]`
 //! sockets while they listen, as in connect4: a connected UDP socket is
-//! re-keyed by the egress program, a TCP one by sock_ops (from
-//! [`DNS_BY_COOKIE6`], since the cookie map's values are IPv4).
+//! re-keyed by the egress program, a TCP one by sock_ops, both from the
+//! socket's storage.
 
-use aya_ebpf::{
-    bindings::bpf_sock_addr, helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr,
-    programs::SockAddrContext,
-};
+use aya_ebpf::{bindings::bpf_sock_addr, macros::cgroup_sock_addr, programs::SockAddrContext};
 use redirector_common::{
-    ORIG_DNS, ORIG_SERVICE, OrigDst, PROXY_ENABLED, SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceKey,
-    ServiceKey6, ServiceValue6, Slot6, SlotConn6, SockAddr6, v4_mapped,
+    ORIG_DNS, ORIG_SERVICE, PROXY_ANY_LISTENER, PROXY_ENABLED, SOCK_SLOT, SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceKey,
+    ServiceKey6, ServiceValue6, Slot6, v4_mapped,
 };
 
 use crate::{
     dns::{self, DNS_PORT_BE},
-    listener, log,
-    maps::{
-        CONFIG6, DNS_BY_COOKIE6, ORIG_BY_COOKIE, PROXY_CONFIG, SERVICES, SERVICES6, SLOT_CONNS6,
-    },
-    orig, slots,
+    listener::{self, Found},
+    log,
+    maps::{CONFIG6, PROXY_CONFIG, SERVICES, SERVICES6},
+    orig::{self, NO_SLOT},
+    slots,
 };
 
 /// Let the connect go ahead (rewritten or not).
@@ -111,23 +109,14 @@ fn try_connect6(ctx: &SockAddrContext) -> i32 {
 
 /// A connect to port 53: to the DNS responder, if it is there to answer.
 fn to_dns(ctx: &SockAddrContext, sa: &mut bpf_sock_addr, key: &ServiceKey6, tcp: bool) -> i32 {
-    let Some(to) = dns::responder6(ctx, tcp) else {
+    let Some((to, ns)) = dns::responder6(ctx, tcp) else {
         return PROCEED;
     };
     let nameserver = (key.vip6_be, DNS_PORT_BE);
-    if tcp {
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-        let ns = SockAddr6 {
-            ip6_be: key.vip6_be,
-            port_be: DNS_PORT_BE,
-            _pad: 0,
-        };
-        if DNS_BY_COOKIE6.insert(&cookie, &ns, 0).is_err() {
-            return PROCEED;
-        }
-        let _ = orig::record6(ctx, ORIG_DNS, nameserver, to);
-    } else if orig::record6(ctx, ORIG_DNS, nameserver, to).is_err() {
-        // The egress program learns the nameserver from this record.
+    // The record is how sock_ops (TCP) or the egress program (UDP) tell
+    // the responder the nameserver: without it the socket is left alone.
+    if let Err(e) = orig::record6(ctx, ORIG_DNS, nameserver, to, ns, 0, NO_SLOT) {
+        log::map_update_failed(ctx, "RD_SKORIG6_V3", e);
         return PROCEED;
     }
     set_dst(sa, to.0, to.1);
@@ -156,71 +145,93 @@ fn service(
         port_be: key.port_be,
         _pad: 0,
     };
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     if svc.flags & SVC_KERNEL_PATH != 0
+        && !listener::left_alone(ctx)
         && let Some(slot) = slots::pick6(svc.service_id, &route)
     {
-        return to_endpoint(ctx, sa, key, cookie, svc.service_id, slot);
+        return to_endpoint(ctx, sa, key, &route, svc.service_id, slot);
     }
-    let proxy_ip6 = CONFIG6.get(0).map(|c| c.proxy_ip6_be);
-    if let Some(proxy_ip6) = proxy_ip6
-        && proxy_ip6 != [0; 4]
-        && listener::listening6(ctx, proxy_ip6, cfg.proxy_port_be, true)
-    {
-        let orig = OrigDst {
-            vip_be: route.vip_be,
-            port_be: route.port_be,
-            _pad: 0,
-        };
-        if let Err(e) = ORIG_BY_COOKIE.insert(&cookie, &orig, 0) {
-            log::map_update_failed(ctx, "RD_OCOOKIE_V2", e.into());
-            return PROCEED;
-        }
-        // Best effort: without it only getpeername() shows the proxy.
-        let _ = orig::record6(
-            ctx,
-            ORIG_SERVICE,
-            (key.vip6_be, key.port_be),
-            (proxy_ip6, cfg.proxy_port_be),
-        );
-        set_dst(sa, proxy_ip6, cfg.proxy_port_be);
-        return PROCEED;
-    }
-    if svc.flags & SVC_FAIL_OPEN != 0
-        && let Some(slot) = slots::pick6(svc.service_id, &route)
-    {
-        return to_endpoint(ctx, sa, key, cookie, svc.service_id, slot);
-    }
-    if svc.flags & SVC_FAIL_OPEN == 0 {
-        log::refused_tls(ctx, route.vip_be, route.port_be);
+    let proxy_ip6 = CONFIG6.get(0).map_or([0; 4], |c| c.proxy_ip6_be);
+    let found = if proxy_ip6 == [0; 4] {
+        Found::Nothing
     } else {
-        log::refused_no_slots(ctx, route.vip_be, route.port_be, svc.service_id);
+        listener::find6(ctx, proxy_ip6, cfg.proxy_port_be, true)
+    };
+    match found {
+        Found::Ours(ns) => {
+            let recorded = orig::record6(
+                ctx,
+                ORIG_SERVICE,
+                (key.vip6_be, key.port_be),
+                (proxy_ip6, cfg.proxy_port_be),
+                ns,
+                route.vip_be,
+                NO_SLOT,
+            );
+            // Without the record the proxy could not route the connect:
+            // then it goes on as the app asked.
+            if let Err(e) = recorded {
+                log::map_update_failed(ctx, "RD_SKORIG6_V3", e);
+                return PROCEED;
+            }
+            set_dst(sa, proxy_ip6, cfg.proxy_port_be);
+            PROCEED
+        }
+        // Another proxy the daemon redirects to (`--datapath-only`).
+        Found::Foreign if cfg.flags & PROXY_ANY_LISTENER != 0 => {
+            let _ = orig::record6(
+                ctx,
+                ORIG_SERVICE,
+                (key.vip6_be, key.port_be),
+                (proxy_ip6, cfg.proxy_port_be),
+                0,
+                route.vip_be,
+                NO_SLOT,
+            );
+            set_dst(sa, proxy_ip6, cfg.proxy_port_be);
+            PROCEED
+        }
+        Found::Foreign => PROCEED,
+        Found::Nothing => {
+            if listener::left_alone(ctx) {
+                return PROCEED;
+            }
+            if svc.flags & SVC_FAIL_OPEN != 0
+                && let Some(slot) = slots::pick6(svc.service_id, &route)
+            {
+                return to_endpoint(ctx, sa, key, &route, svc.service_id, slot);
+            }
+            if svc.flags & SVC_FAIL_OPEN == 0 {
+                log::refused_tls(ctx, route.vip_be, route.port_be);
+            } else {
+                log::refused_no_slots(ctx, route.vip_be, route.port_be, svc.service_id);
+            }
+            REJECT
+        }
     }
-    REJECT
 }
 
 fn to_endpoint(
     ctx: &SockAddrContext,
     sa: &mut bpf_sock_addr,
     key: &ServiceKey6,
-    cookie: u64,
+    route: &ServiceKey,
     service_id: u32,
     (slot, connect_timeout_ms): (Slot6, u32),
 ) -> i32 {
-    let conn = SlotConn6 {
-        service_id,
-        ip6_be: slot.ip6_be,
-        port_be: slot.port_be,
-        flags: 0,
-        connect_timeout_ms,
-    };
-    // Best effort: without the entry the connect still goes, unreported.
-    let _ = SLOT_CONNS6.insert(&cookie, &conn, 0);
+    // Best effort: without the record the connect still goes, unreported.
     let _ = orig::record6(
         ctx,
         ORIG_SERVICE,
         (key.vip6_be, key.port_be),
         (slot.ip6_be, slot.port_be),
+        0,
+        route.vip_be,
+        orig::Slot {
+            service_id,
+            connect_timeout_ms,
+            flags: SOCK_SLOT,
+        },
     );
     set_dst(sa, slot.ip6_be, slot.port_be);
     PROCEED

@@ -3,22 +3,24 @@
 //! (unconnected UDP).
 
 use aya_ebpf::programs::SockAddrContext;
-use redirector_common::{DNS_ENABLED, DnsConfig};
+use redirector_common::{DNS_ENABLED, DnsConfig, NsId};
 
 use crate::{
-    listener,
+    listener::{self, Found},
     maps::{CONFIG6, DNS_CONFIG, PROXY_CONFIG},
 };
 
 /// Port 53 as the hooks see it (network order).
 pub(crate) const DNS_PORT_BE: u16 = 53u16.to_be();
 
-/// The responder, if this socket's port-53 traffic should go to it: capture
-/// is on, the socket is not one of the daemon's own (its upstream queries
-/// carry the proxy's mark), and the responder is there to answer in this
-/// socket's network namespace. Otherwise DNS goes where the app sent it,
-/// so a dead daemon costs apps their configured names, nothing more.
-pub(crate) fn responder(ctx: &SockAddrContext, tcp: bool) -> Option<DnsConfig> {
+/// The responder, and the namespace it serves, if this socket's port-53
+/// traffic should go to it: capture is on, the socket is not one of the
+/// daemon's own (its upstream queries carry the proxy's mark), and the
+/// daemon's responder is there to answer in this socket's network
+/// namespace. Otherwise DNS goes where the app sent it, so a dead daemon
+/// costs apps their configured names, nothing more, and a namespace whose
+/// own app holds the port keeps its DNS to itself.
+pub(crate) fn responder(ctx: &SockAddrContext, tcp: bool) -> Option<(DnsConfig, NsId)> {
     let cfg = *DNS_CONFIG.get(0)?;
     if cfg.flags & DNS_ENABLED == 0 {
         return None;
@@ -28,12 +30,15 @@ pub(crate) fn responder(ctx: &SockAddrContext, tcp: bool) -> Option<DnsConfig> {
     if sk.is_null() || unsafe { (*sk).mark } == mark {
         return None;
     }
-    listener::listening(ctx, cfg.responder_ip_be, cfg.responder_port_be, tcp).then_some(cfg)
+    match listener::find(ctx, cfg.responder_ip_be, cfg.responder_port_be, tcp) {
+        Found::Ours(ns) => Some((cfg, ns)),
+        Found::Foreign | Found::Nothing => None,
+    }
 }
 
 /// [`responder`] for an IPv6 socket: the responder's `[::1]` address and
-/// port, if it listens there.
-pub(crate) fn responder6(ctx: &SockAddrContext, tcp: bool) -> Option<([u32; 4], u16)> {
+/// port, and its namespace, if it listens there.
+pub(crate) fn responder6(ctx: &SockAddrContext, tcp: bool) -> Option<(([u32; 4], u16), NsId)> {
     let cfg = *DNS_CONFIG.get(0)?;
     if cfg.flags & DNS_ENABLED == 0 {
         return None;
@@ -47,6 +52,8 @@ pub(crate) fn responder6(ctx: &SockAddrContext, tcp: bool) -> Option<([u32; 4], 
     if sk.is_null() || unsafe { (*sk).mark } == mark {
         return None;
     }
-    listener::listening6(ctx, ip6, cfg.responder_port_be, tcp)
-        .then_some((ip6, cfg.responder_port_be))
+    match listener::find6(ctx, ip6, cfg.responder_port_be, tcp) {
+        Found::Ours(ns) => Some(((ip6, cfg.responder_port_be), ns)),
+        Found::Foreign | Found::Nothing => None,
+    }
 }

@@ -7,8 +7,9 @@
 //! connected socket runs no sendmsg hook. Its first datagram is the first
 //! moment the port is known and still ahead of the responder (this runs in
 //! the sender's context, before the packet is queued), so the nameserver
-//! from the socket's storage is stored here under the source address, where
-//! the UDP responder looks it up.
+//! from the socket's storage is stored here under the source address, in
+//! the map of the namespace whose responder it was sent to (also in the
+//! storage), where the UDP responder looks it up.
 //!
 //! It runs for every packet of the cgroup, so the first test (is this
 //! socket connected to the responder?) uses socket fields the context
@@ -74,6 +75,9 @@ fn try_egress(ctx: &SkBuffContext) -> Result<(), i64> {
     if rec.kind != ORIG_DNS {
         return Ok(());
     }
+    let Some(by_sock) = (unsafe { DNS_BY_SOCK.get(&rec.ns_id) }) else {
+        return Ok(());
+    };
     let key = SockKey {
         ip_be: skb.local_ip4,
         // Host order, unlike remote_port.
@@ -85,11 +89,7 @@ fn try_egress(ctx: &SkBuffContext) -> Result<(), i64> {
         port_be: rec.orig_port_be,
         _pad: 0,
     };
-    log::checked(
-        ctx,
-        "RD_DNSSOCK_V2",
-        DNS_BY_SOCK.insert(&key, &nameserver, 0),
-    )?;
+    log::checked(ctx, "RD_DNSSOCK_V3", by_sock.insert(&key, &nameserver, 0))?;
     Ok(())
 }
 
@@ -139,6 +139,9 @@ fn egress6(skb: &__sk_buff, flags: u32) -> Result<(), i64> {
             core::ptr::read_volatile(&raw const skb.local_ip6[3]),
         ]
     };
+    let Some(by_sock) = (unsafe { DNS_BY_SOCK6.get(&rec.ns_id) }) else {
+        return Ok(());
+    };
     let key = SockAddr6 {
         ip6_be: local,
         // Host order, unlike remote_port.
@@ -150,6 +153,6 @@ fn egress6(skb: &__sk_buff, flags: u32) -> Result<(), i64> {
         port_be: rec.orig_port_be,
         _pad: 0,
     };
-    DNS_BY_SOCK6.insert(&key, &nameserver, 0)?;
+    by_sock.insert(&key, &nameserver, 0)?;
     Ok(())
 }

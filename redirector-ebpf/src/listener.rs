@@ -1,13 +1,31 @@
-//! Whether a daemon listener exists in the calling socket's network
-//! namespace: asked of the kernel per call (`bpf_sk_lookup_*`), so a dead
-//! daemon's listeners stop drawing traffic the moment the kernel closes
-//! them, with nothing to expire.
+//! Whether one of the daemon's own sockets listens (or, UDP, is bound) at
+//! an address in the calling socket's network namespace: asked of the
+//! kernel per call (`bpf_sk_lookup_*`, then the socket's [`OWN`] storage,
+//! which only the daemon writes). So a dead daemon's listeners stop
+//! drawing traffic the moment the kernel closes them, with nothing to
+//! expire, and a socket someone else bound on the port (a pod's own app,
+//! an Istio sidecar) draws nothing: that namespace is left alone.
 
 use aya_ebpf::{
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple},
-    helpers::{bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release},
+    helpers::{bpf_get_netns_cookie, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release,
+        bpf_sk_storage_get},
     programs::SockAddrContext,
 };
+use redirector_common::{NS_LEFT_ALONE, NsId, Own};
+
+use crate::maps::{NS_KNOWN, OWN};
+
+/// What listens at an address.
+#[derive(Clone, Copy)]
+pub(crate) enum Found {
+    /// Nothing: no daemon serves this namespace now.
+    Nothing,
+    /// A socket that is not the daemon's: leave this namespace alone.
+    Foreign,
+    /// The daemon's, serving the namespace it names.
+    Ours(NsId),
+}
 
 /// `bpf_sock_tuple`'s IPv4 member, the only part the lookups read.
 #[repr(C)]
@@ -29,7 +47,7 @@ struct Ipv6Tuple {
 
 /// A TCP listener, or a UDP socket bound, on `ip_be:port_be`. A zero
 /// source never matches a connected socket, so only those can answer.
-pub(crate) fn listening(ctx: &SockAddrContext, ip_be: u32, port_be: u16, tcp: bool) -> bool {
+pub(crate) fn find(ctx: &SockAddrContext, ip_be: u32, port_be: u16, tcp: bool) -> Found {
     let mut tuple = Ipv4Tuple {
         saddr: 0,
         daddr: ip_be,
@@ -44,8 +62,8 @@ pub(crate) fn listening(ctx: &SockAddrContext, ip_be: u32, port_be: u16, tcp: bo
     )
 }
 
-/// [`listening`] on an IPv6 address (`user_ip6` words).
-pub(crate) fn listening6(ctx: &SockAddrContext, ip6_be: [u32; 4], port_be: u16, tcp: bool) -> bool {
+/// [`find`] on an IPv6 address (`user_ip6` words).
+pub(crate) fn find6(ctx: &SockAddrContext, ip6_be: [u32; 4], port_be: u16, tcp: bool) -> Found {
     // Written word by word: a zeroed array literal compiles to a memset
     // loop whose pointer arithmetic the verifier refuses without
     // CAP_PERFMON (the DaemonSet grants CAP_BPF and CAP_NET_ADMIN only).
@@ -63,7 +81,7 @@ pub(crate) fn listening6(ctx: &SockAddrContext, ip6_be: [u32; 4], port_be: u16, 
 }
 
 #[inline(always)]
-fn lookup(ctx: &SockAddrContext, tuple_ptr: *mut bpf_sock_tuple, size: u32, tcp: bool) -> bool {
+fn lookup(ctx: &SockAddrContext, tuple_ptr: *mut bpf_sock_tuple, size: u32, tcp: bool) -> Found {
     let netns = BPF_F_CURRENT_NETNS as u64;
     let sk = unsafe {
         if tcp {
@@ -73,8 +91,22 @@ fn lookup(ctx: &SockAddrContext, tuple_ptr: *mut bpf_sock_tuple, size: u32, tcp:
         }
     };
     if sk.is_null() {
-        return false;
+        return Found::Nothing;
     }
+    let map = (&raw const OWN).cast_mut().cast();
+    let own = unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) }.cast::<Own>();
+    let found = if own.is_null() {
+        Found::Foreign
+    } else {
+        Found::Ours(unsafe { (*own).ns_id })
+    };
     unsafe { bpf_sk_release(sk.cast()) };
-    true
+    found
+}
+
+/// Whether the daemon leaves the caller's namespace alone (its own app
+/// held the proxy or DNS port when the daemon came to serve it).
+pub(crate) fn left_alone(ctx: &SockAddrContext) -> bool {
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    matches!(unsafe { NS_KNOWN.get(&cookie) }, Some(&NS_LEFT_ALONE))
 }

@@ -5,7 +5,8 @@
 //! The kernel does the minimum (look up, rewrite, record); every decision
 //! about endpoints and names stays in userspace. One file per hook
 //! (`connect4`, `connect6`, `sendmsg4`, `sendmsg6`, `recvmsg4`,
-//! `recvmsg6`, `getpeername4`, `getpeername6`, `sockops`, `egress`); `dns`, `listener`, `log`, `orig`
+//! `recvmsg6`, `getpeername4`, `getpeername6`, `sockops`, `egress`,
+//! `sock_create`); `dns`, `listener`, `log`, `orig`
 //! and `slots` are shared by several.
 #![no_std]
 #![no_main]
@@ -25,6 +26,7 @@ mod recvmsg6;
 mod sendmsg4;
 mod sendmsg6;
 mod slots;
+mod sock_create;
 mod sockops;
 
 #[cfg(not(test))]

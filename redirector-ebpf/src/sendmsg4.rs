@@ -4,7 +4,7 @@
 //! The responder must know which nameserver the app asked, and only sees
 //! the datagram's source address. That is known here (the kernel binds an
 //! unbound socket before this hook runs), so the nameserver is stored under
-//! it ([`DNS_BY_SOCK`]), and in the socket's storage for recvmsg4, which
+//! it in the namespace's own map ([`DNS_BY_SOCK`]), and in the socket's storage for recvmsg4, which
 //! shows the responder's reply as coming from that nameserver. A socket
 //! that talks to several nameservers is matched with the last one it asked.
 
@@ -15,7 +15,7 @@ use crate::{
     dns::{self, DNS_PORT_BE},
     log,
     maps::DNS_BY_SOCK,
-    orig,
+    orig::{self, NO_SLOT},
 };
 
 /// Let the datagram go (rewritten or not).
@@ -33,7 +33,7 @@ fn try_sendmsg4(ctx: &SockAddrContext) -> Result<i32, i64> {
     if sa.user_port as u16 != DNS_PORT_BE {
         return Ok(PROCEED);
     }
-    let Some(dns) = dns::responder(ctx, false) else {
+    let Some((dns, ns)) = dns::responder(ctx, false) else {
         return Ok(PROCEED);
     };
     let sk = unsafe { sa.__bindgen_anon_1.sk };
@@ -45,6 +45,11 @@ fn try_sendmsg4(ctx: &SockAddrContext) -> Result<i32, i64> {
     if src_port == 0 {
         return Ok(PROCEED);
     }
+    // The namespace's own map: without one (the daemon is setting the
+    // namespace up or letting it go) the datagram goes where it was sent.
+    let Some(by_sock) = (unsafe { DNS_BY_SOCK.get(&ns) }) else {
+        return Ok(PROCEED);
+    };
     // The source the datagram will carry: one the app chose (bound address
     // or IP_PKTINFO), else what the kernel picks towards the responder's
     // loopback address, which is that address.
@@ -63,16 +68,14 @@ fn try_sendmsg4(ctx: &SockAddrContext) -> Result<i32, i64> {
         port_be: DNS_PORT_BE,
         _pad: 0,
     };
-    log::checked(
-        ctx,
-        "RD_DNSSOCK_V2",
-        DNS_BY_SOCK.insert(&key, &nameserver, 0),
-    )?;
+    log::checked(ctx, "RD_DNSSOCK_V3", by_sock.insert(&key, &nameserver, 0))?;
     orig::record(
         ctx,
         ORIG_DNS,
         (sa.user_ip4, DNS_PORT_BE),
         (dns.responder_ip_be, dns.responder_port_be),
+        ns,
+        NO_SLOT,
     )?;
     sa.user_ip4 = dns.responder_ip_be;
     sa.user_port = u32::from(dns.responder_port_be);

@@ -1,8 +1,9 @@
 //! `cgroup/sendmsg6`: sendmsg4 for IPv6 sockets. A datagram an
 //! unconnected UDP socket sends to port 53 goes to the responder's
-//! `[::1]` socket, while it listens; the nameserver is stored under the
-//! datagram's source address ([`DNS_BY_SOCK6`]) for the responder, and in
-//! the socket's storage for recvmsg6.
+//! `[::1]` socket, while it listens in the socket's namespace; the
+//! nameserver is stored under the datagram's source address in the
+//! namespace's own map ([`DNS_BY_SOCK6`]) for the responder, and in the
+//! socket's storage for recvmsg6.
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 use redirector_common::{ORIG_DNS, SockAddr6};
@@ -10,7 +11,7 @@ use redirector_common::{ORIG_DNS, SockAddr6};
 use crate::{
     dns::{self, DNS_PORT_BE},
     maps::DNS_BY_SOCK6,
-    orig,
+    orig::{self, NO_SLOT},
 };
 
 /// Let the datagram go (rewritten or not).
@@ -28,7 +29,7 @@ fn try_sendmsg6(ctx: &SockAddrContext) -> Result<i32, i64> {
     if sa.user_port as u16 != DNS_PORT_BE {
         return Ok(PROCEED);
     }
-    let Some((responder_ip6, responder_port_be)) = dns::responder6(ctx, false) else {
+    let Some(((responder_ip6, responder_port_be), ns)) = dns::responder6(ctx, false) else {
         return Ok(PROCEED);
     };
     let sk = unsafe { sa.__bindgen_anon_1.sk };
@@ -40,6 +41,9 @@ fn try_sendmsg6(ctx: &SockAddrContext) -> Result<i32, i64> {
     if src_port == 0 {
         return Ok(PROCEED);
     }
+    let Some(by_sock) = (unsafe { DNS_BY_SOCK6.get(&ns) }) else {
+        return Ok(PROCEED);
+    };
     let nameserver_ip6 = [
         sa.user_ip6[0],
         sa.user_ip6[1],
@@ -70,12 +74,15 @@ fn try_sendmsg6(ctx: &SockAddrContext) -> Result<i32, i64> {
         port_be: DNS_PORT_BE,
         _pad: 0,
     };
-    DNS_BY_SOCK6.insert(&key, &nameserver, 0)?;
+    by_sock.insert(&key, &nameserver, 0)?;
     orig::record6(
         ctx,
         ORIG_DNS,
         (nameserver_ip6, DNS_PORT_BE),
         (responder_ip6, responder_port_be),
+        ns,
+        0,
+        NO_SLOT,
     )?;
     sa.user_ip6[0] = responder_ip6[0];
     sa.user_ip6[1] = responder_ip6[1];

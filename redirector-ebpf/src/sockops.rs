@@ -1,15 +1,16 @@
 //! `sock_ops`: two jobs on client sockets of the attached cgroup.
 //!
 //! Proxy path: when a redirected socket sends its SYN, its source port is
-//! known; re-key the original destination by that address (IPv4 or IPv6,
-//! in a map per family) so the proxy,
-//! which only sees its peer address on accept, can find it.
+//! known; the original destination connect4 put in the socket's storage
+//! goes into the map of the namespace whose listener it was sent to, keyed
+//! by that address (IPv4 or IPv6, a map per family), so the proxy, which
+//! only sees its peer address on accept, can find it.
 //! `TCP_CONNECT_CB` runs inside `connect()` before the SYN leaves, so the
 //! entry exists before the proxy can possibly accept the connection.
 //!
 //! Kernel path: report how each connect connect4 sent straight to an
-//! endpoint ended, so outlier detection in the daemon sees those endpoints
-//! fail. `ACTIVE_ESTABLISHED_CB` is a success. A failure (refused,
+//! endpoint ended (the socket's storage says which), so outlier detection
+//! in the daemon sees those endpoints fail. `ACTIVE_ESTABLISHED_CB` is a success. A failure (refused,
 //! unreachable, SYN retries exhausted) is the socket going from SYN_SENT to
 //! CLOSE, which only `STATE_CB` shows, and the kernel calls that only for
 //! sockets that ask: so at `TCP_CONNECT_CB` those sockets, and only those,
@@ -28,21 +29,18 @@ use aya_ebpf::{
         BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
         BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
     },
-    helpers::{bpf_get_socket_cookie, bpf_getsockopt, bpf_setsockopt},
+    helpers::{bpf_getsockopt, bpf_setsockopt, bpf_sk_storage_get},
     macros::sock_ops,
     programs::SockOpsContext,
 };
 use redirector_common::{
-    ConnectOutcome, ConnectOutcome6, OUTCOME_CONNECTED, OUTCOME_FAILED, SLOT_CONN_TIMEOUT_SET,
-    SockAddr6, SockKey,
+    ConnectOutcome, ConnectOutcome6, ORIG_DNS, ORIG_SERVICE, OUTCOME_CONNECTED, OUTCOME_FAILED,
+    OrigDst, SOCK_REPORTED, SOCK_SLOT, SOCK_TIMEOUT_SET, SockAddr6, SockKey, SockOrig, SockOrig6,
 };
 
 use crate::{
     log,
-    maps::{
-        DNS_BY_COOKIE6, DNS_BY_SOCK6, ORIG_BY_COOKIE, ORIG_BY_SOCK, ORIG_BY_SOCK6, OUTCOMES,
-        SLOT_CONNS, SLOT_CONNS6,
-    },
+    maps::{DNS_BY_SOCK6, ORIG_BY_SOCK, ORIG_BY_SOCK6, OUTCOMES, SOCK_ORIG, SOCK_ORIG6},
 };
 
 const AF_INET: u32 = 2;
@@ -63,84 +61,117 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<(), i64> {
         return Ok(());
     }
     match ctx.op() {
-        BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(ctx),
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_end(ctx, OUTCOME_CONNECTED),
+        BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(ctx, family),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_end(ctx, family, OUTCOME_CONNECTED),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(0) == BPF_TCP_SYN_SENT && ctx.arg(1) == BPF_TCP_CLOSE => {
-            on_end(ctx, OUTCOME_FAILED)
+            on_end(ctx, family, OUTCOME_FAILED)
         }
         _ => Ok(()),
     }
 }
 
-fn cookie(ctx: &SockOpsContext) -> u64 {
-    unsafe { bpf_get_socket_cookie(ctx.ops.cast()) }
+/// The socket's storage in `map` (`RD_SKORIG_V3` or `RD_SKORIG6_V3`), if
+/// a hook wrote one.
+fn storage<T>(ctx: &SockOpsContext, map: *const core::ffi::c_void) -> Option<*mut T> {
+    let sk = unsafe { core::ptr::read_volatile(&raw const (*ctx.ops).__bindgen_anon_2.sk) };
+    if sk.is_null() {
+        return None;
+    }
+    let p = unsafe { bpf_sk_storage_get(map.cast_mut(), sk.cast(), core::ptr::null_mut(), 0) };
+    (!p.is_null()).then_some(p.cast())
 }
 
-fn on_connect(ctx: &SockOpsContext) -> Result<(), i64> {
-    let cookie = cookie(ctx);
-    if let Some(orig) = unsafe { ORIG_BY_COOKIE.get(&cookie) } {
-        let orig = *orig;
-        // local_port is in host order, unlike every other port in the ctx.
-        let port_be = (ctx.local_port() as u16).to_be();
-        if ctx.family() == AF_INET6 {
-            // connect6 recorded it: an IPv6 client of the proxy's [::1]
-            // listener.
-            let key = SockAddr6 {
-                ip6_be: local_ip6(ctx),
-                port_be,
-                _pad: 0,
-            };
-            log::checked(ctx, "RD_OSOCK6_V2", ORIG_BY_SOCK6.insert(&key, &orig, 0))?;
-        } else {
-            let key = SockKey {
-                ip_be: ctx.local_ip4(),
-                port_be,
-                _pad: 0,
-            };
-            log::checked(ctx, "RD_OSOCK_V2", ORIG_BY_SOCK.insert(&key, &orig, 0))?;
+/// The peer's port (network order) as `bpf_sock_ops` holds it: in the
+/// upper 16 bits on little-endian machines.
+fn remote_port_be(ctx: &SockOpsContext) -> u16 {
+    (ctx.remote_port() >> 16) as u16
+}
+
+fn on_connect(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
+    // local_port is in host order, unlike every other port in the ctx.
+    let local_port_be = (ctx.local_port() as u16).to_be();
+    if family == AF_INET6 {
+        let Some(rec) = storage::<SockOrig6>(ctx, (&raw const SOCK_ORIG6).cast()) else {
+            return Ok(());
+        };
+        let r = unsafe { *rec };
+        // A record of an earlier connect of this socket is not this one's.
+        let remote = remote_ip6(ctx);
+        if r.to_port_be != remote_port_be(ctx) || r.to_ip6_be != remote {
+            return Ok(());
         }
-        ORIG_BY_COOKIE.remove(&cookie)?;
-        return Ok(());
-    }
-    if ctx.family() == AF_INET6
-        && let Some(ns) = unsafe { DNS_BY_COOKIE6.get(&cookie) }
-    {
-        // TCP DNS over IPv6 (connect6): the responder looks the
-        // nameserver up by its peer address.
-        let ns = *ns;
+        if r.flags & SOCK_SLOT != 0 {
+            return slot_connect(ctx, r.connect_timeout_ms, unsafe { &mut (*rec).flags });
+        }
         let key = SockAddr6 {
             ip6_be: local_ip6(ctx),
-            port_be: (ctx.local_port() as u16).to_be(),
+            port_be: local_port_be,
             _pad: 0,
         };
-        DNS_BY_SOCK6.insert(&key, &ns, 0)?;
-        DNS_BY_COOKIE6.remove(&cookie)?;
-        return Ok(());
-    }
-    if ctx.family() == AF_INET6
-        && let Some(conn) = unsafe { SLOT_CONNS6.get(&cookie) }
-    {
-        let mut conn = *conn;
-        ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)?;
-        if conn.connect_timeout_ms != 0 && user_timeout(ctx) == Some(0) {
-            let ms = conn.connect_timeout_ms.min(i32::MAX as u32) as i32;
-            if set_user_timeout(ctx, ms) {
-                conn.flags |= SLOT_CONN_TIMEOUT_SET;
-                SLOT_CONNS6.insert(&cookie, &conn, 0)?;
-            }
+        if r.kind == ORIG_SERVICE {
+            // connect6 recorded it: an IPv6 client of the proxy's [::1]
+            // listener, routed by the service's IPv4 VIP.
+            let orig = OrigDst {
+                vip_be: r.route_vip_be,
+                port_be: r.orig_port_be,
+                _pad: 0,
+            };
+            let Some(map) = (unsafe { ORIG_BY_SOCK6.get(&r.ns_id) }) else {
+                return Ok(());
+            };
+            log::checked(ctx, "RD_OSOCK6_V3", map.insert(&key, &orig, 0))?;
+        } else if r.kind == ORIG_DNS {
+            // TCP DNS over IPv6: the responder looks the nameserver up by
+            // its peer address.
+            let ns = SockAddr6 {
+                ip6_be: r.orig_ip6_be,
+                port_be: r.orig_port_be,
+                _pad: 0,
+            };
+            let Some(map) = (unsafe { DNS_BY_SOCK6.get(&r.ns_id) }) else {
+                return Ok(());
+            };
+            log::checked(ctx, "RD_DNSSOCK6_V3", map.insert(&key, &ns, 0))?;
         }
         return Ok(());
     }
-    let Some(conn) = (unsafe { SLOT_CONNS.get(&cookie) }) else {
+    let Some(rec) = storage::<SockOrig>(ctx, (&raw const SOCK_ORIG).cast()) else {
         return Ok(());
     };
-    let mut conn = *conn;
+    let r = unsafe { *rec };
+    if r.to_ip_be != ctx.remote_ip4() || r.to_port_be != remote_port_be(ctx) {
+        return Ok(());
+    }
+    if r.flags & SOCK_SLOT != 0 {
+        return slot_connect(ctx, r.connect_timeout_ms, unsafe { &mut (*rec).flags });
+    }
+    // A proxy connect, or TCP DNS: the proxy and the responder both take
+    // the original destination by their peer's address.
+    let key = SockKey {
+        ip_be: ctx.local_ip4(),
+        port_be: local_port_be,
+        _pad: 0,
+    };
+    let orig = OrigDst {
+        vip_be: r.orig_ip_be,
+        port_be: r.orig_port_be,
+        _pad: 0,
+    };
+    let Some(map) = (unsafe { ORIG_BY_SOCK.get(&r.ns_id) }) else {
+        return Ok(());
+    };
+    log::checked(ctx, "RD_OSOCK_V3", map.insert(&key, &orig, 0))?;
+    Ok(())
+}
+
+/// A slot connect starts: its end is reported, and the handshake is
+/// bounded by the service's connect timeout unless the app set one.
+fn slot_connect(ctx: &SockOpsContext, connect_timeout_ms: u32, flags: &mut u8) -> Result<(), i64> {
     ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)?;
-    if conn.connect_timeout_ms != 0 && user_timeout(ctx) == Some(0) {
-        let ms = conn.connect_timeout_ms.min(i32::MAX as u32) as i32;
+    if connect_timeout_ms != 0 && user_timeout(ctx) == Some(0) {
+        let ms = connect_timeout_ms.min(i32::MAX as u32) as i32;
         if set_user_timeout(ctx, ms) {
-            conn.flags |= SLOT_CONN_TIMEOUT_SET;
-            SLOT_CONNS.insert(&cookie, &conn, 0)?;
+            *flags |= SOCK_TIMEOUT_SET;
         }
     }
     Ok(())
@@ -158,6 +189,19 @@ fn local_ip6(ctx: &SockOpsContext) -> [u32; 4] {
             core::ptr::read_volatile(&raw const (*ops).local_ip6[1]),
             core::ptr::read_volatile(&raw const (*ops).local_ip6[2]),
             core::ptr::read_volatile(&raw const (*ops).local_ip6[3]),
+        ]
+    }
+}
+
+/// The peer's IPv6 address, as [`local_ip6`].
+fn remote_ip6(ctx: &SockOpsContext) -> [u32; 4] {
+    let ops = ctx.ops;
+    unsafe {
+        [
+            core::ptr::read_volatile(&raw const (*ops).remote_ip6[0]),
+            core::ptr::read_volatile(&raw const (*ops).remote_ip6[1]),
+            core::ptr::read_volatile(&raw const (*ops).remote_ip6[2]),
+            core::ptr::read_volatile(&raw const (*ops).remote_ip6[3]),
         ]
     }
 }
@@ -190,44 +234,61 @@ fn set_user_timeout(ctx: &SockOpsContext, ms: i32) -> bool {
     rc == 0
 }
 
-fn on_end(ctx: &SockOpsContext, kind: u8) -> Result<(), i64> {
-    let cookie = cookie(ctx);
+/// A slot connect ended: report it once. A socket the app closed while
+/// its SYN was unanswered (no segment in, none retransmitted) tells
+/// nothing about the endpoint, and is not reported: otherwise any app
+/// could eject a healthy endpoint for everyone by opening and closing
+/// connects.
+fn on_end(ctx: &SockOpsContext, family: u32, kind: u8) -> Result<(), i64> {
     let syn_retrans = if kind == OUTCOME_FAILED {
         unsafe { (*ctx.ops).total_retrans }
     } else {
         0
     };
-    if ctx.family() == AF_INET6
-        && let Some(conn) = unsafe { SLOT_CONNS6.get(&cookie) }
-    {
-        let conn = *conn;
-        SLOT_CONNS6.remove(&cookie)?;
-        let outcome = ConnectOutcome6 {
-            service_id: conn.service_id,
-            ip6_be: conn.ip6_be,
-            port_be: conn.port_be,
+    let answered = unsafe { (*ctx.ops).segs_in } != 0;
+    let report = kind == OUTCOME_CONNECTED || syn_retrans != 0 || answered;
+    if family == AF_INET6 {
+        let Some(rec) = storage::<SockOrig6>(ctx, (&raw const SOCK_ORIG6).cast()) else {
+            return Ok(());
+        };
+        let r = unsafe { *rec };
+        if r.flags & SOCK_SLOT == 0 || r.flags & SOCK_REPORTED != 0 {
+            return Ok(());
+        }
+        unsafe { (*rec).flags = r.flags | SOCK_REPORTED };
+        if report {
+            let outcome = ConnectOutcome6 {
+                service_id: r.service_id,
+                ip6_be: r.to_ip6_be,
+                port_be: r.to_port_be,
+                kind,
+                _pad: 0,
+                syn_retrans,
+            };
+            let _ = OUTCOMES.output::<ConnectOutcome6>(&outcome, u64::from(wakeup(kind)));
+        }
+        return after_outcome(ctx, kind, r.flags);
+    }
+    let Some(rec) = storage::<SockOrig>(ctx, (&raw const SOCK_ORIG).cast()) else {
+        return Ok(());
+    };
+    let r = unsafe { *rec };
+    if r.flags & SOCK_SLOT == 0 || r.flags & SOCK_REPORTED != 0 {
+        return Ok(());
+    }
+    unsafe { (*rec).flags = r.flags | SOCK_REPORTED };
+    if report {
+        let outcome = ConnectOutcome {
+            service_id: r.service_id,
+            ip_be: r.to_ip_be,
+            port_be: r.to_port_be,
             kind,
             _pad: 0,
             syn_retrans,
         };
-        let _ = OUTCOMES.output::<ConnectOutcome6>(&outcome, u64::from(wakeup(kind)));
-        return after_outcome(ctx, kind, conn.flags);
+        let _ = OUTCOMES.output::<ConnectOutcome>(&outcome, u64::from(wakeup(kind)));
     }
-    let Some(conn) = (unsafe { SLOT_CONNS.get(&cookie) }) else {
-        return Ok(());
-    };
-    let conn = *conn;
-    SLOT_CONNS.remove(&cookie)?;
-    let outcome = ConnectOutcome {
-        service_id: conn.service_id,
-        ip_be: conn.ip_be,
-        port_be: conn.port_be,
-        kind,
-        _pad: 0,
-        syn_retrans,
-    };
-    let _ = OUTCOMES.output::<ConnectOutcome>(&outcome, u64::from(wakeup(kind)));
-    after_outcome(ctx, kind, conn.flags)
+    after_outcome(ctx, kind, r.flags)
 }
 
 /// A full ring (the daemon is gone or behind) loses the outcome, never
@@ -243,9 +304,9 @@ fn wakeup(kind: u8) -> u32 {
     }
 }
 
-fn after_outcome(ctx: &SockOpsContext, kind: u8, flags: u16) -> Result<(), i64> {
+fn after_outcome(ctx: &SockOpsContext, kind: u8, flags: u8) -> Result<(), i64> {
     if kind == OUTCOME_CONNECTED {
-        if flags & SLOT_CONN_TIMEOUT_SET != 0 {
+        if flags & SOCK_TIMEOUT_SET != 0 {
             set_user_timeout(ctx, 0);
         }
         // Nothing more to learn from this socket's state changes.

@@ -17,10 +17,14 @@
 //! connects without the proxy, for the next daemon to take over;
 //! `redirector cleanup` removes it.
 
+mod cni_socket;
+mod discover;
 mod lifecycle;
 mod listeners;
+mod pods;
 
 use std::{
+    os::fd::AsFd as _,
     path::PathBuf,
     sync::{Arc, RwLock},
     time::Duration,
@@ -33,13 +37,14 @@ use tokio::{
     sync::Notify,
 };
 use tokio_util::task::AbortOnDropHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     admin::{self, Admin, Dump},
     config::{Config, NodeSettings},
-    datapath::{self, BpfError, Datapath, DatapathOptions, PinError, service_entries},
+    datapath::{self, BpfError, Datapath, DatapathOptions, NsMaps, PinError, service_entries},
     handover,
+    netns::{Helper, Sockets},
     metrics::Metrics,
     privs,
     proxy::{
@@ -64,6 +69,23 @@ pub(crate) struct RunOptions {
     pub(crate) take_over: bool,
     /// Where readiness is kept for `redirector ready` (see `admin.rs`).
     pub(crate) ready_file: Option<PathBuf>,
+    /// Where the CNI plugin reaches the daemon; default: see
+    /// [`cni_socket_path`].
+    pub(crate) cni_socket: Option<PathBuf>,
+}
+
+/// Where the daemon listens for the CNI plugin unless told: the plugin's
+/// default for the default pin directory, else beside the pin directory's
+/// lock, so daemons with pin directories of their own never meet.
+fn cni_socket_path(opts: &RunOptions, node: &Node) -> PathBuf {
+    if let Some(path) = &opts.cni_socket {
+        return path.clone();
+    }
+    if node.pin_dir == std::path::Path::new(state::DEFAULT_PIN_DIR) {
+        PathBuf::from(crate::cni::protocol::DEFAULT_SOCKET)
+    } else {
+        datapath::handover_path(&node.pin_dir).with_extension("cni")
+    }
 }
 
 /// The longest start-up waits for endpoint names' first DNS answers
@@ -103,8 +125,14 @@ struct Running {
     /// Wakes the health publisher when a cluster changes.
     notify: Arc<Notify>,
     datapath: Arc<Datapath>,
-    serving: listeners::Serving,
-    /// The health publisher, the DNS responders and the outcome reader.
+    /// Every network namespace served: the node's and the pods'.
+    pods: Arc<pods::Pods>,
+    /// The node's own sockets for a successor (admin, CNI), and where
+    /// successors ask.
+    kept: handover::Listening,
+    successors: handover::Server,
+    /// The health publisher, the outcome and kernel-log readers, pod
+    /// discovery, the CNI socket and `redirector pods`' publisher.
     tasks: Vec<AbortOnDropHandle<()>>,
     admin: Arc<Admin>,
     admin_task: Option<AbortOnDropHandle<()>>,
@@ -122,6 +150,9 @@ impl Running {
         admin: Arc<Admin>,
         metrics: Metrics,
     ) -> anyhow::Result<Self> {
+        // While the daemon still may: the helper that enters pods'
+        // namespaces for it keeps the capabilities this process drops.
+        let helper = spawn_helper();
         let notify = Arc::new(Notify::new());
         let current = Generation::build(config, node, &notify, None, &metrics)?;
         let routes: Routes = Arc::new(RwLock::new(Arc::new(route::build(
@@ -153,6 +184,7 @@ impl Running {
             &mut handed,
             admin,
             metrics,
+            helper,
         )
         .await;
         if started.is_err() {
@@ -162,7 +194,8 @@ impl Running {
     }
 
     /// From a loaded datapath to ready: listeners (bound or handed over),
-    /// maps filled, tasks started, programs attached, privileges dropped.
+    /// in the node's namespace and every pod's, maps filled, tasks
+    /// started, programs attached, privileges dropped.
     #[allow(clippy::too_many_arguments)]
     async fn serve(
         opts: RunOptions,
@@ -174,37 +207,72 @@ impl Running {
         handed: &mut Option<handover::Handed>,
         admin: Arc<Admin>,
         metrics: Metrics,
+        helper: Option<Arc<Helper>>,
     ) -> anyhow::Result<Self> {
         // The routes exist before the listeners: once they are bound,
         // programs a previous daemon left attached send connects to them.
         // A predecessor's listeners, handed over, never stopped listening.
-        let set = listeners::ListenerSet::bind_or_adopt(&current.node, handed).await?;
-        let admin_listener = listeners::admin(&current.node, handed).await?;
+        let node = &current.node;
+        let set = listeners::ListenerSet::bind_or_adopt(node, handed, None, &Sockets::Here).await?;
+        let admin_listener = listeners::admin(node, handed).await?;
+        let cni_path = cni_socket_path(&opts, node);
+        let cni_listener = match (&helper, handed.as_mut().and_then(|h| h.take_cni())) {
+            (None, _) => None,
+            (Some(_), Some(fd)) => Some(cni_socket::adopt(fd)?),
+            (Some(_), None) => Some(cni_socket::bind(&cni_path).with_context(|| {
+                format!("binding the CNI plugin's socket {}", cni_path.display())
+            })?),
+        };
+        let mut kept = handover::Listening::default();
+        if let Some(l) = &admin_listener {
+            listeners::keep_admin_for_handover(l, &mut kept)?;
+        }
+        if let Some(l) = &cni_listener {
+            kept.add(handover::Kind::Cni, l.as_fd())
+                .context("keeping the CNI socket for a handover")?;
+        }
+        // The node's own namespace: the predecessor's maps if it handed
+        // them over (what it recorded stays findable), else new ones.
+        let host_id = {
+            let host = std::fs::File::open("/proc/self/ns/net")?;
+            crate::netns::ns_id(set.any_socket(), host.as_fd())?
+        };
+        let (host_maps, handed_maps) = match handed.as_mut().map(|h| h.take_maps(host_id)) {
+            Some(Some(fds)) => (NsMaps::from_fds(fds)?, true),
+            _ => (NsMaps::create()?, false),
+        };
+        let pods = Arc::new(pods::Pods::new(pods::Ctx {
+            datapath: datapath.clone(),
+            helper,
+            node: node.clone(),
+            routes: routes.clone(),
+            services: services.clone(),
+            metrics: metrics.clone(),
+        })?);
+        pods.add_host(set, host_maps, handed_maps).await?;
+        let adopted = pods.adopt(handed).await;
+        if adopted > 0 {
+            info!(pods = adopted, "took over the pods the previous daemon served");
+        }
         // What was handed and is not wanted here (the ports changed) closes.
         handed.take();
-        let mut listening = handover::Listening::default();
-        set.keep_for_handover(&mut listening)?;
-        if let Some(l) = &admin_listener {
-            listeners::keep_admin_for_handover(l, &mut listening)?;
-        }
-        let successors = handover::Server::bind(datapath::handover_path(&current.node.pin_dir))?;
+        let successors = handover::Server::bind(datapath::handover_path(&node.pin_dir))?;
         let admin_task = admin_listener.map(|l| serve_admin(l, &admin));
         datapath.set_services(&service_entries(&current.config.services))?;
         sync::publish_all(datapath, &services);
-        let drain = proxy::Drain::default();
-        let (accept, mut tasks) = set.serve(datapath, &routes, &services, &drain);
-        tasks.push(AbortOnDropHandle::new(tokio::spawn(sync::publish(
+        let mut tasks = vec![AbortOnDropHandle::new(tokio::spawn(sync::publish(
             datapath.clone(),
             services.clone(),
             notify.clone(),
-        ))));
+        )))];
         if let Some(logs) = datapath.take_kernel_logs() {
             tasks.push(AbortOnDropHandle::new(tokio::spawn(logs.run())));
         }
         if let Some(reader) = datapath.take_outcomes()? {
-            tasks.push(AbortOnDropHandle::new(tokio::spawn(
-                sync::consume_outcomes(reader, services.clone()),
-            )));
+            tasks.push(AbortOnDropHandle::new(tokio::spawn(sync::consume_outcomes(
+                reader,
+                services.clone(),
+            ))));
         }
         datapath.attach()?;
         for s in &current.config.services {
@@ -219,6 +287,29 @@ impl Running {
                  nameserver each app asked (responder {addr})"
             );
         }
+        if pods.ctx().helper.is_some() {
+            // The pods already running are served before the daemon says it
+            // is ready; those that come later are found as they start.
+            discover::Discovery::default()
+                .scan(&pods, &current.node.cgroup)
+                .await;
+            pods.forget_stale().await;
+            tasks.push(AbortOnDropHandle::new(tokio::spawn(discover::run(
+                pods.clone(),
+                current.node.cgroup.clone(),
+                datapath.take_ns_events()?,
+            ))));
+            if let Some(listener) = cni_listener {
+                info!(socket = %cni_path.display(), "CNI plugin socket: pods are served as they are created");
+                tasks.push(AbortOnDropHandle::new(tokio::spawn(cni_socket::serve(
+                    listener,
+                    pods.clone(),
+                ))));
+            }
+        }
+        tasks.push(AbortOnDropHandle::new(tokio::spawn(publish_pods(
+            pods.clone(),
+        ))));
         let dump = Arc::new(Dump::new(&current.config, &current.node, services.clone()));
         admin.set_config_dump(dump.clone());
         let events = lifecycle::Events::new(&opts, &current)?;
@@ -231,12 +322,9 @@ impl Running {
             routes,
             notify,
             datapath: datapath.clone(),
-            serving: listeners::Serving {
-                accept,
-                drain,
-                listening,
-                successors,
-            },
+            pods,
+            kept,
+            successors,
             tasks,
             admin,
             admin_task,
@@ -244,6 +332,39 @@ impl Running {
             metrics,
             events: Some(events),
         })
+    }
+}
+
+/// The netns helper (see `netns.rs`), if this process may start one that
+/// enters other namespaces; without, only the node's own namespace is
+/// served.
+fn spawn_helper() -> Option<Arc<Helper>> {
+    let caps = crate::sys::effective_caps().unwrap_or(0);
+    if !crate::sys::has_cap(caps, crate::sys::CAP_SYS_ADMIN) {
+        info!(
+            "pods in network namespaces of their own are not served: entering them takes \
+             CAP_SYS_ADMIN, which this process lacks (apps in the node's namespace are served)"
+        );
+        return None;
+    }
+    match Helper::spawn() {
+        Ok(helper) => {
+            info!(pid = helper.pid(), "netns helper started");
+            Some(Arc::new(helper))
+        }
+        Err(e) => {
+            warn!("pods in network namespaces of their own are not served: {e}");
+            None
+        }
+    }
+}
+
+/// Keeps `redirector pods`' entries (open connections) fresh.
+async fn publish_pods(pods: Arc<pods::Pods>) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        pods.publish_all().await;
     }
 }
 
@@ -274,6 +395,7 @@ async fn load_datapath(
         proxy6: Some(std::net::Ipv6Addr::LOCALHOST),
         dns6: Some(std::net::Ipv6Addr::LOCALHOST),
         kernel_log_level: datapath::kernel_log_level(),
+        any_listener: opts.datapath_only,
     };
     let (datapath, handed) = match Datapath::load(options()) {
         Err(BpfError::Pins(PinError::InUse { pid, .. })) if opts.take_over => {

@@ -96,6 +96,10 @@ pub(crate) struct RunArgs {
     /// (for `redirector ready`: a readiness probe of this daemon, not of whichever holds the port).
     #[arg(long, env = "REDIRECTOR_READY_FILE")]
     pub(crate) ready_file: Option<PathBuf>,
+    /// Unix socket where the CNI plugin tells the daemon about pods
+    /// [default: /run/redirector/cni.sock with the default --pin-dir, else one beside the pin-dir lock].
+    #[arg(long, env = "REDIRECTOR_CNI_SOCKET")]
+    pub(crate) cni_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -57,32 +57,36 @@
 //! daemon reads for outlier detection (see `health.rs`).
 
 mod encode;
+mod events;
 mod load;
 mod logs;
-mod lookup;
 mod maps;
+mod namespaces;
 mod outcomes;
 mod pins;
 mod slots;
 
 use std::{
-    net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    net::{Ipv6Addr, SocketAddrV4},
+    os::fd::AsRawFd,
     path::PathBuf,
     sync::Mutex,
 };
 
 use aya::{maps::MapError, programs::ProgramError, programs::links::LinkError};
-use redirector_common::EndpointHealth;
+use redirector_common::{EndpointHealth, NsId, NsInfo, Own};
 use tracing::info;
 
 pub(crate) use encode::{ServiceMapEntry, endpoint_entries, has_slots, service_entries};
+pub(crate) use events::NsEvents;
+pub(crate) use namespaces::{MapSpec, NsMaps};
 pub(crate) use load::check_privileges;
 pub(crate) use logs::{KernelLogs, level as kernel_log_level};
 pub(crate) use outcomes::{KernelOutcome, OutcomeReader};
 pub(crate) use pins::{PinError, PinnedState, cleanup, handover_path};
 pub(crate) use slots::{table as slot_table, table6 as slot_table6};
 
-use self::{load::Loaded, lookup::Lookups, maps::Maps};
+use self::{load::Loaded, maps::Maps};
 
 /// `SO_MARK` of the proxy's upstream sockets; connect4 leaves them alone.
 pub(crate) const PROXY_MARK: u32 = 0x5244_0001;
@@ -171,6 +175,9 @@ pub(crate) struct DatapathOptions {
     pub(crate) dns6: Option<Ipv6Addr>,
     /// What the programs log (aya-log's level, 0: nothing); see `logs.rs`.
     pub(crate) kernel_log_level: u8,
+    /// Any listener on the proxy address is the proxy (`--datapath-only`:
+    /// another proxy listens there), not only the daemon's own sockets.
+    pub(crate) any_listener: bool,
 }
 
 /// The loaded datapath: the programs and their pins (until released),
@@ -180,8 +187,8 @@ pub(crate) struct Datapath {
     /// `None` once released or handed over.
     loaded: Mutex<Option<Loaded>>,
     maps: Mutex<Maps>,
-    lookups: Mutex<Lookups>,
     outcomes: Mutex<Option<aya::maps::RingBuf<aya::maps::MapData>>>,
+    ns_events: Mutex<Option<aya::maps::RingBuf<aya::maps::MapData>>>,
     logs: Mutex<Option<KernelLogs>>,
     previous_pid: Option<u32>,
 }
@@ -195,16 +202,16 @@ impl Datapath {
         let load::Opened {
             loaded,
             maps,
-            lookups,
             outcomes,
+            ns_events,
             logs,
             previous_pid,
         } = load::open(opts)?;
         Ok(Self {
             loaded: Mutex::new(Some(loaded)),
             maps: Mutex::new(maps),
-            lookups: Mutex::new(lookups),
             outcomes: Mutex::new(Some(outcomes)),
+            ns_events: Mutex::new(Some(ns_events)),
             logs: Mutex::new(logs),
             previous_pid,
         })
@@ -270,44 +277,58 @@ impl Datapath {
         loaded.attach(self.previous_pid)
     }
 
-    /// The VIP:port a redirected connection from `peer` was meant for.
-    /// Consumes the entry: each connection is accepted once.
-    pub(crate) fn take_original_destination(&self, peer: SocketAddrV4) -> Option<SocketAddrV4> {
-        self.lookups
+    /// Puts namespace `ns`'s own maps in the outer maps: from now on the
+    /// kernel records there what it sends to the daemon's sockets of `ns`.
+    pub(crate) fn serve_namespace(&self, ns: NsId, maps: &NsMaps) -> Result<(), BpfError> {
+        self.maps
             .lock()
-            .expect("lookups lock")
-            .take_original_destination(peer)
+            .expect("maps lock")
+            .serve_namespace(ns, maps)
     }
 
-    /// [`Self::take_original_destination`] for a client of the proxy's
-    /// IPv6 listener: the service's IPv4 VIP:port, which the routes are
-    /// keyed by (connect6 recorded it; the app dialled the IPv6 VIP).
-    pub(crate) fn take_original_destination6(&self, peer: SocketAddrV6) -> Option<SocketAddrV4> {
-        self.lookups
-            .lock()
-            .expect("lookups lock")
-            .take_original_destination6(peer)
+    /// Takes namespace `ns`'s maps and display entry out.
+    pub(crate) fn forget_namespace(&self, ns: NsId) -> Result<(), BpfError> {
+        self.maps.lock().expect("maps lock").forget_namespace(ns)
     }
 
-    /// The nameserver the app socket at `peer` sent its DNS query to, as
-    /// sendmsg4 or the egress program recorded it. Not consumed: a socket
-    /// sends many queries (the LRU map forgets sockets long gone).
-    pub(crate) fn dns_nameserver(&self, peer: SocketAddrV4) -> Option<SocketAddrV4> {
-        self.lookups
-            .lock()
-            .expect("lookups lock")
-            .dns_nameserver(peer)
+    /// The namespaces a previous daemon left in the maps.
+    pub(crate) fn namespaces(&self) -> Vec<NsId> {
+        self.maps.lock().expect("maps lock").namespaces()
     }
 
-    /// [`Self::dns_nameserver`] for an app's IPv6 DNS socket (sendmsg6,
-    /// the egress program, or for TCP sock_ops recorded it); `take`
-    /// removes the entry (TCP: each connection is accepted once). An
-    /// IPv4-mapped nameserver comes back as IPv4.
-    pub(crate) fn dns_nameserver6(&self, peer: SocketAddrV6, take: bool) -> Option<SocketAddr> {
-        self.lookups
+    /// Marks `socket` (a listener or the responder's UDP socket) as the
+    /// daemon's own, serving namespace `ns` as `kind` (`OWN_PROXY`,
+    /// `OWN_DNS`): only such sockets draw a namespace's traffic.
+    pub(crate) fn own(&self, socket: &impl AsRawFd, ns: NsId, kind: u32) -> Result<(), BpfError> {
+        self.maps.lock().expect("maps lock").own(
+            socket,
+            Own {
+                ns_id: ns,
+                kind,
+                _pad: 0,
+            },
+        )
+    }
+
+    /// Tells the kernel what the daemon knows of the namespace with netns
+    /// cookie `cookie` (`NS_SERVED`, `NS_LEFT_ALONE`; `None` forgets it,
+    /// so its next socket reports it again).
+    pub(crate) fn set_known(&self, cookie: u64, state: Option<u32>) -> Result<(), BpfError> {
+        self.maps
             .lock()
-            .expect("lookups lock")
-            .dns_nameserver6(peer, take)
+            .expect("maps lock")
+            .set_known(cookie, state)
+    }
+
+    /// Writes `redirector pods`' entry for namespace `ns`.
+    pub(crate) fn set_ns_info(&self, ns: NsId, info: &NsInfo) -> Result<(), BpfError> {
+        self.maps.lock().expect("maps lock").set_ns_info(ns, info)
+    }
+
+    /// The reader of namespace events; there is one.
+    pub(crate) fn take_ns_events(&self) -> Result<Option<NsEvents>, BpfError> {
+        let ring = self.ns_events.lock().expect("ns events lock").take();
+        ring.map(NsEvents::new).transpose()
     }
 
     /// The reader of kernel-path connect outcomes; there is one.

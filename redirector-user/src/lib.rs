@@ -60,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 drain_timeout: args.drain_timeout,
                 take_over: args.take_over,
                 ready_file: args.ready_file,
+                cni_socket: args.cni_socket,
             }))
         }
         Command::Check(args) => check::run(&args.config, &args.node.to_settings()),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -93,6 +93,13 @@ pub(crate) struct Metrics {
     /// Config reloads applied, and rejected (the running config stayed).
     pub(crate) config_reloads: Counter,
     pub(crate) config_reload_rejections: Counter,
+    /// Pods' network namespaces served now, and left alone (their own app
+    /// holds the proxy or DNS port).
+    pub(crate) pods_served: Gauge,
+    pub(crate) pods_left_alone: Gauge,
+    /// How long serving a pod's namespace took, from being told of it (CNI)
+    /// or finding it, to its listeners being up.
+    pub(crate) pod_setup_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -118,6 +125,11 @@ impl Metrics {
             dns_failures: Family::default(),
             config_reloads: Counter::default(),
             config_reload_rejections: Counter::default(),
+            pods_served: Gauge::default(),
+            pods_left_alone: Gauge::default(),
+            pod_setup_seconds: Histogram::new(
+                [0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0].into_iter(),
+            ),
         };
         let r = registry.sub_registry_with_prefix("redirector");
         // Counters get their `_total` suffix from the encoder.
@@ -182,6 +194,21 @@ impl Metrics {
             "config_reload_rejections",
             "Config reloads rejected (invalid file; the running config stayed in force)",
             m.config_reload_rejections.clone(),
+        );
+        r.register(
+            "pods_served",
+            "Pods' network namespaces the daemon serves now (listeners up in each)",
+            m.pods_served.clone(),
+        );
+        r.register(
+            "pods_left_alone",
+            "Pods' network namespaces left alone (their own app holds the proxy or DNS port)",
+            m.pods_left_alone.clone(),
+        );
+        r.register(
+            "pod_setup_seconds",
+            "Time from being told of a pod (CNI) or finding it to its listeners being up",
+            m.pod_setup_seconds.clone(),
         );
         m
     }

@@ -27,35 +27,23 @@ pub(crate) mod helper;
 
 use std::{
     io,
-    net::SocketAddr,
+    net::{SocketAddr, SocketAddrV4},
     os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
+use redirector_common::NsId;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::datapath::NsMaps;
 pub(crate) use helper::{Helper, HelperError, SockKind};
-
-/// A network namespace's identity in the maps and the daemon: its netns
-/// cookie (`SO_NETNS_COOKIE`, Linux ≥ 5.14), which the kernel never reuses;
-/// on older kernels its inode with the top bit set, which is unique while
-/// the namespace lives (the daemon holds it open while it serves it).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(transparent)]
-pub(crate) struct NsId(pub(crate) u64);
-
-impl std::fmt::Display for NsId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:#x}", self.0)
-    }
-}
 
 /// `SO_NETNS_COOKIE` (asm-generic/socket.h).
 const SO_NETNS_COOKIE: libc::c_int = 71;
 
-/// The identity of the namespace `socket` belongs to; `ns_fd` is that
-/// namespace, for its inode when the kernel has no netns cookies.
-pub(crate) fn ns_id(socket: BorrowedFd<'_>, ns_fd: BorrowedFd<'_>) -> io::Result<NsId> {
+/// The netns cookie of the namespace `socket` belongs to (Linux ≥ 5.14),
+/// which the kernel never reuses; `None` on a kernel without them.
+pub(crate) fn cookie(socket: BorrowedFd<'_>) -> io::Result<Option<u64>> {
     let mut cookie: u64 = 0;
     let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
@@ -68,14 +56,25 @@ pub(crate) fn ns_id(socket: BorrowedFd<'_>, ns_fd: BorrowedFd<'_>) -> io::Result
             &raw mut len,
         )
     };
-    if r == 0 && cookie != 0 {
-        return Ok(NsId(cookie));
+    if r == 0 {
+        return Ok(Some(cookie));
     }
     let err = io::Error::last_os_error();
-    if r != 0 && err.raw_os_error() != Some(libc::ENOPROTOOPT) {
-        return Err(err);
+    if err.raw_os_error() == Some(libc::ENOPROTOOPT) {
+        return Ok(None);
     }
-    Ok(NsId(inode(ns_fd)? | 1 << 63))
+    Err(err)
+}
+
+/// The identity of the namespace `socket` belongs to, in the maps and the
+/// daemon: its netns cookie, or on a kernel without them the inode of
+/// `ns_fd` (that namespace) with the top bit set, unique while the
+/// namespace lives (the daemon holds it open while it serves it).
+pub(crate) fn ns_id(socket: BorrowedFd<'_>, ns_fd: BorrowedFd<'_>) -> io::Result<NsId> {
+    match cookie(socket)? {
+        Some(cookie) => Ok(cookie),
+        None => Ok(inode(ns_fd)? | 1 << 63),
+    }
 }
 
 /// The inode of the namespace file `fd` (`/proc/<pid>/ns/net`, a bind
@@ -98,25 +97,85 @@ impl Sockets {
     /// A new non-blocking socket of `kind` for `addr`'s family.
     pub(crate) async fn socket(&self, kind: SockKind, addr: &SocketAddr) -> io::Result<Socket> {
         let v6 = addr.is_ipv6();
-        match self {
+        let socket = match self {
             Sockets::Here => {
                 let (ty, proto) = match kind {
                     SockKind::Tcp => (Type::STREAM, Protocol::TCP),
                     SockKind::Udp => (Type::DGRAM, Protocol::UDP),
                 };
                 let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
-                let s = Socket::new(domain, ty.nonblocking().cloexec(), Some(proto))?;
-                Ok(s)
+                Socket::new(domain, ty.cloexec(), Some(proto))?
             }
             Sockets::There { helper, fd } => {
                 let mut got = helper
                     .sockets(fd.as_fd(), &[(kind, v6)])
                     .await
                     .map_err(io::Error::other)?;
-                let s = Socket::from(got.pop().ok_or_else(|| io::Error::other("no socket"))?);
-                s.set_nonblocking(true)?;
-                Ok(s)
+                Socket::from(got.pop().ok_or_else(|| io::Error::other("no socket"))?)
             }
+        };
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    }
+
+    /// A TCP listener on `addr`, as `TcpListener::bind` makes one (address
+    /// reuse on, backlog 1024).
+    pub(crate) async fn listen(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+        let socket = self.socket(SockKind::Tcp, &addr).await?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        tokio::net::TcpListener::from_std(socket.into())
+    }
+}
+
+/// One network namespace the daemon serves: its identity, its own maps
+/// (where the kernel records what it sends to the daemon's sockets there),
+/// and where its sockets come from. The proxy and the DNS responder of the
+/// namespace work through it, so nothing of one namespace reaches
+/// another's.
+pub(crate) struct Namespace {
+    pub(crate) id: NsId,
+    /// For the log: `host`, or the pod's `namespace/name`.
+    pub(crate) name: String,
+    pub(crate) sockets: Sockets,
+    maps: Mutex<NsMaps>,
+}
+
+impl Namespace {
+    pub(crate) fn new(id: NsId, name: String, sockets: Sockets, maps: NsMaps) -> Self {
+        Self {
+            id,
+            name,
+            sockets,
+            maps: Mutex::new(maps),
+        }
+    }
+
+    /// The VIP:port (IPv4, the route key) a redirected connection from
+    /// `peer` was meant for; consumed.
+    pub(crate) fn take_original_destination(&self, peer: SocketAddr) -> Option<SocketAddrV4> {
+        let mut maps = self.maps.lock().expect("namespace maps lock");
+        match peer {
+            SocketAddr::V4(p) => maps.take_original_destination(p),
+            SocketAddr::V6(p) => maps.take_original_destination6(p),
+        }
+    }
+
+    /// Runs `f` on the namespace's maps.
+    pub(crate) fn with_maps<T>(&self, f: impl FnOnce(&NsMaps) -> T) -> T {
+        f(&self.maps.lock().expect("namespace maps lock"))
+    }
+
+    /// The nameserver the app's DNS socket at `peer` asked; `tcp` takes
+    /// the record (a TCP connection is accepted once).
+    pub(crate) fn dns_nameserver(&self, peer: SocketAddr, tcp: bool) -> Option<SocketAddr> {
+        let mut maps = self.maps.lock().expect("namespace maps lock");
+        match (peer, tcp) {
+            (SocketAddr::V4(p), false) => maps.dns_nameserver(p).map(SocketAddr::V4),
+            // TCP DNS over IPv4 is recorded like a proxy connect.
+            (SocketAddr::V4(p), true) => maps.take_original_destination(p).map(SocketAddr::V4),
+            (SocketAddr::V6(p), take) => maps.dns_nameserver6(p, take),
         }
     }
 }

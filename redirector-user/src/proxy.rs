@@ -16,7 +16,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, warn};
 
 use self::route::Routes;
-use crate::{config::Protocol, datapath::Datapath};
+use crate::{
+    config::Protocol,
+    netns::{Namespace, Sockets},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProxyError {
@@ -32,8 +35,10 @@ pub(crate) enum ProxyError {
     },
 }
 
-pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
-    TcpListener::bind(addr).await.map_err(|error| {
+/// The proxy's listener on `addr`, a socket made where `sockets` makes
+/// them (in the namespace it serves).
+pub(crate) async fn bind(addr: SocketAddr, sockets: &Sockets) -> Result<TcpListener, ProxyError> {
+    sockets.listen(addr).await.map_err(|error| {
         if error.kind() == std::io::ErrorKind::AddrInUse {
             ProxyError::PortInUse { addr }
         } else {
@@ -44,8 +49,11 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
 
 /// The IPv6 listener (`[::1]`, connect6's target): a node without IPv6
 /// (no `::1`) runs without it, and connects to IPv6 VIPs fail open there.
-pub(crate) async fn bind_optional(addr: SocketAddr) -> Result<Option<TcpListener>, ProxyError> {
-    match bind(addr).await {
+pub(crate) async fn bind_optional(
+    addr: SocketAddr,
+    sockets: &Sockets,
+) -> Result<Option<TcpListener>, ProxyError> {
+    match bind(addr, sockets).await {
         Ok(l) => Ok(Some(l)),
         Err(e @ ProxyError::PortInUse { .. }) => Err(e),
         Err(e) => {
@@ -63,12 +71,16 @@ pub(crate) struct Drain {
     /// Cancelled when the daemon stops: HTTP connections finish the
     /// request in flight and close; TCP connections run on.
     pub(crate) stop: CancellationToken,
+    /// Cancelled when the namespace is gone (its pod was deleted): every
+    /// connection ends now.
+    pub(crate) kill: CancellationToken,
 }
 
-/// Accepts until the task is dropped.
+/// Accepts until the task is dropped: connections to the listener the
+/// daemon holds in namespace `ns`, whose records are in `ns`'s own maps.
 pub(crate) async fn serve(
     listener: TcpListener,
-    datapath: Arc<Datapath>,
+    ns: Arc<Namespace>,
     routes: Routes,
     drain: Drain,
 ) {
@@ -82,32 +94,32 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let datapath = datapath.clone();
+        let ns = ns.clone();
         let routes = routes.clone();
         let stop = drain.stop.clone();
-        drain
-            .tracker
-            .spawn(async move { handle(stream, peer, &datapath, &routes, stop).await });
+        let kill = drain.kill.clone();
+        drain.tracker.spawn(async move {
+            tokio::select! {
+                () = handle(stream, peer, ns, &routes, stop) => {}
+                () = kill.cancelled() => {}
+            }
+        });
     }
 }
 
 async fn handle(
     stream: TcpStream,
     peer: SocketAddr,
-    datapath: &Datapath,
+    ns: Arc<Namespace>,
     routes: &Routes,
     stop: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     // The route key is the service's IPv4 VIP:port, whichever VIP the
     // app dialled (connect6 records it for IPv6 clients).
-    let orig = match peer {
-        SocketAddr::V4(peer) => datapath.take_original_destination(peer),
-        SocketAddr::V6(peer) => datapath.take_original_destination6(peer),
-    };
-    let Some(orig) = orig else {
+    let Some(orig) = ns.take_original_destination(peer) else {
         // Someone dialled the proxy port directly: nothing to serve.
-        debug!(%peer, "connection without a redirect record; closing");
+        debug!(%peer, namespace = %ns.name, "connection without a redirect record; closing");
         return tcp::reset(stream);
     };
     let route = routes.read().expect("routes lock").get(&orig).cloned();
@@ -115,10 +127,10 @@ async fn handle(
         warn!(%peer, %orig, "no service for this VIP:port any more; resetting");
         return tcp::reset(stream);
     };
-    debug!(%peer, %orig, cluster = %route.cluster.name, "accepted");
+    debug!(%peer, %orig, namespace = %ns.name, cluster = %route.cluster.name, "accepted");
     let _connection = route.cluster.stats.connection();
     match route.cluster.service.port.protocol {
-        Protocol::Http => http::serve(stream, routes.clone(), orig, route, stop).await,
-        Protocol::Tcp | Protocol::Https | Protocol::Tls => tcp::serve(stream, &route).await,
+        Protocol::Http => http::serve(stream, routes.clone(), orig, route, ns, stop).await,
+        Protocol::Tcp | Protocol::Https | Protocol::Tls => tcp::serve(stream, &route, &ns).await,
     }
 }

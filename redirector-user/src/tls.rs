@@ -43,6 +43,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
 use tracing::warn;
 
+use redirector_common::NsId;
+
 use crate::config::{ConfigFile, EndpointAddress, TlsOrigination, TlsPolicy};
 
 #[derive(Debug, thiserror::Error)]
@@ -77,9 +79,12 @@ pub(crate) enum TlsError {
     BadSni(String),
 }
 
-/// Originates TLS for one service.
+/// Originates TLS for one service. Each network namespace gets a session
+/// cache of its own: a pod's resumed sessions are never offered from
+/// another pod's connections (or the host's).
 pub(crate) struct TlsOrigin {
-    connector: TlsConnector,
+    config: Arc<ClientConfig>,
+    connectors: std::sync::Mutex<std::collections::HashMap<NsId, TlsConnector>>,
     sni: Option<ServerName<'static>>,
     /// The settings and the bytes of every file read: two origins with the
     /// same fingerprint verify and present exactly the same, so a reload
@@ -161,7 +166,8 @@ impl TlsOrigin {
             .map(|s| ServerName::try_from(s.clone()).map_err(|_| TlsError::BadSni(s.clone())))
             .transpose()?;
         Ok(Some(Arc::new(Self {
-            connector: TlsConnector::from(Arc::new(config)),
+            config: Arc::new(config),
+            connectors: std::sync::Mutex::default(),
             sni,
             fingerprint: files.hasher.finish(),
         })))
@@ -188,12 +194,34 @@ impl TlsOrigin {
         }
     }
 
+    /// A TLS connection over `tcp`, made in namespace `ns` (whose own
+    /// session cache it resumes from).
     pub(crate) async fn connect(
         &self,
+        ns: NsId,
         name: ServerName<'static>,
         tcp: TcpStream,
     ) -> io::Result<TlsStream<TcpStream>> {
-        self.connector.connect(name, tcp).await
+        let connector = self
+            .connectors
+            .lock()
+            .expect("tls connectors lock")
+            .entry(ns)
+            .or_insert_with(|| {
+                let mut config = (*self.config).clone();
+                config.resumption = rustls::client::Resumption::default();
+                TlsConnector::from(Arc::new(config))
+            })
+            .clone();
+        connector.connect(name, tcp).await
+    }
+
+    /// Drops namespace `ns`'s session cache (it is gone).
+    pub(crate) fn forget_namespace(&self, ns: NsId) {
+        self.connectors
+            .lock()
+            .expect("tls connectors lock")
+            .remove(&ns);
     }
 }
 

@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 use super::{RunOptions, Running};
 use crate::{
     datapath::service_entries,
-    proxy::{self, route},
+    proxy::route,
     state::{self, Generation},
     watch,
 };
@@ -42,17 +42,26 @@ impl Running {
                 _ = int.recv() => break,
                 _ = hup.recv() => info!("SIGHUP: reloading {}", self.opts.config.display()),
                 Some(path) = changed.recv() => info!("{} changed: reloading", path.display()),
-                successor = self.serving.successors.next() => {
+                successor = self.successors.next() => {
                     let pid = successor.pid;
                     info!("pid {pid} asks for the listeners: handing over");
-                    if let Err(e) = successor.offer(&self.serving.listening) {
-                        error!("handing over to pid {pid} failed, serving on: {e}");
+                    let offered = match self.kept.duplicate() {
+                        Ok(mut listening) => {
+                            match self.pods.keep_for_handover(&mut listening).await {
+                                Ok(()) => successor.offer(&listening).map_err(anyhow::Error::from),
+                                Err(e) => Err(e.into()),
+                            }
+                        }
+                        Err(e) => Err(e.into()),
+                    };
+                    if let Err(e) = offered {
+                        error!("handing over to pid {pid} failed, serving on: {e:#}");
                         continue;
                     }
                     // Nothing of ours writes the maps from here on, and the
                     // successor may claim them once the connection closes.
                     self.admin.set_draining();
-                    drop(std::mem::take(&mut self.serving.accept));
+                    self.pods.stop_serving().await;
                     drop(std::mem::take(&mut self.tasks));
                     drop(watching);
                     drop(self.admin_task.take());
@@ -152,12 +161,9 @@ impl Running {
     /// supervisor does not restart it (a Kubernetes rolling update with
     /// `maxSurge` deletes the old pod once the new one is ready).
     async fn handed_over(self, successor: u32) -> anyhow::Result<()> {
-        let drain = &self.serving.drain;
-        drain.tracker.close();
-        drain.stop.cancel();
         info!(
             successor,
-            open_connections = drain.tracker.len(),
+            open_connections = self.pods.open_connections().await,
             "handed the listeners and the datapath over to pid {successor}; draining, then waiting \
              for SIGTERM"
         );
@@ -171,15 +177,15 @@ impl Running {
         };
         tokio::pin!(signalled);
         tokio::select! {
-            () = drain.tracker.wait() => {
+            () = self.pods.drained() => {
                 info!("drained; waiting for SIGTERM");
                 signalled.await;
             }
             () = &mut signalled => {
-                match tokio::time::timeout(self.opts.drain_timeout, drain.tracker.wait()).await {
+                match tokio::time::timeout(self.opts.drain_timeout, self.pods.drained()).await {
                     Ok(()) => info!("drained"),
                     Err(_) => warn!(
-                        still_open = drain.tracker.len(),
+                        still_open = self.pods.open_connections().await,
                         "drain timeout reached; closing the remaining connections"
                     ),
                 }
@@ -209,20 +215,17 @@ impl Running {
             warn!("sending new connects past the stopping proxy: {e}");
         }
         tokio::time::sleep(ACCEPT_GRACE).await;
-        drop(std::mem::take(&mut self.serving.accept));
-        let drain: &proxy::Drain = &self.serving.drain;
-        drain.tracker.close();
-        drain.stop.cancel();
-        let open = drain.tracker.len();
+        self.pods.stop_accepting().await;
+        let open = self.pods.open_connections().await;
         info!(
             open_connections = open,
             timeout = ?self.opts.drain_timeout,
             "stopping: listener closed, draining open connections"
         );
-        match tokio::time::timeout(self.opts.drain_timeout, drain.tracker.wait()).await {
+        match tokio::time::timeout(self.opts.drain_timeout, self.pods.drained()).await {
             Ok(()) => info!("drained; exiting"),
             Err(_) => warn!(
-                still_open = drain.tracker.len(),
+                still_open = self.pods.open_connections().await,
                 "drain timeout reached; closing the remaining connections"
             ),
         }

@@ -4,23 +4,29 @@
 //!
 //! A [`ListenerSet`] is what the kernel's rewrite to loopback lands on in
 //! one network namespace: the proxy on 127.0.0.1 and `[::1]`, and the DNS
-//! responder (UDP and TCP) on both. The admin server is the node's, apart.
+//! responder (UDP and TCP) on both. The daemon has one in its own
+//! namespace and one in each pod's (`pods.rs`); each of its sockets is
+//! marked as the daemon's, serving that namespace (`datapath::own`), or
+//! the kernel does not send it anything. The admin server and the CNI
+//! plugin's socket are the node's, apart.
 
 use std::{
     net::{Ipv6Addr, SocketAddr, SocketAddrV6},
-    os::fd::{AsFd as _, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd, OwnedFd},
     sync::Arc,
 };
 
 use anyhow::Context as _;
+use redirector_common::{NSI_DNS4, NSI_DNS6, NSI_PROXY4, NSI_PROXY6, NsId, OWN_DNS, OWN_PROXY};
 use tokio::net::TcpListener;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::{
     admin,
-    datapath::Datapath,
+    datapath::{BpfError, Datapath},
     dns,
     handover::{self, Handed, Kind, Listening},
+    netns::{Namespace, Sockets},
     proxy::{self, route::Routes},
     state::{Node, Services},
 };
@@ -28,51 +34,68 @@ use crate::{
 /// The proxy listeners and DNS responders of one network namespace.
 pub(super) struct ListenerSet {
     proxy: TcpListener,
-    /// `None` on a node without IPv6.
+    /// `None` without IPv6 in the namespace.
     proxy6: Option<TcpListener>,
     /// `None` when DNS capture is off.
     dns: Option<dns::serve::Responder>,
-    /// `None` when DNS capture is off or the node has no IPv6.
+    /// `None` when DNS capture is off or the namespace has no IPv6.
     dns6: Option<dns::serve::Responder>,
 }
 
-/// What keeps serving until the daemon stops or hands over: the accept
-/// loops, the connections they started, the sockets a successor would
-/// get, and where successors ask.
-pub(super) struct Serving {
-    pub(super) accept: Vec<AbortOnDropHandle<()>>,
-    pub(super) drain: proxy::Drain,
-    pub(super) listening: Listening,
-    pub(super) successors: handover::Server,
+/// Why a namespace's set could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum BindError {
+    #[error(transparent)]
+    Proxy(#[from] proxy::ProxyError),
+    #[error(transparent)]
+    Dns(#[from] dns::serve::DnsError),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl BindError {
+    /// The port someone else already holds there, if that is the reason.
+    pub(super) fn port_taken(&self) -> Option<SocketAddr> {
+        match self {
+            BindError::Proxy(proxy::ProxyError::PortInUse { addr })
+            | BindError::Dns(dns::serve::DnsError::PortInUse { addr }) => Some(*addr),
+            _ => None,
+        }
+    }
 }
 
 impl ListenerSet {
-    /// The node's listeners: those a predecessor handed over where it did,
-    /// the rest bound now.
+    /// The set of one namespace (`ns`: none for the daemon's own): the
+    /// sockets a predecessor handed over where it did, the rest bound now
+    /// with sockets from `sockets` (made in that namespace).
     pub(super) async fn bind_or_adopt(
         node: &Node,
         handed: &mut Option<Handed>,
-    ) -> anyhow::Result<Self> {
+        ns: Option<NsId>,
+        sockets: &Sockets,
+    ) -> Result<Self, BindError> {
         let listen6: SocketAddr =
             SocketAddrV6::new(Ipv6Addr::LOCALHOST, node.listen.port(), 0, 0).into();
-        let proxy = match handed_socket(handed, Kind::Proxy, node.listen.into())? {
+        let proxy = match handed_socket(handed, ns, Kind::Proxy, node.listen.into())? {
             Some(fd) => adopt_listener(fd)?,
-            None => proxy::bind(node.listen.into()).await?,
+            None => proxy::bind(node.listen.into(), sockets).await?,
         };
-        let proxy6 = match handed_socket(handed, Kind::Proxy, listen6)? {
+        let proxy6 = match handed_socket(handed, ns, Kind::Proxy, listen6)? {
             Some(fd) => Some(adopt_listener(fd)?),
-            None => proxy::bind_optional(listen6).await?,
+            None => proxy::bind_optional(listen6, sockets).await?,
         };
         // Likewise the DNS responder: bound, programs send DNS to it.
         let dns = match node.dns {
-            Some(addr) => adopt_or_bind_responder(handed, addr.into()).await?,
+            Some(addr) => adopt_or_bind_responder(handed, ns, addr.into(), sockets).await?,
             None => None,
         };
         let dns6 = match node.dns {
             Some(addr) if proxy6.is_some() => {
                 adopt_or_bind_responder(
                     handed,
+                    ns,
                     SocketAddrV6::new(Ipv6Addr::LOCALHOST, addr.port(), 0, 0).into(),
+                    sockets,
                 )
                 .await?
             }
@@ -86,29 +109,61 @@ impl ListenerSet {
         })
     }
 
-    /// Duplicates of the sockets, for a successor.
-    pub(super) fn keep_for_handover(&self, listening: &mut Listening) -> anyhow::Result<()> {
+    /// One of the sockets, for the namespace's identity.
+    pub(super) fn any_socket(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.proxy.as_fd()
+    }
+
+    /// What listens, as `NsInfo::listeners` says it.
+    pub(super) fn bits(&self) -> u8 {
+        NSI_PROXY4
+            | if self.proxy6.is_some() { NSI_PROXY6 } else { 0 }
+            | if self.dns.is_some() { NSI_DNS4 } else { 0 }
+            | if self.dns6.is_some() { NSI_DNS6 } else { 0 }
+    }
+
+    /// Marks every socket as the daemon's, serving namespace `ns`: from
+    /// now on the kernel sends that namespace's connects and DNS here.
+    pub(super) fn own(&self, datapath: &Datapath, ns: NsId) -> Result<(), BpfError> {
+        for l in std::iter::once(&self.proxy).chain(&self.proxy6) {
+            datapath.own(&l.as_raw_fd(), ns, OWN_PROXY)?;
+        }
+        for r in self.dns.iter().chain(&self.dns6) {
+            let (udp, tcp) = r.fds();
+            datapath.own(&udp.as_raw_fd(), ns, OWN_DNS)?;
+            datapath.own(&tcp.as_raw_fd(), ns, OWN_DNS)?;
+        }
+        Ok(())
+    }
+
+    /// Duplicates of the sockets, for a successor (`ns`: none for the
+    /// daemon's own namespace).
+    pub(super) fn keep_for_handover(
+        &self,
+        ns: Option<NsId>,
+        listening: &mut Listening,
+    ) -> anyhow::Result<()> {
         for l in std::iter::once(&self.proxy).chain(&self.proxy6) {
             listening
-                .add(Kind::Proxy, l.as_fd())
+                .add_in(ns, Kind::Proxy, l.as_fd())
                 .context("keeping the proxy listener for a handover")?;
         }
         for r in self.dns.iter().chain(&self.dns6) {
             let (udp, tcp) = r.fds();
             listening
-                .add(Kind::DnsUdp, udp)
-                .and_then(|()| listening.add(Kind::DnsTcp, tcp))
+                .add_in(ns, Kind::DnsUdp, udp)
+                .and_then(|()| listening.add_in(ns, Kind::DnsTcp, tcp))
                 .context("keeping the DNS responder for a handover")?;
         }
         Ok(())
     }
 
-    /// Starts serving: the proxy's accept loops (connections run on
-    /// `drain`'s tracker), and the DNS responders, which answer from the
-    /// live service table.
+    /// Starts serving namespace `ns`: the proxy's accept loops
+    /// (connections run on `drain`'s tracker), and the DNS responders,
+    /// which answer from the live service table.
     pub(super) fn serve(
         self,
-        datapath: &Arc<Datapath>,
+        ns: &Arc<Namespace>,
         routes: &Routes,
         services: &Services,
         drain: &proxy::Drain,
@@ -119,7 +174,7 @@ impl ListenerSet {
             .map(|listener| {
                 AbortOnDropHandle::new(tokio::spawn(proxy::serve(
                     listener,
-                    datapath.clone(),
+                    ns.clone(),
                     routes.clone(),
                     drain.clone(),
                 )))
@@ -131,7 +186,7 @@ impl ListenerSet {
             for responder in self.dns6.into_iter().chain([dns]) {
                 responders.push(AbortOnDropHandle::new(tokio::spawn(dns::serve::serve(
                     responder,
-                    datapath.clone(),
+                    ns.clone(),
                     hosts.clone(),
                 ))));
             }
@@ -149,7 +204,7 @@ pub(super) async fn admin(
         return Ok(None);
     };
     Ok(Some(
-        match handed_socket(handed, Kind::Admin, addr.into())? {
+        match handed_socket(handed, None, Kind::Admin, addr.into())? {
             Some(fd) => adopt_listener(fd)?,
             None => admin::bind(addr.into()).await?,
         },
@@ -166,13 +221,15 @@ pub(super) fn keep_admin_for_handover(
         .context("keeping the admin listener for a handover")
 }
 
-/// A socket of `kind` on `addr` a predecessor handed over, checked.
+/// A socket of `kind` on `addr` serving `ns` a predecessor handed over,
+/// checked.
 fn handed_socket(
     handed: &mut Option<Handed>,
+    ns: Option<NsId>,
     kind: Kind,
     addr: SocketAddr,
 ) -> anyhow::Result<Option<OwnedFd>> {
-    let Some(fd) = handed.as_mut().and_then(|h| h.take(kind, addr)) else {
+    let Some(fd) = handed.as_mut().and_then(|h| h.take_in(ns, kind, addr)) else {
         return Ok(None);
     };
     handover::check(kind, &fd, addr)
@@ -189,10 +246,12 @@ fn adopt_listener(fd: OwnedFd) -> anyhow::Result<TcpListener> {
 /// both over, else bound afresh (on `[::1]` only if the node has IPv6).
 async fn adopt_or_bind_responder(
     handed: &mut Option<Handed>,
+    ns: Option<NsId>,
     addr: SocketAddr,
-) -> anyhow::Result<Option<dns::serve::Responder>> {
-    let udp = handed_socket(handed, Kind::DnsUdp, addr)?;
-    let tcp = handed_socket(handed, Kind::DnsTcp, addr)?;
+    sockets: &Sockets,
+) -> Result<Option<dns::serve::Responder>, BindError> {
+    let udp = handed_socket(handed, ns, Kind::DnsUdp, addr)?;
+    let tcp = handed_socket(handed, ns, Kind::DnsTcp, addr)?;
     // Half a responder is none: it closes here, and both are bound afresh.
     if let (Some(udp), Some(tcp)) = (udp, tcp) {
         return Ok(Some(
@@ -201,7 +260,7 @@ async fn adopt_or_bind_responder(
         ));
     }
     Ok(match addr {
-        SocketAddr::V4(a) => Some(dns::serve::bind(a).await?),
-        SocketAddr::V6(a) => dns::serve::bind6(a).await?,
+        SocketAddr::V4(a) => Some(dns::serve::bind(a, sockets).await?),
+        SocketAddr::V6(a) => dns::serve::bind6(a, sockets).await?,
     })
 }

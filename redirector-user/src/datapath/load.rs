@@ -9,14 +9,16 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+        ProgramError,
         ProgramType, SockOps, links::FdLink,
     },
 };
 use redirector_common::{
-    Config6, DnsConfig, EndpointHealth, EndpointKey, MAX_ENDPOINTS, MAX_INFLIGHT, MAX_SERVICES,
-    OUTCOME_RING_BYTES, OrigDst, PROXY_ENABLED, ProxyConfig, ServiceInfo, ServiceKey, ServiceKey6,
-    ServiceValue, ServiceValue6, SlotConn, SlotConn6, SlotTable, SlotTable6, SockAddr6, SockKey,
+    Config6, DnsConfig, EndpointHealth, EndpointKey, MAX_ENDPOINTS, MAX_NAMESPACES, MAX_SERVICES,
+    NS_EVENT_RING_BYTES, NsId, NsInfo, OUTCOME_RING_BYTES, Own, PROXY_ANY_LISTENER, PROXY_ENABLED,
+    ProxyConfig,
+    ServiceInfo, ServiceKey, ServiceKey6, ServiceValue, ServiceValue6, SlotTable, SlotTable6,
     SockOrig, SockOrig6, map_names, program_names,
 };
 use tracing::{info, warn};
@@ -24,7 +26,6 @@ use tracing::{info, warn};
 use super::{
     BpfError, DatapathOptions, PROXY_MARK,
     logs::{self, KernelLogs},
-    lookup::Lookups,
     maps::{Maps, map_op, typed_map},
     pins::{self, Pins},
 };
@@ -34,10 +35,11 @@ use crate::sys;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/redirector"));
 
 /// Every map, with the kernel layout a pinned one must have to be reused.
-/// A pin directory of an earlier build may lack the maps added since (the
-/// DNS ones): the loader creates those, so an upgrade takes over without a
-/// gap; the IPv6 ones were added the same way, so the ABI stayed v2.
-fn layouts() -> [pins::Layout; 20] {
+/// A pin directory of an earlier build of this ABI may lack maps added
+/// since: the loader creates those, so an upgrade takes over without a
+/// gap. The hash-of-maps' values are inner map ids (`u32`); their inner
+/// maps are made per namespace (`namespaces.rs`).
+fn layouts() -> [pins::Layout; 19] {
     fn l<K, V>(name: &'static str, max_entries: u32) -> pins::Layout {
         pins::Layout {
             name,
@@ -49,27 +51,36 @@ fn layouts() -> [pins::Layout; 20] {
     [
         l::<ServiceKey, ServiceValue>(map_names::SERVICES, MAX_SERVICES),
         l::<u32, ProxyConfig>(map_names::PROXY_CONFIG, 1),
-        l::<u64, OrigDst>(map_names::ORIG_BY_COOKIE, MAX_INFLIGHT),
-        l::<SockKey, OrigDst>(map_names::ORIG_BY_SOCK, MAX_INFLIGHT),
+        l::<NsId, u32>(map_names::ORIG_BY_SOCK, MAX_NAMESPACES),
         l::<u32, ServiceInfo>(map_names::SERVICE_INFO, MAX_SERVICES),
         l::<EndpointKey, EndpointHealth>(map_names::ENDPOINTS, MAX_ENDPOINTS),
         l::<u32, SlotTable>(map_names::SLOTS, MAX_SERVICES),
-        l::<u64, SlotConn>(map_names::SLOT_CONNS, MAX_INFLIGHT),
         l::<(), ()>(map_names::OUTCOMES, OUTCOME_RING_BYTES),
         l::<u32, DnsConfig>(map_names::DNS_CONFIG, 1),
-        l::<SockKey, OrigDst>(map_names::DNS_BY_SOCK, MAX_INFLIGHT),
+        l::<NsId, u32>(map_names::DNS_BY_SOCK, MAX_NAMESPACES),
         // Socket storage: the key is the socket (an fd, `int`), and the
         // kernel sizes it by socket, not by max_entries.
         l::<i32, SockOrig>(map_names::SOCK_ORIG, 0),
         l::<ServiceKey6, ServiceValue6>(map_names::SERVICES6, MAX_SERVICES),
         l::<u32, Config6>(map_names::CONFIG6, 1),
-        l::<SockAddr6, OrigDst>(map_names::ORIG_BY_SOCK6, MAX_INFLIGHT),
+        l::<NsId, u32>(map_names::ORIG_BY_SOCK6, MAX_NAMESPACES),
         l::<i32, SockOrig6>(map_names::SOCK_ORIG6, 0),
-        l::<SockAddr6, SockAddr6>(map_names::DNS_BY_SOCK6, MAX_INFLIGHT),
-        l::<u64, SockAddr6>(map_names::DNS_BY_COOKIE6, MAX_INFLIGHT),
+        l::<NsId, u32>(map_names::DNS_BY_SOCK6, MAX_NAMESPACES),
         l::<u32, SlotTable6>(map_names::SLOTS6, MAX_SERVICES),
-        l::<u64, SlotConn6>(map_names::SLOT_CONNS6, MAX_INFLIGHT),
+        l::<i32, Own>(map_names::OWN, 0),
+        l::<u64, u32>(map_names::NS_KNOWN, 4 * MAX_NAMESPACES),
+        l::<NsId, NsInfo>(map_names::NS_INFO, MAX_NAMESPACES),
     ]
+}
+
+/// The ring of namespace events (`sock_create`).
+fn event_layout() -> pins::Layout {
+    pins::Layout {
+        name: map_names::NS_EVENTS,
+        key: 0,
+        value: 0,
+        max_entries: NS_EVENT_RING_BYTES,
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -77,11 +88,12 @@ enum Hook {
     SockAddr,
     SockOps,
     Egress,
+    SockCreate,
 }
 
 /// The cgroup hooks: program, attach point, pinned link name, and whether
 /// it serves only DNS capture (attached only while capture is on).
-const HOOKS: [(&str, Hook, &str, bool); 10] = [
+const HOOKS: [(&str, Hook, &str, bool); 11] = [
     (
         program_names::CONNECT4,
         Hook::SockAddr,
@@ -137,6 +149,12 @@ const HOOKS: [(&str, Hook, &str, bool); 10] = [
         pins::LINK_RECVMSG6,
         true,
     ),
+    (
+        program_names::SOCK_CREATE,
+        Hook::SockCreate,
+        pins::LINK_SOCK_CREATE,
+        false,
+    ),
 ];
 
 /// The programs and the claimed pin directory, until released.
@@ -152,8 +170,8 @@ pub(super) struct Loaded {
 pub(super) struct Opened {
     pub(super) loaded: Loaded,
     pub(super) maps: Maps,
-    pub(super) lookups: Lookups,
     pub(super) outcomes: RingBuf<MapData>,
+    pub(super) ns_events: RingBuf<MapData>,
     pub(super) logs: Option<KernelLogs>,
     pub(super) previous_pid: Option<u32>,
 }
@@ -170,6 +188,7 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
     }
     let pins = Pins::claim(&opts.pin_dir)?;
     pins.check_layouts(&layouts())?;
+    pins.check_layouts(&[event_layout()])?;
     pins.check_layouts(&[pins::Layout {
         name: logs::PIN,
         key: 0,
@@ -196,8 +215,8 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
         }
     };
     let maps = Maps::take(&mut ebpf)?;
-    let lookups = Lookups::take(&mut ebpf)?;
     let outcomes = typed_map(&mut ebpf, map_names::OUTCOMES, RingBuf::try_from)?;
+    let ns_events = typed_map(&mut ebpf, map_names::NS_EVENTS, RingBuf::try_from)?;
     let mut config: Array<MapData, ProxyConfig> =
         typed_map(&mut ebpf, map_names::PROXY_CONFIG, Array::try_from)?;
     let mut config6: Array<MapData, Config6> =
@@ -210,7 +229,8 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
         .flatten();
     // Enabled from the start: on a takeover the running programs must
     // keep redirecting; on a fresh start nothing is attached yet.
-    let cfg = ProxyConfig::new(opts.proxy, PROXY_MARK, PROXY_ENABLED, std::process::id());
+    let flags = PROXY_ENABLED | if opts.any_listener { PROXY_ANY_LISTENER } else { 0 };
+    let cfg = ProxyConfig::new(opts.proxy, PROXY_MARK, flags, std::process::id());
     map_op(map_names::PROXY_CONFIG, config.set(0, cfg, 0))?;
     let cfg6 = Config6::new(opts.proxy6, opts.dns6.filter(|_| opts.dns.is_some()));
     map_op(map_names::CONFIG6, config6.set(0, cfg6, 0))?;
@@ -228,8 +248,8 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
             dns: opts.dns.is_some(),
         },
         maps,
-        lookups,
         outcomes,
+        ns_events,
         logs,
         previous_pid,
     })
@@ -239,7 +259,7 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
 /// every program through the verifier, logging at `log_level`.
 fn load_programs(pins: &Pins, log_level: u8) -> Result<Ebpf, BpfError> {
     let mut loader = EbpfLoader::new();
-    for l in &layouts() {
+    for l in layouts().iter().chain([&event_layout()]) {
         loader.map_pin_path(l.name, pins.path(l.name));
     }
     loader.map_pin_path(logs::MAP, pins.path(logs::PIN));
@@ -250,6 +270,7 @@ fn load_programs(pins: &Pins, log_level: u8) -> Result<Ebpf, BpfError> {
             Hook::SockAddr => load_program::<CgroupSockAddr>(&mut ebpf, name)?,
             Hook::SockOps => load_program::<SockOps>(&mut ebpf, name)?,
             Hook::Egress => load_program::<CgroupSkb>(&mut ebpf, name)?,
+            Hook::SockCreate => load_program::<CgroupSock>(&mut ebpf, name)?,
         }
     }
     Ok(ebpf)
@@ -304,6 +325,13 @@ impl Loaded {
                     let prog: &mut CgroupSkb = program(ebpf, name)?;
                     let id = prog
                         .attach(&cgroup, CgroupSkbAttachType::Egress, mode)
+                        .map_err(|e| attach_err(name, e))?;
+                    FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
+                }
+                Hook::SockCreate => {
+                    let prog: &mut CgroupSock = program(ebpf, name)?;
+                    let id = prog
+                        .attach(&cgroup, mode)
                         .map_err(|e| attach_err(name, e))?;
                     FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
                 }
@@ -447,6 +475,11 @@ impl Loadable for SockOps {
     }
 }
 impl Loadable for CgroupSkb {
+    fn load_program(&mut self) -> Result<(), ProgramError> {
+        self.load()
+    }
+}
+impl Loadable for CgroupSock {
     fn load_program(&mut self) -> Result<(), ProgramError> {
         self.load()
     }

@@ -3,16 +3,21 @@
 
 use std::collections::HashSet;
 
+use std::os::fd::AsRawFd;
+
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, MapError},
+    maps::{HashMap, HashOfMaps, MapData, MapError, SkStorage},
 };
 use redirector_common::{
-    EndpointHealth, EndpointKey, SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceInfo, ServiceKey,
-    ServiceKey6, ServiceValue, ServiceValue6, SlotTable, SlotTable6, map_names,
+    EndpointHealth, EndpointKey, NsId, NsInfo, OrigDst, Own, SVC_FAIL_OPEN, SVC_KERNEL_PATH,
+    ServiceInfo, ServiceKey, ServiceKey6, ServiceValue, ServiceValue6, SlotTable, SlotTable6,
+    SockAddr6, SockKey, map_names,
 };
 
-use super::{BpfError, encode::ServiceMapEntry};
+use super::{BpfError, encode::ServiceMapEntry, namespaces::NsMaps};
+
+type Outer<K, V> = HashOfMaps<MapData, NsId, HashMap<MapData, K, V>>;
 
 pub(super) struct Maps {
     services: HashMap<MapData, ServiceKey, ServiceValue>,
@@ -23,6 +28,13 @@ pub(super) struct Maps {
     slots6: HashMap<MapData, u32, SlotTable6>,
     /// How many endpoint entries each service has in the map now.
     endpoint_counts: std::collections::HashMap<u32, u32>,
+    orig_by_sock: Outer<SockKey, OrigDst>,
+    orig_by_sock6: Outer<SockAddr6, OrigDst>,
+    dns_by_sock: Outer<SockKey, OrigDst>,
+    dns_by_sock6: Outer<SockAddr6, SockAddr6>,
+    own: SkStorage<MapData, Own>,
+    known: HashMap<MapData, u64, u32>,
+    ns_info: HashMap<MapData, NsId, NsInfo>,
 }
 
 impl Maps {
@@ -45,7 +57,79 @@ impl Maps {
             slots: typed_map(ebpf, map_names::SLOTS, HashMap::try_from)?,
             slots6: typed_map(ebpf, map_names::SLOTS6, HashMap::try_from)?,
             endpoint_counts,
+            orig_by_sock: typed_map(ebpf, map_names::ORIG_BY_SOCK, HashOfMaps::try_from)?,
+            orig_by_sock6: typed_map(ebpf, map_names::ORIG_BY_SOCK6, HashOfMaps::try_from)?,
+            dns_by_sock: typed_map(ebpf, map_names::DNS_BY_SOCK, HashOfMaps::try_from)?,
+            dns_by_sock6: typed_map(ebpf, map_names::DNS_BY_SOCK6, HashOfMaps::try_from)?,
+            own: typed_map(ebpf, map_names::OWN, SkStorage::try_from)?,
+            known: typed_map(ebpf, map_names::NS_KNOWN, HashMap::try_from)?,
+            ns_info: typed_map(ebpf, map_names::NS_INFO, HashMap::try_from)?,
         })
+    }
+
+    /// Puts `maps` in the outer maps under `ns`: from now on the kernel
+    /// records what is sent to the daemon's sockets of `ns` there.
+    pub(super) fn serve_namespace(&mut self, ns: NsId, maps: &NsMaps) -> Result<(), BpfError> {
+        map_op(
+            map_names::ORIG_BY_SOCK,
+            self.orig_by_sock.insert(ns, &maps.orig, 0),
+        )?;
+        map_op(
+            map_names::ORIG_BY_SOCK6,
+            self.orig_by_sock6.insert(ns, &maps.orig6, 0),
+        )?;
+        map_op(
+            map_names::DNS_BY_SOCK,
+            self.dns_by_sock.insert(ns, &maps.dns, 0),
+        )?;
+        map_op(
+            map_names::DNS_BY_SOCK6,
+            self.dns_by_sock6.insert(ns, &maps.dns6, 0),
+        )
+    }
+
+    /// Takes `ns`'s maps and display entry out (the kernel frees the maps
+    /// once nothing uses them).
+    pub(super) fn forget_namespace(&mut self, ns: NsId) -> Result<(), BpfError> {
+        ignore_missing(map_names::ORIG_BY_SOCK, self.orig_by_sock.remove(&ns))?;
+        ignore_missing(map_names::ORIG_BY_SOCK6, self.orig_by_sock6.remove(&ns))?;
+        ignore_missing(map_names::DNS_BY_SOCK, self.dns_by_sock.remove(&ns))?;
+        ignore_missing(map_names::DNS_BY_SOCK6, self.dns_by_sock6.remove(&ns))?;
+        ignore_missing(map_names::NS_INFO, self.ns_info.remove(&ns))
+    }
+
+    /// Marks `socket` as the daemon's, serving namespace `ns`.
+    pub(super) fn own(&mut self, socket: &impl AsRawFd, own: Own) -> Result<(), BpfError> {
+        map_op(map_names::OWN, self.own.insert(socket, own, 0))
+    }
+
+    /// What the kernel knows of the namespace with netns cookie `cookie`;
+    /// `None` forgets it.
+    pub(super) fn set_known(&mut self, cookie: u64, state: Option<u32>) -> Result<(), BpfError> {
+        match state {
+            Some(state) => map_op(map_names::NS_KNOWN, self.known.insert(cookie, state, 0)),
+            None => ignore_missing(map_names::NS_KNOWN, self.known.remove(&cookie)),
+        }
+    }
+
+    /// `redirector pods`' entry for `ns`.
+    pub(super) fn set_ns_info(&mut self, ns: NsId, info: &NsInfo) -> Result<(), BpfError> {
+        map_op(map_names::NS_INFO, self.ns_info.insert(ns, info, 0))
+    }
+
+    /// The namespaces a previous daemon left in the outer maps and the
+    /// display map, so a restarted daemon can drop those it no longer
+    /// serves.
+    pub(super) fn namespaces(&self) -> Vec<NsId> {
+        let mut ids: Vec<NsId> = self
+            .orig_by_sock
+            .keys()
+            .filter_map(Result::ok)
+            .chain(self.ns_info.keys().filter_map(Result::ok))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     pub(super) fn set_services(&mut self, entries: &[ServiceMapEntry]) -> Result<(), BpfError> {
@@ -174,7 +258,7 @@ pub(super) fn map_op(name: &'static str, r: Result<(), MapError>) -> Result<(), 
 }
 
 /// A removal of a key that is not there is not a problem.
-fn ignore_missing(name: &'static str, r: Result<(), MapError>) -> Result<(), BpfError> {
+pub(super) fn ignore_missing(name: &'static str, r: Result<(), MapError>) -> Result<(), BpfError> {
     match r {
         Err(MapError::KeyNotFound) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),

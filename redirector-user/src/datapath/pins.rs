@@ -42,7 +42,8 @@ pub(super) const LINK_CONNECT6: &str = "link_connect6";
 pub(super) const LINK_GETPEERNAME6: &str = "link_getpeername6";
 pub(super) const LINK_SENDMSG6: &str = "link_sendmsg6";
 pub(super) const LINK_RECVMSG6: &str = "link_recvmsg6";
-const LINKS: [&str; 10] = [
+pub(super) const LINK_SOCK_CREATE: &str = "link_sock_create";
+const LINKS: [&str; 11] = [
     LINK_CONNECT4,
     LINK_SOCKOPS,
     LINK_GETPEERNAME4,
@@ -53,6 +54,7 @@ const LINKS: [&str; 10] = [
     LINK_GETPEERNAME6,
     LINK_SENDMSG6,
     LINK_RECVMSG6,
+    LINK_SOCK_CREATE,
 ];
 /// The links every daemon attaches (the others came later, or serve DNS
 /// capture only): with these the redirect is in place.

@@ -35,7 +35,10 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::{HostTable, Reply, refused, reply};
-use crate::datapath::{Datapath, PROXY_MARK};
+use crate::{
+    datapath::PROXY_MARK,
+    netns::{Namespace, SockKind, Sockets},
+};
 
 /// How long the nameserver has to answer a forwarded query (glibc's own
 /// timeout per try is 5 s; it retries with a new query meanwhile).
@@ -62,14 +65,19 @@ pub(crate) struct Responder {
     tcp: TcpListener,
 }
 
-pub(crate) async fn bind(addr: SocketAddrV4) -> Result<Responder, DnsError> {
-    bind_addr(addr.into()).await
+/// The responder's sockets on `addr`, made where `sockets` makes them (in
+/// the namespace it serves).
+pub(crate) async fn bind(addr: SocketAddrV4, sockets: &Sockets) -> Result<Responder, DnsError> {
+    bind_addr(addr.into(), sockets).await
 }
 
 /// The `[::1]` responder, for DNS of IPv6 sockets: a node without IPv6
 /// runs without it (their DNS is then left alone).
-pub(crate) async fn bind6(addr: SocketAddrV6) -> Result<Option<Responder>, DnsError> {
-    match bind_addr(addr.into()).await {
+pub(crate) async fn bind6(
+    addr: SocketAddrV6,
+    sockets: &Sockets,
+) -> Result<Option<Responder>, DnsError> {
+    match bind_addr(addr.into(), sockets).await {
         Ok(r) => Ok(Some(r)),
         Err(e @ DnsError::PortInUse { .. }) => Err(e),
         Err(e) => {
@@ -79,7 +87,7 @@ pub(crate) async fn bind6(addr: SocketAddrV6) -> Result<Option<Responder>, DnsEr
     }
 }
 
-async fn bind_addr(addr: SocketAddr) -> Result<Responder, DnsError> {
+async fn bind_addr(addr: SocketAddr, sockets: &Sockets) -> Result<Responder, DnsError> {
     let err = |error: io::Error| {
         if error.kind() == io::ErrorKind::AddrInUse {
             DnsError::PortInUse { addr }
@@ -87,8 +95,10 @@ async fn bind_addr(addr: SocketAddr) -> Result<Responder, DnsError> {
             DnsError::Listen { addr, error }
         }
     };
-    let udp = UdpSocket::bind(addr).await.map_err(err)?;
-    let tcp = TcpListener::bind(addr).await.map_err(err)?;
+    let udp = sockets.socket(SockKind::Udp, &addr).await.map_err(err)?;
+    udp.bind(&addr.into()).map_err(err)?;
+    let udp = UdpSocket::from_std(udp.into()).map_err(err)?;
+    let tcp = sockets.listen(addr).await.map_err(err)?;
     Ok(Responder { udp, tcp })
 }
 
@@ -108,16 +118,18 @@ impl Responder {
     }
 }
 
-/// Serves both sockets until the task is dropped.
-pub(crate) async fn serve(responder: Responder, datapath: Arc<Datapath>, hosts: Arc<HostTable>) {
+/// Serves both sockets, which the daemon holds in namespace `ns` (whose
+/// own maps say which nameserver each app socket asked, and where the
+/// forwarded queries are made from), until the task is dropped.
+pub(crate) async fn serve(responder: Responder, ns: Arc<Namespace>, hosts: Arc<HostTable>) {
     let Responder { udp, tcp } = responder;
     tokio::join!(
-        serve_udp(udp, datapath.clone(), hosts.clone()),
-        serve_tcp(tcp, datapath, hosts)
+        serve_udp(udp, ns.clone(), hosts.clone()),
+        serve_tcp(tcp, ns, hosts)
     );
 }
 
-async fn serve_udp(udp: UdpSocket, datapath: Arc<Datapath>, hosts: Arc<HostTable>) {
+async fn serve_udp(udp: UdpSocket, ns: Arc<Namespace>, hosts: Arc<HostTable>) {
     let udp = Arc::new(udp);
     let upstream = Arc::new(Semaphore::new(MAX_FORWARDS));
     let mut buf = vec![0u8; 65535];
@@ -137,10 +149,7 @@ async fn serve_udp(udp: UdpSocket, datapath: Arc<Datapath>, hosts: Arc<HostTable
                 let _ = udp.send_to(&answer, peer).await;
                 continue;
             }
-            Reply::Forward => match peer {
-                SocketAddr::V4(p) => datapath.dns_nameserver(p).map(SocketAddr::V4),
-                SocketAddr::V6(p) => datapath.dns_nameserver6(p, false),
-            },
+            Reply::Forward => ns.dns_nameserver(peer, false),
         };
         let Some(nameserver) = nameserver else {
             debug!(%peer, "DNS: no nameserver recorded for this sender; REFUSED");
@@ -155,8 +164,9 @@ async fn serve_udp(udp: UdpSocket, datapath: Arc<Datapath>, hosts: Arc<HostTable
         };
         let query = query.to_vec();
         let udp = udp.clone();
+        let ns = ns.clone();
         tokio::spawn(async move {
-            match forward_udp(&query, nameserver).await {
+            match forward_udp(&query, nameserver, &ns).await {
                 Ok(answer) => {
                     debug!("DNS: relayed an answer from {nameserver} to {peer}");
                     let _ = udp.send_to(&answer, peer).await;
@@ -168,16 +178,12 @@ async fn serve_udp(udp: UdpSocket, datapath: Arc<Datapath>, hosts: Arc<HostTable
     }
 }
 
-/// Sends `query` to `nameserver` from a marked socket of its own and
+/// Sends `query` to `nameserver` from a marked socket of its own, made in
+/// namespace `ns` (the app's: its nameserver, its egress policy), and
 /// returns the first reply with the query's id.
-async fn forward_udp(query: &[u8], nameserver: SocketAddr) -> io::Result<Vec<u8>> {
-    let socket = Socket::new(
-        Domain::for_address(nameserver),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
+async fn forward_udp(query: &[u8], nameserver: SocketAddr, ns: &Namespace) -> io::Result<Vec<u8>> {
+    let socket = ns.sockets.socket(SockKind::Udp, &nameserver).await?;
     socket.set_mark(PROXY_MARK)?;
-    socket.set_nonblocking(true)?;
     let any: SocketAddr = match nameserver {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -200,7 +206,7 @@ async fn forward_udp(query: &[u8], nameserver: SocketAddr) -> io::Result<Vec<u8>
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer"))?
 }
 
-async fn serve_tcp(listener: TcpListener, datapath: Arc<Datapath>, hosts: Arc<HostTable>) {
+async fn serve_tcp(listener: TcpListener, ns: Arc<Namespace>, hosts: Arc<HostTable>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -211,13 +217,11 @@ async fn serve_tcp(listener: TcpListener, datapath: Arc<Datapath>, hosts: Arc<Ho
             }
         };
         // Taken now, as the proxy does: each connection is accepted once.
-        let nameserver = match peer {
-            SocketAddr::V4(p) => datapath.take_original_destination(p).map(SocketAddr::V4),
-            SocketAddr::V6(p) => datapath.dns_nameserver6(p, true),
-        };
+        let nameserver = ns.dns_nameserver(peer, true);
         let hosts = hosts.clone();
+        let ns = ns.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_tcp_conn(stream, nameserver, &hosts).await {
+            if let Err(e) = serve_tcp_conn(stream, nameserver, &hosts, &ns).await {
                 debug!(%peer, error = %e, "DNS over TCP: connection ended");
             }
         });
@@ -228,6 +232,7 @@ async fn serve_tcp_conn(
     mut app: TcpStream,
     nameserver: Option<SocketAddr>,
     hosts: &HostTable,
+    ns: &Namespace,
 ) -> io::Result<()> {
     let mut upstream: Option<TcpStream> = None;
     loop {
@@ -242,7 +247,7 @@ async fn serve_tcp_conn(
             (Reply::Forward, Some(nameserver)) => {
                 let conn = match &mut upstream {
                     Some(conn) => conn,
-                    None => upstream.insert(connect_marked(nameserver).await?),
+                    None => upstream.insert(connect_marked(nameserver, ns).await?),
                 };
                 debug!("DNS over TCP: forwarding a query to {nameserver}");
                 write_message(conn, &query).await?;
@@ -260,11 +265,9 @@ async fn serve_tcp_conn(
     }
 }
 
-async fn connect_marked(nameserver: SocketAddr) -> io::Result<TcpStream> {
-    let socket = match nameserver {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
+async fn connect_marked(nameserver: SocketAddr, ns: &Namespace) -> io::Result<TcpStream> {
+    let socket = ns.sockets.socket(SockKind::Tcp, &nameserver).await?;
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
     // Before connect(), where the kernel would redirect it.
     SockRef::from(&socket).set_mark(PROXY_MARK)?;
     socket.set_nodelay(true)?;

@@ -25,6 +25,8 @@ use nix::sys::socket::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::datapath::MapSpec;
+
 /// How long the daemon waits for an answer (the helper does a few
 /// syscalls per request; this only bounds a helper gone wrong).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,17 +51,6 @@ pub(crate) enum HelperError {
 pub(crate) enum SockKind {
     Tcp,
     Udp,
-}
-
-/// A map to create (for a namespace's own maps, see `datapath`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct MapSpec {
-    pub(crate) name: String,
-    pub(crate) map_type: u32,
-    pub(crate) key_size: u32,
-    pub(crate) value_size: u32,
-    pub(crate) max_entries: u32,
-    pub(crate) flags: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -369,13 +360,5 @@ fn sockets_in(ns: BorrowedFd<'_>, kinds: &[(SockKind, bool)]) -> io::Result<Vec<
 }
 
 fn create_map(spec: &MapSpec) -> io::Result<OwnedFd> {
-    let obj = aya_obj::Map::new_from_params(
-        spec.map_type,
-        spec.key_size,
-        spec.value_size,
-        spec.max_entries,
-        spec.flags,
-    );
-    let map = aya::maps::MapData::create(obj, &spec.name, None).map_err(io::Error::other)?;
-    map.fd().as_fd().try_clone_to_owned()
+    spec.create().map_err(io::Error::other)
 }

@@ -73,13 +73,14 @@ use watch::Watched;
 
 use super::{
     breakers::{Limit, Slot},
-    pool::Conn,
+    pool::{Conn, PoolKey},
     route::{Route, Routes, UpBody},
     upstream::{candidates, connect_in_order},
 };
 use crate::{
     cluster::{Host, HostKey},
     metrics::Retry,
+    netns::Namespace,
     outlier::Outcome,
 };
 
@@ -117,13 +118,15 @@ pub(crate) async fn serve(
     routes: Routes,
     orig: SocketAddrV4,
     accepted: Arc<Route>,
+    ns: Arc<Namespace>,
     stop: CancellationToken,
 ) {
     let service = service_fn(move |req| {
         let current = routes.read().expect("routes lock").get(&orig).cloned();
         let route = current.unwrap_or_else(|| accepted.clone());
+        let ns = ns.clone();
         async move {
-            let resp = forward(req, &route).await;
+            let resp = forward(req, &route, &ns).await;
             route.cluster.stats.request(resp.status().as_u16());
             Ok::<_, std::convert::Infallible>(resp)
         }
@@ -150,7 +153,7 @@ pub(crate) async fn serve(
     }
 }
 
-async fn forward(mut req: Request<Incoming>, route: &Route) -> Response<Body> {
+async fn forward(mut req: Request<Incoming>, route: &Route, ns: &Namespace) -> Response<Body> {
     let mut upgrade = upgrade::Requested::take(&mut req);
     strip_hop_by_hop(req.headers_mut());
     // hyper's server answers `100 Continue` itself when the body is first
@@ -175,7 +178,7 @@ async fn forward(mut req: Request<Incoming>, route: &Route) -> Response<Body> {
     // After a pooled connection turned out dead, connect afresh.
     let mut fresh = false;
     loop {
-        let (host, mut conn) = match open(route, &tried, fresh, &mut retry_slots).await {
+        let (host, mut conn) = match open(route, ns, &tried, fresh, &mut retry_slots).await {
             Ok(conn) => conn,
             Err(mut local) => {
                 if let Some(why) = &retrying_after {
@@ -269,7 +272,7 @@ async fn forward(mut req: Request<Incoming>, route: &Route) -> Response<Body> {
         if upgrade.is_none() && !last {
             // Busy until the app has read the body; the pool skips it
             // until then.
-            route.pool.checkin(host.key.clone(), conn);
+            route.pool.checkin(pool_key(ns, &host), conn);
             route.breakers.notify_freed();
         }
         // A last request's connection (or one asked to upgrade) closes
@@ -332,6 +335,7 @@ async fn buffer(resp: Response<Incoming>) -> Option<Response<Body>> {
 /// not answer (each next one a retry under `maxRetries`).
 async fn open(
     route: &Route,
+    ns: &Namespace,
     exclude: &[Arc<HostKey>],
     fresh: bool,
     retry_slots: &mut Vec<Slot>,
@@ -345,13 +349,13 @@ async fn open(
             service.host, service.port.number
         )));
     };
-    if !fresh && let Some(conn) = route.pool.checkout(&first.key) {
+    if !fresh && let Some(conn) = route.pool.checkout(&pool_key(ns, &first)) {
         route.cluster.record(&first, Outcome::Connected, None);
         return Ok((first, conn));
     }
     let slot = match route.breakers.try_take_quietly(Limit::Connections) {
         Some(slot) => slot,
-        None => match wait_for_connection(route, &first, fresh).await? {
+        None => match wait_for_connection(route, ns, &first, fresh).await? {
             Waited::Pooled(conn) => {
                 route.cluster.record(&first, Outcome::Connected, None);
                 return Ok((first, conn));
@@ -371,7 +375,7 @@ async fn open(
             false
         }
     };
-    let connected = connect_in_order(route, order, false, &mut may_retry).await;
+    let connected = connect_in_order(route, ns, order, false, &mut may_retry).await;
     let (host, stream) = connected.map_err(|no| {
         let mut detail = no.to_string();
         if refused {
@@ -427,7 +431,12 @@ enum Waited {
 /// Waits, as one of `http1MaxPendingRequests`, for an idle connection to
 /// `host` or room for a new one, for at most the connect timeout. Idle
 /// connections to other endpoints are closed to make room.
-async fn wait_for_connection(route: &Route, host: &Host, fresh: bool) -> Result<Waited, Local> {
+async fn wait_for_connection(
+    route: &Route,
+    ns: &Namespace,
+    host: &Host,
+    fresh: bool,
+) -> Result<Waited, Local> {
     let breakers = &route.breakers;
     let service = &route.cluster.service;
     let Some(_pending) = breakers.try_take(Limit::Pending) else {
@@ -444,11 +453,12 @@ async fn wait_for_connection(route: &Route, host: &Host, fresh: bool) -> Result<
     let timeout = service.policy.connection_pool.connect_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut poll = Duration::from_millis(1);
+    let key = pool_key(ns, host);
     loop {
         let freed = breakers.freed();
         tokio::pin!(freed);
         freed.as_mut().enable();
-        if !fresh && let Some(conn) = route.pool.checkout(&host.key) {
+        if !fresh && let Some(conn) = route.pool.checkout(&key) {
             return Ok(Waited::Pooled(conn));
         }
         if let Some(slot) = breakers.try_take_quietly(Limit::Connections) {
@@ -456,7 +466,7 @@ async fn wait_for_connection(route: &Route, host: &Host, fresh: bool) -> Result<
         }
         // An idle connection elsewhere gives its slot back once closed (one
         // to `host` that turns ready is ours to take, not to close).
-        route.pool.evict_one((!fresh).then_some(&*host.key));
+        route.pool.evict_one((!fresh).then_some(&key));
         tokio::select! {
             () = &mut freed => {}
             () = tokio::time::sleep(poll) => poll = (poll * 2).min(MAX_WAIT_POLL),
@@ -472,6 +482,14 @@ async fn wait_for_connection(route: &Route, host: &Host, fresh: bool) -> Result<
                 )));
             }
         }
+    }
+}
+
+/// The pool's key of connections to `host` made in `ns`.
+fn pool_key(ns: &Namespace, host: &Host) -> PoolKey {
+    PoolKey {
+        ns: ns.id,
+        host: host.key.clone(),
     }
 }
 

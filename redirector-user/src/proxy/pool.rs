@@ -1,5 +1,8 @@
-//! Idle upstream HTTP/1 connections, per endpoint, shared by all requests
-//! of a service whatever app connection they came on.
+//! Idle upstream HTTP/1 connections, per endpoint and network namespace,
+//! shared by all requests of a service from that namespace whatever app
+//! connection they came on. A pod's upstream connections are made from its
+//! own namespace (its address, its egress policy), so they are never lent
+//! to another pod or to the host.
 //!
 //! Without it every app connection costs an upstream connect (and a TLS
 //! handshake when originating TLS), and since the proxy is then the side
@@ -26,8 +29,17 @@ use std::{
 };
 
 use hyper::client::conn::http1::SendRequest;
+use redirector_common::NsId;
 
 use crate::cluster::HostKey;
+
+/// Which idle list a connection belongs to: the namespace it was made in
+/// and the endpoint it goes to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct PoolKey {
+    pub(crate) ns: NsId,
+    pub(crate) host: Arc<HostKey>,
+}
 
 pub(crate) const MAX_IDLE_PER_HOST: usize = 128;
 
@@ -42,7 +54,7 @@ type IdleList<B> = Vec<(Instant, Conn<B>)>;
 
 pub(crate) struct Pool<B> {
     idle_timeout: Duration,
-    idle: Mutex<HashMap<Arc<HostKey>, IdleList<B>>>,
+    idle: Mutex<HashMap<PoolKey, IdleList<B>>>,
     /// Replaced by a reload: takes no connection back.
     retired: AtomicBool,
 }
@@ -87,9 +99,9 @@ fn sweep_period(idle_timeout: Duration) -> Duration {
 impl<B> Pool<B> {
     /// The most recently used idle connection to `host` that can take a
     /// request now; closed and expired ones are dropped on the way.
-    pub(crate) fn checkout(&self, host: &HostKey) -> Option<Conn<B>> {
+    pub(crate) fn checkout(&self, key: &PoolKey) -> Option<Conn<B>> {
         let mut idle = self.idle.lock().expect("pool lock");
-        let list = idle.get_mut(host)?;
+        let list = idle.get_mut(key)?;
         let now = Instant::now();
         let mut busy = Vec::new();
         let mut found = None;
@@ -110,12 +122,12 @@ impl<B> Pool<B> {
 
     /// Returns a connection after use; it is kept only while open and
     /// while the endpoint's idle list has room.
-    pub(crate) fn checkin(&self, host: Arc<HostKey>, conn: Conn<B>) {
+    pub(crate) fn checkin(&self, key: PoolKey, conn: Conn<B>) {
         if conn.sender.is_closed() || self.retired.load(Ordering::Relaxed) {
             return;
         }
         let mut idle = self.idle.lock().expect("pool lock");
-        let list = idle.entry(host).or_default();
+        let list = idle.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_HOST {
             list.push((Instant::now(), conn));
         }
@@ -130,11 +142,19 @@ impl<B> Pool<B> {
         let idle = std::mem::take(&mut *self.idle.lock().expect("pool lock"));
         let Some(to) = to else { return };
         let mut target = to.idle.lock().expect("pool lock");
-        for (host, list) in idle {
-            if keep(&host) {
-                target.entry(host).or_default().extend(list);
+        for (key, list) in idle {
+            if keep(&key.host) {
+                target.entry(key).or_default().extend(list);
             }
         }
+    }
+
+    /// Closes the idle connections made in namespace `ns` (it is gone).
+    pub(crate) fn forget_namespace(&self, ns: NsId) {
+        self.idle
+            .lock()
+            .expect("pool lock")
+            .retain(|key, _| key.ns != ns);
     }
 
     /// Drops closed and expired idle connections.
@@ -152,23 +172,23 @@ impl<B> Pool<B> {
     /// Closes the longest-idle connection that is not busy and not to
     /// `keep`, to make room under `maxConnections` for a new connection.
     /// Returns whether there was one.
-    pub(crate) fn evict_one(&self, keep: Option<&HostKey>) -> bool {
+    pub(crate) fn evict_one(&self, keep: Option<&PoolKey>) -> bool {
         self.purge();
         let mut idle = self.idle.lock().expect("pool lock");
         let oldest = idle
             .iter()
-            .filter(|(host, _)| keep != Some(&***host))
-            .flat_map(|(host, list)| {
+            .filter(|(key, _)| keep != Some(*key))
+            .flat_map(|(key, list)| {
                 list.iter()
                     .enumerate()
                     .filter(|(_, (_, c))| c.sender.is_ready())
-                    .map(move |(i, (since, _))| (*since, host.clone(), i))
+                    .map(move |(i, (since, _))| (*since, key.clone(), i))
             })
             .min_by_key(|(since, _, _)| *since);
-        let Some((_, host, i)) = oldest else {
+        let Some((_, key, i)) = oldest else {
             return false;
         };
-        if let Some(list) = idle.get_mut(&host) {
+        if let Some(list) = idle.get_mut(&key) {
             list.remove(i);
         }
         true
@@ -199,13 +219,16 @@ mod tests {
 
     type B = Empty<Bytes>;
 
-    fn key(last: u8) -> Arc<HostKey> {
+    fn key(last: u8) -> PoolKey {
         let ip = Ipv4Addr::new(127, 0, 0, last);
-        Arc::new(HostKey {
-            address: EndpointAddress::Ip(ip.into()),
-            port: 80,
-            ip: ip.into(),
-        })
+        PoolKey {
+            ns: 1,
+            host: Arc::new(HostKey {
+                address: EndpointAddress::Ip(ip.into()),
+                port: 80,
+                ip: ip.into(),
+            }),
+        }
     }
 
     /// A real HTTP/1 client connection to an in-memory server, ready for a
@@ -269,10 +292,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         pool.checkin(key(2), conn().await);
         // The connection to the endpoint a waiting request wants is kept.
-        assert!(pool.evict_one(Some(&*key(1))));
+        assert!(pool.evict_one(Some(&key(1))));
         assert_eq!(pool.idle_count(), 1);
         assert!(pool.checkout(&key(2)).is_none());
-        assert!(!pool.evict_one(Some(&*key(1))), "only the kept one is left");
+        assert!(!pool.evict_one(Some(&key(1))), "only the kept one is left");
         // Otherwise the longest idle goes first.
         pool.checkin(key(2), conn().await);
         assert!(pool.evict_one(None));
@@ -290,13 +313,23 @@ mod tests {
         old.checkin(key(1), conn().await);
         old.checkin(key(2), conn().await);
         let busy = conn().await;
-        old.hand_over(Some(&new), |k| *k == *key(1));
+        old.hand_over(Some(&new), |k| *k == *key(1).host);
         assert_eq!((old.idle_count(), new.idle_count()), (0, 1));
         assert!(new.checkout(&key(1)).is_some(), "kept and moved");
         assert!(new.checkout(&key(2)).is_none(), "removed: closed");
         // A connection that was busy during the reload is not taken back.
         old.checkin(key(1), busy);
         assert_eq!(old.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_namespace_never_gets_another_namespaces_connection() {
+        let pool = Pool::<B>::new(Duration::from_secs(60));
+        pool.checkin(key(1), conn().await);
+        let other = PoolKey { ns: 2, ..key(1) };
+        assert!(pool.checkout(&other).is_none(), "made in another namespace");
+        pool.forget_namespace(1);
+        assert!(pool.checkout(&key(1)).is_none(), "the namespace is gone");
     }
 
     #[test]

@@ -10,13 +10,14 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::{breakers::Limit, route::Route, upstream::connect_first};
+use crate::netns::Namespace;
 
-pub(crate) async fn serve(mut client: TcpStream, route: &Route) {
+pub(crate) async fn serve(mut client: TcpStream, route: &Route, ns: &Namespace) {
     let Some(_slot) = route.breakers.try_take(Limit::Connections) else {
         debug!(cluster = %route.cluster.name, "maxConnections reached; resetting the app's connection");
         return reset(client);
     };
-    match connect_first(route, true, &[]).await {
+    match connect_first(route, ns, true, &[]).await {
         Ok((host, mut upstream)) => {
             let _active = route.cluster.track(&host);
             match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {

@@ -25,6 +25,7 @@ use crate::{
     config::TcpKeepalive,
     datapath::PROXY_MARK,
     metrics::Retry,
+    netns::{Namespace, SockKind},
     outlier::Outcome,
 };
 
@@ -75,13 +76,20 @@ impl fmt::Display for NoUpstream {
     }
 }
 
-pub(crate) async fn connect(route: &Route, host: &Host) -> Result<Stream, ConnectError> {
+/// Connects to `host` from namespace `ns` (a pod's upstream connections
+/// are made in the pod's own namespace: its address, its egress policy).
+pub(crate) async fn connect(
+    route: &Route,
+    ns: &Namespace,
+    host: &Host,
+) -> Result<Stream, ConnectError> {
     let pool = &route.cluster.service.policy.connection_pool;
-    let socket = match host.addr {
-        std::net::SocketAddr::V4(_) => TcpSocket::new_v4(),
-        std::net::SocketAddr::V6(_) => TcpSocket::new_v6(),
-    }
-    .map_err(ConnectError::Io)?;
+    let socket = ns
+        .sockets
+        .socket(SockKind::Tcp, &host.addr)
+        .await
+        .map_err(ConnectError::Io)?;
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
     SockRef::from(&socket)
         .set_mark(PROXY_MARK)
         .map_err(ConnectError::Io)?;
@@ -99,7 +107,7 @@ pub(crate) async fn connect(route: &Route, host: &Host) -> Result<Stream, Connec
         return Ok(Either::Left(tcp));
     };
     let name = tls.server_name(&host.key.address);
-    let handshake = tls.connect(name, tcp);
+    let handshake = tls.connect(ns.id, name, tcp);
     let stream = tokio::time::timeout_at(deadline, handshake)
         .await
         .map_err(|_| ConnectError::Timeout(timeout))?
@@ -138,11 +146,13 @@ pub(crate) fn set_keepalive(socket: SockRef<'_>, ka: &TcpKeepalive) -> io::Resul
 /// Hosts in `exclude` (already tried by this request) are skipped.
 pub(crate) async fn connect_first(
     route: &Route,
+    ns: &Namespace,
     connect_is_success: bool,
     exclude: &[Arc<HostKey>],
 ) -> Result<(Host, Stream), NoUpstream> {
     connect_in_order(
         route,
+        ns,
         candidates(route, exclude),
         connect_is_success,
         &mut || true,
@@ -162,6 +172,7 @@ pub(crate) fn candidates(route: &Route, exclude: &[Arc<HostKey>]) -> Vec<Host> {
 /// these against `maxRetries`); `false` ends the attempts.
 pub(crate) async fn connect_in_order(
     route: &Route,
+    ns: &Namespace,
     order: Vec<Host>,
     connect_is_success: bool,
     may_retry: &mut (dyn FnMut() -> bool + Send),
@@ -175,7 +186,7 @@ pub(crate) async fn connect_in_order(
             }
             cluster.stats.retry(Retry::ConnectFailure);
         }
-        match connect(route, &host).await {
+        match connect(route, ns, &host).await {
             Ok(stream) => {
                 let outcome = if connect_is_success {
                     Outcome::Success

@@ -161,7 +161,7 @@ async fn talk(
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let describe = |e: io::Error| explain(&e).unwrap_or_else(|| e.to_string());
     let mut tls = origin
-        .connect(origin.server_name(endpoint), tcp)
+        .connect(0, origin.server_name(endpoint), tcp)
         .await
         .map_err(describe)?;
     // TLS 1.3: the server judges a client certificate after the client's

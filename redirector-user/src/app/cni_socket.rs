@@ -1,0 +1,173 @@
+//! The daemon's side of the CNI plugin's socket (`--cni-socket`, see
+//! `cni/protocol.rs`): one request per connection, `add` serves the pod's
+//! namespace (passed as a descriptor) and answers once its listeners are
+//! up, `del` releases it. Peers of another uid are refused; each exchange
+//! is bounded in time and size. The socket is handed to a successor with
+//! the listeners, so a pod created during an upgrade is served too.
+
+use std::{
+    io::{self, IoSliceMut},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+        unix::fs::PermissionsExt as _,
+    },
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
+
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, UnixAddr, getsockopt, recvmsg, sockopt::PeerCredentials,
+};
+use tokio::{
+    io::{AsyncWriteExt as _, Interest},
+    net::{UnixListener, UnixStream},
+};
+use tracing::{debug, info, warn};
+
+use super::pods::{PodMeta, Pods, Source};
+use crate::cni::protocol::{EXCHANGE_TIMEOUT, MAX_MESSAGE, Op, Outcome, Request, Response};
+
+/// Binds the socket at `path` (mode 0600), replacing one a previous daemon
+/// left (the caller holds the pin directory, so none runs).
+pub(super) fn bind(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// A listener a predecessor handed over.
+pub(super) fn adopt(fd: OwnedFd) -> io::Result<UnixListener> {
+    let listener = std::os::unix::net::UnixListener::from(fd);
+    listener.set_nonblocking(true)?;
+    UnixListener::from_std(listener)
+}
+
+/// Serves the plugin until dropped.
+pub(super) async fn serve(listener: UnixListener, pods: Arc<Pods>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(error = %e, "CNI socket: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let pods = pods.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(stream, &pods)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("CNI socket: {e}"),
+                Err(_) => warn!("CNI socket: an exchange took longer than {EXCHANGE_TIMEOUT:?}"),
+            }
+        });
+    }
+}
+
+async fn exchange(mut stream: UnixStream, pods: &Pods) -> io::Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    let creds = getsockopt(&stream, PeerCredentials).map_err(io::Error::from)?;
+    if creds.uid() != me {
+        return Err(io::Error::other(format!(
+            "refused a peer (pid {}) of uid {}",
+            creds.pid(),
+            creds.uid()
+        )));
+    }
+    let (line, fd) = read_request(&stream).await?;
+    let request: Request = serde_json::from_slice(&line)
+        .map_err(|e| io::Error::other(format!("request: {e}")))?;
+    debug!(?request, "CNI request");
+    let response = match request.op {
+        Op::Add => match fd {
+            None => Response {
+                outcome: Outcome::NotServed,
+                detail: "no network namespace came with the request".into(),
+            },
+            Some(fd) => {
+                let meta = PodMeta {
+                    container_id: Some(request.container_id.clone()),
+                    namespace: request.pod_namespace.clone(),
+                    name: request.pod_name.clone(),
+                };
+                let (outcome, detail) = pods.serve(fd, Source::Cni, meta, 0).await;
+                info!(
+                    container = %request.container_id, pod_namespace = ?request.pod_namespace,
+                    pod = ?request.pod_name, ?outcome, "CNI ADD: {detail}"
+                );
+                Response { outcome, detail }
+            }
+        },
+        Op::Del => {
+            let released = pods.release_container(&request.container_id).await;
+            Response {
+                outcome: Outcome::Released,
+                detail: if released {
+                    "released".into()
+                } else {
+                    "nothing was held for it".into()
+                },
+            }
+        }
+    };
+    let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
+    out.push(b'\n');
+    stream.write_all(&out).await
+}
+
+/// One JSON line, and the descriptor that came with its first bytes.
+async fn read_request(stream: &UnixStream) -> io::Result<(Vec<u8>, Option<OwnedFd>)> {
+    let mut line = Vec::new();
+    let mut fd = None;
+    loop {
+        stream.readable().await?;
+        let mut buf = [0u8; 4096];
+        let got = stream.try_io(Interest::READABLE, || {
+            let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = recvmsg::<UnixAddr>(
+                stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(io::Error::from)?;
+            let mut fds = Vec::new();
+            for c in msg.cmsgs().map_err(io::Error::from)? {
+                if let ControlMessageOwned::ScmRights(raw) = c {
+                    // SAFETY: the kernel just installed these for us.
+                    fds.extend(raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }));
+                }
+            }
+            Ok((msg.bytes, fds))
+        });
+        let (n, fds) = match got {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        // Only one descriptor is ever expected; extra ones close here.
+        if fd.is_none() {
+            fd = fds.into_iter().next();
+        }
+        line.extend_from_slice(&buf[..n]);
+        if let Some(end) = line.iter().position(|&b| b == b'\n') {
+            line.truncate(end);
+            return Ok((line, fd));
+        }
+        if n == 0 {
+            return Err(io::Error::other("the plugin closed before a whole request"));
+        }
+        if line.len() > MAX_MESSAGE {
+            return Err(io::Error::other("a request longer than any plugin's"));
+        }
+    }
+}
