@@ -47,10 +47,7 @@ use crate::{
     netns::{Helper, Sockets},
     metrics::Metrics,
     privs,
-    proxy::{
-        self,
-        route::{self, Routes},
-    },
+    proxy::route::{self, Routes},
     state::{self, Generation, Node, Services},
     sync,
 };

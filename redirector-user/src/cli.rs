@@ -40,6 +40,8 @@ pub(crate) enum Command {
     Run(RunArgs),
     /// Print services and endpoint health, read from the running daemon's pinned BPF maps.
     Endpoints(EndpointsArgs),
+    /// The network namespaces the daemon serves (its own, and each pod's), from its pinned maps.
+    Pods(EndpointsArgs),
     /// Validate a config file, print what it defines, and exit.
     Check(CheckArgs),
     /// Detach the kernel datapath a stopped daemon left attached and remove its pins.

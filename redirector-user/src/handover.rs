@@ -33,7 +33,7 @@
 //! answer, and the successor reports the directory as in use, as before.
 
 use std::{
-    io::{self, IoSlice, IoSliceMut, Read, Write},
+    io::{self, IoSlice, IoSliceMut, Write},
     net::SocketAddr,
     os::{
         fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
@@ -207,6 +207,7 @@ pub(crate) struct Handed {
 impl Handed {
     /// The handed socket of `kind` bound to `addr` in the daemon's own
     /// namespace, if there is one.
+    #[cfg(test)]
     pub(crate) fn take(&mut self, kind: Kind, addr: SocketAddr) -> Option<OwnedFd> {
         self.take_in(None, kind, addr)
     }
@@ -253,20 +254,6 @@ impl Handed {
         (0..4u8)
             .map(|i| self.take_other(Kind::NsMap, ns, Some(i)))
             .collect()
-    }
-
-    /// The namespaces (other than the daemon's own) with a handed
-    /// descriptor.
-    pub(crate) fn namespaces(&self) -> Vec<u64> {
-        let mut ns: Vec<u64> = self
-            .items
-            .iter()
-            .filter(|(d, _)| d.kind == Kind::Netns)
-            .filter_map(|(d, _)| d.ns)
-            .collect();
-        ns.sort_unstable();
-        ns.dedup();
-        ns
     }
 
     /// What was handed, for the log.

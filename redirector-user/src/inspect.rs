@@ -26,6 +26,8 @@ use serde::Serialize;
 
 use crate::datapath::{PinError, PinnedState};
 
+pub(crate) mod pods;
+
 #[derive(Debug, Serialize)]
 pub(crate) struct Report {
     pub(crate) daemon_pid: u32,

@@ -83,6 +83,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::NetnsHelper(args) => netns::helper::serve(args.fd),
+        Command::Pods(args) => {
+            let report = inspect::pods::report(&args.pin_dir)?;
+            match args.output {
+                Output::Table => print!("{}", inspect::pods::render_table(&report)),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            Ok(())
+        }
         Command::Endpoints(args) => {
             let report = inspect::report(&args.pin_dir)?;
             match args.output {

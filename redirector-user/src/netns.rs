@@ -36,7 +36,7 @@ use redirector_common::NsId;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::datapath::NsMaps;
-pub(crate) use helper::{Helper, HelperError, SockKind};
+pub(crate) use helper::{Helper, SockKind};
 
 /// `SO_NETNS_COOKIE` (asm-generic/socket.h).
 const SO_NETNS_COOKIE: libc::c_int = 71;

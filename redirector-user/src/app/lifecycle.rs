@@ -36,10 +36,27 @@ impl Running {
             mut changed,
             mut watching,
         } = self.events.take().expect("events are taken once");
+        let helper = self.pods.ctx().helper.clone();
+        let helper_gone = async {
+            match helper {
+                Some(h) => h.gone().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(helper_gone);
+        let mut failed = None;
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
+                () = &mut helper_gone => {
+                    // Without it no pod's upstream connection can be made
+                    // and no new pod served: stop (failing open) and let
+                    // the supervisor start a new daemon, which takes over.
+                    error!("the netns helper exited; stopping so that a new daemon takes over");
+                    failed = Some(anyhow::anyhow!("the netns helper exited"));
+                    break;
+                }
                 _ = hup.recv() => info!("SIGHUP: reloading {}", self.opts.config.display()),
                 Some(path) = changed.recv() => info!("{} changed: reloading", path.display()),
                 successor = self.successors.next() => {
@@ -93,7 +110,7 @@ impl Running {
         self.admin.set_draining();
         self.stop().await;
         self.datapath.release();
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     /// The config read again and built next to the running one: clusters

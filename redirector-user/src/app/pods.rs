@@ -80,7 +80,6 @@ pub(super) struct Ctx {
 
 /// A namespace being served.
 struct Serving {
-    ns: Arc<Namespace>,
     accept: Vec<AbortOnDropHandle<()>>,
     responders: Vec<AbortOnDropHandle<()>>,
     drain: proxy::Drain,
@@ -289,7 +288,6 @@ impl Pods {
             datapath.set_known(cookie, Some(NS_SERVED))?;
         }
         Ok(Serving {
-            ns,
             accept,
             responders,
             drain,
@@ -749,27 +747,5 @@ impl Pods {
                 warn!(ns = %format!("{id:#x}"), error = %e, "taking a stale namespace out");
             }
         }
-    }
-
-    /// For `/config_dump` and tests: every namespace with its state.
-    pub(super) async fn snapshot(&self) -> serde_json::Value {
-        let entries = self.entries.lock().await;
-        let mut list: Vec<_> = entries
-            .values()
-            .map(|e| {
-                serde_json::json!({
-                    "ns": format!("{:#x}", e.id),
-                    "netns_inode": e.inode,
-                    "name": e.name(),
-                    "source": e.source,
-                    "state": match &e.state {
-                        State::Serving(_) => "served".to_owned(),
-                        State::LeftAlone(why) => format!("left alone: {why}"),
-                    },
-                })
-            })
-            .collect();
-        list.sort_by_key(|v| v["name"].as_str().unwrap_or_default().to_owned());
-        serde_json::Value::Array(list)
     }
 }

@@ -23,7 +23,8 @@ use aya::{
     programs::links::FdLink,
 };
 use redirector_common::{
-    ABI_VERSION, EndpointHealth, EndpointKey, ProxyConfig, ServiceInfo, SlotTable, map_names,
+    ABI_VERSION, EndpointHealth, EndpointKey, NsId, NsInfo, ProxyConfig, ServiceInfo, SlotTable,
+    map_names,
 };
 
 use crate::sys;
@@ -388,6 +389,8 @@ pub(crate) struct PinnedState {
     pub(crate) services: Vec<(u32, ServiceInfo)>,
     pub(crate) endpoints: Vec<(EndpointKey, EndpointHealth)>,
     pub(crate) slots: Vec<(u32, SlotTable)>,
+    /// The network namespaces the daemon serves or leaves alone.
+    pub(crate) namespaces: Vec<(NsId, NsInfo)>,
     /// Whether the programs are attached through pinned links (they stay
     /// attached without a daemon).
     pub(crate) attached: bool,
@@ -424,12 +427,25 @@ impl PinnedState {
             .iter()
             .collect::<Result<Vec<_>, _>>()
             .map_err(read(map_names::SLOTS))?;
+        // `redirector pods`' map (a pin directory of an older build of
+        // this ABI may lack it: then no namespace is shown).
+        let namespaces = match open(map_names::NS_INFO) {
+            Ok(map) => {
+                let ns: HashMap<MapData, NsId, NsInfo> =
+                    HashMap::try_from(map).map_err(read(map_names::NS_INFO))?;
+                ns.iter()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(read(map_names::NS_INFO))?
+            }
+            Err(_) => Vec::new(),
+        };
         let attached = REDIRECT_LINKS.iter().all(|l| pin_path(pin_dir, l).exists());
         Ok(Self {
             config,
             services,
             endpoints,
             slots,
+            namespaces,
             attached,
         })
     }

@@ -130,6 +130,14 @@ impl Helper {
         )
     }
 
+    /// Returns once the helper has exited (looked at every second).
+    pub(crate) async fn gone(&self) {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        while self.alive() {
+            ticker.tick().await;
+        }
+    }
+
     /// A descriptor of the network namespace of process `pid`.
     pub(crate) async fn open_pid(&self, pid: u32) -> Result<OwnedFd, HelperError> {
         let (_, mut fds) = self.call(Request::OpenPid { pid }, None).await?;
