@@ -234,7 +234,7 @@ impl Bed {
     }
 
     fn pinned(&self, name: &str) -> bool {
-        self.pins.path().join("v2").join(name).exists()
+        self.pins.path().join("v3").join(name).exists()
     }
 }
 
@@ -698,36 +698,34 @@ fn a_pin_dir_from_before_dns_capture_is_taken_over() {
     // What the previous build leaves: its nine maps and two links, none of
     // the DNS capture objects (nor IPv6's, which came later).
     for pin in [
-        "RD_DNSCFG_V2",
-        "RD_DNSSOCK_V2",
-        "RD_SKORIG_V2",
+        "RD_DNSCFG_V3",
+        "RD_DNSSOCK_V3",
+        "RD_SKORIG_V3",
         "link_getpeername4",
         "link_sendmsg4",
         "link_recvmsg4",
         "link_egress",
-        "RD_SVC6_V2",
-        "RD_CFG6_V2",
-        "RD_OSOCK6_V2",
-        "RD_SKORIG6_V2",
-        "RD_DNSSOCK6_V2",
-        "RD_DCOOKIE6_V2",
-        "RD_SLOTS6_V2",
-        "RD_SCONN6_V2",
+        "RD_SVC6_V3",
+        "RD_CFG6_V3",
+        "RD_OSOCK6_V3",
+        "RD_SKORIG6_V3",
+        "RD_DNSSOCK6_V3",
+        "RD_SLOTS6_V3",
         "link_connect6",
         "link_getpeername6",
         "link_sendmsg6",
         "link_recvmsg6",
     ] {
-        fs::remove_file(bed.pins.path().join("v2").join(pin))
+        fs::remove_file(bed.pins.path().join("v3").join(pin))
             .unwrap_or_else(|e| panic!("removing {pin}: {e}"));
     }
-    assert!(bed.pinned("link_connect4") && bed.pinned("RD_SVC_V2"));
+    assert!(bed.pinned("link_connect4") && bed.pinned("RD_SVC_V3"));
 
     bed.start(&mydb(""), &[], false);
     assert!(bed.log().contains("taking over"), "{}", bed.log());
     for pin in [
-        "RD_DNSCFG_V2",
-        "RD_SKORIG_V2",
+        "RD_DNSCFG_V3",
+        "RD_SKORIG_V3",
         "link_sendmsg4",
         "link_egress",
     ] {

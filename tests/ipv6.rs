@@ -747,8 +747,8 @@ print(s.recv(64).decode().strip())"
     drop(node);
 }
 
-/// A pin directory of the build before IPv6 (same ABI, v2) lacks IPv6's
-/// eight maps and four links: a new daemon takes it over, creating them,
+/// A pin directory of a build before IPv6 (same ABI) lacks IPv6's
+/// maps and four links: a new daemon takes it over, creating them,
 /// and both VIPs work at once.
 #[test]
 fn a_pin_dir_from_before_ipv6_is_taken_over() {
@@ -759,34 +759,32 @@ fn a_pin_dir_from_before_ipv6_is_taken_over() {
         .expect("a daemon")
         .kill()
         .expect("kill -9");
-    let v2 = node.pins.path().join("v2");
+    let v3 = node.pins.path().join("v3");
     for pin in [
-        "RD_SVC6_V2",
-        "RD_CFG6_V2",
-        "RD_OSOCK6_V2",
-        "RD_SKORIG6_V2",
-        "RD_DNSSOCK6_V2",
-        "RD_DCOOKIE6_V2",
-        "RD_SLOTS6_V2",
-        "RD_SCONN6_V2",
+        "RD_SVC6_V3",
+        "RD_CFG6_V3",
+        "RD_OSOCK6_V3",
+        "RD_SKORIG6_V3",
+        "RD_DNSSOCK6_V3",
+        "RD_SLOTS6_V3",
         "link_connect6",
         "link_getpeername6",
         "link_sendmsg6",
         "link_recvmsg6",
     ] {
-        std::fs::remove_file(v2.join(pin)).unwrap_or_else(|e| panic!("removing {pin}: {e}"));
+        std::fs::remove_file(v3.join(pin)).unwrap_or_else(|e| panic!("removing {pin}: {e}"));
     }
-    assert!(v2.join("link_connect4").exists() && v2.join("RD_SVC_V2").exists());
+    assert!(v3.join("link_connect4").exists() && v3.join("RD_SVC_V3").exists());
 
     node.start(&mydb(), "us-east1/a", false);
     assert!(node.log().contains("taking over"), "{}", node.log());
     for pin in [
-        "RD_SVC6_V2",
-        "RD_SLOTS6_V2",
+        "RD_SVC6_V3",
+        "RD_SLOTS6_V3",
         "link_connect6",
         "link_sendmsg6",
     ] {
-        assert!(v2.join(pin).exists(), "{pin} is pinned again");
+        assert!(v3.join(pin).exists(), "{pin} is pinned again");
     }
     let vip6 = vip6(&node, "mydb.com", 80);
     for host in [format!("[{vip6}]"), VIP4.to_owned(), "mydb.com".to_owned()] {
