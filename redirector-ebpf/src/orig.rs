@@ -1,4 +1,4 @@
-//! The per-socket record of a redirect ([`SockOrig`] in socket storage):
+//! The per-socket record of a redirect ([`redirector_common::SockOrig`] in socket storage):
 //! written where a hook rewrites a destination (connect4, sendmsg4),
 //! read where the kernel would show the app the rewritten address
 //! (getpeername4, recvmsg4), by sock_ops (to re-key a connect by its
@@ -8,7 +8,7 @@
 //! another namespace can reach it.
 
 use aya_ebpf::programs::SockAddrContext;
-use redirector_common::{NsId, SockOrig, SockOrig6};
+use redirector_common::NsId;
 
 use crate::maps::{SOCK_ORIG, SOCK_ORIG6};
 
@@ -40,36 +40,26 @@ pub(crate) fn record(
     ns_id: NsId,
     slot: Slot,
 ) -> Result<(), i64> {
-    let mut value = SockOrig {
-        orig_ip_be,
-        orig_port_be,
-        kind,
-        flags: slot.flags,
-        to_ip_be,
-        to_port_be,
-        _pad: 0,
-        ns_id,
-        service_id: slot.service_id,
-        connect_timeout_ms: slot.connect_timeout_ms,
-    };
-    let p = unsafe { SOCK_ORIG.get_or_insert_ptr_mut(ctx, Some(&mut value)) };
+    // No value on the stack: the kernel creates the storage zeroed. Every
+    // field is then stored volatile, because LLVM merges adjacent constant
+    // stores (a connect to a foreign listener writes only zeros after
+    // `to_port_be`) into a memset, which this target compiles to a byte
+    // loop whose pointer arithmetic the verifier refuses without
+    // CAP_PERFMON (the DaemonSet grants CAP_BPF and CAP_NET_ADMIN only).
+    let p = unsafe { SOCK_ORIG.get_or_insert_ptr_mut(ctx, None) };
     if p.is_null() {
         return Err(-1);
     }
-    // Field by field: a whole-struct store from a value that was also
-    // handed to the helper compiles to a memmove, whose pointer
-    // subtraction the verifier refuses without CAP_PERFMON (the DaemonSet
-    // grants CAP_BPF and CAP_NET_ADMIN only).
     unsafe {
-        (*p).orig_ip_be = orig_ip_be;
-        (*p).orig_port_be = orig_port_be;
-        (*p).kind = kind;
-        (*p).flags = slot.flags;
-        (*p).to_ip_be = to_ip_be;
-        (*p).to_port_be = to_port_be;
-        (*p).ns_id = ns_id;
-        (*p).service_id = slot.service_id;
-        (*p).connect_timeout_ms = slot.connect_timeout_ms;
+        put(&raw mut (*p).orig_ip_be, orig_ip_be);
+        put(&raw mut (*p).orig_port_be, orig_port_be);
+        put(&raw mut (*p).kind, kind);
+        put(&raw mut (*p).flags, slot.flags);
+        put(&raw mut (*p).to_ip_be, to_ip_be);
+        put(&raw mut (*p).to_port_be, to_port_be);
+        put(&raw mut (*p).ns_id, ns_id);
+        put(&raw mut (*p).service_id, slot.service_id);
+        put(&raw mut (*p).connect_timeout_ms, slot.connect_timeout_ms);
     }
     Ok(())
 }
@@ -102,44 +92,35 @@ pub(crate) fn record6(
     route_vip_be: u32,
     slot: Slot,
 ) -> Result<(), i64> {
-    let mut value = SockOrig6 {
-        orig_ip6_be,
-        to_ip6_be,
-        orig_port_be,
-        to_port_be,
-        kind,
-        flags: slot.flags,
-        _pad: 0,
-        ns_id,
-        route_vip_be,
-        service_id: slot.service_id,
-        connect_timeout_ms: slot.connect_timeout_ms,
-        _pad2: 0,
-    };
-    let p = unsafe { SOCK_ORIG6.get_or_insert_ptr_mut(ctx, Some(&mut value)) };
+    // As in `record`: zeroed storage, then volatile stores.
+    let p = unsafe { SOCK_ORIG6.get_or_insert_ptr_mut(ctx, None) };
     if p.is_null() {
         return Err(-1);
     }
-    // Field by field, as in `record`.
     unsafe {
-        (*p).orig_ip6_be[0] = orig_ip6_be[0];
-        (*p).orig_ip6_be[1] = orig_ip6_be[1];
-        (*p).orig_ip6_be[2] = orig_ip6_be[2];
-        (*p).orig_ip6_be[3] = orig_ip6_be[3];
-        (*p).to_ip6_be[0] = to_ip6_be[0];
-        (*p).to_ip6_be[1] = to_ip6_be[1];
-        (*p).to_ip6_be[2] = to_ip6_be[2];
-        (*p).to_ip6_be[3] = to_ip6_be[3];
-        (*p).orig_port_be = orig_port_be;
-        (*p).to_port_be = to_port_be;
-        (*p).kind = kind;
-        (*p).flags = slot.flags;
-        (*p).ns_id = ns_id;
-        (*p).route_vip_be = route_vip_be;
-        (*p).service_id = slot.service_id;
-        (*p).connect_timeout_ms = slot.connect_timeout_ms;
+        for i in 0..4 {
+            put(&raw mut (*p).orig_ip6_be[i], orig_ip6_be[i]);
+            put(&raw mut (*p).to_ip6_be[i], to_ip6_be[i]);
+        }
+        put(&raw mut (*p).orig_port_be, orig_port_be);
+        put(&raw mut (*p).to_port_be, to_port_be);
+        put(&raw mut (*p).kind, kind);
+        put(&raw mut (*p).flags, slot.flags);
+        put(&raw mut (*p).ns_id, ns_id);
+        put(&raw mut (*p).route_vip_be, route_vip_be);
+        put(&raw mut (*p).service_id, slot.service_id);
+        put(&raw mut (*p).connect_timeout_ms, slot.connect_timeout_ms);
     }
     Ok(())
+}
+
+/// One store LLVM may not merge with its neighbours (see [`record`]).
+///
+/// # Safety
+/// `dst` must be valid for a write of `T`.
+#[inline(always)]
+unsafe fn put<T>(dst: *mut T, value: T) {
+    unsafe { core::ptr::write_volatile(dst, value) }
 }
 
 /// [`restore`] for an IPv6 socket (getpeername6, recvmsg6).

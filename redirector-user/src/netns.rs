@@ -89,8 +89,13 @@ pub(crate) fn inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
 pub(crate) enum Sockets {
     /// The daemon's own namespace: made directly.
     Here,
-    /// Another one: made by the helper, in the namespace `fd`.
-    There { helper: Arc<Helper>, fd: Arc<OwnedFd> },
+    /// Another one: made by the helper, in the namespace `fd`; `ready`
+    /// holds sockets asked for ahead (one round trip for many).
+    There {
+        helper: Arc<Helper>,
+        fd: Arc<OwnedFd>,
+        ready: Arc<Mutex<Vec<((SockKind, bool), OwnedFd)>>>,
+    },
 }
 
 impl Sockets {
@@ -106,16 +111,61 @@ impl Sockets {
                 let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
                 Socket::new(domain, ty.cloexec(), Some(proto))?
             }
-            Sockets::There { helper, fd } => {
-                let mut got = helper
-                    .sockets(fd.as_fd(), &[(kind, v6)])
-                    .await
-                    .map_err(io::Error::other)?;
-                Socket::from(got.pop().ok_or_else(|| io::Error::other("no socket"))?)
+            Sockets::There { helper, fd, ready } => {
+                let prefetched = {
+                    let mut ready = ready.lock().expect("sockets lock");
+                    ready
+                        .iter()
+                        .position(|(k, _)| *k == (kind, v6))
+                        .map(|i| ready.remove(i).1)
+                };
+                match prefetched {
+                    Some(fd) => Socket::from(fd),
+                    None => {
+                        let mut got = helper
+                            .sockets(fd.as_fd(), &[(kind, v6)])
+                            .await
+                            .map_err(io::Error::other)?;
+                        Socket::from(got.pop().ok_or_else(|| io::Error::other("no socket"))?)
+                    }
+                }
             }
         };
         socket.set_nonblocking(true)?;
         Ok(socket)
+    }
+
+    /// Sockets of the namespace `fd`, made by `helper`.
+    pub(crate) fn there(helper: Arc<Helper>, fd: Arc<OwnedFd>) -> Self {
+        Sockets::There {
+            helper,
+            fd,
+            ready: Arc::default(),
+        }
+    }
+
+    /// Asks for sockets of `kinds` ((kind, IPv6?)) at once, to be taken by
+    /// the next [`Sockets::socket`] calls; a no-op here.
+    pub(crate) async fn prefetch(&self, kinds: &[(SockKind, bool)]) -> io::Result<()> {
+        let Sockets::There { helper, fd, ready } = self else {
+            return Ok(());
+        };
+        let got = helper
+            .sockets(fd.as_fd(), kinds)
+            .await
+            .map_err(io::Error::other)?;
+        ready
+            .lock()
+            .expect("sockets lock")
+            .extend(kinds.iter().copied().zip(got));
+        Ok(())
+    }
+
+    /// Drops sockets asked for ahead and not taken.
+    pub(crate) fn clear(&self) {
+        if let Sockets::There { ready, .. } = self {
+            ready.lock().expect("sockets lock").clear();
+        }
     }
 
     /// A TCP listener on `addr`, as `TcpListener::bind` makes one (address

@@ -418,10 +418,20 @@ impl Pods {
         helper: Arc<Helper>,
     ) -> anyhow::Result<(NsId, Option<u64>, Result<Serving, String>)> {
         let fd = Arc::new(fd);
-        let sockets = Sockets::There {
-            helper: helper.clone(),
-            fd: fd.clone(),
-        };
+        let sockets = Sockets::there(helper.clone(), fd.clone());
+        // One round trip for what a listener set needs: the proxy (TCP,
+        // both families), the responder (UDP and TCP, both), and a probe.
+        sockets
+            .prefetch(&[
+                (SockKind::Udp, false),
+                (SockKind::Tcp, false),
+                (SockKind::Tcp, true),
+                (SockKind::Udp, false),
+                (SockKind::Tcp, false),
+                (SockKind::Udp, true),
+                (SockKind::Tcp, true),
+            ])
+            .await?;
         // The namespace's identity, from a socket made there.
         let probe = sockets
             .socket(SockKind::Udp, &"127.0.0.1:0".parse().expect("an address"))
@@ -429,9 +439,9 @@ impl Pods {
         let cookie = netns::cookie(probe.as_fd())?;
         let id = netns::ns_id(probe.as_fd(), fd.as_fd())?;
         drop(probe);
-        let set = match ListenerSet::bind_or_adopt(&self.ctx.node, &mut None, Some(id), &sockets)
-            .await
-        {
+        let bound = ListenerSet::bind_or_adopt(&self.ctx.node, &mut None, Some(id), &sockets).await;
+        sockets.clear();
+        let set = match bound {
             Ok(set) => set,
             Err(e) => {
                 return match e.port_taken() {
@@ -706,10 +716,7 @@ impl Pods {
             "the handed namespace is not the one described"
         );
         let fd = Arc::new(fd);
-        let sockets = Sockets::There {
-            helper,
-            fd: fd.clone(),
-        };
+        let sockets = Sockets::there(helper, fd.clone());
         let set =
             ListenerSet::bind_or_adopt(&self.ctx.node, handed, Some(pod.ns), &sockets).await?;
         let name = display_name(&pod.meta, pod.source, pod.inode);
