@@ -25,7 +25,7 @@ use redirector_tests::{
     cgroup::{TestCgroup, cgroup2_root},
     client::{self, Client, rdt_client_bin},
     cni::PluginError,
-    daemon::{Daemon, DaemonOptions, PinDirGuard, pin_dir_for_test},
+    daemon::{Daemon, DaemonOptions, PinDirGuard, pin_dir_for_test, redirector_bin},
     dns::DnsServer,
     http::HttpServer,
     names,
@@ -561,7 +561,9 @@ fn sweep_removes_only_stale_resources() {
     let dead = pid_max + 1;
     let n = names::next_id();
 
-    let ns_name = format!("rdt-{dead}-{n}-stale");
+    // A pod's namespace and a node's cgroup with a pod's in it, holding
+    // the orphan: what a test killed while it had a pod leaves.
+    let ns_name = format!("rdt-{dead}-{n}-pod_web");
     let status = Command::new("ip")
         .args(["netns", "add", &ns_name])
         .status()
@@ -573,11 +575,15 @@ fn sweep_removes_only_stale_resources() {
     std::fs::create_dir(&cg).expect("creating a stale cgroup");
     let pins = pin_dir_for_test().with_file_name(format!("redirector-test-{dead}-{n}"));
     std::fs::create_dir(&pins).expect("creating a stale pin dir (is bpffs mounted?)");
+    let pod_cg = cg.join("pod-web");
+    std::fs::create_dir(&pod_cg).expect("creating a stale pod cgroup");
     let mut orphan = Command::new("sleep")
         .arg("30")
         .env(names::OWNER_ENV, dead.to_string())
         .spawn()
         .expect("spawning a stale process");
+    std::fs::write(pod_cg.join("cgroup.procs"), orphan.id().to_string())
+        .expect("moving the orphan into the pod's cgroup");
 
     let live = Netns::new("live").expect("creating a live namespace");
     let live_cg = TestCgroup::new().expect("creating a live cgroup");
@@ -1114,4 +1120,32 @@ fn hundred_pods_leave_nothing() {
         "hundred_pods_alone: {}\n{stdout}\n{stderr}",
         out.status
     );
+}
+
+#[test]
+fn chain_redirector_links_the_daemons_binary() {
+    let node = Node::new();
+    let pods = node.pods();
+    let socket = node.dir.path().join("cni.sock");
+    pods.chain_redirector(&socket)
+        .expect("chaining the redirector's plugin");
+    let link = pods.bin_dir().join(REDIRECTOR_PLUGIN);
+    assert_eq!(
+        std::fs::read_link(&link).expect("redirector-cni is a link"),
+        redirector_bin(),
+        "the daemon's binary, under the plugin's name"
+    );
+    let list = pods.network_list();
+    let types: Vec<&str> = list
+        .plugins
+        .iter()
+        .map(|p| p["type"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(types, ["bridge", "loopback", REDIRECTOR_PLUGIN]);
+    assert_eq!(
+        list.plugins[2],
+        json!({"type": REDIRECTOR_PLUGIN, "socket": socket})
+    );
+    pods.unchain();
+    assert_eq!(pods.network_list().plugins.len(), 2);
 }

@@ -14,9 +14,10 @@
 //! pod's; their `CNI_PATH` is Debian's directory then the network's own
 //! [`PodNetwork::bin_dir`], where a test puts `redirector-cni`. The node
 //! serves cluster DNS at [`CLUSTER_DNS`] (an address on its `lo`) from its
-//! real DNS server, and forwards: pods reach endpoint
-//! namespaces linked to the node ([`PodNetwork::endpoint_ns`]), which
-//! route the pod subnet back through it. Nothing has a route off the box.
+//! real DNS server, and forwards: pods reach endpoint namespaces linked to
+//! the node ([`crate::scenario::Node::endpoint_ns`]), which route the pod
+//! subnet back through it ([`PodNetwork::route_back`]). Nothing has a route
+//! off the box. IPv4 only.
 //!
 //! A [`Pod`] is made as a runtime runs a sandbox: its cgroup
 //! `<node cgroup>/pod-<name>` (under the one the daemon attaches to), a
