@@ -32,6 +32,7 @@ use redirector_tests::{
     netns::{Netns, link},
     pod::{CLUSTER_DNS, CNI_PLUGIN_DIR, Pod, REDIRECTOR_PLUGIN},
     privilege::require_root,
+    process,
     scenario::{Node, TIMEOUT as NODE_TIMEOUT, wait_until},
     sweep::sweep_stale,
     tcp::TcpServer,
@@ -1102,7 +1103,7 @@ fn hundred_pods_alone() {
 fn hundred_pods_leave_nothing() {
     require_root();
     let exe = std::env::current_exe().expect("the test binary");
-    let out = Command::new(exe)
+    let mut child = Command::new(exe)
         .args([
             "hundred_pods_alone",
             "--exact",
@@ -1110,15 +1111,27 @@ fn hundred_pods_leave_nothing() {
             "--test-threads=1",
             "--nocapture",
         ])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("running hundred_pods_alone");
-    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    let stdout = process::drain(child.stdout.take());
+    let stderr = process::drain(child.stderr.take());
+    // Seconds when idle, under a minute on a loaded machine: the bound
+    // only stops a hang.
+    let status = process::wait_timeout(&mut child, Duration::from_secs(600)).expect("waiting");
+    if status.is_none() {
+        process::kill_and_reap(&mut child);
+    }
+    let (stdout, stderr) = (
+        text(&stdout.join().unwrap_or_default()),
+        text(&stderr.join().unwrap_or_default()),
+    );
     println!("{stdout}");
     eprintln!("{stderr}");
     assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "hundred_pods_alone: {}\n{stdout}\n{stderr}",
-        out.status
+        status.is_some_and(|s| s.success()) && stdout.contains("1 passed"),
+        "hundred_pods_alone: {status:?}\n{stdout}\n{stderr}"
     );
 }
 
