@@ -820,7 +820,14 @@ fn pod_processes_are_in_its_cgroup_and_network_namespace() {
     assert_eq!(ns.trim(), format!("net:[{pod_ino}]"));
     assert_ne!(pod_ino, node_ino, "not the node's namespace");
 
-    // A long-running process: in the pod until the pod goes, which kills it.
+    // Its infra process holds both from the start, as `pause` does.
+    let infra = web.infra_pid();
+    assert_eq!(web.cgroup().pids().expect("pids"), [infra]);
+    let link = std::fs::read_link(format!("/proc/{infra}/ns/net")).expect("its netns");
+    assert_eq!(link.to_string_lossy(), format!("net:[{pod_ino}]"));
+
+    // A long-running process: in the pod until the pod goes, which kills
+    // it (and the infra process).
     let mut sleeper = web.spawn("sleep", ["600"]).expect("spawning sleep");
     let pid = sleeper.pid();
     wait_until("sleep in the pod's cgroup", NODE_TIMEOUT, || {
@@ -836,6 +843,10 @@ fn pod_processes_are_in_its_cgroup_and_network_namespace() {
         status.signal(),
         Some(libc::SIGKILL),
         "deleting the pod kills its processes"
+    );
+    assert!(
+        !Path::new(&format!("/proc/{infra}")).exists(),
+        "the infra process is killed and reaped"
     );
 }
 
@@ -1028,6 +1039,8 @@ struct Census {
     cgroups: usize,
     leases: usize,
     fds: usize,
+    /// Children of the test process, zombies included.
+    children: usize,
 }
 
 fn census(node: &Node) -> Census {
@@ -1039,7 +1052,24 @@ fn census(node: &Node) -> Census {
         fds: std::fs::read_dir("/proc/self/fd")
             .expect("listing /proc/self/fd")
             .count(),
+        children: children_of(std::process::id()),
     }
+}
+
+/// How many processes have `parent` as their parent.
+fn children_of(parent: u32) -> usize {
+    std::fs::read_dir("/proc")
+        .expect("listing /proc")
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            // `pid (comm) state ppid …`; comm may hold spaces and parens.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|ppid| ppid.parse::<u32>().ok())
+                == Some(parent)
+        })
+        .count()
 }
 
 /// Run by `hundred_pods_leave_nothing`, alone in a test process of its
@@ -1081,9 +1111,15 @@ fn hundred_pods_alone() {
     assert_eq!(ips.len(), made.len(), "distinct addresses");
     let full = census(&node);
     assert_eq!(
-        (full.netns, full.bridge_ports, full.cgroups, full.leases),
-        (100, 100, 100, 100),
-        "{full:?}"
+        (
+            full.netns,
+            full.bridge_ports,
+            full.cgroups,
+            full.leases,
+            full.children - before.children
+        ),
+        (100, 100, 100, 100, 100),
+        "one infra process each: {full:?}"
     );
 
     let start = Instant::now();
@@ -1093,7 +1129,7 @@ fn hundred_pods_alone() {
     let delete = start.elapsed();
     assert_eq!(census(&node), before, "nothing left behind");
     println!(
-        "{PODS} pods: create {:.1} ms/pod, delete {:.1} ms/pod",
+        "{PODS} pods: create {:.1} ms/pod, delete {:.1} ms/pod; before and after: {before:?}",
         create.as_secs_f64() * 1000.0 / f64::from(PODS),
         delete.as_secs_f64() * 1000.0 / f64::from(PODS)
     );

@@ -23,7 +23,8 @@
 //! `<node cgroup>/pod-<name>` (under the one the daemon attaches to), a
 //! namespace `rdt-<pid>-<n>-pod_<name>` with `lo` down, then CNI ADD
 //! (`CNI_ARGS` carries `K8S_POD_NAMESPACE`, `K8S_POD_NAME`,
-//! `K8S_POD_INFRA_CONTAINER_ID`). Its processes ([`Pod::command`],
+//! `K8S_POD_INFRA_CONTAINER_ID`), then its infra process (`sleep
+//! infinity` for `pause`, [`Pod::infra_pid`]). Its processes ([`Pod::command`],
 //! [`Pod::client`], [`Pod::spawn`]) run in its namespace and cgroup and
 //! see the kubelet's resolv.conf (cluster DNS, search domains, `ndots:5`)
 //! through a bind mount in a mount namespace of their own. Deleting it
@@ -374,6 +375,8 @@ pub struct Pod {
     dir: PathBuf,
     cgroup: Option<TestCgroup>,
     netns: Option<Netns>,
+    /// The sandbox's own process (a runtime's `pause`).
+    infra: Option<PodProcess>,
     torn_down: bool,
 }
 
@@ -408,6 +411,7 @@ impl Pod {
             dir,
             cgroup: None,
             netns: None,
+            infra: None,
             torn_down: false,
         };
         fs::write(pod.resolv_conf(), resolv_conf(namespace))
@@ -424,6 +428,17 @@ impl Pod {
         pod.result = result;
         pod.ip = first_ipv4(&pod.result)
             .with_context(|| format!("no IPv4 address in the ADD result {}", pod.result))?;
+        // What `pause` is to a runtime: a process that holds the sandbox,
+        // so the pod has one in its cgroup and namespace from the start.
+        let infra = pod
+            .command("sleep")
+            .arg("infinity")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the pod's infra process")?;
+        pod.infra = Some(PodProcess { child: infra });
         Ok(pod)
     }
 
@@ -483,6 +498,15 @@ impl Pod {
         self.netns
             .as_ref()
             .expect("a pod has its namespace until deleted")
+    }
+
+    /// The pid of its infra process (`sleep infinity` standing in for a
+    /// runtime's `pause`), in its namespace and cgroup for its whole life.
+    pub fn infra_pid(&self) -> u32 {
+        self.infra
+            .as_ref()
+            .expect("a pod has its infra process until deleted")
+            .pid()
     }
 
     /// Its cgroup, `<node cgroup>/pod-<name>`.
@@ -571,11 +595,14 @@ impl Pod {
         }
         self.torn_down = true;
         let mut failures = Vec::new();
+        // Removing the cgroup kills them; reaped here.
+        let infra = self.infra.take();
         if let Some(cgroup) = self.cgroup.take()
             && let Err(err) = cgroup.remove()
         {
             failures.push(format!("{err:#}"));
         }
+        drop(infra);
         if !self.result.is_null()
             && let Err(err) =
                 self.network
