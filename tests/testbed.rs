@@ -28,6 +28,7 @@ use redirector_tests::{
     daemon::{Daemon, DaemonOptions, PinDirGuard, pin_dir_for_test, redirector_bin},
     dns::DnsServer,
     http::HttpServer,
+    istio::mydb_entry,
     names,
     netns::{Netns, link},
     pod::{CLUSTER_DNS, CNI_PLUGIN_DIR, Pod, REDIRECTOR_PLUGIN},
@@ -1197,4 +1198,37 @@ fn chain_redirector_links_the_daemons_binary() {
     );
     pods.unchain();
     assert_eq!(pods.network_list().plugins.len(), 2);
+}
+
+#[test]
+fn pods_before_and_after_the_daemon_starts() {
+    let mut node = Node::new();
+    // A clone outlives the borrow of `node`, which start() needs mutably.
+    let pods = node.pods().clone();
+    let east = node.endpoint_ns("east", "10.213.2.1/24", "10.213.2.2/24");
+    let _server =
+        HttpServer::start(&east, addr("10.213.2.2:80"), "east").expect("starting the HTTP server");
+    let before = pods
+        .pod("before")
+        .expect("creating a pod before the daemon");
+    node.start(
+        &mydb_entry("240.240.0.9", "STATIC", "  - {address: 10.213.2.2}\n"),
+        "us-east1",
+        false,
+    );
+    let after = pods.pod("after").expect("creating a pod after the daemon");
+    for pod in [&before, &after] {
+        let out = in_pod(pod, "curl", &["-sS", "-m", "10", "http://10.213.2.2/"]);
+        assert_eq!(out, "healthy: east", "from pod {}", pod.name());
+    }
+    before
+        .delete()
+        .expect("deleting a pod while the daemon runs");
+    after
+        .delete()
+        .expect("deleting a pod while the daemon runs");
+    assert_eq!(
+        pods.leases().expect("leases"),
+        Vec::<std::net::Ipv4Addr>::new()
+    );
 }

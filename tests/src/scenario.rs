@@ -77,7 +77,9 @@ impl Node {
     }
 
     /// The node's pod network ([`crate::pod`]), set up on first use:
-    /// bridge, cluster DNS, forwarding.
+    /// cluster DNS, forwarding, then the bridge with the first pod. Clone
+    /// it (cheap) to keep it across `&mut` uses of the node, such as
+    /// [`Node::start`].
     pub fn pods(&self) -> &PodNetwork {
         self.pods.get_or_init(|| {
             PodNetwork::new(
