@@ -52,15 +52,6 @@ pub struct NetworkList {
 }
 
 impl NetworkList {
-    /// The list as a `.conflist` file would hold it.
-    pub fn to_json(&self) -> Value {
-        serde_json::json!({
-            "cniVersion": self.cni_version,
-            "name": self.name,
-            "plugins": self.plugins,
-        })
-    }
-
     /// What plugin `index` reads on stdin: its config with the list's
     /// version and name, and `prev` as `prevResult`.
     fn plugin_config(&self, index: usize, prev: Option<&Value>) -> Result<Value> {
@@ -153,11 +144,6 @@ impl Runtime {
         }
     }
 
-    /// The directories plugins are looked up in, in order.
-    pub fn cni_path(&self) -> &[PathBuf] {
-        &self.cni_path
-    }
-
     /// ADD: the attachment's result (the last plugin's). On failure, DEL
     /// of the whole list has run; the error is the failing plugin's (a
     /// [`PluginError`] when it ran).
@@ -235,7 +221,7 @@ impl Runtime {
 
     /// Where the plugin `name` is: the first `CNI_PATH` directory that has
     /// it.
-    pub fn find(&self, name: &str) -> Result<PathBuf> {
+    fn find(&self, name: &str) -> Result<PathBuf> {
         if name.is_empty() || name.contains('/') {
             bail!("{name:?} is not a CNI plugin name");
         }
