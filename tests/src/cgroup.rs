@@ -4,7 +4,7 @@
 //! Children join in `pre_exec` by writing `0` to `cgroup.procs` through a
 //! descriptor opened before the fork, so they are inside the cgroup before
 //! their first instruction. Drop kills whatever is left, waits for the
-//! cgroup to empty and removes it.
+//! cgroup to empty and removes it, child cgroups (pods') first.
 
 use std::{
     fs::{self, File},
@@ -50,7 +50,10 @@ pub struct TestCgroup {
 impl TestCgroup {
     /// Creates a fresh cgroup directly under the cgroup2 root.
     pub fn new() -> Result<TestCgroup> {
-        let path = cgroup2_root()?.join(names::unique(names::PREFIX));
+        TestCgroup::create(cgroup2_root()?.join(names::unique(names::PREFIX)))
+    }
+
+    fn create(path: PathBuf) -> Result<TestCgroup> {
         fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
         let procs = match File::options().write(true).open(path.join("cgroup.procs")) {
             Ok(file) => Arc::new(OwnedFd::from(file)),
@@ -144,6 +147,21 @@ impl TestCgroup {
     pub fn pids(&self) -> Result<Vec<u32>> {
         pids(&self.path)
     }
+
+    /// Kills what runs in the cgroup and removes it (and its children)
+    /// now, reporting a failure that Drop could only print.
+    pub fn remove(self) -> Result<()> {
+        // Drop finds the directory gone and has nothing left to do.
+        remove(&self.path)
+    }
+
+    /// The child cgroups, by name.
+    pub fn children(&self) -> Result<Vec<String>> {
+        Ok(children(&self.path)?
+            .iter()
+            .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+            .collect())
+    }
 }
 
 impl Drop for TestCgroup {
@@ -161,11 +179,42 @@ fn pids(dir: &Path) -> Result<Vec<u32>> {
     Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
-/// Kills every process in the cgroup at `dir`, waits until it is empty and
-/// removes it (retrying briefly while the kernel still reports it busy).
+/// Creates the child cgroup `<parent>/<name>` (a pod's, say): programs
+/// attached to the parent apply to it too. Fails if it exists. Removing
+/// the parent removes its children first.
+pub(crate) fn child_of(parent: &Path, name: &str) -> Result<TestCgroup> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        bail!("{name:?} is not a cgroup name");
+    }
+    TestCgroup::create(parent.join(name))
+}
+
+/// Child cgroups of `dir` (its subdirectories; an absent `dir` has none).
+fn children(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(err).with_context(|| format!("listing {}", dir.display())),
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            dirs.push(entry.path());
+        }
+    }
+    Ok(dirs)
+}
+
+/// Removes the child cgroups of `dir` (depth first), then kills every
+/// process in `dir`, waits until it is empty and removes it (retrying
+/// briefly while the kernel still reports it busy).
 pub(crate) fn remove(dir: &Path) -> Result<()> {
     if !dir.exists() {
         return Ok(());
+    }
+    for child in children(dir)? {
+        remove(&child)?;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -10,7 +10,7 @@ use std::{
     ffi::{CString, OsStr, OsString},
     net::IpAddr,
     os::unix::{ffi::OsStrExt, process::CommandExt},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::Duration,
 };
@@ -58,8 +58,17 @@ pub struct Client<'a> {
     program: OsString,
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
-    resolv_conf: Option<String>,
+    resolv_conf: Option<Resolv>,
     timeout: Duration,
+}
+
+/// Where a client's private `/etc/resolv.conf` comes from.
+#[derive(Debug)]
+enum Resolv {
+    /// Written to a temp file for the run.
+    Text(String),
+    /// An existing file (a pod's).
+    File(PathBuf),
 }
 
 impl<'a> Client<'a> {
@@ -108,7 +117,14 @@ impl<'a> Client<'a> {
 
     /// Gives the child a private `/etc/resolv.conf` with this text.
     pub fn resolv_conf(&mut self, text: &str) -> &mut Self {
-        self.resolv_conf = Some(text.to_owned());
+        self.resolv_conf = Some(Resolv::Text(text.to_owned()));
+        self
+    }
+
+    /// Gives the child this file as its `/etc/resolv.conf` (bind-mounted
+    /// in a mount namespace of its own).
+    pub fn resolv_conf_file(&mut self, file: impl Into<PathBuf>) -> &mut Self {
+        self.resolv_conf = Some(Resolv::File(file.into()));
         self
     }
 
@@ -133,7 +149,11 @@ impl<'a> Client<'a> {
         }
         self.netns.configure(&mut cmd);
         let _resolv_dir = match &self.resolv_conf {
-            Some(text) => Some(private_resolv_conf(&mut cmd, text)?),
+            Some(Resolv::Text(text)) => Some(private_resolv_conf(&mut cmd, text)?),
+            Some(Resolv::File(file)) => {
+                bind_resolv_conf(&mut cmd, file)?;
+                None
+            }
             None => None,
         };
 
@@ -173,7 +193,14 @@ fn private_resolv_conf(cmd: &mut Command, text: &str) -> Result<TempDir> {
     let dir = TempDir::new("resolv")?;
     let file = dir.path().join("resolv.conf");
     std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
-    let source = CString::new(file.as_os_str().as_bytes()).context("temp path with NUL")?;
+    bind_resolv_conf(cmd, &file)?;
+    Ok(dir)
+}
+
+/// Makes the child bind-mount `file` over `/etc/resolv.conf` in a mount
+/// namespace of its own (the file must outlive the child's start).
+pub(crate) fn bind_resolv_conf(cmd: &mut Command, file: &Path) -> Result<()> {
+    let source = CString::new(file.as_os_str().as_bytes()).context("path with NUL")?;
     let target = c"/etc/resolv.conf";
     // SAFETY: unshare(2) and mount(2) are plain syscalls, async-signal-safe;
     // the CStrings were built before the fork.
@@ -204,7 +231,7 @@ fn private_resolv_conf(cmd: &mut Command, text: &str) -> Result<TempDir> {
             ))
         });
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// `GET http://<host>/` with curl, as an app in `netns` and `cgroup` would

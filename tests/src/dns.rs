@@ -107,7 +107,7 @@ fn lower_name(name: &str) -> Result<LowerName> {
 pub struct DnsServer {
     addr: SocketAddr,
     zone: Arc<Zone>,
-    _rt: NsRuntime,
+    rt: NsRuntime,
 }
 
 impl DnsServer {
@@ -116,29 +116,19 @@ impl DnsServer {
     pub fn start(netns: &Netns, addr: SocketAddr) -> Result<DnsServer> {
         let rt = NsRuntime::start(netns, &format!("dns {addr}"))?;
         let zone = Arc::new(Zone::default());
-        let handler = Handler {
-            zone: Arc::clone(&zone),
-        };
-        let (bound, mut server) = rt
-            .run(async move {
-                let udp = UdpSocket::bind(addr).await?;
-                let bound = udp.local_addr()?;
-                let tcp = TcpListener::bind(bound).await?;
-                let mut server = Server::new(handler);
-                server.register_socket(udp);
-                server.register_listener(tcp, Duration::from_secs(5), 64);
-                std::io::Result::Ok((bound, server))
-            })?
-            .with_context(|| format!("DNS server cannot listen on {addr}"))?;
-        // The task owns the server; dropping the runtime ends both.
-        rt.spawn(async move {
-            let _ = server.block_until_done().await;
-        });
+        let bound = listen(&rt, &zone, addr)?;
         Ok(DnsServer {
             addr: bound,
             zone,
-            _rt: rt,
+            rt,
         })
+    }
+
+    /// Answers from the same records on `addr` too (UDP and TCP, in the
+    /// same namespace; the address must be one of its own): a pod's
+    /// cluster DNS address, say. Returns the bound address.
+    pub fn serve_also(&self, addr: SocketAddr) -> Result<SocketAddr> {
+        listen(&self.rt, &self.zone, addr)
     }
 
     /// The bound address (UDP and TCP).
@@ -196,6 +186,30 @@ impl DnsServer {
         let name = format!("{}.", name.trim_end_matches('.').to_ascii_lowercase());
         self.log().into_iter().filter(|s| s.name == name).collect()
     }
+}
+
+/// Serves `zone` on `addr` (UDP, and TCP on the port UDP got) from a task
+/// of `rt`; returns the bound address.
+fn listen(rt: &NsRuntime, zone: &Arc<Zone>, addr: SocketAddr) -> Result<SocketAddr> {
+    let handler = Handler {
+        zone: Arc::clone(zone),
+    };
+    let (bound, mut server) = rt
+        .run(async move {
+            let udp = UdpSocket::bind(addr).await?;
+            let bound = udp.local_addr()?;
+            let tcp = TcpListener::bind(bound).await?;
+            let mut server = Server::new(handler);
+            server.register_socket(udp);
+            server.register_listener(tcp, Duration::from_secs(5), 64);
+            std::io::Result::Ok((bound, server))
+        })?
+        .with_context(|| format!("DNS server cannot listen on {addr}"))?;
+    // The task owns the server; dropping the runtime ends both.
+    rt.spawn(async move {
+        let _ = server.block_until_done().await;
+    });
+    Ok(bound)
 }
 
 struct Handler {

@@ -7,11 +7,13 @@
 //! `cargo xtask demo`. Traffic only ever goes to loopback or to addresses
 //! inside namespaces the bed created. [`scenario::Node`] is one node as most
 //! tests use it, [`istio`] the documents they configure it with and
-//! [`origination`] its HTTPS variant. What each test file covers is listed
+//! [`origination`] its HTTPS variant; [`pod`] puts pods on it, made by the
+//! real CNI plugins ([`cni`]). What each test file covers is listed
 //! in ARCHITECTURE.md, section "Tests".
 
 pub mod cgroup;
 pub mod client;
+pub mod cni;
 pub mod daemon;
 pub mod dns;
 pub mod echo;
@@ -24,6 +26,7 @@ pub mod names;
 pub mod netns;
 pub mod origination;
 pub mod pki;
+pub mod pod;
 pub mod privilege;
 pub mod process;
 pub mod rogue;

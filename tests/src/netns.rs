@@ -33,11 +33,22 @@ pub struct Netns {
     name: String,
     path: PathBuf,
     fd: Arc<OwnedFd>,
+    /// Set by [`Netns::delete`], so Drop does not delete it again.
+    deleted: bool,
 }
 
 impl Netns {
     /// Creates the namespace and brings `lo` up.
     pub fn new(role: &str) -> Result<Netns> {
+        let netns = Netns::without_lo(role)?;
+        netns.ip(["link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    /// Creates the namespace and leaves it as the kernel made it, `lo`
+    /// down: what a container runtime hands its CNI plugins (see
+    /// [`crate::pod`]).
+    pub(crate) fn without_lo(role: &str) -> Result<Netns> {
         if role.is_empty()
             || role.len() > 24
             || !role.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -60,10 +71,12 @@ impl Netns {
                 return Err(err).with_context(|| format!("opening {}", path.display()));
             }
         };
-        // From here on, Drop deletes the namespace whatever fails next.
-        let netns = Netns { name, path, fd };
-        netns.ip(["link", "set", "lo", "up"])?;
-        Ok(netns)
+        Ok(Netns {
+            name,
+            path,
+            fd,
+            deleted: false,
+        })
     }
 
     /// `rdt-<pid>-<n>-<role>`.
@@ -124,10 +137,21 @@ impl Netns {
     pub(crate) fn fd(&self) -> &Arc<OwnedFd> {
         &self.fd
     }
+
+    /// Deletes the namespace now (`ip netns del`), reporting a failure
+    /// that Drop could only print. The namespace itself lives on while a
+    /// process or an open descriptor still holds it.
+    pub fn delete(mut self) -> Result<()> {
+        self.deleted = true;
+        delete(&self.name)
+    }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if self.deleted {
+            return;
+        }
         if let Err(err) = delete(&self.name) {
             eprintln!("testbed: {err:#}");
         }

@@ -1,6 +1,8 @@
 //! One node for a test: a network namespace with no route off the box, a
 //! child cgroup the daemon attaches to, a real DNS server, HTTP endpoints
-//! on loopback addresses, and the daemon. Drop tears it all down in order
+//! on loopback addresses, and the daemon; on demand, pods
+//! ([`Node::pods`]) and endpoint namespaces they reach through the node
+//! ([`Node::endpoint_ns`]). Drop tears it all down in order
 //! (daemon first), also when the test panics.
 //!
 //! The Istio documents the tests give the daemon are in [`crate::istio`];
@@ -10,6 +12,7 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::Output,
+    sync::OnceLock,
     thread,
     time::{Duration, Instant},
 };
@@ -20,7 +23,8 @@ use crate::{
     daemon::{Daemon, DaemonOptions, PinDirGuard, redirector_bin},
     dns::DnsServer,
     http::HttpServer,
-    netns::Netns,
+    netns::{self, Netns},
+    pod::{PodNetwork, PodNetworkOptions},
     privilege,
     tempdir::TempDir,
     upstream,
@@ -37,6 +41,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Node {
     // Field order is drop order: the daemon goes before what it uses.
     pub daemon: Option<Daemon>,
+    /// Made by the first [`Node::pods`].
+    pods: OnceLock<PodNetwork>,
     pub servers: Vec<HttpServer>,
     pub dns: DnsServer,
     pub pins: PinDirGuard,
@@ -52,6 +58,7 @@ impl Node {
         let dns = DnsServer::start(&ns, DNS.parse().unwrap()).expect("starting the DNS server");
         Node {
             daemon: None,
+            pods: OnceLock::new(),
             servers: Vec::new(),
             dns,
             pins: PinDirGuard::for_test(),
@@ -67,6 +74,41 @@ impl Node {
             .unwrap_or_else(|e| panic!("starting HTTP server {name} on {addr}: {e:#}"));
         self.servers.push(server);
         self.servers.len() - 1
+    }
+
+    /// The node's pod network ([`crate::pod`]), set up on first use:
+    /// cluster DNS, forwarding, then the bridge with the first pod. Clone
+    /// it (cheap) to keep it across `&mut` uses of the node, such as
+    /// [`Node::start`].
+    pub fn pods(&self) -> &PodNetwork {
+        self.pods.get_or_init(|| {
+            PodNetwork::new(
+                &self.ns,
+                &self.cgroup,
+                &self.dns,
+                PodNetworkOptions::default(),
+            )
+            .unwrap_or_else(|e| panic!("setting up the node's pod network: {e:#}"))
+        })
+    }
+
+    /// A namespace for endpoints, joined to the node by veth (`node_cidr`
+    /// on the node's end, `cidr` on its own, say `10.213.1.1/24` and
+    /// `10.213.1.2/24`), with the pod subnet routed back through the node
+    /// (so it sets up [`Node::pods`]).
+    pub fn endpoint_ns(&self, role: &str, node_cidr: &str, cidr: &str) -> Netns {
+        let ns = Netns::new(role).unwrap_or_else(|e| panic!("creating namespace {role}: {e:#}"));
+        netns::link(&self.ns, node_cidr, &ns, cidr)
+            .unwrap_or_else(|e| panic!("linking {role} to the node: {e:#}"));
+        let via = node_cidr
+            .split('/')
+            .next()
+            .and_then(|ip| ip.parse().ok())
+            .unwrap_or_else(|| panic!("{node_cidr} is not an IPv4 address/prefix"));
+        self.pods()
+            .route_back(&ns, via)
+            .unwrap_or_else(|e| panic!("routing the pods back from {role}: {e:#}"));
+        ns
     }
 
     pub fn a_record(&self, name: &str, ip: [u8; 4], ttl: u32) {

@@ -13,7 +13,8 @@ use anyhow::{Result, bail};
 
 use crate::{cgroup, daemon::BPFFS, names, netns, process};
 
-/// Removes stale processes, cgroups, namespaces and pin directories; returns
+/// Removes stale processes, cgroups (with their children: a node's pods'),
+/// namespaces (pods' too) and pin directories; returns
 /// one line per thing removed. Keeps going past failures and reports them
 /// all at the end.
 pub fn sweep_stale() -> Result<Vec<String>> {

@@ -6,8 +6,10 @@
 //!   `-Z build-std=core`) and `clippy` (the eBPF crate is linted with it);
 //! - stable `rustfmt` and `clippy` (`cargo xtask test` runs both);
 //! - Debian packages: LLVM 22 and friends for bpf-linker, iproute2, curl,
-//!   dig (bind9-dnsutils) and python3 for the tests (from
-//!   bookworm-security, hence `apt-get update`);
+//!   dig (bind9-dnsutils), python3 and the CNI plugins
+//!   (containernetworking-plugins, in [`CNI_PLUGIN_DIR`]: the test bed
+//!   builds pods with them) for the tests (from bookworm-security, hence
+//!   `apt-get update`);
 //! - bpf-linker 0.13.0 built against LLVM 22;
 //! - bpffs mounted at `/sys/fs/bpf` (pins live there);
 //! - `kubernetes-validate` (PyPI, with the Kubernetes schemas bundled) in a
@@ -19,7 +21,7 @@ use anyhow::{Result, bail};
 
 use crate::cmd::{self, command, probe};
 
-const PACKAGES: [&str; 7] = [
+const PACKAGES: [&str; 8] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -28,7 +30,13 @@ const PACKAGES: [&str; 7] = [
     // DNS capture's tests: `dig` (UDP and TCP) and Python's resolver calls.
     "bind9-dnsutils",
     "python3",
+    // The test bed's pods: bridge, host-local, loopback, run as a
+    // container runtime runs them.
+    "containernetworking-plugins",
 ];
+/// Where Debian's containernetworking-plugins puts the plugins (the test
+/// bed's `pod::CNI_PLUGIN_DIR`; upstream's tarball uses /opt/cni/bin).
+const CNI_PLUGIN_DIR: &str = "/usr/lib/cni";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Where the Python test tools live (the deploy tests run them from here).
 pub(crate) const TOOLS_VENV: &str = "/opt/redirector-tools/venv";
@@ -141,6 +149,13 @@ fn packages() -> Result<()> {
     }
     for package in PACKAGES {
         report(package, missing.contains(&package));
+    }
+    let bridge = Path::new(CNI_PLUGIN_DIR).join("bridge");
+    if !bridge.is_file() {
+        bail!(
+            "containernetworking-plugins is installed but {} is missing: where did this Debian put the plugins?",
+            bridge.display()
+        );
     }
     Ok(())
 }
