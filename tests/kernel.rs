@@ -418,9 +418,10 @@ fn a_dead_daemons_last_ejections_steer_fail_open_connects() {
     // cleanup detaches: the VIP is not redirected any more.
     let (ok, out) = redirector(&node, &["cleanup", "--pin-dir", &pin_dir]);
     assert!(ok, "{out}");
-    // connect4, sock_ops, getpeername4, connect6, getpeername6, and DNS
-    // capture's sendmsg4, recvmsg4, sendmsg6, recvmsg6 and egress.
-    assert!(out.contains("detached 10 program link(s)"), "{out}");
+    // connect4, sock_ops, getpeername4, connect6, getpeername6, DNS
+    // capture's sendmsg4, recvmsg4, sendmsg6, recvmsg6 and egress, and
+    // sock_create (which reports new network namespaces).
+    assert!(out.contains("detached 11 program link(s)"), "{out}");
     assert!(!node.pins.path().exists());
     wait_until("the programs to detach", TIMEOUT, || {
         attached(&node) == (0, 0)

@@ -210,7 +210,34 @@ impl Running {
         // programs a previous daemon left attached send connects to them.
         // A predecessor's listeners, handed over, never stopped listening.
         let node = &current.node;
-        let set = listeners::ListenerSet::bind_or_adopt(node, handed, None, &Sockets::Here).await?;
+        // The node's own namespace: the predecessor's maps if it handed
+        // them over (what it recorded stays findable), else new ones, in
+        // the kernel before a listener is marked.
+        let host_id = {
+            let host = std::fs::File::open("/proc/self/ns/net")?;
+            let probe = socket2::Socket::new(
+                socket2::Domain::IPV4,
+                socket2::Type::DGRAM.cloexec(),
+                None,
+            )?;
+            crate::netns::ns_id(probe.as_fd(), host.as_fd())?
+        };
+        let host_maps = match handed.as_mut().map(|h| h.take_maps(host_id)) {
+            Some(Some(fds)) => NsMaps::from_fds(fds)?,
+            _ => {
+                let maps = NsMaps::create()?;
+                datapath.serve_namespace(host_id, &maps)?;
+                maps
+            }
+        };
+        let set = listeners::ListenerSet::bind_or_adopt(
+            node,
+            handed,
+            (None, host_id),
+            &Sockets::Here,
+            datapath,
+        )
+        .await?;
         let admin_listener = listeners::admin(node, handed).await?;
         let cni_path = cni_socket_path(&opts, node);
         let cni_listener = match (&helper, handed.as_mut().and_then(|h| h.take_cni())) {
@@ -228,16 +255,6 @@ impl Running {
             kept.add(handover::Kind::Cni, l.as_fd())
                 .context("keeping the CNI socket for a handover")?;
         }
-        // The node's own namespace: the predecessor's maps if it handed
-        // them over (what it recorded stays findable), else new ones.
-        let host_id = {
-            let host = std::fs::File::open("/proc/self/ns/net")?;
-            crate::netns::ns_id(set.any_socket(), host.as_fd())?
-        };
-        let (host_maps, handed_maps) = match handed.as_mut().map(|h| h.take_maps(host_id)) {
-            Some(Some(fds)) => (NsMaps::from_fds(fds)?, true),
-            _ => (NsMaps::create()?, false),
-        };
         let pods = Arc::new(pods::Pods::new(pods::Ctx {
             datapath: datapath.clone(),
             helper,
@@ -246,7 +263,7 @@ impl Running {
             services: services.clone(),
             metrics: metrics.clone(),
         })?);
-        pods.add_host(set, host_maps, handed_maps).await?;
+        pods.add_host(set, host_maps).await?;
         let adopted = pods.adopt(handed).await;
         if adopted > 0 {
             info!(pods = adopted, "took over the pods the previous daemon served");

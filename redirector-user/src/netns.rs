@@ -169,15 +169,27 @@ impl Sockets {
     }
 
     /// A TCP listener on `addr`, as `TcpListener::bind` makes one (address
-    /// reuse on, backlog 1024).
-    pub(crate) async fn listen(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    /// reuse on, backlog 1024), given `mark` before it is bound.
+    pub(crate) async fn listen(
+        &self,
+        addr: SocketAddr,
+        mark: Mark<'_>,
+    ) -> io::Result<tokio::net::TcpListener> {
         let socket = self.socket(SockKind::Tcp, &addr).await?;
         socket.set_reuse_address(true)?;
+        mark(socket.as_fd())?;
         socket.bind(&addr.into())?;
         socket.listen(1024)?;
         tokio::net::TcpListener::from_std(socket.into())
     }
 }
+
+/// What a new socket of the daemon's gets before it is bound: the mark
+/// that makes it the daemon's in the kernel's eyes (`Datapath::own`).
+/// Marked first, a listener is never found unmarked, so no connect meets
+/// it and goes on untouched (a restarted daemon's sockets appear while the
+/// kernel already sends connects to whatever it finds).
+pub(crate) type Mark<'a> = &'a (dyn Fn(BorrowedFd<'_>) -> io::Result<()> + Sync);
 
 /// One network namespace the daemon serves: its identity, its own maps
 /// (where the kernel records what it sends to the daemon's sockets there),

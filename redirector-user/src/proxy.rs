@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 use self::route::Routes;
 use crate::{
     config::Protocol,
-    netns::{Namespace, Sockets},
+    netns::{Mark, Namespace, Sockets},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +37,12 @@ pub(crate) enum ProxyError {
 
 /// The proxy's listener on `addr`, a socket made where `sockets` makes
 /// them (in the namespace it serves).
-pub(crate) async fn bind(addr: SocketAddr, sockets: &Sockets) -> Result<TcpListener, ProxyError> {
-    sockets.listen(addr).await.map_err(|error| {
+pub(crate) async fn bind(
+    addr: SocketAddr,
+    sockets: &Sockets,
+    mark: Mark<'_>,
+) -> Result<TcpListener, ProxyError> {
+    sockets.listen(addr, mark).await.map_err(|error| {
         if error.kind() == std::io::ErrorKind::AddrInUse {
             ProxyError::PortInUse { addr }
         } else {
@@ -52,8 +56,9 @@ pub(crate) async fn bind(addr: SocketAddr, sockets: &Sockets) -> Result<TcpListe
 pub(crate) async fn bind_optional(
     addr: SocketAddr,
     sockets: &Sockets,
+    mark: Mark<'_>,
 ) -> Result<Option<TcpListener>, ProxyError> {
-    match bind(addr, sockets).await {
+    match bind(addr, sockets, mark).await {
         Ok(l) => Ok(Some(l)),
         Err(e @ ProxyError::PortInUse { .. }) => Err(e),
         Err(e) => {

@@ -12,7 +12,7 @@
 
 use std::{
     net::{Ipv6Addr, SocketAddr, SocketAddrV6},
-    os::fd::{AsFd as _, AsRawFd, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd, BorrowedFd, OwnedFd},
     sync::Arc,
 };
 
@@ -26,7 +26,7 @@ use crate::{
     datapath::{BpfError, Datapath},
     dns,
     handover::{self, Handed, Kind, Listening},
-    netns::{Namespace, Sockets},
+    netns::{Mark, Namespace, Sockets},
     proxy::{self, route::Routes},
     state::{Node, Services},
 };
@@ -67,26 +67,41 @@ impl BindError {
 impl ListenerSet {
     /// The set of one namespace (`ns`: none for the daemon's own): the
     /// sockets a predecessor handed over where it did, the rest bound now
-    /// with sockets from `sockets` (made in that namespace).
+    /// with sockets from `sockets` (made in that namespace), each marked
+    /// as the daemon's, serving `id`, before it is bound (see
+    /// [`crate::netns::Mark`]). The namespace's maps must be in the kernel
+    /// already: from the mark on, the kernel records what it sends here
+    /// in them.
     pub(super) async fn bind_or_adopt(
         node: &Node,
         handed: &mut Option<Handed>,
-        ns: Option<NsId>,
+        (ns, id): (Option<NsId>, NsId),
         sockets: &Sockets,
+        datapath: &Datapath,
     ) -> Result<Self, BindError> {
+        let own = |kind: u32| {
+            move |fd: BorrowedFd<'_>| {
+                datapath
+                    .own(&fd.as_raw_fd(), id, kind)
+                    .map_err(std::io::Error::other)
+            }
+        };
+        let (mark_proxy, mark_dns) = (own(OWN_PROXY), own(OWN_DNS));
         let listen6: SocketAddr =
             SocketAddrV6::new(Ipv6Addr::LOCALHOST, node.listen.port(), 0, 0).into();
         let proxy = match handed_socket(handed, ns, Kind::Proxy, node.listen.into())? {
             Some(fd) => adopt_listener(fd)?,
-            None => proxy::bind(node.listen.into(), sockets).await?,
+            None => proxy::bind(node.listen.into(), sockets, &mark_proxy).await?,
         };
         let proxy6 = match handed_socket(handed, ns, Kind::Proxy, listen6)? {
             Some(fd) => Some(adopt_listener(fd)?),
-            None => proxy::bind_optional(listen6, sockets).await?,
+            None => proxy::bind_optional(listen6, sockets, &mark_proxy).await?,
         };
         // Likewise the DNS responder: bound, programs send DNS to it.
         let dns = match node.dns {
-            Some(addr) => adopt_or_bind_responder(handed, ns, addr.into(), sockets).await?,
+            Some(addr) => {
+                adopt_or_bind_responder(handed, ns, addr.into(), sockets, &mark_dns).await?
+            }
             None => None,
         };
         let dns6 = match node.dns {
@@ -96,6 +111,7 @@ impl ListenerSet {
                     ns,
                     SocketAddrV6::new(Ipv6Addr::LOCALHOST, addr.port(), 0, 0).into(),
                     sockets,
+                    &mark_dns,
                 )
                 .await?
             }
@@ -124,6 +140,9 @@ impl ListenerSet {
 
     /// Marks every socket as the daemon's, serving namespace `ns`: from
     /// now on the kernel sends that namespace's connects and DNS here.
+    /// Those bound here are marked already; this is for sockets a
+    /// predecessor handed over (its marks are in its own map when it ran
+    /// another ABI).
     pub(super) fn own(&self, datapath: &Datapath, ns: NsId) -> Result<(), BpfError> {
         for l in std::iter::once(&self.proxy).chain(&self.proxy6) {
             datapath.own(&l.as_raw_fd(), ns, OWN_PROXY)?;
@@ -249,6 +268,7 @@ async fn adopt_or_bind_responder(
     ns: Option<NsId>,
     addr: SocketAddr,
     sockets: &Sockets,
+    mark: Mark<'_>,
 ) -> Result<Option<dns::serve::Responder>, BindError> {
     let udp = handed_socket(handed, ns, Kind::DnsUdp, addr)?;
     let tcp = handed_socket(handed, ns, Kind::DnsTcp, addr)?;
@@ -260,7 +280,7 @@ async fn adopt_or_bind_responder(
         ));
     }
     Ok(match addr {
-        SocketAddr::V4(a) => Some(dns::serve::bind(a, sockets).await?),
-        SocketAddr::V6(a) => dns::serve::bind6(a, sockets).await?,
+        SocketAddr::V4(a) => Some(dns::serve::bind(a, sockets, mark).await?),
+        SocketAddr::V6(a) => dns::serve::bind6(a, sockets, mark).await?,
     })
 }

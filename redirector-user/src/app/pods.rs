@@ -215,13 +215,12 @@ impl Pods {
     }
 
     /// The daemon's own namespace, whose listeners `set` are bound (or
-    /// handed over) already: its maps go in, its sockets are marked, and
-    /// it is served from now on.
+    /// handed over) already and whose `maps` are in the kernel: it is
+    /// served from now on.
     pub(super) async fn add_host(
         &self,
         set: ListenerSet,
         maps: NsMaps,
-        handed_maps: bool,
     ) -> anyhow::Result<Arc<Namespace>> {
         let started = Instant::now();
         let host = std::fs::File::open("/proc/self/ns/net")?;
@@ -229,7 +228,7 @@ impl Pods {
         let id = netns::ns_id(set.any_socket(), host.as_fd())?;
         let ns = Arc::new(Namespace::new(id, "host".to_owned(), Sockets::Here, maps));
         let mut entries = self.entries.lock().await;
-        let entry = self.start(id, cookie, ns.clone(), set, None, handed_maps)?;
+        let entry = self.start(id, cookie, ns.clone(), set, None)?;
         entries.insert(
             id,
             Entry {
@@ -250,8 +249,9 @@ impl Pods {
         Ok(ns)
     }
 
-    /// Marks `set`'s sockets, puts `maps` in, and starts serving `ns`.
-    /// `netns`: a pod's namespace (kept for a successor with the maps).
+    /// Starts serving `ns`, whose maps are in the kernel and whose
+    /// sockets `set` are bound. `netns`: a pod's namespace (kept for a
+    /// successor with the maps).
     fn start(
         &self,
         id: NsId,
@@ -259,12 +259,8 @@ impl Pods {
         ns: Arc<Namespace>,
         set: ListenerSet,
         netns: Option<&OwnedFd>,
-        maps_in_place: bool,
     ) -> anyhow::Result<Serving> {
         let datapath = &self.ctx.datapath;
-        if !maps_in_place {
-            ns.with_maps(|maps| datapath.serve_namespace(id, maps))?;
-        }
         let pod = netns.is_some().then_some(id);
         let mut kept = Listening::default();
         set.keep_for_handover(pod, &mut kept)?;
@@ -278,9 +274,10 @@ impl Pods {
             })?;
         }
         let bits = set.bits();
-        // The kernel sends this namespace here once the sockets are
-        // marked; the accept loops start before anything is awaited, and
-        // connects that come in between wait in the backlog.
+        // Sockets bound here were marked before their bind; handed-over
+        // ones again, in case the predecessor ran another ABI. The accept
+        // loops start before anything is awaited; connects that came in
+        // meanwhile wait in the backlog.
         set.own(datapath, id)?;
         let drain = proxy::Drain::default();
         let (accept, responders) = set.serve(&ns, &self.ctx.routes, &self.ctx.services, &drain);
@@ -439,11 +436,24 @@ impl Pods {
         let cookie = netns::cookie(probe.as_fd())?;
         let id = netns::ns_id(probe.as_fd(), fd.as_fd())?;
         drop(probe);
-        let bound = ListenerSet::bind_or_adopt(&self.ctx.node, &mut None, Some(id), &sockets).await;
+        let maps = NsMaps::from_fds(helper.maps(NsMaps::specs()).await?)?;
+        let datapath = &self.ctx.datapath;
+        datapath.serve_namespace(id, &maps)?;
+        let bound = ListenerSet::bind_or_adopt(
+            &self.ctx.node,
+            &mut None,
+            (Some(id), id),
+            &sockets,
+            datapath,
+        )
+        .await;
         sockets.clear();
         let set = match bound {
             Ok(set) => set,
             Err(e) => {
+                if let Err(e) = datapath.forget_namespace(id) {
+                    warn!(pod = %name, error = %e, "taking the namespace's maps out");
+                }
                 return match e.port_taken() {
                     Some(addr) => Ok((
                         id,
@@ -454,9 +464,8 @@ impl Pods {
                 };
             }
         };
-        let maps = NsMaps::from_fds(helper.maps(NsMaps::specs()).await?)?;
         let ns = Arc::new(Namespace::new(id, name.to_owned(), sockets, maps));
-        let serving = self.start(id, cookie, ns, set, Some(&fd), false)?;
+        let serving = self.start(id, cookie, ns, set, Some(&fd))?;
         Ok((id, cookie, Ok(serving)))
     }
 
@@ -717,12 +726,18 @@ impl Pods {
         );
         let fd = Arc::new(fd);
         let sockets = Sockets::there(helper, fd.clone());
-        let set =
-            ListenerSet::bind_or_adopt(&self.ctx.node, handed, Some(pod.ns), &sockets).await?;
+        let set = ListenerSet::bind_or_adopt(
+            &self.ctx.node,
+            handed,
+            (Some(pod.ns), pod.ns),
+            &sockets,
+            &self.ctx.datapath,
+        )
+        .await?;
         let name = display_name(&pod.meta, pod.source, pod.inode);
         let ns = Arc::new(Namespace::new(pod.ns, name, sockets, maps));
         // Its maps are in place: the predecessor's, still in the outer maps.
-        let serving = self.start(pod.ns, pod.cookie, ns, set, Some(&fd), true)?;
+        let serving = self.start(pod.ns, pod.cookie, ns, set, Some(&fd))?;
         let mut entries = self.entries.lock().await;
         let entry = Entry {
             id: pod.ns,

@@ -37,7 +37,7 @@ use tracing::{debug, warn};
 use super::{HostTable, Reply, refused, reply};
 use crate::{
     datapath::PROXY_MARK,
-    netns::{Namespace, SockKind, Sockets},
+    netns::{Mark, Namespace, SockKind, Sockets},
 };
 
 /// How long the nameserver has to answer a forwarded query (glibc's own
@@ -67,8 +67,12 @@ pub(crate) struct Responder {
 
 /// The responder's sockets on `addr`, made where `sockets` makes them (in
 /// the namespace it serves).
-pub(crate) async fn bind(addr: SocketAddrV4, sockets: &Sockets) -> Result<Responder, DnsError> {
-    bind_addr(addr.into(), sockets).await
+pub(crate) async fn bind(
+    addr: SocketAddrV4,
+    sockets: &Sockets,
+    mark: Mark<'_>,
+) -> Result<Responder, DnsError> {
+    bind_addr(addr.into(), sockets, mark).await
 }
 
 /// The `[::1]` responder, for DNS of IPv6 sockets: a node without IPv6
@@ -76,8 +80,9 @@ pub(crate) async fn bind(addr: SocketAddrV4, sockets: &Sockets) -> Result<Respon
 pub(crate) async fn bind6(
     addr: SocketAddrV6,
     sockets: &Sockets,
+    mark: Mark<'_>,
 ) -> Result<Option<Responder>, DnsError> {
-    match bind_addr(addr.into(), sockets).await {
+    match bind_addr(addr.into(), sockets, mark).await {
         Ok(r) => Ok(Some(r)),
         Err(e @ DnsError::PortInUse { .. }) => Err(e),
         Err(e) => {
@@ -87,7 +92,11 @@ pub(crate) async fn bind6(
     }
 }
 
-async fn bind_addr(addr: SocketAddr, sockets: &Sockets) -> Result<Responder, DnsError> {
+async fn bind_addr(
+    addr: SocketAddr,
+    sockets: &Sockets,
+    mark: Mark<'_>,
+) -> Result<Responder, DnsError> {
     let err = |error: io::Error| {
         if error.kind() == io::ErrorKind::AddrInUse {
             DnsError::PortInUse { addr }
@@ -96,9 +105,10 @@ async fn bind_addr(addr: SocketAddr, sockets: &Sockets) -> Result<Responder, Dns
         }
     };
     let udp = sockets.socket(SockKind::Udp, &addr).await.map_err(err)?;
+    mark(udp.as_fd()).map_err(err)?;
     udp.bind(&addr.into()).map_err(err)?;
     let udp = UdpSocket::from_std(udp.into()).map_err(err)?;
-    let tcp = sockets.listen(addr).await.map_err(err)?;
+    let tcp = sockets.listen(addr, mark).await.map_err(err)?;
     Ok(Responder { udp, tcp })
 }
 

@@ -9,7 +9,7 @@
 //! stopping early once the file `--until <path>` exists. Each round is
 //! classified, and one JSON line sums them up (exit 0 whatever happened):
 //! `{"rounds", "ok", "connect_failed", "broken", "replies": {line: count},
-//! "errors": [first 20]}`. `connect_failed` means `connect()` itself failed
+//! "errors": [first 20, each "round <n> at <unix ms>: <error>"]}`. `connect_failed` means `connect()` itself failed
 //! (what fail-open must prevent); `broken` means the connection was made
 //! but died before the first line (a connection a dying proxy held).
 //!
@@ -143,6 +143,13 @@ fn run_once(args: &Args) -> Result<(), String> {
     }
 }
 
+/// Now on the wall clock, in milliseconds (to line errors up with logs).
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
 fn run_load(args: &Args, rounds: u64) -> String {
     let (mut ok, mut connect_failed, mut broken) = (0u64, 0u64, 0u64);
     let mut replies: BTreeMap<String, u64> = BTreeMap::new();
@@ -162,11 +169,11 @@ fn run_load(args: &Args, rounds: u64) -> String {
             }
             Round::ConnectFailed(e) => {
                 connect_failed += 1;
-                errors.push(format!("round {done}: {e}"));
+                errors.push(format!("round {done} at {}: {e}", unix_ms()));
             }
             Round::Broken(e) => {
                 broken += 1;
-                errors.push(format!("round {done}: {e}"));
+                errors.push(format!("round {done} at {}: {e}", unix_ms()));
             }
         }
         thread::sleep(args.interval);
