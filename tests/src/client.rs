@@ -251,7 +251,7 @@ pub fn http_get(
     if let Some(cgroup) = cgroup {
         client.cgroup(cgroup);
     }
-    curl(&mut client, host, timeout)
+    curl(&mut client, &format!("http://{host}/"), timeout)
 }
 
 /// `curl http://<host>/` exactly as an app runs it: the name is resolved
@@ -270,18 +270,19 @@ pub fn http_get_by_name(
     if let Some(cgroup) = cgroup {
         client.cgroup(cgroup);
     }
-    curl(&mut client, host, timeout)
+    curl(&mut client, &format!("http://{host}/"), timeout)
 }
 
-fn curl(
+/// Runs `client` (curl, with what it was given) on `url`, bounded by
+/// `timeout`. Results as for [`http_get`].
+pub fn curl(
     client: &mut Client<'_>,
-    host: &str,
+    url: &str,
     timeout: Duration,
 ) -> Result<std::result::Result<(u16, String), String>> {
-    let url = format!("http://{host}/");
     let max_time = timeout.as_secs().max(1).to_string();
     client
-        .args(["-sS", "--max-time", &max_time, "-w", "\n%{http_code}", &url])
+        .args(["-sS", "--max-time", &max_time, "-w", "\n%{http_code}", url])
         .timeout(timeout + Duration::from_secs(5));
     let out = client.run()?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -8,9 +8,9 @@
 
 use std::{
     convert::Infallible,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU16, AtomicU64, Ordering},
     },
     time::Duration,
@@ -31,6 +31,7 @@ struct State {
     delay_ms: AtomicU64,
     requests: AtomicU64,
     connections: AtomicU64,
+    last_peer: Mutex<Option<IpAddr>>,
 }
 
 /// An HTTP server in a namespace; stopped on drop.
@@ -49,6 +50,7 @@ impl HttpServer {
             delay_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            last_peer: Mutex::new(None),
         });
         let conn_state = Arc::clone(&state);
         let acceptor = Acceptor::start(netns, addr, &format!("http {name}"), move |stream| {
@@ -94,6 +96,15 @@ impl HttpServer {
         self.state.connections.load(Ordering::SeqCst)
     }
 
+    /// The address the last connection came from.
+    pub fn last_peer_ip(&self) -> Option<IpAddr> {
+        *self
+            .state
+            .last_peer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Closes the listener and every open connection: new connects are
     /// refused until [`HttpServer::restart`].
     pub fn stop(&self) -> Result<()> {
@@ -108,6 +119,12 @@ impl HttpServer {
 
 async fn serve_connection(stream: tokio::net::TcpStream, state: Arc<State>) {
     state.connections.fetch_add(1, Ordering::SeqCst);
+    if let Ok(peer) = stream.peer_addr() {
+        *state
+            .last_peer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(peer.ip());
+    }
     let service = service_fn(move |request| respond(request, Arc::clone(&state)));
     // Errors here are client resets and the like: the tests judge by what
     // the client saw.

@@ -62,7 +62,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, bail};
@@ -542,6 +542,14 @@ impl Pod {
         client
     }
 
+    /// `curl <url>` as the pod's app makes it (names resolved through the
+    /// pod's resolv.conf): `Ok((status, body))` for any HTTP answer,
+    /// `Err(what curl said)` when there was none.
+    pub fn get(&self, url: &str) -> std::result::Result<(u16, String), String> {
+        client::curl(&mut self.client("curl"), url, Duration::from_secs(15))
+            .unwrap_or_else(|e| panic!("running curl in pod {}: {e:#}", self.name))
+    }
+
     /// A long-running `program args…` in the pod, stdin closed, stdout
     /// and stderr piped (read them, or it may block); killed on drop and
     /// when the pod is deleted.
@@ -653,6 +661,11 @@ impl PodProcess {
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Its stdout, to read (once).
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
     }
 }
 

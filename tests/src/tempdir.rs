@@ -15,11 +15,24 @@ pub struct TempDir {
 }
 
 impl TempDir {
-    /// Creates `/tmp/rdt-<pid>-<n>-<what>`.
+    /// Creates `/tmp/rdt-<pid>-<n>-<what>`. A directory of that name may
+    /// be left from a failed run whose process had the same pid (they are
+    /// kept for inspection): then the next `n` is taken.
     pub fn new(what: &str) -> Result<TempDir> {
-        let path = std::env::temp_dir().join(format!("{}-{what}", names::unique(names::PREFIX)));
-        std::fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(TempDir { path })
+        let mut tries = 0;
+        loop {
+            let name = format!("{}-{what}", names::unique(names::PREFIX));
+            let path = std::env::temp_dir().join(name);
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(TempDir { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && tries < 1000 => {
+                    tries += 1;
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("creating {}", path.display()));
+                }
+            }
+        }
     }
 
     /// The directory.

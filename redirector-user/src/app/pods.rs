@@ -266,13 +266,15 @@ impl Pods {
         set.keep_for_handover(pod, &mut kept)?;
         if let Some(fd) = netns {
             kept.add_other(Kind::Netns, id, None, fd.as_fd())?;
-            ns.with_maps(|maps| {
-                for (i, fd) in maps.fds().into_iter().enumerate() {
-                    kept.add_other(Kind::NsMap, id, Some(i as u8), fd)?;
-                }
-                anyhow::Ok(())
-            })?;
         }
+        // The maps go over too, the host's as well: what the kernel
+        // recorded for connects still in a listener's backlog is in them.
+        ns.with_maps(|maps| {
+            for (i, fd) in maps.fds().into_iter().enumerate() {
+                kept.add_other(Kind::NsMap, id, Some(i as u8), fd)?;
+            }
+            anyhow::Ok(())
+        })?;
         let bits = set.bits();
         // Sockets bound here were marked before their bind; handed-over
         // ones again, in case the predecessor ran another ABI. The accept
