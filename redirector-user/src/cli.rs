@@ -28,6 +28,24 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
+/// The command line, as `main` parses it: runtimes exec the CNI plugin by
+/// its type, so this binary under the name `redirector-cni` is `redirector
+/// cni` (the plugin reads the runtime's `CNI_*` variables, not arguments).
+pub fn args() -> Vec<std::ffi::OsString> {
+    args_from(std::env::args_os())
+}
+
+fn args_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<_> = args.into_iter().collect();
+    let plugin = args.first().is_some_and(|argv0| {
+        std::path::Path::new(argv0).file_name() == Some(crate::cni::PLUGIN_TYPE.as_ref())
+    });
+    if plugin {
+        args.insert(1, "cni".into());
+    }
+    args
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -49,6 +67,8 @@ pub(crate) enum Command {
     /// The daemon's privileged helper (started by the daemon itself).
     #[command(hide = true)]
     NetnsHelper(NetnsHelperArgs),
+    /// The CNI plugin (run by the container runtime, also as `redirector-cni`); `install`, `uninstall`.
+    Cni(crate::cni::CniArgs),
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +116,9 @@ pub(crate) struct RunArgs {
     /// (for `redirector ready`: a readiness probe of this daemon, not of whichever holds the port).
     #[arg(long, env = "REDIRECTOR_READY_FILE")]
     pub(crate) ready_file: Option<PathBuf>,
+    /// Unix socket where the CNI plugin (`redirector-cni`) tells the daemon about new pods.
+    #[arg(long, env = "REDIRECTOR_CNI_SOCKET", default_value = crate::cni::protocol::DEFAULT_SOCKET)]
+    pub(crate) cni_socket: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -222,6 +245,27 @@ mod tests {
                 "127.0.0.1:5353".parse().unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn under_the_plugins_name_it_is_the_plugin() {
+        let parse = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(args_from(argv.iter().map(Into::into))).unwrap();
+            matches!(
+                cli.command,
+                Command::Cni(crate::cni::CniArgs { command: None })
+            )
+        };
+        assert!(parse(&["/opt/cni/bin/redirector-cni"]));
+        assert!(parse(&["redirector-cni"]));
+        assert!(parse(&["redirector", "cni"]));
+        assert!(!parse(&["redirector", "cni", "uninstall"]));
+        assert!(!parse(&[
+            "/usr/local/bin/redirector",
+            "ready",
+            "--ready-file",
+            "f"
+        ]));
     }
 
     #[test]

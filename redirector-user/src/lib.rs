@@ -82,6 +82,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::NetnsHelper(args) => netns::helper::serve(args.fd),
+        Command::Cni(args) => cni::run(args),
         Command::Endpoints(args) => {
             let report = inspect::report(&args.pin_dir)?;
             match args.output {
