@@ -9,8 +9,13 @@
 //!   result through and never fails a pod because of the daemon.
 //! - [`client`]: one exchange with the daemon over its Unix socket, the
 //!   pod's network namespace passed as a descriptor ([`protocol`]).
+//! - [`install`]: the binary into the runtime's plugin directory and an
+//!   entry into the primary network config, written aside and renamed;
+//!   [`conflist`] is the pure JSON part of it.
 
 pub(crate) mod client;
+pub(crate) mod conflist;
+pub(crate) mod install;
 pub(crate) mod plugin;
 pub(crate) mod protocol;
 
@@ -37,12 +42,18 @@ pub(crate) struct CniArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub(crate) enum CniCommand {}
+pub(crate) enum CniCommand {
+    /// Copy this binary to --bin-dir as redirector-cni and chain it in the node's primary CNI config.
+    Install(install::InstallArgs),
+    /// Take redirector-cni out of the node's CNI config, then remove the binary.
+    Uninstall(install::UninstallArgs),
+}
 
 /// Runs `redirector cni …`.
 pub(crate) fn run(args: CniArgs) -> anyhow::Result<()> {
     match args.command {
         None => plugin::main(),
-        Some(command) => match command {},
+        Some(CniCommand::Install(args)) => install::install(&args),
+        Some(CniCommand::Uninstall(args)) => install::uninstall(&args),
     }
 }
