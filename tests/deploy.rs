@@ -9,7 +9,6 @@
 //! nothing else sets it (flags and the file win, without asking).
 
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -18,24 +17,16 @@ use redirector_tests::{
     daemon::{Daemon, DaemonOptions, redirector_bin},
     istio::{destination_rule, service_entry},
     kubeapi::KubeApi,
+    manifest::{
+        added_capabilities, cap_bits, container, deploy_dir, documents, flag, host_paths,
+        mount_path, pod_spec, strings,
+    },
     scenario::{Node, TIMEOUT, count},
 };
 use serde_json::Value;
 
 /// Where `cargo xtask setup` installs the Python test tools.
 const TOOLS_VENV: &str = "/opt/redirector-tools/venv";
-
-fn deploy_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-/// Every document of `deploy/<file>`.
-fn documents(file: &str) -> Vec<Value> {
-    let path = deploy_dir().join(file);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 fn daemonset() -> Value {
     documents("daemonset.yaml")
@@ -129,29 +120,7 @@ fn the_config_map_holds_a_config_that_loads() {
 /// `CAP_X` names for the DaemonSet's `capabilities.add` (Kubernetes
 /// writes them without the prefix).
 fn granted_capabilities() -> Vec<String> {
-    let ds = daemonset();
-    let sc = &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"];
-    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    assert_eq!(sc["privileged"], false);
-    sc["capabilities"]["add"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap().to_ascii_lowercase())
-        .collect()
-}
-
-/// Bits of `CAP_X` names (lowercase, without the prefix).
-fn cap_bits(names: &[String]) -> u64 {
-    names.iter().fold(0u64, |acc, n| {
-        acc | match n.as_str() {
-            "net_admin" => 1 << 12,
-            "sys_ptrace" => 1 << 19,
-            "sys_admin" => 1 << 21,
-            "bpf" => 1 << 39,
-            other => panic!("a capability this test does not know: {other}"),
-        }
-    })
+    added_capabilities(&daemonset()["spec"]["template"]["spec"]["containers"][0])
 }
 
 #[test]
@@ -272,65 +241,12 @@ fn readiness() -> (PathBuf, Vec<String>) {
     (PathBuf::from(file), probe)
 }
 
-/// The pod spec of the DaemonSet in `deploy/<file>`.
-fn pod_spec(file: &str) -> Value {
-    documents(file)
-        .into_iter()
-        .find(|d| d["kind"] == "DaemonSet")
-        .unwrap_or_else(|| panic!("a DaemonSet in deploy/{file}"))["spec"]["template"]["spec"]
-        .clone()
-}
-
-fn container<'a>(pod: &'a Value, list: &str, name: &str) -> &'a Value {
-    pod[list]
-        .as_array()
-        .unwrap_or_else(|| panic!("no {list}"))
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no {list} entry {name}"))
-}
-
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect()
-}
-
-/// The hostPath of each volume of `pod`, by name.
-fn host_paths(pod: &Value) -> BTreeMap<String, String> {
-    pod["volumes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|v| {
-            Some((
-                v["name"].as_str()?.to_owned(),
-                v["hostPath"]["path"].as_str()?.to_owned(),
-            ))
-        })
-        .collect()
-}
-
 /// Runs `container`'s args with the test's binary, as root with exactly
 /// the capabilities its securityContext adds and `no_new_privs`; each
 /// argument starting with a key of `paths` gets that prefix replaced (a
 /// mount path by the test's directory).
 fn run_container(container: &Value, paths: &[(&str, &Path)]) -> std::process::Output {
-    let sc = &container["securityContext"];
-    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    assert_eq!(sc["privileged"], false);
-    assert_eq!(sc["allowPrivilegeEscalation"], false);
-    assert_eq!(sc["runAsUser"], 0);
-    let caps: Vec<String> = sc["capabilities"]["add"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|c| c.as_str().unwrap().to_ascii_lowercase())
-                .collect()
-        })
-        .unwrap_or_default();
+    let caps = added_capabilities(container);
     let bounding = std::iter::once("-all".to_owned())
         .chain(caps.iter().map(|c| format!("+{c}")))
         .collect::<Vec<_>>()
@@ -362,18 +278,6 @@ fn run_container(container: &Value, paths: &[(&str, &Path)]) -> std::process::Ou
         .expect("running setpriv")
 }
 
-/// The mount path of volume `name` in `container`.
-fn mount_path<'a>(container: &'a Value, name: &str) -> &'a str {
-    container["volumeMounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["name"] == name)
-        .unwrap_or_else(|| panic!("{} mounts no {name}", container["name"]))["mountPath"]
-        .as_str()
-        .unwrap()
-}
-
 #[test]
 fn the_init_container_chains_the_plugin_and_uninstall_takes_it_out_without_capabilities() {
     let pod = pod_spec("daemonset.yaml");
@@ -383,11 +287,8 @@ fn the_init_container_chains_the_plugin_and_uninstall_takes_it_out_without_capab
     // runtime's plugin reaches.
     let init_args = strings(&init["args"]);
     let daemon_args = strings(&daemon["args"]);
-    let after = |args: &[String], flag: &str| {
-        args[args.iter().position(|a| a == flag).unwrap() + 1].clone()
-    };
-    let socket = after(&init_args, "--socket");
-    assert_eq!(socket, after(&daemon_args, "--cni-socket"));
+    let socket = flag(&init_args, "--socket");
+    assert_eq!(socket, flag(&daemon_args, "--cni-socket"));
     let hosts = host_paths(&pod);
     assert_eq!(
         hosts["run"],
@@ -479,8 +380,7 @@ fn the_uninstall_daemonset_removes_the_datapath_without_capabilities() {
     assert!(pins.exists());
     let pod = pod_spec("uninstall.yaml");
     let remove = container(&pod, "initContainers", "remove-datapath");
-    let args = strings(&remove["args"]);
-    let pin_dir = args[args.iter().position(|a| a == "--pin-dir").unwrap() + 1].clone();
+    let pin_dir = flag(&strings(&remove["args"]), "--pin-dir");
     assert!(
         pin_dir.starts_with(mount_path(remove, "bpffs")),
         "{pin_dir} is on the bpffs mount"

@@ -7,7 +7,8 @@
 //! - stable `rustfmt` and `clippy` (`cargo xtask test` runs both);
 //! - Debian packages: LLVM 22 and friends for bpf-linker, iproute2, curl,
 //!   dig (bind9-dnsutils) and python3 for the tests (from
-//!   bookworm-security, hence `apt-get update`);
+//!   bookworm-security, hence `apt-get update`), podman, runc and
+//!   debootstrap for the image test;
 //! - bpf-linker 0.13.0 built against LLVM 22;
 //! - bpffs mounted at `/sys/fs/bpf` (pins live there);
 //! - `kubernetes-validate` (PyPI, with the Kubernetes schemas bundled) in a
@@ -19,7 +20,7 @@ use anyhow::{Result, bail};
 
 use crate::cmd::{self, command, probe};
 
-const PACKAGES: [&str; 7] = [
+const PACKAGES: [&str; 10] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -28,6 +29,12 @@ const PACKAGES: [&str; 7] = [
     // DNS capture's tests: `dig` (UDP and TCP) and Python's resolver calls.
     "bind9-dnsutils",
     "python3",
+    // The DaemonSet's image (tests/image.rs, `cargo xtask image`): podman
+    // builds and runs it with runc (crun refuses this machine's cgroup
+    // layout) on a Debian base debootstrap makes; no registry needed.
+    "podman",
+    "runc",
+    "debootstrap",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Where the Python test tools live (the deploy tests run them from here).
