@@ -186,6 +186,13 @@ pub fn base_image() -> Result<String> {
     let cache = Path::new(CACHE_DIR);
     fs::create_dir_all(cache).with_context(|| format!("creating {CACHE_DIR}"))?;
     let _lock = lock(&cache.join("base.lock"))?;
+    // Only the lock's holder makes files aside: any left is a killed run's.
+    for entry in fs::read_dir(cache)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".root") || name.ends_with(".tmp") {
+            let _ = fs::remove_dir_all(entry.path()).or_else(|_| fs::remove_file(entry.path()));
+        }
+    }
     let tar = cache.join("base-bookworm.tar");
     let stamp = cache.join("base-bookworm.stamp");
     let cached = tar.is_file() && fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == BASE_STAMP);
@@ -227,7 +234,6 @@ pub fn base_image() -> Result<String> {
 fn make_base(cache: &Path, tar: &Path, stamp: &Path) -> Result<()> {
     let start = Instant::now();
     let root = cache.join(format!("base-bookworm.{}.root", std::process::id()));
-    let _ = fs::remove_dir_all(&root);
     let mirror = mirror();
     eprintln!("image: making the base with debootstrap from {mirror} (once; about a minute)");
     let made = (|| {

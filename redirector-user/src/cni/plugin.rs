@@ -109,14 +109,6 @@ impl Env for ProcessEnv {
     }
 }
 
-impl Env for BTreeMap<&str, &str> {
-    fn var(&self, key: &str) -> Option<String> {
-        self.get(key)
-            .filter(|v| !v.is_empty())
-            .map(|v| (*v).to_owned())
-    }
-}
-
 /// The plugin's entry in a network config (with what the runtime adds).
 #[derive(Debug)]
 pub(crate) struct NetConf {

@@ -2,6 +2,15 @@ use std::collections::BTreeMap;
 
 use super::*;
 
+/// The runtime's variables, as a table.
+impl Env for BTreeMap<&str, &str> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key)
+            .filter(|v| !v.is_empty())
+            .map(|v| (*v).to_owned())
+    }
+}
+
 const PREV: &str = r#"{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/cni-1"}],
   "ips":[{"address":"10.244.1.7/24","gateway":"10.244.1.1","interface":0}],"dns":{}}"#;
 
