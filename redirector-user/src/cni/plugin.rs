@@ -239,7 +239,12 @@ pub(crate) type Output = String;
 /// `redirector-cni`, as the runtime runs it: the process environment,
 /// stdin, stdout, and the exit status.
 pub(crate) fn main() -> anyhow::Result<()> {
-    let outcome = read_stdin().and_then(|stdin| handle(&ProcessEnv, &stdin));
+    // Without CNI_COMMAND (run by hand) there is no config to wait for.
+    let outcome = if ProcessEnv.var("CNI_COMMAND").is_none() {
+        handle(&ProcessEnv, b"")
+    } else {
+        read_stdin().and_then(|stdin| handle(&ProcessEnv, &stdin))
+    };
     let mut stdout = io::stdout().lock();
     match outcome {
         Ok(output) => {
