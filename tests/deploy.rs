@@ -1,34 +1,32 @@
 //! The Kubernetes deployment (`deploy/`): the manifests validate against
 //! the Kubernetes schemas offline (`kubernetes-validate`, installed by
 //! `cargo xtask setup`), the ConfigMap's config loads, the daemon runs and
-//! serves with exactly the capabilities the DaemonSet grants, and it takes
-//! the node's locality from the node's labels through the Kubernetes API
-//! when nothing else sets it (flags and the file win, without asking).
+//! serves with exactly the capabilities the DaemonSet grants, its init
+//! container installs the CNI plugin and the uninstall DaemonSet's
+//! containers take it and the datapath out again, each with the
+//! capabilities its manifest grants (none), and the daemon takes the
+//! node's locality from the node's labels through the Kubernetes API when
+//! nothing else sets it (flags and the file win, without asking).
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use redirector_tests::{
     daemon::{Daemon, DaemonOptions, redirector_bin},
     istio::{destination_rule, service_entry},
     kubeapi::KubeApi,
+    manifest::{
+        added_capabilities, cap_bits, container, deploy_dir, documents, flag, host_paths,
+        mount_path, pod_spec, strings,
+    },
     scenario::{Node, TIMEOUT, count},
 };
 use serde_json::Value;
 
 /// Where `cargo xtask setup` installs the Python test tools.
 const TOOLS_VENV: &str = "/opt/redirector-tools/venv";
-
-fn deploy_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-/// Every document of `deploy/<file>`.
-fn documents(file: &str) -> Vec<Value> {
-    let path = deploy_dir().join(file);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
 
 fn daemonset() -> Value {
     documents("daemonset.yaml")
@@ -54,16 +52,17 @@ fn manifests_validate_against_the_kubernetes_schemas() {
         .unwrap_or_else(|e| panic!("running {validate} (cargo xtask setup installs it): {e}"));
     let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
-    for kind in [
-        "daemonset",
-        "configmap",
-        "serviceaccount",
-        "clusterrole",
-        "clusterrolebinding",
+    for resource in [
+        "daemonset/redirector",
+        "daemonset/redirector-uninstall",
+        "configmap/",
+        "serviceaccount/",
+        "clusterrole/",
+        "clusterrolebinding/",
     ] {
         assert!(
-            said.contains(&format!("passed for resource {kind}/")),
-            "{kind} not validated:\n{said}"
+            said.contains(&format!("passed for resource {resource}")),
+            "{resource} not validated:\n{said}"
         );
     }
 }
@@ -121,22 +120,19 @@ fn the_config_map_holds_a_config_that_loads() {
 /// `CAP_X` names for the DaemonSet's `capabilities.add` (Kubernetes
 /// writes them without the prefix).
 fn granted_capabilities() -> Vec<String> {
-    let ds = daemonset();
-    let sc = &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"];
-    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    assert_eq!(sc["privileged"], false);
-    sc["capabilities"]["add"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap().to_ascii_lowercase())
-        .collect()
+    added_capabilities(&daemonset()["spec"]["template"]["spec"]["containers"][0])
 }
 
 #[test]
 fn the_daemon_serves_with_only_the_daemonsets_capabilities() {
     let caps = granted_capabilities();
-    assert!(!caps.iter().any(|c| c == "sys_admin"), "{caps:?}");
+    // Serving pods: the namespaces of the attached cgroup's processes,
+    // found through the host's /proc.
+    assert_eq!(
+        daemonset()["spec"]["template"]["spec"]["hostPID"],
+        true,
+        "hostPID"
+    );
     let mut node = Node::new();
     node.a_record("east.test", [127, 0, 10, 1], 30);
     node.a_record("west.test", [127, 0, 10, 2], 30);
@@ -187,18 +183,8 @@ fn the_daemon_serves_with_only_the_daemonsets_capabilities() {
         .find_map(|l| l.strip_prefix("CapBnd:"))
         .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
         .unwrap();
-    // CAP_NET_ADMIN is 12, CAP_BPF 39.
-    let bits = |names: &[String]| {
-        names.iter().fold(0u64, |acc, n| {
-            acc | match n.as_str() {
-                "net_admin" => 1 << 12,
-                "bpf" => 1 << 39,
-                other => panic!("a capability this test does not know: {other}"),
-            }
-        })
-    };
     // Without CAP_SETPCAP the bounding set stays as the pod got it.
-    assert_eq!(bnd, bits(&caps), "bounding set {bnd:#x}:\n{status}");
+    assert_eq!(bnd, cap_bits(&caps), "bounding set {bnd:#x}:\n{status}");
     // Once ready, only CAP_NET_ADMIN (SO_MARK) is left to use.
     for key in ["CapEff:", "CapPrm:"] {
         let set = status
@@ -253,6 +239,164 @@ fn readiness() -> (PathBuf, Vec<String>) {
         .unwrap();
     assert!(volume["emptyDir"].is_object(), "the pod's own: {volume}");
     (PathBuf::from(file), probe)
+}
+
+/// Runs `container`'s args with the test's binary, as root with exactly
+/// the capabilities its securityContext adds and `no_new_privs`; each
+/// argument starting with a key of `paths` gets that prefix replaced (a
+/// mount path by the test's directory).
+fn run_container(container: &Value, paths: &[(&str, &Path)]) -> std::process::Output {
+    let caps = added_capabilities(container);
+    let bounding = std::iter::once("-all".to_owned())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let args: Vec<String> = strings(&container["args"])
+        .into_iter()
+        .map(|a| {
+            paths
+                .iter()
+                .find_map(|(from, to)| {
+                    a.strip_prefix(from)
+                        .map(|rest| format!("{}{rest}", to.display()))
+                })
+                .unwrap_or(a)
+        })
+        .collect();
+    Command::new("/usr/bin/setpriv")
+        .args([
+            "--bounding-set",
+            &bounding,
+            "--inh-caps",
+            "-all",
+            "--no-new-privs",
+            "--",
+        ])
+        .arg(redirector_bin())
+        .args(&args)
+        .output()
+        .expect("running setpriv")
+}
+
+#[test]
+fn the_init_container_chains_the_plugin_and_uninstall_takes_it_out_without_capabilities() {
+    let pod = pod_spec("daemonset.yaml");
+    let init = container(&pod, "initContainers", "install-cni");
+    let daemon = &pod["containers"][0];
+    // The plugin's socket is where the daemon listens, on a host path the
+    // runtime's plugin reaches.
+    let init_args = strings(&init["args"]);
+    let daemon_args = strings(&daemon["args"]);
+    let socket = flag(&init_args, "--socket");
+    assert_eq!(socket, flag(&daemon_args, "--cni-socket"));
+    let hosts = host_paths(&pod);
+    assert_eq!(
+        hosts["run"],
+        Path::new(&socket).parent().unwrap().to_str().unwrap(),
+        "the socket's directory is the node's"
+    );
+    assert_eq!(mount_path(daemon, "run"), hosts["run"]);
+    // The uninstall DaemonSet works on the same host directories.
+    let cleanup_pod = pod_spec("uninstall.yaml");
+    for (name, path) in host_paths(&cleanup_pod) {
+        assert_eq!(hosts.get(&name), Some(&path), "volume {name}");
+    }
+
+    let dir = redirector_tests::tempdir::TempDir::new("cni").unwrap();
+    let (bin, conf) = (dir.path().join("bin"), dir.path().join("net.d"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&conf).unwrap();
+    let calico = serde_json::json!({"cniVersion":"0.3.1","name":"k8s-pod-network","plugins":[
+        {"type":"calico","ipam":{"type":"calico-ipam"}},{"type":"portmap","capabilities":{"portMappings":true}}]});
+    let file = conf.join("10-calico.conflist");
+    std::fs::write(&file, serde_json::to_vec_pretty(&calico).unwrap()).unwrap();
+    let read = || -> Value { serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap() };
+
+    let paths = [
+        (mount_path(init, "cni-bin"), bin.as_path()),
+        (mount_path(init, "cni-conf"), conf.as_path()),
+    ];
+    let out = run_container(init, &paths);
+    assert!(out.status.success(), "{out:?}");
+    let plugins = read()["plugins"].clone();
+    assert_eq!(
+        plugins[2],
+        serde_json::json!({"type":"redirector-cni","socket":socket}),
+        "{plugins}"
+    );
+    let plugin = bin.join("redirector-cni");
+    let meta = std::fs::metadata(&plugin).unwrap();
+    assert_eq!(
+        meta.len(),
+        std::fs::metadata(redirector_bin()).unwrap().len()
+    );
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o755
+    );
+    // What the runtime then runs: the plugin, by its type's name.
+    let version = Command::new(&plugin)
+        .env_clear()
+        .env("CNI_COMMAND", "VERSION")
+        .output()
+        .unwrap();
+    assert!(
+        version.status.success()
+            && String::from_utf8_lossy(&version.stdout).contains("supportedVersions"),
+        "{version:?}"
+    );
+    // An upgrade's init container: nothing changes but the binary.
+    let out = run_container(init, &paths);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(read()["plugins"].as_array().unwrap().len(), 3);
+
+    let uninstall = container(&cleanup_pod, "initContainers", "uninstall-cni");
+    let paths = [
+        (mount_path(uninstall, "cni-bin"), bin.as_path()),
+        (mount_path(uninstall, "cni-conf"), conf.as_path()),
+    ];
+    let out = run_container(uninstall, &paths);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(read(), calico);
+    assert!(!plugin.exists());
+}
+
+#[test]
+fn the_uninstall_daemonset_removes_the_datapath_without_capabilities() {
+    let (mut node, _) = node_with_mydb();
+    let daemon = Daemon::start(DaemonOptions {
+        netns: &node.ns,
+        cgroup: None,
+        args: node.args("us-east1"),
+        ready_timeout: TIMEOUT,
+        env: Vec::new(),
+    })
+    .unwrap_or_else(|e| panic!("starting the daemon: {e:#}"));
+    node.daemon = Some(daemon);
+    // SIGTERM leaves the datapath attached and pinned, by design.
+    let status = node.daemon.as_mut().unwrap().terminate().unwrap();
+    assert!(status.success(), "{status}");
+    let pins = node.pins.path().to_owned();
+    assert!(pins.exists());
+    let pod = pod_spec("uninstall.yaml");
+    let remove = container(&pod, "initContainers", "remove-datapath");
+    let pin_dir = flag(&strings(&remove["args"]), "--pin-dir");
+    assert!(
+        pin_dir.starts_with(mount_path(remove, "bpffs")),
+        "{pin_dir} is on the bpffs mount"
+    );
+    assert_eq!(
+        mount_path(remove, "run"),
+        "/run/redirector",
+        "where the lock is"
+    );
+    let out = run_container(remove, &[(pin_dir.as_str(), pins.as_path())]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("detached"),
+        "{out:?}"
+    );
+    assert!(!pins.exists(), "{} left", pins.display());
 }
 
 fn node_with_mydb() -> (Node, &'static str) {

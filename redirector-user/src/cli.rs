@@ -28,6 +28,24 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
+/// The command line, as `main` parses it: runtimes exec the CNI plugin by
+/// its type, so this binary under the name `redirector-cni` is `redirector
+/// cni` (the plugin reads the runtime's `CNI_*` variables, not arguments).
+pub fn args() -> Vec<std::ffi::OsString> {
+    args_from(std::env::args_os())
+}
+
+fn args_from(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<_> = args.into_iter().collect();
+    let plugin = args.first().is_some_and(|argv0| {
+        std::path::Path::new(argv0).file_name() == Some(crate::cni::PLUGIN_TYPE.as_ref())
+    });
+    if plugin {
+        args.insert(1, "cni".into());
+    }
+    args
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -51,6 +69,8 @@ pub(crate) enum Command {
     /// The daemon's privileged helper (started by the daemon itself).
     #[command(hide = true)]
     NetnsHelper(NetnsHelperArgs),
+    /// The CNI plugin (run by the container runtime, also as `redirector-cni`); `install`, `uninstall`.
+    Cni(crate::cni::CniArgs),
 }
 
 #[derive(Debug, Args)]
@@ -228,6 +248,27 @@ mod tests {
                 "127.0.0.1:5353".parse().unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn under_the_plugins_name_it_is_the_plugin() {
+        let parse = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(args_from(argv.iter().map(Into::into))).unwrap();
+            matches!(
+                cli.command,
+                Command::Cni(crate::cni::CniArgs { command: None })
+            )
+        };
+        assert!(parse(&["/opt/cni/bin/redirector-cni"]));
+        assert!(parse(&["redirector-cni"]));
+        assert!(parse(&["redirector", "cni"]));
+        assert!(!parse(&["redirector", "cni", "uninstall"]));
+        assert!(!parse(&[
+            "/usr/local/bin/redirector",
+            "ready",
+            "--ready-file",
+            "f"
+        ]));
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Cni(args) => cni::run(args),
         Command::Endpoints(args) => {
             let report = inspect::report(&args.pin_dir)?;
             match args.output {

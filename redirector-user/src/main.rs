@@ -4,7 +4,9 @@ use clap::Parser as _;
 use redirector_user::cli::{Cli, LogFormat};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Under the name `redirector-cni`, the CNI plugin: its stdout is the
+    // runtime's, so logs go to stderr only (as for every command).
+    let cli = Cli::parse_from(redirector_user::cli::args());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log_level))
         .with_writer(std::io::stderr);

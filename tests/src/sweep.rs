@@ -67,6 +67,12 @@ pub fn sweep_stale() -> Result<Vec<String>> {
         }
     }
 
+    // Containers and per-run images of the image tests.
+    match crate::image::sweep_stale() {
+        Ok(images) => removed.extend(images),
+        Err(err) => failed.push(format!("{err:#}")),
+    }
+
     if failed.is_empty() {
         Ok(removed)
     } else {

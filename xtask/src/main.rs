@@ -7,6 +7,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod image;
 mod setup;
 mod sweep;
 mod test;
@@ -32,6 +33,8 @@ enum Command {
     Bench(bench::Args),
     /// Reproduce Istio's external-service failover blog post on this machine (root)
     Demo,
+    /// Build the DaemonSet's image with podman, offline, from a local Debian base (root; --release)
+    Image(image::Args),
     /// Install what is missing to build and test (nightly + rust-src, LLVM 22, bpf-linker, bpffs); root
     Setup,
     /// Remove namespaces, cgroups, pins and processes left behind by killed test runs; root
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Bench(args) => bench::run(&args),
         Command::Demo => demo::run(),
+        Command::Image(args) => image::run(&args),
         Command::Setup => setup::run(),
         Command::Sweep => sweep::run(),
         Command::Test(args) => test::run(&args),

@@ -9,7 +9,7 @@
 //!   dig (bind9-dnsutils), python3 and the CNI plugins
 //!   (containernetworking-plugins, in [`CNI_PLUGIN_DIR`]: the test bed
 //!   builds pods with them) for the tests (from bookworm-security, hence
-//!   `apt-get update`);
+//!   `apt-get update`), podman, runc and debootstrap for the image test;
 //! - bpf-linker 0.13.0 built against LLVM 22;
 //! - bpffs mounted at `/sys/fs/bpf` (pins live there);
 //! - `kubernetes-validate` (PyPI, with the Kubernetes schemas bundled) in a
@@ -21,7 +21,7 @@ use anyhow::{Result, bail};
 
 use crate::cmd::{self, command, probe};
 
-const PACKAGES: [&str; 8] = [
+const PACKAGES: [&str; 11] = [
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
@@ -33,6 +33,12 @@ const PACKAGES: [&str; 8] = [
     // The test bed's pods: bridge, host-local, loopback, run as a
     // container runtime runs them.
     "containernetworking-plugins",
+    // The DaemonSet's image (tests/image.rs, `cargo xtask image`): podman
+    // builds and runs it with runc (crun refuses this machine's cgroup
+    // layout) on a Debian base debootstrap makes; no registry needed.
+    "podman",
+    "runc",
+    "debootstrap",
 ];
 /// Where Debian's containernetworking-plugins puts the plugins (the test
 /// bed's `pod::CNI_PLUGIN_DIR`; upstream's tarball uses /opt/cni/bin).

@@ -5,7 +5,11 @@
 //! 1. The plugin sends one JSON line, a [`Request`], with the pod's network
 //!    namespace as an `SCM_RIGHTS` descriptor on `add` (the plugin runs as
 //!    root in the host's namespaces and opened `CNI_NETNS` itself, so the
-//!    daemon needs no access to the runtime's netns directory).
+//!    daemon needs no access to the runtime's netns directory), and on
+//!    `del` too while the namespace still exists (the container id stays
+//!    the key; the descriptor is only a second identity). The plugin
+//!    checks that it is a network namespace (`NS_GET_NSTYPE`) and sends
+//!    it only to a peer of its own uid.
 //! 2. The daemon answers one JSON line, a [`Response`], once the pod is
 //!    served (its listeners are up) or it decided not to serve it, and
 //!    closes.
