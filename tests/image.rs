@@ -25,7 +25,9 @@ use std::{
 
 use redirector_tests::{
     cgroup::TestCgroup,
+    client::Client,
     daemon::{PinDirGuard, redirector_bin},
+    http::HttpServer,
     image::{self, Container, RunSpec},
     manifest::{added_capabilities, cap_bits, container, flag, mount_path, pod_spec, strings},
     netns::Netns,
@@ -291,7 +293,7 @@ spec:
     // The liveness probe's port (this test's listen port).
     std::net::TcpStream::connect(("127.0.0.1", listen)).expect("the proxy listens");
 
-    serve_a_pod(&node, &plugin, &chained["plugins"][2]);
+    serve_a_pod(&node, &plugin, &chained["plugins"][2], endpoint);
 
     // Stopping as the kubelet does: SIGTERM, the grace period.
     let grace = Duration::from_secs(ds["terminationGracePeriodSeconds"].as_u64().unwrap());
@@ -337,13 +339,15 @@ spec:
 /// with `CNI_*`, its entry of the conflist (socket on this node's side of
 /// the `run` volume) and the primary plugin's result.
 ///
-/// Hook for issue 13: once the daemon serves pods, assert here that the
-/// daemon in the image answered `served` (the plugin's stderr says it) and
-/// that a connect to the VIP from inside the pod's namespace reaches the
-/// endpoint through the pod's own listeners. Until then the daemon does
-/// not listen on the socket, and the pod is created all the same.
-fn serve_a_pod(node: &Node, plugin: &Path, entry: &Value) {
+/// A pod created through the installed plugin is served by the daemon in
+/// the image before ADD returns (the plugin's stderr says `served`), and
+/// its connect to the VIP reaches an endpoint only the pod's namespace
+/// has (127.0.0.1:`endpoint` there): through the daemon's listener and
+/// sockets inside the pod.
+fn serve_a_pod(node: &Node, plugin: &Path, entry: &Value, endpoint: u16) {
     let pod = Netns::new("pod").unwrap();
+    let _inside = HttpServer::start(&pod, ([127, 0, 0, 1], endpoint).into(), "inside the pod")
+        .expect("starting the pod's own endpoint");
     let socket_on_node = node.volume("run").join(
         Path::new(entry["socket"].as_str().unwrap())
             .file_name()
@@ -382,5 +386,19 @@ fn serve_a_pod(node: &Node, plugin: &Path, entry: &Value) {
     assert!(out.status.success(), "{stderr}");
     let result: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result, prev, "the pod's result, passed through:\n{stderr}");
-    eprintln!("pod ADD through the installed plugin: {}", stderr.trim());
+    assert!(
+        stderr.contains("redirector-cni: served"),
+        "the plugin's log: {stderr}"
+    );
+    let out = Client::new(&pod, "curl")
+        .args(["-sS", "-m", "10", &format!("http://{VIP}/")])
+        .cgroup(&node.cgroup)
+        .timeout(TIMEOUT)
+        .run()
+        .expect("running curl in the pod");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "healthy: inside the pod",
+        "{out:?}"
+    );
 }

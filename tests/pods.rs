@@ -442,7 +442,10 @@ fn a_deleted_pod_is_let_go_with_its_connections() {
     wait_until_let_go(pid, &[ns_inode(&bed.node.ns)], &before);
     assert_eq!(metric(&bed.node.metrics(), "redirector_pods_served"), 0.0);
     let log = bed.node.log();
-    assert!(log.contains("released the pod's network namespace"), "{log}");
+    assert!(
+        log.contains("released the pod's network namespace"),
+        "{log}"
+    );
     // It still serves new pods.
     let next = bed.pods.pod("next").expect("creating another pod");
     bed.wait_for(&next, "served");
@@ -486,7 +489,11 @@ fn a_pod_holding_the_proxy_port_is_left_alone_and_reported() {
     bed.wait_for(&app, "served");
     assert_eq!(bed.bodies(&app, 4).len(), 4);
     let metrics = bed.node.metrics();
-    assert_eq!(metric(&metrics, "redirector_pods_left_alone"), 1.0, "{metrics}");
+    assert_eq!(
+        metric(&metrics, "redirector_pods_left_alone"),
+        1.0,
+        "{metrics}"
+    );
     assert_eq!(metric(&metrics, "redirector_pods_served"), 1.0, "{metrics}");
     // Untouched: its connect to the VIP goes where the pod's routes say
     // (nowhere), not to the endpoints.
@@ -572,7 +579,15 @@ fn a_hostile_pod_cannot_disturb_its_neighbour() {
     assert!(flood.status.success(), "{flood:?}");
     assert!(!statuses.is_empty());
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert!(bed.node.daemon.as_mut().unwrap().try_wait().unwrap().is_none());
+    assert!(
+        bed.node
+            .daemon
+            .as_mut()
+            .unwrap()
+            .try_wait()
+            .unwrap()
+            .is_none()
+    );
     bed.wait_for(&hostile, "served");
     bed.wait_for(&app, "served");
 }
@@ -739,4 +754,77 @@ fn unix_ms() -> f64 {
         .expect("after 1970")
         .as_secs_f64()
         * 1000.0
+}
+
+/// With the redirector's plugin in the chain, a pod is served by the time
+/// its sandbox is up (the plugin's ADD returns once the daemon listens in
+/// the pod), under the name the runtime gave; its DEL lets it go before
+/// returning. The runtime gets the previous plugin's result unchanged.
+#[test]
+fn a_pod_announced_by_the_cni_plugin_is_served_before_its_app_starts() {
+    let mut bed = bed();
+    let socket = bed.node.dir.path().join("cni.sock");
+    let mut args = bed.node.args("us-east1");
+    args.extend(["--cni-socket".into(), socket.display().to_string()]);
+    bed.node.write_config(&blog_entry(8080));
+    bed.node.start_args(args);
+    bed.pods
+        .chain_redirector(&socket)
+        .expect("chaining the plugin");
+    let web = bed.pods.pod_in("shop", "web").expect("creating the pod");
+    // No waiting: listed, and served, as the sandbox comes up.
+    let row = bed.row(&web).expect("the pod listed at once");
+    assert_eq!(row["state"], "served", "{row:#}");
+    assert_eq!(row["source"], "cni", "{row:#}");
+    assert_eq!(row["pod"], "shop/web", "{row:#}");
+    let address = web.result()["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        address.starts_with(&format!("{}/", web.ip())),
+        "{:#}",
+        web.result()
+    );
+    let bodies = bed.bodies(&web, 4);
+    assert_eq!(count(&bodies, EAST) + count(&bodies, WEST), 4);
+    let cookie = netns_cookie(&web);
+    web.delete().expect("deleting the pod");
+    let report = bed.report();
+    assert!(
+        !report["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["netns"] == cookie),
+        "{report:#}"
+    );
+    let log = bed.node.log();
+    assert!(
+        log.contains("released the pod's network namespace (CNI DEL)"),
+        "{log}"
+    );
+}
+
+/// The plugin never fails a pod over the daemon: with no daemon on its
+/// socket the pod comes up as without the redirector; the daemon, once
+/// started, finds it and serves it.
+#[test]
+fn the_plugin_lets_pods_start_without_a_daemon() {
+    let mut bed = bed();
+    let socket = bed.node.dir.path().join("cni.sock");
+    bed.pods
+        .chain_redirector(&socket)
+        .expect("chaining the plugin");
+    let early = bed.pods.pod("early").expect("a pod with no daemon running");
+    assert_eq!(
+        early.get("http://10.213.1.2:8080/"),
+        Ok((200, EAST.to_owned()))
+    );
+    let mut args = bed.node.args("us-east1");
+    args.extend(["--cni-socket".into(), socket.display().to_string()]);
+    bed.node.write_config(&blog_entry(8080));
+    bed.node.start_args(args);
+    let row = bed.wait_for(&early, "served");
+    assert_eq!(row["source"], "found", "{row:#}");
+    assert_eq!(bed.bodies(&early, 2).len(), 2);
 }

@@ -26,8 +26,8 @@
 
 use aya_ebpf::{bindings::bpf_sock_addr, macros::cgroup_sock_addr, programs::SockAddrContext};
 use redirector_common::{
-    ORIG_DNS, ORIG_SERVICE, PROXY_ANY_LISTENER, PROXY_ENABLED, SOCK_SLOT, SVC_FAIL_OPEN, SVC_KERNEL_PATH, ServiceKey,
-    ServiceKey6, ServiceValue6, Slot6, v4_mapped,
+    ORIG_DNS, ORIG_SERVICE, PROXY_ANY_LISTENER, PROXY_ENABLED, SOCK_SLOT, SVC_FAIL_OPEN,
+    SVC_KERNEL_PATH, ServiceKey, ServiceKey6, ServiceValue6, Slot6, v4_mapped,
 };
 
 use crate::{

@@ -8,8 +8,10 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple},
-    helpers::{bpf_get_netns_cookie, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release,
-        bpf_sk_storage_get},
+    helpers::{
+        bpf_get_netns_cookie, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release,
+        bpf_sk_storage_get,
+    },
     programs::SockAddrContext,
 };
 use redirector_common::{NS_LEFT_ALONE, NsId, Own};

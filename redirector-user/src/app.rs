@@ -44,8 +44,8 @@ use crate::{
     config::{Config, NodeSettings},
     datapath::{self, BpfError, Datapath, DatapathOptions, NsMaps, PinError, service_entries},
     handover,
-    netns::{Helper, Sockets},
     metrics::Metrics,
+    netns::{Helper, Sockets},
     privs,
     proxy::route::{self, Routes},
     state::{self, Generation, Node, Services},
@@ -215,11 +215,8 @@ impl Running {
         // the kernel before a listener is marked.
         let host_id = {
             let host = std::fs::File::open("/proc/self/ns/net")?;
-            let probe = socket2::Socket::new(
-                socket2::Domain::IPV4,
-                socket2::Type::DGRAM.cloexec(),
-                None,
-            )?;
+            let probe =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM.cloexec(), None)?;
             crate::netns::ns_id(probe.as_fd(), host.as_fd())?
         };
         let host_maps = match handed.as_mut().map(|h| h.take_maps(host_id)) {
@@ -240,7 +237,10 @@ impl Running {
         .await?;
         let admin_listener = listeners::admin(node, handed).await?;
         let cni_path = cni_socket_path(&opts, node);
-        let cni_listener = match (&helper, handed.as_mut().and_then(|h| h.take_cni())) {
+        let cni_listener = match (
+            &helper,
+            handed.as_mut().and_then(handover::Handed::take_cni),
+        ) {
             (None, _) => None,
             (Some(_), Some(fd)) => Some(cni_socket::adopt(fd)?),
             (Some(_), None) => Some(cni_socket::bind(&cni_path).with_context(|| {
@@ -266,7 +266,10 @@ impl Running {
         pods.add_host(set, host_maps).await?;
         let adopted = pods.adopt(handed).await;
         if adopted > 0 {
-            info!(pods = adopted, "took over the pods the previous daemon served");
+            info!(
+                pods = adopted,
+                "took over the pods the previous daemon served"
+            );
         }
         // What was handed and is not wanted here (the ports changed) closes.
         handed.take();
@@ -283,10 +286,9 @@ impl Running {
             tasks.push(AbortOnDropHandle::new(tokio::spawn(logs.run())));
         }
         if let Some(reader) = datapath.take_outcomes()? {
-            tasks.push(AbortOnDropHandle::new(tokio::spawn(sync::consume_outcomes(
-                reader,
-                services.clone(),
-            ))));
+            tasks.push(AbortOnDropHandle::new(tokio::spawn(
+                sync::consume_outcomes(reader, services.clone()),
+            )));
         }
         datapath.attach()?;
         for s in &current.config.services {

@@ -79,9 +79,9 @@ use tracing::info;
 
 pub(crate) use encode::{ServiceMapEntry, endpoint_entries, has_slots, service_entries};
 pub(crate) use events::NsEvents;
-pub(crate) use namespaces::{MapSpec, NsMaps};
 pub(crate) use load::check_privileges;
 pub(crate) use logs::{KernelLogs, level as kernel_log_level};
+pub(crate) use namespaces::{MapSpec, NsMaps};
 pub(crate) use outcomes::{KernelOutcome, OutcomeReader};
 pub(crate) use pins::{PinError, PinnedState, cleanup, handover_path};
 pub(crate) use slots::{table as slot_table, table6 as slot_table6};

@@ -475,7 +475,9 @@ pub(crate) fn request(path: &Path) -> Result<Handed, HandoverError> {
             }
         }
         if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-            return Err(protocol("more descriptors in one message than expected".into()));
+            return Err(protocol(
+                "more descriptors in one message than expected".into(),
+            ));
         }
         if n == 0 {
             break;

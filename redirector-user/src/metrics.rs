@@ -127,9 +127,9 @@ impl Metrics {
             config_reload_rejections: Counter::default(),
             pods_served: Gauge::default(),
             pods_left_alone: Gauge::default(),
-            pod_setup_seconds: Histogram::new(
-                [0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0].into_iter(),
-            ),
+            pod_setup_seconds: Histogram::new([
+                0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+            ]),
         };
         let r = registry.sub_registry_with_prefix("redirector");
         // Counters get their `_total` suffix from the encoder.

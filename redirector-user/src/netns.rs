@@ -94,9 +94,12 @@ pub(crate) enum Sockets {
     There {
         helper: Arc<Helper>,
         fd: Arc<OwnedFd>,
-        ready: Arc<Mutex<Vec<((SockKind, bool), OwnedFd)>>>,
+        ready: Arc<Mutex<Vec<Prefetched>>>,
     },
 }
+
+/// A socket asked for ahead: its kind, whether IPv6, and the socket.
+type Prefetched = ((SockKind, bool), OwnedFd);
 
 impl Sockets {
     /// A new non-blocking socket of `kind` for `addr`'s family.

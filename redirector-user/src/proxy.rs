@@ -83,12 +83,7 @@ pub(crate) struct Drain {
 
 /// Accepts until the task is dropped: connections to the listener the
 /// daemon holds in namespace `ns`, whose records are in `ns`'s own maps.
-pub(crate) async fn serve(
-    listener: TcpListener,
-    ns: Arc<Namespace>,
-    routes: Routes,
-    drain: Drain,
-) {
+pub(crate) async fn serve(listener: TcpListener, ns: Arc<Namespace>, routes: Routes, drain: Drain) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,

@@ -83,8 +83,8 @@ async fn exchange(mut stream: UnixStream, pods: &Pods) -> io::Result<()> {
         )));
     }
     let (line, fd) = read_request(&stream).await?;
-    let request: Request = serde_json::from_slice(&line)
-        .map_err(|e| io::Error::other(format!("request: {e}")))?;
+    let request: Request =
+        serde_json::from_slice(&line).map_err(|e| io::Error::other(format!("request: {e}")))?;
     debug!(?request, "CNI request");
     let response = match request.op {
         Op::Add => match fd {

@@ -78,7 +78,9 @@ impl Discovery {
         let known: HashSet<u64> = pods.inodes().await.into_iter().map(|(i, _)| i).collect();
         self.failed.retain(|_, at| at.elapsed() < RETRY_AFTER);
         for (inode, pid) in first {
-            if inode == pods.host_inode() || known.contains(&inode) || self.failed.contains_key(&inode)
+            if inode == pods.host_inode()
+                || known.contains(&inode)
+                || self.failed.contains_key(&inode)
             {
                 continue;
             }
@@ -114,21 +116,22 @@ impl Discovery {
                 return;
             }
         };
-        let inode = match netns::inode(std::os::fd::AsFd::as_fd(&fd)) {
-            Ok(i) => i,
-            Err(_) => return,
+        let Ok(inode) = netns::inode(std::os::fd::AsFd::as_fd(&fd)) else {
+            return;
         };
         // The pid may have been reused by another process meanwhile.
         if expected.is_some_and(|e| e != inode) || inode == pods.host_inode() {
             return;
         }
-        let (outcome, detail) = pods
-            .serve(fd, Source::Found, PodMeta::default(), pid)
-            .await;
+        let (outcome, detail) = pods.serve(fd, Source::Found, PodMeta::default(), pid).await;
         match outcome {
             Outcome::NotServed => {
                 self.failed.insert(inode, Instant::now());
-                info!(pid, netns = inode, "not serving a namespace found in the cgroup: {detail}");
+                info!(
+                    pid,
+                    netns = inode,
+                    "not serving a namespace found in the cgroup: {detail}"
+                );
             }
             Outcome::Served | Outcome::LeftAlone | Outcome::Released => {}
         }

@@ -27,8 +27,8 @@ use std::{
 };
 
 use redirector_common::{
-    NS_DETAIL_LEN, NS_LEFT_ALONE, NS_SERVED, NSI_CNI, NSI_FOUND, NSI_HOST,
-    NSI_LEFT_ALONE, NSI_SERVED, NsId, NsInfo, POD_NAME_LEN, POD_NAMESPACE_LEN, write_str,
+    NS_DETAIL_LEN, NS_LEFT_ALONE, NS_SERVED, NSI_CNI, NSI_FOUND, NSI_HOST, NSI_LEFT_ALONE,
+    NSI_SERVED, NsId, NsInfo, POD_NAME_LEN, POD_NAMESPACE_LEN, write_str,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
@@ -159,8 +159,7 @@ impl Entry {
 
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// For the log: `host`, a pod's `namespace/name`, or its namespace's
@@ -457,11 +456,7 @@ impl Pods {
                     warn!(pod = %name, error = %e, "taking the namespace's maps out");
                 }
                 return match e.port_taken() {
-                    Some(addr) => Ok((
-                        id,
-                        cookie,
-                        Err(format!("its own app listens on {addr}")),
-                    )),
+                    Some(addr) => Ok((id, cookie, Err(format!("its own app listens on {addr}")))),
                     None => Err(e.into()),
                 };
             }

@@ -35,7 +35,10 @@ impl NsEvents {
                 // read_unaligned needs no alignment.
                 out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
             } else {
-                warn!(len = item.len(), "unexpected item in the namespace event ring");
+                warn!(
+                    len = item.len(),
+                    "unexpected item in the namespace event ring"
+                );
             }
         }
         Ok(())

@@ -9,17 +9,15 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
-        ProgramError,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
         ProgramType, SockOps, links::FdLink,
     },
 };
 use redirector_common::{
     Config6, DnsConfig, EndpointHealth, EndpointKey, MAX_ENDPOINTS, MAX_NAMESPACES, MAX_SERVICES,
     NS_EVENT_RING_BYTES, NsId, NsInfo, OUTCOME_RING_BYTES, Own, PROXY_ANY_LISTENER, PROXY_ENABLED,
-    ProxyConfig,
-    ServiceInfo, ServiceKey, ServiceKey6, ServiceValue, ServiceValue6, SlotTable, SlotTable6,
-    SockOrig, SockOrig6, map_names, program_names,
+    ProxyConfig, ServiceInfo, ServiceKey, ServiceKey6, ServiceValue, ServiceValue6, SlotTable,
+    SlotTable6, SockOrig, SockOrig6, map_names, program_names,
 };
 use tracing::{info, warn};
 
@@ -229,7 +227,12 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
         .flatten();
     // Enabled from the start: on a takeover the running programs must
     // keep redirecting; on a fresh start nothing is attached yet.
-    let flags = PROXY_ENABLED | if opts.any_listener { PROXY_ANY_LISTENER } else { 0 };
+    let flags = PROXY_ENABLED
+        | if opts.any_listener {
+            PROXY_ANY_LISTENER
+        } else {
+            0
+        };
     let cfg = ProxyConfig::new(opts.proxy, PROXY_MARK, flags, std::process::id());
     map_op(map_names::PROXY_CONFIG, config.set(0, cfg, 0))?;
     let cfg6 = Config6::new(opts.proxy6, opts.dns6.filter(|_| opts.dns.is_some()));

@@ -58,13 +58,12 @@ impl MapSpec {
             self.flags,
         );
         let map = MapData::create(obj, &self.name, None)?;
-        map.fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| MapError::SyscallError(aya::sys::SyscallError {
+        map.fd().as_fd().try_clone_to_owned().map_err(|e| {
+            MapError::SyscallError(aya::sys::SyscallError {
                 call: "dup",
                 io_error: e,
-            }))
+            })
+        })
     }
 }
 

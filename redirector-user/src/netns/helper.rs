@@ -124,10 +124,7 @@ impl Helper {
 
     /// Whether the helper still runs.
     pub(crate) fn alive(&self) -> bool {
-        matches!(
-            self.child.lock().expect("helper lock").try_wait(),
-            Ok(None)
-        )
+        matches!(self.child.lock().expect("helper lock").try_wait(), Ok(None))
     }
 
     /// Returns once the helper has exited (looked at every second).
@@ -186,7 +183,10 @@ impl Helper {
         let n = specs.len();
         let (_, fds) = self.call(Request::Maps { specs }, None).await?;
         if fds.len() != n {
-            return Err(HelperError::Refused(format!("{n} maps asked, {} made", fds.len())));
+            return Err(HelperError::Refused(format!(
+                "{n} maps asked, {} made",
+                fds.len()
+            )));
         }
         Ok(fds)
     }
@@ -314,7 +314,10 @@ fn answer(request: Request, ns: Option<OwnedFd>) -> (Response, Vec<OwnedFd>) {
             Some(ns) => sockets_in(ns.as_fd(), &kinds),
         },
         Request::Inodes { pids } => {
-            let inodes = pids.into_iter().map(|pid| pid_inode(pid).unwrap_or(0)).collect();
+            let inodes = pids
+                .into_iter()
+                .map(|pid| pid_inode(pid).unwrap_or(0))
+                .collect();
             return (
                 Response {
                     inodes,
