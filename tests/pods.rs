@@ -828,3 +828,42 @@ fn the_plugin_lets_pods_start_without_a_daemon() {
     assert_eq!(row["source"], "found", "{row:#}");
     assert_eq!(bed.bodies(&early, 2).len(), 2);
 }
+
+/// A pod whose processes make network namespaces of their own gets a few
+/// of them served, not more: its neighbours still are.
+#[test]
+fn a_pod_making_namespaces_gets_a_few_served_not_more() {
+    let mut bed = bed();
+    bed.start(&blog_entry(8080));
+    let greedy = bed.pods.pod("greedy").expect("creating a pod");
+    bed.wait_for(&greedy, "served");
+    let _made: Vec<_> = (0..6)
+        .map(|_| {
+            greedy
+                .spawn(
+                    "unshare",
+                    ["--net", "sh", "-c", "ip link set lo up && exec sleep 600"],
+                )
+                .expect("making a namespace in the pod")
+        })
+        .collect();
+    let found = || {
+        bed.report()["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["source"] == "found" && r["state"] == "served")
+            .count()
+    };
+    wait_until("the namespaces made in the pod refused", TIMEOUT, || {
+        bed.node
+            .log()
+            .contains("the most one cgroup gets without the CNI plugin")
+    });
+    // The pod's own and three of the six: four for its cgroup.
+    wait_until("four served in the pod's cgroup", TIMEOUT, || found() == 4);
+    let neighbour = bed.pods.pod("neighbour").expect("creating a pod");
+    bed.wait_for(&neighbour, "served");
+    assert_eq!(bed.bodies(&neighbour, 2).len(), 2);
+    assert_eq!(found(), 5);
+}

@@ -98,7 +98,7 @@ async fn exchange(mut stream: UnixStream, pods: &Pods) -> io::Result<()> {
                     namespace: request.pod_namespace.clone(),
                     name: request.pod_name.clone(),
                 };
-                let (outcome, detail) = pods.serve(fd, Source::Cni, meta, 0).await;
+                let (outcome, detail) = pods.serve(fd, Source::Cni, meta, (0, 0)).await;
                 info!(
                     container = %request.container_id, pod_namespace = ?request.pod_namespace,
                     pod = ?request.pod_name, ?outcome, "CNI ADD: {detail}"

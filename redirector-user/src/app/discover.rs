@@ -16,6 +16,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -59,32 +60,33 @@ impl Discovery {
         };
         let mut live = HashSet::new();
         // One process per namespace is enough to open it.
-        let mut first: HashMap<u64, u32> = HashMap::new();
+        let mut first: HashMap<u64, (u32, u64)> = HashMap::new();
         for chunk in pids.chunks(PIDS_PER_REQUEST) {
-            let inodes = match helper.inodes(chunk.to_vec()).await {
+            let only_pids = chunk.iter().map(|&(pid, _)| pid).collect();
+            let inodes = match helper.inodes(only_pids).await {
                 Ok(i) => i,
                 Err(e) => {
                     warn!(error = %e, "asking the netns helper for namespaces");
                     return;
                 }
             };
-            for (&pid, inode) in chunk.iter().zip(inodes) {
+            for (&(pid, cgroup), inode) in chunk.iter().zip(inodes) {
                 if inode != 0 {
                     live.insert(inode);
-                    first.entry(inode).or_insert(pid);
+                    first.entry(inode).or_insert((pid, cgroup));
                 }
             }
         }
         let known: HashSet<u64> = pods.inodes().await.into_iter().map(|(i, _)| i).collect();
         self.failed.retain(|_, at| at.elapsed() < RETRY_AFTER);
-        for (inode, pid) in first {
+        for (inode, (pid, cgroup)) in first {
             if inode == pods.host_inode()
                 || known.contains(&inode)
                 || self.failed.contains_key(&inode)
             {
                 continue;
             }
-            self.serve_pid(pods, pid, Some(inode)).await;
+            self.serve_pid(pods, (pid, cgroup), Some(inode)).await;
         }
         pods.after_scan(&live).await;
     }
@@ -99,12 +101,13 @@ impl Discovery {
             cookie = %format!("{:#x}", event.netns_cookie),
             "a socket in a namespace the daemon does not know"
         );
-        self.serve_pid(pods, event.pid, None).await;
+        self.serve_pid(pods, (event.pid, event.cgroup_id), None)
+            .await;
     }
 
-    /// Serves the namespace of process `pid` (whose namespace's inode the
-    /// scan read as `expected`, if it did).
-    async fn serve_pid(&mut self, pods: &Pods, pid: u32, expected: Option<u64>) {
+    /// Serves the namespace of process `pid` of cgroup `cgroup` (its id;
+    /// whose namespace's inode the scan read as `expected`, if it did).
+    async fn serve_pid(&mut self, pods: &Pods, (pid, cgroup): (u32, u64), expected: Option<u64>) {
         let Some(helper) = pods.ctx().helper.clone() else {
             return;
         };
@@ -123,7 +126,9 @@ impl Discovery {
         if expected.is_some_and(|e| e != inode) || inode == pods.host_inode() {
             return;
         }
-        let (outcome, detail) = pods.serve(fd, Source::Found, PodMeta::default(), pid).await;
+        let (outcome, detail) = pods
+            .serve(fd, Source::Found, PodMeta::default(), (pid, cgroup))
+            .await;
         match outcome {
             Outcome::NotServed => {
                 self.failed.insert(inode, Instant::now());
@@ -168,13 +173,21 @@ pub(super) async fn run(pods: Arc<Pods>, cgroup: PathBuf, events: Option<NsEvent
 }
 
 /// Every process of the cgroup subtree at `root` (its own and its
-/// descendants' `cgroup.procs`), at most [`MAX_PIDS`].
-fn cgroup_pids(root: &Path) -> Vec<u32> {
+/// descendants' `cgroup.procs`), at most [`MAX_PIDS`], with the id of its
+/// cgroup (on cgroup v2, the directory's inode: what
+/// `bpf_get_current_cgroup_id` says).
+fn cgroup_pids(root: &Path) -> Vec<(u32, u64)> {
     let mut pids = Vec::new();
     let mut dirs = vec![root.to_owned()];
     while let Some(dir) = dirs.pop() {
         if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+            let id = std::fs::metadata(&dir).map_or(0, |m| m.ino());
+            pids.extend(
+                procs
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<u32>().ok())
+                    .map(|pid| (pid, id)),
+            );
             if pids.len() >= MAX_PIDS {
                 pids.truncate(MAX_PIDS);
                 break;
@@ -202,8 +215,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let child = dir.path().join("pod-a");
         std::fs::create_dir(&child).unwrap();
-        std::fs::write(dir.path().join("cgroup.procs"), "1\n2\n").unwrap();
-        std::fs::write(child.join("cgroup.procs"), "3\n2\n").unwrap();
-        assert_eq!(cgroup_pids(dir.path()), [1, 2, 3]);
+        std::fs::write(dir.path().join("cgroup.procs"), "2\n1\n").unwrap();
+        std::fs::write(child.join("cgroup.procs"), "3\n").unwrap();
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let (root, pod) = (ino(dir.path()), ino(&child));
+        assert_eq!(cgroup_pids(dir.path()), [(1, root), (2, root), (3, pod)]);
     }
 }

@@ -96,6 +96,11 @@ enum State {
     LeftAlone(String),
 }
 
+/// How many network namespaces found in one cgroup (not announced by the
+/// CNI plugin) the daemon serves at most: a pod's own, and a few its
+/// processes made.
+const MAX_FOUND_PER_CGROUP: usize = 4;
+
 struct Entry {
     id: NsId,
     cookie: Option<u64>,
@@ -105,6 +110,8 @@ struct Entry {
     state: State,
     /// A process of the namespace when it was found (0: told by CNI).
     pid: u32,
+    /// That process's cgroup (its id; 0: told by CNI, or handed over).
+    cgroup: u64,
     /// Whether the cgroup scan ever saw a process in it, and for how many
     /// scans in a row it saw none since.
     seen: bool,
@@ -192,6 +199,9 @@ pub(super) struct Described {
     pub(super) source: Source,
     pub(super) meta: PodMeta,
     pub(super) pid: u32,
+    /// The cgroup it was found in (0: announced by the CNI plugin).
+    #[serde(default)]
+    pub(super) cgroup: u64,
 }
 
 impl Pods {
@@ -238,6 +248,7 @@ impl Pods {
                 source: Source::Host,
                 state: State::Serving(entry),
                 pid: std::process::id(),
+                cgroup: 0,
                 seen: true,
                 missing: 0,
                 setup: started.elapsed(),
@@ -302,7 +313,7 @@ impl Pods {
         fd: OwnedFd,
         source: Source,
         meta: PodMeta,
-        pid: u32,
+        (pid, cgroup): (u32, u64),
     ) -> (Outcome, String) {
         let started = Instant::now();
         let inode = match netns::inode(fd.as_fd()) {
@@ -336,6 +347,23 @@ impl Pods {
                     .into(),
             );
         };
+        // A process may make network namespaces of its own (unshare) and
+        // have the daemon serve each: one cgroup gets at most a few that
+        // way, so a pod cannot use up what the node's other pods need.
+        // Pods the CNI plugin announces are not counted.
+        let found_here = entries
+            .values()
+            .filter(|e| cgroup != 0 && e.cgroup == cgroup && e.source == Source::Found)
+            .count();
+        if source == Source::Found && found_here >= MAX_FOUND_PER_CGROUP {
+            return (
+                Outcome::NotServed,
+                format!(
+                    "its cgroup (id {cgroup}) has {found_here} network namespaces served \
+                     already, the most one cgroup gets without the CNI plugin"
+                ),
+            );
+        }
         if entries.len() >= redirector_common::MAX_NAMESPACES as usize {
             return (
                 Outcome::NotServed,
@@ -356,6 +384,7 @@ impl Pods {
                     source,
                     state: State::Serving(serving),
                     pid,
+                    cgroup,
                     seen: pid != 0,
                     missing: 0,
                     setup: started.elapsed(),
@@ -390,6 +419,7 @@ impl Pods {
                     source,
                     state: State::LeftAlone(why.clone()),
                     pid,
+                    cgroup,
                     seen: pid != 0,
                     missing: 0,
                     setup: started.elapsed(),
@@ -652,6 +682,7 @@ impl Pods {
                         source: e.source,
                         meta: e.meta.clone(),
                         pid: e.pid,
+                        cgroup: e.cgroup,
                     });
                 }
             }
@@ -744,6 +775,7 @@ impl Pods {
             source: pod.source,
             state: State::Serving(serving),
             pid: pod.pid,
+            cgroup: pod.cgroup,
             seen: true,
             missing: 0,
             setup: started.elapsed(),
