@@ -4,10 +4,13 @@
 //! Two regional endpoints run in their own network namespaces behind veth
 //! links; a real DNS server resolves their names; the redirector runs in a
 //! node namespace whose only routes lead to those two, so a connect the
-//! kernel did not redirect cannot leave the machine. The app is curl in
-//! that namespace and in the cgroup the redirector attached to, resolving
-//! `mydb.com` through the demo's DNS server, which does not know the name:
-//! the redirector's DNS capture answers it with the VIP. The config
+//! kernel did not redirect cannot leave the machine. The app is curl in a
+//! pod: a network namespace of its own, made by the real CNI plugins
+//! (bridge, host-local, loopback, then the redirector's own plugin, which
+//! returns once the redirector listens inside the pod), in a child of the
+//! cgroup the redirector attached to, resolving `mydb.com` through the
+//! cluster DNS address, whose server does not know the name: the
+//! redirector's DNS capture in the pod answers it with the VIP. The config
 //! moves through the blog's three documents (`config/demo-*.yaml`) with
 //! SIGHUP reloads, and each phase checks that it behaved as the blog says,
 //! except that phase (c) must show zero failed requests where the blog
@@ -28,13 +31,13 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use redirector_tests::{
     cgroup::TestCgroup,
-    client,
     daemon::{Daemon, DaemonOptions, PinDirGuard},
     dns::DnsServer,
     http::HttpServer,
     https::HttpsServer,
     netns::{self, Netns},
     pki::TestCa,
+    pod::{CLUSTER_DNS, Pod, PodNetwork, PodNetworkOptions},
     tempdir::TempDir,
 };
 
@@ -81,9 +84,12 @@ pub(crate) fn run() -> Result<()> {
     result
 }
 
-/// Everything the demo creates; dropped (daemon first) on any exit.
+/// Everything the demo creates; dropped (the app's pod, then the daemon
+/// first) on any exit.
 struct Stage {
+    app: Option<Pod>,
     daemon: Option<Daemon>,
+    pods: Option<PodNetwork>,
     tls: Vec<HttpsServer>,
     _servers: Vec<HttpServer>,
     _dns: DnsServer,
@@ -113,7 +119,9 @@ fn demo() -> Result<()> {
     dns.set_a(EAST, &[EAST_IP.into()], 30)?;
     dns.set_a(WEST, &[WEST_IP.into()], 30)?;
     let mut stage = Stage {
+        app: None,
         daemon: None,
+        pods: None,
         tls: Vec::new(),
         _servers: servers,
         _dns: dns,
@@ -124,8 +132,19 @@ fn demo() -> Result<()> {
         _regions: vec![east, west],
         node,
     };
+    let pods = PodNetwork::new(
+        &stage.node,
+        &stage.cgroup,
+        &stage._dns,
+        PodNetworkOptions::default(),
+    )?;
+    pods.route_back(&stage._regions[0], [10, 213, 1, 1].into())?;
+    pods.route_back(&stage._regions[1], [10, 213, 2, 1].into())?;
+    let cni_socket = stage.dir.path().join("cni.sock");
+    pods.chain_redirector(&cni_socket)?;
+    stage.pods = Some(pods);
     println!(
-        "node: namespace {} (locality us-east1), app cgroup {}",
+        "node: namespace {} (locality us-east1), pods' cgroups under {}",
         stage.node.name(),
         stage.cgroup.path().display()
     );
@@ -137,8 +156,9 @@ fn demo() -> Result<()> {
         stage._regions[1].name()
     );
     println!(
-        "DNS: a real server on 127.0.0.1:53 in the node namespace, the app's only nameserver; \
-         it knows the endpoints' names, not mydb.com\n"
+        "DNS: a real server on 127.0.0.1:53 in the node namespace, also on the cluster DNS \
+         address {CLUSTER_DNS} (the pod's nameserver); it knows the endpoints' names, not \
+         mydb.com\n"
     );
     check_interrupt()?;
 
@@ -166,18 +186,34 @@ fn demo() -> Result<()> {
             "127.0.0.1:53".into(),
             "--pin-dir".into(),
             stage.pins.path().display().to_string(),
+            "--cni-socket".into(),
+            cni_socket.display().to_string(),
         ],
         ready_timeout: Duration::from_secs(30),
         env: Vec::new(),
     })?);
     let vip = service_vip(&stage)?;
     println!("redirector: mydb.com -> VIP {vip} (allocated from 240.240.0.0/16)");
-    // Both families: the host has an IPv6 VIP too (from 2001:2::/48).
-    println!("$ getent ahosts mydb.com | grep STREAM");
-    let out = client::Client::new(&stage.node, "getent")
+    let app = stage
+        .pods
+        .as_ref()
+        .context("the pod network")?
+        .pod("sleep")?;
+    println!(
+        "pod default/sleep: {} on eth0, made by CNI ADD (bridge, host-local, loopback, then \
+         redirector-cni, which returned once the redirector listened inside the pod)",
+        app.ip()
+    );
+    stage.app = Some(app);
+    println!("$ redirector pods");
+    print!("{}", pods_table(&stage)?);
+    println!("$ getent ahosts mydb.com | grep STREAM   # in the pod");
+    let out = stage
+        .app
+        .as_ref()
+        .context("the app's pod")?
+        .client("getent")
         .args(["ahosts", "mydb.com"])
-        .cgroup(&stage.cgroup)
-        .nameserver(DNS_IP.into())
         .run()?;
     let answer = String::from_utf8_lossy(&out.stdout);
     let stream: Vec<&str> = answer.lines().filter(|l| l.contains("STREAM")).collect();
@@ -188,11 +224,10 @@ fn demo() -> Result<()> {
         .iter()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
+    // The pod has no IPv6 (no ::1), so no IPv6 VIP is offered there.
     ensure!(
-        out.status.success()
-            && addrs.contains(&vip.as_str())
-            && addrs.iter().any(|a| a.starts_with("2001:2:")),
-        "DNS capture should answer mydb.com with {vip} and its IPv6 VIP: {out:?}"
+        out.status.success() && addrs.contains(&vip.as_str()),
+        "DNS capture should answer mydb.com with {vip}: {out:?}"
     );
     let (bodies, errors) = loop_requests(&stage)?;
     let (e, w) = (count(&bodies, EAST), count(&bodies, WEST));
@@ -371,22 +406,21 @@ fn reload_text(stage: &mut Stage, text: &str, config: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The blog's loop: `for i in {1..5}; do curl -sS http://mydb.com; echo; done`,
-/// as written: curl resolves mydb.com through the node's nameserver, and
-/// the redirector's DNS capture answers with the VIP.
+/// The blog's loop, `kubectl exec sleep -- sh -c 'for i in {1..5}; do
+/// curl -sS http://mydb.com; echo; done'`, as written: curl in the pod
+/// resolves mydb.com through the pod's resolv.conf (cluster DNS, search
+/// domains, ndots:5), and the redirector's DNS capture answers with the
+/// VIP.
 fn loop_requests(stage: &Stage) -> Result<(Vec<String>, usize)> {
-    println!("$ for i in {{1..{REQUESTS}}}; do curl -sS http://mydb.com; echo; done");
+    println!(
+        "$ for i in {{1..{REQUESTS}}}; do curl -sS http://mydb.com; echo; done   # in the pod"
+    );
+    let app = stage.app.as_ref().context("the app's pod")?;
     let mut bodies = Vec::new();
     let mut errors = 0;
     for _ in 0..REQUESTS {
         check_interrupt()?;
-        let reply = client::http_get_by_name(
-            &stage.node,
-            Some(&stage.cgroup),
-            "mydb.com",
-            DNS_IP.into(),
-            Duration::from_secs(15),
-        )?;
+        let reply = app.get("http://mydb.com/");
         match reply {
             Ok((200, body)) => {
                 println!("{body}");
@@ -425,6 +459,29 @@ fn endpoints(stage: &Stage, json: bool) -> Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8(out.stdout)?)
+}
+
+/// `redirector pods`: the namespaces the daemon serves.
+fn pods_table(stage: &Stage) -> Result<String> {
+    let out = Command::new(redirector_tests::daemon::redirector_bin())
+        .arg("pods")
+        .arg("--pin-dir")
+        .arg(stage.pins.path())
+        .output()
+        .context("running redirector pods")?;
+    ensure!(
+        out.status.success(),
+        "redirector pods: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout)?;
+    ensure!(
+        table
+            .lines()
+            .any(|l| l.contains("default/sleep") && l.contains("served")),
+        "the pod should be served:\n{table}"
+    );
+    Ok(table)
 }
 
 fn service_vip(stage: &Stage) -> Result<String> {
