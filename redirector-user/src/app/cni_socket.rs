@@ -50,9 +50,16 @@ pub(super) fn adopt(fd: OwnedFd) -> io::Result<UnixListener> {
     UnixListener::from_std(listener)
 }
 
+/// Exchanges in progress at most; more connections wait in the backlog.
+const MAX_EXCHANGES: usize = 64;
+
 /// Serves the plugin until dropped.
 pub(super) async fn serve(listener: UnixListener, pods: Arc<Pods>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_EXCHANGES));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -63,6 +70,7 @@ pub(super) async fn serve(listener: UnixListener, pods: Arc<Pods>) {
         };
         let pods = pods.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             match tokio::time::timeout(EXCHANGE_TIMEOUT, exchange(stream, &pods)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => warn!("CNI socket: {e}"),
