@@ -867,3 +867,179 @@ fn a_pod_making_namespaces_gets_a_few_served_not_more() {
     assert_eq!(bed.bodies(&neighbour, 2).len(), 2);
     assert_eq!(found(), 5);
 }
+
+/// The hole pods used to open: a pod that holds 15001 and 15053 itself
+/// (left alone) and connects and queries from thousands of source ports
+/// cannot steer a host app's or another pod's connections or DNS, which
+/// all get the right service and the right answers meanwhile.
+#[test]
+fn a_pod_holding_the_ports_and_spraying_changes_nothing_for_others() {
+    let mut bed = bed();
+    let squatter = bed.pods.pod("squatter").expect("creating a pod");
+    let _ports = squatter
+        .spawn(
+            "python3",
+            [
+                "-c",
+                "import socket, time\n\
+                 held = []\n\
+                 for kind in [socket.SOCK_STREAM, socket.SOCK_DGRAM]:\n\
+                 \x20   for port in [15001, 15053]:\n\
+                 \x20       if kind == socket.SOCK_DGRAM and port == 15001: continue\n\
+                 \x20       s = socket.socket(socket.AF_INET, kind)\n\
+                 \x20       s.bind(('127.0.0.1', port))\n\
+                 \x20       if kind == socket.SOCK_STREAM: s.listen(4096)\n\
+                 \x20       held.append(s)\n\
+                 print('bound', flush=True)\n\
+                 time.sleep(600)\n",
+            ],
+        )
+        .expect("the pod's own listeners");
+    wait_until("the pod's own listeners", TIMEOUT, || {
+        let out = squatter
+            .client("ss")
+            .args(["-Hln", "sport = :15053"])
+            .timeout(TIMEOUT)
+            .run()
+            .expect("running ss");
+        String::from_utf8_lossy(&out.stdout).lines().count() >= 2
+    });
+    let neighbour = bed.pods.pod("neighbour").expect("creating a pod");
+    bed.start(&blog_entry(8080));
+    bed.wait_for(&squatter, "left alone");
+    bed.wait_for(&neighbour, "served");
+    let spray = format!(
+        "import socket, struct, time\n\
+         q = bytes.fromhex('abcd01000001000000000000056d79646203636f6d0000010001')\n\
+         end = time.time() + 4\n\
+         port = 20000\n\
+         while time.time() < end:\n\
+         \x20   port = 20000 + (port - 19999) % 40000\n\
+         \x20   for dst in [('{VIP}', 80), ('127.0.0.1', 15001)]:\n\
+         \x20       s = socket.socket()\n\
+         \x20       s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         \x20       s.setblocking(False)\n\
+         \x20       try:\n\
+         \x20           s.bind(('0.0.0.0', port))\n\
+         \x20           s.connect_ex(dst)\n\
+         \x20       except OSError:\n\
+         \x20           pass\n\
+         \x20       s.close()\n\
+         \x20   u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         \x20   try:\n\
+         \x20       u.bind(('0.0.0.0', port))\n\
+         \x20       u.sendto(q, ('10.96.0.10', 53))\n\
+         \x20       u.sendto(q, ('127.0.0.1', 15053))\n\
+         \x20   except OSError:\n\
+         \x20       pass\n\
+         \x20   u.close()\n"
+    );
+    let node = &bed.node;
+    let (sprayed, host, pod) = thread::scope(|s| {
+        let spray = s.spawn(|| {
+            squatter
+                .client("python3")
+                .args(["-c", &spray])
+                .timeout(TIMEOUT)
+                .run()
+                .expect("running the spray")
+        });
+        let host = s.spawn(|| {
+            let started = Instant::now();
+            let mut got = Vec::new();
+            while started.elapsed() < Duration::from_secs(3) {
+                got.push(
+                    redirector_tests::client::http_get_by_name(
+                        &node.ns,
+                        Some(&node.cgroup),
+                        "mydb.com",
+                        [127, 0, 0, 1].into(),
+                        Duration::from_secs(10),
+                    )
+                    .expect("running curl on the node"),
+                );
+            }
+            got
+        });
+        let started = Instant::now();
+        let mut pod = Vec::new();
+        while started.elapsed() < Duration::from_secs(3) {
+            pod.push(neighbour.get("http://mydb.com/"));
+        }
+        (
+            spray.join().expect("the spray"),
+            host.join().expect("the host app"),
+            pod,
+        )
+    });
+    assert!(sprayed.status.success(), "{sprayed:?}");
+    for (who, got) in [("the host app", host), ("the neighbour pod", pod)] {
+        assert!(!got.is_empty());
+        let wrong: Vec<_> = got
+            .iter()
+            .filter(|r| !matches!(r, Ok((200, body)) if body == EAST || body == WEST))
+            .collect();
+        assert!(wrong.is_empty(), "{who}: {wrong:?}\n{}", bed.node.log());
+    }
+    let log = bed.node.log();
+    assert!(!log.contains("without a redirect record"), "{log}");
+    bed.wait_for(&squatter, "left alone");
+}
+
+/// SIGTERM drains every pod: a request in flight in each finishes, and
+/// new connects meanwhile go straight to the endpoints.
+#[test]
+fn sigterm_drains_every_pod() {
+    let mut bed = bed();
+    bed.start(&blog_entry(8080));
+    let pods: Vec<Pod> = (0..3)
+        .map(|i| bed.pods.pod(&format!("app-{i}")).expect("creating a pod"))
+        .collect();
+    for pod in &pods {
+        bed.wait_for(pod, "served");
+    }
+    bed.east.set_delay(Duration::from_millis(1500));
+    bed.west.set_delay(Duration::from_millis(1500));
+    let in_flight = bed.east.requests() + bed.west.requests() + 3;
+    let node = &mut bed.node;
+    let (east, west) = (&bed.east, &bed.west);
+    let answers = thread::scope(|s| {
+        let requests: Vec<_> = pods
+            .iter()
+            .map(|pod| s.spawn(move || pod.get("http://mydb.com/")))
+            .collect();
+        wait_until("a request in flight from each pod", TIMEOUT, || {
+            east.requests() + west.requests() >= in_flight
+        });
+        let daemon = node.daemon.as_mut().unwrap();
+        redirector_tests::process::signal(daemon.pid(), libc::SIGTERM).expect("SIGTERM");
+        wait_until("the drain", TIMEOUT, || daemon.log().contains("draining"));
+        // New connects while draining do not reach the daemon.
+        let during = pods[0].get("http://mydb.com/");
+        let answers: Vec<_> = requests
+            .into_iter()
+            .map(|r| r.join().expect("a pod's request"))
+            .collect();
+        (answers, during)
+    });
+    let (answers, during) = answers;
+    let log = bed.node.log();
+    for answer in answers {
+        assert!(
+            matches!(&answer, Ok((200, body)) if body == EAST || body == WEST),
+            "{answer:?}\n{log}"
+        );
+    }
+    assert!(
+        matches!(&during, Ok((200, _))),
+        "a request while draining: {during:?}\n{log}"
+    );
+    let status = bed
+        .node
+        .daemon
+        .as_mut()
+        .unwrap()
+        .terminate()
+        .expect("the daemon exits");
+    assert!(status.success(), "{status}\n{}", bed.node.log());
+}
