@@ -10,14 +10,13 @@ use std::{process::Command, thread, time::Duration};
 
 use redirector_tests::{
     cgroup::TestCgroup,
-    client::Client,
+    client::{self, Client},
     http::HttpServer,
     istio::mydb_entry,
     netns::Netns,
     origination,
     scenario::{Node, TIMEOUT, start_daemon, wait_until},
     tcp::TcpServer,
-    upstream::bin_path,
 };
 
 const VIP: &str = "240.240.0.70";
@@ -144,29 +143,12 @@ fn new_connections_load(
     rps: u32,
     secs: u32,
 ) -> Vec<u64> {
-    let bin = bin_path("rdt-load").expect("rdt-load is built");
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "--target",
-        &format!("{vip}:80"),
-        "--host",
-        "mydb.com",
-        "--rps",
-        &rps.to_string(),
-        "--duration",
-        &secs.to_string(),
-        "--new-connections",
-    ]);
+    let mut cmd = Command::new(client::rdt_load_bin());
     ns.configure(&mut cmd);
     cgroup.configure(&mut cmd);
-    let out = cmd.output().expect("running rdt-load");
-    assert!(out.status.success(), "rdt-load: {out:?}");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
-            v["status"].as_u64().expect("status")
-        })
+    client::rdt_load(cmd, vip, rps, f64::from(secs), &["--new-connections"])
+        .iter()
+        .map(|v| v["status"].as_u64().expect("status"))
         .collect()
 }
 

@@ -15,19 +15,17 @@ use std::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::fs::MetadataExt as _,
     },
-    process::Command,
     thread,
     time::{Duration, Instant},
 };
 
 use redirector_tests::{
-    daemon::redirector_bin,
+    client,
     http::HttpServer,
     istio::{destination_rule, service_entry},
     netns::Netns,
     pod::{Pod, PodNetwork},
     scenario::{Node, TIMEOUT, count, metric, wait_until},
-    upstream::bin_path,
 };
 use serde_json::Value;
 
@@ -99,17 +97,7 @@ impl Bed {
 
     /// `redirector pods --output json`.
     fn report(&self) -> Value {
-        let out = Command::new(redirector_bin())
-            .args(["pods", "--output", "json", "--pin-dir"])
-            .arg(self.node.pins.path())
-            .output()
-            .expect("running redirector pods");
-        assert!(
-            out.status.success(),
-            "redirector pods: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("pods JSON")
+        self.node.report("pods")
     }
 
     /// `pod`'s row in `redirector pods`, if listed.
@@ -159,27 +147,8 @@ fn netns_cookie(pod: &Pod) -> String {
 /// a second for `secs` seconds, a new connection for each; every request's
 /// record (see `rdt-load`).
 fn load_records(pod: &Pod, vip: &str, rps: u32, secs: u32) -> Vec<Value> {
-    let bin = bin_path("rdt-load").expect("rdt-load is built");
-    let out = pod
-        .command(bin)
-        .args([
-            "--target",
-            &format!("{vip}:80"),
-            "--host",
-            "mydb.com",
-            "--rps",
-            &rps.to_string(),
-            "--duration",
-            &secs.to_string(),
-            "--new-connections",
-        ])
-        .output()
-        .expect("running rdt-load");
-    assert!(out.status.success(), "rdt-load in {}: {out:?}", pod.name());
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect()
+    let cmd = pod.command(client::rdt_load_bin());
+    client::rdt_load(cmd, vip, rps, f64::from(secs), &["--new-connections"])
 }
 
 /// [`load_records`]' statuses.

@@ -248,14 +248,9 @@ fn on_end(ctx: &SockOpsContext, family: u32, kind: u8) -> Result<(), i64> {
     let answered = unsafe { (*ctx.ops).segs_in } != 0;
     let report = kind == OUTCOME_CONNECTED || syn_retrans != 0 || answered;
     if family == AF_INET6 {
-        let Some(rec) = storage::<SockOrig6>(ctx, (&raw const SOCK_ORIG6).cast()) else {
+        let Some(r) = first_end::<SockOrig6>(ctx, (&raw const SOCK_ORIG6).cast()) else {
             return Ok(());
         };
-        let r = unsafe { *rec };
-        if r.flags & SOCK_SLOT == 0 || r.flags & SOCK_REPORTED != 0 {
-            return Ok(());
-        }
-        unsafe { (*rec).flags = r.flags | SOCK_REPORTED };
         if report {
             let outcome = ConnectOutcome6 {
                 service_id: r.service_id,
@@ -269,14 +264,9 @@ fn on_end(ctx: &SockOpsContext, family: u32, kind: u8) -> Result<(), i64> {
         }
         return after_outcome(ctx, kind, r.flags);
     }
-    let Some(rec) = storage::<SockOrig>(ctx, (&raw const SOCK_ORIG).cast()) else {
+    let Some(r) = first_end::<SockOrig>(ctx, (&raw const SOCK_ORIG).cast()) else {
         return Ok(());
     };
-    let r = unsafe { *rec };
-    if r.flags & SOCK_SLOT == 0 || r.flags & SOCK_REPORTED != 0 {
-        return Ok(());
-    }
-    unsafe { (*rec).flags = r.flags | SOCK_REPORTED };
     if report {
         let outcome = ConnectOutcome {
             service_id: r.service_id,
@@ -289,6 +279,36 @@ fn on_end(ctx: &SockOpsContext, family: u32, kind: u8) -> Result<(), i64> {
         let _ = OUTCOMES.output::<ConnectOutcome>(&outcome, u64::from(wakeup(kind)));
     }
     after_outcome(ctx, kind, r.flags)
+}
+
+/// A socket record with `SOCK_*` flags (`SockOrig`, `SockOrig6`).
+trait Flagged: Copy {
+    fn flags(&mut self) -> &mut u8;
+}
+
+impl Flagged for SockOrig {
+    fn flags(&mut self) -> &mut u8 {
+        &mut self.flags
+    }
+}
+
+impl Flagged for SockOrig6 {
+    fn flags(&mut self) -> &mut u8 {
+        &mut self.flags
+    }
+}
+
+/// The socket's record (in `map`) if it is a slot connect whose end was
+/// not reported yet, as it was; the record is marked reported.
+fn first_end<T: Flagged>(ctx: &SockOpsContext, map: *const core::ffi::c_void) -> Option<T> {
+    let rec = storage::<T>(ctx, map)?;
+    let mut r = unsafe { *rec };
+    let flags = *r.flags();
+    if flags & SOCK_SLOT == 0 || flags & SOCK_REPORTED != 0 {
+        return None;
+    }
+    unsafe { *(*rec).flags() = flags | SOCK_REPORTED };
+    Some(r)
 }
 
 /// A full ring (the daemon is gone or behind) loses the outcome, never

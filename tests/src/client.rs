@@ -301,3 +301,42 @@ pub fn curl(
         .with_context(|| format!("curl printed a bad status {code:?}"))?;
     Ok(Ok((status, body.to_owned())))
 }
+
+/// `rdt-load` (`cmd`: a command for its binary, [`rdt_load_bin`], placed
+/// in the app's namespace and cgroup) against `vip`:80 with `Host:
+/// mydb.com`: `rps` requests a second for `secs` seconds, with `more`
+/// arguments (`--new-connections`, `--connections <n>`); one JSON record
+/// per request, as `rdt-load` prints them.
+pub fn rdt_load(
+    mut cmd: Command,
+    vip: &str,
+    rps: u32,
+    secs: f64,
+    more: &[&str],
+) -> Vec<serde_json::Value> {
+    cmd.args([
+        "--target",
+        &format!("{vip}:80"),
+        "--host",
+        "mydb.com",
+        "--rps",
+        &rps.to_string(),
+        "--duration",
+        &secs.to_string(),
+    ])
+    .args(more)
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let out = cmd.output().expect("running rdt-load");
+    assert!(out.status.success(), "rdt-load: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// The `rdt-load` binary.
+pub fn rdt_load_bin() -> PathBuf {
+    crate::upstream::bin_path("rdt-load").expect("rdt-load is built")
+}

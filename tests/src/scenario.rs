@@ -27,7 +27,6 @@ use crate::{
     pod::{PodNetwork, PodNetworkOptions},
     privilege,
     tempdir::TempDir,
-    upstream,
 };
 
 pub const DNS: &str = "127.0.0.1:53";
@@ -235,17 +234,24 @@ impl Node {
 
     /// `redirector endpoints --output json`, read from the pinned maps.
     pub fn endpoints(&self) -> serde_json::Value {
+        self.report("endpoints")
+    }
+
+    /// `redirector <command> --output json` (`endpoints`, `pods`) on the
+    /// node's pin directory.
+    pub fn report(&self, command: &str) -> serde_json::Value {
         let out = std::process::Command::new(redirector_bin())
-            .args(["endpoints", "--output", "json", "--pin-dir"])
+            .args([command, "--output", "json", "--pin-dir"])
             .arg(self.pins.path())
             .output()
-            .expect("running redirector endpoints");
+            .unwrap_or_else(|e| panic!("running redirector {command}: {e}"));
         assert!(
             out.status.success(),
-            "redirector endpoints failed: {}",
+            "redirector {command} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).expect("endpoints JSON")
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("redirector {command}'s JSON: {e}"))
     }
 
     /// The VIP the daemon gave `host` (explicit or allocated), from the
@@ -343,36 +349,25 @@ impl Node {
     /// `rps` requests per second for `secs` seconds over at most
     /// `connections` connections; (status, served_by) per request.
     pub fn load(&self, vip: &str, rps: u32, secs: f64, connections: u32) -> Vec<(u16, String)> {
-        let bin = upstream::bin_path("rdt-load").expect("rdt-load is built");
-        let mut cmd = std::process::Command::new(bin);
-        cmd.args([
-            "--target",
-            &format!("{vip}:80"),
-            "--host",
-            "mydb.com",
-            "--rps",
-            &rps.to_string(),
-            "--duration",
-            &secs.to_string(),
-            "--connections",
-            &connections.to_string(),
-        ])
-        .stdout(std::process::Stdio::piped());
+        let mut cmd = std::process::Command::new(client::rdt_load_bin());
         self.ns.configure(&mut cmd);
         self.cgroup.configure(&mut cmd);
-        let out = cmd.output().expect("running rdt-load");
-        assert!(out.status.success(), "rdt-load: {out:?}");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
-                let status = v["status"].as_u64().expect("status") as u16;
-                (
-                    status,
-                    v["served_by"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect()
+        client::rdt_load(
+            cmd,
+            vip,
+            rps,
+            secs,
+            &["--connections", &connections.to_string()],
+        )
+        .iter()
+        .map(|v| {
+            let status = v["status"].as_u64().expect("status") as u16;
+            (
+                status,
+                v["served_by"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
     }
 }
 

@@ -121,6 +121,28 @@ struct Entry {
 }
 
 impl Entry {
+    /// `d`, served or left alone (`state`) from now on, set up since
+    /// `started`.
+    fn new(d: Described, state: State, started: Instant) -> Entry {
+        Entry {
+            id: d.ns,
+            cookie: d.cookie,
+            inode: d.inode,
+            meta: d.meta,
+            source: d.source,
+            state,
+            pid: d.pid,
+            cgroup: d.cgroup,
+            // Pods found through a process are released when the scan no
+            // longer sees one; a pod the plugin announced waits for DEL
+            // until a scan sees it.
+            seen: d.pid != 0,
+            missing: 0,
+            setup: started.elapsed(),
+            since: SystemTime::now(),
+        }
+    }
+
     fn name(&self) -> String {
         display_name(&self.meta, self.source, self.inode)
     }
@@ -240,20 +262,19 @@ impl Pods {
         let entry = self.start(id, cookie, ns.clone(), set, None)?;
         entries.insert(
             id,
-            Entry {
-                id,
-                cookie,
-                inode: self.host_inode,
-                meta: PodMeta::default(),
-                source: Source::Host,
-                state: State::Serving(entry),
-                pid: std::process::id(),
-                cgroup: 0,
-                seen: true,
-                missing: 0,
-                setup: started.elapsed(),
-                since: SystemTime::now(),
-            },
+            Entry::new(
+                Described {
+                    ns: id,
+                    inode: self.host_inode,
+                    cookie,
+                    source: Source::Host,
+                    meta: PodMeta::default(),
+                    pid: std::process::id(),
+                    cgroup: 0,
+                },
+                State::Serving(entry),
+                started,
+            ),
         );
         self.publish(&entries[&id]);
         Ok(ns)
@@ -376,20 +397,16 @@ impl Pods {
         let name = display_name(&meta, source, inode);
         match self.set_up(fd, &name, helper).await {
             Ok((id, cookie, Ok(serving))) => {
-                let entry = Entry {
-                    id,
-                    cookie,
+                let described = Described {
+                    ns: id,
                     inode,
-                    meta,
+                    cookie,
                     source,
-                    state: State::Serving(serving),
+                    meta,
                     pid,
                     cgroup,
-                    seen: pid != 0,
-                    missing: 0,
-                    setup: started.elapsed(),
-                    since: SystemTime::now(),
                 };
+                let entry = Entry::new(described, State::Serving(serving), started);
                 self.ctx.metrics.pods_served.inc();
                 self.ctx
                     .metrics
@@ -411,20 +428,16 @@ impl Pods {
                 {
                     warn!(pod = %name, error = %e, "telling the kernel to leave it alone");
                 }
-                let entry = Entry {
-                    id,
-                    cookie,
+                let described = Described {
+                    ns: id,
                     inode,
-                    meta,
+                    cookie,
                     source,
-                    state: State::LeftAlone(why.clone()),
+                    meta,
                     pid,
                     cgroup,
-                    seen: pid != 0,
-                    missing: 0,
-                    setup: started.elapsed(),
-                    since: SystemTime::now(),
                 };
+                let entry = Entry::new(described, State::LeftAlone(why.clone()), started);
                 self.ctx.metrics.pods_left_alone.inc();
                 self.publish(&entry);
                 entries.insert(id, entry);
@@ -767,20 +780,7 @@ impl Pods {
         // Its maps are in place: the predecessor's, still in the outer maps.
         let serving = self.start(pod.ns, pod.cookie, ns, set, Some(&fd))?;
         let mut entries = self.entries.lock().await;
-        let entry = Entry {
-            id: pod.ns,
-            cookie: pod.cookie,
-            inode: pod.inode,
-            meta: pod.meta.clone(),
-            source: pod.source,
-            state: State::Serving(serving),
-            pid: pod.pid,
-            cgroup: pod.cgroup,
-            seen: true,
-            missing: 0,
-            setup: started.elapsed(),
-            since: SystemTime::now(),
-        };
+        let entry = Entry::new(pod.clone(), State::Serving(serving), started);
         self.ctx.metrics.pods_served.inc();
         self.publish(&entry);
         entries.insert(pod.ns, entry);
