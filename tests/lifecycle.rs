@@ -15,7 +15,7 @@ use redirector_tests::{
     istio::mydb_entry,
     netns::Netns,
     origination,
-    scenario::{Node, TIMEOUT, start_daemon, wait_until},
+    scenario::{Node, TIMEOUT, assert_all_ok, start_daemon, wait_until},
     tcp::TcpServer,
 };
 
@@ -161,21 +161,6 @@ fn more_requests(server: &HttpServer, what: &str, n: u64) {
     });
 }
 
-/// Every one of the `expected` requests got a 200.
-fn assert_all_ok(statuses: &[u64], expected: usize, logs: &str) {
-    let failed: Vec<(usize, u64)> = statuses
-        .iter()
-        .copied()
-        .enumerate()
-        .filter(|(_, s)| *s != 200)
-        .collect();
-    assert_eq!(statuses.len(), expected);
-    assert!(
-        failed.is_empty(),
-        "failed requests (index, status): {failed:?}\n{logs}"
-    );
-}
-
 #[test]
 fn a_restart_under_steady_load_loses_no_request() {
     let mut node = Node::new();
@@ -203,7 +188,7 @@ fn a_restart_under_steady_load_loses_no_request() {
             load.join().expect("the load")
         })
     };
-    assert_all_ok(&statuses, 1200, &node.log());
+    assert_all_ok("the load", &statuses, 1200, &node.log());
     assert!(
         node.log().contains("taking over the datapath"),
         "{}",
@@ -321,6 +306,7 @@ fn a_take_over_under_load_fails_no_request_and_no_lookup_even_with_tls_originati
     let old_log = node.log();
     node.daemon = Some(second);
     assert_all_ok(
+        "the load",
         &statuses,
         600,
         &format!("old daemon:\n{old_log}\nnew daemon:\n{}", node.log()),

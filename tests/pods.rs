@@ -25,7 +25,7 @@ use redirector_tests::{
     istio::{destination_rule, service_entry},
     netns::Netns,
     pod::{Pod, PodNetwork},
-    scenario::{Node, TIMEOUT, count, metric, wait_until},
+    scenario::{Node, TIMEOUT, assert_all_ok, count, metric, wait_until},
 };
 use serde_json::Value;
 
@@ -157,21 +157,6 @@ fn load(pod: &Pod, vip: &str, rps: u32, secs: u32) -> Vec<u64> {
         .iter()
         .map(|v| v["status"].as_u64().expect("status"))
         .collect()
-}
-
-/// Every one of `statuses` is a 200, and there are `expected` of them.
-fn assert_all_ok(what: &str, statuses: &[u64], expected: usize, log: &str) {
-    let failed: Vec<(usize, u64)> = statuses
-        .iter()
-        .copied()
-        .enumerate()
-        .filter(|(_, s)| *s != 200)
-        .collect();
-    assert_eq!(statuses.len(), expected, "{what}");
-    assert!(
-        failed.is_empty(),
-        "{what}: failed requests (index, status): {failed:?}\n{log}"
-    );
 }
 
 /// Open file descriptors of process `pid` by kind (`socket`,

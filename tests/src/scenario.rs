@@ -414,3 +414,19 @@ pub fn metric(text: &str, series: &str) -> f64 {
 pub fn count(bodies: &[String], needle: &str) -> usize {
     bodies.iter().filter(|b| b.as_str() == needle).count()
 }
+
+/// Every one of `statuses` (HTTP statuses, 0: no answer) is a 200, and
+/// there are `expected` of them; else says which failed, and `log`.
+pub fn assert_all_ok(what: &str, statuses: &[u64], expected: usize, log: &str) {
+    let failed: Vec<(usize, u64)> = statuses
+        .iter()
+        .copied()
+        .enumerate()
+        .filter(|(_, s)| *s != 200)
+        .collect();
+    assert_eq!(statuses.len(), expected, "{what}");
+    assert!(
+        failed.is_empty(),
+        "{what}: failed requests (index, status): {failed:?}\n{log}"
+    );
+}

@@ -395,18 +395,18 @@ impl Pods {
             );
         }
         let name = display_name(&meta, source, inode);
+        let described = |ns, cookie| Described {
+            ns,
+            inode,
+            cookie,
+            source,
+            meta,
+            pid,
+            cgroup,
+        };
         match self.set_up(fd, &name, helper).await {
             Ok((id, cookie, Ok(serving))) => {
-                let described = Described {
-                    ns: id,
-                    inode,
-                    cookie,
-                    source,
-                    meta,
-                    pid,
-                    cgroup,
-                };
-                let entry = Entry::new(described, State::Serving(serving), started);
+                let entry = Entry::new(described(id, cookie), State::Serving(serving), started);
                 self.ctx.metrics.pods_served.inc();
                 self.ctx
                     .metrics
@@ -428,16 +428,8 @@ impl Pods {
                 {
                     warn!(pod = %name, error = %e, "telling the kernel to leave it alone");
                 }
-                let described = Described {
-                    ns: id,
-                    inode,
-                    cookie,
-                    source,
-                    meta,
-                    pid,
-                    cgroup,
-                };
-                let entry = Entry::new(described, State::LeftAlone(why.clone()), started);
+                let state = State::LeftAlone(why.clone());
+                let entry = Entry::new(described(id, cookie), state, started);
                 self.ctx.metrics.pods_left_alone.inc();
                 self.publish(&entry);
                 entries.insert(id, entry);
