@@ -18,13 +18,13 @@
 //! `redirector cleanup` removes it.
 
 mod cni_socket;
+mod datapath_only;
 mod discover;
 mod lifecycle;
 mod listeners;
 mod pods;
 
 use std::{
-    os::fd::AsFd as _,
     path::PathBuf,
     sync::{Arc, RwLock},
     time::Duration,
@@ -32,20 +32,17 @@ use std::{
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::Notify,
-};
+use tokio::sync::Notify;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::{
     admin::{self, Admin, Dump},
     config::{Config, NodeSettings},
-    datapath::{self, BpfError, Datapath, DatapathOptions, NsMaps, PinError, service_entries},
+    datapath::{self, BpfError, Datapath, DatapathOptions, PinError, service_entries},
     handover,
     metrics::Metrics,
-    netns::{Helper, Sockets},
+    netns::Helper,
     privs,
     proxy::route::{self, Routes},
     state::{self, Generation, Node, Services},
@@ -67,22 +64,8 @@ pub(crate) struct RunOptions {
     /// Where readiness is kept for `redirector ready` (see `admin.rs`).
     pub(crate) ready_file: Option<PathBuf>,
     /// Where the CNI plugin reaches the daemon; default: see
-    /// [`cni_socket_path`].
+    /// `cni_socket::path`.
     pub(crate) cni_socket: Option<PathBuf>,
-}
-
-/// Where the daemon listens for the CNI plugin unless told: the plugin's
-/// default for the default pin directory, else beside the pin directory's
-/// lock, so daemons with pin directories of their own never meet.
-fn cni_socket_path(opts: &RunOptions, node: &Node) -> PathBuf {
-    if let Some(path) = &opts.cni_socket {
-        return path.clone();
-    }
-    if node.pin_dir == std::path::Path::new(state::DEFAULT_PIN_DIR) {
-        PathBuf::from(crate::cni::protocol::DEFAULT_SOCKET)
-    } else {
-        datapath::handover_path(&node.pin_dir).with_extension("cni")
-    }
 }
 
 /// The longest start-up waits for endpoint names' first DNS answers
@@ -103,7 +86,7 @@ pub(crate) async fn run(opts: RunOptions) -> anyhow::Result<()> {
     }
     let admin = Arc::new(admin);
     if opts.datapath_only {
-        return redirect_only(&opts, &config, node, &admin).await;
+        return datapath_only::run(&opts, &config, node, &admin).await;
     }
     let running = Running::start(opts, config, node, admin, metrics).await?;
     running.wait_termination().await
@@ -149,7 +132,7 @@ impl Running {
     ) -> anyhow::Result<Self> {
         // While the daemon still may: the helper that enters pods'
         // namespaces for it keeps the capabilities this process drops.
-        let helper = spawn_helper();
+        let helper = Helper::start_if_permitted();
         let notify = Arc::new(Notify::new());
         let current = Generation::build(config, node, &notify, None, &metrics)?;
         let routes: Routes = Arc::new(RwLock::new(Arc::new(route::build(
@@ -210,51 +193,6 @@ impl Running {
         // programs a previous daemon left attached send connects to them.
         // A predecessor's listeners, handed over, never stopped listening.
         let node = &current.node;
-        // The node's own namespace: the predecessor's maps if it handed
-        // them over (what it recorded stays findable), else new ones, in
-        // the kernel before a listener is marked.
-        let host_id = {
-            let host = std::fs::File::open("/proc/self/ns/net")?;
-            let probe =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM.cloexec(), None)?;
-            crate::netns::ns_id(probe.as_fd(), host.as_fd())?
-        };
-        let host_maps = match handed.as_mut().map(|h| h.take_maps(host_id)) {
-            Some(Some(fds)) => NsMaps::from_fds(fds)?,
-            _ => {
-                let maps = NsMaps::create()?;
-                datapath.serve_namespace(host_id, &maps)?;
-                maps
-            }
-        };
-        let set = listeners::ListenerSet::bind_or_adopt(
-            node,
-            handed,
-            (None, host_id),
-            &Sockets::Here,
-            datapath,
-        )
-        .await?;
-        let admin_listener = listeners::admin(node, handed).await?;
-        let cni_path = cni_socket_path(&opts, node);
-        let cni_listener = match (
-            &helper,
-            handed.as_mut().and_then(handover::Handed::take_cni),
-        ) {
-            (None, _) => None,
-            (Some(_), Some(fd)) => Some(cni_socket::adopt(fd)?),
-            (Some(_), None) => Some(cni_socket::bind(&cni_path).with_context(|| {
-                format!("binding the CNI plugin's socket {}", cni_path.display())
-            })?),
-        };
-        let mut kept = handover::Listening::default();
-        if let Some(l) = &admin_listener {
-            listeners::keep_admin_for_handover(l, &mut kept)?;
-        }
-        if let Some(l) = &cni_listener {
-            kept.add(handover::Kind::Cni, l.as_fd())
-                .context("keeping the CNI socket for a handover")?;
-        }
         let pods = Arc::new(pods::Pods::new(pods::Ctx {
             datapath: datapath.clone(),
             helper,
@@ -263,7 +201,13 @@ impl Running {
             services: services.clone(),
             metrics: metrics.clone(),
         })?);
-        pods.add_host(set, host_maps).await?;
+        pods.serve_host(handed).await?;
+        let admin_listener = listeners::admin(node, handed).await?;
+        let mut kept = handover::Listening::default();
+        if let Some(l) = &admin_listener {
+            listeners::keep_admin_for_handover(l, &mut kept)?;
+        }
+        let cni = cni_socket::open(opts.cni_socket.as_deref(), &pods, handed, &mut kept)?;
         let adopted = pods.adopt(handed).await;
         if adopted > 0 {
             info!(
@@ -306,26 +250,12 @@ impl Running {
         if pods.ctx().helper.is_some() {
             // The pods already running are served before the daemon says it
             // is ready; those that come later are found as they start.
-            discover::Discovery::default()
-                .scan(&pods, &current.node.cgroup)
-                .await;
-            pods.forget_stale().await;
-            tasks.push(AbortOnDropHandle::new(tokio::spawn(discover::run(
-                pods.clone(),
-                current.node.cgroup.clone(),
-                datapath.take_ns_events()?,
-            ))));
-            if let Some(listener) = cni_listener {
-                info!(socket = %cni_path.display(), "CNI plugin socket: pods are served as they are created");
-                tasks.push(AbortOnDropHandle::new(tokio::spawn(cni_socket::serve(
-                    listener,
-                    pods.clone(),
-                ))));
-            }
+            tasks.push(discover::start(&pods, datapath.take_ns_events()?).await);
         }
-        tasks.push(AbortOnDropHandle::new(tokio::spawn(publish_pods(
-            pods.clone(),
-        ))));
+        tasks.extend(cni.map(|listener| listener.serve(&pods)));
+        tasks.push(AbortOnDropHandle::new(tokio::spawn(
+            pods.clone().publish_every_second(),
+        )));
         let dump = Arc::new(Dump::new(&current.config, &current.node, services.clone()));
         admin.set_config_dump(dump.clone());
         let events = lifecycle::Events::new(&opts, &current)?;
@@ -351,43 +281,13 @@ impl Running {
     }
 }
 
-/// The netns helper (see `netns.rs`), if this process may start one that
-/// enters other namespaces; without, only the node's own namespace is
-/// served.
-fn spawn_helper() -> Option<Arc<Helper>> {
-    let caps = crate::sys::effective_caps().unwrap_or(0);
-    if !crate::sys::has_cap(caps, crate::sys::CAP_SYS_ADMIN) {
-        info!(
-            "pods in network namespaces of their own are not served: entering them takes \
-             CAP_SYS_ADMIN, which this process lacks (apps in the node's namespace are served)"
-        );
-        return None;
-    }
-    match Helper::spawn() {
-        Ok(helper) => {
-            info!(pid = helper.pid(), "netns helper started");
-            Some(Arc::new(helper))
-        }
-        Err(e) => {
-            warn!("pods in network namespaces of their own are not served: {e}");
-            None
-        }
-    }
-}
-
-/// Keeps `redirector pods`' entries (open connections) fresh.
-async fn publish_pods(pods: Arc<pods::Pods>) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        ticker.tick().await;
-        pods.publish_all().await;
-    }
-}
-
 /// The admin server on `listener`: it answers 503 until the daemon is
 /// ready, and from the start on, so a port in use fails the start before
 /// anything is attached.
-fn serve_admin(listener: tokio::net::TcpListener, admin: &Arc<Admin>) -> AbortOnDropHandle<()> {
+pub(super) fn serve_admin(
+    listener: tokio::net::TcpListener,
+    admin: &Arc<Admin>,
+) -> AbortOnDropHandle<()> {
     info!(
         addr = ?listener.local_addr().ok(),
         "admin server: /ready, /metrics, /config_dump"
@@ -398,7 +298,7 @@ fn serve_admin(listener: tokio::net::TcpListener, admin: &Arc<Admin>) -> AbortOn
 /// Loads the datapath, claiming the pin directory; with `--take-over`, a
 /// daemon holding it is asked for its listeners first (`handover.rs`), and
 /// those come back too.
-async fn load_datapath(
+pub(super) async fn load_datapath(
     opts: &RunOptions,
     node: &Node,
 ) -> anyhow::Result<(Datapath, Option<handover::Handed>)> {
@@ -449,44 +349,8 @@ async fn load_datapath(
 
 /// Attached and listening: what the daemon no longer needs goes, then it
 /// says it is ready.
-fn ready(admin: &Admin) -> anyhow::Result<()> {
+pub(super) fn ready(admin: &Admin) -> anyhow::Result<()> {
     privs::drop_after_start().context("dropping capabilities after start")?;
     admin.set_ready();
     Ok(())
-}
-
-/// `--datapath-only`: the kernel side alone, redirecting the config's VIPs
-/// to `--listen-port`, where some other proxy listens.
-async fn redirect_only(
-    opts: &RunOptions,
-    config: &Config,
-    node: Node,
-    admin: &Arc<Admin>,
-) -> anyhow::Result<()> {
-    let (datapath, _) = load_datapath(opts, &node).await?;
-    let result = async {
-        let _admin_task = match node.admin {
-            Some(addr) => Some(serve_admin(admin::bind(addr.into()).await?, admin)),
-            None => None,
-        };
-        let _logs = datapath
-            .take_kernel_logs()
-            .map(|logs| AbortOnDropHandle::new(tokio::spawn(logs.run())));
-        datapath.set_services(&service_entries(&config.services))?;
-        datapath.attach()?;
-        admin.set_config_dump(Arc::new(Dump::new(config, &node, Services::default())));
-        // Before the daemon says it is ready: a signal right after is heard.
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        ready(admin)?;
-        info!(pid = std::process::id(), "redirector ready (datapath only)");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        anyhow::Ok(())
-    }
-    .await;
-    datapath.release();
-    result
 }

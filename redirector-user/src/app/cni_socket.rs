@@ -8,13 +8,15 @@
 use std::{
     io::{self, IoSliceMut},
     os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+        fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
         unix::fs::PermissionsExt as _,
     },
-    path::Path,
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
+
+use anyhow::Context as _;
 
 use nix::sys::socket::{
     ControlMessageOwned, MsgFlags, UnixAddr, getsockopt, recvmsg, sockopt::PeerCredentials,
@@ -23,14 +25,68 @@ use tokio::{
     io::{AsyncWriteExt as _, Interest},
     net::{UnixListener, UnixStream},
 };
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use super::pods::{PodMeta, Pods, Source};
-use crate::cni::protocol::{EXCHANGE_TIMEOUT, MAX_MESSAGE, Op, Outcome, Request, Response};
+use crate::{
+    cni::protocol::{EXCHANGE_TIMEOUT, MAX_MESSAGE, Op, Outcome, Request, Response},
+    handover::{Handed, Kind, Listening},
+    state::Node,
+};
+
+/// The socket, listening: handed over by a predecessor, else bound at
+/// `path` (`--cni-socket`) or the default for the node's pin directory;
+/// kept for a successor. `None` when the daemon serves no pods (no netns
+/// helper): the plugin then finds no socket and leaves its pods alone.
+pub(super) fn open(
+    path: Option<&Path>,
+    pods: &Pods,
+    handed: &mut Option<Handed>,
+    kept: &mut Listening,
+) -> anyhow::Result<Option<CniListener>> {
+    if pods.ctx().helper.is_none() {
+        return Ok(None);
+    }
+    let path = path.map_or_else(|| default_path(&pods.ctx().node), Path::to_owned);
+    let listener = match handed.as_mut().and_then(Handed::take_cni) {
+        Some(fd) => adopt(fd)?,
+        None => bind(&path)
+            .with_context(|| format!("binding the CNI plugin's socket {}", path.display()))?,
+    };
+    kept.add(Kind::Cni, listener.as_fd())
+        .context("keeping the CNI socket for a handover")?;
+    Ok(Some(CniListener { listener, path }))
+}
+
+/// Where the daemon listens for the CNI plugin unless told: the plugin's
+/// default for the default pin directory, else beside the pin directory's
+/// lock, so daemons with pin directories of their own never meet.
+fn default_path(node: &Node) -> PathBuf {
+    if node.pin_dir == Path::new(crate::state::DEFAULT_PIN_DIR) {
+        PathBuf::from(crate::cni::protocol::DEFAULT_SOCKET)
+    } else {
+        crate::datapath::handover_path(&node.pin_dir).with_extension("cni")
+    }
+}
+
+/// The plugin's socket, listening.
+pub(super) struct CniListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl CniListener {
+    /// Serves the plugin from now on, until the task is dropped.
+    pub(super) fn serve(self, pods: &Arc<Pods>) -> AbortOnDropHandle<()> {
+        info!(socket = %self.path.display(), "CNI plugin socket: pods are served as they are created");
+        AbortOnDropHandle::new(tokio::spawn(serve(self.listener, pods.clone())))
+    }
+}
 
 /// Binds the socket at `path` (mode 0600), replacing one a previous daemon
 /// left (the caller holds the pin directory, so none runs).
-pub(super) fn bind(path: &Path) -> io::Result<UnixListener> {
+fn bind(path: &Path) -> io::Result<UnixListener> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
@@ -44,7 +100,7 @@ pub(super) fn bind(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// A listener a predecessor handed over.
-pub(super) fn adopt(fd: OwnedFd) -> io::Result<UnixListener> {
+fn adopt(fd: OwnedFd) -> io::Result<UnixListener> {
     let listener = std::os::unix::net::UnixListener::from(fd);
     listener.set_nonblocking(true)?;
     UnixListener::from_std(listener)
@@ -54,7 +110,7 @@ pub(super) fn adopt(fd: OwnedFd) -> io::Result<UnixListener> {
 const MAX_EXCHANGES: usize = 64;
 
 /// Serves the plugin until dropped.
-pub(super) async fn serve(listener: UnixListener, pods: Arc<Pods>) {
+async fn serve(listener: UnixListener, pods: Arc<Pods>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_EXCHANGES));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {

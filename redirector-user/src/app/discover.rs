@@ -23,6 +23,7 @@ use std::{
 };
 
 use redirector_common::NsEvent;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 use super::pods::{PodMeta, Pods, Source};
@@ -143,9 +144,19 @@ impl Discovery {
     }
 }
 
+/// Serves the pods running now (one scan, before the daemon says it is
+/// ready), takes out what a previous daemon left for namespaces gone
+/// since, then finds pods as they come until the task is dropped.
+pub(super) async fn start(pods: &Arc<Pods>, events: Option<NsEvents>) -> AbortOnDropHandle<()> {
+    let cgroup = pods.ctx().node.cgroup.clone();
+    Discovery::default().scan(pods, &cgroup).await;
+    pods.forget_stale().await;
+    AbortOnDropHandle::new(tokio::spawn(run(pods.clone(), cgroup, events)))
+}
+
 /// Runs discovery until dropped: the kernel's reports as they come, and a
 /// scan every [`SCAN_EVERY`].
-pub(super) async fn run(pods: Arc<Pods>, cgroup: PathBuf, events: Option<NsEvents>) {
+async fn run(pods: Arc<Pods>, cgroup: PathBuf, events: Option<NsEvents>) {
     let mut discovery = Discovery::default();
     let mut ticker = tokio::time::interval(SCAN_EVERY);
     ticker.tick().await;

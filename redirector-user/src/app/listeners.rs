@@ -125,11 +125,6 @@ impl ListenerSet {
         })
     }
 
-    /// One of the sockets, for the namespace's identity.
-    pub(super) fn any_socket(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.proxy.as_fd()
-    }
-
     /// What listens, as `NsInfo::listeners` says it.
     pub(super) fn bits(&self) -> u8 {
         NSI_PROXY4

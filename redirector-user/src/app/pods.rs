@@ -19,22 +19,22 @@
 //! forgets its TLS sessions and takes its maps out: nothing the daemon
 //! held keeps it alive.
 
+mod entry;
+mod handover;
+
 use std::{
     collections::HashMap,
     os::fd::{AsFd as _, OwnedFd},
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, Instant},
 };
 
-use redirector_common::{
-    NS_DETAIL_LEN, NS_LEFT_ALONE, NS_SERVED, NSI_CNI, NSI_FOUND, NSI_HOST, NSI_LEFT_ALONE,
-    NSI_SERVED, NsId, NsInfo, POD_NAME_LEN, POD_NAMESPACE_LEN, write_str,
-};
-use serde::{Deserialize, Serialize};
+use redirector_common::{NS_LEFT_ALONE, NS_SERVED, NsId};
 use tokio::sync::Mutex;
-use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 
+pub(super) use self::entry::{Described, PodMeta, Source};
+use self::entry::{Entry, Serving, State, display_name};
 use super::listeners::ListenerSet;
 use crate::{
     cni::protocol::Outcome,
@@ -45,26 +45,6 @@ use crate::{
     proxy::{self, route::Routes},
     state::{Node, Services},
 };
-
-/// What the CNI plugin said of a pod, for display and for `DEL`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct PodMeta {
-    pub(super) container_id: Option<String>,
-    pub(super) namespace: Option<String>,
-    pub(super) name: Option<String>,
-}
-
-/// How the daemon came to serve a namespace.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum Source {
-    /// The daemon's own.
-    Host,
-    /// Told by the CNI plugin.
-    Cni,
-    /// Found: a process of the attached cgroup lives in it.
-    Found,
-}
 
 /// What the daemon needs to serve a namespace.
 pub(super) struct Ctx {
@@ -78,129 +58,10 @@ pub(super) struct Ctx {
     pub(super) metrics: Metrics,
 }
 
-/// A namespace being served.
-struct Serving {
-    accept: Vec<AbortOnDropHandle<()>>,
-    responders: Vec<AbortOnDropHandle<()>>,
-    drain: proxy::Drain,
-    /// Duplicates of its sockets (and, for a pod, the namespace and its
-    /// maps), for a successor.
-    kept: Listening,
-    /// What listens (`NSI_*`).
-    bits: u8,
-}
-
-enum State {
-    Serving(Serving),
-    /// Its own app holds the proxy or DNS port (the reason says which).
-    LeftAlone(String),
-}
-
 /// How many network namespaces found in one cgroup (not announced by the
 /// CNI plugin) the daemon serves at most: a pod's own, and a few its
 /// processes made.
 const MAX_FOUND_PER_CGROUP: usize = 4;
-
-struct Entry {
-    id: NsId,
-    cookie: Option<u64>,
-    inode: u64,
-    meta: PodMeta,
-    source: Source,
-    state: State,
-    /// A process of the namespace when it was found (0: told by CNI).
-    pid: u32,
-    /// That process's cgroup (its id; 0: told by CNI, or handed over).
-    cgroup: u64,
-    /// Whether the cgroup scan ever saw a process in it, and for how many
-    /// scans in a row it saw none since.
-    seen: bool,
-    missing: u32,
-    setup: Duration,
-    since: SystemTime,
-}
-
-impl Entry {
-    /// `d`, served or left alone (`state`) from now on, set up since
-    /// `started`.
-    fn new(d: Described, state: State, started: Instant) -> Entry {
-        Entry {
-            id: d.ns,
-            cookie: d.cookie,
-            inode: d.inode,
-            meta: d.meta,
-            source: d.source,
-            state,
-            pid: d.pid,
-            cgroup: d.cgroup,
-            // Pods found through a process are released when the scan no
-            // longer sees one; a pod the plugin announced waits for DEL
-            // until a scan sees it.
-            seen: d.pid != 0,
-            missing: 0,
-            setup: started.elapsed(),
-            since: SystemTime::now(),
-        }
-    }
-
-    fn name(&self) -> String {
-        display_name(&self.meta, self.source, self.inode)
-    }
-
-    fn info(&self) -> NsInfo {
-        let mut info = NsInfo {
-            state: match &self.state {
-                State::Serving(_) => NSI_SERVED,
-                State::LeftAlone(_) => NSI_LEFT_ALONE,
-            },
-            source: match self.source {
-                Source::Host => NSI_HOST,
-                Source::Cni => NSI_CNI,
-                Source::Found => NSI_FOUND,
-            },
-            listeners: match &self.state {
-                State::Serving(s) => s.bits,
-                State::LeftAlone(_) => 0,
-            },
-            _pad: 0,
-            open_connections: match &self.state {
-                State::Serving(s) => u32::try_from(s.drain.tracker.len()).unwrap_or(u32::MAX),
-                State::LeftAlone(_) => 0,
-            },
-            setup_us: u32::try_from(self.setup.as_micros()).unwrap_or(u32::MAX),
-            pid: self.pid,
-            since_unix_ms: unix_ms(self.since),
-            pod_namespace: [0; POD_NAMESPACE_LEN],
-            pod_name: [0; POD_NAME_LEN],
-            detail: [0; NS_DETAIL_LEN],
-        };
-        write_str(
-            &mut info.pod_namespace,
-            self.meta.namespace.as_deref().unwrap_or(""),
-        );
-        write_str(&mut info.pod_name, self.meta.name.as_deref().unwrap_or(""));
-        if let State::LeftAlone(why) = &self.state {
-            write_str(&mut info.detail, why);
-        }
-        info
-    }
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// For the log: `host`, a pod's `namespace/name`, or its namespace's
-/// inode when nothing named it.
-fn display_name(meta: &PodMeta, source: Source, inode: u64) -> String {
-    match (source, &meta.namespace, &meta.name) {
-        (Source::Host, _, _) => "host".to_owned(),
-        (_, Some(ns), Some(name)) => format!("{ns}/{name}"),
-        (_, None, Some(name)) => name.clone(),
-        _ => format!("netns:[{inode}]"),
-    }
-}
 
 /// The pods the daemon serves (and leaves alone), and its own namespace.
 pub(super) struct Pods {
@@ -210,20 +71,6 @@ pub(super) struct Pods {
     entries: Mutex<HashMap<NsId, Entry>>,
     /// The inode of the daemon's own namespace (never served as a pod).
     host_inode: u64,
-}
-
-/// What one served namespace looks like to `/config_dump` and the log.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(super) struct Described {
-    pub(super) ns: NsId,
-    pub(super) inode: u64,
-    pub(super) cookie: Option<u64>,
-    pub(super) source: Source,
-    pub(super) meta: PodMeta,
-    pub(super) pid: u32,
-    /// The cgroup it was found in (0: announced by the CNI plugin).
-    #[serde(default)]
-    pub(super) cgroup: u64,
 }
 
 impl Pods {
@@ -245,39 +92,50 @@ impl Pods {
         self.host_inode
     }
 
-    /// The daemon's own namespace, whose listeners `set` are bound (or
-    /// handed over) already and whose `maps` are in the kernel: it is
-    /// served from now on.
-    pub(super) async fn add_host(
-        &self,
-        set: ListenerSet,
-        maps: NsMaps,
-    ) -> anyhow::Result<Arc<Namespace>> {
+    /// Serves the daemon's own namespace: the predecessor's maps if it
+    /// handed them over (what it recorded stays findable), else new ones,
+    /// in the kernel before a listener is marked; its listeners handed
+    /// over or bound.
+    pub(super) async fn serve_host(&self, handed: &mut Option<Handed>) -> anyhow::Result<()> {
         let started = Instant::now();
+        let datapath = &self.ctx.datapath;
         let host = std::fs::File::open("/proc/self/ns/net")?;
-        let cookie = netns::cookie(set.any_socket())?;
-        let id = netns::ns_id(set.any_socket(), host.as_fd())?;
+        let probe =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM.cloexec(), None)?;
+        let id = netns::ns_id(probe.as_fd(), host.as_fd())?;
+        let cookie = netns::cookie(probe.as_fd())?;
+        let maps = match handed.as_mut().map(|h| h.take_maps(id)) {
+            Some(Some(fds)) => NsMaps::from_fds(fds)?,
+            _ => {
+                let maps = NsMaps::create()?;
+                datapath.serve_namespace(id, &maps)?;
+                maps
+            }
+        };
+        let set = ListenerSet::bind_or_adopt(
+            &self.ctx.node,
+            handed,
+            (None, id),
+            &Sockets::Here,
+            datapath,
+        )
+        .await?;
         let ns = Arc::new(Namespace::new(id, "host".to_owned(), Sockets::Here, maps));
         let mut entries = self.entries.lock().await;
-        let entry = self.start(id, cookie, ns.clone(), set, None)?;
-        entries.insert(
-            id,
-            Entry::new(
-                Described {
-                    ns: id,
-                    inode: self.host_inode,
-                    cookie,
-                    source: Source::Host,
-                    meta: PodMeta::default(),
-                    pid: std::process::id(),
-                    cgroup: 0,
-                },
-                State::Serving(entry),
-                started,
-            ),
-        );
-        self.publish(&entries[&id]);
-        Ok(ns)
+        let serving = self.start(id, cookie, ns, set, None)?;
+        let described = Described {
+            ns: id,
+            inode: self.host_inode,
+            cookie,
+            source: Source::Host,
+            meta: PodMeta::default(),
+            pid: std::process::id(),
+            cgroup: 0,
+        };
+        let entry = Entry::new(described, State::Serving(serving), started);
+        self.publish(&entry);
+        entries.insert(id, entry);
+        Ok(())
     }
 
     /// Starts serving `ns`, whose maps are in the kernel and whose
@@ -571,11 +429,16 @@ impl Pods {
         }
     }
 
-    /// Writes every entry (open connections change), about once a second.
-    pub(super) async fn publish_all(&self) {
-        let entries = self.entries.lock().await;
-        for e in entries.values() {
-            self.publish(e);
+    /// Keeps `redirector pods`' entries (open connections change) fresh:
+    /// every entry written again about once a second.
+    pub(super) async fn publish_every_second(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            ticker.tick().await;
+            let entries = self.entries.lock().await;
+            for e in entries.values() {
+                self.publish(e);
+            }
         }
     }
 
@@ -668,127 +531,6 @@ impl Pods {
         };
         for t in trackers {
             t.wait().await;
-        }
-    }
-
-    /// Duplicates of every namespace's sockets (and a pod's namespace and
-    /// maps) for a successor, with what the daemon knows of its pods.
-    pub(super) async fn keep_for_handover(&self, listening: &mut Listening) -> std::io::Result<()> {
-        let entries = self.entries.lock().await;
-        let mut described = Vec::new();
-        for e in entries.values() {
-            if let State::Serving(s) = &e.state {
-                listening.take_all(s.kept.duplicate()?);
-                if e.source != Source::Host {
-                    described.push(Described {
-                        ns: e.id,
-                        inode: e.inode,
-                        cookie: e.cookie,
-                        source: e.source,
-                        meta: e.meta.clone(),
-                        pid: e.pid,
-                        cgroup: e.cgroup,
-                    });
-                }
-            }
-        }
-        listening.extra = serde_json::json!({ "pods": described });
-        Ok(())
-    }
-
-    /// A successor took over: nothing is accepted or answered here any
-    /// more, and what is open drains.
-    pub(super) async fn stop_serving(&self) {
-        let mut entries = self.entries.lock().await;
-        for e in entries.values_mut() {
-            if let State::Serving(s) = &mut e.state {
-                s.accept.clear();
-                s.responders.clear();
-                s.drain.tracker.close();
-                s.drain.stop.cancel();
-            }
-        }
-    }
-
-    /// A predecessor handed its pods over: each is served again on its
-    /// very sockets and maps, so nothing it had redirected is lost.
-    pub(super) async fn adopt(&self, handed: &mut Option<Handed>) -> usize {
-        let Some(h) = handed.as_ref() else {
-            return 0;
-        };
-        let pods: Vec<Described> = h
-            .extra
-            .get("pods")
-            .cloned()
-            .and_then(|v| serde_json::from_value(v).ok())
-            .unwrap_or_default();
-        let mut adopted = 0;
-        for pod in pods {
-            match self.adopt_one(handed, &pod).await {
-                Ok(()) => adopted += 1,
-                Err(e) => warn!(
-                    pod = %display_name(&pod.meta, pod.source, pod.inode),
-                    "not taking the pod over: {e:#}"
-                ),
-            }
-        }
-        adopted
-    }
-
-    async fn adopt_one(&self, handed: &mut Option<Handed>, pod: &Described) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let h = handed.as_mut().expect("adopting from a handover");
-        let fd = h
-            .take_other(Kind::Netns, pod.ns, None)
-            .ok_or_else(|| anyhow::anyhow!("its network namespace was not handed over"))?;
-        let maps = (0..4)
-            .map(|i| {
-                h.take_other(Kind::NsMap, pod.ns, Some(i))
-                    .ok_or_else(|| anyhow::anyhow!("its map {i} was not handed over"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let maps = NsMaps::from_fds(maps)?;
-        let helper = self
-            .ctx
-            .helper
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("no netns helper"))?;
-        anyhow::ensure!(
-            netns::inode(fd.as_fd())? == pod.inode,
-            "the handed namespace is not the one described"
-        );
-        let fd = Arc::new(fd);
-        let sockets = Sockets::there(helper, fd.clone());
-        let set = ListenerSet::bind_or_adopt(
-            &self.ctx.node,
-            handed,
-            (Some(pod.ns), pod.ns),
-            &sockets,
-            &self.ctx.datapath,
-        )
-        .await?;
-        let name = display_name(&pod.meta, pod.source, pod.inode);
-        let ns = Arc::new(Namespace::new(pod.ns, name, sockets, maps));
-        // Its maps are in place: the predecessor's, still in the outer maps.
-        let serving = self.start(pod.ns, pod.cookie, ns, set, Some(&fd))?;
-        let mut entries = self.entries.lock().await;
-        let entry = Entry::new(pod.clone(), State::Serving(serving), started);
-        self.ctx.metrics.pods_served.inc();
-        self.publish(&entry);
-        entries.insert(pod.ns, entry);
-        Ok(())
-    }
-
-    /// Namespaces a previous daemon left in the maps that this one does
-    /// not serve: taken out.
-    pub(super) async fn forget_stale(&self) {
-        let entries = self.entries.lock().await;
-        for id in self.ctx.datapath.namespaces() {
-            if !entries.contains_key(&id)
-                && let Err(e) = self.ctx.datapath.forget_namespace(id)
-            {
-                warn!(ns = %format!("{id:#x}"), error = %e, "taking a stale namespace out");
-            }
         }
     }
 }

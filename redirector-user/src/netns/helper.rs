@@ -24,6 +24,7 @@ use nix::sys::socket::{
     sendmsg, socketpair,
 };
 use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
 
 use crate::datapath::MapSpec;
 
@@ -81,6 +82,30 @@ pub(crate) struct Helper {
 }
 
 impl Helper {
+    /// The helper, if this process may start one that enters other
+    /// namespaces; without, only the node's own namespace is served (the
+    /// log says why).
+    pub(crate) fn start_if_permitted() -> Option<Arc<Self>> {
+        let caps = crate::sys::effective_caps().unwrap_or(0);
+        if !crate::sys::has_cap(caps, crate::sys::CAP_SYS_ADMIN) {
+            info!(
+                "pods in network namespaces of their own are not served: entering them takes \
+                 CAP_SYS_ADMIN, which this process lacks (apps in the node's namespace are served)"
+            );
+            return None;
+        }
+        match Self::spawn() {
+            Ok(helper) => {
+                info!(pid = helper.pid(), "netns helper started");
+                Some(Arc::new(helper))
+            }
+            Err(e) => {
+                warn!("pods in network namespaces of their own are not served: {e}");
+                None
+            }
+        }
+    }
+
     /// Starts the helper, this binary as `redirector netns-helper`, while
     /// this process still has the capabilities the helper keeps. It gets
     /// its end of the pair as fd 3 and dies with this process.
