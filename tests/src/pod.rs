@@ -62,7 +62,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context, Result, bail};
@@ -371,6 +371,9 @@ pub struct Pod {
     list: NetworkList,
     /// The ADD's result (`Null` until it succeeded).
     result: Value,
+    /// When its ADD started, on the wall clock, and how long it took.
+    add_started: SystemTime,
+    add_took: Duration,
     ip: Ipv4Addr,
     dir: PathBuf,
     cgroup: Option<TestCgroup>,
@@ -407,6 +410,8 @@ impl Pod {
             container_id: sandbox_id(name),
             list: network.network_list(),
             result: Value::Null,
+            add_started: UNIX_EPOCH,
+            add_took: Duration::ZERO,
             ip: Ipv4Addr::UNSPECIFIED,
             dir,
             cgroup: None,
@@ -424,7 +429,10 @@ impl Pod {
             "pod_{}",
             name.replace('-', "_")
         ))?);
+        pod.add_started = SystemTime::now();
+        let started = Instant::now();
         let result = shared.runtime.add(&pod.list, &pod.attachment())?;
+        pod.add_took = started.elapsed();
         pod.result = result;
         pod.ip = first_ipv4(&pod.result)
             .with_context(|| format!("no IPv4 address in the ADD result {}", pod.result))?;
@@ -474,6 +482,17 @@ impl Pod {
     /// The ADD's result (CNI 1.0.0: `interfaces`, `ips`, `routes`, `dns`).
     pub fn result(&self) -> &Value {
         &self.result
+    }
+
+    /// When its CNI ADD started, on the wall clock (a benchmark times a
+    /// pod's start from here).
+    pub fn add_started(&self) -> SystemTime {
+        self.add_started
+    }
+
+    /// How long its CNI ADD took, every plugin of the chain.
+    pub fn add_took(&self) -> Duration {
+        self.add_took
     }
 
     /// The network list its ADD ran and its DEL will run.
