@@ -276,7 +276,93 @@ pub(crate) fn synthetic() -> BenchReport {
                 None,
             ),
         ],
+        pods: None,
     }
+}
+
+/// `r` with the pod row (the redirector's cells, latency and CPU `slower`
+/// times) and the pod scenarios: footprints at 0, 10 and 50 pods growing
+/// by 300 KiB, 12 fds (6 sockets, 4 maps of 100 KiB, 1 namespace) a pod
+/// for the first 10 and half that (but the namespace) after; 10 pods, the even ones with the plugin
+/// (served 40 + i ms after the ADD started, no connect around the
+/// daemon), the odd ones without (first connect at 30 + i ms, served
+/// 5 ms later, after i kernel connects).
+pub(crate) fn with_pods(mut r: BenchReport, slower: f64) -> BenchReport {
+    use crate::model::{Footprint, PodStart, PodsReport, ProcessUse};
+    let cells: Vec<CellRun> = r
+        .cells
+        .iter()
+        .filter(|c| c.system == SystemId::Redirector)
+        .map(|c| {
+            let mut p = c.clone();
+            p.system = SystemId::RedirectorPod;
+            p.load.p50_ms *= slower;
+            p.load.p99_ms *= slower;
+            p.load.p999_ms *= slower;
+            p.sample.sut_cpu_secs = p.sample.sut_cpu_secs.map(|s| s * slower);
+            p
+        })
+        .collect();
+    r.cells.extend(cells);
+    let footprint = |pods: u32, rss_kib, fds: u64, sockets, bpf_maps, bpf_map_kib| Footprint {
+        pods,
+        rss_kib,
+        fds,
+        sockets,
+        bpf_maps,
+        bpf_map_kib,
+        fd_kinds: [
+            ("socket", sockets),
+            ("bpf-map", bpf_maps),
+            ("net", u64::from(pods)),
+            ("file", fds - sockets - bpf_maps - u64::from(pods)),
+        ]
+        .into_iter()
+        .map(|(k, n)| (k.to_owned(), n))
+        .collect(),
+        processes: [
+            ("daemon", rss_kib - 2_000, fds - 10),
+            ("netns helper", 2_000, 10),
+        ]
+        .into_iter()
+        .map(|(role, rss_kib, fds)| {
+            let process = ProcessUse {
+                pid: 42,
+                rss_kib,
+                fds,
+                fd_kinds: BTreeMap::new(),
+            };
+            (role.to_owned(), process)
+        })
+        .collect(),
+    };
+    let starts = (0..10u32)
+        .map(|i| {
+            let plugin = i % 2 == 0;
+            let t = f64::from(i);
+            PodStart {
+                pod: format!("bench-pod-{i}"),
+                plugin,
+                add_ms: if plugin { 35.0 + t } else { 20.0 + t },
+                first_connect_ms: if plugin { 40.0 + t } else { 30.0 + t },
+                served_ms: if plugin { 40.0 + t } else { 35.0 + t },
+                kernel_connects: if plugin { 0 } else { i },
+                failed_connects: 0,
+                source: if plugin { "cni" } else { "found" }.into(),
+                setup_ms: 2.0,
+            }
+        })
+        .collect();
+    r.pods = Some(PodsReport {
+        footprints: vec![
+            footprint(0, 10_000, 100, 10, 60, 5_000),
+            footprint(10, 13_000, 220, 70, 100, 6_000),
+            footprint(50, 19_000, 460, 190, 180, 8_000),
+        ],
+        after_delete: Some(footprint(0, 12_000, 100, 10, 60, 5_000)),
+        starts,
+    });
+    r
 }
 
 /// `r` with a `redirector-baseline` (another build) whose every cell,

@@ -2,23 +2,25 @@
 //! (fixed arrival rate with latency correction, so a stalling system
 //! shows its stall instead of slowing the client down) and `wrk` for
 //! closed loop (as fast as the connections go: saturation). Each run is
-//! one child process placed where the app would be, inside the bench
-//! namespace and, for the redirector, the cgroup its hook is attached to,
-//! and pinned to the client core. Their reports are parsed into
-//! [`LoadResult`] by `load/oha.rs` and `load/wrk.rs`, whose unit tests
-//! read real outputs kept in `load/fixtures/`.
+//! one child process placed where the app would be (inside the bench
+//! namespace and the cgroup the system's hook is attached to, or inside a
+//! pod: the caller's [`App`]), and pinned to the client core. Their
+//! reports are parsed into [`LoadResult`] by `load/oha.rs` and
+//! `load/wrk.rs`, whose unit tests read real outputs kept in
+//! `load/fixtures/`.
 
 mod oha;
 mod wrk;
 
 use std::{
     net::SocketAddrV4,
+    path::Path,
     process::{Command, Stdio},
     time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
-use redirector_tests::{cgroup::TestCgroup, netns::Netns, process, tempdir::TempDir};
+use redirector_tests::{process, tempdir::TempDir};
 
 use crate::{
     model::{Load, LoadResult, Workload},
@@ -59,21 +61,27 @@ pub(crate) struct Observed {
 /// error, not a latency.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Runs the generator for `spec` inside `netns` (and `cgroup`), pinned to
-/// `cpu`, and parses its report.
-pub(crate) fn observe(
-    tools: &Tools,
-    spec: &LoadSpec,
-    netns: &Netns,
-    cgroup: Option<&TestCgroup>,
-    cpu: u32,
-) -> Result<Observed> {
+/// Where the generator runs: a command for a program in the app's place.
+pub(crate) struct App<'a> {
+    /// `program`, ready to spawn where the app runs (namespace, cgroup).
+    pub command: &'a dyn Fn(&Path) -> Command,
+    /// That place, for messages.
+    pub place: String,
+}
+
+/// Runs the generator for `spec` as `app`, pinned to `cpu`, and parses its
+/// report.
+pub(crate) fn observe(tools: &Tools, spec: &LoadSpec, app: &App, cpu: u32) -> Result<Observed> {
     let what = format!("{} against {}", spec.workload, spec.url());
+    let limit = |duration| {
+        Duration::from_secs(whole_secs(duration)) + REQUEST_TIMEOUT + Duration::from_secs(20)
+    };
     match spec.workload.load {
         Load::OpenLoop { rps } => {
-            let mut cmd = Command::new(&tools.oha);
+            let mut cmd = (app.command)(&tools.oha);
             cmd.args(oha::args(spec, rps));
-            let stdout = spawn(&mut cmd, spec.duration, netns, cgroup, cpu)
+            process::pin_to_cpu(&mut cmd, cpu)?;
+            let stdout = run_bounded(&mut cmd, limit(spec.duration), &app.place)
                 .with_context(|| format!("oha {what}"))?;
             oha::parse(&stdout).with_context(|| format!("oha's report for {what}"))
         }
@@ -82,9 +90,10 @@ pub(crate) fn observe(
             let script = dir.path().join("report.lua");
             std::fs::write(&script, wrk::SCRIPT)
                 .with_context(|| format!("writing {}", script.display()))?;
-            let mut cmd = Command::new(&tools.wrk);
+            let mut cmd = (app.command)(&tools.wrk);
             cmd.args(wrk::args(spec, connections, &script));
-            let stdout = spawn(&mut cmd, spec.duration, netns, cgroup, cpu)
+            process::pin_to_cpu(&mut cmd, cpu)?;
+            let stdout = run_bounded(&mut cmd, limit(spec.duration), &app.place)
                 .with_context(|| format!("wrk {what}"))?;
             wrk::parse(&stdout).with_context(|| format!("wrk's report for {what}"))
         }
@@ -96,31 +105,19 @@ fn whole_secs(duration: Duration) -> u64 {
     duration.as_secs_f64().ceil().max(1.0) as u64
 }
 
-/// Runs `cmd` as the app would run and returns its stdout; an error with
-/// its stderr if it fails or outlives `duration` by far.
-fn spawn(
-    cmd: &mut Command,
-    duration: Duration,
-    netns: &Netns,
-    cgroup: Option<&TestCgroup>,
-    cpu: u32,
-) -> Result<String> {
+/// Runs `cmd` (placed where the app runs, `place`) and returns its stdout;
+/// an error with its stderr if it fails or outlives `limit`, when it is
+/// killed.
+pub(crate) fn run_bounded(cmd: &mut Command, limit: Duration, place: &str) -> Result<String> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(cgroup) = cgroup {
-        cgroup.configure(cmd);
-    }
-    netns.configure(cmd);
-    process::pin_to_cpu(cmd, cpu)?;
     let shown = format!("{cmd:?}");
     let mut child = cmd
         .spawn()
-        .with_context(|| format!("starting {shown} in {}", netns.name()))?;
+        .with_context(|| format!("starting {shown} in {place}"))?;
     let stdout = process::drain(child.stdout.take());
     let stderr = process::drain(child.stderr.take());
-    let limit =
-        Duration::from_secs(whole_secs(duration)) + REQUEST_TIMEOUT + Duration::from_secs(20);
     let status = process::wait_timeout(&mut child, limit)?;
     if status.is_none() {
         process::kill_and_reap(&mut child);

@@ -8,8 +8,12 @@
 //! samples CPU and memory from /proc around each run, drops runs disturbed
 //! by steal or foreign CPU, then runs the failover faults through each
 //! proxy and the fail-open run (`kill -9` of the daemon, then a takeover)
-//! through the redirector and its kernel fast path. Results go to
-//! `bench/results/` as JSON, markdown and an SVG plot.
+//! through the redirector and its kernel fast path. Before the cells, the
+//! pod scenarios make real pods (the test bed's CNI plugins) that the
+//! redirector's daemon serves: what each pod costs it and how soon a new
+//! pod's first connect is served, with its CNI plugin and without; in the
+//! cells, the row `redirector-pod` runs the load generator in a pod.
+//! Results go to `bench/results/` as JSON, markdown and an SVG plot.
 //!
 //! `cargo xtask bench` builds the `redirector` and the test bed's
 //! `rdt-upstream` and `rdt-load` in release, names them in
@@ -20,8 +24,9 @@
 //! /proc, and its CPU is counted apart from the system's.
 //!
 //! Data flows one way: `model.rs` is the vocabulary; `run.rs` runs the
-//! bed (`topology.rs`, `peers.rs`), the cells (`load.rs`, `sample.rs`) and
-//! the fault runs (`failover.rs`, `failopen.rs`) into a `BenchReport`;
+//! bed (`topology.rs`, `peers.rs`), the pod scenarios (`pods.rs`), the
+//! cells (`load.rs`, `sample.rs`) and the fault runs (`failover.rs`,
+//! `failopen.rs`) into a `BenchReport`;
 //! `summary.rs` turns it into medians and ratios, which `report.rs` (with
 //! `report/targets.rs`) and `plot.rs` write out. See README.md for the
 //! latest table.
@@ -39,6 +44,7 @@ mod machine;
 mod model;
 mod peers;
 mod plot;
+mod pods;
 mod report;
 mod run;
 mod sample;
@@ -84,6 +90,9 @@ pub struct Args {
     /// Skip the fail-open runs (kill -9 of the redirector's daemons)
     #[arg(long)]
     pub no_fail_open: bool,
+    /// Skip the pod scenarios (what pods cost the daemon, time to a new pod's first served connect)
+    #[arg(long)]
+    pub no_pods: bool,
     /// Where to write the results [default: bench/results]
     #[arg(long)]
     pub out: Option<PathBuf>,

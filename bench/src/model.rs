@@ -22,6 +22,11 @@ pub(crate) enum SystemId {
     /// and measured exactly like `Redirector`: this build against that one,
     /// in the same run.
     RedirectorBaseline,
+    /// The redirector's own daemon, with the client in a pod it serves
+    /// (the pod's network namespace and cgroup, made by the real CNI
+    /// plugins): the proxy listens and connects upstream from inside the
+    /// pod, whose traffic crosses the node's bridge.
+    RedirectorPod,
     /// The redirector's kernel fast path (`redirector.dev/datapath:
     /// kernel`): connect4 rewrites the VIP straight to an endpoint, no
     /// proxy hop.
@@ -34,11 +39,12 @@ pub(crate) enum SystemId {
 impl SystemId {
     /// Every system, in the order of the tables. The baseline runs only
     /// when given (`--baseline`).
-    pub(crate) const ALL: [SystemId; 8] = [
+    pub(crate) const ALL: [SystemId; 9] = [
         SystemId::DirectBeside,
         SystemId::DirectSutCore,
         SystemId::Redirector,
         SystemId::RedirectorBaseline,
+        SystemId::RedirectorPod,
         SystemId::RedirectorFastPath,
         SystemId::Envoy,
         SystemId::Nginx,
@@ -52,6 +58,7 @@ impl SystemId {
             SystemId::DirectSutCore => "direct-sut-core",
             SystemId::Redirector => "redirector",
             SystemId::RedirectorBaseline => "redirector-baseline",
+            SystemId::RedirectorPod => "redirector-pod",
             SystemId::RedirectorFastPath => "redirector-fast-path",
             SystemId::Envoy => "envoy",
             SystemId::Nginx => "nginx",
@@ -65,7 +72,8 @@ impl SystemId {
     }
 
     /// The redirector's own daemons, which can be killed and taken over
-    /// (the fail-open run); the peers have no such mode.
+    /// (the fail-open run); the peers have no such mode. Not the pod row:
+    /// its daemon is the redirector's.
     pub(crate) fn is_redirector(self) -> bool {
         matches!(
             self,
@@ -423,4 +431,83 @@ pub(crate) struct BenchReport {
     pub failover: Vec<FailoverRun>,
     #[serde(default)]
     pub fail_open: Vec<FailOpenRun>,
+    /// The pod scenarios (None when not run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<PodsReport>,
+}
+
+/// What the redirector's daemon holds, read from /proc: its process and
+/// its netns helper's.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Footprint {
+    /// Pods the daemon serves (`redirector pods`, the node's own row not
+    /// counted).
+    pub pods: u32,
+    /// VmRSS, KiB.
+    pub rss_kib: u64,
+    /// Open file descriptors.
+    pub fds: u64,
+    /// Of those, sockets (listeners, app and upstream connections).
+    pub sockets: u64,
+    /// Every descriptor by kind: `socket`, `bpf-map`, `net` (a network
+    /// namespace), `eventpoll`, `pipe`, `file`, …
+    #[serde(default)]
+    pub fd_kinds: BTreeMap<String, u64>,
+    /// The same, process by process: `daemon`, `netns helper`.
+    #[serde(default)]
+    pub processes: BTreeMap<String, ProcessUse>,
+    /// BPF maps its descriptors hold (distinct map ids).
+    pub bpf_maps: u64,
+    /// Their kernel memory (`memlock` in fdinfo), KiB.
+    pub bpf_map_kib: u64,
+}
+
+/// What one of the daemon's processes holds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ProcessUse {
+    pub pid: u32,
+    pub rss_kib: u64,
+    pub fds: u64,
+    pub fd_kinds: BTreeMap<String, u64>,
+}
+
+/// How one new pod's first connect to a VIP came to be served.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct PodStart {
+    pub pod: String,
+    /// The redirector's CNI plugin was in the chain: its ADD returned once
+    /// the daemon listened in the pod. Otherwise the daemon found the pod
+    /// on its own.
+    pub plugin: bool,
+    /// How long the CNI ADD took (every plugin of the chain).
+    pub add_ms: f64,
+    /// From the start of the ADD to the app's first `connect()`: the ADD,
+    /// the sandbox's own process, the app's start.
+    pub first_connect_ms: f64,
+    /// From the start of the ADD to the first `connect()` the daemon
+    /// served (sent to its proxy in the pod and answered 200).
+    pub served_ms: f64,
+    /// Connects before that one which the kernel sent straight to an
+    /// endpoint (fail-open: nothing listened in the pod yet).
+    pub kernel_connects: u32,
+    /// Connects before it that failed.
+    pub failed_connects: u32,
+    /// How the daemon lists it: `cni` (told by the plugin) or `found`.
+    pub source: String,
+    /// The daemon's own time from being told of the pod or finding it to
+    /// its listeners there being up (`redirector pods`).
+    pub setup_ms: f64,
+}
+
+/// The pod scenarios: what pods cost the daemon, and how soon a new pod's
+/// first connect is served.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct PodsReport {
+    /// With no pod, then at each step of pods served (e.g. 10, 50).
+    pub footprints: Vec<Footprint>,
+    /// Once every pod was deleted and the daemon let go of them.
+    pub after_delete: Option<Footprint>,
+    /// Every pod, in the order they were made (with and without the plugin
+    /// alternately).
+    pub starts: Vec<PodStart>,
 }

@@ -41,6 +41,7 @@ const P_COLORS: [RGBColor; 3] = [
 const REDIRECTOR: RGBColor = RGBColor(230, 85, 13);
 const BASELINE: RGBColor = RGBColor(140, 45, 4);
 const FAST_PATH: RGBColor = RGBColor(253, 141, 60);
+const POD: RGBColor = RGBColor(217, 72, 1);
 const OTHER: RGBColor = RGBColor(140, 140, 140);
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
@@ -157,6 +158,7 @@ fn x_names(root: &Area, at: impl Iterator<Item = ((i32, i32), SystemId)>) -> Res
             SystemId::Redirector => REDIRECTOR,
             SystemId::RedirectorBaseline => BASELINE,
             SystemId::RedirectorFastPath => FAST_PATH,
+            SystemId::RedirectorPod => POD,
             _ => BLACK,
         };
         root.draw(&Text::new(
@@ -322,6 +324,7 @@ fn cpu_panel(root: &Area, area: &Area, w: Workload, rows: &[&Aggregate]) -> Resu
             SystemId::Redirector => REDIRECTOR,
             SystemId::RedirectorBaseline => BASELINE,
             SystemId::RedirectorFastPath => FAST_PATH,
+            SystemId::RedirectorPod => POD,
             _ => OTHER,
         };
         chart.draw_series(std::iter::once(Rectangle::new(

@@ -1,11 +1,13 @@
 //! Turns one `BenchReport` into what a reader looks at: the markdown
 //! (per-cell medians and spread, ratios against direct access and against
-//! the peers, failover and fail-open tables, the pass/miss table of the
-//! project's targets) and the files under `bench/results/` (JSON,
+//! the peers, failover and fail-open tables, the pods, the pass/miss table
+//! of the project's targets) and the files under `bench/results/` (JSON,
 //! markdown, SVG plot). The figures come from `summary.rs`, the targets
-//! from `report/targets.rs`, the plot from `plot.rs`; data flows one way,
+//! from `report/targets.rs`, the pods' section from `report/pods.rs`, the
+//! plot from `plot.rs`; data flows one way,
 //! from the report's numbers to the files.
 
+mod pods;
 pub(crate) mod targets;
 #[cfg(test)]
 mod tests;
@@ -118,6 +120,7 @@ fn markdown_with_plot(report: &BenchReport, plot_file: Option<&str>) -> String {
     ratio_tables(report, &mut out);
     failover_table(report, &mut out);
     fail_open_table(report, &mut out);
+    pods::section(report, &mut out);
     targets_table(report, &mut out);
     noise_line(report, &aggs, &mut out);
     notes.render(&mut out);

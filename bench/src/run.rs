@@ -1,7 +1,7 @@
 //! One run of the benchmark, in order: the tools, the bed with every
-//! system up, a check that each serves the primary, the matrix of cells
-//! (workloads × systems × repetitions, systems interleaved), the failover
-//! and fail-open runs, then the report.
+//! system up, a check that each serves the primary, the pod scenarios,
+//! the pod row, the matrix of cells (workloads × systems × repetitions,
+//! systems interleaved), the failover and fail-open runs, then the report.
 
 use std::{
     cell::Cell,
@@ -18,7 +18,7 @@ use crate::{
         self, BenchReport, CellRun, Conn, Fault, Load, NotAvailable, RunSettings, SystemId,
         Upstream, UpstreamTls, Workload,
     },
-    report, sample,
+    pods, report, sample,
     tools::Tools,
     topology::{Bed, BedOptions, System},
     wait::{self, Seen},
@@ -80,6 +80,13 @@ fn selected_systems(filter: &[String], baseline: bool) -> Result<Vec<SystemId>> 
                 })
         })
         .collect::<Result<Vec<_>>>()?;
+    if systems.contains(&SystemId::RedirectorPod) && !systems.contains(&SystemId::Redirector) {
+        bail!(
+            "--systems names {}, whose client runs in a pod the redirector's daemon serves: name {} too",
+            SystemId::RedirectorPod,
+            SystemId::Redirector
+        );
+    }
     let named = systems.contains(&SystemId::RedirectorBaseline);
     if named && !baseline {
         bail!(
@@ -159,7 +166,7 @@ fn bench(
 ) -> Result<()> {
     eprintln!("bench: starting {} systems", systems.len());
     let phase = Phases::new();
-    let bed = Bed::new(&BedOptions {
+    let mut bed = Bed::new(&BedOptions {
         tools,
         systems,
         baseline,
@@ -176,6 +183,27 @@ fn bench(
         settings: settings.clone(),
         ..Default::default()
     };
+    if !args.no_pods && bed.pods.is_some() {
+        let plan = pods::Plan {
+            steps: if settings.quick {
+                vec![10]
+            } else {
+                vec![10, 50]
+            },
+            deadline: Duration::from_secs(10),
+        };
+        let run = pods::run(&bed, &plan).context("the pod scenarios")?;
+        phase.done(&format!("the pod scenarios ({} pods)", run.starts.len()));
+        report.pods = Some(run);
+    }
+    if systems.contains(&SystemId::RedirectorPod) {
+        bed.start_pod_client().context("starting the pod row")?;
+        let system = bed
+            .system(SystemId::RedirectorPod)
+            .context("the pod row started")?;
+        serves_the_primary(&bed, system)?;
+        phase.done("the pod row serving the primary");
+    }
     let mut workloads = workloads(settings.quick);
     if !args.workloads.is_empty() {
         workloads.retain(|w| args.workloads.iter().any(|f| w.key().contains(f.as_str())));
@@ -319,11 +347,13 @@ fn cell_run(
         workload,
         duration,
     };
-    let cgroup = system.cgroup.as_ref();
+    let app = load::App {
+        command: &|program| system.app_command(&bed.bench, program),
+        place: system.app_place(&bed.bench),
+    };
     let warmup = Duration::from_secs_f64(settings.warmup_secs);
     if !warmup.is_zero() {
-        load::observe(tools, &spec(warmup), &bed.bench, cgroup, CLIENT_CPU)
-            .context("the warm-up")?;
+        load::observe(tools, &spec(warmup), &app, CLIENT_CPU).context("the warm-up")?;
     }
     // The HTTPS upstreams' counters around the measured run: the
     // handshakes this system made (or, direct, the load generator made)
@@ -334,8 +364,8 @@ fn cell_run(
         .context("the HTTPS upstreams' counters before the run")?;
     let probe = sample::Probe::start(&system.pids()).context("sampling /proc before the run")?;
     let cell = Duration::from_secs_f64(settings.cell_secs);
-    let observed = load::observe(tools, &spec(cell), &bed.bench, cgroup, CLIENT_CPU)
-        .context("the measured run")?;
+    let observed =
+        load::observe(tools, &spec(cell), &app, CLIENT_CPU).context("the measured run")?;
     let sample = probe.finish().context("sampling /proc after the run")?;
     let upstream_tls = match tls_before {
         Some(before) => Some(upstream_tls(
@@ -428,12 +458,11 @@ fn failovers(bed: &Bed, quick: bool) -> Result<Vec<model::FailoverRun>> {
     let mut runs = Vec::new();
     // Not the fast path: these faults measure retries and 5xx ejection,
     // which the kernel path does not do by design (it cannot retry a
-    // connect nor see an HTTP status; docs/config-reference.md).
-    for system in bed
-        .systems
-        .iter()
-        .filter(|s| s.id.is_proxy() && s.id != SystemId::RedirectorFastPath)
-    {
+    // connect nor see an HTTP status; docs/config-reference.md). Not the
+    // pod row either: its proxy is the redirector's, already run.
+    for system in bed.systems.iter().filter(|s| {
+        s.id.is_proxy() && !matches!(s.id, SystemId::RedirectorFastPath | SystemId::RedirectorPod)
+    }) {
         for fault in [Fault::Status503, Fault::Killed, Fault::BlackHoled] {
             // The smoke run does one fault per peer and all of them for us
             // (and the baseline).
@@ -541,6 +570,17 @@ mod tests {
             keys(&["redirector", "redirector-baseline"], true).unwrap(),
             ["redirector", "redirector-baseline"]
         );
+    }
+
+    #[test]
+    fn the_pod_row_needs_the_redirector() {
+        let err = keys(&["redirector-pod", "nginx"], false).unwrap_err();
+        assert!(err.to_string().contains("name redirector too"), "{err}");
+        assert_eq!(
+            keys(&["redirector", "redirector-pod"], false).unwrap(),
+            ["redirector", "redirector-pod"]
+        );
+        assert!(keys(&[], false).unwrap().contains(&"redirector-pod"));
     }
 
     #[test]

@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{BenchReport, CellRun, Load, SystemId, Workload};
+use crate::model::{BenchReport, CellRun, Footprint, Load, PodsReport, SystemId, Workload};
 
 /// Median and spread (min–max) of one figure over the repetitions used.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -283,8 +283,9 @@ pub(crate) const PEERS: [SystemId; 3] = [SystemId::Envoy, SystemId::Nginx, Syste
 
 /// Per workload: every system ÷ `direct-beside`, every proxy ÷
 /// `direct-sut-core` (the fair latency baseline: its upstream shares the
-/// proxies' core), the redirector ÷ each peer, and the redirector ÷
-/// `redirector-baseline` (this build ÷ the other one). Workloads in order,
+/// proxies' core), the redirector ÷ each peer, the redirector ÷
+/// `redirector-baseline` (this build ÷ the other one), and
+/// `redirector-pod` ÷ the redirector and ÷ nginx. Workloads in order,
 /// then baseline, then system.
 pub(crate) fn ratios(report: &BenchReport) -> Vec<Ratio> {
     let by_key = cells_by_key(report);
@@ -309,6 +310,10 @@ pub(crate) fn ratios(report: &BenchReport) -> Vec<Ratio> {
             push(SystemId::Redirector, peer);
         }
         push(SystemId::Redirector, SystemId::RedirectorBaseline);
+        // A client in a pod against one on the node (the same daemon),
+        // and against the reference peer.
+        push(SystemId::RedirectorPod, SystemId::Redirector);
+        push(SystemId::RedirectorPod, SystemId::Nginx);
     }
     out
 }
@@ -319,4 +324,133 @@ pub(crate) fn open_rps(w: &Workload) -> Option<u32> {
         Load::OpenLoop { rps } => Some(rps),
         Load::ClosedLoop { .. } => None,
     }
+}
+
+/// p50, p99 and the largest of some values, nearest-rank (with fewer than
+/// 100 values p99 is the largest but one or the largest itself).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Spread {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// None when there are no values.
+    pub(crate) fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let rank = |p: f64| v[((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+        Some(Spread {
+            p50: rank(0.50),
+            p99: rank(0.99),
+            max: v[v.len() - 1],
+        })
+    }
+}
+
+/// New pods' starts of one kind: with the redirector's CNI plugin in the
+/// chain, or found by the daemon on its own.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Starts {
+    pub plugin: bool,
+    pub pods: u32,
+    /// The CNI ADD.
+    pub add_ms: Spread,
+    /// From the start of the ADD to the app's first `connect()`.
+    pub first_connect_ms: Spread,
+    /// From the start of the ADD to the first `connect()` the daemon served.
+    pub served_ms: Spread,
+    /// From the app's first `connect()` to the first one served: how long
+    /// an app that connects at once goes around the daemon.
+    pub waited_ms: Spread,
+    /// The daemon's own set-up of the pod.
+    pub setup_ms: Spread,
+    /// Connects the kernel sent straight to an endpoint before the first
+    /// served one, summed, and the pods that had any.
+    pub kernel_connects: u64,
+    pub pods_with_kernel_connects: u32,
+    /// Connects that failed before the first served one, summed.
+    pub failed_connects: u64,
+    /// How the daemon lists them (`cni`, `found`), counted.
+    pub sources: BTreeMap<String, u32>,
+}
+
+/// The starts with the plugin, then without; a kind with no pod is left out.
+pub(crate) fn pod_starts(pods: &PodsReport) -> Vec<Starts> {
+    [true, false]
+        .into_iter()
+        .filter_map(|plugin| {
+            let starts: Vec<_> = pods.starts.iter().filter(|s| s.plugin == plugin).collect();
+            let spread = |f: &dyn Fn(&crate::model::PodStart) -> f64| {
+                Spread::of(starts.iter().map(|s| f(s)))
+            };
+            let mut sources = BTreeMap::new();
+            for s in &starts {
+                *sources.entry(s.source.clone()).or_default() += 1;
+            }
+            Some(Starts {
+                plugin,
+                pods: count(starts.len()),
+                add_ms: spread(&|s| s.add_ms)?,
+                first_connect_ms: spread(&|s| s.first_connect_ms)?,
+                served_ms: spread(&|s| s.served_ms)?,
+                waited_ms: spread(&|s| s.served_ms - s.first_connect_ms)?,
+                setup_ms: spread(&|s| s.setup_ms)?,
+                kernel_connects: starts.iter().map(|s| u64::from(s.kernel_connects)).sum(),
+                pods_with_kernel_connects: count(
+                    starts.iter().filter(|s| s.kernel_connects > 0).count(),
+                ),
+                failed_connects: starts.iter().map(|s| u64::from(s.failed_connects)).sum(),
+                sources,
+            })
+        })
+        .collect()
+}
+
+/// What each pod added to the daemon's footprint between two readings.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct PodCost {
+    /// Pods served at the two readings.
+    pub from: u32,
+    pub to: u32,
+    pub rss_kib: f64,
+    pub fds: f64,
+    pub sockets: f64,
+    pub bpf_maps: f64,
+    pub bpf_map_kib: f64,
+}
+
+impl PodCost {
+    /// `b` − `a`, per pod; None without pods between them.
+    pub(crate) fn between(a: &Footprint, b: &Footprint) -> Option<PodCost> {
+        let pods = f64::from(b.pods.checked_sub(a.pods).filter(|&n| n > 0)?);
+        let per = |x: u64, y: u64| (y as f64 - x as f64) / pods;
+        Some(PodCost {
+            from: a.pods,
+            to: b.pods,
+            rss_kib: per(a.rss_kib, b.rss_kib),
+            fds: per(a.fds, b.fds),
+            sockets: per(a.sockets, b.sockets),
+            bpf_maps: per(a.bpf_maps, b.bpf_maps),
+            bpf_map_kib: per(a.bpf_map_kib, b.bpf_map_kib),
+        })
+    }
+}
+
+/// Per pod from none to each step, then between consecutive steps (what
+/// the later pods added).
+pub(crate) fn pod_costs(f: &[Footprint]) -> Vec<PodCost> {
+    let Some(none) = f.first() else {
+        return Vec::new();
+    };
+    let from_none = f.iter().skip(1).filter_map(|b| PodCost::between(none, b));
+    let marginal = f
+        .windows(2)
+        .skip(1)
+        .filter_map(|w| PodCost::between(&w[0], &w[1]));
+    from_none.chain(marginal).collect()
 }

@@ -30,12 +30,23 @@
 //! as a third daemon, with its own cgroup, pins and ports and the same
 //! config, flags and core as the redirector: the two builds are measured
 //! alike, interleaved in the same run.
+//!
+//! With the redirector, the bench namespace is also a node with pods
+//! (`topology/pods.rs`): the redirector's cgroup is the node's, pods are
+//! made in it by the real CNI plugins on the bridge `cni0`
+//! (10.244.0.0/24), east and west route the pod subnet back, and the
+//! redirector's daemon serves each pod from inside it (told by its CNI
+//! plugin on `--cni-socket`, or finding the pod on its own). The pod row
+//! (`redirector-pod`) is that same daemon with the client in a pod.
+
+mod pods;
 
 use std::{
+    ffi::OsStr,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     process::Command,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -46,6 +57,7 @@ use redirector_tests::{
     dns::DnsServer,
     netns::{self, Link, Netns},
     pki::TestCa,
+    pod::{Pod, PodNetwork},
     process,
     tempdir::TempDir,
     upstream::{UpstreamProcess, UpstreamStats},
@@ -60,6 +72,9 @@ use crate::{
 
 pub(crate) const EAST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 1, 2);
 pub(crate) const WEST_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 2, 2);
+/// The bench namespace's ends of the east and west links.
+const EAST_NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 1, 1);
+const WEST_NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 213, 2, 1);
 pub(crate) const VIP_PLAIN: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(240, 240, 0, 10), 80);
 pub(crate) const VIP_TLS: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(240, 240, 0, 11), 80);
 pub(crate) const HOST_PLAIN: &str = "plain.test";
@@ -131,15 +146,25 @@ impl Upstreams {
 enum Kind {
     Direct,
     /// The redirector, its baseline or its fast path: a daemon that the
-    /// fail-open run kills and replaces, so it sits behind a lock.
+    /// fail-open run kills and replaces, so it sits behind a lock (shared
+    /// with the pod row, which measures the same daemon).
     Redirector {
-        daemon: Mutex<Daemon>,
+        daemon: Arc<Mutex<Daemon>>,
         /// The `redirector` binary it runs.
         program: PathBuf,
         config: PathBuf,
         port: u16,
         cpu: u32,
         pins: PinDirGuard,
+        /// Where it listens for the CNI plugin (the redirector's only: a
+        /// baseline binary may predate the flag).
+        cni_socket: Option<PathBuf>,
+    },
+    /// The redirector's daemon with the client in a pod. Field order is
+    /// drop order: the pod is deleted while the daemon still runs.
+    InPod {
+        pod: Pod,
+        daemon: Arc<Mutex<Daemon>>,
     },
     Peer {
         // Field order is drop order: the redirect goes before the proxy.
@@ -152,7 +177,9 @@ enum Kind {
 /// One row of the table, running.
 pub(crate) struct System {
     pub id: SystemId,
-    /// Where the client runs: the cgroup with this system's connect hook.
+    /// Where the client runs: the cgroup with this system's connect hook
+    /// (none for the direct rows, and for the pod row, whose client runs
+    /// in the pod's own).
     pub cgroup: Option<TestCgroup>,
     kind: Kind,
 }
@@ -162,8 +189,42 @@ impl System {
     pub(crate) fn pids(&self) -> Vec<u32> {
         match &self.kind {
             Kind::Direct => Vec::new(),
-            Kind::Redirector { daemon, .. } => vec![lock(daemon).pid()],
+            Kind::Redirector { daemon, .. } | Kind::InPod { daemon, .. } => {
+                vec![lock(daemon).pid()]
+            }
             Kind::Peer { peer, .. } => peer.pids(),
+        }
+    }
+
+    /// `program`, ready to spawn as this system's app: in the bench
+    /// namespace and the system's cgroup, or in the pod's namespace and
+    /// cgroup. Not with the pod's resolv.conf (`Pod::command`'s): with the
+    /// kubelet's search domains and `ndots:5`, oha's resolver looks even
+    /// the VIP's address up as a name, some 8 queries per new connection
+    /// through the daemon's DNS responder to cluster DNS, and the pod row
+    /// would measure that instead of the proxy (the apps here dial the VIP
+    /// itself; the node's resolv.conf has neither).
+    pub(crate) fn app_command(&self, bench: &Netns, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        if let Kind::InPod { pod, .. } = &self.kind {
+            pod.cgroup().configure(&mut cmd);
+            pod.netns().configure(&mut cmd);
+            return cmd;
+        }
+        bench.configure(&mut cmd);
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.configure(&mut cmd);
+        }
+        cmd
+    }
+
+    /// Where its app runs, for messages.
+    pub(crate) fn app_place(&self, bench: &Netns) -> String {
+        match &self.kind {
+            Kind::InPod { pod, .. } => {
+                format!("pod {} ({})", pod.name(), pod.netns().name())
+            }
+            _ => bench.name().to_owned(),
         }
     }
 
@@ -194,7 +255,7 @@ impl System {
     pub(crate) fn log(&self) -> String {
         match &self.kind {
             Kind::Direct => String::new(),
-            Kind::Redirector { daemon, .. } => lock(daemon).log(),
+            Kind::Redirector { daemon, .. } | Kind::InPod { daemon, .. } => lock(daemon).log(),
             Kind::Peer { peer, redirect, .. } => format!(
                 "{}== its redirect (redirector --datapath-only, {}) ==\n{}",
                 peer.log(),
@@ -234,18 +295,21 @@ fn lock(daemon: &Mutex<Daemon>) -> MutexGuard<'_, Daemon> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Everything the bench runs in. Field order is drop order.
+/// Everything the bench runs in. Field order is drop order, after the
+/// systems, which go last first (see Drop).
 pub(crate) struct Bed {
     pub systems: Vec<System>,
+    /// The pods' network on the bench namespace, with the redirector.
+    pub pods: Option<PodNetwork>,
     pub upstreams: Upstreams,
-    _dns: DnsServer,
+    dns: DnsServer,
     pub dir: TempDir,
     pub ca_file: PathBuf,
     /// Device on the bench side of the east link (black-hole faults).
     pub east_dev: String,
     _links: Vec<Link>,
-    _east: Netns,
-    _west: Netns,
+    east: Netns,
+    west: Netns,
     pub bench: Netns,
 }
 
@@ -264,8 +328,18 @@ impl Bed {
         let bench = Netns::new("bench")?;
         let east = Netns::new("east")?;
         let west = Netns::new("west")?;
-        let east_link = netns::link(&bench, "10.213.1.1/30", &east, "10.213.1.2/30")?;
-        let west_link = netns::link(&bench, "10.213.2.1/30", &west, "10.213.2.2/30")?;
+        let east_link = netns::link(
+            &bench,
+            &format!("{EAST_NODE_IP}/30"),
+            &east,
+            &format!("{EAST_IP}/30"),
+        )?;
+        let west_link = netns::link(
+            &bench,
+            &format!("{WEST_NODE_IP}/30"),
+            &west,
+            &format!("{WEST_IP}/30"),
+        )?;
         let dir = TempDir::new("bench")?;
         let ca = TestCa::new();
         let ca_file = ca.write_ca(dir.path());
@@ -308,13 +382,14 @@ impl Bed {
 
         let mut bed = Bed {
             systems: Vec::new(),
+            pods: None,
             upstreams,
-            _dns: dns,
+            dns,
             ca_file,
             east_dev: east_link.a_dev.clone(),
             _links: vec![east_link, west_link],
-            _east: east,
-            _west: west,
+            east,
+            west,
             bench,
             dir,
         };
@@ -324,12 +399,28 @@ impl Bed {
             } else {
                 &config
             };
+            // The pod row starts once the pod scenarios are done (they
+            // count pods from none): `Bed::start_pod_client`.
+            if id == SystemId::RedirectorPod {
+                continue;
+            }
             let system = bed
                 .start_system(id, o, config)
                 .with_context(|| format!("starting {id}"))?;
             bed.systems.push(system);
         }
+        if let Some(redirector) = bed.system(SystemId::Redirector) {
+            let network = bed
+                .pod_network(redirector)
+                .context("setting up pods on the bench namespace")?;
+            bed.pods = Some(network);
+        }
         Ok(bed)
+    }
+
+    /// The running system `id`, if it runs.
+    pub(crate) fn system(&self, id: SystemId) -> Option<&System> {
+        self.systems.iter().find(|s| s.id == id)
     }
 
     fn start_system(&self, id: SystemId, o: &BedOptions<'_>, config: &Path) -> Result<System> {
@@ -355,18 +446,30 @@ impl Bed {
                 };
                 let cgroup = TestCgroup::new()?;
                 let pins = PinDirGuard::for_test();
-                let daemon =
-                    self.redirector(&program, config, &cgroup, &pins, port, o.sut_cpu, false)?;
+                let cni_socket =
+                    (id == SystemId::Redirector).then(|| self.dir.path().join("cni.sock"));
+                let daemon = self.redirector(
+                    &program,
+                    config,
+                    &cgroup,
+                    &pins,
+                    port,
+                    o.sut_cpu,
+                    Flavour::Proxy {
+                        cni_socket: cni_socket.as_deref(),
+                    },
+                )?;
                 let system = System {
                     id,
                     cgroup: Some(cgroup),
                     kind: Kind::Redirector {
-                        daemon: Mutex::new(daemon),
+                        daemon: Arc::new(Mutex::new(daemon)),
                         program,
                         config: config.to_owned(),
                         port,
                         cpu: o.sut_cpu,
                         pins,
+                        cni_socket,
                     },
                 };
                 // A DNS service has no slot table until its names resolve,
@@ -374,6 +477,9 @@ impl Bed {
                 // the proxy: wait, so no cell measures that.
                 self.wait_for_path(&system, path)?;
                 return Ok(system);
+            }
+            SystemId::RedirectorPod => {
+                bail!("the pod row starts with Bed::start_pod_client, once the pod scenarios ran")
             }
             SystemId::Envoy | SystemId::Nginx | SystemId::Haproxy => id,
         };
@@ -415,7 +521,7 @@ impl Bed {
             &pins,
             port,
             o.client_cpu,
-            true,
+            Flavour::DatapathOnly,
         )?;
         Ok(System {
             id,
@@ -437,7 +543,7 @@ impl Bed {
         pins: &PinDirGuard,
         port: u16,
         cpu: u32,
-        datapath_only: bool,
+        flavour: Flavour<'_>,
     ) -> Result<Daemon> {
         let mut args = vec![
             "-c".to_string(),
@@ -465,8 +571,15 @@ impl Bed {
             "--log-level".into(),
             "warn,redirector_user::app=info".into(),
         ];
-        if datapath_only {
-            args.push("--datapath-only".into());
+        match flavour {
+            Flavour::DatapathOnly => args.push("--datapath-only".into()),
+            Flavour::Proxy {
+                cni_socket: Some(path),
+            } => {
+                args.push("--cni-socket".into());
+                args.push(path.display().to_string());
+            }
+            Flavour::Proxy { cni_socket: None } => {}
         }
         // taskset execs the daemon, so the pid is the daemon's.
         Daemon::start_program(
@@ -491,6 +604,7 @@ impl Bed {
             port,
             cpu,
             pins,
+            cni_socket,
         } = &system.kind
         else {
             bail!("{} has no redirector daemon to restart", system.id);
@@ -499,7 +613,17 @@ impl Bed {
             .cgroup
             .as_ref()
             .context("a redirector has a cgroup")?;
-        let new = self.redirector(program, config, cgroup, pins, *port, *cpu, false)?;
+        let new = self.redirector(
+            program,
+            config,
+            cgroup,
+            pins,
+            *port,
+            *cpu,
+            Flavour::Proxy {
+                cni_socket: cni_socket.as_deref(),
+            },
+        )?;
         // The old one is dead and reaped; dropping it only frees its log.
         *lock(daemon) = new;
         Ok(())
@@ -509,17 +633,7 @@ impl Bed {
     /// endpoints` reads it from the system's pinned maps: `proxy`,
     /// `kernel`, `kernel (fail-open)`, `rejected`.
     pub(crate) fn path_now(&self, system: &System) -> Result<String> {
-        let Kind::Redirector { pins, program, .. } = &system.kind else {
-            bail!("{} is not a redirector", system.id);
-        };
-        // Its own build reads its own pins.
-        let mut cmd = Command::new(program);
-        cmd.args(["endpoints", "--output", "json", "--pin-dir"])
-            .arg(pins.path());
-        self.bench.configure(&mut cmd);
-        let out = process::run_checked(&mut cmd)?;
-        let report: serde_json::Value =
-            serde_json::from_str(&out).with_context(|| format!("redirector endpoints: {out}"))?;
+        let report = self.inspect(system, "endpoints")?;
         let vip = VIP_PLAIN.ip().to_string();
         report["services"]
             .as_array()
@@ -527,6 +641,21 @@ impl Bed {
             .and_then(|s| s["path_now"].as_str())
             .map(str::to_owned)
             .with_context(|| format!("no service at {vip} in {report:#}"))
+    }
+
+    /// `redirector <what> --output json` (`endpoints`, `pods`) of the
+    /// redirector `system`, read from its pinned maps.
+    pub(crate) fn inspect(&self, system: &System, what: &str) -> Result<serde_json::Value> {
+        let Kind::Redirector { pins, program, .. } = &system.kind else {
+            bail!("{} is not a redirector", system.id);
+        };
+        // Its own build reads its own pins.
+        let mut cmd = Command::new(program);
+        cmd.args([what, "--output", "json", "--pin-dir"])
+            .arg(pins.path());
+        self.bench.configure(&mut cmd);
+        let out = process::run_checked(&mut cmd)?;
+        serde_json::from_str(&out).with_context(|| format!("redirector {what}: {out}"))
     }
 
     /// Until a new connect to the plain VIP takes the `want` path, within
@@ -571,7 +700,7 @@ impl Bed {
         let (addr, host, https) = system.target(upstream);
         let scheme = if https { "https" } else { "http" };
         let url = format!("{scheme}://{addr}/");
-        let mut cmd = Command::new("curl");
+        let mut cmd = system.app_command(&self.bench, "curl");
         cmd.args([
             "-sS",
             "-k",
@@ -581,13 +710,26 @@ impl Bed {
             &format!("Host: {host}"),
             &url,
         ]);
-        self.bench.configure(&mut cmd);
-        if let Some(cg) = &system.cgroup {
-            cg.configure(&mut cmd);
-        }
         let out = process::run_checked(&mut cmd)?;
         Ok(out)
     }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        // The last started first: the pod row's pod is deleted (CNI DEL)
+        // while the redirector's daemon and cgroup are still there.
+        while self.systems.pop().is_some() {}
+    }
+}
+
+/// What a redirector daemon of the bed is for.
+#[derive(Clone, Copy)]
+enum Flavour<'a> {
+    /// The redirector's proxy (and, given a socket, its CNI plugin's).
+    Proxy { cni_socket: Option<&'a Path> },
+    /// The redirect alone, in front of a peer's listener.
+    DatapathOnly,
 }
 
 /// The redirector's view of the same job the peers are configured for: the
