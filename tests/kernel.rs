@@ -8,6 +8,8 @@ use std::{
     time::Duration,
 };
 
+use aya::maps::{Array, Map, MapData};
+use redirector_common::{Life, map_names};
 use redirector_tests::{
     cgroup, client,
     daemon::redirector_bin,
@@ -462,6 +464,86 @@ fn without_a_proxy_tls_origination_fails_fast_instead_of_falling_back_to_plainte
     assert!(stderr.contains("Operation not permitted"), "{stderr}");
     let took = connect_took(&stderr);
     assert!(took < Duration::from_secs(3), "took {took:?}");
+}
+
+/// The serving daemon's entry in the pinned death-watch map.
+fn life(node: &Node) -> Array<MapData, Life> {
+    let pin = node.pins.path().join("v3").join(map_names::LIFE);
+    let data = MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
+    Array::try_from(Map::Array(data)).expect("an array of Life")
+}
+
+/// The death watch: once a daemon serves it is registered in `RD_LIFE_V3`;
+/// while that entry says it is dying, connect4 takes its listeners for
+/// gone even though they still listen (seen through a TLS-originating
+/// service, whose fail-open is a distinct `EPERM`); and a `kill -9` marks
+/// it dying from the kernel's own signal path.
+#[test]
+fn a_daemon_the_kernel_is_killing_is_failed_open_before_its_listeners_close() {
+    let mut node = Node::new();
+    let _plain = TcpServer::start(&node.ns, "127.0.44.1:9000".parse().unwrap(), "plain").unwrap();
+    let ca = TestCa::new();
+    let ca_file = ca.write_ca(node.dir.path());
+    let config = tcp_service(&[("127.0.44.1", "us-east1")], false, 5)
+        + &format!(
+            "    tls:\n      mode: SIMPLE\n      sni: pg.example\n      caCertificates: {}\n",
+            ca_file.display()
+        );
+    node.start(&config, "us-east1", false);
+    assert!(
+        node.log().contains("watching for this daemon's death"),
+        "{}",
+        node.log()
+    );
+    let pid = node.daemon.as_ref().unwrap().pid();
+    let mut map = life(&node);
+    let serving = Life {
+        serving_pid: pid,
+        dying_pid: 0,
+    };
+    assert_eq!(map.get(&0, 0).unwrap(), serving);
+    let refused = |node: &Node| {
+        let out = tcp_client(node, vip());
+        String::from_utf8_lossy(&out.stderr).contains("Operation not permitted")
+    };
+    assert!(!refused(&node), "the proxy takes the connect");
+
+    // Marked dying (as signal_deliver would): its listening proxy is
+    // skipped, and this service, which cannot fail open, refuses at once.
+    let dying = Life {
+        serving_pid: pid,
+        dying_pid: pid,
+    };
+    map.set(0, dying, 0).unwrap();
+    assert!(refused(&node), "{}", node.log());
+    // Another pid's death means nothing to this daemon.
+    map.set(
+        0,
+        Life {
+            serving_pid: pid,
+            dying_pid: pid + 1,
+        },
+        0,
+    )
+    .unwrap();
+    assert!(!refused(&node), "{}", node.log());
+    map.set(0, serving, 0).unwrap();
+
+    // The kernel marks it on its own when the daemon is killed.
+    kill_daemon(&mut node);
+    assert_eq!(map.get(&0, 0).unwrap(), dying);
+    // A new daemon registers itself, not dying.
+    node.start(&config, "us-east1", false);
+    let next = node.daemon.as_ref().unwrap().pid();
+    assert_ne!(next, pid);
+    assert_eq!(
+        map.get(&0, 0).unwrap(),
+        Life {
+            serving_pid: next,
+            dying_pid: 0,
+        }
+    );
+    assert!(!refused(&node), "the new proxy takes the connect");
 }
 
 #[test]

@@ -678,7 +678,7 @@ fn twenty_pods_under_load_lose_no_connection_across_a_take_over_and_a_kill() {
     });
     bed.node.daemon = Some(last);
     let log = bed.node.log();
-    let mut during_the_kill = 0;
+    let (mut carried_n, mut raced_n) = (0, 0);
     for (pod, records) in pods.iter().zip(&records) {
         assert_eq!(records.len(), 120, "{}", pod.name());
         let failed: Vec<&Value> = records.iter().filter(|r| r["status"] != 200).collect();
@@ -687,19 +687,23 @@ fn twenty_pods_under_load_lose_no_connection_across_a_take_over_and_a_kill() {
             .copied()
             .filter(|r| {
                 // The kill's own: carried by the killed daemon (connected
-                // before it was gone, over after the kill), or a connect
-                // made while it was dying, sent to a listener the kernel
-                // was closing (SIGKILL to reaped: the last of its threads
-                // closes its descriptors).
+                // before the kill, over after it), or a connect made while
+                // it was dying (SIGKILL to reaped): the death watch fails
+                // those open once the first of the daemon's threads takes
+                // the signal, which on a loaded machine can lag the kill.
                 let connect = r["connect_unix_ms"].as_f64().unwrap_or(0.0);
-                let connected = r["connected_unix_ms"].as_f64();
                 let done = r["done_unix_ms"].as_f64().unwrap_or(f64::MAX);
-                let carried = connected.is_some_and(|c| c <= reaped) && done >= kill_sent;
-                let raced = (kill_sent..=reaped).contains(&connect);
-                !(carried || raced)
+                if connect < kill_sent && done >= kill_sent {
+                    carried_n += 1;
+                    return false;
+                }
+                if (kill_sent..=reaped).contains(&connect) {
+                    raced_n += 1;
+                    return false;
+                }
+                true
             })
             .collect();
-        during_the_kill += failed.len() - lost.len();
         assert!(
             lost.is_empty(),
             "pod {}: requests that failed on their own: {lost:#?}\n{log}",
@@ -707,8 +711,8 @@ fn twenty_pods_under_load_lose_no_connection_across_a_take_over_and_a_kill() {
         );
     }
     eprintln!(
-        "20 pods, 2400 requests: {during_the_kill} failed during the kill ({:.1} ms from \
-         SIGKILL to reaped), none otherwise",
+        "20 pods, 2400 requests: {carried_n} carried by the killed daemon failed, {raced_n} \
+         connected while it died ({:.1} ms from SIGKILL to reaped), none otherwise",
         reaped - kill_sent
     );
     for pod in &pods {

@@ -84,6 +84,9 @@ pub mod map_names {
     /// [`super::NsId`] → [`super::NsInfo`]: the namespaces the daemon
     /// serves or leaves alone, for `redirector pods`.
     pub const NS_INFO: &str = "RD_NSINFO_V3";
+    /// `u32` index 0 → [`super::Life`]: which daemon serves, and whether
+    /// the kernel has started killing it.
+    pub const LIFE: &str = "RD_LIFE_V3";
 }
 
 /// Program names (the Rust function names in `redirector-ebpf`).
@@ -110,6 +113,8 @@ pub mod program_names {
     pub const EGRESS: &str = "rd_egress";
     /// `cgroup/sock_create`.
     pub const SOCK_CREATE: &str = "rd_sock_create";
+    /// `raw_tracepoint/signal_deliver`.
+    pub const SIGNAL_DELIVER: &str = "rd_signal_deliver";
 }
 
 /// Services (VIP:port pairs) the maps hold; also the largest service id.
@@ -190,6 +195,31 @@ pub struct ProxyConfig {
     pub _pad2: u32,
 }
 const _: () = assert!(core::mem::size_of::<ProxyConfig>() == 24);
+
+/// Which daemon serves the node now, and whether it is dying
+/// ([`map_names::LIFE`]). The serving daemon writes its pid (as the host's
+/// PID namespace numbers it) once it serves, with `dying_pid` zero; the
+/// signal_deliver program writes `dying_pid` when a thread of that process
+/// takes the fatal `SIGKILL` path (kill -9, the OOM killer, or any exit of
+/// a multi-threaded process), before the kernel closes its sockets. From
+/// then on the hooks treat its listeners as gone, so connects fail open at
+/// once instead of queueing on listeners about to be closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Life {
+    /// The serving daemon's pid; zero: none registered.
+    pub serving_pid: u32,
+    /// Set to `serving_pid` by the kernel once that daemon is dying.
+    pub dying_pid: u32,
+}
+const _: () = assert!(core::mem::size_of::<Life>() == 8);
+
+impl Life {
+    /// Whether the serving daemon is dying: its listeners are about to go.
+    pub fn dying(&self) -> bool {
+        self.dying_pid != 0 && self.dying_pid == self.serving_pid
+    }
+}
 
 /// The destination the app asked for before connect4 rewrote it.
 #[repr(C)]
@@ -802,6 +832,7 @@ mod tests {
             map_names::NS_KNOWN,
             map_names::NS_EVENTS,
             map_names::NS_INFO,
+            map_names::LIFE,
         ] {
             assert!(name.len() <= 15, "{name} exceeds BPF_OBJ_NAME_LEN");
             let suffix = format!("_V{ABI_VERSION}");

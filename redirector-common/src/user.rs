@@ -29,6 +29,7 @@ unsafe impl aya::Pod for SlotTable6 {}
 unsafe impl aya::Pod for Own {}
 unsafe impl aya::Pod for NsEvent {}
 unsafe impl aya::Pod for NsInfo {}
+unsafe impl aya::Pod for Life {}
 
 /// An IPv4 address in network order, as the kernel's `user_ip4`.
 pub fn ip4_be(ip: Ipv4Addr) -> u32 {

@@ -4,7 +4,11 @@
 //! which only the daemon writes). So a dead daemon's listeners stop
 //! drawing traffic the moment the kernel closes them, with nothing to
 //! expire, and a socket someone else bound on the port (a pod's own app,
-//! an Istio sidecar) draws nothing: that namespace is left alone.
+//! an Istio sidecar) draws nothing: that namespace is left alone. A
+//! daemon the kernel has started to kill (`RD_LIFE_V3`, written by
+//! `signal_deliver`) has nothing listening either: its listeners would
+//! still queue connects in the milliseconds before the kernel closes them,
+//! and those connects would die with it.
 
 use aya_ebpf::{
     bindings::{BPF_F_CURRENT_NETNS, bpf_sock_tuple},
@@ -14,9 +18,9 @@ use aya_ebpf::{
     },
     programs::SockAddrContext,
 };
-use redirector_common::{NS_LEFT_ALONE, NsId, Own};
+use redirector_common::{Life, NS_LEFT_ALONE, NsId, Own};
 
-use crate::maps::{NS_KNOWN, OWN};
+use crate::maps::{LIFE, NS_KNOWN, OWN};
 
 /// What listens at an address.
 #[derive(Clone, Copy)]
@@ -84,6 +88,9 @@ pub(crate) fn find6(ctx: &SockAddrContext, ip6_be: [u32; 4], port_be: u16, tcp: 
 
 #[inline(always)]
 fn lookup(ctx: &SockAddrContext, tuple_ptr: *mut bpf_sock_tuple, size: u32, tcp: bool) -> Found {
+    if LIFE.get(0).is_some_and(Life::dying) {
+        return Found::Nothing;
+    }
     let netns = BPF_F_CURRENT_NETNS as u64;
     let sk = unsafe {
         if tcp {

@@ -6,7 +6,7 @@
 //! about endpoints and names stays in userspace. One file per hook
 //! (`connect4`, `connect6`, `sendmsg4`, `sendmsg6`, `recvmsg4`,
 //! `recvmsg6`, `getpeername4`, `getpeername6`, `sockops`, `egress`,
-//! `sock_create`); `dns`, `listener`, `log`, `orig`
+//! `sock_create`, and the raw tracepoint `signal_deliver`); `dns`, `listener`, `log`, `orig`
 //! and `slots` are shared by several.
 #![no_std]
 #![no_main]
@@ -25,6 +25,7 @@ mod recvmsg4;
 mod recvmsg6;
 mod sendmsg4;
 mod sendmsg6;
+mod signal_deliver;
 mod slots;
 mod sock_create;
 mod sockops;

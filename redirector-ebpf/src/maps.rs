@@ -15,10 +15,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, RingBuf},
 };
 use redirector_common::{
-    Config6, DnsConfig, EndpointHealth, EndpointKey, MAX_ENDPOINTS, MAX_NAMESPACES, MAX_SERVICES,
-    NS_EVENT_RING_BYTES, NS_INFLIGHT, NsId, NsInfo, OUTCOME_RING_BYTES, OrigDst, Own, ProxyConfig,
-    ServiceInfo, ServiceKey, ServiceKey6, ServiceValue, ServiceValue6, SlotTable, SlotTable6,
-    SockAddr6, SockKey, SockOrig, SockOrig6,
+    Config6, DnsConfig, EndpointHealth, EndpointKey, Life, MAX_ENDPOINTS, MAX_NAMESPACES,
+    MAX_SERVICES, NS_EVENT_RING_BYTES, NS_INFLIGHT, NsId, NsInfo, OUTCOME_RING_BYTES, OrigDst, Own,
+    ProxyConfig, ServiceInfo, ServiceKey, ServiceKey6, ServiceValue, ServiceValue6, SlotTable,
+    SlotTable6, SockAddr6, SockKey, SockOrig, SockOrig6,
 };
 
 const NAMESPACES: usize = MAX_NAMESPACES as usize;
@@ -118,3 +118,7 @@ pub(crate) static NS_EVENTS: RingBuf = RingBuf::with_byte_size(NS_EVENT_RING_BYT
 // Written by userspace only: display data for `redirector pods`.
 #[map(name = "RD_NSINFO_V3")]
 pub(crate) static NS_INFO: HashMap<NsId, NsInfo> = HashMap::with_max_entries(MAX_NAMESPACES, 0);
+
+// Written by the daemon (who serves) and by signal_deliver (it is dying).
+#[map(name = "RD_LIFE_V3")]
+pub(crate) static LIFE: Array<Life> = Array::with_max_entries(1, 0);

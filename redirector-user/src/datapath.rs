@@ -58,6 +58,7 @@
 
 mod encode;
 mod events;
+mod life;
 mod load;
 mod logs;
 mod maps;

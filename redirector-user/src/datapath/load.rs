@@ -14,15 +14,16 @@ use aya::{
     },
 };
 use redirector_common::{
-    Config6, DnsConfig, EndpointHealth, EndpointKey, MAX_ENDPOINTS, MAX_NAMESPACES, MAX_SERVICES,
-    NS_EVENT_RING_BYTES, NsId, NsInfo, OUTCOME_RING_BYTES, Own, PROXY_ANY_LISTENER, PROXY_ENABLED,
-    ProxyConfig, ServiceInfo, ServiceKey, ServiceKey6, ServiceValue, ServiceValue6, SlotTable,
-    SlotTable6, SockOrig, SockOrig6, map_names, program_names,
+    Config6, DnsConfig, EndpointHealth, EndpointKey, Life, MAX_ENDPOINTS, MAX_NAMESPACES,
+    MAX_SERVICES, NS_EVENT_RING_BYTES, NsId, NsInfo, OUTCOME_RING_BYTES, Own, PROXY_ANY_LISTENER,
+    PROXY_ENABLED, ProxyConfig, ServiceInfo, ServiceKey, ServiceKey6, ServiceValue, ServiceValue6,
+    SlotTable, SlotTable6, SockOrig, SockOrig6, map_names, program_names,
 };
 use tracing::{info, warn};
 
 use super::{
     BpfError, DatapathOptions, PROXY_MARK,
+    life::Watch,
     logs::{self, KernelLogs},
     maps::{Maps, map_op, typed_map},
     pins::{self, Pins},
@@ -37,7 +38,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/re
 /// since: the loader creates those, so an upgrade takes over without a
 /// gap. The hash-of-maps' values are inner map ids (`u32`); their inner
 /// maps are made per namespace (`namespaces.rs`).
-fn layouts() -> [pins::Layout; 19] {
+fn layouts() -> [pins::Layout; 20] {
     fn l<K, V>(name: &'static str, max_entries: u32) -> pins::Layout {
         pins::Layout {
             name,
@@ -68,6 +69,7 @@ fn layouts() -> [pins::Layout; 19] {
         l::<i32, Own>(map_names::OWN, 0),
         l::<u64, u32>(map_names::NS_KNOWN, 4 * MAX_NAMESPACES),
         l::<NsId, NsInfo>(map_names::NS_INFO, MAX_NAMESPACES),
+        l::<u32, Life>(map_names::LIFE, 1),
     ]
 }
 
@@ -162,6 +164,8 @@ pub(super) struct Loaded {
     cgroup: std::path::PathBuf,
     /// Whether DNS capture's programs are attached.
     dns: bool,
+    /// Who serves, for the kernel's death watch.
+    watch: Watch,
 }
 
 /// What [`open`] returns: the loaded programs and every map handle.
@@ -213,6 +217,7 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
         }
     };
     let maps = Maps::take(&mut ebpf)?;
+    let watch = Watch::load(&mut ebpf)?;
     let outcomes = typed_map(&mut ebpf, map_names::OUTCOMES, RingBuf::try_from)?;
     let ns_events = typed_map(&mut ebpf, map_names::NS_EVENTS, RingBuf::try_from)?;
     let mut config: Array<MapData, ProxyConfig> =
@@ -249,6 +254,7 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
             pins,
             cgroup: opts.cgroup,
             dns: opts.dns.is_some(),
+            watch,
         },
         maps,
         outcomes,
@@ -351,7 +357,8 @@ impl Loaded {
             ),
             None => info!(cgroup = %self.cgroup.display(), "attached {attached}"),
         }
-        Ok(())
+        // This daemon serves now: a predecessor handed its listeners over.
+        self.watch.serve(&mut self.ebpf)
     }
 
     /// Gives up the lock and leaves the pins, which a successor owns now.

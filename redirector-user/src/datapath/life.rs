@@ -1,0 +1,90 @@
+//! Telling the kernel which daemon serves, so it can tell the hooks when
+//! that daemon is dying (`RD_LIFE_V3`, `signal_deliver` in the kernel
+//! programs).
+//!
+//! Between a `kill -9` and the kernel closing the daemon's listeners
+//! (its threads exit and its memory is torn down first) a few
+//! milliseconds pass in which connects would still queue on listeners
+//! about to be reset. The raw tracepoint sees the first of the daemon's
+//! threads take the fatal path and marks it dying; the hooks fail open
+//! from then on. Registration happens only once this daemon serves (its
+//! programs attached, its listeners its own), so a successor that dies
+//! while its predecessor still serves marks nothing.
+
+use aya::{
+    Ebpf,
+    maps::{Array, MapData},
+    programs::RawTracePoint,
+};
+use redirector_common::{Life, map_names, program_names};
+use tracing::{info, warn};
+
+use super::{
+    BpfError,
+    maps::{map_op, typed_map},
+};
+
+/// The kernel's tracepoint.
+const TRACEPOINT: &str = "signal_deliver";
+
+/// `RD_LIFE_V3`, and whether `signal_deliver` loaded.
+pub(super) struct Watch {
+    map: Array<MapData, Life>,
+    program: bool,
+}
+
+impl Watch {
+    /// Takes the map and loads the program, which needs `CAP_PERFMON` (or
+    /// `CAP_SYS_ADMIN`); without it the daemon runs as before, with the
+    /// window above, and says so.
+    pub(super) fn load(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+        let map = typed_map(ebpf, map_names::LIFE, Array::try_from)?;
+        let name = program_names::SIGNAL_DELIVER;
+        let loaded = ebpf
+            .program_mut(name)
+            .ok_or(BpfError::Missing {
+                kind: "program",
+                name,
+            })
+            .and_then(|p| {
+                let p: &mut RawTracePoint = p
+                    .try_into()
+                    .map_err(|error| BpfError::Program { name, error })?;
+                p.load().map_err(|error| BpfError::Program { name, error })
+            });
+        if let Err(e) = &loaded {
+            warn!(
+                error = %e,
+                "the kernel will not tell the hooks this daemon is dying: a kill -9 can reset \
+                 connects made in the milliseconds before the kernel closes its listeners \
+                 (loading a raw tracepoint needs CAP_PERFMON or CAP_SYS_ADMIN)"
+            );
+        }
+        Ok(Self {
+            map,
+            program: loaded.is_ok(),
+        })
+    }
+
+    /// Registers this process as the serving daemon, watched from now on.
+    pub(super) fn serve(&mut self, ebpf: &mut Ebpf) -> Result<(), BpfError> {
+        if self.program {
+            let attached = ebpf
+                .program_mut(program_names::SIGNAL_DELIVER)
+                .and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
+                .map(|p| p.attach(TRACEPOINT));
+            match attached {
+                Some(Ok(_)) => info!("watching for this daemon's death ({TRACEPOINT})"),
+                Some(Err(e)) => {
+                    warn!(error = %e, "could not attach {TRACEPOINT}: a kill -9 can reset connects made while the kernel closes this daemon's listeners");
+                }
+                None => {}
+            }
+        }
+        let life = Life {
+            serving_pid: std::process::id(),
+            dying_pid: 0,
+        };
+        map_op(map_names::LIFE, self.map.set(0, life, 0))
+    }
+}
