@@ -23,6 +23,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{Array, Map, MapData};
+use redirector_common::{Life, map_names};
 use redirector_tests::{
     cgroup::TestCgroup,
     client::Client,
@@ -290,6 +292,18 @@ spec:
         assert_eq!(set("CapBnd:"), granted, "the pod's bounding set:\n{status}");
         assert!(status.contains("NoNewPrivs:\t1"), "{status}");
     }
+    // The death watch, with the DaemonSet's capabilities and the runtime's
+    // default seccomp profile: its raw tracepoint attached, and the daemon
+    // registered by its pid.
+    assert!(
+        daemon.logs().contains("watching for this daemon's death"),
+        "{}",
+        daemon.logs()
+    );
+    let life = node.pins.path().join("v3").join(map_names::LIFE);
+    let life: Array<MapData, Life> =
+        Array::try_from(Map::Array(MapData::from_pin(&life).unwrap())).unwrap();
+    assert_eq!(life.get(&0, 0).unwrap().serving_pid, pid);
     // The liveness probe's port (this test's listen port).
     std::net::TcpStream::connect(("127.0.0.1", listen)).expect("the proxy listens");
 

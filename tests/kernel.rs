@@ -3,6 +3,7 @@
 //! connect in between, and `redirector cleanup`.
 
 use std::{
+    os::unix::fs::MetadataExt,
     path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -497,11 +498,11 @@ fn a_daemon_the_kernel_is_killing_is_failed_open_before_its_listeners_close() {
     );
     let pid = node.daemon.as_ref().unwrap().pid();
     let mut map = life(&node);
-    let serving = Life {
-        serving_pid: pid,
-        dying_pid: 0,
-    };
-    assert_eq!(map.get(&0, 0).unwrap(), serving);
+    let serving = map.get(&0, 0).unwrap();
+    assert_eq!((serving.serving_pid, serving.dying_pid), (pid, 0));
+    // The daemon's PID namespace (here the test's own).
+    let pidns = std::fs::metadata("/proc/self/ns/pid").unwrap();
+    assert_eq!(serving.pidns_ino, pidns.ino());
     let refused = |node: &Node| {
         let out = tcp_client(node, vip());
         String::from_utf8_lossy(&out.stderr).contains("Operation not permitted")
@@ -511,21 +512,17 @@ fn a_daemon_the_kernel_is_killing_is_failed_open_before_its_listeners_close() {
     // Marked dying (as signal_deliver would): its listening proxy is
     // skipped, and this service, which cannot fail open, refuses at once.
     let dying = Life {
-        serving_pid: pid,
         dying_pid: pid,
+        ..serving
     };
     map.set(0, dying, 0).unwrap();
     assert!(refused(&node), "{}", node.log());
     // Another pid's death means nothing to this daemon.
-    map.set(
-        0,
-        Life {
-            serving_pid: pid,
-            dying_pid: pid + 1,
-        },
-        0,
-    )
-    .unwrap();
+    let other = Life {
+        dying_pid: pid + 1,
+        ..serving
+    };
+    map.set(0, other, 0).unwrap();
     assert!(!refused(&node), "{}", node.log());
     map.set(0, serving, 0).unwrap();
 
@@ -540,10 +537,41 @@ fn a_daemon_the_kernel_is_killing_is_failed_open_before_its_listeners_close() {
         map.get(&0, 0).unwrap(),
         Life {
             serving_pid: next,
-            dying_pid: 0,
+            ..serving
         }
     );
     assert!(!refused(&node), "the new proxy takes the connect");
+    let registered = map.get(&0, 0).unwrap();
+
+    // The pid is read in the registered PID namespace: a process of that
+    // number elsewhere (a daemon in a container names its own pid) is not
+    // the daemon. Another namespace: the one `unshare --pid` makes.
+    let mut outer = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "sleep", "60"])
+        .spawn()
+        .expect("unshare");
+    let children = format!("/proc/{}/ns/pid_for_children", outer.id());
+    let mut other_ns = 0;
+    wait_until("unshare to make its PID namespace", TIMEOUT, || {
+        other_ns = std::fs::metadata(&children).map_or(0, |m| m.ino());
+        other_ns != 0 && other_ns != pidns.ino()
+    });
+    for (ino, marked) in [(other_ns, false), (pidns.ino(), true)] {
+        let mut victim = Command::new("sleep").arg("60").spawn().unwrap();
+        let victim_pid = victim.id();
+        let watched = Life {
+            serving_pid: victim_pid,
+            dying_pid: 0,
+            pidns_ino: ino,
+            ..registered
+        };
+        map.set(0, watched, 0).unwrap();
+        process::kill_and_reap(&mut victim);
+        let after = map.get(&0, 0).unwrap();
+        assert_eq!(after.dying_pid == victim_pid, marked, "{after:?}");
+    }
+    process::kill_and_reap(&mut outer);
+    map.set(0, registered, 0).unwrap();
 }
 
 #[test]

@@ -197,22 +197,31 @@ pub struct ProxyConfig {
 const _: () = assert!(core::mem::size_of::<ProxyConfig>() == 24);
 
 /// Which daemon serves the node now, and whether it is dying
-/// ([`map_names::LIFE`]). The serving daemon writes its pid (as the host's
-/// PID namespace numbers it) once it serves, with `dying_pid` zero; the
-/// signal_deliver program writes `dying_pid` when a thread of that process
-/// takes the fatal `SIGKILL` path (kill -9, the OOM killer, or any exit of
-/// a multi-threaded process), before the kernel closes its sockets. From
-/// then on the hooks treat its listeners as gone, so connects fail open at
-/// once instead of queueing on listeners about to be closed.
+/// ([`map_names::LIFE`]). The serving daemon writes its pid and its PID
+/// namespace (the device and inode of `/proc/self/ns/pid`, as
+/// `bpf_get_ns_current_pid_tgid` takes them, so a daemon in a container's
+/// own PID namespace is told apart from a host process of the same number)
+/// once it serves, with `dying_pid` zero; the signal_deliver program writes
+/// `dying_pid` when a thread of that process takes the fatal `SIGKILL` path
+/// (kill -9, the OOM killer, or any exit of a multi-threaded process),
+/// before the kernel closes its sockets. From then on the hooks treat its
+/// listeners as gone, so connects fail open at once instead of queueing on
+/// listeners about to be closed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Life {
-    /// The serving daemon's pid; zero: none registered.
+    /// The serving daemon's pid in its own PID namespace; zero: none
+    /// registered.
     pub serving_pid: u32,
     /// Set to `serving_pid` by the kernel once that daemon is dying.
     pub dying_pid: u32,
+    /// The device of the daemon's PID namespace file, in the kernel's
+    /// `dev_t` encoding (major << 20 | minor).
+    pub pidns_dev: u64,
+    /// The inode of the daemon's PID namespace file.
+    pub pidns_ino: u64,
 }
-const _: () = assert!(core::mem::size_of::<Life>() == 8);
+const _: () = assert!(core::mem::size_of::<Life>() == 24);
 
 impl Life {
     /// Whether the serving daemon is dying: its listeners are about to go.

@@ -9,14 +9,17 @@
 //! dies of a fatal signal passes through `get_signal`'s group-exit path,
 //! which fires this tracepoint with `SIGKILL` in the dying thread's own
 //! context, before any of that teardown. When that thread belongs to the
-//! daemon registered in `RD_LIFE_V3`, the program marks it dying, and the
-//! hooks fail open from the next connect on (`listener.rs`).
+//! daemon registered in `RD_LIFE_V3` (its pid, as numbered in its own PID
+//! namespace), the program marks it dying, and the hooks fail open from
+//! the next connect on (`listener.rs`).
 //!
 //! Not scoped to a cgroup: it runs for every signal delivered on the
-//! node, and costs one helper call, one array lookup and a compare.
+//! node; all but `SIGKILL` cost a compare, and a `SIGKILL` an array lookup
+//! and one helper call.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
+    bindings::bpf_pidns_info, helpers::generated::bpf_get_ns_current_pid_tgid,
+    macros::raw_tracepoint, programs::RawTracePointContext,
 };
 
 use crate::maps::LIFE;
@@ -30,14 +33,27 @@ pub(crate) fn rd_signal_deliver(ctx: RawTracePointContext) -> i32 {
     if sig & 0xffff_ffff != SIGKILL {
         return 0;
     }
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if let Some(life) = LIFE.get_ptr_mut(0) {
-        // A plain store: the daemon writes the whole value only when a new
-        // daemon starts serving, which resets `dying_pid` for that one.
-        unsafe {
-            if tgid != 0 && (*life).serving_pid == tgid {
-                core::ptr::write_volatile(&raw mut (*life).dying_pid, tgid);
-            }
+    let Some(life) = LIFE.get_ptr_mut(0) else {
+        return 0;
+    };
+    // Plain loads and a plain store: the daemon writes the whole value
+    // only when a new daemon starts serving, which resets `dying_pid` for
+    // that one.
+    unsafe {
+        let serving = (*life).serving_pid;
+        if serving == 0 {
+            return 0;
+        }
+        let mut me = bpf_pidns_info { pid: 0, tgid: 0 };
+        // Fails (non-zero) for a task outside the daemon's PID namespace.
+        let r = bpf_get_ns_current_pid_tgid(
+            (*life).pidns_dev,
+            (*life).pidns_ino,
+            &raw mut me,
+            core::mem::size_of::<bpf_pidns_info>() as u32,
+        );
+        if r == 0 && me.tgid == serving {
+            core::ptr::write_volatile(&raw mut (*life).dying_pid, serving);
         }
     }
     0

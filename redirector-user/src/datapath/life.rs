@@ -81,10 +81,50 @@ impl Watch {
                 None => {}
             }
         }
-        let life = Life {
-            serving_pid: std::process::id(),
-            dying_pid: 0,
+        let life = match pid_namespace() {
+            Ok((pidns_dev, pidns_ino)) => Life {
+                serving_pid: std::process::id(),
+                dying_pid: 0,
+                pidns_dev,
+                pidns_ino,
+            },
+            Err(e) => {
+                // Registers nobody: a stale entry must not name another
+                // process, nor this one without its namespace.
+                warn!(error = %e, "reading /proc/self/ns/pid: the kernel will not tell the hooks this daemon is dying");
+                Life {
+                    serving_pid: 0,
+                    dying_pid: 0,
+                    pidns_dev: 0,
+                    pidns_ino: 0,
+                }
+            }
         };
         map_op(map_names::LIFE, self.map.set(0, life, 0))
+    }
+}
+
+/// This process's PID namespace as `bpf_get_ns_current_pid_tgid` matches
+/// it: the nsfs device in the kernel's `dev_t` encoding (`stat` returns
+/// the userspace one) and the inode.
+fn pid_namespace() -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata("/proc/self/ns/pid")?;
+    let dev = meta.dev();
+    let kernel_dev = (u64::from(libc::major(dev)) << 20) | u64::from(libc::minor(dev));
+    Ok((kernel_dev, meta.ino()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_pid_namespace_is_nsfs_with_a_kernel_dev() {
+        use std::os::unix::fs::MetadataExt;
+        let (dev, ino) = super::pid_namespace().unwrap();
+        let meta = std::fs::metadata("/proc/self/ns/pid").unwrap();
+        assert_eq!(ino, meta.ino());
+        // MKDEV(major, minor): the minor in the low 20 bits.
+        assert_eq!(dev & 0xf_ffff, u64::from(libc::minor(meta.dev())));
+        assert_eq!(dev >> 20, u64::from(libc::major(meta.dev())));
     }
 }
