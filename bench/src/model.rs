@@ -357,8 +357,9 @@ pub(crate) struct FailOpenRun {
     /// Requests whose connection connect4 sent to the killed proxy after
     /// the kill, left without an answer. The kernel closes a killed
     /// process's sockets only as it tears the process down, and until then
-    /// connect4 sees a listener: new connections that failed, though their
-    /// `connect()` may have succeeded.
+    /// connect4 sees a listener (unless the death watch, `RD_LIFE_V3`,
+    /// marked the daemon dying first): new connections that failed, though
+    /// their `connect()` may have succeeded.
     #[serde(default)]
     pub broken_after_kill: u64,
     /// Every other request without a 2xx answer: connected, then broken or

@@ -544,7 +544,8 @@ fn fail_open_table(report: &BenchReport, out: &mut String) {
          and got no answer (nothing can save those); broken after the kill: requests whose \
          `connect()` came after the kill and was still sent to the killed proxy (the kernel \
          closes a killed process's sockets only as it tears it down, and until then connect4 \
-         sees a listener), left without an answer; other errors: every other request without a \
+         sees a listener unless the daemon's death watch marked it dying), left without an \
+         answer; other errors: every other request without a \
          2xx. The target counts all but the broken in flight. Served while \
          down: 2xx answers to requests sent between the kill and the new daemon's ready, \
          by path (`kernel`: connect4 sent the connect straight to the endpoint; `proxy`: a \
