@@ -68,6 +68,17 @@ spec:
     )
 }
 
+/// [`tcp_service`] with one endpoint, `ip`, and TLS origination to it
+/// (`SIMPLE`, a fresh test CA's certificate in the node's directory).
+fn tls_service(node: &Node, ip: &str) -> String {
+    let ca_file = TestCa::new().write_ca(node.dir.path());
+    tcp_service(&[(ip, "us-east1")], false, 5)
+        + &format!(
+            "    tls:\n      mode: SIMPLE\n      sni: pg.example\n      caCertificates: {}\n",
+            ca_file.display()
+        )
+}
+
 fn vip() -> std::net::SocketAddr {
     format!("{VIP}:{PORT}").parse().unwrap()
 }
@@ -445,13 +456,7 @@ fn a_dead_daemons_last_ejections_steer_fail_open_connects() {
 fn without_a_proxy_tls_origination_fails_fast_instead_of_falling_back_to_plaintext() {
     let mut node = Node::new();
     let _plain = TcpServer::start(&node.ns, "127.0.43.1:9000".parse().unwrap(), "plain").unwrap();
-    let ca = TestCa::new();
-    let ca_file = ca.write_ca(node.dir.path());
-    let config = tcp_service(&[("127.0.43.1", "us-east1")], false, 5)
-        + &format!(
-            "    tls:\n      mode: SIMPLE\n      sni: pg.example\n      caCertificates: {}\n",
-            ca_file.display()
-        );
+    let config = tls_service(&node, "127.0.43.1");
     node.start(&config, "us-east1", false);
     let eps = endpoints(&node);
     assert_eq!(service(&eps)["tls_origination"], true, "{eps:#}");
@@ -483,13 +488,7 @@ fn life(node: &Node) -> Array<MapData, Life> {
 fn a_daemon_the_kernel_is_killing_is_failed_open_before_its_listeners_close() {
     let mut node = Node::new();
     let _plain = TcpServer::start(&node.ns, "127.0.44.1:9000".parse().unwrap(), "plain").unwrap();
-    let ca = TestCa::new();
-    let ca_file = ca.write_ca(node.dir.path());
-    let config = tcp_service(&[("127.0.44.1", "us-east1")], false, 5)
-        + &format!(
-            "    tls:\n      mode: SIMPLE\n      sni: pg.example\n      caCertificates: {}\n",
-            ca_file.display()
-        );
+    let config = tls_service(&node, "127.0.44.1");
     node.start(&config, "us-east1", false);
     assert!(
         node.log().contains("watching for this daemon's death"),
