@@ -302,4 +302,10 @@ fn datapath_only_mode_hands_vips_to_another_listener() {
     node.start_args(args);
     assert_eq!(node.bodies(VIP, 2), ["healthy: peer-proxy"; 2]);
     assert!(node.log().contains("datapath only"), "{}", node.log());
+    // Killed, it leaves the VIPs going to the other proxy, which still
+    // listens: its death is not the listeners' (the death watch is for a
+    // daemon's own).
+    let status = node.daemon.as_mut().unwrap().kill().unwrap();
+    assert!(!status.success(), "{status}");
+    assert_eq!(node.bodies(VIP, 2), ["healthy: peer-proxy"; 2]);
 }

@@ -9,7 +9,9 @@
 //! threads take the fatal path and marks it dying; the hooks fail open
 //! from then on. Registration happens only once this daemon serves (its
 //! programs attached, its listeners its own), so a successor that dies
-//! while its predecessor still serves marks nothing.
+//! while its predecessor still serves marks nothing. A `--datapath-only`
+//! process registers nobody: the listeners it redirects to are another
+//! proxy's, which outlives it.
 
 use aya::{
     Ebpf,
@@ -30,15 +32,25 @@ const TRACEPOINT: &str = "signal_deliver";
 /// `RD_LIFE_V3`, and whether `signal_deliver` loaded.
 pub(super) struct Watch {
     map: Array<MapData, Life>,
+    /// Whether this process's listeners are the ones the hooks look for.
+    watched: bool,
     program: bool,
 }
 
 impl Watch {
-    /// Takes the map and loads the program, which needs `CAP_PERFMON` (or
-    /// `CAP_SYS_ADMIN`); without it the daemon runs as before, with the
-    /// window above, and says so.
-    pub(super) fn load(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+    /// Takes the map and, when this process's own listeners are what the
+    /// hooks look for (`watched`), loads the program, which needs
+    /// `CAP_PERFMON` (or `CAP_SYS_ADMIN`); without it the daemon runs as
+    /// before, with the window above, and says so.
+    pub(super) fn load(ebpf: &mut Ebpf, watched: bool) -> Result<Self, BpfError> {
         let map = typed_map(ebpf, map_names::LIFE, Array::try_from)?;
+        if !watched {
+            return Ok(Self {
+                map,
+                watched,
+                program: false,
+            });
+        }
         let name = program_names::SIGNAL_DELIVER;
         let loaded = ebpf
             .program_mut(name)
@@ -62,12 +74,24 @@ impl Watch {
         }
         Ok(Self {
             map,
+            watched,
             program: loaded.is_ok(),
         })
     }
 
-    /// Registers this process as the serving daemon, watched from now on.
+    /// Registers this process as the serving daemon, watched from now on
+    /// (or, when not `watched`, registers nobody, so no earlier daemon's
+    /// death keeps the hooks from the listeners).
     pub(super) fn serve(&mut self, ebpf: &mut Ebpf) -> Result<(), BpfError> {
+        const NOBODY: Life = Life {
+            serving_pid: 0,
+            dying_pid: 0,
+            pidns_dev: 0,
+            pidns_ino: 0,
+        };
+        if !self.watched {
+            return map_op(map_names::LIFE, self.map.set(0, NOBODY, 0));
+        }
         if self.program {
             let attached = ebpf
                 .program_mut(program_names::SIGNAL_DELIVER)
@@ -92,12 +116,7 @@ impl Watch {
                 // Registers nobody: a stale entry must not name another
                 // process, nor this one without its namespace.
                 warn!(error = %e, "reading /proc/self/ns/pid: the kernel will not tell the hooks this daemon is dying");
-                Life {
-                    serving_pid: 0,
-                    dying_pid: 0,
-                    pidns_dev: 0,
-                    pidns_ino: 0,
-                }
+                NOBODY
             }
         };
         map_op(map_names::LIFE, self.map.set(0, life, 0))

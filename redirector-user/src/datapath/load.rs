@@ -217,7 +217,9 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
         }
     };
     let maps = Maps::take(&mut ebpf)?;
-    let watch = Watch::load(&mut ebpf)?;
+    // `--datapath-only`: the listeners are another proxy's, whose life
+    // this process does not stand for.
+    let watch = Watch::load(&mut ebpf, !opts.any_listener)?;
     let outcomes = typed_map(&mut ebpf, map_names::OUTCOMES, RingBuf::try_from)?;
     let ns_events = typed_map(&mut ebpf, map_names::NS_EVENTS, RingBuf::try_from)?;
     let mut config: Array<MapData, ProxyConfig> =
