@@ -87,7 +87,10 @@ pub(crate) use outcomes::{KernelOutcome, OutcomeReader};
 pub(crate) use pins::{PinError, PinnedState, cleanup, handover_path};
 pub(crate) use slots::{table as slot_table, table6 as slot_table6};
 
-use self::{load::Loaded, maps::Maps};
+use self::{
+    load::Loaded,
+    maps::{Maps, OuterMaps},
+};
 
 /// `SO_MARK` of the proxy's upstream sockets; connect4 leaves them alone.
 pub(crate) const PROXY_MARK: u32 = 0x5244_0001;
@@ -188,6 +191,7 @@ pub(crate) struct Datapath {
     /// `None` once released or handed over.
     loaded: Mutex<Option<Loaded>>,
     maps: Mutex<Maps>,
+    outer: Mutex<OuterMaps>,
     outcomes: Mutex<Option<aya::maps::RingBuf<aya::maps::MapData>>>,
     ns_events: Mutex<Option<aya::maps::RingBuf<aya::maps::MapData>>>,
     logs: Mutex<Option<KernelLogs>>,
@@ -203,6 +207,7 @@ impl Datapath {
         let load::Opened {
             loaded,
             maps,
+            outer,
             outcomes,
             ns_events,
             logs,
@@ -211,6 +216,7 @@ impl Datapath {
         Ok(Self {
             loaded: Mutex::new(Some(loaded)),
             maps: Mutex::new(maps),
+            outer: Mutex::new(outer),
             outcomes: Mutex::new(Some(outcomes)),
             ns_events: Mutex::new(Some(ns_events)),
             logs: Mutex::new(logs),
@@ -280,21 +286,28 @@ impl Datapath {
 
     /// Puts namespace `ns`'s own maps in the outer maps: from now on the
     /// kernel records there what it sends to the daemon's sockets of `ns`.
+    /// Blocks for the kernel's grace period (see [`OuterMaps`]), off the
+    /// async worker's other tasks.
     pub(crate) fn serve_namespace(&self, ns: NsId, maps: &NsMaps) -> Result<(), BpfError> {
-        self.maps
-            .lock()
-            .expect("maps lock")
-            .serve_namespace(ns, maps)
+        off_worker(|| self.outer.lock().expect("outer maps lock").serve(ns, maps))
     }
 
-    /// Takes namespace `ns`'s maps and display entry out.
+    /// Takes namespace `ns`'s maps and display entry out; blocks as
+    /// [`Self::serve_namespace`] does.
     pub(crate) fn forget_namespace(&self, ns: NsId) -> Result<(), BpfError> {
-        self.maps.lock().expect("maps lock").forget_namespace(ns)
+        off_worker(|| self.outer.lock().expect("outer maps lock").forget(ns))?;
+        self.maps.lock().expect("maps lock").forget_ns_info(ns)
     }
 
-    /// The namespaces a previous daemon left in the maps.
+    /// The namespaces a previous daemon left in the maps (the outer maps
+    /// and the display map), so a restarted daemon can drop those it no
+    /// longer serves.
     pub(crate) fn namespaces(&self) -> Vec<NsId> {
-        self.maps.lock().expect("maps lock").namespaces()
+        let mut ids = self.outer.lock().expect("outer maps lock").namespaces();
+        ids.extend(self.maps.lock().expect("maps lock").ns_info_keys());
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// Marks `socket` (a listener or the responder's UDP socket) as the
@@ -369,6 +382,17 @@ impl Datapath {
                  until a daemon takes it over; `redirector cleanup` removes it"
             );
         }
+    }
+}
+
+/// Runs `f`, which blocks in the kernel for milliseconds, telling a
+/// multi-threaded tokio runtime first (`block_in_place`), so the tasks
+/// queued on this worker move to another instead of waiting; elsewhere
+/// (a current-thread runtime, or no runtime) it just runs.
+fn off_worker<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

@@ -25,7 +25,7 @@ use super::{
     BpfError, DatapathOptions, PROXY_MARK,
     life::Watch,
     logs::{self, KernelLogs},
-    maps::{Maps, map_op, typed_map},
+    maps::{Maps, OuterMaps, map_op, typed_map},
     pins::{self, Pins},
 };
 use crate::sys;
@@ -172,6 +172,7 @@ pub(super) struct Loaded {
 pub(super) struct Opened {
     pub(super) loaded: Loaded,
     pub(super) maps: Maps,
+    pub(super) outer: OuterMaps,
     pub(super) outcomes: RingBuf<MapData>,
     pub(super) ns_events: RingBuf<MapData>,
     pub(super) logs: Option<KernelLogs>,
@@ -217,6 +218,7 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
         }
     };
     let maps = Maps::take(&mut ebpf)?;
+    let outer = OuterMaps::take(&mut ebpf)?;
     // `--datapath-only`: the listeners are another proxy's, whose life
     // this process does not stand for.
     let watch = Watch::load(&mut ebpf, !opts.any_listener)?;
@@ -259,6 +261,7 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
             watch,
         },
         maps,
+        outer,
         outcomes,
         ns_events,
         logs,

@@ -28,10 +28,6 @@ pub(super) struct Maps {
     slots6: HashMap<MapData, u32, SlotTable6>,
     /// How many endpoint entries each service has in the map now.
     endpoint_counts: std::collections::HashMap<u32, u32>,
-    orig_by_sock: Outer<SockKey, OrigDst>,
-    orig_by_sock6: Outer<SockAddr6, OrigDst>,
-    dns_by_sock: Outer<SockKey, OrigDst>,
-    dns_by_sock6: Outer<SockAddr6, SockAddr6>,
     own: SkStorage<MapData, Own>,
     known: HashMap<MapData, u64, u32>,
     ns_info: HashMap<MapData, NsId, NsInfo>,
@@ -57,44 +53,14 @@ impl Maps {
             slots: typed_map(ebpf, map_names::SLOTS, HashMap::try_from)?,
             slots6: typed_map(ebpf, map_names::SLOTS6, HashMap::try_from)?,
             endpoint_counts,
-            orig_by_sock: typed_map(ebpf, map_names::ORIG_BY_SOCK, HashOfMaps::try_from)?,
-            orig_by_sock6: typed_map(ebpf, map_names::ORIG_BY_SOCK6, HashOfMaps::try_from)?,
-            dns_by_sock: typed_map(ebpf, map_names::DNS_BY_SOCK, HashOfMaps::try_from)?,
-            dns_by_sock6: typed_map(ebpf, map_names::DNS_BY_SOCK6, HashOfMaps::try_from)?,
             own: typed_map(ebpf, map_names::OWN, SkStorage::try_from)?,
             known: typed_map(ebpf, map_names::NS_KNOWN, HashMap::try_from)?,
             ns_info: typed_map(ebpf, map_names::NS_INFO, HashMap::try_from)?,
         })
     }
 
-    /// Puts `maps` in the outer maps under `ns`: from now on the kernel
-    /// records what is sent to the daemon's sockets of `ns` there.
-    pub(super) fn serve_namespace(&mut self, ns: NsId, maps: &NsMaps) -> Result<(), BpfError> {
-        map_op(
-            map_names::ORIG_BY_SOCK,
-            self.orig_by_sock.insert(ns, &maps.orig, 0),
-        )?;
-        map_op(
-            map_names::ORIG_BY_SOCK6,
-            self.orig_by_sock6.insert(ns, &maps.orig6, 0),
-        )?;
-        map_op(
-            map_names::DNS_BY_SOCK,
-            self.dns_by_sock.insert(ns, &maps.dns, 0),
-        )?;
-        map_op(
-            map_names::DNS_BY_SOCK6,
-            self.dns_by_sock6.insert(ns, &maps.dns6, 0),
-        )
-    }
-
-    /// Takes `ns`'s maps and display entry out (the kernel frees the maps
-    /// once nothing uses them).
-    pub(super) fn forget_namespace(&mut self, ns: NsId) -> Result<(), BpfError> {
-        ignore_missing(map_names::ORIG_BY_SOCK, self.orig_by_sock.remove(&ns))?;
-        ignore_missing(map_names::ORIG_BY_SOCK6, self.orig_by_sock6.remove(&ns))?;
-        ignore_missing(map_names::DNS_BY_SOCK, self.dns_by_sock.remove(&ns))?;
-        ignore_missing(map_names::DNS_BY_SOCK6, self.dns_by_sock6.remove(&ns))?;
+    /// Takes `ns`'s display entry out.
+    pub(super) fn forget_ns_info(&mut self, ns: NsId) -> Result<(), BpfError> {
         ignore_missing(map_names::NS_INFO, self.ns_info.remove(&ns))
     }
 
@@ -117,19 +83,9 @@ impl Maps {
         map_op(map_names::NS_INFO, self.ns_info.insert(ns, info, 0))
     }
 
-    /// The namespaces a previous daemon left in the outer maps and the
-    /// display map, so a restarted daemon can drop those it no longer
-    /// serves.
-    pub(super) fn namespaces(&self) -> Vec<NsId> {
-        let mut ids: Vec<NsId> = self
-            .orig_by_sock
-            .keys()
-            .filter_map(Result::ok)
-            .chain(self.ns_info.keys().filter_map(Result::ok))
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids
+    /// The namespaces in the display map.
+    pub(super) fn ns_info_keys(&self) -> Vec<NsId> {
+        self.ns_info.keys().filter_map(Result::ok).collect()
     }
 
     pub(super) fn set_services(&mut self, entries: &[ServiceMapEntry]) -> Result<(), BpfError> {
@@ -251,6 +207,117 @@ pub(super) fn typed_map<T>(
         .take_map(name)
         .ok_or(BpfError::Missing { kind: "map", name })?;
     convert(map).map_err(|error| BpfError::Map { name, error })
+}
+
+/// The outer maps (hash of maps, netns id → that namespace's inner map),
+/// apart from [`Maps`] under their own lock: every update of a hash of
+/// maps returns only after an RCU grace period (the kernel's
+/// `maybe_wait_bpf_programs`, about 10 ms here against microseconds for a
+/// plain hash), which must not hold up the health publisher's writes.
+pub(super) struct OuterMaps {
+    orig_by_sock: Outer<SockKey, OrigDst>,
+    orig_by_sock6: Outer<SockAddr6, OrigDst>,
+    dns_by_sock: Outer<SockKey, OrigDst>,
+    dns_by_sock6: Outer<SockAddr6, SockAddr6>,
+}
+
+impl OuterMaps {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, BpfError> {
+        Ok(Self {
+            orig_by_sock: typed_map(ebpf, map_names::ORIG_BY_SOCK, HashOfMaps::try_from)?,
+            orig_by_sock6: typed_map(ebpf, map_names::ORIG_BY_SOCK6, HashOfMaps::try_from)?,
+            dns_by_sock: typed_map(ebpf, map_names::DNS_BY_SOCK, HashOfMaps::try_from)?,
+            dns_by_sock6: typed_map(ebpf, map_names::DNS_BY_SOCK6, HashOfMaps::try_from)?,
+        })
+    }
+
+    /// Puts `maps` in the outer maps under `ns`: from now on the kernel
+    /// records what is sent to the daemon's sockets of `ns` there. The
+    /// four updates run at once, so their grace periods overlap.
+    pub(super) fn serve(&mut self, ns: NsId, maps: &NsMaps) -> Result<(), BpfError> {
+        let Self {
+            orig_by_sock,
+            orig_by_sock6,
+            dns_by_sock,
+            dns_by_sock6,
+        } = self;
+        at_once([
+            Box::new(|| {
+                map_op(
+                    map_names::ORIG_BY_SOCK,
+                    orig_by_sock.insert(ns, &maps.orig, 0),
+                )
+            }),
+            Box::new(|| {
+                map_op(
+                    map_names::ORIG_BY_SOCK6,
+                    orig_by_sock6.insert(ns, &maps.orig6, 0),
+                )
+            }),
+            Box::new(|| map_op(map_names::DNS_BY_SOCK, dns_by_sock.insert(ns, &maps.dns, 0))),
+            Box::new(|| {
+                map_op(
+                    map_names::DNS_BY_SOCK6,
+                    dns_by_sock6.insert(ns, &maps.dns6, 0),
+                )
+            }),
+        ])
+    }
+
+    /// Takes `ns`'s maps out (the kernel frees them once nothing uses
+    /// them), the four removals at once.
+    pub(super) fn forget(&mut self, ns: NsId) -> Result<(), BpfError> {
+        let Self {
+            orig_by_sock,
+            orig_by_sock6,
+            dns_by_sock,
+            dns_by_sock6,
+        } = self;
+        at_once([
+            Box::new(|| ignore_missing(map_names::ORIG_BY_SOCK, orig_by_sock.remove(&ns))),
+            Box::new(|| ignore_missing(map_names::ORIG_BY_SOCK6, orig_by_sock6.remove(&ns))),
+            Box::new(|| ignore_missing(map_names::DNS_BY_SOCK, dns_by_sock.remove(&ns))),
+            Box::new(|| ignore_missing(map_names::DNS_BY_SOCK6, dns_by_sock6.remove(&ns))),
+        ])
+    }
+
+    /// The namespaces in the outer maps.
+    pub(super) fn namespaces(&self) -> Vec<NsId> {
+        self.orig_by_sock.keys().filter_map(Result::ok).collect()
+    }
+}
+
+/// One update of an outer map.
+type Job<'a> = Box<dyn FnOnce() -> Result<(), BpfError> + Send + 'a>;
+
+/// Runs the first job here and the others each on a thread of its own,
+/// all at once; the first error wins. A thread the system refuses is an
+/// error, not a panic.
+fn at_once<const N: usize>(jobs: [Job<'_>; N]) -> Result<(), BpfError> {
+    std::thread::scope(|scope| {
+        let mut jobs = jobs.into_iter();
+        let here = jobs.next();
+        let threads: Vec<_> = jobs
+            .map(|job| std::thread::Builder::new().spawn_scoped(scope, job))
+            .collect();
+        let mut result = here.map_or(Ok(()), |job| job());
+        for thread in threads {
+            let r = match thread {
+                Ok(handle) => handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(io_error) => Err(BpfError::Map {
+                    name: "outer maps",
+                    error: MapError::SyscallError(aya::sys::SyscallError {
+                        call: "clone",
+                        io_error,
+                    }),
+                }),
+            };
+            result = result.and(r);
+        }
+        result
+    })
 }
 
 pub(super) fn map_op(name: &'static str, r: Result<(), MapError>) -> Result<(), BpfError> {
