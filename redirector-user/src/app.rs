@@ -17,6 +17,7 @@
 //! connects without the proxy, for the next daemon to take over;
 //! `redirector cleanup` removes it.
 
+mod carry;
 mod cni_socket;
 mod datapath_only;
 mod discover;
@@ -34,7 +35,7 @@ use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     admin::{self, Admin, Dump},
@@ -153,6 +154,14 @@ impl Running {
         // claimed: a daemon handing over stops accepting only once this one
         // is about to.
         let (datapath, mut handed) = load_datapath(&opts, &current.node).await?;
+        // Kept apart from what `serve` takes: until this daemon confirms,
+        // the predecessor waits (and serves on if it goes without).
+        let confirmation = handed
+            .as_mut()
+            .and_then(handover::Handed::take_confirmation);
+        if let Some(h) = &handed {
+            carry::import(&current.services, &h.outliers);
+        }
         let datapath = Arc::new(datapath);
         let started = Self::serve(
             opts,
@@ -167,10 +176,44 @@ impl Running {
             helper,
         )
         .await;
+        let started = match (started, confirmation) {
+            (Ok(running), Some(confirmation)) => running.confirm(confirmation).await,
+            // Dropped unconfirmed: the predecessor serves on.
+            (started, _) => started,
+        };
         if started.is_err() {
             datapath.release();
         }
         started
+    }
+
+    /// Tells the predecessor this daemon serves (see `handover.rs`). If it
+    /// does not acknowledge, it serves on, and this daemon stops at once
+    /// without writing the maps again.
+    async fn confirm(mut self, confirmation: handover::Confirmation) -> anyhow::Result<Self> {
+        let confirmed = tokio::task::spawn_blocking(move || confirmation.confirm())
+            .await
+            .context("the handover task")?;
+        match confirmed {
+            Ok(how) => {
+                self.datapath.confirmed()?;
+                match how {
+                    handover::Confirmed::Acknowledged => {
+                        info!("the previous daemon acknowledged: this one serves, it drains")
+                    }
+                    handover::Confirmed::PredecessorGone => {
+                        warn!("the previous daemon is gone without acknowledging: this one serves")
+                    }
+                }
+                Ok(self)
+            }
+            Err(e) => {
+                self.pods.pause().await;
+                drop(std::mem::take(&mut self.tasks));
+                drop(self.admin_task.take());
+                Err(anyhow::Error::from(e).context("the handover was not completed"))
+            }
+        }
     }
 
     /// From a loaded datapath to ready: listeners (bound or handed over),
@@ -217,23 +260,12 @@ impl Running {
         }
         // What was handed and is not wanted here (the ports changed) closes.
         handed.take();
-        let successors = handover::Server::bind(datapath::handover_path(&node.pin_dir))?;
+        let successors =
+            handover::Server::bind(datapath::handover_path(&node.pin_dir), datapath.map_ids())?;
         let admin_task = admin_listener.map(|l| serve_admin(l, &admin));
         datapath.set_services(&service_entries(&current.config.services))?;
         sync::publish_all(datapath, &services);
-        let mut tasks = vec![AbortOnDropHandle::new(tokio::spawn(sync::publish(
-            datapath.clone(),
-            services.clone(),
-            notify.clone(),
-        )))];
-        if let Some(logs) = datapath.take_kernel_logs() {
-            tasks.push(AbortOnDropHandle::new(tokio::spawn(logs.run())));
-        }
-        if let Some(reader) = datapath.take_outcomes()? {
-            tasks.push(AbortOnDropHandle::new(tokio::spawn(
-                sync::consume_outcomes(reader, services.clone()),
-            )));
-        }
+        let mut tasks = map_tasks(datapath, &services, &notify)?;
         datapath.attach()?;
         for s in &current.config.services {
             info!(
@@ -247,15 +279,7 @@ impl Running {
                  nameserver each app asked (responder {addr})"
             );
         }
-        if pods.ctx().helper.is_some() {
-            // The pods already running are served before the daemon says it
-            // is ready; those that come later are found as they start.
-            tasks.push(discover::start(&pods, datapath.take_ns_events()?).await);
-        }
-        tasks.extend(cni.map(|listener| listener.serve(&pods)));
-        tasks.push(AbortOnDropHandle::new(tokio::spawn(
-            pods.clone().publish_every_second(),
-        )));
+        tasks.extend(pod_tasks(&pods, datapath, cni).await?);
         let dump = Arc::new(Dump::new(&current.config, &current.node, services.clone()));
         admin.set_config_dump(dump.clone());
         let events = lifecycle::Events::new(&opts, &current)?;
@@ -279,6 +303,50 @@ impl Running {
             events: Some(events),
         })
     }
+}
+
+/// The tasks that write the maps from the clusters' health and read the
+/// rings (outcomes, kernel logs): started at start, stopped in phase 1 of a
+/// handover, started again if the successor fails.
+fn map_tasks(
+    datapath: &Arc<Datapath>,
+    services: &Services,
+    notify: &Arc<Notify>,
+) -> anyhow::Result<Vec<AbortOnDropHandle<()>>> {
+    let mut tasks = vec![AbortOnDropHandle::new(tokio::spawn(sync::publish(
+        datapath.clone(),
+        services.clone(),
+        notify.clone(),
+    )))];
+    if let Some(logs) = datapath.take_kernel_logs() {
+        tasks.push(AbortOnDropHandle::new(tokio::spawn(logs.run())));
+    }
+    if let Some(reader) = datapath.take_outcomes()? {
+        tasks.push(AbortOnDropHandle::new(tokio::spawn(
+            sync::consume_outcomes(reader, services.clone()),
+        )));
+    }
+    Ok(tasks)
+}
+
+/// The tasks that serve pods as they come and go (discovery, the CNI
+/// socket) and publish them; like [`map_tasks`].
+async fn pod_tasks(
+    pods: &Arc<pods::Pods>,
+    datapath: &Datapath,
+    cni: Option<cni_socket::CniListener>,
+) -> anyhow::Result<Vec<AbortOnDropHandle<()>>> {
+    let mut tasks = Vec::new();
+    if pods.ctx().helper.is_some() {
+        // The pods already running are served before the daemon says it
+        // is ready; those that come later are found as they start.
+        tasks.push(discover::start(pods, datapath.take_ns_events()?).await);
+    }
+    tasks.extend(cni.map(|listener| listener.serve(pods)));
+    tasks.push(AbortOnDropHandle::new(tokio::spawn(
+        pods.clone().publish_every_second(),
+    )));
+    Ok(tasks)
 }
 
 /// The admin server on `listener`: it answers 503 until the daemon is
@@ -312,29 +380,46 @@ pub(super) async fn load_datapath(
         dns6: Some(std::net::Ipv6Addr::LOCALHOST),
         kernel_log_level: datapath::kernel_log_level(),
         any_listener: opts.datapath_only,
+        lock: None,
     };
     let (datapath, handed) = match Datapath::load(options()) {
         Err(BpfError::Pins(PinError::InUse { pid, .. })) if opts.take_over => {
             let path = datapath::handover_path(&node.pin_dir);
-            info!(
-                "pid {pid} holds {}: asking it to hand its listeners over ({})",
-                node.pin_dir.display(),
-                path.display()
-            );
-            let handed = tokio::task::spawn_blocking(move || handover::request(&path))
+            // Everything that can fail without the pin directory fails
+            // now, while the running daemon still serves.
+            let checking = options();
+            let proof = tokio::task::spawn_blocking(move || Datapath::preflight(&checking))
                 .await
-                .context("the handover task")?
+                .context("the pre-handover checks")?
                 .with_context(|| {
                     format!(
-                        "pid {pid} holds {} and did not hand over",
+                        "pid {pid} holds {} and keeps serving: this daemon cannot run here",
                         node.pin_dir.display()
                     )
                 })?;
             info!(
+                "pid {pid} holds {}: the programs load and the pinned maps fit; asking it to \
+                 hand its listeners over ({})",
+                node.pin_dir.display(),
+                path.display()
+            );
+            let mut handed =
+                tokio::task::spawn_blocking(move || handover::request(&path, Some(proof)))
+                    .await
+                    .context("the handover task")?
+                    .with_context(|| {
+                        format!(
+                            "pid {pid} holds {} and did not hand over",
+                            node.pin_dir.display()
+                        )
+                    })?;
+            info!(
                 from = handed.pid, sockets = ?handed.describe(),
                 "took over the listeners; the previous daemon stopped accepting"
             );
-            (Datapath::load(options())?, Some(handed))
+            let mut options = options();
+            options.lock = handed.take_lock();
+            (Datapath::load(options)?, Some(handed))
         }
         other => (other?, None),
     };

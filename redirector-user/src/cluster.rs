@@ -43,6 +43,18 @@ pub(crate) struct HostKey {
     pub(crate) ip: IpAddr,
 }
 
+/// One host's outlier state crossing a handover (see
+/// [`Cluster::export_outliers`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct CarriedHost {
+    /// The endpoint's configured address (an IP, or a name).
+    pub(crate) address: String,
+    pub(crate) port: u16,
+    pub(crate) ip: IpAddr,
+    #[serde(flatten)]
+    pub(crate) state: crate::outlier::Carried,
+}
+
 /// One address to connect to. Cloned per request, so the key and the
 /// request counter are shared.
 #[derive(Clone, Debug)]
@@ -322,6 +334,56 @@ impl Cluster {
         }
         drop(inner);
         self.mark_dirty();
+    }
+
+    /// Outlier state worth carrying to a successor daemon (see
+    /// `Detector::export`), each host named by its endpoint's address, port
+    /// and IP.
+    pub(crate) fn export_outliers(&self, now: Instant) -> Vec<CarriedHost> {
+        let inner = self.inner();
+        inner
+            .detector
+            .export(now)
+            .into_iter()
+            .map(|(key, state)| CarriedHost {
+                address: match &key.address {
+                    EndpointAddress::Ip(ip) => ip.to_string(),
+                    EndpointAddress::Dns(name) => name.clone(),
+                },
+                port: key.port,
+                ip: key.ip,
+                state,
+            })
+            .collect()
+    }
+
+    /// Takes a predecessor's outlier state for this cluster's hosts; how
+    /// many hosts took some (those this cluster does not have are left).
+    pub(crate) fn import_outliers(&self, hosts: &[CarriedHost], now: Instant) -> usize {
+        let mut inner = self.inner();
+        let keys: Vec<Arc<HostKey>> = inner.hosts.iter().map(|h| h.key.clone()).collect();
+        let mut taken = 0;
+        for carried in hosts {
+            let key = keys.iter().find(|k| {
+                k.port == carried.port
+                    && k.ip == carried.ip
+                    && match &k.address {
+                        EndpointAddress::Ip(ip) => ip.to_string() == carried.address,
+                        EndpointAddress::Dns(name) => *name == carried.address,
+                    }
+            });
+            if let Some(key) = key
+                && inner.detector.import(key, &carried.state, now)
+            {
+                taken += 1;
+            }
+        }
+        if taken > 0 {
+            inner.balancer = None;
+            drop(inner);
+            self.mark_dirty();
+        }
+        taken
     }
 
     /// Hosts in the order one new connection (or HTTP request) should try

@@ -84,7 +84,7 @@ pub(crate) use load::check_privileges;
 pub(crate) use logs::{KernelLogs, level as kernel_log_level};
 pub(crate) use namespaces::{MapSpec, NsMaps};
 pub(crate) use outcomes::{KernelOutcome, OutcomeReader};
-pub(crate) use pins::{PinError, PinnedState, cleanup, handover_path};
+pub(crate) use pins::{PinError, PinnedState, cleanup, handover_path, is_bpf_map};
 pub(crate) use slots::{table as slot_table, table6 as slot_table6};
 
 use self::{
@@ -182,6 +182,9 @@ pub(crate) struct DatapathOptions {
     /// Any listener on the proxy address is the proxy (`--datapath-only`:
     /// another proxy listens there), not only the daemon's own sockets.
     pub(crate) any_listener: bool,
+    /// The pin directory's lock a predecessor shares during a handover
+    /// (see `handover.rs`); `None`: take it.
+    pub(crate) lock: Option<std::os::fd::OwnedFd>,
 }
 
 /// The loaded datapath: the programs and their pins (until released),
@@ -222,6 +225,48 @@ impl Datapath {
             logs: Mutex::new(logs),
             previous_pid,
         })
+    }
+
+    /// Everything a successor can check before it asks the running daemon
+    /// for the pin directory (see `load::preflight`); the proof, a
+    /// descriptor of a map pinned there.
+    pub(crate) fn preflight(opts: &DatapathOptions) -> Result<std::os::fd::OwnedFd, BpfError> {
+        load::preflight(opts)
+    }
+
+    /// A successor that had the pin directory failed before confirming:
+    /// this daemon's config maps, programs, death-watch registration and
+    /// ring readers again (see `Loaded::resume`). `successor`: its pid,
+    /// for the log.
+    pub(crate) fn resume(&self, successor: u32) -> Result<(), BpfError> {
+        let mut loaded = self.loaded.lock().expect("loaded lock");
+        let Some(loaded) = loaded.as_mut() else {
+            return Ok(());
+        };
+        let (outcomes, ns_events) = loaded.resume(successor)?;
+        *self.outcomes.lock().expect("outcomes lock") = Some(outcomes);
+        *self.ns_events.lock().expect("ns events lock") = Some(ns_events);
+        Ok(())
+    }
+
+    /// A duplicate of the pin directory's lock, for a successor to share
+    /// until the handover ends; `None` once released.
+    pub(crate) fn share_lock(&self) -> std::io::Result<Option<std::os::fd::OwnedFd>> {
+        let loaded = self.loaded.lock().expect("loaded lock");
+        loaded.as_ref().map(Loaded::share_lock).transpose()
+    }
+
+    /// The ids of the maps pinned in the directory this daemon holds.
+    pub(crate) fn map_ids(&self) -> Vec<u32> {
+        let loaded = self.loaded.lock().expect("loaded lock");
+        loaded.as_ref().map(Loaded::map_ids).unwrap_or_default()
+    }
+
+    /// The predecessor acknowledged the handover: the lock is this
+    /// daemon's alone now, and its pid goes in it.
+    pub(crate) fn confirmed(&self) -> Result<(), BpfError> {
+        let loaded = self.loaded.lock().expect("loaded lock");
+        loaded.as_ref().map_or(Ok(()), Loaded::confirmed)
     }
 
     /// The pid of the daemon whose attached datapath this one is taking

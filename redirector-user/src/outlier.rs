@@ -334,5 +334,76 @@ fn ejection_time(s: &Settings, multiplier: u32) -> Duration {
     s.base.saturating_mul(multiplier).min(s.max)
 }
 
+/// One host's outlier state as it crosses a handover to a successor
+/// daemon (see `handover.rs`): what makes an ejection last, with the
+/// ejection as the time it has left (an `Instant` means nothing in another
+/// process).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Carried {
+    pub(crate) multiplier: u32,
+    pub(crate) ejections: u32,
+    /// Milliseconds of ejection left; none when not ejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ejected_for_ms: Option<u64>,
+}
+
+impl<K: Clone + Eq + Hash> Detector<K> {
+    /// The state worth carrying across a handover: hosts ejected, or
+    /// ejected before (their multiplier makes the next ejection longer).
+    pub(crate) fn export(&self, now: Instant) -> Vec<(K, Carried)> {
+        let Some(s) = &self.settings else {
+            return Vec::new();
+        };
+        self.hosts
+            .iter()
+            .filter(|(_, h)| h.ejected_at.is_some() || h.multiplier > 0)
+            .map(|(k, h)| {
+                let left = h.ejected_at.map(|at| {
+                    let until = at + ejection_time(s, h.multiplier);
+                    until.saturating_duration_since(now).as_millis() as u64
+                });
+                (
+                    k.clone(),
+                    Carried {
+                        multiplier: h.multiplier,
+                        ejections: h.ejections,
+                        ejected_for_ms: left,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Takes `carried` for host `key` from a predecessor; whether it was
+    /// taken (an unknown host, or a service without outlier detection,
+    /// takes nothing). Values are bounded as this detector's own would be:
+    /// the multiplier as far as it can grow, the time left to the longest
+    /// ejection.
+    pub(crate) fn import(&mut self, key: &K, carried: &Carried, now: Instant) -> bool {
+        let Some(s) = &self.settings else {
+            return false;
+        };
+        let Some(host) = self.hosts.get_mut(key) else {
+            return false;
+        };
+        let mut multiplier = 0u32;
+        while multiplier < carried.multiplier
+            && s.base.saturating_mul(multiplier) < s.max.saturating_add(s.base)
+        {
+            multiplier += 1;
+        }
+        host.multiplier = multiplier;
+        host.ejections = carried.ejections;
+        host.ejected_at = carried.ejected_for_ms.map(|ms| {
+            let full = ejection_time(s, multiplier);
+            let left = Duration::from_millis(ms).min(full);
+            // Ejected as long ago as the time already served; on a clock
+            // too young for that, now (a little longer out).
+            now.checked_sub(full - left).unwrap_or(now)
+        });
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 //! A running daemon until it ends: signals, reloads (file changes or
 //! SIGHUP), the handover to a successor, and the graceful stop (drain).
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{os::fd::AsFd, path::PathBuf, sync::Arc, time::Duration};
 
 use redirector_common::{SVC_FAIL_OPEN, SVC_KERNEL_PATH};
 use tokio::{
@@ -11,12 +11,13 @@ use tokio::{
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{error, info, warn};
 
-use super::{RunOptions, Running};
+use super::{RunOptions, Running, carry, cni_socket};
 use crate::{
-    datapath::service_entries,
+    datapath::{self, service_entries},
+    handover,
     proxy::route,
     state::{self, Generation},
-    watch,
+    sync, watch,
 };
 
 /// How long the listener keeps accepting after new connects stopped coming
@@ -61,30 +62,17 @@ impl Running {
                 Some(path) = changed.recv() => info!("{} changed: reloading", path.display()),
                 successor = self.successors.next() => {
                     let pid = successor.pid;
-                    info!("pid {pid} asks for the listeners: handing over");
-                    let offered = match self.kept.duplicate() {
-                        Ok(mut listening) => {
-                            match self.pods.keep_for_handover(&mut listening).await {
-                                Ok(()) => successor.offer(&listening).map_err(anyhow::Error::from),
-                                Err(e) => Err(e.into()),
-                            }
+                    match self.hand_over(successor).await {
+                        Ok(()) => {
+                            drop(watching);
+                            return self.handed_over(pid).await;
                         }
-                        Err(e) => Err(e.into()),
-                    };
-                    if let Err(e) = offered {
-                        error!("handing over to pid {pid} failed, serving on: {e:#}");
-                        continue;
+                        Err(e) => {
+                            error!("handing over to pid {pid} failed, serving on: {e:#}");
+                            self.serve_again(pid).await;
+                            continue;
+                        }
                     }
-                    // Nothing of ours writes the maps from here on, and the
-                    // successor may claim them once the connection closes.
-                    self.admin.set_draining();
-                    self.pods.stop_serving().await;
-                    drop(std::mem::take(&mut self.tasks));
-                    drop(watching);
-                    drop(self.admin_task.take());
-                    self.datapath.hand_over();
-                    drop(successor);
-                    return self.handed_over(pid).await;
                 }
             }
             match self.reload() {
@@ -111,6 +99,101 @@ impl Running {
         self.stop().await;
         self.datapath.release();
         failed.map_or(Ok(()), Err)
+    }
+
+    /// A handover to the authenticated `successor` (see `handover.rs`).
+    /// Phase 1: this daemon stops accepting and answering (its sockets stay
+    /// open), stops writing the maps and reading the rings, and offers its
+    /// sockets, the pin directory's lock and its outlier state; then waits
+    /// for the successor's confirmation. `Ok`: confirmed and acknowledged,
+    /// this daemon has let go of the datapath and drains. An error: the
+    /// successor did not take over, and the caller must
+    /// [`Self::serve_again`].
+    async fn hand_over(&mut self, successor: handover::Successor) -> anyhow::Result<()> {
+        let pid = successor.pid;
+        info!(
+            "pid {pid} asks for the listeners: handing over; this daemon stops accepting until \
+             it confirms it serves (at most {:?})",
+            handover::CONFIRM_TIMEOUT
+        );
+        let mut listening = self.kept.duplicate()?;
+        self.pods.keep_for_handover(&mut listening).await?;
+        let lock = self.datapath.share_lock()?;
+        let outliers = carry::export(&self.services.current());
+        self.pods.pause().await;
+        drop(std::mem::take(&mut self.tasks));
+        successor.offer(&listening, lock.as_ref().map(AsFd::as_fd), outliers)?;
+        // The successor has its copies now.
+        drop((listening, lock));
+        let deadline = std::time::Instant::now() + handover::CONFIRM_TIMEOUT;
+        let (successor, confirmed) = tokio::task::spawn_blocking(move || {
+            let confirmed = successor.confirmed(deadline);
+            (successor, confirmed)
+        })
+        .await?;
+        confirmed?;
+        // Acknowledged: nothing of ours writes the maps from here on, and
+        // the lock is the successor's alone once ours closes.
+        self.admin.set_draining();
+        self.pods.stop_serving().await;
+        drop(self.admin_task.take());
+        self.datapath.hand_over();
+        drop(successor);
+        Ok(())
+    }
+
+    /// The successor `pid` did not take over (it failed, died, or did not
+    /// confirm in time): this daemon accepts again on its very sockets,
+    /// writes its config maps again, attaches its programs again over
+    /// whatever the successor attached and registers itself again for the
+    /// death watch, publishes its whole state, takes out the namespaces the
+    /// successor served and it does not, and starts its tasks again.
+    async fn serve_again(&mut self, pid: u32) {
+        let failed = self.pods.resume().await;
+        if let Err(e) = self.datapath.resume(pid) {
+            error!("taking the datapath back from pid {pid}: {e}");
+        }
+        if let Err(e) = self
+            .datapath
+            .set_services(&service_entries(&self.current.config.services))
+        {
+            error!("publishing the services to the kernel again: {e}");
+        }
+        sync::publish_all(&self.datapath, &self.services);
+        self.pods.forget_stale().await;
+        match super::map_tasks(&self.datapath, &self.services, &self.notify) {
+            Ok(tasks) => self.tasks = tasks,
+            Err(e) => error!("reading the rings again: {e:#}"),
+        }
+        let cni = cni_socket::open(
+            self.opts.cni_socket.as_deref(),
+            &self.pods,
+            &mut self
+                .kept
+                .duplicate()
+                .ok()
+                .map(handover::Handed::from_listening),
+            &mut handover::Listening::default(),
+        );
+        let pod_tasks = match cni {
+            Ok(cni) => super::pod_tasks(&self.pods, &self.datapath, cni).await,
+            Err(e) => Err(e),
+        };
+        match pod_tasks {
+            Ok(tasks) => self.tasks.extend(tasks),
+            Err(e) => error!("serving pods again: {e:#}"),
+        }
+        // The successor bound the handover socket's path to its own.
+        let path = datapath::handover_path(&self.current.node.pin_dir);
+        match handover::Server::bind(path, self.datapath.map_ids()) {
+            Ok(server) => self.successors = server,
+            Err(e) => error!("a later handover will not be possible: {e}"),
+        }
+        info!(
+            namespaces_not_resumed = failed,
+            "pid {pid} did not take over: this daemon serves again (accepting, writing the maps, \
+             its programs attached, registered for the death watch)"
+        );
     }
 
     /// The config read again and built next to the running one: clusters

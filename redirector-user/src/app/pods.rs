@@ -181,6 +181,7 @@ impl Pods {
             drain,
             kept,
             bits,
+            ns,
         })
     }
 

@@ -3,11 +3,17 @@
 //! layouts), the programs, and the cgroup links, each pinned beside the
 //! previous daemon's and renamed over it so the cgroup never goes without.
 
-use std::{fs::File, path::Path};
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::fd::{AsFd as _, OwnedFd},
+    path::Path,
+    sync::LazyLock,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, RingBuf},
+    maps::{Array, Map, MapData, RingBuf},
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramError,
         ProgramType, SockOps, links::FdLink,
@@ -45,6 +51,7 @@ fn layouts() -> [pins::Layout; 20] {
             key: size_of::<K>() as u32,
             value: size_of::<V>() as u32,
             max_entries,
+            kind: object_kind(name),
         }
     }
     [
@@ -73,6 +80,22 @@ fn layouts() -> [pins::Layout; 20] {
     ]
 }
 
+/// Each map's type and flags as this build's object defines them (empty
+/// for an object built with `AYA_BUILD_SKIP`).
+fn object_kind(name: &str) -> Option<(u32, u32)> {
+    static KINDS: LazyLock<HashMap<String, (u32, u32)>> = LazyLock::new(|| {
+        aya_obj::Object::parse(OBJECT)
+            .map(|o| {
+                o.maps
+                    .iter()
+                    .map(|(n, m)| (n.clone(), (m.map_type(), m.map_flags())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    KINDS.get(name).copied()
+}
+
 /// The ring of namespace events (`sock_create`).
 fn event_layout() -> pins::Layout {
     pins::Layout {
@@ -80,7 +103,29 @@ fn event_layout() -> pins::Layout {
         key: 0,
         value: 0,
         max_entries: NS_EVENT_RING_BYTES,
+        kind: object_kind(map_names::NS_EVENTS),
     }
+}
+
+/// The kernel logs' ring.
+fn log_layout() -> pins::Layout {
+    pins::Layout {
+        name: logs::PIN,
+        key: 0,
+        value: 0,
+        max_entries: logs::RING_BYTES,
+        kind: object_kind(logs::MAP),
+    }
+}
+
+/// Fails on a map pinned in `pin_dir` this build cannot use.
+fn check_pinned_layouts(
+    check: impl Fn(&[pins::Layout]) -> Result<(), pins::PinError>,
+) -> Result<(), BpfError> {
+    check(&layouts())?;
+    check(&[event_layout()])?;
+    check(&[log_layout()])?;
+    Ok(())
 }
 
 #[derive(Clone, Copy)]
@@ -166,6 +211,30 @@ pub(super) struct Loaded {
     dns: bool,
     /// Who serves, for the kernel's death watch.
     watch: Watch,
+    /// What this daemon wrote in the config maps, to write again when it
+    /// serves on after a successor failed.
+    config: ConfigMaps,
+    /// Duplicates of the rings' descriptors, to read them again then.
+    rings: [OwnedFd; 2],
+}
+
+/// The maps saying where the proxy and the responder listen, and what this
+/// daemon wrote in them.
+struct ConfigMaps {
+    config: Array<MapData, ProxyConfig>,
+    cfg: ProxyConfig,
+    config6: Array<MapData, Config6>,
+    cfg6: Config6,
+    dns: Array<MapData, DnsConfig>,
+    dns_cfg: DnsConfig,
+}
+
+impl ConfigMaps {
+    fn write(&mut self) -> Result<(), BpfError> {
+        map_op(map_names::PROXY_CONFIG, self.config.set(0, self.cfg, 0))?;
+        map_op(map_names::CONFIG6, self.config6.set(0, self.cfg6, 0))?;
+        map_op(map_names::DNS_CONFIG, self.dns.set(0, self.dns_cfg, 0))
+    }
 }
 
 /// What [`open`] returns: the loaded programs and every map handle.
@@ -189,26 +258,11 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
     if OBJECT.is_empty() {
         return Err(BpfError::EmptyObject);
     }
-    let pins = Pins::claim(&opts.pin_dir)?;
-    pins.check_layouts(&layouts())?;
-    pins.check_layouts(&[event_layout()])?;
-    pins.check_layouts(&[pins::Layout {
-        name: logs::PIN,
-        key: 0,
-        value: 0,
-        max_entries: logs::RING_BYTES,
-    }])?;
+    let handed = opts.lock.map(File::from);
+    let pins = Pins::claim(&opts.pin_dir, handed)?;
+    check_pinned_layouts(|l| pins.check_layouts(l))?;
     let taking_over = pins.has_links();
-    let mut ebpf = match load_programs(&pins, opts.kernel_log_level) {
-        Err(e @ BpfError::Program { .. }) if opts.kernel_log_level > 0 => {
-            warn!(
-                "the verifier refused the programs with kernel logging on ({e}); loading them \
-                 with it off"
-            );
-            load_programs(&pins, 0)?
-        }
-        loaded => loaded?,
-    };
+    let mut ebpf = load_logging(Some(&pins), opts.kernel_log_level)?;
     pins.restrict()?;
     let logs = match KernelLogs::take(&mut ebpf) {
         Ok(logs) => Some(logs),
@@ -222,13 +276,17 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
     // `--datapath-only`: the listeners are another proxy's, whose life
     // this process does not stand for.
     let watch = Watch::load(&mut ebpf, !opts.any_listener)?;
+    let rings = [
+        ring_fd(&ebpf, map_names::OUTCOMES)?,
+        ring_fd(&ebpf, map_names::NS_EVENTS)?,
+    ];
     let outcomes = typed_map(&mut ebpf, map_names::OUTCOMES, RingBuf::try_from)?;
     let ns_events = typed_map(&mut ebpf, map_names::NS_EVENTS, RingBuf::try_from)?;
-    let mut config: Array<MapData, ProxyConfig> =
+    let config: Array<MapData, ProxyConfig> =
         typed_map(&mut ebpf, map_names::PROXY_CONFIG, Array::try_from)?;
-    let mut config6: Array<MapData, Config6> =
+    let config6: Array<MapData, Config6> =
         typed_map(&mut ebpf, map_names::CONFIG6, Array::try_from)?;
-    let mut dns_config: Array<MapData, DnsConfig> =
+    let dns_config: Array<MapData, DnsConfig> =
         typed_map(&mut ebpf, map_names::DNS_CONFIG, Array::try_from)?;
 
     let previous_pid = taking_over
@@ -243,15 +301,18 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
             0
         };
     let cfg = ProxyConfig::new(opts.proxy, PROXY_MARK, flags, std::process::id());
-    map_op(map_names::PROXY_CONFIG, config.set(0, cfg, 0))?;
     let cfg6 = Config6::new(opts.proxy6, opts.dns6.filter(|_| opts.dns.is_some()));
-    map_op(map_names::CONFIG6, config6.set(0, cfg6, 0))?;
     // Likewise: sendmsg4 and connect4 send DNS to the responder only
     // while it listens, so this is safe before it does.
-    map_op(
-        map_names::DNS_CONFIG,
-        dns_config.set(0, DnsConfig::new(opts.dns), 0),
-    )?;
+    let mut config = ConfigMaps {
+        config,
+        cfg,
+        config6,
+        cfg6,
+        dns: dns_config,
+        dns_cfg: DnsConfig::new(opts.dns),
+    };
+    config.write()?;
     Ok(Opened {
         loaded: Loaded {
             ebpf,
@@ -259,6 +320,8 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
             cgroup: opts.cgroup,
             dns: opts.dns.is_some(),
             watch,
+            config,
+            rings,
         },
         maps,
         outer,
@@ -269,14 +332,69 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
     })
 }
 
-/// The object loaded with its maps pinned (or opened from their pins) and
-/// every program through the verifier, logging at `log_level`.
-fn load_programs(pins: &Pins, log_level: u8) -> Result<Ebpf, BpfError> {
-    let mut loader = EbpfLoader::new();
-    for l in layouts().iter().chain([&event_layout()]) {
-        loader.map_pin_path(l.name, pins.path(l.name));
+/// A duplicate of ring buffer `name`'s descriptor.
+fn ring_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, BpfError> {
+    let missing = BpfError::Missing { kind: "map", name };
+    let Some(Map::RingBuf(data)) = ebpf.map(name) else {
+        return Err(missing);
+    };
+    data.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| BpfError::Map {
+            name,
+            error: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error: e,
+            }),
+        })
+}
+
+/// What a successor checks before it asks a running daemon for the pin
+/// directory (see `handover.rs`), so that a build that cannot run here
+/// fails while the running daemon still serves: privileges, the cgroup,
+/// the kernel, the pinned maps' layouts (types and flags too), and every
+/// program through the verifier, on maps of its own (nothing is pinned,
+/// written or attached). Returns a descriptor of a map pinned there: the
+/// proof, for the running daemon, that this process can open them.
+pub(super) fn preflight(opts: &DatapathOptions) -> Result<OwnedFd, BpfError> {
+    check_privileges()?;
+    check_cgroup(&opts.cgroup)?;
+    check_kernel()?;
+    if OBJECT.is_empty() {
+        return Err(BpfError::EmptyObject);
     }
-    loader.map_pin_path(logs::MAP, pins.path(logs::PIN));
+    check_pinned_layouts(|l| pins::check_layouts(&opts.pin_dir, l))?;
+    drop(load_logging(None, opts.kernel_log_level)?);
+    Ok(pins::open_any_map(&opts.pin_dir)?)
+}
+
+/// [`load_programs`], again with kernel logging off if the verifier
+/// refused them with it on.
+fn load_logging(pins: Option<&Pins>, log_level: u8) -> Result<Ebpf, BpfError> {
+    match load_programs(pins, log_level) {
+        Err(e @ BpfError::Program { .. }) if log_level > 0 => {
+            warn!(
+                "the verifier refused the programs with kernel logging on ({e}); loading them \
+                 with it off"
+            );
+            load_programs(pins, 0)
+        }
+        loaded => loaded,
+    }
+}
+
+/// The object loaded with its maps pinned (or opened from their pins;
+/// `None`: maps of its own, unpinned) and every program through the
+/// verifier, logging at `log_level`.
+fn load_programs(pins: Option<&Pins>, log_level: u8) -> Result<Ebpf, BpfError> {
+    let mut loader = EbpfLoader::new();
+    if let Some(pins) = pins {
+        for l in layouts().iter().chain([&event_layout()]) {
+            loader.map_pin_path(l.name, pins.path(l.name));
+        }
+        loader.map_pin_path(logs::MAP, pins.path(logs::PIN));
+    }
     loader.override_global(aya_log::LEVEL, &log_level, true);
     let mut ebpf = loader.load(OBJECT)?;
     for (name, hook, _, _) in HOOKS {
@@ -364,6 +482,46 @@ impl Loaded {
         }
         // This daemon serves now: a predecessor handed its listeners over.
         self.watch.serve(&mut self.ebpf)
+    }
+
+    /// Serves on after a successor that had the pin directory failed (see
+    /// `handover.rs`): this daemon's config maps written again, its
+    /// programs attached again over whatever the successor attached
+    /// (which re-registers it for the death watch), and readers of the
+    /// rings again (outcomes, namespace events).
+    pub(super) fn resume(
+        &mut self,
+        successor: u32,
+    ) -> Result<(RingBuf<MapData>, RingBuf<MapData>), BpfError> {
+        self.pins.recreate()?;
+        self.config.write()?;
+        self.attach(Some(successor))?;
+        let ring = |fd: &OwnedFd, name: &'static str| {
+            let dup = fd.try_clone().map_err(|e| BpfError::Ring(e))?;
+            MapData::from_fd(dup)
+                .and_then(Map::from_map_data)
+                .and_then(RingBuf::try_from)
+                .map_err(|error| BpfError::Map { name, error })
+        };
+        Ok((
+            ring(&self.rings[0], map_names::OUTCOMES)?,
+            ring(&self.rings[1], map_names::NS_EVENTS)?,
+        ))
+    }
+
+    /// A duplicate of the pin directory's lock, shared with a successor.
+    pub(super) fn share_lock(&self) -> std::io::Result<OwnedFd> {
+        self.pins.share_lock()
+    }
+
+    /// The ids of the maps pinned in the directory.
+    pub(super) fn map_ids(&self) -> Vec<u32> {
+        self.pins.map_ids()
+    }
+
+    /// A handover to this daemon is confirmed: its pid goes in the lock.
+    pub(super) fn confirmed(&self) -> Result<(), BpfError> {
+        Ok(self.pins.write_pid()?)
     }
 
     /// Gives up the lock and leaves the pins, which a successor owns now.

@@ -14,7 +14,10 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{Read, Seek, Write},
-    os::{fd::AsRawFd, unix::fs::PermissionsExt},
+    os::{
+        fd::{AsFd as _, AsRawFd},
+        unix::fs::PermissionsExt,
+    },
     path::{Path, PathBuf},
 };
 
@@ -97,6 +100,21 @@ pub(crate) enum PinError {
         found: u32,
         expected: u32,
     },
+    #[error(
+        "pinned map {path} has type {found} and flags {found_flags:#x}, this build expects type \
+         {expected} and flags {expected_flags:#x}: it was left by a build with another \
+         layout under the same ABI version; remove it with `redirector cleanup --pin-dir {dir}`"
+    )]
+    Kind {
+        path: PathBuf,
+        dir: PathBuf,
+        found: String,
+        found_flags: u32,
+        expected: String,
+        expected_flags: u32,
+    },
+    #[error("the pin directory's lock a predecessor handed over is not {path}: refusing to use it")]
+    HandedLock { path: PathBuf },
     #[error("no redirector state at {path}; is the daemon running with this --pin-dir?")]
     NotRunning {
         path: PathBuf,
@@ -123,12 +141,33 @@ fn pin_path(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join(format!("v{ABI_VERSION}")).join(name)
 }
 
-/// What a map must look like: key and value size, max entries.
+/// What a map must look like: key and value size, max entries, and (when
+/// known: this build's object defines the map) its type and flags.
 pub(super) struct Layout {
     pub(super) name: &'static str,
     pub(super) key: u32,
     pub(super) value: u32,
     pub(super) max_entries: u32,
+    /// `(BPF_MAP_TYPE_*, BPF_F_*)`.
+    pub(super) kind: Option<(u32, u32)>,
+}
+
+/// A map type's name for a message (the kernel's `BPF_MAP_TYPE_*` number
+/// when aya does not know it).
+fn type_name(map_type: u32) -> String {
+    let name = match map_type {
+        1 => "hash",
+        2 => "array",
+        5 => "per-CPU hash",
+        6 => "per-CPU array",
+        9 => "LRU hash",
+        12 => "array of maps",
+        13 => "hash of maps",
+        24 => "socket storage",
+        27 => "ring buffer",
+        _ => return format!("type-{map_type}"),
+    };
+    name.to_owned()
 }
 
 /// A claimed pin directory. Dropping it releases the lock and leaves the
@@ -140,9 +179,15 @@ pub(super) struct Pins {
 }
 
 impl Pins {
-    pub(super) fn claim(dir: &Path) -> Result<Self, PinError> {
+    /// Claims `dir`: takes its lock, or (`handed`: a predecessor shares
+    /// its own during a handover, see `handover.rs`) checks that the
+    /// handed descriptor is this directory's lock and holds it.
+    pub(super) fn claim(dir: &Path, handed: Option<File>) -> Result<Self, PinError> {
         check_bpffs(dir)?;
-        let lock = lock(dir)?;
+        let lock = match handed {
+            Some(file) => adopt_lock(dir, file)?,
+            None => lock(dir)?,
+        };
         let versioned = dir.join(format!("v{ABI_VERSION}"));
         fs::create_dir_all(&versioned).map_err(io_err(&versioned))?;
         for d in [dir, versioned.as_path()] {
@@ -175,36 +220,97 @@ impl Pins {
     /// Fails on a pinned map whose kernel layout is not `expected`, instead
     /// of letting the programs misread it.
     pub(super) fn check_layouts(&self, expected: &[Layout]) -> Result<(), PinError> {
-        for l in expected {
-            let path = self.path(l.name);
-            if !path.exists() {
-                continue;
-            }
-            let info = MapData::from_pin(&path)
-                .and_then(|m| m.info())
-                .map_err(|error| PinError::Read {
-                    name: l.name,
-                    error,
-                })?;
-            for (what, found, expected) in [
-                ("key size", info.key_size(), l.key),
-                ("value size", info.value_size(), l.value),
-                ("max entries", info.max_entries(), l.max_entries),
-            ] {
-                if found != expected {
-                    return Err(PinError::Layout {
-                        path,
-                        dir: self.dir.clone(),
-                        what,
-                        found,
-                        expected,
-                    });
-                }
-            }
-        }
-        Ok(())
+        check_layouts(&self.dir, expected)
     }
 
+    /// A duplicate of the lock's descriptor, for a successor to share it
+    /// during a handover (flock's lock belongs to the open file, so it is
+    /// held while either process has it open).
+    pub(super) fn share_lock(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self._lock.as_fd().try_clone_to_owned()
+    }
+
+    /// Writes this process's pid in the lock file (who holds the
+    /// directory, for the message a second daemon gets).
+    pub(super) fn write_pid(&self) -> Result<(), PinError> {
+        write_pid(&self._lock, &lock_path(&self.dir))
+    }
+
+    /// The ids of the maps pinned here (a successor proves it can open
+    /// them, see `handover.rs`).
+    pub(super) fn map_ids(&self) -> Vec<u32> {
+        let Ok(entries) = fs::read_dir(&self.versioned) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let map = MapData::from_pin(e.path()).ok()?;
+                is_bpf_map(map.fd().as_fd()).then_some(map.info().ok()?.id())
+            })
+            .collect()
+    }
+
+    /// Recreates the versioned directory if it is gone (a successor of
+    /// another ABI attached, removing it, then failed).
+    pub(super) fn recreate(&self) -> Result<(), PinError> {
+        fs::create_dir_all(&self.versioned).map_err(io_err(&self.versioned))?;
+        fs::set_permissions(&self.versioned, fs::Permissions::from_mode(0o700))
+            .map_err(io_err(&self.versioned))
+    }
+}
+
+/// Fails on a map pinned in `dir` whose kernel layout is not `expected`,
+/// instead of letting the programs misread it. Reads only: a successor
+/// checks this before asking for the directory.
+pub(super) fn check_layouts(dir: &Path, expected: &[Layout]) -> Result<(), PinError> {
+    for l in expected {
+        let path = pin_path(dir, l.name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .map_err(|error| PinError::Read {
+                name: l.name,
+                error,
+            })?;
+        if let Some((map_type, flags)) = l.kind {
+            // Sizes can match while the type does not (an array where
+            // a hash was, a per-CPU map, an LRU): the programs would
+            // misread it just the same.
+            let found_type = info.map_type().map_or(u32::MAX, |t| t as u32);
+            if found_type != map_type || info.map_flags() != flags {
+                return Err(PinError::Kind {
+                    path,
+                    dir: dir.into(),
+                    found: type_name(found_type),
+                    found_flags: info.map_flags(),
+                    expected: type_name(map_type),
+                    expected_flags: flags,
+                });
+            }
+        }
+        for (what, found, expected) in [
+            ("key size", info.key_size(), l.key),
+            ("value size", info.value_size(), l.value),
+            ("max entries", info.max_entries(), l.max_entries),
+        ] {
+            if found != expected {
+                return Err(PinError::Layout {
+                    path,
+                    dir: dir.into(),
+                    what,
+                    found,
+                    expected,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Pins {
     /// Pins `link` as `name`, replacing whatever link had that name: the new
     /// one is pinned beside it and renamed over it, so the cgroup never lacks
     /// the program and the old link detaches as its last reference goes.
@@ -329,7 +435,7 @@ pub(crate) fn cleanup(dir: &Path) -> Result<Cleanup, PinError> {
             found: false,
         });
     }
-    let pins = Pins::claim(dir)?;
+    let pins = Pins::claim(dir, None)?;
     let mut links = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))?.flatten() {
         for l in LINKS {
@@ -341,6 +447,48 @@ pub(crate) fn cleanup(dir: &Path) -> Result<Cleanup, PinError> {
     }
     pins.remove();
     Ok(Cleanup { links, found: true })
+}
+
+/// A descriptor of some map pinned under `dir` (any ABI version's), opened
+/// as a successor does before asking for the directory: the proof that it
+/// can open the datapath's pins (see `handover.rs`).
+pub(crate) fn open_any_map(dir: &Path) -> Result<std::os::fd::OwnedFd, PinError> {
+    let mut last = None;
+    let mut dirs: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    // This build's version first.
+    let mine = dir.join(format!("v{ABI_VERSION}"));
+    dirs.sort_by_key(|d| *d != mine);
+    for d in dirs {
+        for entry in fs::read_dir(&d).map_err(io_err(&d))?.flatten() {
+            match MapData::from_pin(entry.path()) {
+                Ok(map) if is_bpf_map(map.fd().as_fd()) => {
+                    return map.fd().as_fd().try_clone_to_owned().map_err(io_err(dir));
+                }
+                // A link.
+                Ok(_) => {}
+                Err(e) => last = Some((entry.path(), e)),
+            }
+        }
+    }
+    Err(match last {
+        Some((path, error)) => PinError::NotRunning { path, error },
+        None => PinError::Io {
+            path: dir.into(),
+            error: std::io::Error::other("no pinned map to open"),
+        },
+    })
+}
+
+/// Whether `fd` is a BPF map (a pinned link opens with the same call, and
+/// its info reads as a map's with an id from another space).
+pub(crate) fn is_bpf_map(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|target| target.as_os_str() == "anon_inode:bpf-map")
 }
 
 /// Where the daemon holding `dir` takes handover requests (see
@@ -376,9 +524,30 @@ fn lock(dir: &Path) -> Result<File, PinError> {
             pid: pid.trim().to_owned(),
         });
     }
-    file.set_len(0).map_err(io_err(&path))?;
-    file.rewind().map_err(io_err(&path))?;
-    write!(file, "{}", std::process::id()).map_err(io_err(&path))?;
+    write_pid(&file, &path)?;
+    Ok(file)
+}
+
+fn write_pid(mut file: &File, path: &Path) -> Result<(), PinError> {
+    file.set_len(0).map_err(io_err(path))?;
+    file.rewind().map_err(io_err(path))?;
+    write!(file, "{}", std::process::id()).map_err(io_err(path))
+}
+
+/// The lock a predecessor shares during a handover: it must be `dir`'s
+/// lock file (same file), and flock on it succeeds at once since this
+/// open file holds the lock already. The pid in it stays the
+/// predecessor's until the handover is confirmed.
+fn adopt_lock(dir: &Path, file: File) -> Result<File, PinError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = lock_path(dir);
+    let same = match (file.metadata(), fs::metadata(&path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    if !same || unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(PinError::HandedLock { path });
+    }
     Ok(file)
 }
 
@@ -448,5 +617,57 @@ impl PinnedState {
             namespaces,
             attached,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::maps::MapData;
+
+    use super::*;
+
+    /// A map of `map_type` pinned as `name` in `dir`'s versioned directory.
+    fn pin_map(dir: &Path, name: &str, map_type: u32, flags: u32) {
+        let obj = aya_obj::Map::new_from_params(map_type, 4, 8, 1, flags);
+        let map = MapData::create(obj, "rd_pins_test", None).expect("creating a map (root)");
+        fs::create_dir_all(dir.join(format!("v{ABI_VERSION}"))).unwrap();
+        map.pin(pin_path(dir, name)).unwrap();
+    }
+
+    fn layout(kind: (u32, u32)) -> Layout {
+        Layout {
+            name: "RD_TEST",
+            key: 4,
+            value: 8,
+            max_entries: 1,
+            kind: Some(kind),
+        }
+    }
+
+    #[test]
+    fn a_pinned_map_of_another_type_or_flags_is_refused_by_name() {
+        const HASH: u32 = 1;
+        const ARRAY: u32 = 2;
+        const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+        let dir = PathBuf::from(format!("/sys/fs/bpf/rd-pins-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        pin_map(&dir, "RD_TEST", ARRAY, 0);
+        let checked = (
+            check_layouts(&dir, &[layout((ARRAY, 0))]),
+            check_layouts(&dir, &[layout((HASH, 0))]).map_err(|e| e.to_string()),
+            check_layouts(&dir, &[layout((ARRAY, BPF_F_RDONLY_PROG))]).map_err(|e| e.to_string()),
+        );
+        let _ = fs::remove_dir_all(&dir);
+        let (same, other_type, other_flags) = checked;
+        same.expect("the same type and flags");
+        let err = other_type.unwrap_err();
+        assert!(
+            err.contains("RD_TEST has type array and flags 0x0")
+                && err.contains("expects type hash and flags 0x0")
+                && err.contains("redirector cleanup --pin-dir"),
+            "{err}"
+        );
+        let err = other_flags.unwrap_err();
+        assert!(err.contains("expects type array and flags 0x80"), "{err}");
     }
 }

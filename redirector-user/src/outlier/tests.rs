@@ -463,3 +463,53 @@ async fn state_survives_a_host_set_with_the_same_keys() {
     d.set_hosts(["a", "b", "c"]);
     assert!(!d.is_ejected(&"a"), "a host that left starts fresh");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_ejection_crosses_a_handover_with_its_time_left_and_its_multiplier() {
+    let mut old = detector(1, &["a", "b"]);
+    let now = Instant::now();
+    assert!(old.record(&"a", Outcome::Status(500), now).is_some());
+    advance(Duration::from_secs(10)).await;
+    let carried = old.export(Instant::now());
+    assert_eq!(
+        carried,
+        [(
+            "a",
+            Carried {
+                multiplier: 1,
+                ejections: 1,
+                ejected_for_ms: Some(20_000),
+            }
+        )]
+    );
+    // The successor: same hosts, and one it does not have.
+    let mut new = detector(1, &["a", "b"]);
+    let now = Instant::now();
+    assert!(new.import(&"a", &carried[0].1, now));
+    assert!(!new.import(&"gone", &carried[0].1, now));
+    assert!(new.is_ejected(&"a") && !new.is_ejected(&"b"));
+    assert_eq!(new.ejected_until(&"a"), Some(now + Duration::from_secs(20)));
+    // Un-ejected when its time is up, not 30 s after the handover.
+    assert_eq!(
+        ticks_until_unejected(&mut new, "a").await,
+        Duration::from_secs(20)
+    );
+    // Hostile values are bounded: a multiplier as far as it grows (300 s
+    // at most with base 30 s: 11), the time left to the longest ejection.
+    let mut bounded = detector(1, &["a"]);
+    let huge = Carried {
+        multiplier: u32::MAX,
+        ejections: 3,
+        ejected_for_ms: Some(u64::MAX),
+    };
+    assert!(bounded.import(&"a", &huge, Instant::now()));
+    assert_eq!(bounded.state(&"a").unwrap().multiplier, 11);
+    assert_eq!(
+        bounded.ejected_until(&"a"),
+        Some(Instant::now() + Duration::from_secs(300))
+    );
+    // Without outlier detection nothing is taken.
+    let mut off: Detector<&str> = Detector::new(None);
+    off.set_hosts(["a"]);
+    assert!(!off.import(&"a", &carried[0].1, Instant::now()));
+}

@@ -1,7 +1,10 @@
 //! One namespace as the daemon holds it: what it knows of it (where it
 //! came from, which pod), and how it serves it.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use redirector_common::{
     NS_DETAIL_LEN, NSI_CNI, NSI_FOUND, NSI_HOST, NSI_LEFT_ALONE, NSI_SERVED, NsId, NsInfo,
@@ -10,7 +13,7 @@ use redirector_common::{
 use serde::{Deserialize, Serialize};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::{handover::Listening, proxy};
+use crate::{handover::Listening, netns::Namespace, proxy};
 
 /// What the CNI plugin said of a pod, for display and for `DEL`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +45,9 @@ pub(super) struct Serving {
     pub(super) kept: Listening,
     /// What listens (`NSI_*`).
     pub(super) bits: u8,
+    /// The namespace, to serve again on its kept sockets after a failed
+    /// handover.
+    pub(super) ns: Arc<Namespace>,
 }
 
 pub(super) enum State {

@@ -37,6 +37,65 @@ impl Pods {
         Ok(())
     }
 
+    /// Phase 1 of a handover (see `handover.rs`): nothing is accepted or
+    /// answered here any more, but every socket stays open (its kept
+    /// duplicate holds it), with what waits in its queue, and open
+    /// connections run on.
+    pub(in crate::app) async fn pause(&self) {
+        let mut entries = self.entries.lock().await;
+        for e in entries.values_mut() {
+            if let State::Serving(s) = &mut e.state {
+                s.accept.clear();
+                s.responders.clear();
+            }
+        }
+    }
+
+    /// The successor failed: every namespace accepts and answers again,
+    /// on its very sockets (taken up again from the kept duplicates, as a
+    /// successor takes handed ones). How many namespaces could not.
+    pub(in crate::app) async fn resume(&self) -> usize {
+        let mut entries = self.entries.lock().await;
+        let mut failed = 0;
+        for (id, e) in entries.iter_mut() {
+            let name = e.name();
+            let pod = (e.source != Source::Host).then_some(*id);
+            let State::Serving(s) = &mut e.state else {
+                continue;
+            };
+            if !s.accept.is_empty() {
+                continue;
+            }
+            let resumed = async {
+                let mut own = Some(Handed::from_listening(s.kept.duplicate()?));
+                let set = ListenerSet::bind_or_adopt(
+                    &self.ctx.node,
+                    &mut own,
+                    (pod, *id),
+                    &s.ns.sockets,
+                    &self.ctx.datapath,
+                )
+                .await?;
+                set.own(&self.ctx.datapath, *id)?;
+                anyhow::Ok(set)
+            }
+            .await;
+            match resumed {
+                Ok(set) => {
+                    let (accept, responders) =
+                        set.serve(&s.ns, &self.ctx.routes, &self.ctx.services, &s.drain);
+                    s.accept = accept;
+                    s.responders = responders;
+                }
+                Err(e) => {
+                    failed += 1;
+                    warn!(ns = %name, "serving again on the kept sockets: {e:#}");
+                }
+            }
+        }
+        failed
+    }
+
     /// A successor took over: nothing is accepted or answered here any
     /// more, and what is open drains.
     pub(in crate::app) async fn stop_serving(&self) {
