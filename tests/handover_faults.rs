@@ -1,0 +1,264 @@
+//! Handovers that go wrong, on real BPF and real sockets (see
+//! `redirector-user/src/handover.rs`): a successor killed right after it
+//! received the listeners leaves the old daemon serving (not one request
+//! of a steady load fails) and a later take-over works; a root process
+//! without capabilities asking for the listeners is refused and the daemon
+//! serves on; an endpoint ejected before a take-over stays ejected after
+//! it.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use redirector_tests::{
+    cgroup::TestCgroup,
+    client,
+    daemon::redirector_bin,
+    istio::{mydb_entry, mydb_rule},
+    netns::Netns,
+    process,
+    scenario::{Node, TIMEOUT, assert_all_ok, start_daemon, wait_until},
+    tempdir::TempDir,
+};
+
+const VIP: &str = "240.240.0.71";
+
+fn one_endpoint() -> String {
+    mydb_entry(
+        VIP,
+        "STATIC",
+        "  - {address: 127.0.10.1, locality: us-east1}\n",
+    )
+}
+
+/// `rdt-load` in the app's position, a new connection per request, each
+/// with a 10 s timeout: the status of every request (0: no answer).
+fn load(ns: &Netns, cgroup: &TestCgroup, rps: u32, secs: u32) -> Vec<u64> {
+    let mut cmd = Command::new(client::rdt_load_bin());
+    ns.configure(&mut cmd);
+    cgroup.configure(&mut cmd);
+    client::rdt_load(
+        cmd,
+        VIP,
+        rps,
+        f64::from(secs),
+        &["--new-connections", "--timeout", "10"],
+    )
+    .iter()
+    .map(|v| v["status"].as_u64().expect("status"))
+    .collect()
+}
+
+/// Where the daemon holding `pin_dir` takes handover requests (as
+/// `datapath::handover_path` names it).
+fn handover_socket(pin_dir: &Path) -> PathBuf {
+    let name: String = pin_dir
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    PathBuf::from(format!("/run/redirector/{name}.handover"))
+}
+
+#[test]
+fn a_successor_killed_after_receiving_the_listeners_fails_no_request_and_the_old_daemon_serves_on()
+ {
+    let mut node = Node::new();
+    let east = node.http("127.0.10.1:8080", "east");
+    node.start(&one_endpoint(), "us-east1", false);
+    node.servers[east].set_delay(Duration::from_millis(10));
+    let first = node.daemon.as_ref().unwrap().pid();
+    let mut args = node.args("us-east1");
+    args.push("--take-over".into());
+    let dir = TempDir::new("successor").unwrap();
+    let log_path = dir.path().join("successor.log");
+    let successor_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let statuses = {
+        let Node {
+            ns,
+            cgroup,
+            servers,
+            daemon,
+            ..
+        } = &node;
+        let (ns, cgroup, east) = (&*ns, &*cgroup, &servers[east]);
+        let old = daemon.as_ref().unwrap();
+        thread::scope(|s| {
+            let load = s.spawn(|| load(ns, cgroup, 100, 8));
+            let more = |what: &str, n: u64| {
+                let until = east.requests() + n;
+                wait_until(&format!("{n} more requests {what}"), TIMEOUT, || {
+                    east.requests() >= until
+                });
+            };
+            more("through the old daemon", 100);
+            let log = File::create(&log_path).unwrap();
+            let mut cmd = Command::new(redirector_bin());
+            cmd.args(&args)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log);
+            ns.configure(&mut cmd);
+            let mut successor = cmd.spawn().expect("starting the successor");
+            // It has every descriptor (and the old daemon stopped
+            // accepting): killed before it serves, as by a verifier
+            // rejection, an attach error or the OOM killer.
+            wait_until("the successor to receive the listeners", TIMEOUT, || {
+                successor_log().contains("took over the listeners")
+            });
+            process::kill_and_reap(&mut successor);
+            wait_until("the old daemon to serve again", TIMEOUT, || {
+                old.log().contains("did not take over: this daemon serves again")
+            });
+            more("through the old daemon again", 100);
+            load.join().expect("the load")
+        })
+    };
+    let log = node.log();
+    assert_all_ok(
+        "the load",
+        &statuses,
+        800,
+        &format!("old daemon:\n{log}\nsuccessor:\n{}", successor_log()),
+    );
+    assert!(
+        log.contains("closed the connection without confirming"),
+        "{log}"
+    );
+    // The old daemon is still the one the pins name, and it serves through
+    // its proxy.
+    let accepted = log.matches(": accepted ").count();
+    assert_eq!(node.curl(VIP), Ok((200, "healthy: east".to_owned())));
+    assert!(node.log().matches(": accepted ").count() > accepted);
+    let eps = node.endpoints();
+    assert_eq!(eps["proxy_listening"], true, "{eps:#}");
+
+    // A later take-over works.
+    let second = start_daemon(&node.ns, args);
+    let handed = format!(
+        "handed the listeners and the datapath over to pid {}",
+        second.pid()
+    );
+    wait_until("the old daemon's handover", TIMEOUT, || {
+        node.log().contains(&handed)
+    });
+    let status = node.daemon.as_mut().unwrap().terminate().unwrap();
+    assert!(status.success(), "{status}\n{}", node.log());
+    node.daemon = Some(second);
+    assert_eq!(node.curl(VIP), Ok((200, "healthy: east".to_owned())));
+    let log = node.log();
+    assert!(
+        log.contains(&format!("replacing those of pid {first}"))
+            && log.contains("the previous daemon acknowledged"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_root_process_without_capabilities_is_refused_the_listeners_and_the_daemon_serves_on() {
+    let mut node = Node::new();
+    node.http("127.0.10.1:8080", "east");
+    node.start(&one_endpoint(), "us-east1", false);
+    let socket = handover_socket(node.pins.path());
+    // Root (uid 0), but with no capabilities at all: it asks as a
+    // successor does.
+    let script = r#"
+import json, os, socket, sys
+caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff')][0]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect(sys.argv[1])
+s.sendall(b'{"version":2,"pid":%d}\n' % os.getpid())
+msg, fds, _, _ = socket.recv_fds(s, 1 << 20, 300)
+print(json.dumps({"uid": os.getuid(), "caps": caps, "fds": len(fds), "answer": msg.decode(errors='replace')}))
+"#;
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--",
+            "python3",
+            "-c",
+            script,
+        ])
+        .arg(&socket)
+        .output()
+        .expect("running the peer");
+    assert!(out.status.success(), "{out:?}");
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the peer's JSON");
+    assert_eq!(got["uid"], 0, "{got}");
+    assert_eq!(got["caps"], "0000000000000000", "{got}");
+    assert_eq!(got["fds"], 0, "it got descriptors: {got}");
+    let answer = got["answer"].as_str().unwrap();
+    assert!(
+        answer.contains("refused") && answer.contains("lacks CAP_BPF (or CAP_SYS_ADMIN)"),
+        "{answer}"
+    );
+    let log = node.log();
+    assert!(
+        log.contains("refusing a handover request")
+            && log.contains("lacks CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN"),
+        "{log}"
+    );
+    assert!(!log.contains("handing over"), "{log}");
+    // Still serving, through its proxy.
+    let accepted = log.matches(": accepted ").count();
+    assert_eq!(node.curl(VIP), Ok((200, "healthy: east".to_owned())));
+    assert!(node.log().matches(": accepted ").count() > accepted);
+}
+
+#[test]
+fn an_endpoint_ejected_before_a_take_over_stays_ejected_after_it() {
+    let mut node = Node::new();
+    let east = node.http("127.0.10.1:8080", "east");
+    let west = node.http("127.0.10.2:8080", "west");
+    let config = mydb_entry(
+        VIP,
+        "STATIC",
+        "  - {address: 127.0.10.1, locality: us-east1}\n  - {address: 127.0.10.2, locality: us-east1}\n",
+    ) + &mydb_rule(
+        "    outlierDetection:\n      consecutive5xxErrors: 1\n      interval: 1s\n      baseEjectionTime: 5m\n",
+    );
+    node.start(&config, "us-east1", false);
+    node.servers[east].set_status(503).unwrap();
+    wait_until("east's ejection", TIMEOUT, || {
+        let _ = node.curl(VIP);
+        node.log().contains("endpoint ejected by outlier detection")
+    });
+    // Healthy again: only its ejection keeps traffic from it.
+    node.servers[east].set_status(200).unwrap();
+    let mut args = node.args("us-east1");
+    args.push("--take-over".into());
+    let second = start_daemon(&node.ns, args);
+    let status = node.daemon.as_mut().unwrap().terminate().unwrap();
+    assert!(status.success(), "{status}\n{}", node.log());
+    node.daemon = Some(second);
+    let before = node.servers[east].requests();
+    let bodies = node.bodies(VIP, 10);
+    assert!(
+        bodies.iter().all(|b| b == "healthy: west"),
+        "{bodies:?}\n{}",
+        node.log()
+    );
+    assert_eq!(node.servers[east].requests(), before);
+    assert!(node.servers[west].requests() >= 10);
+    let log = node.log();
+    assert!(
+        log.contains("took over the previous daemon's outlier state"),
+        "{log}"
+    );
+    // The kernel's table says so too (what fail-open would use).
+    let eps = node.endpoints();
+    let east_ep = eps["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"].as_str().is_some_and(|a| a.starts_with("127.0.10.1")))
+        .unwrap_or_else(|| panic!("no east in {eps:#}"));
+    assert_eq!(east_ep["outlier_check"], "FAILED", "{eps:#}");
+}
