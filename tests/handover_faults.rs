@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use redirector_tests::{
@@ -53,6 +53,16 @@ fn load(ns: &Netns, cgroup: &TestCgroup, rps: u32, secs: u32) -> Vec<u64> {
     .collect()
 }
 
+/// The time of day (seconds) of the first line of `log` containing
+/// `needle`, from its timestamp (`2026-12-07T14:55:21.704701Z ...`).
+fn logged_at(log: &str, needle: &str) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains(needle))?;
+    let time = line.split_once('T')?.1.split_once('Z')?.0;
+    let mut parts = time.split(':');
+    let (h, m, s) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+}
+
 /// Where the daemon holding `pin_dir` takes handover requests (as
 /// `datapath::handover_path` names it).
 fn handover_socket(pin_dir: &Path) -> PathBuf {
@@ -66,7 +76,7 @@ fn handover_socket(pin_dir: &Path) -> PathBuf {
 
 #[test]
 fn a_successor_killed_after_receiving_the_listeners_fails_no_request_and_the_old_daemon_serves_on()
- {
+{
     let mut node = Node::new();
     let east = node.http("127.0.10.1:8080", "east");
     node.start(&one_endpoint(), "us-east1", false);
@@ -85,7 +95,7 @@ fn a_successor_killed_after_receiving_the_listeners_fails_no_request_and_the_old
             daemon,
             ..
         } = &node;
-        let (ns, cgroup, east) = (&*ns, &*cgroup, &servers[east]);
+        let (ns, cgroup, east) = (ns, cgroup, &servers[east]);
         let old = daemon.as_ref().unwrap();
         thread::scope(|s| {
             let load = s.spawn(|| load(ns, cgroup, 100, 8));
@@ -111,9 +121,22 @@ fn a_successor_killed_after_receiving_the_listeners_fails_no_request_and_the_old
                 successor_log().contains("took over the listeners")
             });
             process::kill_and_reap(&mut successor);
-            wait_until("the old daemon to serve again", TIMEOUT, || {
-                old.log().contains("did not take over: this daemon serves again")
-            });
+            let killed = Instant::now();
+            while !old
+                .log()
+                .contains("did not take over: this daemon serves again")
+            {
+                assert!(
+                    killed.elapsed() < TIMEOUT,
+                    "the old daemon did not serve again"
+                );
+                thread::sleep(Duration::from_millis(5));
+            }
+            // For the record (not asserted: the machine may be loaded).
+            eprintln!(
+                "serving again {:?} after the successor was killed",
+                killed.elapsed()
+            );
             more("through the old daemon again", 100);
             load.join().expect("the load")
         })
@@ -146,6 +169,20 @@ fn a_successor_killed_after_receiving_the_listeners_fails_no_request_and_the_old
     wait_until("the old daemon's handover", TIMEOUT, || {
         node.log().contains(&handed)
     });
+    let old_log = node.log();
+    // For the record: how long new connects waited in the queues.
+    if let (Some(asked), Some(handed)) = (
+        logged_at(
+            &old_log,
+            &format!("pid {} asks for the listeners", second.pid()),
+        ),
+        logged_at(&old_log, &handed),
+    ) {
+        eprintln!(
+            "phase 1 of a completed take-over (not accepting): {:.1} ms",
+            (handed - asked) * 1000.0
+        );
+    }
     let status = node.daemon.as_mut().unwrap().terminate().unwrap();
     assert!(status.success(), "{status}\n{}", node.log());
     node.daemon = Some(second);
@@ -258,7 +295,11 @@ fn an_endpoint_ejected_before_a_take_over_stays_ejected_after_it() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["address"].as_str().is_some_and(|a| a.starts_with("127.0.10.1")))
+        .find(|e| {
+            e["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("127.0.10.1"))
+        })
         .unwrap_or_else(|| panic!("no east in {eps:#}"));
     assert_eq!(east_ep["outlier_check"], "FAILED", "{eps:#}");
 }

@@ -199,10 +199,10 @@ impl Running {
                 self.datapath.confirmed()?;
                 match how {
                     handover::Confirmed::Acknowledged => {
-                        info!("the previous daemon acknowledged: this one serves, it drains")
+                        info!("the previous daemon acknowledged: this one serves, it drains");
                     }
                     handover::Confirmed::PredecessorGone => {
-                        warn!("the previous daemon is gone without acknowledging: this one serves")
+                        warn!("the previous daemon is gone without acknowledging: this one serves");
                     }
                 }
                 Ok(self)

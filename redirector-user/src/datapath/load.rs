@@ -497,7 +497,7 @@ impl Loaded {
         self.config.write()?;
         self.attach(Some(successor))?;
         let ring = |fd: &OwnedFd, name: &'static str| {
-            let dup = fd.try_clone().map_err(|e| BpfError::Ring(e))?;
+            let dup = fd.try_clone().map_err(BpfError::Ring)?;
             MapData::from_fd(dup)
                 .and_then(Map::from_map_data)
                 .and_then(RingBuf::try_from)
