@@ -9,7 +9,7 @@
 use std::{
     fs::File,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -51,6 +51,18 @@ fn load(ns: &Netns, cgroup: &TestCgroup, rps: u32, secs: u32) -> Vec<u64> {
     .iter()
     .map(|v| v["status"].as_u64().expect("status"))
     .collect()
+}
+
+/// The daemon with `args` in `ns`, logging to `log`, not waited for.
+fn spawn(ns: &Netns, args: &[String], log: &Path) -> Child {
+    let file = File::create(log).unwrap();
+    let mut cmd = Command::new(redirector_bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    ns.configure(&mut cmd);
+    cmd.spawn().expect("starting the successor")
 }
 
 /// The time of day (seconds) of the first line of `log` containing
@@ -106,14 +118,7 @@ fn a_successor_killed_after_receiving_the_listeners_fails_no_request_and_the_old
                 });
             };
             more("through the old daemon", 100);
-            let log = File::create(&log_path).unwrap();
-            let mut cmd = Command::new(redirector_bin());
-            cmd.args(&args)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log);
-            ns.configure(&mut cmd);
-            let mut successor = cmd.spawn().expect("starting the successor");
+            let mut successor = spawn(ns, &args, &log_path);
             // It has every descriptor (and the old daemon stopped
             // accepting): killed before it serves, as by a verifier
             // rejection, an attach error or the OOM killer.
@@ -302,4 +307,58 @@ fn an_endpoint_ejected_before_a_take_over_stays_ejected_after_it() {
         })
         .unwrap_or_else(|| panic!("no east in {eps:#}"));
     assert_eq!(east_ep["outlier_check"], "FAILED", "{eps:#}");
+}
+
+#[test]
+fn a_successor_held_up_past_the_deadline_stops_unacknowledged_and_the_old_daemon_takes_all_back() {
+    let mut node = Node::new();
+    node.http("127.0.10.1:8080", "east");
+    node.start(&one_endpoint(), "us-east1", false);
+    let first = node.daemon.as_ref().unwrap().pid();
+    let mut args = node.args("us-east1");
+    args.push("--take-over".into());
+    let dir = TempDir::new("successor").unwrap();
+    let log_path = dir.path().join("successor.log");
+    let successor_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let mut successor = spawn(&node.ns, &args, &log_path);
+    wait_until("the successor to receive the listeners", TIMEOUT, || {
+        successor_log().contains("took over the listeners")
+    });
+    // Held up (as by a stall on a loaded node) before it confirms.
+    process::signal(successor.id(), libc::SIGSTOP).unwrap();
+    let deadline = TIMEOUT + Duration::from_secs(15);
+    wait_until("the old daemon to give up waiting", deadline, || {
+        node.log()
+            .contains("did not take over: this daemon serves again")
+    });
+    assert!(
+        node.log().contains("did not confirm within 15s"),
+        "{}",
+        node.log()
+    );
+    assert_eq!(node.curl(VIP), Ok((200, "healthy: east".to_owned())));
+    // Let go: it attaches, confirms, gets no ack and stops.
+    process::signal(successor.id(), libc::SIGCONT).unwrap();
+    let status = process::wait_timeout(&mut successor, deadline)
+        .unwrap()
+        .expect("the successor to stop");
+    assert!(!status.success(), "{}", successor_log());
+    assert!(
+        successor_log().contains("did not acknowledge this daemon's confirmation"),
+        "{}",
+        successor_log()
+    );
+    wait_until("the old daemon to take the datapath back", TIMEOUT, || {
+        node.log()
+            .contains("is gone; the datapath is this daemon's as it left it")
+    });
+    // The maps name the old daemon again (the successor had written its
+    // own pid), and it serves through its proxy.
+    let eps = node.endpoints();
+    assert_eq!(eps["daemon_pid"], first, "{eps:#}");
+    assert_eq!(eps["daemon_running"], true, "{eps:#}");
+    assert_eq!(eps["proxy_listening"], true, "{eps:#}");
+    let accepted = node.log().matches(": accepted ").count();
+    assert_eq!(node.curl(VIP), Ok((200, "healthy: east".to_owned())));
+    assert!(node.log().matches(": accepted ").count() > accepted);
 }

@@ -249,6 +249,15 @@ impl Datapath {
         Ok(())
     }
 
+    /// Once a failed successor's process is gone: the config maps and the
+    /// programs again, over whatever it wrote after [`Self::resume`] (a
+    /// successor held up past the deadline goes on until it learns it was
+    /// not acknowledged).
+    pub(crate) fn retake(&self, successor: u32) -> Result<(), BpfError> {
+        let mut loaded = self.loaded.lock().expect("loaded lock");
+        loaded.as_mut().map_or(Ok(()), |l| l.retake(successor))
+    }
+
     /// A duplicate of the pin directory's lock, for a successor to share
     /// until the handover ends; `None` once released.
     pub(crate) fn share_lock(&self) -> std::io::Result<Option<std::os::fd::OwnedFd>> {

@@ -556,6 +556,7 @@ impl Server {
             pid: peer,
             stream,
             path: self.path.clone(),
+            exited: pidfd_open(peer),
         })
     }
 }
@@ -658,9 +659,29 @@ pub(crate) struct Successor {
     pub(crate) pid: u32,
     stream: UnixStream,
     path: PathBuf,
+    /// A pidfd of its process (readable once it exited), taken while it
+    /// certainly lives; none on a kernel without `pidfd_open` (< 5.3).
+    exited: Option<OwnedFd>,
+}
+
+/// A pidfd for process `pid`.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: a plain system call; a non-negative result is a new
+    // descriptor this process owns.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: just returned by the kernel, owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl Successor {
+    /// Its pidfd (see the field), to wait for its exit once the handover
+    /// failed.
+    pub(crate) fn take_exit(&mut self) -> Option<OwnedFd> {
+        self.exited.take()
+    }
+
     /// Sends `listening`, the pin directory's `lock` and `outliers` (step
     /// 3). The caller must have stopped accepting and writing the maps.
     pub(crate) fn offer(

@@ -45,6 +45,7 @@ impl Running {
             }
         };
         tokio::pin!(helper_gone);
+        let (retake_tx, mut retake) = mpsc::channel(1);
         let mut failed = None;
         loop {
             tokio::select! {
@@ -60,8 +61,9 @@ impl Running {
                 }
                 _ = hup.recv() => info!("SIGHUP: reloading {}", self.opts.config.display()),
                 Some(path) = changed.recv() => info!("{} changed: reloading", path.display()),
-                successor = self.successors.next() => {
+                mut successor = self.successors.next() => {
                     let pid = successor.pid;
+                    let exited = successor.take_exit();
                     match self.hand_over(successor).await {
                         Ok(()) => {
                             drop(watching);
@@ -70,9 +72,28 @@ impl Running {
                         Err(e) => {
                             error!("handing over to pid {pid} failed, serving on: {e:#}");
                             self.serve_again(pid).await;
+                            if let Some(fd) = exited {
+                                self.tasks.push(retake_when_gone(pid, fd, retake_tx.clone()));
+                            }
                             continue;
                         }
                     }
+                }
+                Some(pid) = retake.recv() => {
+                    // What the failed successor wrote after this daemon
+                    // served again, undone.
+                    if let Err(e) = self.datapath.retake(pid) {
+                        error!("taking the datapath back from pid {pid}: {e}");
+                    }
+                    if let Err(e) = self
+                        .datapath
+                        .set_services(&service_entries(&self.current.config.services))
+                    {
+                        error!("publishing the services to the kernel again: {e}");
+                    }
+                    sync::publish_all(&self.datapath, &self.services);
+                    info!("pid {pid} is gone; the datapath is this daemon's as it left it");
+                    continue;
                 }
             }
             match self.reload() {
@@ -330,6 +351,29 @@ impl Running {
             ),
         }
     }
+}
+
+/// Waits for the failed successor `pid` to exit (`exited`, its pidfd), then
+/// asks the main loop to take the datapath back once more (`retake`).
+fn retake_when_gone(
+    pid: u32,
+    exited: std::os::fd::OwnedFd,
+    retake: mpsc::Sender<u32>,
+) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        // SAFETY: the AsyncFd owns the pidfd, which nothing closes or
+        // replaces while it is registered.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(exited, tokio::io::Interest::READABLE)
+        };
+        match registered {
+            Ok(fd) => {
+                let _ = fd.readable().await;
+            }
+            Err(e) => warn!("waiting for pid {pid} to exit: {}", e.into_parts().1),
+        }
+        let _ = retake.send(pid).await;
+    }))
 }
 
 /// What the running daemon waits for: signals and changes of the files its

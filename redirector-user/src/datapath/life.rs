@@ -9,7 +9,11 @@
 //! threads take the fatal path and marks it dying; the hooks fail open
 //! from then on. Registration happens only once this daemon serves (its
 //! programs attached, its listeners its own), so a successor that dies
-//! while its predecessor still serves marks nothing. A `--datapath-only`
+//! while its predecessor still serves marks nothing. During a handover
+//! (see `handover.rs`) the successor registers once it has attached,
+//! before it confirms; if it dies then, the predecessor, serving on,
+//! registers itself again within milliseconds (meanwhile the hooks fail
+//! open, as for any dying daemon). A `--datapath-only`
 //! process registers nobody: the listeners it redirects to are another
 //! proxy's, which outlives it.
 
@@ -35,6 +39,9 @@ pub(super) struct Watch {
     /// Whether this process's listeners are the ones the hooks look for.
     watched: bool,
     program: bool,
+    /// Whether `signal_deliver` is attached (it stays attached when the
+    /// daemon registers again after a failed handover).
+    attached: bool,
 }
 
 impl Watch {
@@ -49,6 +56,7 @@ impl Watch {
                 map,
                 watched,
                 program: false,
+                attached: false,
             });
         }
         let name = program_names::SIGNAL_DELIVER;
@@ -76,12 +84,15 @@ impl Watch {
             map,
             watched,
             program: loaded.is_ok(),
+            attached: false,
         })
     }
 
     /// Registers this process as the serving daemon, watched from now on
     /// (or, when not `watched`, registers nobody, so no earlier daemon's
-    /// death keeps the hooks from the listeners).
+    /// death keeps the hooks from the listeners). Again after a failed
+    /// handover: a successor that registered itself and then died (marked
+    /// dying) must not keep the hooks from this daemon's listeners.
     pub(super) fn serve(&mut self, ebpf: &mut Ebpf) -> Result<(), BpfError> {
         const NOBODY: Life = Life {
             serving_pid: 0,
@@ -92,13 +103,16 @@ impl Watch {
         if !self.watched {
             return map_op(map_names::LIFE, self.map.set(0, NOBODY, 0));
         }
-        if self.program {
+        if self.program && !self.attached {
             let attached = ebpf
                 .program_mut(program_names::SIGNAL_DELIVER)
                 .and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
                 .map(|p| p.attach(TRACEPOINT));
             match attached {
-                Some(Ok(_)) => info!("watching for this daemon's death ({TRACEPOINT})"),
+                Some(Ok(_)) => {
+                    self.attached = true;
+                    info!("watching for this daemon's death ({TRACEPOINT})");
+                }
                 Some(Err(e)) => {
                     warn!(error = %e, "could not attach {TRACEPOINT}: a kill -9 can reset connects made while the kernel closes this daemon's listeners");
                 }

@@ -493,9 +493,7 @@ impl Loaded {
         &mut self,
         successor: u32,
     ) -> Result<(RingBuf<MapData>, RingBuf<MapData>), BpfError> {
-        self.pins.recreate()?;
-        self.config.write()?;
-        self.attach(Some(successor))?;
+        self.retake(successor)?;
         let ring = |fd: &OwnedFd, name: &'static str| {
             let dup = fd.try_clone().map_err(BpfError::Ring)?;
             MapData::from_fd(dup)
@@ -507,6 +505,14 @@ impl Loaded {
             ring(&self.rings[0], map_names::OUTCOMES)?,
             ring(&self.rings[1], map_names::NS_EVENTS)?,
         ))
+    }
+
+    /// The config maps written and the programs attached again (see
+    /// [`Self::resume`]), over whatever a failed successor left.
+    pub(super) fn retake(&mut self, successor: u32) -> Result<(), BpfError> {
+        self.pins.recreate()?;
+        self.config.write()?;
+        self.attach(Some(successor))
     }
 
     /// A duplicate of the pin directory's lock, shared with a successor.
