@@ -9,7 +9,11 @@
 //! time: an flock on a file in /run says which, so a second daemon fails
 //! with a sentence instead of clobbering the first. Pins a dead daemon left
 //! are not removed: they are the running datapath, and the next daemon
-//! adopts them. `redirector cleanup` removes them.
+//! adopts them. `redirector cleanup` removes them. A pinned map is adopted
+//! only if its key and value sizes, max entries, type and flags are what
+//! this build's object defines ([`check_layouts`]); a successor checks
+//! this before it asks for the directory, and during a handover it claims
+//! the directory with the lock its predecessor shares (`handover.rs`).
 
 use std::{
     fs::{self, File, OpenOptions},
