@@ -924,10 +924,13 @@ pub(crate) fn request(path: &Path, proof: Option<OwnedFd>) -> Result<Handed, Han
             fds.len()
         )));
     }
+    // The kernel's word for who answered (0 if that process is not visible
+    // from this PID namespace), not the offer's.
+    let predecessor = getsockopt(&stream, PeerCredentials).map_or(0, |c| c.pid());
     let confirmation = (offer.version >= PROTOCOL_VERSION).then(|| Confirmation {
         stream,
         path: path.into(),
-        predecessor: offer.pid,
+        predecessor: u32::try_from(predecessor).unwrap_or(0),
     });
     let items = offer.sockets.into_iter().zip(fds).collect();
     Ok(Handed {
@@ -978,7 +981,11 @@ impl Confirmation {
             .and_then(|line| parse_confirmation(&line, true));
         match acked {
             Ok(()) => Ok(Confirmed::Acknowledged),
-            Err(_) if !process_alive(self.predecessor) => Ok(Confirmed::PredecessorGone),
+            // Unknown (0): taken for alive, the safe side (this daemon
+            // stops, and the node fails open at worst).
+            Err(_) if self.predecessor != 0 && !process_alive(self.predecessor) => {
+                Ok(Confirmed::PredecessorGone)
+            }
             Err(e) => Err(failed(format!(
                 "pid {} did not acknowledge this daemon's confirmation ({e}): it serves on",
                 self.predecessor

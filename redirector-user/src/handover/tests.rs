@@ -212,7 +212,7 @@ async fn a_peer_proving_another_map_is_refused_and_told_why() {
     assert!(
         err.contains("refused")
             && err.contains(&format!(
-                "the map it sent (id {other_id}) is not one pinned"
+                "the map it sent (id {other_id}) is not one of the 1 pinned"
             )),
         "{err}"
     );
