@@ -663,3 +663,29 @@ impl Loadable for CgroupSock {
         self.load()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pinned_map_is_checked_for_its_type_and_flags() {
+        if OBJECT.is_empty() {
+            // Built with AYA_BUILD_SKIP: nothing to compare against.
+            return;
+        }
+        for l in layouts().iter().chain([&event_layout(), &log_layout()]) {
+            assert!(
+                l.kind.is_some(),
+                "{}: not in the object, its type is not checked",
+                l.name
+            );
+        }
+        // Spot checks against the kernel's numbers.
+        const HASH: u32 = 1;
+        const RINGBUF: u32 = 27;
+        let kind = |name| layouts().into_iter().find(|l| l.name == name).unwrap().kind;
+        assert_eq!(kind(map_names::SERVICES).map(|k| k.0), Some(HASH));
+        assert_eq!(kind(map_names::OUTCOMES).map(|k| k.0), Some(RINGBUF));
+    }
+}
