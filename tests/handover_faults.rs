@@ -37,7 +37,7 @@ fn one_endpoint() -> String {
 
 /// `rdt-load` in the app's position, a new connection per request, each
 /// with a 10 s timeout: the status of every request (0: no answer).
-fn load(ns: &Netns, cgroup: &TestCgroup, rps: u32, secs: u32) -> Vec<u64> {
+fn load(ns: &Netns, cgroup: &TestCgroup, rps: u32, secs: u32) -> Vec<serde_json::Value> {
     let mut cmd = Command::new(client::rdt_load_bin());
     ns.configure(&mut cmd);
     cgroup.configure(&mut cmd);
@@ -48,16 +48,21 @@ fn load(ns: &Netns, cgroup: &TestCgroup, rps: u32, secs: u32) -> Vec<u64> {
         f64::from(secs),
         &["--new-connections", "--timeout", "10"],
     )
-    .iter()
-    .map(|v| v["status"].as_u64().expect("status"))
-    .collect()
+}
+
+fn statuses(requests: &[serde_json::Value]) -> Vec<u64> {
+    requests
+        .iter()
+        .map(|v| v["status"].as_u64().expect("status"))
+        .collect()
 }
 
 /// The daemon with `args` in `ns`, logging to `log`, not waited for.
-fn spawn(ns: &Netns, args: &[String], log: &Path) -> Child {
+fn spawn(ns: &Netns, args: &[String], log: &Path, env: &[(&str, &str)]) -> Child {
     let file = File::create(log).unwrap();
     let mut cmd = Command::new(redirector_bin());
     cmd.args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(file.try_clone().unwrap())
         .stderr(file);
@@ -86,72 +91,109 @@ fn handover_socket(pin_dir: &Path) -> PathBuf {
     PathBuf::from(format!("/run/redirector/{name}.handover"))
 }
 
-#[test]
-fn a_successor_killed_after_receiving_the_listeners_fails_no_request_and_the_old_daemon_serves_on()
-{
-    let mut node = Node::new();
-    let east = node.http("127.0.10.1:8080", "east");
-    node.start(&one_endpoint(), "us-east1", false);
-    node.servers[east].set_delay(Duration::from_millis(10));
-    let first = node.daemon.as_ref().unwrap().pid();
+/// A take-over under a steady load (100 new connections a second for 8 s)
+/// whose successor kills itself at `point` (`REDIRECTOR_TEST_KILL_SELF`,
+/// see `app.rs`); returns when the old daemon serves again and more
+/// requests went through it: every request and the successor's log.
+fn killed_during_take_over(
+    node: &Node,
+    east: usize,
+    point: &str,
+) -> (Vec<serde_json::Value>, String) {
     let mut args = node.args("us-east1");
     args.push("--take-over".into());
     let dir = TempDir::new("successor").unwrap();
     let log_path = dir.path().join("successor.log");
     let successor_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let statuses = {
-        let Node {
-            ns,
-            cgroup,
-            servers,
-            daemon,
-            ..
-        } = &node;
-        let (ns, cgroup, east) = (ns, cgroup, &servers[east]);
-        let old = daemon.as_ref().unwrap();
-        thread::scope(|s| {
-            let load = s.spawn(|| load(ns, cgroup, 100, 8));
-            let more = |what: &str, n: u64| {
-                let until = east.requests() + n;
-                wait_until(&format!("{n} more requests {what}"), TIMEOUT, || {
-                    east.requests() >= until
-                });
-            };
-            more("through the old daemon", 100);
-            let mut successor = spawn(ns, &args, &log_path);
-            // It has every descriptor (and the old daemon stopped
-            // accepting): killed before it serves, as by a verifier
-            // rejection, an attach error or the OOM killer.
-            wait_until("the successor to receive the listeners", TIMEOUT, || {
-                successor_log().contains("took over the listeners")
+    let (ns, cgroup, east) = (&node.ns, &node.cgroup, &node.servers[east]);
+    let old = node.daemon.as_ref().unwrap();
+    let statuses = thread::scope(|s| {
+        let load = s.spawn(|| load(ns, cgroup, 100, 8));
+        let more = |what: &str, n: u64| {
+            let until = east.requests() + n;
+            wait_until(&format!("{n} more requests {what}"), TIMEOUT, || {
+                east.requests() >= until
             });
-            process::kill_and_reap(&mut successor);
-            let killed = Instant::now();
-            while !old
-                .log()
-                .contains("did not take over: this daemon serves again")
-            {
-                assert!(
-                    killed.elapsed() < TIMEOUT,
-                    "the old daemon did not serve again"
-                );
-                thread::sleep(Duration::from_millis(5));
-            }
-            // For the record (not asserted: the machine may be loaded).
-            eprintln!(
-                "serving again {:?} after the successor was killed",
-                killed.elapsed()
+        };
+        more("through the old daemon", 100);
+        let mut successor = spawn(
+            ns,
+            &args,
+            &log_path,
+            &[("REDIRECTOR_TEST_KILL_SELF", point)],
+        );
+        let status = process::wait_timeout(&mut successor, TIMEOUT)
+            .unwrap()
+            .expect("the successor to kill itself");
+        let killed = Instant::now();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "{}",
+            successor_log()
+        );
+        while !old
+            .log()
+            .contains("did not take over: this daemon serves again")
+        {
+            assert!(
+                killed.elapsed() < TIMEOUT,
+                "the old daemon did not serve again:\n{}",
+                old.log()
             );
-            more("through the old daemon again", 100);
-            load.join().expect("the load")
-        })
-    };
+            thread::sleep(Duration::from_millis(5));
+        }
+        // For the record (not asserted: the machine may be loaded): from
+        // the end of the exchange to accepting again, in the old daemon's log.
+        let old_log = old.log();
+        if let (Some(ended), Some(again)) = (
+            logged_at(&old_log, "closed the connection without confirming"),
+            logged_at(&old_log, "did not take over: this daemon serves again"),
+        ) {
+            eprintln!(
+                "{point}: serving again {:.1} ms after the successor's end",
+                (again - ended) * 1000.0
+            );
+        }
+        let log = successor_log();
+        if let (Some(start), Some(asked)) = (
+            log.lines().next().and_then(|l| logged_at(l, "")),
+            logged_at(&log, "the programs load and the pinned maps fit"),
+        ) {
+            eprintln!(
+                "the successor's checks before asking: {:.0} ms after its first log line",
+                (asked - start) * 1000.0
+            );
+        }
+        more("through the old daemon again", 100);
+        load.join().expect("the load")
+    });
+    (statuses, successor_log())
+}
+
+#[test]
+fn a_successor_killed_right_after_it_received_the_listeners_fails_no_request_and_the_old_daemon_serves_on()
+ {
+    let mut node = Node::new();
+    let east = node.http("127.0.10.1:8080", "east");
+    node.start(&one_endpoint(), "us-east1", false);
+    node.servers[east].set_delay(Duration::from_millis(10));
+    let first = node.daemon.as_ref().unwrap().pid();
+    let (requests, successor_log) = killed_during_take_over(&node, east, "received");
+    let statuses = statuses(&requests);
+    assert!(
+        successor_log.contains("took over the listeners")
+            && !successor_log.contains("attached connect4"),
+        "{successor_log}"
+    );
+    let mut args = node.args("us-east1");
+    args.push("--take-over".into());
     let log = node.log();
     assert_all_ok(
         "the load",
         &statuses,
         800,
-        &format!("old daemon:\n{log}\nsuccessor:\n{}", successor_log()),
+        &format!("old daemon:\n{log}\nsuccessor:\n{successor_log}"),
     );
     assert!(
         log.contains("closed the connection without confirming"),
@@ -320,7 +362,7 @@ fn a_successor_held_up_past_the_deadline_stops_unacknowledged_and_the_old_daemon
     let dir = TempDir::new("successor").unwrap();
     let log_path = dir.path().join("successor.log");
     let successor_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let mut successor = spawn(&node.ns, &args, &log_path);
+    let mut successor = spawn(&node.ns, &args, &log_path, &[]);
     wait_until("the successor to receive the listeners", TIMEOUT, || {
         successor_log().contains("took over the listeners")
     });
@@ -361,4 +403,62 @@ fn a_successor_held_up_past_the_deadline_stops_unacknowledged_and_the_old_daemon
     let accepted = node.log().matches(": accepted ").count();
     assert_eq!(node.curl(VIP), Ok((200, "healthy: east".to_owned())));
     assert!(node.log().matches(": accepted ").count() > accepted);
+}
+
+#[test]
+fn a_successor_killed_once_it_serves_but_before_it_confirmed_fails_no_request_and_the_old_daemon_is_watched_again()
+ {
+    let mut node = Node::new();
+    let east = node.http("127.0.10.1:8080", "east");
+    node.start(&one_endpoint(), "us-east1", false);
+    node.servers[east].set_delay(Duration::from_millis(10));
+    let first = node.daemon.as_ref().unwrap().pid();
+    // Killed with its programs attached and itself registered as the
+    // serving daemon for the death watch, which marks it dying: connects
+    // fail open until the old daemon registers itself again.
+    let (requests, successor_log) = killed_during_take_over(&node, east, "serving");
+    assert!(
+        successor_log.contains("redirector ready"),
+        "{successor_log}"
+    );
+    // The only requests that may fail are those the killed successor's
+    // proxy had accepted and was carrying (nothing saves those, as with
+    // any kill -9): told apart by the app's address it logged.
+    let carried: Vec<&str> = successor_log
+        .lines()
+        .filter(|l| l.contains(": accepted "))
+        .filter_map(|l| l.split("peer=").nth(1)?.split_whitespace().next())
+        .collect();
+    let failed: Vec<&serde_json::Value> = requests.iter().filter(|r| r["status"] != 200).collect();
+    let not_carried: Vec<&&serde_json::Value> = failed
+        .iter()
+        .filter(|r| !carried.contains(&r["local"].as_str().unwrap_or("")))
+        .collect();
+    eprintln!(
+        "serving: {} requests failed, all carried by the killed successor ({} it had accepted)",
+        failed.len(),
+        carried.len()
+    );
+    assert_eq!(requests.len(), 800);
+    assert!(
+        not_carried.is_empty(),
+        "failed, and not carried by the killed successor: {not_carried:#?}\nold daemon:\n{}\nsuccessor:\n{successor_log}",
+        node.log()
+    );
+    // Its programs are the old daemon's again, the maps name it, and the
+    // death watch does not take its listeners for a dying daemon's:
+    // connects reach its proxy, not the endpoint straight.
+    let log = node.log();
+    assert!(
+        log.contains("closed the connection without confirming"),
+        "{log}"
+    );
+    let eps = node.endpoints();
+    assert_eq!(eps["daemon_pid"], first, "{eps:#}");
+    let accepted = log.matches(": accepted ").count();
+    for _ in 0..3 {
+        assert_eq!(node.curl(VIP), Ok((200, "healthy: east".to_owned())));
+    }
+    let log = node.log();
+    assert!(log.matches(": accepted ").count() >= accepted + 3, "{log}");
 }

@@ -177,7 +177,10 @@ impl Running {
         )
         .await;
         let started = match (started, confirmation) {
-            (Ok(running), Some(confirmation)) => running.confirm(confirmation).await,
+            (Ok(running), Some(confirmation)) => {
+                fault_point("serving");
+                running.confirm(confirmation).await
+            }
             // Dropped unconfirmed: the predecessor serves on.
             (started, _) => started,
         };
@@ -381,6 +384,7 @@ pub(super) async fn load_datapath(
         kernel_log_level: datapath::kernel_log_level(),
         any_listener: opts.datapath_only,
         lock: None,
+        prepared: None,
     };
     let (datapath, handed) = match Datapath::load(options()) {
         Err(BpfError::Pins(PinError::InUse { pid, .. })) if opts.take_over => {
@@ -388,15 +392,16 @@ pub(super) async fn load_datapath(
             // Everything that can fail without the pin directory fails
             // now, while the running daemon still serves.
             let checking = options();
-            let proof = tokio::task::spawn_blocking(move || Datapath::preflight(&checking))
-                .await
-                .context("the pre-handover checks")?
-                .with_context(|| {
-                    format!(
-                        "pid {pid} holds {} and keeps serving: this daemon cannot run here",
-                        node.pin_dir.display()
-                    )
-                })?;
+            let (proof, prepared) =
+                tokio::task::spawn_blocking(move || Datapath::preflight(&checking))
+                    .await
+                    .context("the pre-handover checks")?
+                    .with_context(|| {
+                        format!(
+                            "pid {pid} holds {} and keeps serving: this daemon cannot run here",
+                            node.pin_dir.display()
+                        )
+                    })?;
             info!(
                 "pid {pid} holds {}: the programs load and the pinned maps fit; asking it to \
                  hand its listeners over ({})",
@@ -417,8 +422,10 @@ pub(super) async fn load_datapath(
                 from = handed.pid, sockets = ?handed.describe(),
                 "took over the listeners; the previous daemon stopped accepting"
             );
+            fault_point("received");
             let mut options = options();
             options.lock = handed.take_lock();
+            options.prepared = Some(prepared);
             (Datapath::load(options)?, Some(handed))
         }
         other => (other?, None),
@@ -430,6 +437,21 @@ pub(super) async fn load_datapath(
         );
     }
     Ok((datapath, handed))
+}
+
+/// Debug builds only (the tests' daemon): with
+/// `REDIRECTOR_TEST_KILL_SELF=<point>` a successor kills itself with
+/// SIGKILL at `point` of a take-over (`received`: the descriptors came;
+/// `serving`: attached and serving, not yet confirmed), as an OOM kill or
+/// a crash would, at a moment a test cannot hit from outside.
+fn fault_point(point: &str) {
+    if cfg!(debug_assertions)
+        && std::env::var("REDIRECTOR_TEST_KILL_SELF").is_ok_and(|p| p == point)
+    {
+        warn!("REDIRECTOR_TEST_KILL_SELF: killing this process at {point:?}");
+        // SAFETY: a plain system call on this process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
 }
 
 /// Attached and listening: what the daemon no longer needs goes, then it

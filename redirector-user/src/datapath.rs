@@ -185,7 +185,14 @@ pub(crate) struct DatapathOptions {
     /// The pin directory's lock a predecessor shares during a handover
     /// (see `handover.rs`); `None`: take it.
     pub(crate) lock: Option<std::os::fd::OwnedFd>,
+    /// The programs a successor loaded before asking (see
+    /// [`Datapath::preflight`]); `None`: load them.
+    pub(crate) prepared: Option<Prepared>,
 }
+
+/// The object loaded on the pinned maps, every program through the
+/// verifier, before the pin directory was claimed.
+pub(crate) struct Prepared(aya::Ebpf);
 
 /// The loaded datapath: the programs and their pins (until released),
 /// the maps the daemon writes, the ones the proxy and the DNS responder
@@ -229,9 +236,12 @@ impl Datapath {
 
     /// Everything a successor can check before it asks the running daemon
     /// for the pin directory (see `load::preflight`); the proof, a
-    /// descriptor of a map pinned there.
-    pub(crate) fn preflight(opts: &DatapathOptions) -> Result<std::os::fd::OwnedFd, BpfError> {
-        load::preflight(opts)
+    /// descriptor of a map pinned there, and the loaded programs, for
+    /// [`DatapathOptions::prepared`].
+    pub(crate) fn preflight(
+        opts: &DatapathOptions,
+    ) -> Result<(std::os::fd::OwnedFd, Prepared), BpfError> {
+        load::preflight(opts).map(|(proof, ebpf)| (proof, Prepared(ebpf)))
     }
 
     /// A successor that had the pin directory failed before confirming:

@@ -18,8 +18,9 @@
 //! 0. before it asks, the successor checks everything it can without the
 //!    pin directory: its privileges, the cgroup, the kernel, the layouts
 //!    (sizes, types, flags) of the maps pinned there, and every program
-//!    through the verifier on maps of its own (`Datapath::preflight`). A
-//!    build that cannot run here fails now, while the predecessor serves;
+//!    through the verifier, loaded on the pinned maps and kept
+//!    (`Datapath::preflight`). A build that cannot run here fails now,
+//!    while the predecessor serves, and phase 1 below is short;
 //! 1. the successor sends `{"version":2,"pid":N}` with one descriptor
 //!    attached: a map pinned in the directory, which it opened itself;
 //! 2. the predecessor authenticates it (see [`authenticate`]: same uid and

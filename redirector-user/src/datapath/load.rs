@@ -262,7 +262,11 @@ pub(super) fn open(opts: DatapathOptions) -> Result<Opened, BpfError> {
     let pins = Pins::claim(&opts.pin_dir, handed)?;
     check_pinned_layouts(|l| pins.check_layouts(l))?;
     let taking_over = pins.has_links();
-    let mut ebpf = load_logging(Some(&pins), opts.kernel_log_level)?;
+    // Loaded before the lock came, by a successor (see `preflight`).
+    let mut ebpf = match opts.prepared {
+        Some(prepared) => prepared.0,
+        None => load_logging(&opts.pin_dir, opts.kernel_log_level)?,
+    };
     pins.restrict()?;
     let logs = match KernelLogs::take(&mut ebpf) {
         Ok(logs) => Some(logs),
@@ -354,10 +358,12 @@ fn ring_fd(ebpf: &Ebpf, name: &'static str) -> Result<OwnedFd, BpfError> {
 /// directory (see `handover.rs`), so that a build that cannot run here
 /// fails while the running daemon still serves: privileges, the cgroup,
 /// the kernel, the pinned maps' layouts (types and flags too), and every
-/// program through the verifier, on maps of its own (nothing is pinned,
-/// written or attached). Returns a descriptor of a map pinned there: the
-/// proof, for the running daemon, that this process can open them.
-pub(super) fn preflight(opts: &DatapathOptions) -> Result<OwnedFd, BpfError> {
+/// program through the verifier, loaded on the pinned maps (nothing is
+/// written or attached; the programs are kept for [`open`], so that only
+/// what needs the directory is left for the time the predecessor does not
+/// accept). Returns a descriptor of a map pinned there, the proof for the
+/// running daemon that this process can open them, and the programs.
+pub(super) fn preflight(opts: &DatapathOptions) -> Result<(OwnedFd, Ebpf), BpfError> {
     check_privileges()?;
     check_cgroup(&opts.cgroup)?;
     check_kernel()?;
@@ -365,36 +371,40 @@ pub(super) fn preflight(opts: &DatapathOptions) -> Result<OwnedFd, BpfError> {
         return Err(BpfError::EmptyObject);
     }
     check_pinned_layouts(|l| pins::check_layouts(&opts.pin_dir, l))?;
-    drop(load_logging(None, opts.kernel_log_level)?);
-    Ok(pins::open_any_map(&opts.pin_dir)?)
+    let proof = pins::open_any_map(&opts.pin_dir)?;
+    // Loaded on the pinned maps (reading nothing, writing nothing; a map
+    // this build added and the directory lacks is made and pinned, as at
+    // any take-over), so that once the predecessor stops accepting only
+    // what needs the directory is left to do.
+    pins::ensure_versioned(&opts.pin_dir)?;
+    let ebpf = load_logging(&opts.pin_dir, opts.kernel_log_level)?;
+    Ok((proof, ebpf))
 }
 
 /// [`load_programs`], again with kernel logging off if the verifier
 /// refused them with it on.
-fn load_logging(pins: Option<&Pins>, log_level: u8) -> Result<Ebpf, BpfError> {
-    match load_programs(pins, log_level) {
+fn load_logging(pin_dir: &Path, log_level: u8) -> Result<Ebpf, BpfError> {
+    match load_programs(pin_dir, log_level) {
         Err(e @ BpfError::Program { .. }) if log_level > 0 => {
             warn!(
                 "the verifier refused the programs with kernel logging on ({e}); loading them \
                  with it off"
             );
-            load_programs(pins, 0)
+            load_programs(pin_dir, 0)
         }
         loaded => loaded,
     }
 }
 
-/// The object loaded with its maps pinned (or opened from their pins;
-/// `None`: maps of its own, unpinned) and every program through the
-/// verifier, logging at `log_level`.
-fn load_programs(pins: Option<&Pins>, log_level: u8) -> Result<Ebpf, BpfError> {
+/// The object loaded with its maps pinned in `pin_dir` (or opened from
+/// their pins) and every program through the verifier, logging at
+/// `log_level`.
+fn load_programs(pin_dir: &Path, log_level: u8) -> Result<Ebpf, BpfError> {
     let mut loader = EbpfLoader::new();
-    if let Some(pins) = pins {
-        for l in layouts().iter().chain([&event_layout()]) {
-            loader.map_pin_path(l.name, pins.path(l.name));
-        }
-        loader.map_pin_path(logs::MAP, pins.path(logs::PIN));
+    for l in layouts().iter().chain([&event_layout()]) {
+        loader.map_pin_path(l.name, pins::pin_path(pin_dir, l.name));
     }
+    loader.map_pin_path(logs::MAP, pins::pin_path(pin_dir, logs::PIN));
     loader.override_global(aya_log::LEVEL, &log_level, true);
     let mut ebpf = loader.load(OBJECT)?;
     for (name, hook, _, _) in HOOKS {
@@ -670,6 +680,8 @@ mod tests {
 
     #[test]
     fn every_pinned_map_is_checked_for_its_type_and_flags() {
+        const HASH: u32 = 1;
+        const RINGBUF: u32 = 27;
         if OBJECT.is_empty() {
             // Built with AYA_BUILD_SKIP: nothing to compare against.
             return;
@@ -682,8 +694,6 @@ mod tests {
             );
         }
         // Spot checks against the kernel's numbers.
-        const HASH: u32 = 1;
-        const RINGBUF: u32 = 27;
         let kind = |name| layouts().into_iter().find(|l| l.name == name).unwrap().kind;
         assert_eq!(kind(map_names::SERVICES).map(|k| k.0), Some(HASH));
         assert_eq!(kind(map_names::OUTCOMES).map(|k| k.0), Some(RINGBUF));

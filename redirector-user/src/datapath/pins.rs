@@ -141,7 +141,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PinError + '_ {
 }
 
 /// `<pin dir>/v<ABI>/<name>`.
-fn pin_path(pin_dir: &Path, name: &str) -> PathBuf {
+pub(super) fn pin_path(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join(format!("v{ABI_VERSION}")).join(name)
 }
 
@@ -262,6 +262,19 @@ impl Pins {
         fs::set_permissions(&self.versioned, fs::Permissions::from_mode(0o700))
             .map_err(io_err(&self.versioned))
     }
+}
+
+/// Makes `<pin dir>/v<ABI>/` (mode 0700) if it is not there, for maps to be
+/// pinned in before the directory is claimed (a successor's preflight).
+pub(super) fn ensure_versioned(dir: &Path) -> Result<(), PinError> {
+    check_bpffs(dir)?;
+    let versioned = dir.join(format!("v{ABI_VERSION}"));
+    if !versioned.exists() {
+        fs::create_dir_all(&versioned).map_err(io_err(&versioned))?;
+        fs::set_permissions(&versioned, fs::Permissions::from_mode(0o700))
+            .map_err(io_err(&versioned))?;
+    }
+    Ok(())
 }
 
 /// Fails on a map pinned in `dir` whose kernel layout is not `expected`,
