@@ -14,6 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{Array, Map, MapData};
+use redirector_common::{Life, map_names};
 use redirector_tests::{
     cgroup::TestCgroup,
     client,
@@ -455,6 +457,13 @@ fn a_successor_killed_once_it_serves_but_before_it_confirmed_fails_no_request_an
     );
     let eps = node.endpoints();
     assert_eq!(eps["daemon_pid"], first, "{eps:#}");
+    // The killed successor was marked dying; the old daemon is the
+    // serving one again, not dying.
+    let pin = node.pins.path().join("v3").join(map_names::LIFE);
+    let data = MapData::from_pin(&pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
+    let life: Array<MapData, Life> = Array::try_from(Map::Array(data)).expect("an array of Life");
+    let life = life.get(&0, 0).unwrap();
+    assert_eq!((life.serving_pid, life.dying_pid), (first, 0), "{life:?}");
     let accepted = log.matches(": accepted ").count();
     for _ in 0..3 {
         assert_eq!(node.curl(VIP), Ok((200, "healthy: east".to_owned())));
