@@ -4,7 +4,9 @@
 //! of a steady load fails) and a later take-over works; a root process
 //! without capabilities asking for the listeners is refused and the daemon
 //! serves on; an endpoint ejected before a take-over stays ejected after
-//! it.
+//! it; pods are served again on their own sockets; a successor killed once
+//! it serves, or held up past the deadline, leaves the old daemon's
+//! programs, maps and death-watch registration in place.
 
 use std::{
     fs::File,
@@ -470,4 +472,79 @@ fn a_successor_killed_once_it_serves_but_before_it_confirmed_fails_no_request_an
     }
     let log = node.log();
     assert!(log.matches(": accepted ").count() >= accepted + 3, "{log}");
+}
+
+#[test]
+fn pods_are_served_again_by_the_old_daemon_when_the_successor_dies_after_receiving_them() {
+    let mut node = Node::new();
+    let pods_net = node.pods().clone();
+    let east_ns = node.endpoint_ns("east", "10.213.1.1/24", "10.213.1.2/24");
+    let east = redirector_tests::http::HttpServer::start(
+        &east_ns,
+        "10.213.1.2:8080".parse().unwrap(),
+        "east",
+    )
+    .expect("starting east");
+    node.start(
+        &mydb_entry(
+            VIP,
+            "STATIC",
+            "  - {address: 10.213.1.2, locality: us-east1}\n",
+        ),
+        "us-east1",
+        false,
+    );
+    let pods: Vec<_> = (0..3)
+        .map(|i| pods_net.pod(&format!("app-{i}")).expect("creating a pod"))
+        .collect();
+    wait_until("3 pods served", TIMEOUT, || {
+        node.report("pods")["namespaces"]
+            .as_array()
+            .is_some_and(|r| r.iter().filter(|r| r["state"] == "served").count() >= 4)
+    });
+    let mut args = node.args("us-east1");
+    args.push("--take-over".into());
+    let dir = TempDir::new("successor").unwrap();
+    let log_path = dir.path().join("successor.log");
+    let records: Vec<Vec<serde_json::Value>> = thread::scope(|s| {
+        let loads: Vec<_> = pods
+            .iter()
+            .map(|pod| {
+                s.spawn(move || {
+                    let cmd = pod.command(client::rdt_load_bin());
+                    client::rdt_load(cmd, VIP, 20, 6.0, &["--new-connections", "--timeout", "10"])
+                })
+            })
+            .collect();
+        let until = east.requests() + 60;
+        wait_until("requests from the pods", TIMEOUT, || {
+            east.requests() >= until
+        });
+        let mut successor = spawn(
+            &node.ns,
+            &args,
+            &log_path,
+            &[("REDIRECTOR_TEST_KILL_SELF", "received")],
+        );
+        process::wait_timeout(&mut successor, TIMEOUT)
+            .unwrap()
+            .expect("the successor to kill itself");
+        wait_until("the old daemon to serve again", TIMEOUT, || {
+            node.log()
+                .contains("did not take over: this daemon serves again")
+        });
+        let until = east.requests() + 60;
+        wait_until("more requests from the pods", TIMEOUT, || {
+            east.requests() >= until
+        });
+        loads
+            .into_iter()
+            .map(|l| l.join().expect("a pod's load"))
+            .collect()
+    });
+    let log = node.log();
+    assert!(log.contains("namespaces_not_resumed=0"), "{log}");
+    for (pod, records) in pods.iter().zip(&records) {
+        assert_all_ok(pod.name(), &statuses(records), 120, &log);
+    }
 }
