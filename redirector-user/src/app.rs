@@ -443,15 +443,25 @@ pub(super) async fn load_datapath(
 /// `REDIRECTOR_TEST_KILL_SELF=<point>` a successor kills itself with
 /// SIGKILL at `point` of a take-over (`received`: the descriptors came;
 /// `serving`: attached and serving, not yet confirmed), as an OOM kill or
-/// a crash would, at a moment a test cannot hit from outside.
+/// a crash would, at a moment a test cannot hit from outside; with
+/// `<point>:stop` it stops itself there (SIGSTOP), as a stall would.
 fn fault_point(point: &str) {
-    if cfg!(debug_assertions)
-        && std::env::var("REDIRECTOR_TEST_KILL_SELF").is_ok_and(|p| p == point)
-    {
-        warn!("REDIRECTOR_TEST_KILL_SELF: killing this process at {point:?}");
-        // SAFETY: a plain system call on this process.
-        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    if !cfg!(debug_assertions) {
+        return;
     }
+    let Ok(wanted) = std::env::var("REDIRECTOR_TEST_KILL_SELF") else {
+        return;
+    };
+    let signal = if wanted == point {
+        libc::SIGKILL
+    } else if wanted.strip_suffix(":stop") == Some(point) {
+        libc::SIGSTOP
+    } else {
+        return;
+    };
+    warn!("REDIRECTOR_TEST_KILL_SELF: signal {signal} to this process at {point:?}");
+    // SAFETY: a plain system call on this process.
+    unsafe { libc::kill(libc::getpid(), signal) };
 }
 
 /// Attached and listening: what the daemon no longer needs goes, then it
