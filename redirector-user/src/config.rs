@@ -58,6 +58,17 @@ pub(crate) use model::{DatapathMode, Distribute, Protocol};
 #[cfg(test)]
 pub(crate) use model::ClientIdentity;
 
+pub(crate) use duration::MAX as MAX_DURATION;
+
+/// `now + timeout` as a deadline that always fits: the timeout is capped
+/// at [`MAX_DURATION`], which validation already bounds every config
+/// duration by, so a bad value that got past it cannot panic here
+/// (`Instant + Duration` panics on overflow).
+pub(crate) fn deadline(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout.min(MAX_DURATION)).unwrap_or(now)
+}
+
 /// A non-negative Go-style duration (`15s`, `1m30s`, `500ms`), as durations
 /// are written in the config, for flags that take one.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -92,6 +103,8 @@ pub(crate) fn load_str(
 
 #[cfg(test)]
 mod blog_tests;
+#[cfg(test)]
+mod bounds_tests;
 #[cfg(test)]
 mod datapath_tests;
 #[cfg(test)]
