@@ -243,7 +243,7 @@ impl Generation {
                 let c = cluster.clone();
                 tasks.push(tokio::spawn(async move {
                     let mut ticker =
-                        tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                        tokio::time::interval_at(config::deadline(interval), interval);
                     loop {
                         ticker.tick().await;
                         c.tick();
