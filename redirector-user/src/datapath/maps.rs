@@ -226,7 +226,11 @@ impl ServiceMaps {
         for (k, _) in before.services.iter().filter(|(k, _)| !wanted.contains(k)) {
             ignore_missing(map_names::SERVICES, self.services.remove(k))?;
         }
-        for (k, _) in before.services6.iter().filter(|(k, _)| !wanted6.contains(k)) {
+        for (k, _) in before
+            .services6
+            .iter()
+            .filter(|(k, _)| !wanted6.contains(k))
+        {
             ignore_missing(map_names::SERVICES6, self.services6.remove(k))?;
         }
         for e in entries {
@@ -287,15 +291,24 @@ impl ServiceMaps {
         };
         let had: HashSet<ServiceKey> = before.services.iter().map(|(k, _)| *k).collect();
         for k in keys_of(&self.services).filter(|k| !had.contains(k)) {
-            keep(ignore_missing(map_names::SERVICES, self.services.remove(&k)));
+            keep(ignore_missing(
+                map_names::SERVICES,
+                self.services.remove(&k),
+            ));
         }
         let had6: HashSet<ServiceKey6> = before.services6.iter().map(|(k, _)| *k).collect();
         for k in keys_of(&self.services6).filter(|k| !had6.contains(k)) {
-            keep(ignore_missing(map_names::SERVICES6, self.services6.remove(&k)));
+            keep(ignore_missing(
+                map_names::SERVICES6,
+                self.services6.remove(&k),
+            ));
         }
         let had_info: HashSet<u32> = before.info.iter().map(|(k, _)| *k).collect();
         for k in keys_of(&self.info).filter(|k| !had_info.contains(k)) {
-            keep(ignore_missing(map_names::SERVICE_INFO, self.info.remove(&k)));
+            keep(ignore_missing(
+                map_names::SERVICE_INFO,
+                self.info.remove(&k),
+            ));
         }
         for (k, v) in &before.info {
             keep(map_op(map_names::SERVICE_INFO, self.info.insert(k, v, 0)));
@@ -371,7 +384,10 @@ fn entries_of<K, V>(
 fn keys_of<K: aya::Pod, V: aya::Pod>(
     map: &HashMap<MapData, K, V>,
 ) -> impl Iterator<Item = K> + use<K, V> {
-    map.keys().filter_map(Result::ok).collect::<Vec<_>>().into_iter()
+    map.keys()
+        .filter_map(Result::ok)
+        .collect::<Vec<_>>()
+        .into_iter()
 }
 
 /// A lookup that finds nothing is `None`, not an error.
@@ -627,7 +643,8 @@ mod tests {
                 .unwrap();
             m.set_slots6(id, &SlotTable6::new(vip, Duration::from_secs(10)))
                 .unwrap();
-            m.set_endpoints(id, &[endpoint("a"), endpoint("b")]).unwrap();
+            m.set_endpoints(id, &[endpoint("a"), endpoint("b")])
+                .unwrap();
         }
     }
 
