@@ -8,7 +8,9 @@
 //! builds a complete new generation next to the old one, carrying over
 //! resolved addresses and outlier state ([`Cluster::adopt`]); nothing of
 //! the running one changes until the new one is swapped in, so a reload
-//! rejected half-way leaves everything as it was.
+//! rejected half-way leaves everything as it was (the kernel's service
+//! maps too: they are replaced all or nothing, `datapath/maps.rs`, before
+//! the swap).
 
 use std::{
     collections::HashMap,
