@@ -244,8 +244,7 @@ impl Generation {
             if let Some(interval) = cluster.outlier_interval() {
                 let c = cluster.clone();
                 tasks.push(tokio::spawn(async move {
-                    let mut ticker =
-                        tokio::time::interval_at(config::deadline(interval), interval);
+                    let mut ticker = tokio::time::interval_at(config::deadline(interval), interval);
                     loop {
                         ticker.tick().await;
                         c.tick();

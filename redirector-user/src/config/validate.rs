@@ -626,8 +626,7 @@ fn services(
             field,
             format!(
                 "too many services: the config has {} (one per host and port), and the kernel's \
-                 tables hold {MAX_SERVICES}; this port is the first past that. Split the services \
-                 across nodes' configs or remove some",
+                 tables hold {MAX_SERVICES}; this port is the first past that",
                 out.len()
             ),
         );
