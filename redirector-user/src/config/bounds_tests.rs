@@ -189,3 +189,22 @@ fn the_kernels_endpoint_capacity_is_checked() {
             .contains(&format!("holds {MAX_ENDPOINTS}"))
     );
 }
+
+#[test]
+fn a_file_larger_than_the_limit_is_refused_without_being_loaded() {
+    let dir = std::env::temp_dir().join(format!("rd-bounds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("huge.yaml");
+    // Comments only: valid YAML of no documents, one byte too long.
+    let line = format!("#{}\n", "x".repeat(1022));
+    let text = line.repeat((MAX_FILE_BYTES / 1024) as usize) + "#";
+    std::fs::write(&path, &text).unwrap();
+    let over = load_file(&path, &NodeSettings::default());
+    std::fs::write(&path, &text[..text.len() - 1]).unwrap();
+    let ok = load_file(&path, &NodeSettings::default());
+    std::fs::remove_dir_all(&dir).unwrap();
+    let text = over.expect_err("too large").to_string();
+    assert!(text.contains("larger than 16 MiB"), "{text}");
+    assert!(text.starts_with(&path.display().to_string()), "{text}");
+    assert_eq!(ok.expect("exactly the limit loads").services.len(), 0);
+}
