@@ -201,14 +201,8 @@ impl ServiceMaps {
             services: entries_of(map_names::SERVICES, self.services.iter())?,
             services6: entries_of(map_names::SERVICES6, self.services6.iter())?,
             info: entries_of(map_names::SERVICE_INFO, self.info.iter())?,
-            slots: entries_of(map_names::SLOTS, self.slots.iter())?
-                .into_iter()
-                .filter(|(id, _)| slot_ids(id))
-                .collect(),
-            slots6: entries_of(map_names::SLOTS6, self.slots6.iter())?
-                .into_iter()
-                .filter(|(id, _)| slot_ids(id))
-                .collect(),
+            slots: some_of(map_names::SLOTS, &self.slots, slot_ids)?,
+            slots6: some_of(map_names::SLOTS6, &self.slots6, slot_ids)?,
             endpoints,
             endpoint_counts: self.endpoint_counts.clone(),
         })
@@ -377,6 +371,22 @@ fn entries_of<K, V>(
 ) -> Result<Vec<(K, V)>, BpfError> {
     iter.collect::<Result<Vec<_>, _>>()
         .map_err(|error| BpfError::Map { name, error })
+}
+
+/// The entries of a map whose keys `wanted` picks, read one by one (slot
+/// tables are large, and a reload takes out few of them).
+fn some_of<K: aya::Pod, V: aya::Pod>(
+    name: &'static str,
+    map: &HashMap<MapData, K, V>,
+    wanted: impl Fn(&K) -> bool,
+) -> Result<Vec<(K, V)>, BpfError> {
+    let mut out = Vec::new();
+    for key in keys_of(map).filter(|k| wanted(k)) {
+        if let Some(value) = get(name, map.get(&key, 0))? {
+            out.push((key, value));
+        }
+    }
+    Ok(out)
 }
 
 /// The keys of a map that can be read (a key deleted while listing is
@@ -669,6 +679,23 @@ mod tests {
             assert_eq!(m.services6.keys().count(), 1, "{after:#?}");
             assert_eq!(m.endpoints.keys().count(), 2, "id 1's: {after:#?}");
         }
+    }
+
+    #[test]
+    fn restoring_undoes_a_whole_replacement() {
+        // What a failure at the very end would undo: every service gone
+        // or changed, with its slot tables and endpoint entries.
+        let mut m = maps(64, 64);
+        running(&mut m);
+        let before = dump(&m);
+        let next = entries(&[("c.com", 3)]);
+        let recorded = m.before(&next).unwrap();
+        assert_eq!(recorded.slots.len(), 1, "id 2's table goes");
+        assert_eq!(recorded.endpoints.len(), 2, "id 2's entries go");
+        m.replace_services(&next, &recorded).unwrap();
+        assert_ne!(dump(&m), before);
+        m.restore(recorded).unwrap();
+        assert_eq!(dump(&m), before);
     }
 
     #[test]
