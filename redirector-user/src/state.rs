@@ -8,7 +8,9 @@
 //! builds a complete new generation next to the old one, carrying over
 //! resolved addresses and outlier state ([`Cluster::adopt`]); nothing of
 //! the running one changes until the new one is swapped in, so a reload
-//! rejected half-way leaves everything as it was.
+//! rejected half-way leaves everything as it was (the kernel's service
+//! maps too: they are replaced all or nothing, `datapath/maps.rs`, before
+//! the swap).
 
 use std::{
     collections::HashMap,
@@ -242,8 +244,7 @@ impl Generation {
             if let Some(interval) = cluster.outlier_interval() {
                 let c = cluster.clone();
                 tasks.push(tokio::spawn(async move {
-                    let mut ticker =
-                        tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                    let mut ticker = tokio::time::interval_at(config::deadline(interval), interval);
                     loop {
                         ticker.tick().await;
                         c.tick();

@@ -451,7 +451,7 @@ async fn wait_for_connection(
         )));
     };
     let timeout = service.policy.connection_pool.connect_timeout;
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = crate::config::deadline(timeout);
     let mut poll = Duration::from_millis(1);
     let key = pool_key(ns, host);
     loop {
