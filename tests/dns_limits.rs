@@ -208,9 +208,21 @@ fn a_flood_to_a_black_holed_nameserver_leaves_other_queries_answered() {
     let _holes = black_holes(&node, vec![Ipv4Addr::new(127, 0, 0, 99)]);
     let flood = flood_script("0.0.0.0", &["127.0.0.99".into()], 400, 8);
     let victim = victim_script("0.0.0.0", 30, 150);
-    let started = Instant::now();
-    let (flood, victim) = flood_and_victim(&node, &flood, &victim, Duration::from_secs(3));
-    eprintln!("flood: {flood}; victim: {victim}; {:?}", started.elapsed());
+    let before = rss_kib(&node);
+    let (flood, victim, peak) = thread::scope(|s| {
+        let both = s.spawn(|| flood_and_victim(&node, &flood, &victim, Duration::from_secs(3)));
+        thread::sleep(Duration::from_secs(5));
+        let peak = rss_kib(&node);
+        let (flood, victim) = both.join().expect("flood and victim");
+        (flood, victim, peak)
+    });
+    eprintln!(
+        "flood: {flood}; victim: {victim}; daemon RSS {before} KiB before, {peak} KiB under the flood"
+    );
+    assert!(
+        peak.saturating_sub(before) < 32 * 1024,
+        "memory grew from {before} KiB to {peak} KiB"
+    );
     let (ok, bad) = answered(&victim);
     assert_eq!(ok, 30, "the other process's queries: {bad}\n{flood}");
     let flood: serde_json::Value = serde_json::from_str(&flood).expect("the flood's JSON");
@@ -359,5 +371,73 @@ fn dns_over_tcp_floods_are_capped_and_timed_out() {
     assert!(
         peak.saturating_sub(before) < 32 * 1024,
         "memory grew from {before} KiB to {peak} KiB"
+    );
+}
+
+/// An app that pipelines DNS-over-TCP queries and never reads the answers
+/// holds the responder's task and buffers only until the write timeout
+/// (5 s): the connection is then closed, with answers to many of its
+/// queries never written.
+#[test]
+fn a_tcp_client_that_takes_no_answers_is_closed_at_the_write_timeout() {
+    let node = node();
+    let script = format!(
+        "{PY_DNS}
+c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+c.connect(('127.0.0.1', 53))
+c.setblocking(False)
+one = query('mydb.com', 7)
+blob = (struct.pack('>H', len(one)) + one) * 200000
+sent = 0
+start = time.monotonic()
+stalled = None
+while time.monotonic() - start < 6:
+    try:
+        n = c.send(blob[sent:sent + 65536])
+        sent += n
+        stalled = None
+    except BlockingIOError:
+        stalled = stalled or time.monotonic()
+        if time.monotonic() - stalled > 1:
+            break
+        time.sleep(0.01)
+blocked_at = time.monotonic() - start
+time.sleep(7)
+c.setblocking(True)
+c.settimeout(3)
+got = 0
+closed = 'open'
+try:
+    while True:
+        data = c.recv(65536)
+        if not data:
+            closed = 'eof'
+            break
+        got += len(data)
+except ConnectionResetError:
+    closed = 'reset'
+except socket.timeout:
+    pass
+print(sent // (len(one) + 2), got, closed, round(blocked_at, 1))
+"
+    );
+    let out = python(&node, &script);
+    eprintln!("queries sent, answer bytes read, end, stalled at: {out}");
+    let mut w = out.split_whitespace();
+    let sent: u64 = w.next().and_then(|v| v.parse().ok()).expect("sent");
+    let got: u64 = w.next().and_then(|v| v.parse().ok()).expect("read");
+    let end = w.next().expect("end");
+    assert!(
+        end == "eof" || end == "reset",
+        "the connection is closed once the app took no answer for 5 s: {out}\n{}",
+        node.log()
+    );
+    // Each answer is longer than its query: not all were written.
+    assert!(got < sent * 30, "{out}");
+    assert!(
+        node.log().contains("the app took no answer"),
+        "{}",
+        node.log()
     );
 }
