@@ -64,7 +64,11 @@ pub(crate) const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
 pub(crate) const DEFAULT_MAX_CONNECTIONS_PER_NAMESPACE: u32 = 1024;
 
 /// The admin server's connections at once (kubelet probes, Prometheus).
-pub(crate) const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// It listens on the node's loopback only, so only host-network processes
+/// reach it; high enough that a flood of slow ones (each closed after
+/// [`ADMIN_HEADERS_TIMEOUT`]) rarely crowds out a probe, low enough to
+/// bound their memory (~10 KiB each).
+pub(crate) const ADMIN_MAX_CONNECTIONS: usize = 1024;
 /// The admin server's header-read (and keep-alive idle) timeout.
 pub(crate) const ADMIN_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
 /// An admin connection with no byte either way for this long is closed (a
