@@ -21,6 +21,7 @@ use std::{
 
 use redirector_tests::{
     client,
+    echo::EchoServer,
     istio::{mydb_entry, mydb_rule},
     process,
     scenario::{ADMIN, Node, TIMEOUT, wait_until},
@@ -199,6 +200,7 @@ fn flood_the_proxy(node: &Node, count: usize, send: Option<&str>, timeout: Durat
         ),
     }
     let held = flood.finish();
+    assert_eq!((held.opened, held.failed), (count as u64, 0), "{held:?}");
     assert_eq!(held.closed, count as u64, "{held:?}");
     assert_eq!(held.open_at_end, 0, "{held:?}");
     let (first, last) = (held.closes_ms[0], *held.closes_ms.last().unwrap());
@@ -274,6 +276,26 @@ fn connections_over_the_cap_are_reset_at_once() {
     );
     // And served again once they are gone.
     assert_eq!(node.curl(VIP), Ok((200, "healthy: east".into())));
+}
+
+/// An HTTP request whose body stops coming (3 of 100 bytes sent) is
+/// closed after `streamIdleTimeout` without a byte either way; hyper's
+/// header timer does not run while a body is read, so without the
+/// watchdog these are held forever.
+#[test]
+fn a_stalled_request_body_is_closed_at_the_stream_idle_timeout() {
+    let mut node = Node::new();
+    // Reads the whole body before it answers.
+    let _echo = EchoServer::start(&node.ns, "127.0.10.1:8080".parse().unwrap()).expect("echo");
+    let limits = node_config("    streamIdleTimeout: 2s\n");
+    node.start(&(limits + &http_entry()), "us-east1", false);
+    let stalled = "POST / HTTP/1.1\\r\\nHost: mydb.com\\r\\nContent-Length: 100\\r\\n\\r\\nabc";
+    let mut flood = Flood::start(&node, &format!("{VIP}:80"), 20, Some(stalled), 30, true);
+    assert_eq!(flood.opened(), (20, 0));
+    let held = flood.finish();
+    assert_eq!(held.closed, 20, "{held:?}\n{}", node.log());
+    assert!(held.closes_ms[0] >= 1800, "{held:?}");
+    assert!(*held.closes_ms.last().unwrap() <= 2000 + 10_000, "{held:?}");
 }
 
 /// A TCP port's connection idle for `tcpIdleTimeout` is closed.

@@ -40,10 +40,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             // Before anything opens a descriptor.
             match sys::raise_nofile_limit() {
                 Ok((before, now)) => {
-                    tracing::info!(before, now, "descriptor limit (RLIMIT_NOFILE)")
+                    tracing::info!(before, now, "descriptor limit (RLIMIT_NOFILE)");
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot raise the descriptor limit (RLIMIT_NOFILE)")
+                    tracing::warn!(error = %e, "cannot raise the descriptor limit (RLIMIT_NOFILE)");
                 }
             }
             rustls::crypto::ring::default_provider()

@@ -356,6 +356,67 @@ mod tests {
         assert_eq!(took, Duration::from_secs(34));
     }
 
+    fn node(limits: &str) -> Result<Limits, String> {
+        let text = format!(
+            "apiVersion: redirector.dev/v1alpha1\nkind: NodeConfig\nspec:\n  limits:\n{limits}"
+        );
+        crate::config::load_str("n.yaml", &text, &crate::config::NodeSettings::default())
+            .map(|c| Limits::resolve(&c.node.limits))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn node_settings_set_limits_and_the_rest_default() {
+        let l =
+            node("    requestHeadersTimeout: 3s\n    maxConnectionsPerNamespace: 10\n").unwrap();
+        assert_eq!(
+            l,
+            Limits {
+                request_headers_timeout: Duration::from_secs(3),
+                max_connections_per_namespace: 10,
+                ..Limits::default()
+            }
+        );
+        assert_eq!(l.stream_idle_timeout, Duration::from_secs(300));
+        assert_eq!(l.tcp_idle_timeout, Duration::from_secs(3600));
+        assert_eq!(l.max_connections, 4096);
+    }
+
+    #[test]
+    fn bad_limits_are_rejected_with_their_field() {
+        for (yaml, field, why) in [
+            (
+                "    requestHeadersTimeout: 0s\n",
+                "spec.limits.requestHeadersTimeout",
+                "greater than zero",
+            ),
+            (
+                "    streamIdleTimeout: 25h\n",
+                "spec.limits.streamIdleTimeout",
+                "longer than a day",
+            ),
+            (
+                "    tcpIdleTimeout: soon\n",
+                "spec.limits.tcpIdleTimeout",
+                "",
+            ),
+            (
+                "    maxConnections: 0\n",
+                "spec.limits.maxConnections",
+                "out of range",
+            ),
+            (
+                "    maxConnectionsPerNamespace: 4294967296\n",
+                "spec.limits.maxConnectionsPerNamespace",
+                "out of range",
+            ),
+            ("    maxConnection: 5\n", "maxConnection", "unknown field"),
+        ] {
+            let err = node(yaml).unwrap_err();
+            assert!(err.contains(field) && err.contains(why), "{yaml}: {err}");
+        }
+    }
+
     #[test]
     fn caps_refuse_over_either_count() {
         let limits = Limits {
