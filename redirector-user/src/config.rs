@@ -55,6 +55,8 @@ pub(crate) use model::{
     TlsPolicy,
 };
 pub(crate) use model::{DatapathMode, Distribute, Protocol};
+// The node's connection limits and timeouts (`proxy/limits.rs`).
+pub(crate) use model::LimitSettings;
 // Named only by tls/tests.rs outside this module.
 #[cfg(test)]
 pub(crate) use model::ClientIdentity;

@@ -29,6 +29,7 @@ use crate::{
     config::{self, Config, NodeSettings},
     kube,
     metrics::Metrics,
+    proxy::Limits,
     resolve::{self, Resolve},
     sys,
     topology::Locality,
@@ -54,6 +55,8 @@ pub(crate) struct Node {
     pub(crate) admin: Option<SocketAddrV4>,
     pub(crate) pin_dir: PathBuf,
     pub(crate) nameservers: Vec<SocketAddr>,
+    /// Connection limits and timeouts (`proxy/limits.rs`), read at start.
+    pub(crate) limits: Limits,
 }
 
 impl Node {
@@ -96,6 +99,7 @@ impl Node {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR)),
             nameservers: settings.nameservers.clone(),
+            limits: Limits::resolve(&settings.limits),
         })
     }
 }
