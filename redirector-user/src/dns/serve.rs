@@ -278,15 +278,11 @@ async fn forward_udp(
 }
 
 async fn serve_tcp(listener: TcpListener, ns: Arc<Namespace>, hosts: Arc<HostTable>) {
+    // Out of descriptors (EMFILE), accept backs off as the proxy's does.
+    let mut backoff = None;
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                warn!(error = %e, "DNS responder: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer) =
+            crate::proxy::limits::accept(&listener, "DNS over TCP", &mut backoff).await;
         // Taken now, as the proxy does: each connection is accepted once.
         let nameserver = ns.dns_nameserver(peer, true);
         let Some(permit) = TCP_CONNS.admit((ns.id, peer.ip())) else {
