@@ -57,7 +57,9 @@
 //! the offer went out), the predecessor serves on at once: it accepts
 //! again on the very sockets, writes its config maps again, attaches its
 //! programs again over whatever the successor attached (pinned links are
-//! renamed over, never a gap), registers itself again as the serving
+//! renamed over, never a gap; DNS capture's `cgroup_skb` egress program
+//! needs `CAP_NET_ADMIN` to attach, which a daemon that kept only
+//! `CAP_NET_RAW` lacks: the one pinned stays), registers itself again as the serving
 //! daemon for the kernel's death watch (`RD_LIFE_V3`), reads the rings
 //! again and publishes its whole state, taking out the namespaces the
 //! successor served and it does not. A successor that gets no ack (its
@@ -471,6 +473,11 @@ impl Server {
             path,
             map_ids,
         })
+    }
+
+    /// The ids of the maps a successor's proof may be (see [`Self::bind`]).
+    pub(crate) fn map_ids(&self) -> Vec<u32> {
+        self.map_ids.clone()
     }
 
     /// The next authenticated successor's request. Peers that fail

@@ -206,7 +206,7 @@ impl<K: Clone + Eq + Hash> Detector<K> {
     pub(crate) fn ejected_until(&self, key: &K) -> Option<Instant> {
         let s = self.settings.as_ref()?;
         let h = self.hosts.get(key)?;
-        Some(h.ejected_at? + ejection_time(s, h.multiplier))
+        Some(later(h.ejected_at?, ejection_time(s, h.multiplier)))
     }
 
     pub(crate) fn record(&mut self, key: &K, outcome: Outcome, now: Instant) -> Option<Event> {
@@ -330,6 +330,16 @@ fn reached(count: u32, threshold: u32) -> bool {
     threshold > 0 && count >= threshold
 }
 
+/// `at + d`, saturating: `Instant + Duration` panics past the clock's
+/// range, and a panic here (under the cluster's lock) would poison the
+/// cluster for every later request. Validation bounds durations far below
+/// that; this holds whatever gets through.
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .or_else(|| at.checked_add(crate::config::MAX_DURATION))
+        .unwrap_or(at)
+}
+
 fn ejection_time(s: &Settings, multiplier: u32) -> Duration {
     s.base.saturating_mul(multiplier).min(s.max)
 }
@@ -359,7 +369,7 @@ impl<K: Clone + Eq + Hash> Detector<K> {
             .filter(|(_, h)| h.ejected_at.is_some() || h.multiplier > 0)
             .map(|(k, h)| {
                 let left = h.ejected_at.map(|at| {
-                    let until = at + ejection_time(s, h.multiplier);
+                    let until = later(at, ejection_time(s, h.multiplier));
                     until.saturating_duration_since(now).as_millis() as u64
                 });
                 (

@@ -423,6 +423,18 @@ impl Loaded {
     /// daemon (`previous_pid`, for the log) without a gap, and pins the
     /// links.
     pub(super) fn attach(&mut self, previous_pid: Option<u32>) -> Result<(), BpfError> {
+        self.attach_hooks(previous_pid, false)
+    }
+
+    /// [`Self::attach`]; `best_effort`: a hook that cannot be attached
+    /// (after start this daemon may have given up `CAP_NET_ADMIN`, which
+    /// a `cgroup_skb` program needs to attach) is logged and left as it
+    /// is pinned, and the others are attached all the same.
+    fn attach_hooks(
+        &mut self,
+        previous_pid: Option<u32>,
+        best_effort: bool,
+    ) -> Result<(), BpfError> {
         let cgroup = File::open(&self.cgroup).map_err(|error| BpfError::CgroupIo {
             path: self.cgroup.clone(),
             error,
@@ -430,12 +442,6 @@ impl Loaded {
         for old in self.pins.remove_other_versions() {
             info!(path = %old.display(), "removed the pinned datapath of another ABI version");
         }
-        let attach_err = |name, error| BpfError::Attach {
-            name,
-            cgroup: self.cgroup.clone(),
-            error,
-        };
-        let link_err = |name| move |error| BpfError::Link { name, error };
         let mut attached = Vec::new();
         for (name, hook, pin, dns_only) in HOOKS {
             if dns_only && !self.dns {
@@ -444,43 +450,14 @@ impl Loaded {
                 self.pins.unpin_link(pin)?;
                 continue;
             }
-            // BPF links (Linux ≥ 5.7) always coexist with other programs on
-            // the cgroup and reject BPF_F_ALLOW_MULTI; `Single` passes flags 0.
-            let mode = CgroupAttachMode::Single;
-            let ebpf = &mut self.ebpf;
-            let link = match hook {
-                Hook::SockAddr => {
-                    let prog: &mut CgroupSockAddr = program(ebpf, name)?;
-                    let id = prog
-                        .attach(&cgroup, mode)
-                        .map_err(|e| attach_err(name, e))?;
-                    FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
-                }
-                Hook::SockOps => {
-                    let prog: &mut SockOps = program(ebpf, name)?;
-                    let id = prog
-                        .attach(&cgroup, mode)
-                        .map_err(|e| attach_err(name, e))?;
-                    FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
-                }
-                Hook::Egress => {
-                    let prog: &mut CgroupSkb = program(ebpf, name)?;
-                    let id = prog
-                        .attach(&cgroup, CgroupSkbAttachType::Egress, mode)
-                        .map_err(|e| attach_err(name, e))?;
-                    FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
-                }
-                Hook::SockCreate => {
-                    let prog: &mut CgroupSock = program(ebpf, name)?;
-                    let id = prog
-                        .attach(&cgroup, mode)
-                        .map_err(|e| attach_err(name, e))?;
-                    FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
-                }
+            match self.attach_one(&cgroup, name, hook, pin) {
+                Ok(()) => attached.push(name),
+                Err(e) if best_effort => warn!(
+                    "{e}; the {name} program pinned now stays attached (this daemon's, or the \
+                     failed successor's)"
+                ),
+                Err(e) => return Err(e),
             }
-            .map_err(link_err(name))?;
-            self.pins.pin_link(pin, link)?;
-            attached.push(name);
         }
         let attached = attached.join(", ");
         match previous_pid {
@@ -492,6 +469,53 @@ impl Loaded {
         }
         // This daemon serves now: a predecessor handed its listeners over.
         self.watch.serve(&mut self.ebpf)
+    }
+
+    /// Attaches program `name` as `hook` and pins its link as `pin`, over
+    /// the link pinned there.
+    fn attach_one(
+        &mut self,
+        cgroup: &File,
+        name: &'static str,
+        hook: Hook,
+        pin: &'static str,
+    ) -> Result<(), BpfError> {
+        let attach_err = |name, error| BpfError::Attach {
+            name,
+            cgroup: self.cgroup.clone(),
+            error,
+        };
+        let link_err = |name| move |error| BpfError::Link { name, error };
+        // BPF links (Linux ≥ 5.7) always coexist with other programs on
+        // the cgroup and reject BPF_F_ALLOW_MULTI; `Single` passes flags 0.
+        let mode = CgroupAttachMode::Single;
+        let ebpf = &mut self.ebpf;
+        let link = match hook {
+            Hook::SockAddr => {
+                let prog: &mut CgroupSockAddr = program(ebpf, name)?;
+                let id = prog.attach(cgroup, mode).map_err(|e| attach_err(name, e))?;
+                FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
+            }
+            Hook::SockOps => {
+                let prog: &mut SockOps = program(ebpf, name)?;
+                let id = prog.attach(cgroup, mode).map_err(|e| attach_err(name, e))?;
+                FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
+            }
+            Hook::Egress => {
+                let prog: &mut CgroupSkb = program(ebpf, name)?;
+                let id = prog
+                    .attach(cgroup, CgroupSkbAttachType::Egress, mode)
+                    .map_err(|e| attach_err(name, e))?;
+                FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
+            }
+            Hook::SockCreate => {
+                let prog: &mut CgroupSock = program(ebpf, name)?;
+                let id = prog.attach(cgroup, mode).map_err(|e| attach_err(name, e))?;
+                FdLink::try_from(prog.take_link(id).map_err(|e| attach_err(name, e))?)
+            }
+        }
+        .map_err(link_err(name))?;
+        Ok(self.pins.pin_link(pin, link)?)
     }
 
     /// Serves on after a successor that had the pin directory failed (see
@@ -522,7 +546,7 @@ impl Loaded {
     pub(super) fn retake(&mut self, successor: u32) -> Result<(), BpfError> {
         self.pins.recreate()?;
         self.config.write()?;
-        self.attach(Some(successor))
+        self.attach_hooks(Some(successor), true)
     }
 
     /// A duplicate of the pin directory's lock, shared with a successor.

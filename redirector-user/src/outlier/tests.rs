@@ -513,3 +513,44 @@ async fn an_ejection_crosses_a_handover_with_its_time_left_and_its_multiplier() 
     off.set_hosts(["a"]);
     assert!(!off.import(&"a", &carried[0].1, Instant::now()));
 }
+
+/// Whatever durations get this far (validation bounds them; this is the
+/// defence behind it), recording, ticking and reading the ejection time
+/// never panic: a panic here holds the cluster's lock and poisons it.
+#[tokio::test(start_paused = true)]
+async fn extreme_durations_never_panic() {
+    for (interval, base) in [
+        (Duration::MAX, Duration::MAX),
+        (Duration::from_nanos(1), Duration::MAX),
+        (Duration::MAX, Duration::from_nanos(1)),
+        (crate::config::MAX_DURATION, crate::config::MAX_DURATION),
+        (
+            Duration::from_secs(u64::MAX / 2),
+            Duration::from_secs(u64::MAX / 3),
+        ),
+    ] {
+        let p = OutlierPolicy {
+            consecutive_5xx: 1,
+            interval,
+            base_ejection_time: base,
+            max_ejection_percent: Some(100),
+            ..OutlierPolicy::default()
+        };
+        let mut d = with_policy(p, &["a", "b"]);
+        for round in 0..5 {
+            let now = Instant::now();
+            let event = d.record(&"a", Outcome::Status(503), now);
+            if round == 0 {
+                assert!(
+                    matches!(event, Some(Event::Ejected { .. })),
+                    "{interval:?}/{base:?}: {event:?}"
+                );
+            }
+            let until = d.ejected_until(&"a").expect("ejected");
+            assert!(until >= now, "{interval:?}/{base:?}");
+            d.tick(now);
+            advance(Duration::from_secs(3600)).await;
+            d.tick(Instant::now());
+        }
+    }
+}
