@@ -81,7 +81,9 @@ pub(super) fn parse(text: &str) -> Result<Signed, String> {
         let mut place = scale;
         for digit in frac.bytes() {
             place /= 10;
-            nanos += u128::from(digit - b'0') * place;
+            nanos = nanos
+                .checked_add(u128::from(digit - b'0') * place)
+                .ok_or_else(invalid)?;
         }
         total = total.checked_add(nanos).ok_or_else(invalid)?;
         rest = after;
@@ -196,6 +198,9 @@ mod tests {
             "..s",
             "1e3s",
             "99999999999999999999999h",
+            // The fraction overflowed the total and panicked (the input in
+            // fuzz/regressions/duration).
+            "340282366920938463463374607431768211.9us",
         ] {
             let e = parse(bad).expect_err(bad);
             assert!(e.contains("invalid duration"), "{bad:?}: {e}");
