@@ -3,7 +3,7 @@
 //! protocol says.
 
 mod breakers;
-mod http;
+pub(crate) mod http;
 mod pool;
 pub(crate) mod route;
 mod tcp;

@@ -27,7 +27,7 @@ use std::{
 
 use socket2::SockRef;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpSocket, TcpStream, UdpSocket},
     sync::Semaphore,
     time::timeout,
@@ -288,7 +288,9 @@ async fn connect_marked(nameserver: SocketAddr, ns: &Namespace) -> io::Result<Tc
 
 /// One length-prefixed DNS message (RFC 1035 §4.2.2); `None` at a clean
 /// end of stream.
-async fn read_message(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+pub(crate) async fn read_message(
+    stream: &mut (impl AsyncRead + Unpin),
+) -> io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 2];
     match stream.read_exact(&mut len).await {
         Ok(_) => {}
@@ -300,7 +302,10 @@ async fn read_message(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(message))
 }
 
-async fn write_message(stream: &mut TcpStream, message: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_message(
+    stream: &mut (impl AsyncWrite + Unpin),
+    message: &[u8],
+) -> io::Result<()> {
     let len = u16::try_from(message.len())
         .map_err(|_| io::Error::other("DNS message longer than 65535 bytes"))?;
     let mut framed = Vec::with_capacity(message.len() + 2);
