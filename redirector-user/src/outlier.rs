@@ -202,11 +202,13 @@ impl<K: Clone + Eq + Hash> Detector<K> {
     }
 
     /// When the host becomes eligible for un-ejection (it happens on the
-    /// first tick at or after this).
+    /// first tick at or after this); `None` past what the clock can say
+    /// (an ejection time of centuries must not panic with the cluster's
+    /// lock held).
     pub(crate) fn ejected_until(&self, key: &K) -> Option<Instant> {
         let s = self.settings.as_ref()?;
         let h = self.hosts.get(key)?;
-        Some(h.ejected_at? + ejection_time(s, h.multiplier))
+        h.ejected_at?.checked_add(ejection_time(s, h.multiplier))
     }
 
     pub(crate) fn record(&mut self, key: &K, outcome: Outcome, now: Instant) -> Option<Event> {

@@ -463,3 +463,25 @@ async fn state_survives_a_host_set_with_the_same_keys() {
     d.set_hosts(["a", "b", "c"]);
     assert!(!d.is_ejected(&"a"), "a host that left starts fresh");
 }
+
+#[test]
+fn an_ejection_time_past_the_clock_does_not_panic() {
+    // About 4.6 × 10^11 years: Instant + Duration overflowed (the config
+    // fuzz target's regression input huge-base-ejection-time.yaml).
+    let mut d = with_policy(
+        OutlierPolicy {
+            consecutive_5xx: 1,
+            base_ejection_time: Duration::from_secs(4_000_000_000_000_000 * 3600),
+            ..OutlierPolicy::default()
+        },
+        &["a", "b"],
+    );
+    let now = Instant::now();
+    assert!(matches!(
+        d.record(&"a", Outcome::Status(500), now),
+        Some(Event::Ejected { .. })
+    ));
+    assert!(d.is_ejected(&"a"));
+    assert_eq!(d.ejected_until(&"a"), None);
+    assert!(d.tick(now + Duration::from_secs(3600)).is_empty());
+}
