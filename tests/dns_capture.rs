@@ -23,8 +23,10 @@ use redirector_tests::{
     daemon::{Daemon, DaemonOptions, PinDirGuard, redirector_bin},
     dns::DnsServer,
     http::HttpServer,
+    istio::mydb_entry,
     netns::{self, Netns},
     privilege,
+    scenario::Node,
     tempdir::TempDir,
 };
 
@@ -736,4 +738,106 @@ fn a_pin_dir_from_before_dns_capture_is_taken_over() {
         bed.curl("mydb.com"),
         Ok((200, format!("healthy: {DB_NAME}")))
     );
+}
+
+/// A resolver socket bound to an address of its own (another loopback
+/// address, as a local stub may use, or the namespace's own interface
+/// address, as a pod's app may bind), connected or not: its queries are
+/// captured and the answers reach it, shown as coming from the nameserver.
+#[test]
+fn dns_from_a_socket_bound_to_a_specific_address_is_answered() {
+    let mut bed = Bed::new();
+    bed.start(&mydb(""), &[], false);
+    let vip = bed.vip("mydb.com");
+    for (src, connect) in [
+        ("127.0.0.53", false),
+        ("127.0.0.53", true),
+        ("127.1.2.3", false),
+        (NODE_IP.to_string().as_str(), false),
+        (NODE_IP.to_string().as_str(), true),
+    ] {
+        let send = if connect {
+            format!("s.connect(('{NAMESERVER}', 53))\ns.send(query(name))")
+        } else {
+            format!("s.sendto(query(name), ('{NAMESERVER}', 53))")
+        };
+        let script = format!(
+            "{PY_DNS}
+for name in ['mydb.com', '{OTHER}']:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.bind(('{src}', 0))
+    {send}
+    try:
+        show(*s.recvfrom(512))
+    except socket.timeout:
+        print('timeout')
+",
+            send = send.replace('\n', "\n    ")
+        );
+        assert_eq!(
+            bed.python(&script),
+            format!("('{NAMESERVER}', 53) True 0 {vip}\n('{NAMESERVER}', 53) True 0 {OTHER_IP}"),
+            "bound to {src}, connected: {connect}; {}",
+            bed.log()
+        );
+    }
+    assert_eq!(bed.dns.seen("mydb.com"), vec![], "{:#?}", bed.dns.log());
+}
+
+/// [`dns_from_a_socket_bound_to_a_specific_address_is_answered`] for IPv6
+/// sockets (sendmsg6, connect6 and recvmsg6): bound to the namespace's own
+/// ULA address, or to `::1`, asking a nameserver at `[::1]:53`.
+#[test]
+fn dns_from_an_ipv6_socket_bound_to_a_specific_address_is_answered() {
+    let mut node = Node::new();
+    let mut cmd = std::process::Command::new("sysctl");
+    cmd.args(["-qw", "net.ipv6.conf.all.disable_ipv6=0"]);
+    node.ns.configure(&mut cmd);
+    assert!(cmd.status().expect("sysctl").success(), "IPv6 on");
+    node.ns
+        .ip(["addr", "add", "fd00:66::1/128", "dev", "lo", "nodad"])
+        .expect("a ULA address");
+    node.dns
+        .serve_also("[::1]:53".parse().unwrap())
+        .expect("the nameserver on [::1]:53");
+    node.dns.set_a(OTHER, &[OTHER_IP], 30).expect("an A record");
+    node.http("127.0.0.2:8080", "east");
+    node.start(
+        &mydb_entry("240.240.0.40", "STATIC", "  - {address: 127.0.0.2}\n"),
+        "us-east1/a",
+        false,
+    );
+    for (src, connect) in [("fd00:66::1", false), ("fd00:66::1", true), ("::1", false)] {
+        let send = if connect {
+            "s.connect(('::1', 53))\n    s.send(query(name))"
+        } else {
+            "s.sendto(query(name), ('::1', 53))"
+        };
+        let script = format!(
+            "{PY_DNS}
+for name in ['mydb.com', '{OTHER}']:
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.bind(('{src}', 0))
+    {send}
+    try:
+        show(*s.recvfrom(512))
+    except socket.timeout:
+        print('timeout')
+"
+        );
+        let out = Client::new(&node.ns, "python3")
+            .args(["-c", &script])
+            .cgroup(&node.cgroup)
+            .timeout(TIMEOUT)
+            .run()
+            .expect("running python3");
+        assert_eq!(
+            stdout(&out).trim(),
+            format!("('::1', 53, 0, 0) True 0 240.240.0.40\n('::1', 53, 0, 0) True 0 {OTHER_IP}"),
+            "bound to {src}, connected: {connect}: {out:?}\n{}",
+            node.log()
+        );
+    }
 }

@@ -661,3 +661,127 @@ fn a_black_holed_endpoint_on_the_kernel_path_times_out_at_the_connect_timeout() 
         "hello from west"
     );
 }
+
+/// A node whose local endpoint, 10.99.0.3, is a black hole (SYNs leave,
+/// nothing answers) with `127.0.<net>.2` answering in another region, on
+/// the kernel path, ejecting at the first failure, with the service's
+/// `connectTimeout` set to `connect_timeout`.
+fn black_hole_node(
+    net: u8,
+    connect_timeout: &str,
+) -> (Node, TcpServer, redirector_tests::netns::Netns) {
+    let mut node = Node::new();
+    let west_ip = format!("127.0.{net}.2");
+    let west =
+        TcpServer::start(&node.ns, format!("{west_ip}:9000").parse().unwrap(), "west").unwrap();
+    let hole = redirector_tests::netns::Netns::new("hole").unwrap();
+    let link =
+        redirector_tests::netns::link(&node.ns, "10.99.0.1/24", &hole, "10.99.0.2/24").unwrap();
+    node.ns
+        .ip([
+            "neigh",
+            "replace",
+            "10.99.0.3",
+            "lladdr",
+            "02:00:00:00:00:01",
+            "dev",
+            &link.a_dev,
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    let config = tcp_service(
+        &[("10.99.0.3", "us-east1"), (&west_ip, "us-west1")],
+        true,
+        1,
+    ) + &format!(
+        "    connectionPool:\n      tcp:\n        connectTimeout: {connect_timeout}\n"
+    );
+    node.start(&config, "us-east1", false);
+    assert_eq!(slot_endpoints(&endpoints(&node)), ["10.99.0.3:9000"]);
+    (node, west, hole)
+}
+
+/// `rdt-client tcp VIP` giving up on its connect after `ms` by itself.
+fn abandoned_connect(node: &Node, ms: u64) -> std::process::Output {
+    client::Client::new(&node.ns, client::rdt_client_bin())
+        .args([
+            "tcp",
+            &vip().to_string(),
+            "--connect-timeout-ms",
+            &ms.to_string(),
+        ])
+        .cgroup(&node.cgroup)
+        .timeout(Duration::from_secs(60))
+        .run()
+        .unwrap()
+}
+
+#[test]
+fn connects_the_app_abandons_itself_eject_nothing_on_the_kernel_path() {
+    // The service waits 5 s for a handshake; the apps give up first: at
+    // once (Happy Eyeballs losers) or after 1.5 s, when one SYN has been
+    // retransmitted. None of that is the endpoint's doing, and with
+    // `consecutive5xxErrors: 1` a single counted failure would eject it.
+    let (node, _west, _hole) = black_hole_node(46, "5s");
+    let shared = &node;
+    std::thread::scope(|s| {
+        let clients: Vec<_> = [30, 30, 30, 30, 1500, 1500, 1500, 1500]
+            .into_iter()
+            .map(|ms| s.spawn(move || abandoned_connect(shared, ms)))
+            .collect();
+        for c in clients {
+            let out = c.join().unwrap();
+            assert!(!out.status.success(), "{out:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains("timed out"), "{stderr}");
+        }
+    });
+    // A failure wakes the daemon at once; give a loaded machine time to
+    // read the ring anyway, then look.
+    std::thread::sleep(Duration::from_secs(1));
+    let row = node.endpoint("10.99.0.3");
+    assert_ne!(row["outlier_check"], "FAILED", "{row:#}\n{}", node.log());
+    assert_eq!(slot_endpoints(&endpoints(&node)), ["10.99.0.3:9000"]);
+
+    // The endpoint's own failure still counts: an app that waits sees the
+    // service's connect timeout, and the black hole is ejected.
+    let out = abandoned_connect(&node, 30_000);
+    let took = connect_took(&String::from_utf8_lossy(&out.stderr));
+    assert!(took >= Duration::from_secs(4), "the connect took {took:?}");
+    wait_until("the black hole's ejection", TIMEOUT, || {
+        node.endpoint("10.99.0.3")["outlier_check"] == "FAILED"
+    });
+}
+
+#[test]
+fn a_connect_timeout_below_the_first_retransmission_timeout_still_ejects() {
+    // 500 ms, less than the first SYN retransmission timeout (1 s): the
+    // kernel clamps its timer to the connect timeout and gives the
+    // handshake up early. The retransmission timer's verdict (not a count
+    // of retransmissions, nor an answer) is what makes it the endpoint's
+    // failure.
+    let (node, _west, _hole) = black_hole_node(47, "500ms");
+    let out = abandoned_connect(&node, 30_000);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    let took = connect_took(&stderr);
+    assert!(took < Duration::from_secs(5), "the connect took {took:?}");
+    wait_until("the black hole's ejection", TIMEOUT, || {
+        node.endpoint("10.99.0.3")["outlier_check"] == "FAILED"
+    });
+    let row = node.endpoint("10.99.0.3");
+    assert!(
+        row["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out (kernel datapath)"),
+        "{row:#}"
+    );
+    let out = tcp_client(&node, vip());
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello from west"
+    );
+}

@@ -299,10 +299,15 @@ const _: () = assert!(core::mem::size_of::<SlotTable>() == 16 + 8 * MAX_SLOTS);
 
 /// [`ConnectOutcome::kind`]: the handshake completed.
 pub const OUTCOME_CONNECTED: u8 = 1;
-/// [`ConnectOutcome::kind`]: the socket went from SYN_SENT to CLOSE: a
-/// reset (refused), an ICMP error, SYN retries running out, or the app
-/// giving up first.
+/// [`ConnectOutcome::kind`]: the socket went from SYN_SENT to CLOSE on an
+/// answer from the peer's side (a reset: refused). An app that closes its
+/// own socket before an answer is not reported at all.
 pub const OUTCOME_FAILED: u8 = 2;
+/// [`ConnectOutcome::kind`]: the handshake timed out in the kernel (the
+/// service's connect timeout, as `TCP_USER_TIMEOUT`, or SYN retries
+/// running out): the retransmission timer said so (`BPF_SOCK_OPS_RTO_CB`
+/// with its "expired" argument) just before the socket closed.
+pub const OUTCOME_TIMED_OUT: u8 = 3;
 
 /// How a kernel-path connect ended, for outlier detection in the daemon.
 #[repr(C)]
@@ -314,7 +319,7 @@ pub struct ConnectOutcome {
     pub ip_be: u32,
     /// The endpoint's port, network order.
     pub port_be: u16,
-    /// [`OUTCOME_CONNECTED`] or [`OUTCOME_FAILED`].
+    /// [`OUTCOME_CONNECTED`], [`OUTCOME_FAILED`] or [`OUTCOME_TIMED_OUT`].
     pub kind: u8,
     /// Padding; zero.
     pub _pad: u8,
@@ -358,6 +363,9 @@ pub const SOCK_SLOT: u8 = 1;
 pub const SOCK_TIMEOUT_SET: u8 = 2;
 /// [`SockOrig::flags`]: the connect's outcome was reported.
 pub const SOCK_REPORTED: u8 = 4;
+/// [`SockOrig::flags`]: the retransmission timer gave the handshake up
+/// (the kernel closes the socket next, with `ETIMEDOUT`).
+pub const SOCK_TIMED_OUT: u8 = 8;
 
 /// Per-socket record of a redirect (socket storage, so it lives and dies
 /// with the socket, and no other socket can touch it): the address the app
@@ -376,7 +384,7 @@ pub struct SockOrig {
     pub orig_port_be: u16,
     /// [`ORIG_SERVICE`] or [`ORIG_DNS`].
     pub kind: u8,
-    /// [`SOCK_SLOT`], [`SOCK_TIMEOUT_SET`], [`SOCK_REPORTED`].
+    /// [`SOCK_SLOT`], [`SOCK_TIMEOUT_SET`], [`SOCK_REPORTED`], [`SOCK_TIMED_OUT`].
     pub flags: u8,
     /// Where the hook sent the socket instead, network order.
     pub to_ip_be: u32,
@@ -645,7 +653,7 @@ pub struct ConnectOutcome6 {
     pub ip6_be: [u32; 4],
     /// The endpoint's port, network order.
     pub port_be: u16,
-    /// [`OUTCOME_CONNECTED`] or [`OUTCOME_FAILED`].
+    /// [`OUTCOME_CONNECTED`], [`OUTCOME_FAILED`] or [`OUTCOME_TIMED_OUT`].
     pub kind: u8,
     /// Padding; zero.
     pub _pad: u8,

@@ -50,9 +50,12 @@ fn try_sendmsg4(ctx: &SockAddrContext) -> Result<i32, i64> {
     let Some(by_sock) = (unsafe { DNS_BY_SOCK.get(&ns) }) else {
         return Ok(PROCEED);
     };
-    // The source the datagram will carry: one the app chose (bound address
-    // or IP_PKTINFO), else what the kernel picks towards the responder's
-    // loopback address, which is that address.
+    // The source the datagram will carry: one the app chose, else what the
+    // kernel picks towards the responder's loopback address, which is that
+    // address. `msg_src_ip4` is the kernel's `ipc.addr`, which udp_sendmsg
+    // starts from the socket's bound address (`inet_saddr`) and IP_PKTINFO
+    // may override, so a socket bound to 127.0.0.53 or to a pod's address
+    // is keyed by that address (tests/dns_capture.rs binds both).
     let src_ip = if sa.msg_src_ip4 != 0 {
         sa.msg_src_ip4
     } else {

@@ -58,7 +58,9 @@ fn try_sendmsg6(ctx: &SockAddrContext) -> Result<i32, i64> {
     ];
     // The source the datagram will carry: one the app chose, else what
     // the kernel picks towards the responder's loopback address: that
-    // address.
+    // address. `msg_src_ip6` is the flow's source, which udpv6_sendmsg
+    // fills from IPV6_PKTINFO or else the socket's bound address before
+    // this hook runs, so a socket bound to its own address is keyed by it.
     let src_ip6 = if msg_src != [0; 4] {
         msg_src
     } else {

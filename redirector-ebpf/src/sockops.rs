@@ -10,11 +10,20 @@
 //!
 //! Kernel path: report how each connect connect4 sent straight to an
 //! endpoint ended (the socket's storage says which), so outlier detection
-//! in the daemon sees those endpoints fail. `ACTIVE_ESTABLISHED_CB` is a success. A failure (refused,
-//! unreachable, SYN retries exhausted) is the socket going from SYN_SENT to
-//! CLOSE, which only `STATE_CB` shows, and the kernel calls that only for
-//! sockets that ask: so at `TCP_CONNECT_CB` those sockets, and only those,
-//! turn it on. Outcomes go to a ring buffer the daemon reads.
+//! in the daemon sees those endpoints fail. `ACTIVE_ESTABLISHED_CB` is a
+//! success. The end of a failed connect is the socket going from SYN_SENT
+//! to CLOSE, which only `STATE_CB` shows, and the kernel calls that only
+//! for sockets that ask: so at `TCP_CONNECT_CB` those sockets, and only
+//! those, turn it on. That transition does not say why, and the app's own
+//! `close()` of a connecting socket (a Happy Eyeballs loser, an app timeout
+//! shorter than the service's) makes it too: counting those would let any
+//! app eject a healthy endpoint for everyone. So only the endpoint's own
+//! failures count: a segment from it (a reset: refused), or the
+//! retransmission timer giving the handshake up, which `RTO_CB` (also
+//! asked for at connect) says with its "expired" argument just before the
+//! kernel closes the socket. An ICMP error ends the connect the same way
+//! as the app's close and is not told apart here (the proxy path counts
+//! it). Outcomes go to a ring buffer the daemon reads.
 //!
 //! Kernel-path connects also get the service's `connectTimeout`: without a
 //! proxy to time out the connect, a black-holed endpoint would hold the app
@@ -26,8 +35,8 @@
 use aya_ebpf::{
     bindings::{
         BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
-        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
+        BPF_SOCK_OPS_RTO_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_STATE_CB,
+        BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB, BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
     },
     helpers::{bpf_getsockopt, bpf_setsockopt, bpf_sk_storage_get},
     macros::sock_ops,
@@ -35,7 +44,8 @@ use aya_ebpf::{
 };
 use redirector_common::{
     ConnectOutcome, ConnectOutcome6, ORIG_DNS, ORIG_SERVICE, OUTCOME_CONNECTED, OUTCOME_FAILED,
-    OrigDst, SOCK_REPORTED, SOCK_SLOT, SOCK_TIMEOUT_SET, SockAddr6, SockKey, SockOrig, SockOrig6,
+    OUTCOME_TIMED_OUT, OrigDst, SOCK_REPORTED, SOCK_SLOT, SOCK_TIMED_OUT, SOCK_TIMEOUT_SET,
+    SockAddr6, SockKey, SockOrig, SockOrig6,
 };
 
 use crate::{
@@ -63,6 +73,8 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<(), i64> {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(ctx, family),
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => on_end(ctx, family, OUTCOME_CONNECTED),
+        // arg 2: the handshake is given up (the socket closes next).
+        BPF_SOCK_OPS_RTO_CB if ctx.arg(2) != 0 => on_expired(ctx, family),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(0) == BPF_TCP_SYN_SENT && ctx.arg(1) == BPF_TCP_CLOSE => {
             on_end(ctx, family, OUTCOME_FAILED)
         }
@@ -167,7 +179,9 @@ fn on_connect(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
 /// A slot connect starts: its end is reported, and the handshake is
 /// bounded by the service's connect timeout unless the app set one.
 fn slot_connect(ctx: &SockOpsContext, connect_timeout_ms: u32, flags: &mut u8) -> Result<(), i64> {
-    ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32)?;
+    ctx.set_cb_flags(
+        (ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG) as i32,
+    )?;
     if connect_timeout_ms != 0 && user_timeout(ctx) == Some(0) {
         let ms = connect_timeout_ms.min(i32::MAX as u32) as i32;
         if set_user_timeout(ctx, ms) {
@@ -234,11 +248,31 @@ fn set_user_timeout(ctx: &SockOpsContext, ms: i32) -> bool {
     rc == 0
 }
 
-/// A slot connect ended: report it once. A socket the app closed while
-/// its SYN was unanswered (no segment in, none retransmitted) tells
-/// nothing about the endpoint, and is not reported: otherwise any app
-/// could eject a healthy endpoint for everyone by opening and closing
-/// connects.
+/// The retransmission timer gave a slot connect's handshake up: marked,
+/// so the close that follows is reported as a timeout.
+fn on_expired(ctx: &SockOpsContext, family: u32) -> Result<(), i64> {
+    if family == AF_INET6 {
+        mark_expired::<SockOrig6>(ctx, (&raw const SOCK_ORIG6).cast());
+    } else {
+        mark_expired::<SockOrig>(ctx, (&raw const SOCK_ORIG).cast());
+    }
+    Ok(())
+}
+
+fn mark_expired<T: Flagged>(ctx: &SockOpsContext, map: *const core::ffi::c_void) {
+    if let Some(rec) = storage::<T>(ctx, map) {
+        let flags = unsafe { (*rec).flags() };
+        if *flags & SOCK_SLOT != 0 {
+            *flags |= SOCK_TIMED_OUT;
+        }
+    }
+}
+
+/// A slot connect ended: report it once. A failure counts only when the
+/// endpoint's side ended it: a segment from it (a reset) or the handshake
+/// timing out. A socket the app closed while its SYN was unanswered tells
+/// nothing about the endpoint, however long the app waited, and is not
+/// reported.
 fn on_end(ctx: &SockOpsContext, family: u32, kind: u8) -> Result<(), i64> {
     let syn_retrans = if kind == OUTCOME_FAILED {
         unsafe { (*ctx.ops).total_retrans }
@@ -246,11 +280,11 @@ fn on_end(ctx: &SockOpsContext, family: u32, kind: u8) -> Result<(), i64> {
         0
     };
     let answered = unsafe { (*ctx.ops).segs_in } != 0;
-    let report = kind == OUTCOME_CONNECTED || syn_retrans != 0 || answered;
     if family == AF_INET6 {
         let Some(r) = first_end::<SockOrig6>(ctx, (&raw const SOCK_ORIG6).cast()) else {
             return Ok(());
         };
+        let (report, kind) = verdict(kind, answered, r.flags);
         if report {
             let outcome = ConnectOutcome6 {
                 service_id: r.service_id,
@@ -267,6 +301,7 @@ fn on_end(ctx: &SockOpsContext, family: u32, kind: u8) -> Result<(), i64> {
     let Some(r) = first_end::<SockOrig>(ctx, (&raw const SOCK_ORIG).cast()) else {
         return Ok(());
     };
+    let (report, kind) = verdict(kind, answered, r.flags);
     if report {
         let outcome = ConnectOutcome {
             service_id: r.service_id,
@@ -279,6 +314,20 @@ fn on_end(ctx: &SockOpsContext, family: u32, kind: u8) -> Result<(), i64> {
         let _ = OUTCOMES.output::<ConnectOutcome>(&outcome, u64::from(wakeup(kind)));
     }
     after_outcome(ctx, kind, r.flags)
+}
+
+/// Whether a slot connect's end is reported, and as what: a success
+/// always; a failure after the handshake timed out as a timeout, after a
+/// segment from the endpoint (a reset) as a refusal, otherwise (the app's
+/// own close, or an ICMP error) not at all.
+fn verdict(kind: u8, answered: bool, flags: u8) -> (bool, u8) {
+    if kind == OUTCOME_CONNECTED {
+        (true, kind)
+    } else if flags & SOCK_TIMED_OUT != 0 {
+        (true, OUTCOME_TIMED_OUT)
+    } else {
+        (answered, kind)
+    }
 }
 
 /// A socket record with `SOCK_*` flags (`SockOrig`, `SockOrig6`).
@@ -329,8 +378,11 @@ fn after_outcome(ctx: &SockOpsContext, kind: u8, flags: u8) -> Result<(), i64> {
         if flags & SOCK_TIMEOUT_SET != 0 {
             set_user_timeout(ctx, 0);
         }
-        // Nothing more to learn from this socket's state changes.
-        ctx.set_cb_flags((ctx.cb_flags() & !BPF_SOCK_OPS_STATE_CB_FLAG) as i32)?;
+        // Nothing more to learn from this socket's state changes or
+        // retransmissions.
+        ctx.set_cb_flags(
+            (ctx.cb_flags() & !(BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG)) as i32,
+        )?;
     }
     Ok(())
 }

@@ -8,7 +8,11 @@
 //!   settings and every endpoint's live health.
 //!
 //! It is plain HTTP/1.1 on hyper, one task per connection, and never
-//! touches the proxy's state except through the snapshots it asks for.
+//! touches the proxy's state except through the snapshots it asks for. At
+//! most [`ADMIN_MAX_CONNECTIONS`] connections at once (more are reset); a
+//! request head must be in within [`ADMIN_HEADERS_TIMEOUT`] (of the
+//! accept, or of the previous answer), and a connection that moves no
+//! byte for [`ADMIN_IDLE_TIMEOUT`] is closed.
 //!
 //! Readiness is also written to a file of the daemon's own (`--ready-file`,
 //! read by `redirector ready`): with host networking every pod's probe of
@@ -32,12 +36,18 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tracing::{debug, warn};
 
-use crate::metrics;
+use crate::{
+    metrics,
+    proxy::limits::{
+        self, ADMIN_HEADERS_TIMEOUT, ADMIN_IDLE_TIMEOUT, ADMIN_MAX_CONNECTIONS, Activity,
+        unless_idle,
+    },
+};
 
 mod dump;
 
@@ -204,26 +214,35 @@ pub(crate) async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
 
 /// Serves until the task is dropped.
 pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
+    let open = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    let mut backoff = None;
+    let mut refused: u64 = 0;
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
+        let (stream, peer) = limits::accept(&listener, "admin", &mut backoff).await;
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                warn!(%peer, refused, max = ADMIN_MAX_CONNECTIONS, "too many admin connections; resetting new ones");
             }
+            let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+            continue;
         };
         let admin = admin.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req: Request<Incoming>| {
                 let resp = admin.respond(req.method(), req.uri().path());
                 async move { Ok::<_, Infallible>(resp) }
             });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(error = %e, "admin connection ended with an error");
+            let activity = Activity::new();
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADERS_TIMEOUT)
+                .serve_connection(TokioIo::new(activity.wrap(stream)), service);
+            match unless_idle(conn, &activity, ADMIN_IDLE_TIMEOUT).await {
+                Some(Err(e)) => debug!(error = %e, "admin connection ended with an error"),
+                None => debug!("admin connection idle; closing"),
+                Some(Ok(())) => {}
             }
         });
     }

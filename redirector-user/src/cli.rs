@@ -190,6 +190,8 @@ impl NodeFlags {
             vip_range: self.vip_range,
             vip_range6: self.vip_range6,
             pin_dir: self.pin_dir.clone(),
+            // No flags: the file only.
+            limits: crate::config::LimitSettings::default(),
         }
     }
 }

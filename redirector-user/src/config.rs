@@ -43,6 +43,7 @@ mod validate;
 mod vip;
 mod yaml;
 
+use std::io::Read as _;
 use std::path::Path;
 use std::time::Duration;
 
@@ -54,9 +55,22 @@ pub(crate) use model::{
     TlsPolicy,
 };
 pub(crate) use model::{DatapathMode, Distribute, Protocol};
+// The node's connection limits and timeouts (`proxy/limits.rs`).
+pub(crate) use model::LimitSettings;
 // Named only by tls/tests.rs outside this module.
 #[cfg(test)]
 pub(crate) use model::ClientIdentity;
+
+pub(crate) use duration::MAX as MAX_DURATION;
+
+/// `now + timeout` as a deadline that always fits: the timeout is capped
+/// at [`MAX_DURATION`], which validation already bounds every config
+/// duration by, so a bad value that got past it cannot panic here
+/// (`Instant + Duration` panics on overflow).
+pub(crate) fn deadline(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout.min(MAX_DURATION)).unwrap_or(now)
+}
 
 /// A non-negative Go-style duration (`15s`, `1m30s`, `500ms`), as durations
 /// are written in the config, for flags that take one.
@@ -68,16 +82,29 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d.magnitude)
 }
 
+/// The largest config file read: 16 times what a Kubernetes ConfigMap
+/// holds (1 MiB), and far more than the kernel's 4096 services take to
+/// write, so only a file that is not a config (or a hostile one) is
+/// refused before it is read into memory.
+pub(crate) const MAX_FILE_BYTES: u64 = 16 << 20;
+
 /// Reads and validates the config file at `path`. `overrides` (from flags)
 /// win over the file's `NodeConfig`.
 pub(crate) fn load_file(path: &Path, overrides: &NodeSettings) -> Result<Config, ConfigError> {
     let source = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        problems: vec![Problem::file(
-            &source,
-            format!("cannot read the config file: {e}"),
-        )],
-    })?;
+    let problem = |message: String| ConfigError {
+        problems: vec![Problem::file(&source, message)],
+    };
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| problem(format!("cannot read the config file: {e}")))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(problem(format!(
+            "the config file is larger than {} MiB, the most redirector reads",
+            MAX_FILE_BYTES >> 20
+        )));
+    }
     load_str(&source, &text, overrides)
 }
 
@@ -92,6 +119,8 @@ pub(crate) fn load_str(
 
 #[cfg(test)]
 mod blog_tests;
+#[cfg(test)]
+mod bounds_tests;
 #[cfg(test)]
 mod datapath_tests;
 #[cfg(test)]

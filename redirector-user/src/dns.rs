@@ -33,6 +33,7 @@
 //! (`resolve.rs`), carry the proxy's mark, and the kernel programs leave
 //! marked sockets alone, so the daemon's own DNS is never captured.
 
+pub(crate) mod limits;
 pub(crate) mod serve;
 
 use std::{
@@ -153,26 +154,49 @@ impl HostTable {
 pub(crate) enum Reply {
     /// Answer with these bytes.
     Local(Vec<u8>),
-    /// Send it, unchanged, to the nameserver the app asked.
-    Forward,
+    /// Send it, unchanged, to the nameserver the app asked; over UDP, its
+    /// answer can be at most `udp_size` bytes (see [`udp_size`]).
+    Forward { udp_size: usize },
 }
+
+/// The largest UDP answer a query's sender takes: its EDNS payload size
+/// (RFC 6891), 512 bytes without EDNS (RFC 1035), within 512..=4096 (the
+/// responder's receive buffer per forwarded query; a larger answer goes
+/// back truncated, and the resolver retries over TCP). A query we cannot
+/// parse gets 4096: it is forwarded as it is, whatever it is.
+fn udp_size(msg: Option<&Message>) -> usize {
+    match msg {
+        None => MAX_UDP_ANSWER,
+        Some(msg) => msg.edns.as_ref().map_or(512, |edns| {
+            usize::from(edns.max_payload()).clamp(512, MAX_UDP_ANSWER)
+        }),
+    }
+}
+
+/// The largest forwarded UDP answer relayed whole.
+pub(crate) const MAX_UDP_ANSWER: usize = 4096;
 
 /// Decides a query from its wire bytes; see the module docs.
 pub(crate) fn reply(query: &[u8], hosts: &Hosts) -> Reply {
     let Ok(msg) = Message::from_vec(query) else {
-        return Reply::Forward;
+        return Reply::Forward {
+            udp_size: udp_size(None),
+        };
+    };
+    let forward = Reply::Forward {
+        udp_size: udp_size(Some(&msg)),
     };
     let [question] = msg.queries.as_slice() else {
-        return Reply::Forward;
+        return forward;
     };
     if msg.metadata.message_type != MessageType::Query
         || msg.metadata.op_code != OpCode::Query
         || question.query_class() != DNSClass::IN
     {
-        return Reply::Forward;
+        return forward;
     }
     let Some(vips) = hosts.get(&question.name().to_ascii()) else {
-        return Reply::Forward;
+        return forward;
     };
     let mut response = Message::response(msg.metadata.id, OpCode::Query);
     response.metadata.authoritative = true;
@@ -201,17 +225,43 @@ pub(crate) fn reply(query: &[u8], hosts: &Hosts) -> Reply {
     match response.to_vec() {
         Ok(bytes) => Reply::Local(bytes),
         // Cannot happen for names that parsed; the nameserver can answer.
-        Err(_) => Reply::Forward,
+        Err(_) => forward,
     }
 }
 
 /// REFUSED for `query`, when it cannot be forwarded (nobody said where
-/// to); `None` if the query does not even parse.
+/// to, or no room: see `dns/limits.rs`); `None` if the query does not
+/// even parse.
 pub(crate) fn refused(query: &[u8]) -> Option<Vec<u8>> {
+    error_reply(query, ResponseCode::Refused)
+}
+
+/// SERVFAIL for `query`, when its nameserver did not answer (in time, or
+/// lately: see `dns/limits.rs`); `None` if the query does not parse.
+pub(crate) fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    error_reply(query, ResponseCode::ServFail)
+}
+
+/// An answer to `query` with `code`, its id and question, no records;
+/// `None` if the query does not parse.
+fn error_reply(query: &[u8], code: ResponseCode) -> Option<Vec<u8>> {
     let msg = Message::from_vec(query).ok()?;
-    let mut response =
-        Message::error_msg(msg.metadata.id, msg.metadata.op_code, ResponseCode::Refused);
+    let mut response = Message::error_msg(msg.metadata.id, msg.metadata.op_code, code);
     response.metadata.recursion_desired = msg.metadata.recursion_desired;
+    response.metadata.recursion_available = true;
+    response.add_queries(msg.queries);
+    response.to_vec().ok()
+}
+
+/// An empty answer to `query` with the TC flag, for a forwarded answer too
+/// long for the sender's UDP size: its resolver asks again over TCP
+/// (RFC 1035 §4.2.1, RFC 7766). `None` if the query does not parse.
+pub(crate) fn truncated(query: &[u8]) -> Option<Vec<u8>> {
+    let msg = Message::from_vec(query).ok()?;
+    let mut response = Message::response(msg.metadata.id, msg.metadata.op_code);
+    response.metadata.truncation = true;
+    response.metadata.recursion_desired = msg.metadata.recursion_desired;
+    response.metadata.recursion_available = true;
     response.add_queries(msg.queries);
     response.to_vec().ok()
 }

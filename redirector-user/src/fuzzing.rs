@@ -8,7 +8,7 @@
 //! | [`config`] | `config::load_str`, then for each service what the daemon builds from it: `Cluster::new`, its names resolved, its slot tables, outcomes until an ejection, a tick, its snapshot |
 //! | [`duration`] | `config::parse_duration` |
 //! | [`dns_reply`] | `dns::reply` over a fixed host table, and `dns::refused` for what it forwards |
-//! | [`dns_tcp`] | `dns::serve::read_message` and `write_message` (RFC 1035 §4.2.2 framing) around `dns::reply` / `dns::refused`, as a TCP connection without a nameserver is served |
+//! | [`dns_tcp`] | `dns::serve::read_message` and `frame` (RFC 1035 §4.2.2 framing) around `dns::reply` / `dns::refused`, as a TCP connection without a nameserver is served |
 //! | [`handover_offer`] | `handover::request` against a predecessor that sends the given bytes (and descriptors) |
 //! | [`handover_request`] | `handover::Server::next` reading the given bytes from a successor |
 //! | [`http_response_head`] | `proxy::http`'s checks of an endpoint's response head: `ResponseError::check_framing`, `upgrade::protocol`, `strip_hop_by_hop` |
@@ -125,6 +125,10 @@ fn block_on<F: Future>(future: F) -> F::Output {
     RUNTIME.with(|rt| rt.block_on(future))
 }
 
+/// The responder's waits for a DNS-over-TCP message; bytes in memory
+/// never make it wait.
+const WAIT: Duration = Duration::from_secs(10);
+
 /// A DNS-over-TCP connection that sent `stream` and then closed, served
 /// as the responder serves one with no nameserver recorded: each framed
 /// query answered from the host table or REFUSED, until the end of the
@@ -134,7 +138,7 @@ pub fn dns_tcp(stream: &[u8]) -> Vec<u8> {
     block_on(async {
         let mut input = stream;
         let mut output = Vec::new();
-        while let Ok(Some(query)) = dns::serve::read_message(&mut input).await {
+        while let Ok(Some(query)) = dns::serve::read_message(&mut input, WAIT, WAIT).await {
             let answer = match dns::reply(&query, hosts()) {
                 dns::Reply::Local(answer) => answer,
                 dns::Reply::Forward => match dns::refused(&query) {
@@ -142,11 +146,9 @@ pub fn dns_tcp(stream: &[u8]) -> Vec<u8> {
                     None => break,
                 },
             };
-            if dns::serve::write_message(&mut output, &answer)
-                .await
-                .is_err()
-            {
-                break;
+            match dns::serve::frame(&answer) {
+                Ok(framed) => output.extend_from_slice(&framed),
+                Err(_) => break,
             }
         }
         output
@@ -158,7 +160,7 @@ pub fn dns_tcp_frames(stream: &[u8]) -> Vec<Vec<u8>> {
     block_on(async {
         let mut input = stream;
         let mut frames = Vec::new();
-        while let Ok(Some(frame)) = dns::serve::read_message(&mut input).await {
+        while let Ok(Some(frame)) = dns::serve::read_message(&mut input, WAIT, WAIT).await {
             frames.push(frame);
         }
         frames

@@ -39,6 +39,15 @@ use crate::cli::{Cli, Command, Output};
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
+            // Before anything opens a descriptor.
+            match sys::raise_nofile_limit() {
+                Ok((before, now)) => {
+                    tracing::info!(before, now, "descriptor limit (RLIMIT_NOFILE)");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot raise the descriptor limit (RLIMIT_NOFILE)");
+                }
+            }
             rustls::crypto::ring::default_provider()
                 .install_default()
                 .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;

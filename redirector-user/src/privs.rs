@@ -5,10 +5,16 @@
 //! `execve` can get them back.
 //!
 //! What stays, and why:
-//! - `CAP_NET_ADMIN`: every upstream socket (proxy connects, the DNS
-//!   responder's forwards, the resolver's lookups) carries `SO_MARK` so the
-//!   kernel programs leave it alone, and setting a mark needs it. Sockets
-//!   are made for the daemon's whole life, after every reload.
+//! - `CAP_NET_RAW`, or `CAP_NET_ADMIN` where the kernel wants that one:
+//!   every upstream socket (proxy connects, the DNS responder's forwards,
+//!   the resolver's lookups) carries `SO_MARK` so the kernel programs leave
+//!   it alone, and setting a mark needs one of them. Sockets are made for
+//!   the daemon's whole life, after every reload. Linux ≥ 5.17 accepts
+//!   `CAP_NET_RAW` for `SO_MARK`, the narrower of the two (no routes,
+//!   addresses, firewall or interfaces); whether this kernel does is
+//!   probed ([`mark_with_net_raw`]), not read off its version. The other
+//!   side of that coin: any process able to set the proxy's mark on its
+//!   own sockets (one holding either capability) bypasses capture.
 //! - Nothing for the maps: updates, lookups and the ring buffer go through
 //!   the fds opened at start, which need no capability on Linux ≥ 6.5.
 //!   Before 6.5, every bpf(2) command was refused without `CAP_BPF` (or
@@ -59,6 +65,8 @@ pub(crate) struct Kernel {
     pub(crate) version: (u32, u32),
     /// `kernel.unprivileged_bpf_disabled` is not 0.
     pub(crate) unprivileged_bpf_disabled: bool,
+    /// `SO_MARK` may be set with `CAP_NET_RAW` (Linux ≥ 5.17), probed.
+    pub(crate) mark_with_net_raw: bool,
 }
 
 impl Kernel {
@@ -69,6 +77,7 @@ impl Kernel {
         Kernel {
             version: parse_release(&release).unwrap_or((0, 0)),
             unprivileged_bpf_disabled: disabled,
+            mark_with_net_raw: mark_with_net_raw(),
         }
     }
 
@@ -77,6 +86,27 @@ impl Kernel {
     pub(crate) fn map_access_needs_cap(&self) -> bool {
         self.unprivileged_bpf_disabled && self.version < (6, 5)
     }
+}
+
+/// Whether this kernel lets a socket's mark be set with `CAP_NET_RAW`
+/// alone: tried on a thread of its own that gives up `CAP_NET_ADMIN` from
+/// its effective set (capabilities are per thread, and the thread ends
+/// right after), so the rest of the process is untouched. False when this
+/// process does not hold `CAP_NET_RAW` at all.
+pub(crate) fn mark_with_net_raw() -> bool {
+    std::thread::spawn(|| {
+        let has = |c| caps::has_cap(None, CapSet::Effective, c).unwrap_or(false);
+        if !has(Capability::CAP_NET_RAW)
+            || caps::drop(None, CapSet::Effective, Capability::CAP_NET_ADMIN).is_err()
+        {
+            return false;
+        }
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+            .and_then(|s| s.set_mark(crate::datapath::PROXY_MARK))
+            .is_ok()
+    })
+    .join()
+    .unwrap_or(false)
 }
 
 /// `6.18.44-fc-v1272` → (6, 18).
@@ -90,7 +120,11 @@ pub(crate) fn parse_release(release: &str) -> Option<(u32, u32)> {
 /// The capabilities the running daemon needs, of those it `held`.
 pub(crate) fn keep(held: &CapsHashSet, kernel: Kernel) -> CapsHashSet {
     let mut keep = CapsHashSet::new();
-    keep.insert(Capability::CAP_NET_ADMIN);
+    if kernel.mark_with_net_raw && held.contains(&Capability::CAP_NET_RAW) {
+        keep.insert(Capability::CAP_NET_RAW);
+    } else {
+        keep.insert(Capability::CAP_NET_ADMIN);
+    }
     if kernel.map_access_needs_cap() {
         // bpf_capable(): either one.
         if held.contains(&Capability::CAP_BPF) {
@@ -374,18 +408,42 @@ mod tests {
     const NEW: Kernel = Kernel {
         version: (6, 18),
         unprivileged_bpf_disabled: true,
+        mark_with_net_raw: true,
     };
     const OLD: Kernel = Kernel {
         version: (6, 1),
         unprivileged_bpf_disabled: true,
+        mark_with_net_raw: true,
     };
 
     #[test]
-    fn root_keeps_only_net_admin_on_a_current_kernel() {
-        assert_eq!(keep(&caps::all(), NEW), set(&[Capability::CAP_NET_ADMIN]));
-        // The DaemonSet's two.
+    fn root_keeps_only_net_raw_where_it_may_set_marks() {
+        assert_eq!(keep(&caps::all(), NEW), set(&[Capability::CAP_NET_RAW]));
+        // Without CAP_NET_RAW (the DaemonSet of an older release).
         let granted = set(&[Capability::CAP_BPF, Capability::CAP_NET_ADMIN]);
         assert_eq!(keep(&granted, NEW), set(&[Capability::CAP_NET_ADMIN]));
+        // Before 5.17 marks need CAP_NET_ADMIN.
+        let before = Kernel {
+            version: (5, 10),
+            unprivileged_bpf_disabled: false,
+            mark_with_net_raw: false,
+        };
+        assert_eq!(
+            keep(&caps::all(), before),
+            set(&[Capability::CAP_NET_ADMIN])
+        );
+    }
+
+    #[test]
+    fn this_kernel_is_probed_for_marks_with_net_raw() {
+        // The probe agrees with the release where the change landed
+        // (5.17), and leaves the calling thread's capabilities alone.
+        let before = caps::read(None, CapSet::Effective).unwrap();
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+        let expected = before.contains(&Capability::CAP_NET_RAW)
+            && parse_release(&release).unwrap() >= (5, 17);
+        assert_eq!(mark_with_net_raw(), expected, "{release}");
+        assert_eq!(caps::read(None, CapSet::Effective).unwrap(), before);
     }
 
     #[test]

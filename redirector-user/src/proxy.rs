@@ -4,12 +4,15 @@
 
 mod breakers;
 pub(crate) mod http;
+pub(crate) mod limits;
 mod pool;
 pub(crate) mod route;
 mod tcp;
 mod upstream;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+pub(crate) use self::limits::{Caps, Limits};
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -83,14 +86,33 @@ pub(crate) struct Drain {
 
 /// Accepts until the task is dropped: connections to the listener the
 /// daemon holds in namespace `ns`, whose records are in `ns`'s own maps.
-pub(crate) async fn serve(listener: TcpListener, ns: Arc<Namespace>, routes: Routes, drain: Drain) {
+/// Over `caps`, a connection is reset at once (Envoy's overload manager
+/// and listener `connection_limit` do the same).
+pub(crate) async fn serve(
+    listener: TcpListener,
+    ns: Arc<Namespace>,
+    routes: Routes,
+    drain: Drain,
+    caps: Caps,
+) {
+    let mut backoff = None;
+    // Overflow warnings at most once a second.
+    let mut last_warned: Option<tokio::time::Instant> = None;
+    let mut refused: u64 = 0;
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of file descriptors and the like: back off, keep going.
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        let (stream, peer) = limits::accept(&listener, "proxy", &mut backoff).await;
+        let admitted = match caps.admit() {
+            Ok(a) => a,
+            Err(limit) => {
+                refused += 1;
+                if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    last_warned = Some(tokio::time::Instant::now());
+                    warn!(
+                        %peer, namespace = %ns.name, limit, refused,
+                        "too many app connections; resetting new ones"
+                    );
+                }
+                tcp::reset(stream);
                 continue;
             }
         };
@@ -98,9 +120,11 @@ pub(crate) async fn serve(listener: TcpListener, ns: Arc<Namespace>, routes: Rou
         let routes = routes.clone();
         let stop = drain.stop.clone();
         let kill = drain.kill.clone();
+        let limits = caps.limits.clone();
         drain.tracker.spawn(async move {
+            let _admitted = admitted;
             tokio::select! {
-                () = handle(stream, peer, ns, &routes, stop) => {}
+                () = handle(stream, peer, ns, &routes, stop, &limits) => {}
                 () = kill.cancelled() => {}
             }
         });
@@ -113,6 +137,7 @@ async fn handle(
     ns: Arc<Namespace>,
     routes: &Routes,
     stop: CancellationToken,
+    limits: &Limits,
 ) {
     let _ = stream.set_nodelay(true);
     // The route key is the service's IPv4 VIP:port, whichever VIP the
@@ -130,7 +155,9 @@ async fn handle(
     debug!(%peer, %orig, namespace = %ns.name, cluster = %route.cluster.name, "accepted");
     let _connection = route.cluster.stats.connection();
     match route.cluster.service.port.protocol {
-        Protocol::Http => http::serve(stream, routes.clone(), orig, route, ns, stop).await,
-        Protocol::Tcp | Protocol::Https | Protocol::Tls => tcp::serve(stream, &route, &ns).await,
+        Protocol::Http => http::serve(stream, routes.clone(), orig, route, ns, stop, limits).await,
+        Protocol::Tcp | Protocol::Https | Protocol::Tls => {
+            tcp::serve(stream, &route, &ns, limits.tcp_idle_timeout).await;
+        }
     }
 }

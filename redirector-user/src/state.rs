@@ -8,7 +8,9 @@
 //! builds a complete new generation next to the old one, carrying over
 //! resolved addresses and outlier state ([`Cluster::adopt`]); nothing of
 //! the running one changes until the new one is swapped in, so a reload
-//! rejected half-way leaves everything as it was.
+//! rejected half-way leaves everything as it was (the kernel's service
+//! maps too: they are replaced all or nothing, `datapath/maps.rs`, before
+//! the swap).
 
 use std::{
     collections::HashMap,
@@ -27,6 +29,7 @@ use crate::{
     config::{self, Config, NodeSettings},
     kube,
     metrics::Metrics,
+    proxy::Limits,
     resolve::{self, Resolve},
     sys,
     topology::Locality,
@@ -52,6 +55,8 @@ pub(crate) struct Node {
     pub(crate) admin: Option<SocketAddrV4>,
     pub(crate) pin_dir: PathBuf,
     pub(crate) nameservers: Vec<SocketAddr>,
+    /// Connection limits and timeouts (`proxy/limits.rs`), read at start.
+    pub(crate) limits: Limits,
 }
 
 impl Node {
@@ -94,6 +99,7 @@ impl Node {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR)),
             nameservers: settings.nameservers.clone(),
+            limits: Limits::resolve(&settings.limits),
         })
     }
 }
@@ -242,8 +248,7 @@ impl Generation {
             if let Some(interval) = cluster.outlier_interval() {
                 let c = cluster.clone();
                 tasks.push(tokio::spawn(async move {
-                    let mut ticker =
-                        tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                    let mut ticker = tokio::time::interval_at(config::deadline(interval), interval);
                     loop {
                         ticker.tick().await;
                         c.tick();

@@ -15,7 +15,7 @@
 
 use std::{net::SocketAddrV4, sync::Arc, time::Duration};
 
-use redirector_common::{OUTCOME_CONNECTED, OUTCOME_FAILED};
+use redirector_common::{OUTCOME_CONNECTED, OUTCOME_FAILED, OUTCOME_TIMED_OUT};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
@@ -124,23 +124,24 @@ fn record(cluster: &Cluster, o: &KernelOutcome) {
     cluster.record(&host, outcome, error.as_deref());
 }
 
-/// The outlier-detection view of a kernel-path outcome: an answer to the
-/// first SYN that ends the connect is a refusal (or an ICMP error); SYNs
-/// that went unanswered first make it a timeout.
+/// The outlier-detection view of a kernel-path outcome: the kernel
+/// reports a failed connect only when the endpoint's side ended it (a
+/// reset, or the handshake timing out), never the app's own close.
 fn classify(o: &KernelOutcome) -> (Outcome, Option<String>) {
-    match (o.kind, o.syn_retrans) {
-        (OUTCOME_CONNECTED, _) => (Outcome::Success, None),
-        (OUTCOME_FAILED, 0) => (
+    match o.kind {
+        OUTCOME_CONNECTED => (Outcome::Success, None),
+        OUTCOME_FAILED => (
             Outcome::ConnectFailed,
-            Some("connect failed: refused or unreachable (kernel datapath)".to_owned()),
+            Some("connect failed: refused (kernel datapath)".to_owned()),
         ),
-        (OUTCOME_FAILED, n) => (
+        OUTCOME_TIMED_OUT => (
             Outcome::Timeout,
             Some(format!(
-                "connect failed after {n} SYN retransmission(s): timed out (kernel datapath)"
+                "connect failed after {} SYN retransmission(s): timed out (kernel datapath)",
+                o.syn_retrans
             )),
         ),
-        (kind, _) => (
+        kind => (
             Outcome::ConnectFailed,
             Some(format!("unknown kernel outcome {kind}")),
         ),
@@ -171,7 +172,14 @@ mod tests {
         let (o, e) = classify(&outcome(OUTCOME_FAILED, 0));
         assert_eq!(o, Outcome::ConnectFailed);
         assert!(e.unwrap().contains("refused"));
-        let (o, e) = classify(&outcome(OUTCOME_FAILED, 3));
+        // SYNs retransmitted before a reset are still a refusal.
+        let (o, _) = classify(&outcome(OUTCOME_FAILED, 2));
+        assert_eq!(o, Outcome::ConnectFailed);
+        // A connect timeout shorter than the first retransmission.
+        let (o, e) = classify(&outcome(OUTCOME_TIMED_OUT, 0));
+        assert_eq!(o, Outcome::Timeout);
+        assert!(e.unwrap().contains("timed out"));
+        let (o, e) = classify(&outcome(OUTCOME_TIMED_OUT, 3));
         assert_eq!(o, Outcome::Timeout);
         assert!(e.unwrap().contains("3 SYN retransmission"));
     }

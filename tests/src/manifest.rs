@@ -141,6 +141,7 @@ pub fn cap_bits(names: &[String]) -> u64 {
     names.iter().fold(0u64, |acc, n| {
         acc | match n.as_str() {
             "net_admin" => 1 << 12,
+            "net_raw" => 1 << 13,
             "sys_ptrace" => 1 << 19,
             "sys_admin" => 1 << 21,
             "bpf" => 1 << 39,

@@ -115,7 +115,8 @@ impl Running {
 
     /// The config read again and built next to the running one: clusters
     /// (taking over health) and routes (taking over TLS sessions and
-    /// limits). Nothing running changes here.
+    /// limits), then the kernel's services replaced. Nothing else running
+    /// changes here, and on an error nothing at all.
     fn reload(&self) -> anyhow::Result<(Generation, route::RouteMap)> {
         let (config, mut node) = state::load(
             &self.opts.config,
@@ -150,24 +151,23 @@ impl Running {
         )?;
         let previous = self.routes.read().expect("routes lock").clone();
         let routes = route::build(&next.services, Some(&previous))?;
+        // Last, as the one step that can fail in the kernel: all or
+        // nothing (a failed update puts the maps back as they were).
+        self.datapath
+            .set_services(&service_entries(&next.config.services))
+            .map_err(|e| anyhow::anyhow!("publishing the services to the kernel: {e}"))?;
         Ok((next, routes))
     }
 
-    /// Puts a reloaded generation in force: the proxy's routes first, so a
-    /// newly published VIP always has one, then the service table (DNS
-    /// answers, health publishing), then the kernel's services.
+    /// Puts a reloaded generation in force (its services are in the kernel
+    /// already): the proxy's routes, then the service table (DNS answers,
+    /// health publishing).
     fn apply(&mut self, (next, routes): (Generation, route::RouteMap)) {
         self.dump.set_effective(&next.config, &next.node);
         let previous = self.routes.read().expect("routes lock").clone();
         route::take_over(&routes, &previous);
         *self.routes.write().expect("routes lock") = Arc::new(routes);
         self.services.set(next.services.clone());
-        if let Err(e) = self
-            .datapath
-            .set_services(&service_entries(&next.config.services))
-        {
-            error!("publishing the reloaded services to the kernel: {e}");
-        }
         self.current = next;
         self.notify.notify_one();
     }

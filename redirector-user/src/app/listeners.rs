@@ -40,6 +40,9 @@ pub(super) struct ListenerSet {
     dns: Option<dns::serve::Responder>,
     /// `None` when DNS capture is off or the namespace has no IPv6.
     dns6: Option<dns::serve::Responder>,
+    /// The app connections the proxy listeners serve at once: this
+    /// namespace's count and the daemon's.
+    caps: proxy::Caps,
 }
 
 /// Why a namespace's set could not be bound.
@@ -122,6 +125,7 @@ impl ListenerSet {
             proxy6,
             dns,
             dns6,
+            caps: proxy::Caps::new(&node.limits),
         })
     }
 
@@ -191,6 +195,7 @@ impl ListenerSet {
                     ns.clone(),
                     routes.clone(),
                     drain.clone(),
+                    self.caps.clone(),
                 )))
             })
             .collect();

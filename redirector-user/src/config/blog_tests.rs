@@ -268,6 +268,13 @@ fn example_config_sets_everything() {
             vip_range: Some("240.240.0.0/16".parse().expect("net")),
             vip_range6: Some("2001:2::/48".parse().expect("net")),
             pin_dir: Some("/sys/fs/bpf/redirector".into()),
+            limits: crate::config::LimitSettings {
+                request_headers_timeout: Some(std::time::Duration::from_secs(60)),
+                stream_idle_timeout: Some(std::time::Duration::from_secs(300)),
+                tcp_idle_timeout: Some(std::time::Duration::from_secs(3600)),
+                max_connections: Some(4096),
+                max_connections_per_namespace: Some(1024),
+            },
         }
     );
     let hosts: Vec<(&str, u16)> = c

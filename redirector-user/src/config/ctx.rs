@@ -79,10 +79,19 @@ const NOT_IMPLEMENTED: &str =
     "not implemented yet: redirector does not support this Istio field; remove it";
 
 /// A document being validated: its name in messages and its text, for
-/// finding keys.
+/// finding keys. Positions inside it ([`Pos`], spans) count its own lines;
+/// problems are reported at file lines, `line_offset` further.
 pub(super) struct Doc<'a> {
     pub(super) label: String,
     pub(super) text: &'a str,
+    pub(super) line_offset: u64,
+}
+
+impl Doc<'_> {
+    /// `pos` (in this document's lines) as a position in the file.
+    fn in_file(&self, pos: Pos) -> Pos {
+        (pos.0.map(|l| l + self.line_offset), pos.1)
+    }
 }
 
 /// Collects problems for one source.
@@ -108,6 +117,7 @@ impl<'a> Ctx<'a> {
         message: impl Into<String>,
     ) {
         let field: String = field.into();
+        let pos = doc.in_file(pos);
         self.problems.push(Problem {
             source: self.source.to_owned(),
             line: pos.0,
@@ -120,7 +130,7 @@ impl<'a> Ctx<'a> {
 
     /// Where a value is written, as a problem about it would say.
     pub(super) fn locate<T>(&self, doc: &Doc, v: &Spanned<T>, field: &str) -> String {
-        let (line, column) = pos(v.referenced);
+        let (line, column) = doc.in_file(pos(v.referenced));
         Problem {
             source: self.source.to_owned(),
             line,

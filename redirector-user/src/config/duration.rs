@@ -27,10 +27,24 @@ const UNITS: [(&str, u128); 8] = [
     ("h", 3_600_000_000_000),
 ];
 
-/// Parses Go duration syntax.
+/// The longest duration: Go's `time.Duration` holds at most 2^63 − 1
+/// nanoseconds (about 292 years), and Istio reads every duration into one
+/// (`AsDuration`), so nothing longer means anything to Istio either. Go's
+/// `ParseDuration` rejects longer ones, and so does [`parse`].
+pub(crate) const MAX: Duration = Duration::new(9_223_372_036, 854_775_807);
+
+/// Parses Go duration syntax. Never panics, whatever `text` is: every
+/// step is checked, and anything longer than [`MAX`] is an error.
 pub(super) fn parse(text: &str) -> Result<Signed, String> {
     let invalid =
         || format!("invalid duration {text:?}: expected a Go duration such as 15s, 1m or 1h30m");
+    let too_long = || {
+        format!(
+            "invalid duration {text:?}: longer than {}, the longest duration Go (and so Istio) \
+             can hold",
+            format(MAX)
+        )
+    };
     let (negative, mut rest) = match text.as_bytes().first() {
         Some(b'-') => (true, &text[1..]),
         Some(b'+') => (false, &text[1..]),
@@ -45,6 +59,7 @@ pub(super) fn parse(text: &str) -> Result<Signed, String> {
     if rest.is_empty() {
         return Err(invalid());
     }
+    let max = MAX.as_nanos();
     let mut total: u128 = 0;
     while !rest.is_empty() {
         let int_len = rest.bytes().take_while(u8::is_ascii_digit).count();
@@ -71,24 +86,32 @@ pub(super) fn parse(text: &str) -> Result<Signed, String> {
                 format!("invalid duration {text:?}: unknown unit {unit:?} (ns, us, ms, s, m or h)")
             });
         };
+        // Only digits are left, so the one way to fail is a number too
+        // big for u128, which is far beyond MAX.
         let whole: u128 = if int.is_empty() {
             0
         } else {
-            int.parse().map_err(|_| invalid())?
+            int.parse().map_err(|_| too_long())?
         };
-        let mut nanos = whole.checked_mul(scale).ok_or_else(invalid)?;
+        let mut nanos = whole.checked_mul(scale).ok_or_else(too_long)?;
         // Fractions finer than a nanosecond are dropped, as Go does.
         let mut place = scale;
         for digit in frac.bytes() {
             place /= 10;
+            if place == 0 {
+                break;
+            }
             nanos = nanos
                 .checked_add(u128::from(digit - b'0') * place)
-                .ok_or_else(invalid)?;
+                .ok_or_else(too_long)?;
         }
-        total = total.checked_add(nanos).ok_or_else(invalid)?;
+        total = total.checked_add(nanos).ok_or_else(too_long)?;
+        if total > max {
+            return Err(too_long());
+        }
         rest = after;
     }
-    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| invalid())?;
+    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| too_long())?;
     let magnitude = Duration::new(secs, (total % 1_000_000_000) as u32);
     Ok(Signed {
         negative,
@@ -198,15 +221,46 @@ mod tests {
             "..s",
             "1e3s",
             "99999999999999999999999h",
-            // The fraction overflowed the total and panicked (the input in
-            // fuzz/regressions/duration).
-            "340282366920938463463374607431768211.9us",
         ] {
             let e = parse(bad).expect_err(bad);
             assert!(e.contains("invalid duration"), "{bad:?}: {e}");
         }
         assert!(parse("10").unwrap_err().contains("missing unit"));
         assert!(parse("1d").unwrap_err().contains("unknown unit \"d\""));
+    }
+
+    #[test]
+    fn the_longest_is_gos_and_longer_is_an_error() {
+        assert_eq!(ok("2562047h47m16.854775807s"), MAX);
+        assert_eq!(format(MAX), "2562047h47m16.854775807s");
+        for bad in [
+            "2562047h47m16.854775808s",
+            "2562048h",
+            "9223372037s",
+            "1000000000000h",
+            "2562047h2562047h",
+            "99999999999999999999999h",
+            "99999999999999999999999999999999999999999999999ns",
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert!(
+                e.contains("longer than 2562047h47m16.854775807s"),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_fraction_cannot_overflow() {
+        // The whole part times an hour fits in u128 with less than 0.9h to
+        // spare: the fraction used to overflow (a panic in debug builds).
+        let e = parse("94522879700260684295381835.9h").expect_err("far too long");
+        assert!(e.contains("longer than"), "{e}");
+        // Digits finer than a nanosecond are dropped, however many.
+        let long = format!("1.{}s", "9".repeat(10_000));
+        assert_eq!(ok(&long), Duration::new(1, 999_999_999));
+        let zeros = format!("{}1s", "0".repeat(10_000));
+        assert_eq!(ok(&zeros), Duration::from_secs(1));
     }
 
     #[test]

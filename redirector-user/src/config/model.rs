@@ -55,6 +55,22 @@ pub(crate) struct NodeSettings {
     #[serde(serialize_with = "display_opt")]
     pub(crate) vip_range6: Option<ipnet::Ipv6Net>,
     pub(crate) pin_dir: Option<PathBuf>,
+    /// `spec.limits`: connection limits and timeouts (file only, no flags).
+    pub(crate) limits: LimitSettings,
+}
+
+/// `NodeConfig.spec.limits`; unset fields take the defaults in
+/// `proxy/limits.rs`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub(crate) struct LimitSettings {
+    #[serde(serialize_with = "duration::serialize_opt")]
+    pub(crate) request_headers_timeout: Option<Duration>,
+    #[serde(serialize_with = "duration::serialize_opt")]
+    pub(crate) stream_idle_timeout: Option<Duration>,
+    #[serde(serialize_with = "duration::serialize_opt")]
+    pub(crate) tcp_idle_timeout: Option<Duration>,
+    pub(crate) max_connections: Option<u32>,
+    pub(crate) max_connections_per_namespace: Option<u32>,
 }
 
 impl NodeSettings {
@@ -74,6 +90,7 @@ impl NodeSettings {
             vip_range: overrides.vip_range.or(self.vip_range),
             vip_range6: overrides.vip_range6.or(self.vip_range6),
             pin_dir: overrides.pin_dir.clone().or_else(|| self.pin_dir.clone()),
+            limits: self.limits.clone(),
         }
     }
 }

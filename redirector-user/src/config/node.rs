@@ -7,12 +7,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
-use super::checks::port_number;
+use super::checks::{U32_MAX, number, port_number, positive_duration};
 use super::ctx::{Ctx, Doc, pos};
-use super::model::NodeSettings;
+use super::model::{LimitSettings, NodeSettings};
 use super::raw;
 use crate::topology::Locality;
 
@@ -71,7 +72,49 @@ pub(super) fn settings(ctx: &mut Ctx, nodes: &[(Doc, raw::NodeDocument)]) -> Nod
     if let Some(r) = &spec.vip_range6 {
         out.vip_range6 = vip_range6(ctx, doc, r);
     }
+    if let Some(l) = &spec.limits {
+        out.limits = limits(ctx, doc, l);
+    }
     out
+}
+
+/// `spec.limits`: durations greater than zero (at most a day, so no
+/// deadline overflows), counts 1 to 2^32-1.
+fn limits(ctx: &mut Ctx, doc: &Doc, l: &raw::NodeLimits) -> LimitSettings {
+    const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+    let mut duration = |v: &Option<Spanned<String>>, field: &str| {
+        let v = v.as_ref()?;
+        let d = positive_duration(ctx, doc, &Some(v.clone()), field, Duration::ZERO)?;
+        if d > DAY {
+            ctx.value(
+                doc,
+                v,
+                field,
+                format!("{:?} is longer than a day (24h)", v.value),
+            );
+            return None;
+        }
+        Some(d)
+    };
+    let request_headers_timeout = duration(
+        &l.request_headers_timeout,
+        "spec.limits.requestHeadersTimeout",
+    );
+    let stream_idle_timeout = duration(&l.stream_idle_timeout, "spec.limits.streamIdleTimeout");
+    let tcp_idle_timeout = duration(&l.tcp_idle_timeout, "spec.limits.tcpIdleTimeout");
+    let mut count = |v: &Option<Spanned<i64>>, field: &str| {
+        number(ctx, doc, v.as_ref()?, field, 1..=U32_MAX, "1-4294967295")
+    };
+    LimitSettings {
+        request_headers_timeout,
+        stream_idle_timeout,
+        tcp_idle_timeout,
+        max_connections: count(&l.max_connections, "spec.limits.maxConnections"),
+        max_connections_per_namespace: count(
+            &l.max_connections_per_namespace,
+            "spec.limits.maxConnectionsPerNamespace",
+        ),
+    }
 }
 
 /// 1–65535, or 0 to turn `what` off.

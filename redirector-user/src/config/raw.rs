@@ -96,6 +96,18 @@ pub(super) struct NodeConfigSpec {
     pub(super) vip_range: Option<Spanned<String>>,
     pub(super) vip_range6: Option<Spanned<String>>,
     pub(super) pin_dir: Option<Spanned<String>>,
+    pub(super) limits: Option<NodeLimits>,
+}
+
+/// `NodeConfig.spec.limits`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct NodeLimits {
+    pub(super) request_headers_timeout: Option<Spanned<String>>,
+    pub(super) stream_idle_timeout: Option<Spanned<String>>,
+    pub(super) tcp_idle_timeout: Option<Spanned<String>>,
+    pub(super) max_connections: Option<Spanned<i64>>,
+    pub(super) max_connections_per_namespace: Option<Spanned<i64>>,
 }
 
 /// `networking.istio.io` `ServiceEntry.spec`.

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use redirector_common::{MAX_ENDPOINTS, MAX_SERVICES};
 use serde::de::DeserializeOwned;
 use serde_saphyr::Spanned;
 
@@ -108,10 +109,12 @@ fn classify<'a>(ctx: &mut Ctx, split: &'a [yaml::Document]) -> Documents<'a> {
                 continue;
             }
         };
-        let start = (Some(d.first_line), Some(1));
+        // In the document's own lines, as every position given to `ctx`.
+        let start = (Some(d.first_line - d.line_offset), Some(1));
         let anonymous = Doc {
             label: unnamed.clone(),
             text: &d.text,
+            line_offset: d.line_offset,
         };
         let (Some(api_version), Some(kind)) = (&header.api_version, &header.kind) else {
             let missing = if header.kind.is_none() {
@@ -143,6 +146,7 @@ fn classify<'a>(ctx: &mut Ctx, split: &'a [yaml::Document]) -> Documents<'a> {
         let doc = Doc {
             label,
             text: &d.text,
+            line_offset: d.line_offset,
         };
         let istio = ISTIO_API_VERSIONS.contains(&api_version.value.as_str());
         let expected = match kind.value.as_str() {
@@ -457,6 +461,11 @@ fn services(
         locality_weight_sums(ctx, &docs.service_entries[i].0, entry);
     }
     let mut out = Vec::new();
+    // Where the kernel's tables overflow, if they do: reported once, at the
+    // port that crosses the limit, with the totals.
+    let mut endpoint_entries = 0usize;
+    let mut too_many_services = None;
+    let mut too_many_endpoints = None;
     let mut by_vip_port: BTreeMap<(std::net::IpAddr, u16), String> = BTreeMap::new();
     // A host listed twice has been reported already; build it once.
     let mut seen = BTreeSet::new();
@@ -569,6 +578,17 @@ fn services(
                     );
                     ctx.at(doc, at, field, why);
                 }
+                if out.len() == MAX_SERVICES as usize && too_many_services.is_none() {
+                    too_many_services = Some((i, *at, field.clone()));
+                }
+                let before = endpoint_entries;
+                endpoint_entries += endpoints.len();
+                if before <= MAX_ENDPOINTS as usize
+                    && endpoint_entries > MAX_ENDPOINTS as usize
+                    && too_many_endpoints.is_none()
+                {
+                    too_many_endpoints = Some((i, *at, field.clone()));
+                }
                 out.push(Service {
                     host: host.clone(),
                     vip,
@@ -598,6 +618,31 @@ fn services(
                  remove it or set tls in the host's DestinationRule",
             );
         }
+    }
+    if let Some((i, at, field)) = too_many_services {
+        ctx.at(
+            &docs.service_entries[i].0,
+            at,
+            field,
+            format!(
+                "too many services: the config has {} (one per host and port), and the kernel's \
+                 tables hold {MAX_SERVICES}; this port is the first past that",
+                out.len()
+            ),
+        );
+    }
+    if let Some((i, at, field)) = too_many_endpoints {
+        ctx.at(
+            &docs.service_entries[i].0,
+            at,
+            field,
+            format!(
+                "too many endpoints: the services have {endpoint_entries} endpoints in all (an \
+                 endpoint of a ServiceEntry counts once per port, a ServiceEntry without \
+                 endpoints once per port for its host), and the kernel's endpoint table holds \
+                 {MAX_ENDPOINTS}; this port is the first past that"
+            ),
+        );
     }
     out.sort_by(|a, b| (&a.host, a.port.number).cmp(&(&b.host, b.port.number)));
     out

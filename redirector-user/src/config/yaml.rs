@@ -2,10 +2,13 @@
 //!
 //! serde-saphyr reads one document at a time into a type, but which type
 //! depends on the document's `kind`, and error locations must point into the
-//! user's file, not into a slice of it. So each document is read from a copy
-//! of the whole text in which every other line is blank: line numbers stay
-//! absolute and the parser sees a single document. Errors keep serde's
-//! message, saphyr's line/column and `serde_path_to_error`'s field path.
+//! user's file, not into a slice of it. So each document is read from its
+//! own lines alone (markers and directives blanked, so the parser sees a
+//! single document), and every line number that comes out of it is moved by
+//! the lines before it ([`Document::line_offset`]: here for read errors,
+//! in `ctx` for problems found later). Each line of the file is copied once,
+//! so loading is linear in the file's size. Errors keep serde's message,
+//! saphyr's line/column and `serde_path_to_error`'s field path.
 
 use serde::de::DeserializeOwned;
 use serde_path_to_error::Segment;
@@ -16,9 +19,12 @@ use serde_saphyr::{DuplicateKeyPolicy, Location, MessageFormatter, UserMessageFo
 pub(super) struct Document {
     /// 1-based position among the non-empty documents.
     pub(super) index: usize,
-    /// 1-based line of the document's first content line.
+    /// 1-based line of the document's first content line, in the file.
     pub(super) first_line: u64,
-    /// The whole input with everything outside this document blanked.
+    /// Lines of the file before `text`'s first: a line `n` of `text` is
+    /// line `n + line_offset` of the file.
+    pub(super) line_offset: u64,
+    /// The document's own lines, markers and directives blanked.
     pub(super) text: String,
 }
 
@@ -42,18 +48,19 @@ pub(super) fn split(text: &str) -> Vec<Document> {
     let mut documents = Vec::new();
     let mut start = 0;
     let flush = |start: usize, end: usize, documents: &mut Vec<Document>| {
-        let body: Vec<String> = lines[start..end].iter().map(|l| neutralize(l)).collect();
-        let Some(first) = body.iter().position(|l| is_content(l)) else {
+        let body = &lines[start..end];
+        let Some(first) = body.iter().position(|l| is_content(&neutralize(l))) else {
             return;
         };
-        let mut copy = "\n".repeat(start);
-        for line in &body {
-            copy.push_str(line);
+        let mut copy = String::with_capacity(body.iter().map(|l| l.len() + 1).sum());
+        for line in body {
+            copy.push_str(&neutralize(line));
             copy.push('\n');
         }
         documents.push(Document {
             index: documents.len() + 1,
             first_line: (start + first + 1) as u64,
+            line_offset: start as u64,
             text: copy,
         });
     };
@@ -93,8 +100,9 @@ fn is_content(line: &str) -> bool {
     !t.is_empty() && !t.starts_with('#')
 }
 
-/// Reads `document` as `T`, recording where it failed. Duplicate keys are
-/// errors, as in Kubernetes.
+/// Reads `document` as `T`, recording where it failed (in the file's
+/// lines). Duplicate keys are errors, as in Kubernetes. Spans inside the
+/// value are the document's own lines; `ctx` moves them.
 pub(super) fn read<T: DeserializeOwned>(document: &Document) -> Result<T, ReadError> {
     read_with(document, DuplicateKeyPolicy::Error)
 }
@@ -122,7 +130,7 @@ fn read_with<T: DeserializeOwned>(
         let (line, column) = position(e.location());
         let message = UserMessageFormatter.format_message(e).into_owned();
         ReadError {
-            line,
+            line: line.map(|l| l + document.line_offset),
             column,
             field: field_path(&track.path()),
             message,
@@ -222,19 +230,29 @@ mod tests {
         let firsts: Vec<u64> = docs.iter().map(|d| d.first_line).collect();
         assert_eq!(firsts, [3, 8, 11], "documents: {docs:#?}");
         assert_eq!(docs.iter().map(|d| d.index).collect::<Vec<_>>(), [1, 2, 3]);
+        let offsets: Vec<u64> = docs.iter().map(|d| d.line_offset).collect();
+        assert_eq!(offsets, [1, 5, 9], "documents: {docs:#?}");
+        // Only the document's own lines, the marker blanked at its columns.
         let lines: Vec<&str> = docs[1].text.lines().collect();
-        assert_eq!(lines.len(), 8, "blanked copy: {:?}", docs[1].text);
-        assert!(lines[..7].iter().all(|l| l.trim().is_empty()));
-        assert_eq!(lines[7], "  b: 2");
+        assert_eq!(lines, ["   ", "", "  b: 2"], "{:?}", docs[1].text);
+        assert_eq!(docs[2].text, "    # c\nc: 3\n");
+    }
+
+    #[test]
+    fn each_line_is_copied_once() {
+        // 5,000 documents: their texts together are the file's size, not
+        // thousands of times it (as when each was a blanked copy of all).
+        let one = "apiVersion: v1\nkind: X\nmetadata: {name: x}\n";
+        let text = format!("---\n{one}").repeat(5000);
+        let docs = split(&text);
+        assert_eq!(docs.len(), 5000);
+        let copied: usize = docs.iter().map(|d| d.text.len()).sum();
         assert!(
-            docs[2]
-                .text
-                .lines()
-                .nth(9)
-                .unwrap()
-                .trim_start()
-                .starts_with('#')
+            copied <= text.len(),
+            "{copied} bytes copied of {}",
+            text.len()
         );
+        assert_eq!(docs[4999].first_line, 5000 * 4 - 2);
     }
 
     #[test]

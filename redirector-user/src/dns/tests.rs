@@ -40,12 +40,15 @@ fn query(name: &str, ty: RecordType) -> Message {
 fn local(msg: &Message) -> Message {
     match reply(&msg.to_vec().expect("encode"), &hosts()) {
         Reply::Local(bytes) => Message::from_vec(&bytes).expect("a DNS message"),
-        Reply::Forward => panic!("{msg:?} was forwarded"),
+        Reply::Forward { .. } => panic!("{msg:?} was forwarded"),
     }
 }
 
 fn forwarded(msg: &Message) -> bool {
-    reply(&msg.to_vec().expect("encode"), &hosts()) == Reply::Forward
+    matches!(
+        reply(&msg.to_vec().expect("encode"), &hosts()),
+        Reply::Forward { .. }
+    )
 }
 
 #[test]
@@ -138,8 +141,11 @@ fn anything_but_one_standard_in_question_is_forwarded() {
     response.metadata.message_type = MessageType::Response;
     assert!(forwarded(&response), "a response is nobody's question");
 
-    assert_eq!(reply(b"\x12\x34 not dns", &hosts()), Reply::Forward);
-    assert_eq!(reply(b"", &hosts()), Reply::Forward);
+    assert_eq!(
+        reply(b"\x12\x34 not dns", &hosts()),
+        Reply::Forward { udp_size: 4096 }
+    );
+    assert_eq!(reply(b"", &hosts()), Reply::Forward { udp_size: 4096 });
 }
 
 #[test]
@@ -188,4 +194,109 @@ fn refused_keeps_the_id_and_question() {
     assert_eq!(r.metadata.response_code, ResponseCode::Refused);
     assert_eq!(r.queries, q.queries);
     assert_eq!(refused(b"junk"), None);
+}
+
+#[test]
+fn the_udp_size_follows_the_queries_edns_within_512_to_4096() {
+    let size = |msg: &Message| match reply(&msg.to_vec().expect("encode"), &hosts()) {
+        Reply::Forward { udp_size } => udp_size,
+        Reply::Local(_) => panic!("answered locally"),
+    };
+    let mut q = query("other.test.", RecordType::A);
+    assert_eq!(size(&q), 512, "no EDNS: RFC 1035's 512");
+    for (advertised, expected) in [(1232, 1232), (100, 512), (4096, 4096), (65535, 4096)] {
+        let mut edns = Edns::new();
+        edns.set_max_payload(advertised);
+        q.set_edns(edns);
+        assert_eq!(size(&q), expected, "EDNS {advertised}");
+    }
+}
+
+#[test]
+fn servfail_and_truncated_keep_the_id_and_question() {
+    let q = query("other.test.", RecordType::AAAA);
+    let bytes = q.to_vec().unwrap();
+    let r = Message::from_vec(&servfail(&bytes).expect("an answer")).unwrap();
+    assert_eq!(r.metadata.id, 0xbeef);
+    assert_eq!(r.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(r.metadata.message_type, MessageType::Response);
+    assert_eq!(r.queries, q.queries);
+    let t = Message::from_vec(&truncated(&bytes).expect("an answer")).unwrap();
+    assert!(t.metadata.truncation);
+    assert_eq!(t.metadata.id, 0xbeef);
+    assert_eq!(t.metadata.response_code, ResponseCode::NoError);
+    assert!(t.answers.is_empty());
+    assert_eq!(servfail(b"junk"), None);
+    assert_eq!(truncated(b""), None);
+}
+
+mod tcp_framing {
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt as _;
+
+    use crate::dns::serve::{frame, read_message};
+
+    const IDLE: Duration = Duration::from_secs(10);
+    const READ: Duration = Duration::from_secs(3);
+
+    #[tokio::test]
+    async fn messages_are_read_whole_in_order_then_none_at_the_end() {
+        let mut bytes = frame(b"first").unwrap();
+        bytes.extend(frame(b"").unwrap());
+        bytes.extend(frame(&[7u8; 300]).unwrap());
+        let mut r = bytes.as_slice();
+        assert_eq!(
+            read_message(&mut r, IDLE, READ).await.unwrap().unwrap(),
+            b"first"
+        );
+        assert_eq!(
+            read_message(&mut r, IDLE, READ).await.unwrap().unwrap(),
+            b""
+        );
+        assert_eq!(
+            read_message(&mut r, IDLE, READ).await.unwrap().unwrap(),
+            [7u8; 300]
+        );
+        assert_eq!(read_message(&mut r, IDLE, READ).await.unwrap(), None);
+        assert!(frame(&vec![0u8; 65536]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_stream_ending_inside_a_message_is_an_error() {
+        for bytes in [&b"\x00"[..], b"\x00\x05abc", b"\xff\xff"] {
+            let mut r = bytes;
+            let e = read_message(&mut r, IDLE, READ).await.unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{bytes:?}");
+        }
+    }
+
+    /// Nothing for `IDLE`: the connection is done; a message begun and not
+    /// finished within `READ`: an error; a byte at a time within `READ`
+    /// is fine.
+    #[tokio::test(start_paused = true)]
+    async fn idle_and_partial_messages_time_out() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let started = tokio::time::Instant::now();
+        assert_eq!(read_message(&mut server, IDLE, READ).await.unwrap(), None);
+        assert_eq!(started.elapsed(), IDLE);
+
+        let (mut client2, mut server2) = tokio::io::duplex(1024);
+        client2.write_all(b"\x00\x10abc").await.unwrap();
+        let started = tokio::time::Instant::now();
+        let e = read_message(&mut server2, IDLE, READ).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), READ);
+
+        let writer = tokio::spawn(async move {
+            for b in frame(b"slow but in time").unwrap() {
+                client.write_all(&[b]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            client
+        });
+        let got = read_message(&mut server, IDLE, READ).await.unwrap();
+        assert_eq!(got.as_deref(), Some(&b"slow but in time"[..]));
+        drop(writer.await.unwrap());
+    }
 }

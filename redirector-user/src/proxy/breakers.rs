@@ -11,7 +11,7 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU32, AtomicU64, Ordering},
     },
     time::Duration,
@@ -192,6 +192,41 @@ impl Drop for Slot {
         if self.limit == Limit::Connections {
             self.breakers.notify_freed();
         }
+    }
+}
+
+/// An upstream connection's `maxConnections` slot, shared by the task
+/// that runs the connection (which gives it back when the connection
+/// ends) and the request that asks it to upgrade: hyper ends that task at
+/// the `101`, while the upgraded connection lives on and, as in Envoy,
+/// still counts until it closes.
+#[derive(Clone, Default)]
+pub(crate) struct Held(Arc<Mutex<Option<Slot>>>);
+
+impl Held {
+    pub(crate) fn new(slot: Slot) -> Self {
+        Self(Arc::new(Mutex::new(Some(slot))))
+    }
+
+    /// The slot, for whoever takes the connection over.
+    pub(crate) fn take(&self) -> Option<Slot> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// Back to the connection (no upgrade after all).
+    pub(crate) fn put_back(&self, slot: Slot) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(slot);
+    }
+
+    /// The connection ended: its slot is free, unless taken over.
+    pub(crate) fn release(&self) {
+        drop(self.take());
     }
 }
 

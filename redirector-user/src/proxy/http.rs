@@ -63,7 +63,7 @@ use hyper::{
     server::conn::http1 as server,
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -72,7 +72,9 @@ use reply::{Local, MAX_HEAD_BYTES, ResponseError};
 use watch::Watched;
 
 use super::{
-    breakers::{Limit, Slot},
+    Limits,
+    breakers::{Held, Limit, Slot},
+    limits::{Activity, unless_idle},
     pool::{Conn, PoolKey},
     route::{Route, Routes, UpBody},
     upstream::{candidates, connect_in_order},
@@ -113,6 +115,11 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 /// connections from their next request on; `accepted` (the route when the
 /// connection came in) serves it if a reload removed the service, until
 /// the app closes it.
+///
+/// A request head must be in within `requestHeadersTimeout` of the accept
+/// or of the previous answer (so an idle keep-alive connection closes
+/// then too), and the connection closes after `streamIdleTimeout` without
+/// a byte either way (`limits.rs`).
 pub(crate) async fn serve(
     client: TcpStream,
     routes: Routes,
@@ -120,40 +127,61 @@ pub(crate) async fn serve(
     accepted: Arc<Route>,
     ns: Arc<Namespace>,
     stop: CancellationToken,
+    limits: &Limits,
 ) {
+    let activity = Activity::new();
+    let io = TokioIo::new(activity.wrap(client));
+    let upgraded = (activity.clone(), limits.tcp_idle_timeout);
     let service = service_fn(move |req| {
         let current = routes.read().expect("routes lock").get(&orig).cloned();
         let route = current.unwrap_or_else(|| accepted.clone());
         let ns = ns.clone();
+        let upgraded = upgraded.clone();
         async move {
-            let resp = forward(req, &route, &ns).await;
+            let resp = forward(req, &route, &ns, upgraded).await;
             route.cluster.stats.request(resp.status().as_u16());
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
     // Too many or too large request headers get hyper's 431; the count
     // limit is hyper's default (setting it moves the parse to the heap).
+    // hyper's header-read timeout runs only with a timer.
     let mut builder = server::Builder::new();
-    builder.max_header_size(MAX_HEAD_BYTES);
-    let conn = builder
-        .serve_connection(TokioIo::new(client), service)
-        .with_upgrades();
+    builder
+        .max_header_size(MAX_HEAD_BYTES)
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.request_headers_timeout);
+    let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
+    let idle = limits.stream_idle_timeout;
     let result = tokio::select! {
-        r = conn.as_mut() => r,
+        r = conn.as_mut() => Some(r),
         () = stop.cancelled() => {
             // The daemon stops: the request in flight gets its answer
             // (with `Connection: close`), an idle connection closes now.
             conn.as_mut().graceful_shutdown();
-            conn.await
+            unless_idle(conn, &activity, idle).await
         }
+        () = activity.idle_for(idle) => None,
     };
-    if let Err(e) = result {
-        debug!(error = %e, "app connection ended with an error");
+    match result {
+        Some(Err(e)) => debug!(error = %e, "app connection ended with an error"),
+        None => debug!(
+            ?idle,
+            "no byte either way on the app connection for streamIdleTimeout; closing"
+        ),
+        Some(Ok(())) => {}
     }
 }
 
-async fn forward(mut req: Request<Incoming>, route: &Route, ns: &Namespace) -> Response<Body> {
+/// `upgraded`: the app connection's activity and the idle timeout of the
+/// connection if it switches protocols.
+async fn forward(
+    mut req: Request<Incoming>,
+    route: &Route,
+    ns: &Namespace,
+    upgraded: (Activity, Duration),
+) -> Response<Body> {
     let mut upgrade = upgrade::Requested::take(&mut req);
     strip_hop_by_hop(req.headers_mut());
     // hyper's server answers `100 Continue` itself when the body is first
@@ -189,6 +217,12 @@ async fn forward(mut req: Request<Incoming>, route: &Route, ns: &Namespace) -> R
         };
         conn.requests += 1;
         let last = max_requests > 0 && conn.requests >= max_requests;
+        // Asked to upgrade, the connection's maxConnections slot is kept
+        // here: its task ends at the `101`, the upgraded connection goes on.
+        let mut reserved = Reserved {
+            held: conn.slot.clone(),
+            slot: upgrade.as_ref().and_then(|_| conn.slot.take()),
+        };
         if let Some(upgrade) = &upgrade {
             upgrade.ask(next.headers_mut());
         } else if last {
@@ -282,7 +316,7 @@ async fn forward(mut req: Request<Incoming>, route: &Route, ns: &Namespace) -> R
         {
             debug!(endpoint = %host, "switching protocols");
             return upgrade
-                .accept(resp, protocol)
+                .accept(resp, protocol, reserved.slot.take(), upgraded)
                 .map(|body| Either::Left(Watched::new(body, route.cluster.clone(), host)));
         }
         let Some(head) = replay.as_ref().filter(|_| status == 503 && retries > 0) else {
@@ -305,6 +339,21 @@ async fn forward(mut req: Request<Incoming>, route: &Route, ns: &Namespace) -> R
         fallback = Some(buffered);
         retrying_after = None;
         next = Request::from_parts(head.clone(), Either::Right(Empty::new()));
+    }
+}
+
+/// The slot of a connection asked to upgrade, given back to the
+/// connection unless the upgrade takes it.
+struct Reserved {
+    held: Held,
+    slot: Option<Slot>,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            self.held.put_back(slot);
+        }
     }
 }
 
@@ -394,19 +443,22 @@ async fn open(
         .handshake(TokioIo::new(stream));
     match handshake.await {
         Ok((sender, conn)) => {
+            let slot = Held::new(slot);
+            let held = slot.clone();
             tokio::spawn(async move {
                 // The connection counts toward maxConnections until it ends
-                // (or is handed over after a `101`).
-                let _slot = slot;
+                // (or, upgraded, until the upgraded connection closes).
                 if let Err(e) = conn.with_upgrades().await {
                     debug!(error = %e, "upstream connection ended with an error");
                 }
+                held.release();
             });
             Ok((
                 host,
                 Conn {
                     sender,
                     requests: 0,
+                    slot,
                 },
             ))
         }
@@ -451,7 +503,7 @@ async fn wait_for_connection(
         )));
     };
     let timeout = service.policy.connection_pool.connect_timeout;
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = crate::config::deadline(timeout);
     let mut poll = Duration::from_millis(1);
     let key = pool_key(ns, host);
     loop {

@@ -47,6 +47,8 @@ pub(crate) const MAX_IDLE_PER_HOST: usize = 128;
 pub(crate) struct Conn<B> {
     pub(crate) sender: SendRequest<B>,
     pub(crate) requests: u32,
+    /// Its `maxConnections` slot.
+    pub(crate) slot: super::breakers::Held,
 }
 
 /// Idle connections of one endpoint, oldest first, with when they went idle.
@@ -251,6 +253,7 @@ mod tests {
         Conn {
             sender,
             requests: 0,
+            slot: crate::proxy::breakers::Held::default(),
         }
     }
 

@@ -98,7 +98,7 @@ pub(crate) async fn connect(
         set_keepalive(SockRef::from(&socket), ka).map_err(ConnectError::Io)?;
     }
     let timeout = pool.connect_timeout;
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = crate::config::deadline(timeout);
     let tcp = tokio::time::timeout_at(deadline, socket.connect(host.addr))
         .await
         .map_err(|_| ConnectError::Timeout(timeout))?

@@ -7,12 +7,22 @@
 //! A `101` makes both connections raw byte streams, spliced until either
 //! side closes; the upstream connection is never pooled. Any other answer
 //! is an ordinary response. The request counts as active (LEAST_REQUEST)
-//! until the `101`, like any request until its response head.
+//! until the `101`, like any request until its response head; the
+//! upstream connection holds its `maxConnections` slot until the spliced
+//! connection closes, as in Envoy, and closes after `tcpIdleTimeout`
+//! without a byte either way.
+
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Request, Response, header};
 use hyper::{body::Incoming, upgrade::OnUpgrade};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
+
+use crate::proxy::{
+    breakers::Slot,
+    limits::{Activity, unless_idle},
+};
 
 /// An app's request to switch protocols.
 pub(crate) struct Requested {
@@ -57,16 +67,34 @@ impl Requested {
     /// The endpoint switched protocols: the `101` for the app (with the
     /// hop-by-hop headers that make it one), and a task that splices the
     /// two connections once hyper has let go of both.
+    /// `slot`: the upstream connection's `maxConnections` slot, held until
+    /// the spliced connection closes; `(activity, idle)`: the app
+    /// connection's activity and the idle timeout that closes it.
     pub(crate) fn accept(
         self,
         mut resp: Response<Incoming>,
         upgrade: Option<HeaderValue>,
+        slot: Option<Slot>,
+        (activity, idle): (Activity, Duration),
     ) -> Response<Incoming> {
         let upstream = hyper::upgrade::on(&mut resp);
         let headers = resp.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, upgrade.unwrap_or(self.protocol));
-        tokio::spawn(splice(self.app, upstream));
+        tokio::spawn(async move {
+            let _slot = slot;
+            // Both ways pass through the app's connection, whose IO
+            // reports to `activity`.
+            if unless_idle(splice(self.app, upstream), &activity, idle)
+                .await
+                .is_none()
+            {
+                debug!(
+                    ?idle,
+                    "upgraded connection idle for tcpIdleTimeout; closing"
+                );
+            }
+        });
         resp
     }
 }

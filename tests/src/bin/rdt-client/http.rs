@@ -10,7 +10,8 @@
 //!   after each write; then prints the response's first line.
 //! - `websocket <ip:port> --url <ws://host/path> --send <text>...`: a
 //!   websocket handshake (tungstenite), each text sent and its reply
-//!   printed, one line each, then a clean close.
+//!   printed, one line each, then a clean close; with `--hold`, no close:
+//!   it waits to be killed (a websocket kept open).
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -192,6 +193,12 @@ fn websocket(addr: SocketAddr, flags: &Flags) -> Result<ExitCode, String> {
             .map_err(|e| format!("send {text:?}: {e}"))?;
         let reply = ws.read().map_err(|e| format!("read: {e}"))?;
         println!("{}", reply.to_text().map_err(|e| format!("reply: {e}"))?);
+    }
+    if flags.hold {
+        std::io::stdout().flush().map_err(|e| e.to_string())?;
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
     ws.close(None).map_err(|e| format!("close: {e}"))?;
     // Until the endpoint's close frame comes back.

@@ -15,10 +15,14 @@
 //!
 //! `raw`, `upload` and `websocket` speak HTTP (see `http.rs` beside this file).
 //!
+//! `hold` holds many connections open, idle or with a partial request
+//! (see `hold.rs`).
+//!
 //! `rdt-client peer <ip:port>` connects and prints what the app sees of the
 //! connection: `peer <getpeername()>` and `local <getsockname()>`, one per
 //! line.
 
+mod hold;
 mod http;
 
 use std::{
@@ -229,6 +233,9 @@ fn peer(mut argv: impl Iterator<Item = String>) -> Result<(), String> {
 fn main() -> ExitCode {
     if let Some("raw" | "upload" | "websocket") = std::env::args().nth(1).as_deref() {
         return http::main(std::env::args().skip(1));
+    }
+    if std::env::args().nth(1).as_deref() == Some("hold") {
+        return hold::main(std::env::args().skip(2));
     }
     if std::env::args().nth(1).as_deref() == Some("peer") {
         return match peer(std::env::args().skip(2)) {
