@@ -345,4 +345,6 @@ fn ejection_time(s: &Settings, multiplier: u32) -> Duration {
 }
 
 #[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
 mod tests;
