@@ -107,7 +107,7 @@ fn hosts() -> &'static dns::Hosts {
 pub fn dns_reply(query: &[u8]) -> Option<Vec<u8>> {
     match dns::reply(query, hosts()) {
         dns::Reply::Local(answer) => Some(answer),
-        dns::Reply::Forward => {
+        dns::Reply::Forward { .. } => {
             let _ = dns::refused(query);
             None
         }
@@ -141,7 +141,7 @@ pub fn dns_tcp(stream: &[u8]) -> Vec<u8> {
         while let Ok(Some(query)) = dns::serve::read_message(&mut input, WAIT, WAIT).await {
             let answer = match dns::reply(&query, hosts()) {
                 dns::Reply::Local(answer) => answer,
-                dns::Reply::Forward => match dns::refused(&query) {
+                dns::Reply::Forward { .. } => match dns::refused(&query) {
                     Some(answer) => answer,
                     None => break,
                 },
