@@ -434,4 +434,6 @@ fn interleave(count: &[usize]) -> Vec<usize> {
 }
 
 #[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
 mod tests;

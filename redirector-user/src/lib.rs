@@ -11,6 +11,8 @@ mod cni;
 mod config;
 mod datapath;
 mod dns;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod handover;
 mod inspect;
 mod kube;

@@ -73,6 +73,8 @@ pub(crate) fn compact<K: Ord + Clone>(keys: Vec<K>) -> Vec<u8> {
 }
 
 #[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
 mod tests {
     use super::*;
 

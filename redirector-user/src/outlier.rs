@@ -416,4 +416,6 @@ impl<K: Clone + Eq + Hash> Detector<K> {
 }
 
 #[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
 mod tests;

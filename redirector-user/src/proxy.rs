@@ -3,7 +3,7 @@
 //! protocol says.
 
 mod breakers;
-mod http;
+pub(crate) mod http;
 pub(crate) mod limits;
 mod pool;
 pub(crate) mod route;

@@ -7,6 +7,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod fuzz;
 mod image;
 mod setup;
 mod sweep;
@@ -33,6 +34,8 @@ enum Command {
     Bench(bench::Args),
     /// Reproduce Istio's external-service failover blog post on this machine (root)
     Demo,
+    /// Run a fuzz target (or `all`) from its committed corpus for --secs seconds each (nightly; installs cargo-fuzz)
+    Fuzz(fuzz::Args),
     /// Build the DaemonSet's image with podman, offline, from a local Debian base (root; --release)
     Image(image::Args),
     /// Install what is missing to build and test (nightly + rust-src, LLVM 22, bpf-linker, bpffs); root
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Bench(args) => bench::run(&args),
         Command::Demo => demo::run(),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Image(args) => image::run(&args),
         Command::Setup => setup::run(),
         Command::Sweep => sweep::run(),

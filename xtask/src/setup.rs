@@ -11,6 +11,8 @@
 //!   builds pods with them) for the tests (from bookworm-security, hence
 //!   `apt-get update`), podman, runc and debootstrap for the image test;
 //! - bpf-linker 0.13.0 built against LLVM 22;
+//! - cargo-fuzz (`cargo xtask fuzz`, and the fuzz step of `cargo xtask
+//!   test`);
 //! - bpffs mounted at `/sys/fs/bpf` (pins live there);
 //! - `kubernetes-validate` (PyPI, with the Kubernetes schemas bundled) in a
 //!   venv at [`TOOLS_VENV`], for checking `deploy/` offline.
@@ -56,6 +58,7 @@ pub(crate) fn run() -> Result<()> {
     stable_components()?;
     packages()?;
     bpf_linker()?;
+    crate::fuzz::install()?;
     bpffs()?;
     kubernetes_validate()?;
     eprintln!("setup: done in {:.1} s", start.elapsed().as_secs_f64());

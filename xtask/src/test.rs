@@ -3,6 +3,7 @@
 //! build of the daemon (its build.rs builds the kernel programs), clippy on
 //! the host crates and, separately, on the eBPF crate for its own target,
 //! then every test with `REDIRECTOR_BIN` pointing at the fresh daemon, then
+//! every fuzz target for a little while from its corpus (`fuzz.rs`), then
 //! the demo and a quick benchmark run. The sweep runs again at the end
 //! whatever happened.
 
@@ -12,7 +13,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     cmd::{self, command},
-    setup, sweep,
+    fuzz, setup, sweep,
 };
 
 #[derive(clap::Args)]
@@ -88,10 +89,27 @@ fn steps(args: &Args) -> Result<()> {
             .args(&args.cargo_test_args)
             .env("REDIRECTOR_BIN", &redirector),
     )?;
-    // The README's other command: the demo checks every phase of the blog
-    // post, so running it here keeps it from rotting. Skipped only when
-    // the caller narrowed the run to some tests.
+    // The fuzz targets, the README's other command and the benchmark:
+    // skipped only when the caller narrowed the run to some tests.
     if args.cargo_test_args.is_empty() {
+        // Every fuzz target for a little while from its corpus, after one
+        // build of them all: a crash fails the run and names its input.
+        timed(
+            &format!(
+                "fuzz ({} targets, {} s each)",
+                fuzz::TARGETS.len(),
+                fuzz::SMOKE_SECS
+            ),
+            || {
+                cmd::run(&mut fuzz::build()?)?;
+                for target in fuzz::TARGETS {
+                    fuzz::run_target(target, fuzz::SMOKE_SECS)?;
+                }
+                Ok(())
+            },
+        )?;
+        // The demo checks every phase of the blog post, so running it
+        // here keeps it from rotting.
         step("demo", command("cargo").args(["xtask", "demo"]))?;
         // A short smoke run of the benchmark, so the harness never rots;
         // its results stay out of bench/results.
@@ -109,9 +127,14 @@ fn steps(args: &Args) -> Result<()> {
 /// Runs one step; a failure is said right after its `FAILED` line, with
 /// the error chain (the command, then its last lines of output).
 fn step(what: &str, cmd: &mut Command) -> Result<()> {
+    timed(what, || cmd::run(cmd))
+}
+
+/// Runs a step made of more than one command, as [`step`] runs one.
+fn timed(what: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     eprintln!("==> {what}");
     let start = Instant::now();
-    let result = cmd::run(cmd);
+    let result = f();
     eprintln!(
         "==> {what}: {} in {:.1} s",
         if result.is_ok() { "ok" } else { "FAILED" },

@@ -48,8 +48,8 @@
 //! - Whatever an endpoint sends, the app gets a response the proxy can
 //!   vouch for or a clean error (`reply.rs`, `watch.rs`).
 
-mod reply;
-mod upgrade;
+pub(crate) mod reply;
+pub(crate) mod upgrade;
 mod watch;
 
 use std::{net::SocketAddrV4, sync::Arc, time::Duration};
@@ -545,7 +545,7 @@ fn pool_key(ns: &Namespace, host: &Host) -> PoolKey {
     }
 }
 
-fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
