@@ -24,11 +24,7 @@ use std::{
         unix::net::{UnixListener, UnixStream},
     },
     path::PathBuf,
-    sync::{
-        Arc, Mutex, OnceLock,
-        atomic::{AtomicU32, Ordering},
-        mpsc,
-    },
+    sync::{Arc, Mutex, OnceLock, mpsc},
     time::Duration,
 };
 
@@ -243,52 +239,96 @@ pub fn handover_offer(offer: &[u8], fds: usize) -> Result<Vec<String>, String> {
         .expect("the job queue")
         .send((offer.to_vec(), fds.min(16)))
         .expect("the fake predecessor runs");
-    handover::request(path)
+    handover::request(path, None)
         .map(|handed| handed.describe())
         .map_err(|e| e.to_string())
 }
 
 /// The predecessor's side of a handover: a successor connects, sends
-/// `request` and closes. Returns the pid the predecessor read from it, or
-/// `None` when it skipped the request (as it does with any it cannot
-/// read).
-pub fn handover_request(request: &[u8]) -> Option<u32> {
-    static SENTINEL: AtomicU32 = AtomicU32::new(1);
+/// `request` (without descriptors) and closes. The predecessor must skip
+/// it, whatever it says: with no map to prove it could run the datapath,
+/// no request is authenticated. Returns whether it was skipped; a proper
+/// request (with a real map as its proof) follows each, so the server
+/// always has one to return.
+pub fn handover_request(request: &[u8]) -> bool {
     thread_local! {
-        static SERVER: (PathBuf, handover::Server) = {
+        static SERVER: (PathBuf, handover::Server, OwnedFd) = {
             let path = socket_dir().join(format!(
                 "request-{:?}.sock",
                 std::thread::current().id()
             ));
-            let server = block_on(async { handover::Server::bind(path.clone()) })
+            let (proof, id) = proof_map();
+            let server = block_on(async { handover::Server::bind(path.clone(), vec![id]) })
                 .expect("binding the handover socket");
-            (path, server)
+            (path, server, proof)
         };
     }
-    SERVER.with(|(path, server)| {
+    SERVER.with(|(path, server, proof)| {
         let mut fuzzed = UnixStream::connect(path).expect("connecting to the handover socket");
         // The server reads only after accepting: keep within the socket
         // buffer, as every real request does.
         let _ = std::io::Write::write_all(&mut fuzzed, &request[..request.len().min(64 * 1024)]);
         drop(fuzzed);
-        // Then a well-formed request, so the server always has one to
-        // return; its pid tells it from the fuzzed one.
-        let sentinel = SENTINEL.fetch_add(1, Ordering::Relaxed);
-        let mut good = UnixStream::connect(path).expect("connecting to the handover socket");
-        std::io::Write::write_all(&mut good, format!("{{\"pid\":{sentinel}}}\n").as_bytes())
-            .expect("writing the sentinel request");
-        let mut read = None;
-        block_on(async {
-            loop {
-                let successor = server.next().await;
-                if successor.pid == sentinel {
-                    break;
-                }
-                read = Some(successor.pid);
-            }
-        });
-        read
+        let good = UnixStream::connect(path).expect("connecting to the handover socket");
+        let line = format!("{{\"version\":2,\"pid\":{}}}\n", std::process::id());
+        let raw = [proof.as_raw_fd()];
+        nix::sys::socket::sendmsg::<nix::sys::socket::UnixAddr>(
+            good.as_raw_fd(),
+            &[IoSlice::new(line.as_bytes())],
+            &[nix::sys::socket::ControlMessage::ScmRights(&raw)],
+            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .expect("sending the proper request");
+        // The first request the server returns is the proper one.
+        let successor = block_on(server.next());
+        drop(good);
+        successor.pid == std::process::id()
     })
+}
+
+/// A one-entry BPF array made for this process, and its id: the proof a
+/// proper successor sends. bpf(2) by hand (no object to load it from).
+fn proof_map() -> (OwnedFd, u32) {
+    #[repr(C)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        rest: [u32; 28],
+    }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    let attr = MapCreate {
+        map_type: BPF_MAP_TYPE_ARRAY,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        rest: [0; 28],
+    };
+    // SAFETY: BPF_MAP_CREATE reads `size_of::<MapCreate>()` bytes of
+    // `attr`, all initialized; the result is a new descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &raw const attr,
+            std::mem::size_of::<MapCreate>(),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "creating a BPF map (fuzzing runs as root): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a descriptor the kernel just returned to this process.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    let id = aya::maps::MapData::from_fd(fd.try_clone().expect("duplicating the map"))
+        .and_then(|m| m.info())
+        .map(|i| i.id())
+        .expect("the map's id");
+    (fd, id)
 }
 
 /// What the proxy makes of an endpoint's response head.
