@@ -597,44 +597,10 @@ fn a_reload_that_turns_on_tls_origination_drops_the_services_slot_table() {
 
 #[test]
 fn a_black_holed_endpoint_on_the_kernel_path_times_out_at_the_connect_timeout() {
-    let mut node = Node::new();
-    let _west = TcpServer::start(&node.ns, "127.0.45.2:9000".parse().unwrap(), "west").unwrap();
-    // 10.99.0.3 is on a link, but its neighbour entry points at a MAC
-    // nobody has: SYNs leave and nothing ever answers.
-    let hole = redirector_tests::netns::Netns::new("hole").unwrap();
-    let link =
-        redirector_tests::netns::link(&node.ns, "10.99.0.1/24", &hole, "10.99.0.2/24").unwrap();
-    node.ns
-        .ip([
-            "neigh",
-            "replace",
-            "10.99.0.3",
-            "lladdr",
-            "02:00:00:00:00:01",
-            "dev",
-            &link.a_dev,
-            "nud",
-            "permanent",
-        ])
-        .unwrap();
-    node.start(
-        &tcp_service(
-            &[("10.99.0.3", "us-east1"), ("127.0.45.2", "us-west1")],
-            true,
-            1,
-        ),
-        "us-east1",
-        false,
-    );
-    assert_eq!(slot_endpoints(&endpoints(&node)), ["10.99.0.3:9000"]);
+    let (node, _west, _hole) = black_hole_node(45, None);
     // The app would wait 30 s; the service's connect timeout (10 s,
     // Istio's default) ends the handshake first.
-    let out = client::Client::new(&node.ns, client::rdt_client_bin())
-        .args(["tcp", &vip().to_string(), "--connect-timeout-ms", "30000"])
-        .cgroup(&node.cgroup)
-        .timeout(Duration::from_secs(60))
-        .run()
-        .unwrap();
+    let out = connect_giving_up_after(&node, 30_000);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{out:?}");
     assert!(stderr.contains("timed out"), "{stderr}");
@@ -643,32 +609,18 @@ fn a_black_holed_endpoint_on_the_kernel_path_times_out_at_the_connect_timeout() 
         took >= Duration::from_secs(9) && took < Duration::from_secs(20),
         "the connect took {took:?}"
     );
-    wait_until("the black hole's ejection", TIMEOUT, || {
-        node.endpoint("10.99.0.3")["outlier_check"] == "FAILED"
-    });
-    let row = node.endpoint("10.99.0.3");
-    assert!(
-        row["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("timed out (kernel datapath)"),
-        "{row:#}"
-    );
-    let out = tcp_client(&node, vip());
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "hello from west"
-    );
+    black_hole_ejected_for_its_timeout(&node);
 }
 
-/// A node whose local endpoint, 10.99.0.3, is a black hole (SYNs leave,
-/// nothing answers) with `127.0.<net>.2` answering in another region, on
-/// the kernel path, ejecting at the first failure, with the service's
-/// `connectTimeout` set to `connect_timeout`.
+/// A node whose local endpoint, 10.99.0.3, is a black hole (10.99.0.3 is
+/// on a link, but its neighbour entry points at a MAC nobody has: SYNs
+/// leave and nothing ever answers) with `127.0.<net>.2` answering in
+/// another region, on the kernel path, ejecting at the first failure, with
+/// the service's `connectTimeout` set to `connect_timeout` (else Istio's
+/// default, 10 s).
 fn black_hole_node(
     net: u8,
-    connect_timeout: &str,
+    connect_timeout: Option<&str>,
 ) -> (Node, TcpServer, redirector_tests::netns::Netns) {
     let mut node = Node::new();
     let west_ip = format!("127.0.{net}.2");
@@ -690,20 +642,44 @@ fn black_hole_node(
             "permanent",
         ])
         .unwrap();
-    let config = tcp_service(
+    let mut config = tcp_service(
         &[("10.99.0.3", "us-east1"), (&west_ip, "us-west1")],
         true,
         1,
-    ) + &format!(
-        "    connectionPool:\n      tcp:\n        connectTimeout: {connect_timeout}\n"
     );
+    if let Some(t) = connect_timeout {
+        config += &format!("    connectionPool:\n      tcp:\n        connectTimeout: {t}\n");
+    }
     node.start(&config, "us-east1", false);
     assert_eq!(slot_endpoints(&endpoints(&node)), ["10.99.0.3:9000"]);
     (node, west, hole)
 }
 
-/// `rdt-client tcp VIP` giving up on its connect after `ms` by itself.
-fn abandoned_connect(node: &Node, ms: u64) -> std::process::Output {
+/// Waits for [`black_hole_node`]'s black hole to be ejected for a timeout
+/// on the kernel path, and checks the VIP then reaches west.
+fn black_hole_ejected_for_its_timeout(node: &Node) {
+    wait_until("the black hole's ejection", TIMEOUT, || {
+        node.endpoint("10.99.0.3")["outlier_check"] == "FAILED"
+    });
+    let row = node.endpoint("10.99.0.3");
+    assert!(
+        row["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out (kernel datapath)"),
+        "{row:#}"
+    );
+    let out = tcp_client(node, vip());
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello from west"
+    );
+}
+
+/// `rdt-client tcp VIP`, which gives up on its connect after `ms` by
+/// itself.
+fn connect_giving_up_after(node: &Node, ms: u64) -> std::process::Output {
     client::Client::new(&node.ns, client::rdt_client_bin())
         .args([
             "tcp",
@@ -723,12 +699,12 @@ fn connects_the_app_abandons_itself_eject_nothing_on_the_kernel_path() {
     // once (Happy Eyeballs losers) or after 1.5 s, when one SYN has been
     // retransmitted. None of that is the endpoint's doing, and with
     // `consecutive5xxErrors: 1` a single counted failure would eject it.
-    let (node, _west, _hole) = black_hole_node(46, "5s");
+    let (node, _west, _hole) = black_hole_node(46, Some("5s"));
     let shared = &node;
     std::thread::scope(|s| {
         let clients: Vec<_> = [30, 30, 30, 30, 1500, 1500, 1500, 1500]
             .into_iter()
-            .map(|ms| s.spawn(move || abandoned_connect(shared, ms)))
+            .map(|ms| s.spawn(move || connect_giving_up_after(shared, ms)))
             .collect();
         for c in clients {
             let out = c.join().unwrap();
@@ -746,7 +722,7 @@ fn connects_the_app_abandons_itself_eject_nothing_on_the_kernel_path() {
 
     // The endpoint's own failure still counts: an app that waits sees the
     // service's connect timeout, and the black hole is ejected.
-    let out = abandoned_connect(&node, 30_000);
+    let out = connect_giving_up_after(&node, 30_000);
     let took = connect_took(&String::from_utf8_lossy(&out.stderr));
     assert!(took >= Duration::from_secs(4), "the connect took {took:?}");
     wait_until("the black hole's ejection", TIMEOUT, || {
@@ -761,27 +737,11 @@ fn a_connect_timeout_below_the_first_retransmission_timeout_still_ejects() {
     // handshake up early. The retransmission timer's verdict (not a count
     // of retransmissions, nor an answer) is what makes it the endpoint's
     // failure.
-    let (node, _west, _hole) = black_hole_node(47, "500ms");
-    let out = abandoned_connect(&node, 30_000);
+    let (node, _west, _hole) = black_hole_node(47, Some("500ms"));
+    let out = connect_giving_up_after(&node, 30_000);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{out:?}");
     let took = connect_took(&stderr);
     assert!(took < Duration::from_secs(5), "the connect took {took:?}");
-    wait_until("the black hole's ejection", TIMEOUT, || {
-        node.endpoint("10.99.0.3")["outlier_check"] == "FAILED"
-    });
-    let row = node.endpoint("10.99.0.3");
-    assert!(
-        row["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("timed out (kernel datapath)"),
-        "{row:#}"
-    );
-    let out = tcp_client(&node, vip());
-    assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "hello from west"
-    );
+    black_hole_ejected_for_its_timeout(&node);
 }

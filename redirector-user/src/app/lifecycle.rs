@@ -85,13 +85,7 @@ impl Running {
                     if let Err(e) = self.datapath.retake(pid) {
                         error!("taking the datapath back from pid {pid}: {e}");
                     }
-                    if let Err(e) = self
-                        .datapath
-                        .set_services(&service_entries(&self.current.config.services))
-                    {
-                        error!("publishing the services to the kernel again: {e}");
-                    }
-                    sync::publish_all(&self.datapath, &self.services);
+                    self.publish_again();
                     info!("pid {pid} is gone; the datapath is this daemon's as it left it");
                     continue;
                 }
@@ -163,6 +157,18 @@ impl Running {
         Ok(())
     }
 
+    /// Writes this daemon's services, endpoint health and slot tables to
+    /// the kernel again, over whatever a failed successor left there.
+    fn publish_again(&self) {
+        if let Err(e) = self
+            .datapath
+            .set_services(&service_entries(&self.current.config.services))
+        {
+            error!("publishing the services to the kernel again: {e}");
+        }
+        sync::publish_all(&self.datapath, &self.services);
+    }
+
     /// The successor `pid` did not take over (it failed, died, or did not
     /// confirm in time): this daemon accepts again on its very sockets,
     /// writes its config maps again, attaches its programs again over
@@ -174,13 +180,7 @@ impl Running {
         if let Err(e) = self.datapath.resume(pid) {
             error!("taking the datapath back from pid {pid}: {e}");
         }
-        if let Err(e) = self
-            .datapath
-            .set_services(&service_entries(&self.current.config.services))
-        {
-            error!("publishing the services to the kernel again: {e}");
-        }
-        sync::publish_all(&self.datapath, &self.services);
+        self.publish_again();
         self.pods.forget_stale().await;
         match super::map_tasks(&self.datapath, &self.services, &self.notify) {
             Ok(tasks) => self.tasks = tasks,
