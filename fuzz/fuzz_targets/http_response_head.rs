@@ -26,9 +26,8 @@ fuzz_target!(|data: &[u8]| {
         .received
         .iter()
         .filter(|(n, _)| n == "connection")
-        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .flat_map(|(_, v)| v.split(|&b| b == b','))
+        .map(|t| String::from_utf8_lossy(t.trim_ascii()).to_ascii_lowercase())
         .collect();
     for name in &head.forwarded {
         assert!(

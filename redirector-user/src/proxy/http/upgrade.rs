@@ -37,9 +37,8 @@ pub(crate) fn protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let listed = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
     let protocol = headers.get(header::UPGRADE).filter(|_| listed)?;
     let h2c = protocol
         .to_str()
